@@ -1,0 +1,296 @@
+//! The plan codec: ember's physical operators in `datafusion-proto` bytes.
+//!
+//! Every stage plan goes through [`encode_plan`] / [`decode_plan`] before it runs, in
+//! local mode as in a cluster, so a plan that cannot travel fails in the first test
+//! rather than on the first cluster. ember's own nodes are `ExtensionNode` messages of
+//! `proto/ember.proto`; everything else is DataFusion's own encoding.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalProtoConverterExtension,
+};
+use datafusion_proto::bytes::{
+    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+};
+use prost::Message;
+
+use crate::batch_fn::{BatchFnRegistry, MapBatchesExec};
+use crate::error::{EmberError, Result};
+use crate::proto::{self, extension_node::Node};
+use crate::shuffle::{
+    MapOutputKey, PartitionLocation, PartitionStats, ShuffleData, ShuffleReaderExec,
+    ShuffleWriterExec, UnresolvedShuffleExec,
+};
+
+/// Encodes and decodes ember's extension nodes. Holds the batch-function registry so a
+/// decoded `MapBatchesExec` gets the executor's own function.
+#[derive(Debug, Clone, Default)]
+pub struct EmberCodec {
+    batch_fns: Arc<BatchFnRegistry>,
+}
+
+impl EmberCodec {
+    pub fn new(batch_fns: Arc<BatchFnRegistry>) -> Self {
+        EmberCodec { batch_fns }
+    }
+}
+
+/// Serializes a physical plan (with ember's nodes) to bytes.
+pub fn encode_plan(plan: Arc<dyn ExecutionPlan>, codec: &EmberCodec) -> Result<bytes::Bytes> {
+    Ok(physical_plan_to_bytes_with_extension_codec(plan, codec)?)
+}
+
+/// Deserializes a physical plan; UDFs are resolved through `ctx`'s function registry.
+pub fn decode_plan(bytes: &[u8], ctx: &TaskContext, codec: &EmberCodec) -> Result<Arc<dyn ExecutionPlan>> {
+    physical_plan_from_bytes_with_extension_codec(bytes, ctx, codec).map_err(|e| EmberError::Decode {
+        what: "stage plan",
+        message: e.to_string(),
+    })
+}
+
+fn decode_err(what: &str, e: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Internal(format!("ember codec: cannot decode {what}: {e}"))
+}
+
+fn encode_schema(schema: &Schema) -> DFResult<Vec<u8>> {
+    let proto: datafusion_proto::protobuf::Schema = schema
+        .try_into()
+        .map_err(|e| DataFusionError::Internal(format!("ember codec: encoding schema: {e}")))?;
+    Ok(proto.encode_to_vec())
+}
+
+fn decode_schema(bytes: &[u8]) -> DFResult<SchemaRef> {
+    let proto = datafusion_proto::protobuf::Schema::decode(bytes).map_err(|e| decode_err("schema", e))?;
+    let schema: Schema = (&proto).try_into().map_err(|e| decode_err("schema", e))?;
+    Ok(Arc::new(schema))
+}
+
+impl EmberCodec {
+    fn encode_partitioning(&self, p: Option<&Partitioning>) -> DFResult<proto::ExchangePartitioning> {
+        Ok(match p {
+            Some(Partitioning::Hash(exprs, n)) => proto::ExchangePartitioning {
+                hash_exprs: exprs
+                    .iter()
+                    .map(|e| serialize_physical_expr(e, self).map(|n| n.encode_to_vec()))
+                    .collect::<DFResult<_>>()?,
+                num_partitions: *n as u32,
+            },
+            Some(Partitioning::UnknownPartitioning(n)) => proto::ExchangePartitioning {
+                hash_exprs: vec![],
+                num_partitions: *n as u32,
+            },
+            Some(other) => {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "ember codec: exchange partitioning {other:?}"
+                )));
+            }
+            None => proto::ExchangePartitioning::default(),
+        })
+    }
+
+    fn decode_exprs(
+        &self,
+        p: &proto::ExchangePartitioning,
+        ctx: &TaskContext,
+        schema: &Schema,
+    ) -> DFResult<Vec<Arc<dyn PhysicalExpr>>> {
+        p.hash_exprs
+            .iter()
+            .map(|b| {
+                let node = datafusion_proto::protobuf::PhysicalExprNode::decode(b.as_slice())
+                    .map_err(|e| decode_err("hash expression", e))?;
+                parse_physical_expr(&node, ctx, schema, self)
+            })
+            .collect()
+    }
+
+    /// Reader-side partitioning: `Hash` when there are expressions, else one reader
+    /// partition per map task.
+    fn decode_reader_partitioning(
+        &self,
+        p: Option<&proto::ExchangePartitioning>,
+        ctx: &TaskContext,
+        schema: &Schema,
+    ) -> DFResult<Partitioning> {
+        let p = p.ok_or_else(|| decode_err("exchange", "missing partitioning"))?;
+        let exprs = self.decode_exprs(p, ctx, schema)?;
+        let n = p.num_partitions as usize;
+        Ok(if exprs.is_empty() {
+            Partitioning::UnknownPartitioning(n)
+        } else {
+            Partitioning::Hash(exprs, n)
+        })
+    }
+}
+
+fn location_to_proto(l: &PartitionLocation) -> proto::ShuffleLocation {
+    proto::ShuffleLocation {
+        map_partition: l.map_partition as u32,
+        reduce_partition: l.reduce_partition as u32,
+        executor_id: l.executor_id.clone(),
+        executor_address: String::new(),
+        data: Some(match &l.data {
+            ShuffleData::Memory(k) => proto::shuffle_location::Data::Memory(proto::MemoryKey {
+                job_id: k.job,
+                stage_id: k.stage as u32,
+                map_partition: k.map_partition as u32,
+                token: k.token,
+            }),
+            ShuffleData::File(p) => proto::shuffle_location::Data::Path(p.display().to_string()),
+        }),
+        range: Some(proto::PartitionRange {
+            offset: l.stats.offset,
+            length: l.stats.length,
+            rows: l.stats.rows,
+        }),
+    }
+}
+
+fn location_from_proto(l: &proto::ShuffleLocation) -> DFResult<PartitionLocation> {
+    let data = match &l.data {
+        Some(proto::shuffle_location::Data::Memory(k)) => ShuffleData::Memory(MapOutputKey {
+            job: k.job_id,
+            stage: k.stage_id as usize,
+            map_partition: k.map_partition as usize,
+            token: k.token,
+        }),
+        Some(proto::shuffle_location::Data::Path(p)) => ShuffleData::File(p.into()),
+        None => return Err(decode_err("shuffle location", "no data location")),
+    };
+    let range = l.range.unwrap_or_default();
+    Ok(PartitionLocation {
+        map_partition: l.map_partition as usize,
+        reduce_partition: l.reduce_partition as usize,
+        executor_id: l.executor_id.clone(),
+        data,
+        stats: PartitionStats {
+            offset: range.offset,
+            length: range.length,
+            rows: range.rows,
+        },
+    })
+}
+
+impl PhysicalExtensionCodec for EmberCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let node = proto::ExtensionNode::decode(buf).map_err(|e| decode_err("ember plan node", e))?;
+        let one_input = || {
+            inputs
+                .first()
+                .cloned()
+                .ok_or_else(|| decode_err("ember plan node", "missing input"))
+        };
+        match node.node {
+            Some(Node::ShuffleWriter(w)) => {
+                let input = one_input()?;
+                let p = w.partitioning.unwrap_or_default();
+                let exprs = self.decode_exprs(&p, ctx, &input.schema())?;
+                let partitioning =
+                    (!exprs.is_empty()).then(|| Partitioning::Hash(exprs, p.num_partitions as usize));
+                Ok(Arc::new(ShuffleWriterExec::try_new(
+                    w.job_id,
+                    w.stage_id as usize,
+                    input,
+                    partitioning,
+                )?))
+            }
+            Some(Node::UnresolvedShuffle(u)) => {
+                let schema = decode_schema(&u.schema)?;
+                let partitioning = self.decode_reader_partitioning(u.partitioning.as_ref(), ctx, &schema)?;
+                Ok(Arc::new(UnresolvedShuffleExec::new(
+                    u.stage_id as usize,
+                    schema,
+                    partitioning,
+                )))
+            }
+            Some(Node::ShuffleReader(r)) => {
+                let schema = decode_schema(&r.schema)?;
+                let partitioning = self.decode_reader_partitioning(r.partitioning.as_ref(), ctx, &schema)?;
+                let partitions = r
+                    .partitions
+                    .iter()
+                    .map(|p| p.locations.iter().map(location_from_proto).collect())
+                    .collect::<DFResult<_>>()?;
+                Ok(Arc::new(ShuffleReaderExec::new(
+                    r.stage_id as usize,
+                    schema,
+                    partitioning,
+                    partitions,
+                )))
+            }
+            Some(Node::MapBatches(m)) => {
+                let func = self.batch_fns.get(&m.name).ok_or_else(|| {
+                    DataFusionError::Plan(format!(
+                        "batch function '{}' is not registered on this executor (registered: {:?})",
+                        m.name,
+                        self.batch_fns.names()
+                    ))
+                })?;
+                Ok(Arc::new(MapBatchesExec::new(func, one_input()?)))
+            }
+            None => Err(decode_err("ember plan node", "empty node")),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DFResult<()> {
+        let msg = if let Some(w) = node.downcast_ref::<ShuffleWriterExec>() {
+            Node::ShuffleWriter(proto::ShuffleWriterNode {
+                job_id: w.job_id(),
+                stage_id: w.stage_id() as u32,
+                partitioning: Some(self.encode_partitioning(w.shuffle_partitioning())?),
+            })
+        } else if let Some(u) = node.downcast_ref::<UnresolvedShuffleExec>() {
+            Node::UnresolvedShuffle(proto::UnresolvedShuffleNode {
+                stage_id: u.stage_id() as u32,
+                schema: encode_schema(&u.schema())?,
+                partitioning: Some(self.encode_partitioning(Some(u.exchange_partitioning()))?),
+                num_partitions: u.exchange_partitioning().partition_count() as u32,
+            })
+        } else if let Some(r) = node.downcast_ref::<ShuffleReaderExec>() {
+            Node::ShuffleReader(proto::ShuffleReaderNode {
+                stage_id: r.stage_id() as u32,
+                schema: encode_schema(&r.schema())?,
+                partitioning: Some(self.encode_partitioning(Some(r.exchange_partitioning()))?),
+                partitions: r
+                    .partition_locations()
+                    .iter()
+                    .map(|p| proto::ReaderPartition {
+                        locations: p.iter().map(location_to_proto).collect(),
+                    })
+                    .collect(),
+            })
+        } else if let Some(m) = node.downcast_ref::<MapBatchesExec>() {
+            Node::MapBatches(proto::MapBatchesNode {
+                name: m.func().name.clone(),
+                schema: encode_schema(&m.schema())?,
+            })
+        } else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "ember codec cannot encode {}",
+                node.name()
+            )));
+        };
+        proto::ExtensionNode { node: Some(msg) }
+            .encode(buf)
+            .map_err(|e| DataFusionError::Internal(format!("ember codec: {e}")))
+    }
+}

@@ -1,0 +1,282 @@
+//! Typed `ember.*` configuration.
+//!
+//! [`EmberConfig`] is a DataFusion config extension, so `ember.*` keys live in the same
+//! `SessionConfig` as `datafusion.*` keys: `SET ember.task.max_failures = 2` works in SQL,
+//! `Session::builder().config(k, v)` works in Rust, and a task definition carries both
+//! to wherever the task runs. [`EmberConfig::KEYS`] is the one place defaults and
+//! descriptions live; the README's configuration table is printed from it
+//! (`ember config`).
+
+use std::any::Any;
+
+use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::prelude::SessionConfig;
+
+/// Shuffle file compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShuffleCompression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+/// The `ember.*` settings. Build it with [`EmberConfig::default`] and [`set`](ExtensionOptions::set).
+#[derive(Debug, Clone)]
+pub struct EmberConfig {
+    /// Attempts of one task before its job fails (`ember.task.max_failures`).
+    pub task_max_failures: usize,
+    /// Attempts of one stage before its job fails (`ember.stage.max_attempts`).
+    pub stage_max_attempts: usize,
+    /// Codec of shuffle files (`ember.shuffle.compression`).
+    pub shuffle_compression: ShuffleCompression,
+    /// Bytes of shuffle output kept in memory per session before map outputs go to
+    /// disk (`ember.shuffle.memory_budget`); 0 sends everything to disk.
+    pub shuffle_memory_budget: usize,
+    /// Rows per shuffle batch; small batches are coalesced up to this (`ember.shuffle.batch_rows`).
+    pub shuffle_batch_rows: usize,
+    /// Seconds without a heartbeat after which an executor is lost (`ember.executor.timeout`).
+    pub executor_timeout_secs: u64,
+    /// Failure injection for tests (`ember.test.fail_tasks`): `STAGE:N` makes every task
+    /// of stage STAGE fail its first N attempts, `STAGE:always` makes them always fail.
+    pub test_fail_tasks: String,
+}
+
+impl Default for EmberConfig {
+    fn default() -> Self {
+        let mut c = EmberConfig {
+            task_max_failures: 0,
+            stage_max_attempts: 0,
+            shuffle_compression: ShuffleCompression::Lz4,
+            shuffle_memory_budget: 0,
+            shuffle_batch_rows: 0,
+            executor_timeout_secs: 0,
+            test_fail_tasks: String::new(),
+        };
+        for (key, default, _) in Self::KEYS {
+            c.set_key(key, default).expect("built-in defaults parse");
+        }
+        c
+    }
+}
+
+impl EmberConfig {
+    /// Every key: (full key, default, description). Defaults live here and only here.
+    pub const KEYS: &'static [(&'static str, &'static str, &'static str)] = &[
+        (
+            "ember.task.max_failures",
+            "4",
+            "Attempts of one task before its job fails.",
+        ),
+        (
+            "ember.stage.max_attempts",
+            "4",
+            "Attempts of one stage (after lost map outputs) before its job fails.",
+        ),
+        (
+            "ember.shuffle.compression",
+            "lz4",
+            "Compression of shuffle data: lz4, zstd or none.",
+        ),
+        (
+            "ember.shuffle.memory_budget",
+            "268435456",
+            "Bytes of shuffle output a local session keeps in memory before writing map outputs to disk.",
+        ),
+        (
+            "ember.shuffle.batch_rows",
+            "16384",
+            "Rows per shuffle batch: small batches are coalesced up to this size.",
+        ),
+        (
+            "ember.executor.timeout",
+            "30",
+            "Seconds without a heartbeat after which an executor is considered lost.",
+        ),
+        (
+            "ember.test.fail_tasks",
+            "",
+            "Failure injection for tests: STAGE:N fails the first N attempts of each task of stage STAGE; STAGE:always always fails.",
+        ),
+    ];
+
+    /// Reads the ember settings of a DataFusion session config (defaults if absent).
+    pub fn from_session(config: &SessionConfig) -> EmberConfig {
+        config
+            .options()
+            .extensions
+            .get::<EmberConfig>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Sets one key, with or without its `ember.` prefix.
+    pub fn set_key(&mut self, key: &str, value: &str) -> DFResult<()> {
+        let key = key.strip_prefix("ember.").unwrap_or(key);
+        let bad = |what: &str| {
+            DataFusionError::Configuration(format!(
+                "invalid value '{value}' for ember.{key}: expected {what}"
+            ))
+        };
+        match key {
+            "task.max_failures" => {
+                self.task_max_failures = value.parse().map_err(|_| bad("a positive integer"))?;
+                if self.task_max_failures == 0 {
+                    return Err(bad("a positive integer"));
+                }
+            }
+            "stage.max_attempts" => {
+                self.stage_max_attempts = value.parse().map_err(|_| bad("a positive integer"))?;
+                if self.stage_max_attempts == 0 {
+                    return Err(bad("a positive integer"));
+                }
+            }
+            "shuffle.compression" => {
+                self.shuffle_compression = match value.to_ascii_lowercase().as_str() {
+                    "lz4" => ShuffleCompression::Lz4,
+                    "zstd" => ShuffleCompression::Zstd,
+                    "none" => ShuffleCompression::None,
+                    _ => return Err(bad("lz4, zstd or none")),
+                }
+            }
+            "shuffle.memory_budget" => {
+                self.shuffle_memory_budget = value.parse().map_err(|_| bad("a byte count"))?
+            }
+            "shuffle.batch_rows" => {
+                self.shuffle_batch_rows = value.parse().map_err(|_| bad("a row count"))?;
+                self.shuffle_batch_rows = self.shuffle_batch_rows.max(1);
+            }
+            "executor.timeout" => {
+                self.executor_timeout_secs = value.parse().map_err(|_| bad("seconds"))?
+            }
+            "test.fail_tasks" => {
+                if !value.is_empty() {
+                    parse_fail_tasks(value).ok_or_else(|| bad("STAGE:N or STAGE:always"))?;
+                }
+                self.test_fail_tasks = value.to_string()
+            }
+            _ => {
+                return Err(DataFusionError::Configuration(format!(
+                    "unknown configuration key ember.{key}; known keys: {}",
+                    Self::KEYS
+                        .iter()
+                        .map(|(k, _, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn value_of(&self, key: &str) -> String {
+        match key {
+            "ember.task.max_failures" => self.task_max_failures.to_string(),
+            "ember.stage.max_attempts" => self.stage_max_attempts.to_string(),
+            "ember.shuffle.compression" => match self.shuffle_compression {
+                ShuffleCompression::Lz4 => "lz4".into(),
+                ShuffleCompression::Zstd => "zstd".into(),
+                ShuffleCompression::None => "none".into(),
+            },
+            "ember.shuffle.memory_budget" => self.shuffle_memory_budget.to_string(),
+            "ember.shuffle.batch_rows" => self.shuffle_batch_rows.to_string(),
+            "ember.executor.timeout" => self.executor_timeout_secs.to_string(),
+            "ember.test.fail_tasks" => self.test_fail_tasks.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// Whether the injected-failure hook wants this attempt of this task to fail.
+    pub fn injected_failure(&self, stage: usize, attempt: usize) -> bool {
+        match parse_fail_tasks(&self.test_fail_tasks) {
+            Some((s, n)) => s == stage && attempt < n,
+            None => false,
+        }
+    }
+
+    /// The README's configuration table, in Markdown.
+    pub fn markdown_table() -> String {
+        let mut out = String::from("| key | default | meaning |\n|---|---|---|\n");
+        for (k, d, m) in Self::KEYS {
+            out.push_str(&format!("| `{k}` | `{d}` | {m} |\n"));
+        }
+        out
+    }
+}
+
+/// `STAGE:N` / `STAGE:always` -> (stage, failing attempts).
+fn parse_fail_tasks(spec: &str) -> Option<(usize, usize)> {
+    let (stage, n) = spec.split_once(':')?;
+    let stage = stage.trim().parse().ok()?;
+    let n = match n.trim() {
+        "always" => usize::MAX,
+        n => n.parse().ok()?,
+    };
+    Some((stage, n))
+}
+
+impl ExtensionOptions for EmberConfig {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> DFResult<()> {
+        self.set_key(key, value)
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        Self::KEYS
+            .iter()
+            .map(|(k, _, d)| ConfigEntry {
+                key: k.to_string(),
+                value: Some(self.value_of(k)),
+                description: d,
+            })
+            .collect()
+    }
+}
+
+impl ConfigExtension for EmberConfig {
+    const PREFIX: &'static str = "ember";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_from_the_key_table() {
+        let c = EmberConfig::default();
+        assert_eq!(c.task_max_failures, 4);
+        assert_eq!(c.shuffle_compression, ShuffleCompression::Lz4);
+        assert_eq!(c.entries().len(), EmberConfig::KEYS.len());
+    }
+
+    #[test]
+    fn bad_values_and_keys_are_errors_that_name_the_key() {
+        let mut c = EmberConfig::default();
+        let e = c.set_key("ember.task.max_failures", "x").unwrap_err();
+        assert!(e.to_string().contains("ember.task.max_failures"), "{e}");
+        let e = c.set_key("ember.nope", "1").unwrap_err();
+        assert!(e.to_string().contains("unknown configuration key ember.nope"), "{e}");
+        assert!(c.set_key("test.fail_tasks", "1:x").is_err());
+    }
+
+    #[test]
+    fn fail_tasks_spec_selects_stage_and_attempts() {
+        let mut c = EmberConfig::default();
+        c.set_key("ember.test.fail_tasks", "2:2").unwrap();
+        assert!(c.injected_failure(2, 0) && c.injected_failure(2, 1));
+        assert!(!c.injected_failure(2, 2) && !c.injected_failure(1, 0));
+        c.set_key("ember.test.fail_tasks", "1:always").unwrap();
+        assert!(c.injected_failure(1, 100));
+    }
+}

@@ -1,0 +1,29 @@
+//! ember-core: what the driver and the executors share.
+//!
+//! - [`config`]: the typed `ember.*` configuration (a DataFusion config extension).
+//! - [`error`]: the crate's error type; errors that cross the scheduler say whether
+//!   they are retryable.
+//! - [`shuffle`]: the exchange operators that cut a physical plan into stages
+//!   (`ShuffleWriterExec`, `UnresolvedShuffleExec`, `ShuffleReaderExec`) and the
+//!   on-disk / in-memory shuffle storage they use.
+//! - [`codec`]: the `datafusion-proto` extension codec, so every stage plan travels as
+//!   bytes, in local mode as in a cluster.
+//! - [`task`]: task identities, definitions and typed results, and [`task::run_task`],
+//!   which decodes and runs one task wherever it is executed.
+//! - [`batch_fn`]: named RecordBatch functions (`map_batches`), the MapReduce-style
+//!   escape hatch.
+//! - [`proto`]: the generated gRPC code of `proto/ember.proto`.
+
+pub mod batch_fn;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod proto;
+pub mod shuffle;
+pub mod task;
+
+pub use config::EmberConfig;
+pub use error::{EmberError, Result};
+
+/// The version of the driver/executor protocol, sent when an executor registers.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,61 @@
+//! Where map output lives, as reported by a map task and handed to readers.
+
+use std::path::PathBuf;
+
+/// Identity of one in-memory map output. `token` separates attempts of the same task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MapOutputKey {
+    pub job: u64,
+    pub stage: usize,
+    pub map_partition: usize,
+    pub token: u64,
+}
+
+/// Where the bytes of a map output are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShuffleData {
+    /// Kept in the executor's memory store (local mode, below the budget).
+    Memory(MapOutputKey),
+    /// One data file holding every output partition (with `<path>.index` beside it).
+    File(PathBuf),
+}
+
+/// Size of one output partition inside a map output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// Byte offset in the data file (0 for memory outputs).
+    pub offset: u64,
+    /// Bytes in the file, or in-memory bytes for memory outputs.
+    pub length: u64,
+    pub rows: u64,
+}
+
+/// What a finished map task reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapOutput {
+    pub executor_id: String,
+    pub data: ShuffleData,
+    /// One entry per output partition of the exchange.
+    pub partitions: Vec<PartitionStats>,
+}
+
+impl MapOutput {
+    pub fn total_bytes(&self) -> u64 {
+        self.partitions.iter().map(|p| p.length).sum()
+    }
+
+    pub fn total_rows(&self) -> u64 {
+        self.partitions.iter().map(|p| p.rows).sum()
+    }
+}
+
+/// One piece of a reduce partition: output partition `reduce_partition` of map task
+/// `map_partition`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLocation {
+    pub map_partition: usize,
+    pub reduce_partition: usize,
+    pub executor_id: String,
+    pub data: ShuffleData,
+    pub stats: PartitionStats,
+}

@@ -1,0 +1,166 @@
+//! Per-executor shuffle environment: where map outputs go.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use arrow::record_batch::RecordBatch;
+use parking_lot::Mutex;
+
+use super::location::MapOutputKey;
+
+/// Everything a shuffle operator needs from the executor it runs on. Installed as a
+/// `SessionConfig` extension of every task's `TaskContext`.
+#[derive(Debug)]
+pub struct ShuffleEnv {
+    pub executor_id: String,
+    /// Root of this executor's shuffle files: `<work_dir>/job-<id>/stage-<id>/...`.
+    pub work_dir: PathBuf,
+    /// In-memory map outputs (local mode); `None` sends every map output to disk.
+    pub memory: Option<Arc<MemoryShuffleStore>>,
+    next_token: AtomicU64,
+}
+
+impl ShuffleEnv {
+    pub fn new(
+        executor_id: impl Into<String>,
+        work_dir: impl Into<PathBuf>,
+        memory: Option<Arc<MemoryShuffleStore>>,
+    ) -> Self {
+        ShuffleEnv {
+            executor_id: executor_id.into(),
+            work_dir: work_dir.into(),
+            memory,
+            next_token: AtomicU64::new(1),
+        }
+    }
+
+    /// A token unique within this executor, to keep attempts of a task apart.
+    pub fn next_token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn job_dir(&self, job: u64) -> PathBuf {
+        self.work_dir.join(format!("job-{job}"))
+    }
+
+    /// Frees everything a finished job left: its memory outputs and its files.
+    pub fn remove_job(&self, job: u64) {
+        if let Some(m) = &self.memory {
+            m.remove_job(job);
+        }
+        remove_dir_quietly(&self.job_dir(job));
+    }
+}
+
+fn remove_dir_quietly(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove shuffle files");
+    }
+}
+
+/// Map outputs kept in memory, bounded by a byte budget shared by all running tasks.
+#[derive(Debug)]
+pub struct MemoryShuffleStore {
+    budget: usize,
+    used: AtomicUsize,
+    outputs: Mutex<HashMap<MapOutputKey, StoredOutput>>,
+}
+
+#[derive(Debug)]
+struct StoredOutput {
+    partitions: Arc<Vec<Vec<RecordBatch>>>,
+    bytes: usize,
+}
+
+impl MemoryShuffleStore {
+    pub fn new(budget: usize) -> Self {
+        MemoryShuffleStore {
+            budget,
+            used: AtomicUsize::new(0),
+            outputs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reserves `bytes` of the budget; false when it would go over.
+    pub fn try_reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let next = used.checked_add(bytes)?;
+                (next <= self.budget).then_some(next)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a reservation that was not turned into a stored output.
+    pub fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Stores a map output whose `bytes` were reserved with [`try_reserve`](Self::try_reserve).
+    pub fn insert(&self, key: MapOutputKey, partitions: Vec<Vec<RecordBatch>>, bytes: usize) {
+        let old = self.outputs.lock().insert(
+            key,
+            StoredOutput {
+                partitions: Arc::new(partitions),
+                bytes,
+            },
+        );
+        if let Some(old) = old {
+            self.release(old.bytes);
+        }
+    }
+
+    /// The batches of one output partition of a map output, if it is still here.
+    pub fn get(&self, key: &MapOutputKey, reduce_partition: usize) -> Option<Vec<RecordBatch>> {
+        let outputs = self.outputs.lock();
+        let stored = outputs.get(key)?;
+        stored.partitions.get(reduce_partition).cloned()
+    }
+
+    /// Forgets every map output of a job and returns its bytes to the budget.
+    pub fn remove_job(&self, job: u64) {
+        let mut outputs = self.outputs.lock();
+        let mut freed = 0;
+        outputs.retain(|k, v| {
+            let keep = k.job != job;
+            if !keep {
+                freed += v.bytes;
+            }
+            keep
+        });
+        drop(outputs);
+        self.release(freed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_is_never_exceeded_and_freed_per_job() {
+        let store = MemoryShuffleStore::new(100);
+        assert!(store.try_reserve(60));
+        assert!(!store.try_reserve(50));
+        let key = MapOutputKey {
+            job: 7,
+            stage: 1,
+            map_partition: 0,
+            token: 1,
+        };
+        store.insert(key, vec![vec![]], 60);
+        assert_eq!(store.used(), 60);
+        assert!(store.get(&key, 0).is_some());
+        store.remove_job(7);
+        assert_eq!(store.used(), 0);
+        assert!(store.get(&key, 0).is_none());
+    }
+}

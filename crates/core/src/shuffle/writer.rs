@@ -1,0 +1,360 @@
+//! `ShuffleWriterExec`: the root of every map stage.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::compute::BatchCoalescer;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::Time;
+use datafusion::physical_plan::repartition::BatchPartitioner;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+
+use super::format::{SpillWriter, assemble_data_file, ipc_write_options};
+use super::location::{MapOutput, MapOutputKey, PartitionStats, ShuffleData};
+use super::store::ShuffleEnv;
+use crate::config::EmberConfig;
+use crate::error::{EmberError, Result};
+
+/// Runs its input for one partition and splits the rows into the exchange's output
+/// partitions: by hash of `partitioning`'s expressions, or not at all (`None`: the
+/// whole map output is output partition 0, used for coalesce / merge / broadcast).
+#[derive(Debug)]
+pub struct ShuffleWriterExec {
+    job_id: u64,
+    stage_id: usize,
+    input: Arc<dyn ExecutionPlan>,
+    partitioning: Option<Partitioning>,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShuffleWriterExec {
+    pub fn try_new(
+        job_id: u64,
+        stage_id: usize,
+        input: Arc<dyn ExecutionPlan>,
+        partitioning: Option<Partitioning>,
+    ) -> Result<Self> {
+        if let Some(p) = &partitioning
+            && !matches!(p, Partitioning::Hash(_, n) if *n > 0)
+        {
+            return Err(EmberError::NotSupported(format!(
+                "shuffle partitioning {p:?}: only hash partitioning is exchanged"
+            )));
+        }
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(input.schema()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(ShuffleWriterExec {
+            job_id,
+            stage_id,
+            input,
+            partitioning,
+            properties,
+        })
+    }
+
+    pub fn job_id(&self) -> u64 {
+        self.job_id
+    }
+
+    pub fn stage_id(&self) -> usize {
+        self.stage_id
+    }
+
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    pub fn shuffle_partitioning(&self) -> Option<&Partitioning> {
+        self.partitioning.as_ref()
+    }
+
+    /// Number of output partitions each map task produces.
+    pub fn output_partition_count(&self) -> usize {
+        self.partitioning.as_ref().map_or(1, |p| p.partition_count())
+    }
+
+    /// Number of map tasks: one per input partition.
+    pub fn map_task_count(&self) -> usize {
+        self.input.output_partitioning().partition_count()
+    }
+
+    /// Runs map task `map_partition` and stores its output, in memory when the
+    /// executor's budget allows, otherwise as one data file plus index.
+    pub async fn write(&self, map_partition: usize, ctx: Arc<TaskContext>) -> Result<MapOutput> {
+        let env = ctx
+            .session_config()
+            .get_extension::<ShuffleEnv>()
+            .ok_or_else(|| EmberError::Internal("task context has no ShuffleEnv".into()))?;
+        let config = EmberConfig::from_session(ctx.session_config());
+        let schema = self.input.schema();
+        let n = self.output_partition_count();
+        let mut partitioner = match &self.partitioning {
+            Some(p) => Some(BatchPartitioner::try_new(
+                p.clone(),
+                Time::new(),
+                map_partition,
+                self.map_task_count(),
+            )?),
+            None => None,
+        };
+        let key = MapOutputKey {
+            job: self.job_id,
+            stage: self.stage_id,
+            map_partition,
+            token: env.next_token(),
+        };
+        let mut out = PartitionedOutput::new(&env, key, schema.clone(), n, &config)?;
+        let mut stream = self.input.execute(map_partition, ctx)?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            match partitioner.as_mut() {
+                Some(p) => {
+                    for part in p.partition_iter(batch)? {
+                        let (i, b) = part?;
+                        out.push(i, b)?;
+                    }
+                }
+                None => out.push(0, batch)?,
+            }
+        }
+        out.finish()
+    }
+}
+
+/// The output partitions of one map task while it runs: coalesced into large batches,
+/// held in memory while the store's budget allows, spilled to per-partition files
+/// (assembled into one data file at the end) once it does not.
+struct PartitionedOutput<'a> {
+    env: &'a ShuffleEnv,
+    key: MapOutputKey,
+    schema: SchemaRef,
+    coalescers: Vec<BatchCoalescer>,
+    rows: Vec<u64>,
+    memory: Vec<Vec<RecordBatch>>,
+    reserved: usize,
+    spills: Option<Vec<Option<SpillWriter>>>,
+    options: arrow::ipc::writer::IpcWriteOptions,
+}
+
+impl<'a> PartitionedOutput<'a> {
+    fn new(
+        env: &'a ShuffleEnv,
+        key: MapOutputKey,
+        schema: SchemaRef,
+        n: usize,
+        config: &EmberConfig,
+    ) -> Result<Self> {
+        let coalescers = (0..n)
+            .map(|_| BatchCoalescer::new(schema.clone(), config.shuffle_batch_rows))
+            .collect();
+        let mut out = PartitionedOutput {
+            env,
+            key,
+            schema,
+            coalescers,
+            rows: vec![0; n],
+            memory: vec![Vec::new(); n],
+            reserved: 0,
+            spills: None,
+            options: ipc_write_options(config.shuffle_compression)?,
+        };
+        if env.memory.is_none() {
+            out.start_spilling()?;
+        }
+        Ok(out)
+    }
+
+    fn push(&mut self, partition: usize, batch: RecordBatch) -> Result<()> {
+        self.rows[partition] += batch.num_rows() as u64;
+        self.coalescers[partition].push_batch(batch)?;
+        while let Some(done) = self.coalescers[partition].next_completed_batch() {
+            self.emit(partition, done)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, partition: usize, batch: RecordBatch) -> Result<()> {
+        if self.spills.is_none() {
+            let size = batch.get_array_memory_size();
+            let store = self.env.memory.as_ref().expect("memory mode has a store");
+            if store.try_reserve(size) {
+                self.reserved += size;
+                self.memory[partition].push(batch);
+                return Ok(());
+            }
+            self.start_spilling()?;
+        }
+        self.spill(partition, &batch)
+    }
+
+    fn map_dir(&self) -> PathBuf {
+        self.env
+            .job_dir(self.key.job)
+            .join(format!("stage-{}", self.key.stage))
+    }
+
+    /// Moves everything held in memory to spill files; later batches go there directly.
+    fn start_spilling(&mut self) -> Result<()> {
+        let dir = self.map_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| EmberError::io(dir.display(), e))?;
+        self.spills = Some((0..self.coalescers.len()).map(|_| None).collect());
+        let held = std::mem::take(&mut self.memory);
+        for (p, batches) in held.into_iter().enumerate() {
+            for b in batches {
+                self.spill(p, &b)?;
+            }
+        }
+        self.memory = vec![Vec::new(); self.coalescers.len()];
+        if let Some(store) = &self.env.memory {
+            store.release(self.reserved);
+        }
+        self.reserved = 0;
+        Ok(())
+    }
+
+    fn spill(&mut self, partition: usize, batch: &RecordBatch) -> Result<()> {
+        let path = self.map_dir().join(format!(
+            "map-{}-{}.part-{partition}",
+            self.key.map_partition, self.key.token
+        ));
+        let spills = self.spills.as_mut().expect("spilling");
+        let slot = &mut spills[partition];
+        if slot.is_none() {
+            *slot = Some(SpillWriter::create(path, &self.schema, self.options.clone())?);
+        }
+        slot.as_mut().expect("just created").write(batch)
+    }
+
+    fn finish(mut self) -> Result<MapOutput> {
+        for p in 0..self.coalescers.len() {
+            self.coalescers[p].finish_buffered_batch()?;
+            while let Some(done) = self.coalescers[p].next_completed_batch() {
+                self.emit(p, done)?;
+            }
+        }
+        let executor_id = self.env.executor_id.clone();
+        match self.spills.take() {
+            None => {
+                let partitions = self
+                    .memory
+                    .iter()
+                    .zip(&self.rows)
+                    .map(|(batches, rows)| PartitionStats {
+                        offset: 0,
+                        length: batches.iter().map(|b| b.get_array_memory_size() as u64).sum(),
+                        rows: *rows,
+                    })
+                    .collect();
+                let store = self.env.memory.as_ref().expect("memory mode has a store");
+                store.insert(self.key, std::mem::take(&mut self.memory), self.reserved);
+                Ok(MapOutput {
+                    executor_id,
+                    data: ShuffleData::Memory(self.key),
+                    partitions,
+                })
+            }
+            Some(spills) => {
+                let path = self.map_dir().join(format!(
+                    "map-{}-{}.data",
+                    self.key.map_partition, self.key.token
+                ));
+                let ranges = assemble_data_file(&path, &self.schema, &self.options, spills)?;
+                let partitions = ranges
+                    .into_iter()
+                    .zip(&self.rows)
+                    .map(|((offset, length), rows)| PartitionStats {
+                        offset,
+                        length,
+                        rows: *rows,
+                    })
+                    .collect();
+                Ok(MapOutput {
+                    executor_id,
+                    data: ShuffleData::File(path),
+                    partitions,
+                })
+            }
+        }
+    }
+}
+
+impl DisplayAs for ShuffleWriterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        match &self.partitioning {
+            Some(Partitioning::Hash(exprs, n)) => {
+                let exprs: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+                write!(
+                    f,
+                    "ShuffleWriterExec: stage={}, partitioning=Hash([{}], {n})",
+                    self.stage_id,
+                    exprs.join(", ")
+                )
+            }
+            _ => write!(f, "ShuffleWriterExec: stage={}, partitioning=None", self.stage_id),
+        }
+    }
+}
+
+impl ExecutionPlan for ShuffleWriterExec {
+    fn name(&self) -> &str {
+        "ShuffleWriterExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        if let Some(Partitioning::Hash(exprs, _)) = &self.partitioning {
+            for e in exprs {
+                if f(e)? == TreeNodeRecursion::Stop {
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
+            DataFusionError::Internal("ShuffleWriterExec takes one child".into())
+        })?;
+        Ok(Arc::new(ShuffleWriterExec::try_new(
+            self.job_id,
+            self.stage_id,
+            input,
+            self.partitioning.clone(),
+        )?))
+    }
+
+    fn execute(&self, _partition: usize, _ctx: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+        Err(DataFusionError::Internal(
+            "ShuffleWriterExec is run by ember's task runner (ShuffleWriterExec::write), not executed as a stream".into(),
+        ))
+    }
+}

@@ -1,0 +1,1 @@
+//! ember executor process (cluster mode lands with the cluster issue).

@@ -1,0 +1,1 @@
+//! ember-log: the embedded Kafka-like partitioned log (lands with the log issue).
