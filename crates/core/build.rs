@@ -3,6 +3,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; PROTOC is read by prost-build below.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=../../proto/ember.proto");
-    tonic_prost_build::configure().compile_protos(&["../../proto/ember.proto"], &["../../proto"])?;
+    tonic_prost_build::configure()
+        .compile_protos(&["../../proto/ember.proto"], &["../../proto"])?;
     Ok(())
 }

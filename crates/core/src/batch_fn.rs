@@ -125,7 +125,11 @@ impl ExecutionPlan for MapBatchesExec {
         Ok(Arc::new(MapBatchesExec::new(self.func.clone(), input)))
     }
 
-    fn execute(&self, partition: usize, ctx: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
         let input = self.input.execute(partition, ctx)?;
         let func = self.func.clone();
         let schema = func.output_schema.clone();

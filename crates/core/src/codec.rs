@@ -12,14 +12,12 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
-use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
-use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
-use datafusion_proto::physical_plan::{
-    PhysicalExtensionCodec, PhysicalProtoConverterExtension,
-};
 use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use prost::Message;
 
 use crate::batch_fn::{BatchFnRegistry, MapBatchesExec};
@@ -49,10 +47,16 @@ pub fn encode_plan(plan: Arc<dyn ExecutionPlan>, codec: &EmberCodec) -> Result<b
 }
 
 /// Deserializes a physical plan; UDFs are resolved through `ctx`'s function registry.
-pub fn decode_plan(bytes: &[u8], ctx: &TaskContext, codec: &EmberCodec) -> Result<Arc<dyn ExecutionPlan>> {
-    physical_plan_from_bytes_with_extension_codec(bytes, ctx, codec).map_err(|e| EmberError::Decode {
-        what: "stage plan",
-        message: e.to_string(),
+pub fn decode_plan(
+    bytes: &[u8],
+    ctx: &TaskContext,
+    codec: &EmberCodec,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    physical_plan_from_bytes_with_extension_codec(bytes, ctx, codec).map_err(|e| {
+        EmberError::Decode {
+            what: "stage plan",
+            message: e.to_string(),
+        }
     })
 }
 
@@ -68,13 +72,17 @@ fn encode_schema(schema: &Schema) -> DFResult<Vec<u8>> {
 }
 
 fn decode_schema(bytes: &[u8]) -> DFResult<SchemaRef> {
-    let proto = datafusion_proto::protobuf::Schema::decode(bytes).map_err(|e| decode_err("schema", e))?;
+    let proto =
+        datafusion_proto::protobuf::Schema::decode(bytes).map_err(|e| decode_err("schema", e))?;
     let schema: Schema = (&proto).try_into().map_err(|e| decode_err("schema", e))?;
     Ok(Arc::new(schema))
 }
 
 impl EmberCodec {
-    fn encode_partitioning(&self, p: Option<&Partitioning>) -> DFResult<proto::ExchangePartitioning> {
+    fn encode_partitioning(
+        &self,
+        p: Option<&Partitioning>,
+    ) -> DFResult<proto::ExchangePartitioning> {
         Ok(match p {
             Some(Partitioning::Hash(exprs, n)) => proto::ExchangePartitioning {
                 hash_exprs: exprs
@@ -187,7 +195,8 @@ impl PhysicalExtensionCodec for EmberCodec {
         ctx: &TaskContext,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let node = proto::ExtensionNode::decode(buf).map_err(|e| decode_err("ember plan node", e))?;
+        let node =
+            proto::ExtensionNode::decode(buf).map_err(|e| decode_err("ember plan node", e))?;
         let one_input = || {
             inputs
                 .first()
@@ -199,8 +208,8 @@ impl PhysicalExtensionCodec for EmberCodec {
                 let input = one_input()?;
                 let p = w.partitioning.unwrap_or_default();
                 let exprs = self.decode_exprs(&p, ctx, &input.schema())?;
-                let partitioning =
-                    (!exprs.is_empty()).then(|| Partitioning::Hash(exprs, p.num_partitions as usize));
+                let partitioning = (!exprs.is_empty())
+                    .then(|| Partitioning::Hash(exprs, p.num_partitions as usize));
                 Ok(Arc::new(ShuffleWriterExec::try_new(
                     w.job_id,
                     w.stage_id as usize,
@@ -210,7 +219,8 @@ impl PhysicalExtensionCodec for EmberCodec {
             }
             Some(Node::UnresolvedShuffle(u)) => {
                 let schema = decode_schema(&u.schema)?;
-                let partitioning = self.decode_reader_partitioning(u.partitioning.as_ref(), ctx, &schema)?;
+                let partitioning =
+                    self.decode_reader_partitioning(u.partitioning.as_ref(), ctx, &schema)?;
                 Ok(Arc::new(UnresolvedShuffleExec::new(
                     u.stage_id as usize,
                     schema,
@@ -219,7 +229,8 @@ impl PhysicalExtensionCodec for EmberCodec {
             }
             Some(Node::ShuffleReader(r)) => {
                 let schema = decode_schema(&r.schema)?;
-                let partitioning = self.decode_reader_partitioning(r.partitioning.as_ref(), ctx, &schema)?;
+                let partitioning =
+                    self.decode_reader_partitioning(r.partitioning.as_ref(), ctx, &schema)?;
                 let partitions = r
                     .partitions
                     .iter()

@@ -266,7 +266,11 @@ mod tests {
         let e = c.set_key("ember.task.max_failures", "x").unwrap_err();
         assert!(e.to_string().contains("ember.task.max_failures"), "{e}");
         let e = c.set_key("ember.nope", "1").unwrap_err();
-        assert!(e.to_string().contains("unknown configuration key ember.nope"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("unknown configuration key ember.nope"),
+            "{e}"
+        );
         assert!(c.set_key("test.fail_tasks", "1:x").is_err());
     }
 

@@ -80,9 +80,9 @@ impl EmberError {
     /// and bad data are deterministic; I/O, fetch failures and injected faults are not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            EmberError::Io { .. } | EmberError::FetchFailed { .. } | EmberError::Injected { .. } => {
-                true
-            }
+            EmberError::Io { .. }
+            | EmberError::FetchFailed { .. }
+            | EmberError::Injected { .. } => true,
             EmberError::DataFusion(DataFusionError::IoError(_))
             | EmberError::DataFusion(DataFusionError::ObjectStore(_))
             | EmberError::DataFusion(DataFusionError::ResourcesExhausted(_)) => true,

@@ -197,10 +197,13 @@ async fn run(def: &TaskDefinition, env: &TaskEnv) -> Result<TaskOutput> {
 /// The ember error inside a DataFusion error, if there is one.
 pub fn find_ember_error(e: &DataFusionError) -> Option<&EmberError> {
     match e {
-        DataFusionError::External(b) => b.downcast_ref::<EmberError>().and_then(|inner| match inner {
-            EmberError::DataFusion(df) => find_ember_error(df).or(Some(inner)),
-            other => Some(other),
-        }),
+        DataFusionError::External(b) => {
+            b.downcast_ref::<EmberError>()
+                .and_then(|inner| match inner {
+                    EmberError::DataFusion(df) => find_ember_error(df).or(Some(inner)),
+                    other => Some(other),
+                })
+        }
         DataFusionError::Context(_, inner) => find_ember_error(inner),
         DataFusionError::Shared(inner) => find_ember_error(inner),
         DataFusionError::Diagnostic(_, inner) => find_ember_error(inner),

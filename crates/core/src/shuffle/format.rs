@@ -36,7 +36,11 @@ pub(crate) struct SpillWriter {
 }
 
 impl SpillWriter {
-    pub(crate) fn create(path: PathBuf, schema: &SchemaRef, options: IpcWriteOptions) -> Result<Self> {
+    pub(crate) fn create(
+        path: PathBuf,
+        schema: &SchemaRef,
+        options: IpcWriteOptions,
+    ) -> Result<Self> {
         let file = File::create(&path).map_err(|e| EmberError::io(path.display(), e))?;
         let writer = StreamWriter::try_new_with_options(BufWriter::new(file), schema, options)?;
         Ok(SpillWriter { path, writer })
@@ -52,7 +56,9 @@ impl SpillWriter {
             .writer
             .into_inner()
             .map_err(|e| EmberError::Internal(format!("flushing shuffle spill: {e}")))?;
-        inner.flush().map_err(|e| EmberError::io(self.path.display(), e))?;
+        inner
+            .flush()
+            .map_err(|e| EmberError::io(self.path.display(), e))?;
         Ok(self.path)
     }
 }
@@ -113,14 +119,21 @@ pub fn read_index(data_path: &Path) -> Result<Vec<(u64, u64)>> {
     if bytes.len() % 8 != 0 || bytes.len() < 8 {
         return Err(EmberError::Decode {
             what: "shuffle index",
-            message: format!("{} has {} bytes, not a list of u64 offsets", path.display(), bytes.len()),
+            message: format!(
+                "{} has {} bytes, not a list of u64 offsets",
+                path.display(),
+                bytes.len()
+            ),
         });
     }
     let offsets: Vec<u64> = bytes
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8")))
         .collect();
-    Ok(offsets.windows(2).map(|w| (w[0], w[1].saturating_sub(w[0]))).collect())
+    Ok(offsets
+        .windows(2)
+        .map(|w| (w[0], w[1].saturating_sub(w[0])))
+        .collect())
 }
 
 /// Opens one output partition of a data file as a stream of batches.
@@ -148,7 +161,8 @@ mod tests {
     #[test]
     fn data_file_partitions_read_back_by_range_and_index() {
         let dir = tempfile::tempdir().unwrap();
-        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
         let options = ipc_write_options(ShuffleCompression::Zstd).unwrap();
         let batch = |v: Vec<i64>| {
             RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).unwrap()
@@ -159,7 +173,8 @@ mod tests {
         p2.write(&batch(vec![7])).unwrap();
         p2.write(&batch(vec![8, 9])).unwrap();
         let data = dir.path().join("map.data");
-        let ranges = assemble_data_file(&data, &schema, &options, vec![Some(p0), None, Some(p2)]).unwrap();
+        let ranges =
+            assemble_data_file(&data, &schema, &options, vec![Some(p0), None, Some(p2)]).unwrap();
         assert_eq!(read_index(&data).unwrap(), ranges);
         let rows = |p: usize| -> Vec<i64> {
             let (off, len) = ranges[p];
@@ -167,7 +182,12 @@ mod tests {
                 .unwrap()
                 .flat_map(|b| {
                     let b = b.unwrap();
-                    let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                    let a = b
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .clone();
                     a.values().to_vec()
                 })
                 .collect()

@@ -114,7 +114,11 @@ impl ExecutionPlan for ShuffleReaderExec {
         Ok(self)
     }
 
-    fn execute(&self, partition: usize, ctx: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
         let locations = self.partitions.get(partition).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!(
                 "ShuffleReaderExec of stage {} has no partition {partition}",

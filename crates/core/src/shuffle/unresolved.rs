@@ -93,7 +93,11 @@ impl ExecutionPlan for UnresolvedShuffleExec {
         Ok(self)
     }
 
-    fn execute(&self, _partition: usize, _ctx: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        _partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
         Err(DataFusionError::Internal(format!(
             "UnresolvedShuffleExec for stage {} was executed before the stage finished",
             self.stage_id

@@ -85,7 +85,9 @@ impl ShuffleWriterExec {
 
     /// Number of output partitions each map task produces.
     pub fn output_partition_count(&self) -> usize {
-        self.partitioning.as_ref().map_or(1, |p| p.partition_count())
+        self.partitioning
+            .as_ref()
+            .map_or(1, |p| p.partition_count())
     }
 
     /// Number of map tasks: one per input partition.
@@ -235,7 +237,11 @@ impl<'a> PartitionedOutput<'a> {
         let spills = self.spills.as_mut().expect("spilling");
         let slot = &mut spills[partition];
         if slot.is_none() {
-            *slot = Some(SpillWriter::create(path, &self.schema, self.options.clone())?);
+            *slot = Some(SpillWriter::create(
+                path,
+                &self.schema,
+                self.options.clone(),
+            )?);
         }
         slot.as_mut().expect("just created").write(batch)
     }
@@ -256,7 +262,10 @@ impl<'a> PartitionedOutput<'a> {
                     .zip(&self.rows)
                     .map(|(batches, rows)| PartitionStats {
                         offset: 0,
-                        length: batches.iter().map(|b| b.get_array_memory_size() as u64).sum(),
+                        length: batches
+                            .iter()
+                            .map(|b| b.get_array_memory_size() as u64)
+                            .sum(),
                         rows: *rows,
                     })
                     .collect();
@@ -305,7 +314,11 @@ impl DisplayAs for ShuffleWriterExec {
                     exprs.join(", ")
                 )
             }
-            _ => write!(f, "ShuffleWriterExec: stage={}, partitioning=None", self.stage_id),
+            _ => write!(
+                f,
+                "ShuffleWriterExec: stage={}, partitioning=None",
+                self.stage_id
+            ),
         }
     }
 }
@@ -341,9 +354,8 @@ impl ExecutionPlan for ShuffleWriterExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
-            DataFusionError::Internal("ShuffleWriterExec takes one child".into())
-        })?;
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("ShuffleWriterExec takes one child".into()))?;
         Ok(Arc::new(ShuffleWriterExec::try_new(
             self.job_id,
             self.stage_id,
@@ -352,7 +364,11 @@ impl ExecutionPlan for ShuffleWriterExec {
         )?))
     }
 
-    fn execute(&self, _partition: usize, _ctx: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        _partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
         Err(DataFusionError::Internal(
             "ShuffleWriterExec is run by ember's task runner (ShuffleWriterExec::write), not executed as a stream".into(),
         ))

@@ -1,0 +1,243 @@
+//! `Session`: the entry point, in the spirit of Spark's `SparkSession`.
+//!
+//! A session owns a DataFusion `SessionContext` (catalog, config, functions) and an
+//! [`Engine`](crate::engine::Engine): the stage planner plus DAG scheduler that runs
+//! every action. `DataFrame`s only build logical plans; actions come back here.
+
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use ember_core::batch_fn::BatchFnRegistry;
+use ember_core::task::{FunctionSet, FunctionSource};
+use ember_core::{EmberConfig, EmberError, Result};
+
+use crate::dataframe::DataFrame;
+use crate::engine::{Engine, JobProgress};
+use crate::map_batches::EmberQueryPlanner;
+
+/// Where a session runs its jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Master {
+    /// `local[N]`: N in-process executor slots (`local[*]`: one per core).
+    Local { slots: usize },
+}
+
+impl Master {
+    /// Parses `local`, `local[N]`, `local[*]`.
+    pub fn parse(s: &str) -> Result<Master> {
+        let s = s.trim();
+        let cores = || std::thread::available_parallelism().map_or(1, |n| n.get());
+        if s == "local" {
+            return Ok(Master::Local { slots: 1 });
+        }
+        if let Some(inner) = s.strip_prefix("local[").and_then(|r| r.strip_suffix(']')) {
+            let slots = if inner == "*" {
+                cores()
+            } else {
+                inner
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        EmberError::Config(format!(
+                            "invalid master '{s}': expected local[N] with N >= 1"
+                        ))
+                    })?
+            };
+            return Ok(Master::Local { slots });
+        }
+        Err(EmberError::Config(format!(
+            "invalid master '{s}': expected local, local[N] or local[*]"
+        )))
+    }
+
+    pub fn slots(&self) -> usize {
+        match self {
+            Master::Local { slots } => *slots,
+        }
+    }
+}
+
+/// Builds a [`Session`]: `Session::builder().master("local[4]").config(k, v).build()`.
+#[derive(Debug, Clone)]
+pub struct SessionBuilder {
+    master: String,
+    app_name: String,
+    config: Vec<(String, String)>,
+}
+
+impl Default for SessionBuilder {
+    fn default() -> Self {
+        SessionBuilder {
+            master: "local[*]".into(),
+            app_name: "ember".into(),
+            config: vec![],
+        }
+    }
+}
+
+impl SessionBuilder {
+    pub fn master(mut self, master: impl Into<String>) -> Self {
+        self.master = master.into();
+        self
+    }
+
+    pub fn app_name(mut self, name: impl Into<String>) -> Self {
+        self.app_name = name.into();
+        self
+    }
+
+    /// Sets a `datafusion.*` or `ember.*` key.
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the session's engine. Must be called inside a tokio runtime.
+    pub fn build(self) -> Result<Session> {
+        let master = Master::parse(&self.master)?;
+        let slots = master.slots();
+        let mut config = SessionConfig::new()
+            .with_option_extension(EmberConfig::default())
+            .with_target_partitions(slots)
+            .with_information_schema(true);
+        for (k, v) in &self.config {
+            config
+                .options_mut()
+                .set(k, v)
+                .map_err(|e| EmberError::Config(format!("{k}={v}: {e}")))?;
+        }
+        let batch_fns = Arc::new(BatchFnRegistry::default());
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_query_planner(Arc::new(EmberQueryPlanner::new(batch_fns.clone())))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let ember = EmberConfig::from_session(&ctx.copied_config());
+        let functions: Arc<dyn FunctionSource> = Arc::new(SessionFunctions { ctx: ctx.clone() });
+        let engine = Engine::start_local(slots, &ember, batch_fns.clone(), functions)?;
+        Ok(Session {
+            inner: Arc::new(SessionInner {
+                ctx,
+                engine,
+                batch_fns,
+                master,
+                app_name: self.app_name,
+            }),
+        })
+    }
+}
+
+/// Local-mode executors resolve functions through the session itself, so a UDF
+/// registered after the session started is visible to the next job.
+struct SessionFunctions {
+    ctx: SessionContext,
+}
+
+impl std::fmt::Debug for SessionFunctions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionFunctions")
+    }
+}
+
+impl FunctionSource for SessionFunctions {
+    fn functions(&self) -> FunctionSet {
+        let state = self.ctx.state();
+        FunctionSet {
+            scalar: state.scalar_functions().clone(),
+            higher_order: state.higher_order_functions().clone(),
+            aggregate: state.aggregate_functions().clone(),
+            window: state.window_functions().clone(),
+        }
+    }
+}
+
+/// A handle to a running ember session; cheap to clone, shareable across threads.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+struct SessionInner {
+    ctx: SessionContext,
+    engine: Engine,
+    batch_fns: Arc<BatchFnRegistry>,
+    master: Master,
+    app_name: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("app_name", &self.inner.app_name)
+            .field("master", &self.inner.master)
+            .finish()
+    }
+}
+
+impl Session {
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    /// A local session with one executor slot per core (`local[*]`).
+    pub fn local() -> Result<Session> {
+        Session::builder().build()
+    }
+
+    pub fn master(&self) -> &Master {
+        &self.inner.master
+    }
+
+    /// The DataFusion context: catalog, config, functions.
+    pub fn context(&self) -> &SessionContext {
+        &self.inner.ctx
+    }
+
+    pub fn batch_fns(&self) -> &Arc<BatchFnRegistry> {
+        &self.inner.batch_fns
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Progress of the stages now running, for progress bars and UIs.
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<JobProgress> {
+        self.inner.engine.progress()
+    }
+
+    /// Runs a SQL statement. Queries are lazy (a `DataFrame`); DDL such as
+    /// `CREATE EXTERNAL TABLE` or `SET` takes effect now.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let df = self.inner.ctx.sql(sql).await?;
+        Ok(DataFrame::new(self.clone(), df))
+    }
+
+    /// Optimizes a logical plan and plans it physically (DataFusion's planner, with
+    /// `target_partitions` = executor slots unless configured otherwise).
+    pub async fn create_physical_plan(&self, plan: &LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
+        let state = self.inner.ctx.state();
+        Ok(state.create_physical_plan(plan).await?)
+    }
+
+    /// Runs a logical plan as an ember job and returns its rows.
+    pub async fn collect_plan(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
+        let physical = self.create_physical_plan(plan).await?;
+        self.inner
+            .engine
+            .run(physical, &self.inner.ctx.copied_config())
+            .await
+    }
+
+    /// The stage DAG ember would run for a logical plan, as text.
+    pub async fn explain_stages(&self, plan: &LogicalPlan) -> Result<String> {
+        let physical = self.create_physical_plan(plan).await?;
+        self.inner.engine.explain(physical)
+    }
+}
