@@ -190,7 +190,13 @@ async fn run(def: &TaskDefinition, env: &TaskEnv) -> Result<TaskOutput> {
     if let Some(writer) = plan.downcast_ref::<ShuffleWriterExec>() {
         return Ok(TaskOutput::Map(writer.write(id.partition, ctx).await?));
     }
-    let batches: Vec<RecordBatch> = plan.execute(id.partition, ctx)?.try_collect().await?;
+    let mut stream = plan.execute(id.partition, ctx)?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.try_next().await? {
+        batches.push(batch);
+        // Yield now and then so that a killed task stops at the next batch.
+        tokio::task::consume_budget().await;
+    }
     Ok(TaskOutput::Result(batches))
 }
 

@@ -120,7 +120,13 @@ impl SessionBuilder {
         let ctx = SessionContext::new_with_state(state);
         let ember = EmberConfig::from_session(&ctx.copied_config());
         let functions: Arc<dyn FunctionSource> = Arc::new(SessionFunctions { ctx: ctx.clone() });
-        let engine = Engine::start_local(slots, &ember, batch_fns.clone(), functions)?;
+        let engine = Engine::start_local(
+            slots,
+            &ember,
+            batch_fns.clone(),
+            functions,
+            ctx.runtime_env(),
+        )?;
         Ok(Session {
             inner: Arc::new(SessionInner {
                 ctx,
@@ -203,10 +209,6 @@ impl Session {
         &self.inner.batch_fns
     }
 
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.inner.engine
-    }
-
     /// Progress of the stages now running, for progress bars and UIs.
     pub fn progress(&self) -> tokio::sync::watch::Receiver<JobProgress> {
         self.inner.engine.progress()
@@ -231,7 +233,11 @@ impl Session {
         let physical = self.create_physical_plan(plan).await?;
         self.inner
             .engine
-            .run(physical, &self.inner.ctx.copied_config())
+            .run(
+                physical,
+                &self.inner.ctx.copied_config(),
+                &self.inner.ctx.session_id(),
+            )
             .await
     }
 

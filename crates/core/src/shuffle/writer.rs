@@ -133,6 +133,8 @@ impl ShuffleWriterExec {
                 }
                 None => out.push(0, batch)?,
             }
+            // Yield now and then so that a killed task stops at the next batch.
+            tokio::task::consume_budget().await;
         }
         out.finish()
     }

@@ -1,13 +1,33 @@
 //! The engine: stage planner + DAG scheduler + executor slots.
+//!
+//! `Engine::run` cuts a physical plan into a [`StageGraph`](planner::StageGraph),
+//! submits it to the scheduler's event loop and waits for the result. Dropping the
+//! returned future (Ctrl-C in the shell) cancels the job.
+
+mod explain;
+mod job;
+mod local;
+mod planner;
+mod scheduler;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::record_batch::RecordBatch;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use ember_core::batch_fn::BatchFnRegistry;
-use ember_core::task::FunctionSource;
-use ember_core::{EmberConfig, Result};
+use ember_core::codec::EmberCodec;
+use ember_core::shuffle::{MemoryShuffleStore, ShuffleEnv};
+use ember_core::task::{FunctionSource, TaskEnv};
+use ember_core::{EmberConfig, EmberError, Result};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use job::Job;
+use local::LocalExecutors;
+use planner::StageGraph;
+use scheduler::{Event, Scheduler};
 
 /// One running stage, as progress bars show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,34 +46,119 @@ pub struct JobProgress {
 }
 
 pub(crate) struct Engine {
-    progress: tokio::sync::watch::Receiver<JobProgress>,
+    events: mpsc::UnboundedSender<Event>,
+    progress: watch::Receiver<JobProgress>,
+    next_job: AtomicU64,
+    event_loop: tokio::task::JoinHandle<()>,
+    _work_dir: tempfile::TempDir,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.event_loop.abort();
+    }
+}
+
+/// Sends `Cancel` if the caller stops waiting for its job.
+struct CancelOnDrop<'a> {
+    events: &'a mpsc::UnboundedSender<Event>,
+    job: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.events.send(Event::Cancel { job: self.job });
+        }
+    }
 }
 
 impl Engine {
+    /// Starts the scheduler with `slots` in-process executor slots.
     pub(crate) fn start_local(
-        _slots: usize,
-        _config: &EmberConfig,
-        _batch_fns: Arc<BatchFnRegistry>,
-        _functions: Arc<dyn FunctionSource>,
+        slots: usize,
+        config: &EmberConfig,
+        batch_fns: Arc<BatchFnRegistry>,
+        functions: Arc<dyn FunctionSource>,
+        runtime: Arc<RuntimeEnv>,
     ) -> Result<Engine> {
-        let (_tx, progress) = tokio::sync::watch::channel(JobProgress::default());
-        Ok(Engine { progress })
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            EmberError::Config("an ember Session must be built inside a tokio runtime".into())
+        })?;
+        let work_dir = tempfile::Builder::new()
+            .prefix("ember-local-")
+            .tempdir()
+            .map_err(|e| EmberError::io(std::env::temp_dir().display(), e))?;
+        let memory = (config.shuffle_memory_budget > 0)
+            .then(|| Arc::new(MemoryShuffleStore::new(config.shuffle_memory_budget)));
+        let codec = EmberCodec::new(batch_fns);
+        let env = TaskEnv {
+            executor_id: "local".into(),
+            shuffle: Arc::new(ShuffleEnv::new("local", work_dir.path(), memory)),
+            codec: codec.clone(),
+            functions,
+            runtime,
+        };
+        let (events, rx) = mpsc::unbounded_channel();
+        let (progress_tx, progress) = watch::channel(JobProgress::default());
+        let launcher = Arc::new(LocalExecutors::new(env, events.clone(), handle.clone()));
+        let scheduler = Scheduler::new(launcher, slots, codec, progress_tx);
+        let event_loop = handle.spawn(scheduler.run(rx));
+        Ok(Engine {
+            events,
+            progress,
+            next_job: AtomicU64::new(1),
+            event_loop,
+            _work_dir: work_dir,
+        })
     }
 
+    /// Runs a physical plan as a job: stages, shuffles, tasks on executor slots.
     pub(crate) async fn run(
         &self,
         plan: Arc<dyn ExecutionPlan>,
-        _config: &SessionConfig,
+        config: &SessionConfig,
+        session_id: &str,
     ) -> Result<Vec<RecordBatch>> {
-        let ctx = datafusion::execution::TaskContext::default();
-        Ok(datafusion::physical_plan::collect(plan, Arc::new(ctx)).await?)
+        let job_id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let graph = StageGraph::plan(job_id, plan)?;
+        let pairs: Vec<(String, String)> = config
+            .options()
+            .entries()
+            .into_iter()
+            .filter_map(|e| e.value.map(|v| (e.key, v)))
+            .collect();
+        let (reply, result) = oneshot::channel();
+        let job = Job::new(
+            job_id,
+            graph,
+            Arc::new(pairs),
+            EmberConfig::from_session(config),
+            session_id.to_string(),
+            reply,
+        );
+        self.events
+            .send(Event::Submit(Box::new(job)))
+            .map_err(|_| EmberError::Internal("the scheduler has stopped".into()))?;
+        let mut guard = CancelOnDrop {
+            events: &self.events,
+            job: job_id,
+            armed: true,
+        };
+        let result = result
+            .await
+            .map_err(|_| EmberError::Internal("the scheduler dropped the job".into()))?;
+        guard.armed = false;
+        result
     }
 
-    pub(crate) fn explain(&self, _plan: Arc<dyn ExecutionPlan>) -> Result<String> {
-        Ok(String::new())
+    /// The stage DAG a plan would run as.
+    pub(crate) fn explain(&self, plan: Arc<dyn ExecutionPlan>) -> Result<String> {
+        Ok(explain::stage_dag(&StageGraph::plan(0, plan)?))
     }
 
-    pub(crate) fn progress(&self) -> tokio::sync::watch::Receiver<JobProgress> {
+    pub(crate) fn progress(&self) -> watch::Receiver<JobProgress> {
         self.progress.clone()
     }
 }

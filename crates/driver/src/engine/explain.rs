@@ -1,0 +1,42 @@
+//! The stage DAG as text: what `explain` prints and the golden files hold.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use datafusion::physical_plan::ExecutionPlan;
+use ember_core::shuffle::UnresolvedShuffleExec;
+
+use super::planner::StageGraph;
+
+/// One block per stage, children first: id, task count, parents, output exchange, and
+/// the stage plan's operators.
+pub(crate) fn stage_dag(graph: &StageGraph) -> String {
+    let mut out = String::new();
+    for stage in graph.stages.values() {
+        let parents = if stage.parents.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = stage.parents.iter().map(|p| p.to_string()).collect();
+            format!(", reads stages [{}]", ids.join(", "))
+        };
+        let tasks = if stage.tasks == 1 { "task" } else { "tasks" };
+        let _ = writeln!(
+            out,
+            "Stage {}: {} {tasks}{parents} -> {}",
+            stage.id, stage.tasks, stage.output
+        );
+        operators(&stage.plan, 1, &mut out);
+    }
+    out
+}
+
+fn operators(plan: &Arc<dyn ExecutionPlan>, depth: usize, out: &mut String) {
+    let _ = write!(out, "{}{}", "  ".repeat(depth), plan.name());
+    if let Some(u) = plan.downcast_ref::<UnresolvedShuffleExec>() {
+        let _ = write!(out, "(stage {})", u.stage_id());
+    }
+    out.push('\n');
+    for c in plan.children() {
+        operators(c, depth + 1, out);
+    }
+}

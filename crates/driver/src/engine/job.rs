@@ -1,0 +1,191 @@
+//! Per-job scheduler state: stages, their attempts, tasks and map outputs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::physical_plan::ExecutionPlan;
+use ember_core::shuffle::{MapOutput, PartitionLocation, ShuffleReaderExec, UnresolvedShuffleExec};
+use ember_core::{EmberConfig, EmberError, Result};
+use tokio::sync::oneshot;
+
+use super::planner::StageGraph;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StageStatus {
+    /// Some parent has not finished (or lost outputs and is re-running).
+    Waiting,
+    Running,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskState {
+    Pending,
+    Running { attempt: usize },
+    Done,
+}
+
+#[derive(Debug)]
+pub(crate) struct StageState {
+    pub status: StageStatus,
+    /// Bumped when the stage is re-run; reports of older attempts are stale.
+    pub attempt: usize,
+    pub tasks: Vec<TaskState>,
+    /// Failed attempts per task (the next attempt number).
+    pub failures: Vec<usize>,
+    /// Map outputs by map partition (map stages).
+    pub outputs: Vec<Option<MapOutput>>,
+    /// The resolved, encoded plan of the current attempt.
+    pub plan_bytes: Option<bytes::Bytes>,
+}
+
+impl StageState {
+    pub(crate) fn new(tasks: usize) -> Self {
+        StageState {
+            status: StageStatus::Waiting,
+            attempt: 0,
+            tasks: vec![TaskState::Pending; tasks],
+            failures: vec![0; tasks],
+            outputs: vec![None; tasks],
+            plan_bytes: None,
+        }
+    }
+
+    pub(crate) fn running(&self) -> usize {
+        self.tasks
+            .iter()
+            .filter(|t| matches!(t, TaskState::Running { .. }))
+            .count()
+    }
+
+    pub(crate) fn done(&self) -> usize {
+        self.tasks
+            .iter()
+            .filter(|t| matches!(t, TaskState::Done))
+            .count()
+    }
+}
+
+pub(crate) struct Job {
+    pub id: u64,
+    pub graph: StageGraph,
+    pub stages: BTreeMap<usize, StageState>,
+    pub config: Arc<Vec<(String, String)>>,
+    pub ember: EmberConfig,
+    pub session_id: String,
+    /// Final-stage results by partition.
+    pub results: BTreeMap<usize, Vec<RecordBatch>>,
+    pub reply: Option<oneshot::Sender<Result<Vec<RecordBatch>>>>,
+}
+
+impl Job {
+    pub(crate) fn new(
+        id: u64,
+        graph: StageGraph,
+        config: Arc<Vec<(String, String)>>,
+        ember: EmberConfig,
+        session_id: String,
+        reply: oneshot::Sender<Result<Vec<RecordBatch>>>,
+    ) -> Job {
+        let stages = graph
+            .stages
+            .values()
+            .map(|s| (s.id, StageState::new(s.tasks)))
+            .collect();
+        Job {
+            id,
+            graph,
+            stages,
+            config,
+            ember,
+            session_id,
+            results: BTreeMap::new(),
+            reply: Some(reply),
+        }
+    }
+
+    /// Stages whose parents are all done and that have not started.
+    pub(crate) fn ready_stages(&self) -> Vec<usize> {
+        self.graph
+            .stages
+            .values()
+            .filter(|s| self.stages[&s.id].status == StageStatus::Waiting)
+            .filter(|s| {
+                s.parents
+                    .iter()
+                    .all(|p| self.stages[p].status == StageStatus::Done)
+            })
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// The stage plan with every unresolved shuffle replaced by a reader of its
+    /// parent's current map outputs.
+    pub(crate) fn resolve(&self, stage: usize) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.graph.stages[&stage].plan.clone();
+        let resolved = plan.transform_up(|node| {
+            let Some(u) = node.downcast_ref::<UnresolvedShuffleExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let parent = &self.stages[&u.stage_id()];
+            let outputs: Vec<&MapOutput> = parent
+                .outputs
+                .iter()
+                .enumerate()
+                .map(|(m, o)| {
+                    o.as_ref().ok_or_else(|| {
+                        EmberError::Internal(format!(
+                            "stage {} map output {m} missing while resolving stage {stage}",
+                            u.stage_id()
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let partitions = locations(
+                &outputs,
+                u.is_hash(),
+                u.exchange_partitioning().partition_count(),
+            );
+            let reader = ShuffleReaderExec::new(
+                u.stage_id(),
+                u.schema(),
+                u.exchange_partitioning().clone(),
+                partitions,
+            );
+            Ok(Transformed::yes(Arc::new(reader) as Arc<dyn ExecutionPlan>))
+        })?;
+        Ok(resolved.data)
+    }
+}
+
+/// Reader partitions from map outputs: for a hash exchange, reduce partition `p` is
+/// output partition `p` of every map task; otherwise reader partition `i` is map task
+/// `i`'s whole output.
+fn locations(outputs: &[&MapOutput], hash: bool, partitions: usize) -> Vec<Vec<PartitionLocation>> {
+    let loc = |m: usize, out: &MapOutput, r: usize| PartitionLocation {
+        map_partition: m,
+        reduce_partition: r,
+        executor_id: out.executor_id.clone(),
+        data: out.data.clone(),
+        stats: out.partitions.get(r).copied().unwrap_or_default(),
+    };
+    if hash {
+        (0..partitions)
+            .map(|r| {
+                outputs
+                    .iter()
+                    .enumerate()
+                    .map(|(m, o)| loc(m, o, r))
+                    .collect()
+            })
+            .collect()
+    } else {
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(m, o)| vec![loc(m, o, 0)])
+            .collect()
+    }
+}

@@ -1,0 +1,102 @@
+//! Local mode's executors: N in-process slots running tasks on the session's runtime,
+//! through the same task definitions (encoded plans) as a cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ember_core::task::{
+    FailureReason, TaskDefinition, TaskEnv, TaskFailure, TaskId, TaskOutput, TaskStatus, run_task,
+};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use super::scheduler::{Event, TaskLauncher};
+
+pub(crate) struct LocalExecutors {
+    env: TaskEnv,
+    events: mpsc::UnboundedSender<Event>,
+    /// Running tasks and the switch that kills each.
+    running: Arc<Mutex<HashMap<TaskId, oneshot::Sender<()>>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl LocalExecutors {
+    pub(crate) fn new(
+        env: TaskEnv,
+        events: mpsc::UnboundedSender<Event>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        LocalExecutors {
+            env,
+            events,
+            running: Arc::default(),
+            runtime,
+        }
+    }
+}
+
+fn failed(id: TaskId, executor_id: String, reason: FailureReason, message: String) -> TaskStatus {
+    TaskStatus {
+        id,
+        executor_id,
+        result: Err(TaskFailure {
+            reason,
+            message,
+            retryable: false,
+        }),
+    }
+}
+
+impl TaskLauncher for LocalExecutors {
+    fn launch(&self, task: TaskDefinition) {
+        let id = task.id;
+        let env = self.env.clone();
+        let shuffle = env.shuffle.clone();
+        let executor_id = env.executor_id.clone();
+        let mut handle = self
+            .runtime
+            .spawn(async move { run_task(&task, &env).await });
+        let (kill, mut killed) = oneshot::channel();
+        self.running.lock().insert(id, kill);
+        let running = self.running.clone();
+        let events = self.events.clone();
+        let runtime = self.runtime.clone();
+        // The reporter owns the task: whatever happens to it (success, error, panic,
+        // kill), the scheduler hears about it exactly once and gets its slot back.
+        self.runtime.spawn(async move {
+            let status = tokio::select! {
+                joined = &mut handle => match joined {
+                    Ok(status) => status,
+                    Err(e) => failed(id, executor_id, FailureReason::Execution, format!("{id} panicked: {e}")),
+                },
+                Ok(()) = &mut killed => {
+                    // DataFusion operators stop at their next yield; the slot is free
+                    // now, and whatever the task still writes is dropped when it ends.
+                    handle.abort();
+                    runtime.spawn(async move {
+                        if let Ok(TaskStatus { result: Ok((TaskOutput::Map(_), _)), .. }) = handle.await {
+                            shuffle.remove_job(id.job);
+                        }
+                    });
+                    failed(id, executor_id, FailureReason::Killed, format!("{id} was killed"))
+                }
+            };
+            running.lock().remove(&id);
+            let _ = events.send(Event::TaskFinished(Box::new(status)));
+        });
+    }
+
+    fn cancel_job(&self, job: u64) {
+        let mut running = self.running.lock();
+        let ids: Vec<TaskId> = running.keys().filter(|id| id.job == job).copied().collect();
+        for id in ids {
+            if let Some(kill) = running.remove(&id) {
+                let _ = kill.send(());
+            }
+        }
+    }
+
+    fn remove_job(&self, job: u64) {
+        self.env.shuffle.remove_job(job);
+    }
+}

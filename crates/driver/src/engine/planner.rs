@@ -1,0 +1,273 @@
+//! The stage planner: cuts a physical plan into a DAG of stages at its exchanges.
+//!
+//! ```text
+//!   physical plan                         stages
+//!   SortPreservingMergeExec               Stage 3 (result, 1 task)
+//!     SortExec                              SortPreservingMergeExec
+//!       AggregateExec (final)                 UnresolvedShuffleExec(stage 2)
+//!         RepartitionExec (hash)   ==>    Stage 2 (map, N tasks, merge)
+//!           AggregateExec (partial)         ShuffleWriterExec(none)
+//!             DataSourceExec                  SortExec
+//!                                               AggregateExec (final)
+//!                                                 UnresolvedShuffleExec(stage 1)
+//!                                         Stage 1 (map, M tasks, hash(N))
+//!                                           ShuffleWriterExec(hash)
+//!                                             AggregateExec (partial)
+//!                                               DataSourceExec
+//! ```
+//!
+//! Cuts are made bottom-up at every hash `RepartitionExec`, at a
+//! `CoalescePartitionsExec` or `SortPreservingMergeExec` over several partitions, and at
+//! the build (left) side of joins that collect it (`CollectLeft` hash joins, nested-loop
+//! and cross joins) so it is computed once and read by every probe task. Round-robin
+//! repartitions are dropped: stage boundaries already spread the work.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::joins::{
+    CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode,
+};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, Partitioning, replace_children_if_necessary,
+};
+use ember_core::Result;
+use ember_core::shuffle::{ShuffleWriterExec, UnresolvedShuffleExec};
+
+/// How a stage's output reaches its consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Exchange {
+    /// Rows hashed on `keys` into `partitions` reduce partitions.
+    Hash {
+        keys: Vec<String>,
+        partitions: usize,
+    },
+    /// All map outputs read by one task (`CoalescePartitionsExec`).
+    Coalesce,
+    /// Sorted map outputs merged by one task (`SortPreservingMergeExec`).
+    Merge,
+    /// A join's build side, read whole by every probe task.
+    Broadcast,
+    /// The job's result, returned to the caller.
+    Result,
+}
+
+impl std::fmt::Display for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exchange::Hash { keys, partitions } => {
+                write!(f, "hash({partitions}) on [{}]", keys.join(", "))
+            }
+            Exchange::Coalesce => f.write_str("coalesce"),
+            Exchange::Merge => f.write_str("merge"),
+            Exchange::Broadcast => f.write_str("broadcast"),
+            Exchange::Result => f.write_str("result"),
+        }
+    }
+}
+
+/// One stage: a plan whose leaves are scans or `UnresolvedShuffleExec`s of its parents.
+#[derive(Debug, Clone)]
+pub(crate) struct Stage {
+    pub id: usize,
+    /// Rooted at a `ShuffleWriterExec` for map stages.
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// Stages whose output this stage reads.
+    pub parents: Vec<usize>,
+    /// One task per partition.
+    pub tasks: usize,
+    pub output: Exchange,
+}
+
+/// The stages of one job; the final stage has the highest id.
+#[derive(Debug, Clone)]
+pub(crate) struct StageGraph {
+    pub stages: BTreeMap<usize, Stage>,
+    pub final_stage: usize,
+}
+
+impl StageGraph {
+    /// Cuts `plan` into stages for job `job`.
+    pub(crate) fn plan(job: u64, plan: Arc<dyn ExecutionPlan>) -> Result<StageGraph> {
+        let mut planner = Planner {
+            job,
+            stages: BTreeMap::new(),
+        };
+        let (root, parents) = planner.cut(plan)?;
+        let id = planner.stages.len() + 1;
+        let tasks = root.output_partitioning().partition_count();
+        planner.stages.insert(
+            id,
+            Stage {
+                id,
+                plan: root,
+                parents,
+                tasks,
+                output: Exchange::Result,
+            },
+        );
+        Ok(StageGraph {
+            stages: planner.stages,
+            final_stage: id,
+        })
+    }
+}
+
+struct Planner {
+    job: u64,
+    stages: BTreeMap<usize, Stage>,
+}
+
+impl Planner {
+    /// Returns the plan with its exchanges replaced by unresolved shuffles, and the
+    /// stages those read.
+    fn cut(
+        &mut self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Vec<usize>)> {
+        let mut parents = Vec::new();
+        let mut children = Vec::new();
+        for child in plan.children() {
+            let (c, p) = self.cut(child.clone())?;
+            children.push(c);
+            parents.extend(p);
+        }
+        let plan = if children.is_empty() {
+            plan
+        } else {
+            replace_children_if_necessary(plan, children.clone())?
+        };
+
+        if let Some(rep) = plan.downcast_ref::<RepartitionExec>() {
+            return match rep.partitioning() {
+                Partitioning::Hash(exprs, n) => {
+                    let keys = exprs.iter().map(|e| e.to_string()).collect();
+                    let exchange = Exchange::Hash {
+                        keys,
+                        partitions: *n,
+                    };
+                    let id = self.add_stage(
+                        children[0].clone(),
+                        Some(rep.partitioning().clone()),
+                        exchange,
+                        parents,
+                    )?;
+                    let schema = plan.schema();
+                    let unresolved =
+                        UnresolvedShuffleExec::new(id, schema, rep.partitioning().clone());
+                    Ok((Arc::new(unresolved), vec![id]))
+                }
+                // Round-robin (and other) repartitions only spread work inside a stage.
+                _ => Ok((children[0].clone(), parents)),
+            };
+        }
+        let merge = plan.is::<SortPreservingMergeExec>();
+        if (merge || plan.is::<CoalescePartitionsExec>())
+            && children[0].output_partitioning().partition_count() > 1
+        {
+            let exchange = if merge {
+                Exchange::Merge
+            } else {
+                Exchange::Coalesce
+            };
+            let reader = self.passthrough(children[0].clone(), exchange, parents)?;
+            return Ok((
+                replace_children_if_necessary(plan, vec![reader.0])?,
+                reader.1,
+            ));
+        }
+        if collects_left_side(&plan) && !reads_shuffle(&children[0]) {
+            let left_parents: Vec<usize> = self.parents_within(&children[0]);
+            let other_parents: Vec<usize> = parents
+                .iter()
+                .copied()
+                .filter(|p| !left_parents.contains(p))
+                .collect();
+            let (reader, id) =
+                self.passthrough(children[0].clone(), Exchange::Broadcast, left_parents)?;
+            let mut new_children = children;
+            new_children[0] = reader;
+            let mut all = other_parents;
+            all.extend(id);
+            return Ok((replace_children_if_necessary(plan, new_children)?, all));
+        }
+        Ok((plan, parents))
+    }
+
+    /// Cuts below `input` with no repartitioning: map task `i` becomes reader partition `i`.
+    fn passthrough(
+        &mut self,
+        input: Arc<dyn ExecutionPlan>,
+        exchange: Exchange,
+        parents: Vec<usize>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Vec<usize>)> {
+        let maps = input.output_partitioning().partition_count();
+        let schema = input.schema();
+        let id = self.add_stage(input, None, exchange, parents)?;
+        let unresolved =
+            UnresolvedShuffleExec::new(id, schema, Partitioning::UnknownPartitioning(maps));
+        Ok((Arc::new(unresolved), vec![id]))
+    }
+
+    fn add_stage(
+        &mut self,
+        input: Arc<dyn ExecutionPlan>,
+        partitioning: Option<Partitioning>,
+        output: Exchange,
+        parents: Vec<usize>,
+    ) -> Result<usize> {
+        let id = self.stages.len() + 1;
+        let tasks = input.output_partitioning().partition_count();
+        let writer = ShuffleWriterExec::try_new(self.job, id, input, partitioning)?;
+        self.stages.insert(
+            id,
+            Stage {
+                id,
+                plan: Arc::new(writer),
+                parents,
+                tasks,
+                output,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The stage ids read by unresolved shuffles inside `plan`.
+    fn parents_within(&self, plan: &Arc<dyn ExecutionPlan>) -> Vec<usize> {
+        let mut out = Vec::new();
+        collect_unresolved(plan, &mut out);
+        out
+    }
+}
+
+fn collect_unresolved(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<usize>) {
+    if let Some(u) = plan.downcast_ref::<UnresolvedShuffleExec>() {
+        out.push(u.stage_id());
+    }
+    for c in plan.children() {
+        collect_unresolved(c, out);
+    }
+}
+
+/// Joins that read their whole left input in every task.
+fn collects_left_side(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    if let Some(j) = plan.downcast_ref::<HashJoinExec>() {
+        return *j.partition_mode() == PartitionMode::CollectLeft;
+    }
+    plan.is::<NestedLoopJoinExec>() || plan.is::<CrossJoinExec>()
+}
+
+/// True when `plan` already is a shuffle read (possibly merged into one partition).
+fn reads_shuffle(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    if plan.is::<UnresolvedShuffleExec>() {
+        return true;
+    }
+    (plan.is::<CoalescePartitionsExec>() || plan.is::<SortPreservingMergeExec>())
+        && plan
+            .children()
+            .first()
+            .is_some_and(|c| c.is::<UnresolvedShuffleExec>())
+}

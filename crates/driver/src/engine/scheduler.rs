@@ -1,0 +1,347 @@
+//! The DAG scheduler: one event loop that owns every job's state. No locks: executors
+//! and callers talk to it through [`Event`]s.
+//!
+//! ```text
+//!  Submit ──▶ stages Waiting ──(all parents Done)──▶ Running: tasks queued
+//!                 ▲                                     │ tasks fill free slots
+//!                 │ FetchFailed: lost map outputs       ▼
+//!                 └── re-run in the parent (lineage) ◀─ TaskFinished
+//!                                                       │ all tasks Done
+//!                                                       ▼
+//!                                       Done ──▶ children become ready;
+//!                                                final stage Done ──▶ reply
+//! ```
+//!
+//! A failed task is retried up to `ember.task.max_failures` times when its error is
+//! retryable; otherwise, or past that, the job fails with the task's error as the cause.
+//! Every report names its stage attempt and task attempt; reports of superseded
+//! attempts are ignored.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use ember_core::EmberError;
+use ember_core::codec::{EmberCodec, encode_plan};
+use ember_core::task::{FailureReason, TaskDefinition, TaskId, TaskOutput, TaskStatus};
+use tokio::sync::{mpsc, watch};
+
+use super::job::{Job, StageStatus, TaskState};
+use super::{JobProgress, StageProgress};
+
+pub(crate) enum Event {
+    Submit(Box<Job>),
+    TaskFinished(Box<TaskStatus>),
+    Cancel { job: u64 },
+}
+
+/// Where tasks run: in-process slots (local mode) or executor processes.
+pub(crate) trait TaskLauncher: Send + Sync + 'static {
+    /// Starts a task; it must report exactly one `Event::TaskFinished`.
+    fn launch(&self, task: TaskDefinition);
+    /// Kills the job's running tasks (they still report, as `Killed`).
+    fn cancel_job(&self, job: u64);
+    /// Frees the job's shuffle data.
+    fn remove_job(&self, job: u64);
+}
+
+pub(crate) struct Scheduler {
+    jobs: BTreeMap<u64, Job>,
+    /// (job, stage, partition) waiting for a slot, in submission order (FIFO).
+    queue: VecDeque<(u64, usize, usize)>,
+    free_slots: usize,
+    launcher: Arc<dyn TaskLauncher>,
+    codec: EmberCodec,
+    progress: watch::Sender<JobProgress>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        launcher: Arc<dyn TaskLauncher>,
+        slots: usize,
+        codec: EmberCodec,
+        progress: watch::Sender<JobProgress>,
+    ) -> Self {
+        Scheduler {
+            jobs: BTreeMap::new(),
+            queue: VecDeque::new(),
+            free_slots: slots,
+            launcher,
+            codec,
+            progress,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Submit(job) => self.submit(*job),
+                Event::TaskFinished(status) => self.task_finished(*status),
+                Event::Cancel { job } => self.fail_job(job, EmberError::Cancelled { job }),
+            }
+            self.launch_tasks();
+            self.publish_progress();
+        }
+    }
+
+    fn submit(&mut self, job: Job) {
+        let id = job.id;
+        tracing::info!(job = id, stages = job.graph.stages.len(), "job submitted");
+        self.jobs.insert(id, job);
+        self.start_ready_stages(id);
+    }
+
+    /// Starts every stage whose parents are done: resolves its shuffle reads, encodes
+    /// the plan once, and queues its pending tasks.
+    fn start_ready_stages(&mut self, job_id: u64) {
+        loop {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                return;
+            };
+            let ready = job.ready_stages();
+            if ready.is_empty() {
+                return;
+            }
+            for stage in ready {
+                let encoded = job
+                    .resolve(stage)
+                    .and_then(|plan| encode_plan(plan, &self.codec));
+                let bytes = match encoded {
+                    Ok(b) => b,
+                    Err(e) => return self.fail_job(job_id, e),
+                };
+                let state = job.stages.get_mut(&stage).expect("stage exists");
+                state.plan_bytes = Some(bytes);
+                state.status = StageStatus::Running;
+                tracing::info!(
+                    job = job_id,
+                    stage,
+                    attempt = state.attempt,
+                    tasks = state.tasks.len(),
+                    "stage started"
+                );
+                for (p, t) in state.tasks.iter().enumerate() {
+                    if *t == TaskState::Pending {
+                        self.queue.push_back((job_id, stage, p));
+                    }
+                }
+                if state.tasks.is_empty() || state.done() == state.tasks.len() {
+                    state.status = StageStatus::Done;
+                    if stage == job.graph.final_stage {
+                        return self.finish_job(job_id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn launch_tasks(&mut self) {
+        while self.free_slots > 0 {
+            let Some((job_id, stage, p)) = self.queue.pop_front() else {
+                return;
+            };
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let state = job.stages.get_mut(&stage).expect("stage exists");
+            if state.status != StageStatus::Running || state.tasks[p] != TaskState::Pending {
+                continue;
+            }
+            let Some(plan) = state.plan_bytes.clone() else {
+                continue;
+            };
+            let attempt = state.failures[p];
+            state.tasks[p] = TaskState::Running { attempt };
+            self.free_slots -= 1;
+            self.launcher.launch(TaskDefinition {
+                id: TaskId {
+                    job: job_id,
+                    stage,
+                    stage_attempt: state.attempt,
+                    partition: p,
+                    attempt,
+                },
+                plan,
+                config: job.config.clone(),
+                session_id: job.session_id.clone(),
+            });
+        }
+    }
+
+    fn task_finished(&mut self, status: TaskStatus) {
+        self.free_slots += 1;
+        let id = status.id;
+        let Some(job) = self.jobs.get_mut(&id.job) else {
+            // The job ended while this task ran: free whatever it left behind.
+            if matches!(status.result, Ok((TaskOutput::Map(_), _))) {
+                self.launcher.remove_job(id.job);
+            }
+            return;
+        };
+        let Some(state) = job.stages.get_mut(&id.stage) else {
+            return;
+        };
+        if state.attempt != id.stage_attempt
+            || state.tasks.get(id.partition)
+                != Some(&TaskState::Running {
+                    attempt: id.attempt,
+                })
+        {
+            tracing::debug!(task = %id, "ignoring report of a superseded attempt");
+            return;
+        }
+        match status.result {
+            Ok((output, metrics)) => {
+                tracing::debug!(task = %id, rows = metrics.output_rows, elapsed_ms = metrics.elapsed.as_millis() as u64, "task succeeded");
+                match output {
+                    TaskOutput::Map(m) => state.outputs[id.partition] = Some(m),
+                    TaskOutput::Result(batches) => {
+                        job.results.insert(id.partition, batches);
+                    }
+                }
+                state.tasks[id.partition] = TaskState::Done;
+                if state.done() == state.tasks.len() {
+                    state.status = StageStatus::Done;
+                    tracing::info!(job = id.job, stage = id.stage, "stage finished");
+                    if id.stage == job.graph.final_stage {
+                        self.finish_job(id.job);
+                    } else {
+                        self.start_ready_stages(id.job);
+                    }
+                }
+            }
+            Err(failure) => {
+                tracing::warn!(task = %id, reason = ?failure.reason, error = %failure.message, "task failed");
+                if let FailureReason::FetchFailed {
+                    executor,
+                    map_stage,
+                    map_partition,
+                } = &failure.reason
+                {
+                    return self.fetch_failed(
+                        id,
+                        map_stage,
+                        *map_partition,
+                        executor,
+                        &failure.message,
+                    );
+                }
+                state.failures[id.partition] += 1;
+                let failures = state.failures[id.partition];
+                if failure.retryable && failures < job.ember.task_max_failures {
+                    state.tasks[id.partition] = TaskState::Pending;
+                    self.queue.push_back((id.job, id.stage, id.partition));
+                } else {
+                    let cause = format!(
+                        "stage {} task {} failed {} time(s); last error: {}",
+                        id.stage, id.partition, failures, failure.message
+                    );
+                    self.fail_job(id.job, EmberError::JobFailed { job: id.job, cause });
+                }
+            }
+        }
+    }
+
+    /// A reader could not fetch a map output: recompute it from lineage (re-run that map
+    /// task of the parent stage), then re-run the reading stage.
+    fn fetch_failed(
+        &mut self,
+        id: TaskId,
+        map_stage: &usize,
+        map_partition: usize,
+        executor: &str,
+        message: &str,
+    ) {
+        let map_stage = *map_stage;
+        let Some(job) = self.jobs.get_mut(&id.job) else {
+            return;
+        };
+        let max_attempts = job.ember.stage_max_attempts;
+        // The reading stage starts a new attempt; reports of its running tasks are stale.
+        let reader = job.stages.get_mut(&id.stage).expect("stage exists");
+        reader.attempt += 1;
+        if reader.attempt >= max_attempts {
+            let cause = format!(
+                "stage {} was attempted {max_attempts} times; last fetch failure: {message}",
+                id.stage
+            );
+            return self.fail_job(id.job, EmberError::JobFailed { job: id.job, cause });
+        }
+        tracing::warn!(
+            job = id.job,
+            stage = id.stage,
+            map_stage,
+            map_partition,
+            executor,
+            "map output lost; recomputing it from lineage"
+        );
+        reader.status = StageStatus::Waiting;
+        reader
+            .tasks
+            .iter_mut()
+            .for_each(|t| *t = TaskState::Pending);
+        reader.plan_bytes = None;
+        if id.stage == job.graph.final_stage {
+            job.results.clear();
+        }
+        let parent = job.stages.get_mut(&map_stage).expect("stage exists");
+        parent.outputs[map_partition] = None;
+        parent.tasks[map_partition] = TaskState::Pending;
+        parent.status = StageStatus::Running;
+        self.queue.push_back((id.job, map_stage, map_partition));
+    }
+
+    fn finish_job(&mut self, job_id: u64) {
+        let Some(mut job) = self.jobs.remove(&job_id) else {
+            return;
+        };
+        let batches: Vec<RecordBatch> = std::mem::take(&mut job.results)
+            .into_values()
+            .flatten()
+            .collect();
+        tracing::info!(job = job_id, batches = batches.len(), "job finished");
+        if let Some(reply) = job.reply.take() {
+            let _ = reply.send(Ok(batches));
+        }
+        self.launcher.remove_job(job_id);
+    }
+
+    fn fail_job(&mut self, job_id: u64, error: EmberError) {
+        let Some(mut job) = self.jobs.remove(&job_id) else {
+            return;
+        };
+        tracing::warn!(job = job_id, error = %error, "job failed");
+        self.launcher.cancel_job(job_id);
+        self.launcher.remove_job(job_id);
+        if let Some(reply) = job.reply.take() {
+            let _ = reply.send(Err(error));
+        }
+    }
+
+    fn publish_progress(&self) {
+        let stages: Vec<StageProgress> = self
+            .jobs
+            .values()
+            .flat_map(|job| {
+                job.stages
+                    .iter()
+                    .filter(|(_, s)| s.status == StageStatus::Running)
+                    .map(|(id, s)| StageProgress {
+                        job: job.id,
+                        stage: *id,
+                        total: s.tasks.len(),
+                        running: s.running(),
+                        done: s.done(),
+                    })
+            })
+            .collect();
+        self.progress.send_if_modified(|p| {
+            if p.stages == stages {
+                false
+            } else {
+                p.stages = stages;
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,159 @@
+//! The stage scheduler end to end: stages, shuffles, retries, failures, concurrency.
+
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, Int64Array};
+use arrow::record_batch::RecordBatch;
+use ember_driver::{EmberError, Session};
+
+fn session(master: &str, config: &[(&str, &str)]) -> Session {
+    let mut b = Session::builder().master(master);
+    for (k, v) in config {
+        b = b.config(*k, *v);
+    }
+    b.build().expect("session")
+}
+
+async fn numbers(session: &Session, rows: i64) {
+    session
+        .sql(&format!(
+            "CREATE OR REPLACE TABLE nums AS SELECT value AS n, value % 7 AS k FROM generate_series(1, {rows})"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+}
+
+fn i64_column(batches: &[RecordBatch], col: usize) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(col).as_any().downcast_ref::<Int64Array>().expect("int64");
+            (0..a.len()).map(|i| a.value(i)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+const GROUPED: &str = "SELECT k, count(*) AS c, sum(n) AS s FROM nums GROUP BY k ORDER BY k";
+
+fn expected_groups(rows: i64) -> Vec<(i64, i64, i64)> {
+    (0..7)
+        .map(|k| {
+            let ns: Vec<i64> = (1..=rows).filter(|n| n % 7 == k).collect();
+            (k, ns.len() as i64, ns.iter().sum())
+        })
+        .collect()
+}
+
+async fn grouped(session: &Session) -> Result<Vec<(i64, i64, i64)>, EmberError> {
+    let batches = session.sql(GROUPED).await?.collect().await?;
+    let (k, c, s) = (i64_column(&batches, 0), i64_column(&batches, 1), i64_column(&batches, 2));
+    Ok(k.into_iter().zip(c).zip(s).map(|((k, c), s)| (k, c, s)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_by_runs_as_several_stages_and_gives_exact_sums() {
+    for master in ["local[1]", "local[3]"] {
+        let s = session(master, &[]);
+        numbers(&s, 10_000).await;
+        assert_eq!(grouped(&s).await.unwrap(), expected_groups(10_000), "{master}");
+        if master == "local[1]" {
+            continue; // one partition: nothing to exchange
+        }
+        let plan = s.sql(GROUPED).await.unwrap();
+        let dag = s.explain_stages(plan.logical_plan()).await.unwrap();
+        assert!(dag.contains("Stage 1:") && dag.contains("-> hash("), "{dag}");
+        assert!(dag.contains("-> result"), "{dag}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffle_through_disk_gives_the_same_rows_as_memory() {
+    for compression in ["lz4", "zstd", "none"] {
+        let s = session(
+            "local[2]",
+            &[("ember.shuffle.memory_budget", "0"), ("ember.shuffle.compression", compression)],
+        );
+        numbers(&s, 5_000).await;
+        assert_eq!(grouped(&s).await.unwrap(), expected_groups(5_000), "{compression}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_fails_twice_is_retried_and_the_job_completes() {
+    let s = session("local[2]", &[]);
+    numbers(&s, 1_000).await;
+    s.sql("SET ember.test.fail_tasks = '1:2'").await.unwrap();
+    assert_eq!(grouped(&s).await.unwrap(), expected_groups(1_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_always_fails_ends_the_job_quickly_with_its_error() {
+    let s = session("local[2]", &[("ember.task.max_failures", "3")]);
+    numbers(&s, 1_000).await;
+    s.sql("SET ember.test.fail_tasks = '1:always'").await.unwrap();
+    let started = Instant::now();
+    let err = grouped(&s).await.unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(err.contains("failed 3 time(s)"), "{err}");
+    assert!(err.contains("injected failure in stage 1"), "{err}");
+    // The session keeps working after a failed job.
+    s.sql("SET ember.test.fail_tasks = ''").await.unwrap();
+    assert_eq!(grouped(&s).await.unwrap(), expected_groups(1_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_error_fails_the_job_without_retrying() {
+    let s = session("local[2]", &[]);
+    numbers(&s, 100).await;
+    let err = s
+        .sql("SELECT k, sum(CAST(concat('x', n) AS BIGINT)) FROM nums GROUP BY k")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("failed 1 time(s)"), "{err}");
+    assert!(err.to_lowercase().contains("cast"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_jobs_from_several_threads_run_at_once() {
+    let s = session("local[2]", &[]);
+    numbers(&s, 20_000).await;
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move { grouped(&s).await.unwrap() }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap(), expected_groups(20_000));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_running_job_cancels_it_and_frees_the_slots() {
+    let s = session("local[1]", &[]);
+    numbers(&s, 30_000).await;
+    // 900 million joined rows: minutes of work for one slot.
+    let slow = s
+        .sql("SELECT count(*) FROM nums a CROSS JOIN nums b WHERE a.n + b.n > 0")
+        .await
+        .unwrap();
+    let mut progress = s.progress();
+    let job = tokio::spawn(async move { slow.collect().await });
+    tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| !p.stages.is_empty()))
+        .await
+        .expect("a stage starts")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    job.abort();
+    assert!(job.await.unwrap_err().is_cancelled());
+    // The only slot is free again: the next job runs at once, not after the cross join.
+    let started = Instant::now();
+    assert_eq!(grouped(&s).await.unwrap(), expected_groups(30_000));
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+}
