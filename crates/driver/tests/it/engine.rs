@@ -30,7 +30,11 @@ fn i64_column(batches: &[RecordBatch], col: usize) -> Vec<i64> {
     batches
         .iter()
         .flat_map(|b| {
-            let a = b.column(col).as_any().downcast_ref::<Int64Array>().expect("int64");
+            let a = b
+                .column(col)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64");
             (0..a.len()).map(|i| a.value(i)).collect::<Vec<_>>()
         })
         .collect()
@@ -49,8 +53,16 @@ fn expected_groups(rows: i64) -> Vec<(i64, i64, i64)> {
 
 async fn grouped(session: &Session) -> Result<Vec<(i64, i64, i64)>, EmberError> {
     let batches = session.sql(GROUPED).await?.collect().await?;
-    let (k, c, s) = (i64_column(&batches, 0), i64_column(&batches, 1), i64_column(&batches, 2));
-    Ok(k.into_iter().zip(c).zip(s).map(|((k, c), s)| (k, c, s)).collect())
+    let (k, c, s) = (
+        i64_column(&batches, 0),
+        i64_column(&batches, 1),
+        i64_column(&batches, 2),
+    );
+    Ok(k.into_iter()
+        .zip(c)
+        .zip(s)
+        .map(|((k, c), s)| (k, c, s))
+        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,13 +70,20 @@ async fn group_by_runs_as_several_stages_and_gives_exact_sums() {
     for master in ["local[1]", "local[3]"] {
         let s = session(master, &[]);
         numbers(&s, 10_000).await;
-        assert_eq!(grouped(&s).await.unwrap(), expected_groups(10_000), "{master}");
+        assert_eq!(
+            grouped(&s).await.unwrap(),
+            expected_groups(10_000),
+            "{master}"
+        );
         if master == "local[1]" {
             continue; // one partition: nothing to exchange
         }
         let plan = s.sql(GROUPED).await.unwrap();
         let dag = s.explain_stages(plan.logical_plan()).await.unwrap();
-        assert!(dag.contains("Stage 1:") && dag.contains("-> hash("), "{dag}");
+        assert!(
+            dag.contains("Stage 1:") && dag.contains("-> hash("),
+            "{dag}"
+        );
         assert!(dag.contains("-> result"), "{dag}");
     }
 }
@@ -74,10 +93,17 @@ async fn shuffle_through_disk_gives_the_same_rows_as_memory() {
     for compression in ["lz4", "zstd", "none"] {
         let s = session(
             "local[2]",
-            &[("ember.shuffle.memory_budget", "0"), ("ember.shuffle.compression", compression)],
+            &[
+                ("ember.shuffle.memory_budget", "0"),
+                ("ember.shuffle.compression", compression),
+            ],
         );
         numbers(&s, 5_000).await;
-        assert_eq!(grouped(&s).await.unwrap(), expected_groups(5_000), "{compression}");
+        assert_eq!(
+            grouped(&s).await.unwrap(),
+            expected_groups(5_000),
+            "{compression}"
+        );
     }
 }
 
@@ -93,7 +119,9 @@ async fn a_task_that_fails_twice_is_retried_and_the_job_completes() {
 async fn a_task_that_always_fails_ends_the_job_quickly_with_its_error() {
     let s = session("local[2]", &[("ember.task.max_failures", "3")]);
     numbers(&s, 1_000).await;
-    s.sql("SET ember.test.fail_tasks = '1:always'").await.unwrap();
+    s.sql("SET ember.test.fail_tasks = '1:always'")
+        .await
+        .unwrap();
     let started = Instant::now();
     let err = grouped(&s).await.unwrap_err().to_string();
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -145,15 +173,22 @@ async fn dropping_a_running_job_cancels_it_and_frees_the_slots() {
         .unwrap();
     let mut progress = s.progress();
     let job = tokio::spawn(async move { slow.collect().await });
-    tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| !p.stages.is_empty()))
-        .await
-        .expect("a stage starts")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        progress.wait_for(|p| !p.stages.is_empty()),
+    )
+    .await
+    .expect("a stage starts")
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     job.abort();
     assert!(job.await.unwrap_err().is_cancelled());
     // The only slot is free again: the next job runs at once, not after the cross join.
     let started = Instant::now();
     assert_eq!(grouped(&s).await.unwrap(), expected_groups(30_000));
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
 }
