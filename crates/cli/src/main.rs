@@ -1,1 +1,125 @@
-fn main() {}
+//! `ember`: the command line of the ember dataflow engine.
+//!
+//! `main` parses flags, installs the log subscriber, starts the tokio runtimes and
+//! hands the subcommand to its module: `sql` (one-shot statements or the `shell`),
+//! `gen`, `bench`, `config`. Results go to stdout; logs, progress and errors to
+//! stderr.
+
+mod bench;
+mod datagen;
+mod output;
+mod progress;
+mod shell;
+mod sql;
+mod statements;
+mod tables;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ember",
+    version,
+    about = "ember: a Spark-style dataflow engine on DataFusion"
+)]
+struct Cli {
+    /// Log filter, e.g. `info` or `ember_driver=debug` (default: $RUST_LOG, else `error`).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run SQL: -e / -f statements, or an interactive shell.
+    Sql(sql::SqlArgs),
+    /// Generate benchmark data.
+    #[command(subcommand)]
+    Gen(datagen::GenCommand),
+    /// Run a benchmark and print its results as JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Print the `ember.*` configuration keys as a Markdown table.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Sql(args), Some(matches)) =
+        (&mut cli.command, matches.subcommand_matches("sql"))
+    {
+        args.order_scripts(matches);
+    }
+    init_logging(cli.log_level.as_deref());
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {}", output::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a subcommand on the engine's runtime, whose worker threads run the tasks.
+///
+/// `ember sql` keeps its own control flow (reading input, Ctrl-C, the progress bar's
+/// timer) on a second, single-threaded runtime: CPU-bound tasks can keep every
+/// engine thread busy for a whole query, and then nothing else on that runtime
+/// would run, not even the signal handler that cancels the query.
+fn run(command: Command) -> Result<ExitCode> {
+    let engine = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ember-engine")
+        .build()
+        .context("starting the engine's tokio runtime")?;
+    let code = match command {
+        Command::Sql(args) => {
+            let shell = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the shell's tokio runtime")?;
+            let code = shell.block_on(sql::run(args, engine.handle()));
+            // Do not wait for a blocking stdin read that Ctrl-C abandoned.
+            shell.shutdown_timeout(Duration::from_millis(100));
+            code
+        }
+        Command::Gen(command) => engine
+            .block_on(datagen::run(command))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Bench(command) => engine
+            .block_on(bench::run(command))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Config => {
+            println!("{}", ember_core::EmberConfig::markdown_table());
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    engine.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+/// By default only errors: a failed query is already reported as its `Error:` line,
+/// so the engine's warning about it would be noise.
+const DEFAULT_LOG: &str = "error";
+
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|e| {
+            eprintln!("warning: ignoring --log-level {level}: {e}");
+            EnvFilter::new(DEFAULT_LOG)
+        }),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

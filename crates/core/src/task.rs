@@ -121,10 +121,40 @@ pub struct TaskEnv {
     pub runtime: Arc<RuntimeEnv>,
 }
 
+/// DataFusion settings ember's stages need, whatever the session says.
+///
+/// - Work stealing lets one partition of a file scan read its siblings' files, which is
+///   right in one process that polls every partition, and wrong when each partition is
+///   an isolated task: a task would read the whole table.
+/// - Join dynamic filters make the partitions of one hash join wait for each other at
+///   a barrier: a task runs one partition alone and would wait forever.
+/// - Physical scalar subqueries share their result with expressions elsewhere in the
+///   plan through memory, which no stage boundary can carry; planned as joins instead,
+///   they become ordinary (broadcast) stages.
+pub const REQUIRED_DATAFUSION_SETTINGS: &[(&str, &str)] = &[
+    (
+        "datafusion.execution.enable_file_stream_work_stealing",
+        "false",
+    ),
+    (
+        "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery",
+        "false",
+    ),
+    (
+        "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+        "false",
+    ),
+];
+
 /// Builds a session config from the key/value pairs a task definition carries.
 pub fn session_config_from_pairs(pairs: &[(String, String)]) -> Result<SessionConfig> {
     let mut config = SessionConfig::new().with_option_extension(EmberConfig::default());
-    for (k, v) in pairs {
+    let required = REQUIRED_DATAFUSION_SETTINGS.iter().map(|(k, v)| (*k, *v));
+    for (k, v) in pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(required)
+    {
         config
             .options_mut()
             .set(k, v)

@@ -12,7 +12,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::batch_fn::BatchFnRegistry;
-use ember_core::task::{FunctionSet, FunctionSource};
+use ember_core::task::{FunctionSet, FunctionSource, REQUIRED_DATAFUSION_SETTINGS};
 use ember_core::{EmberConfig, EmberError, Result};
 
 use crate::dataframe::DataFrame;
@@ -105,7 +105,13 @@ impl SessionBuilder {
             .with_option_extension(EmberConfig::default())
             .with_target_partitions(slots)
             .with_information_schema(true);
-        for (k, v) in &self.config {
+        let required = REQUIRED_DATAFUSION_SETTINGS.iter().map(|(k, v)| (*k, *v));
+        for (k, v) in self
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(required)
+        {
             config
                 .options_mut()
                 .set(k, v)
@@ -224,7 +230,11 @@ impl Session {
     /// Optimizes a logical plan and plans it physically (DataFusion's planner, with
     /// `target_partitions` = executor slots unless configured otherwise).
     pub async fn create_physical_plan(&self, plan: &LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
-        let state = self.inner.ctx.state();
+        let mut state = self.inner.ctx.state();
+        // `SET` may have changed them since the session started.
+        for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
+            state.config_mut().options_mut().set(k, v)?;
+        }
         Ok(state.create_physical_plan(plan).await?)
     }
 
@@ -239,6 +249,13 @@ impl Session {
                 &self.inner.ctx.session_id(),
             )
             .await
+    }
+
+    /// The stage plans ember would run for a logical plan, children first (the final
+    /// stage last), before their shuffle reads are resolved.
+    pub async fn stage_plans(&self, plan: &LogicalPlan) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
+        let physical = self.create_physical_plan(plan).await?;
+        self.inner.engine.stage_plans(physical)
     }
 
     /// The stage DAG ember would run for a logical plan, as text.

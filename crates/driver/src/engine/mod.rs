@@ -158,6 +158,14 @@ impl Engine {
         Ok(explain::stage_dag(&StageGraph::plan(0, plan)?))
     }
 
+    pub(crate) fn stage_plans(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
+        let graph = StageGraph::plan(0, plan)?;
+        Ok(graph.stages.into_values().map(|s| s.plan).collect())
+    }
+
     pub(crate) fn progress(&self) -> watch::Receiver<JobProgress> {
         self.progress.clone()
     }

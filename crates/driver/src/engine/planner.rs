@@ -21,10 +21,16 @@
 //! the build (left) side of joins that collect it (`CollectLeft` hash joins, nested-loop
 //! and cross joins) so it is computed once and read by every probe task. Round-robin
 //! repartitions are dropped: stage boundaries already spread the work.
+//!
+//! Before cutting, joins whose partitions cooperate through shared memory are
+//! rewritten (see [`isolate_join_partitions`]): in ember every partition is a task of
+//! its own, possibly in another process.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use datafusion::common::JoinType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode,
@@ -96,6 +102,7 @@ impl StageGraph {
             job,
             stages: BTreeMap::new(),
         };
+        let plan = isolate_join_partitions(plan)?;
         let (root, parents) = planner.cut(plan)?;
         let id = planner.stages.len() + 1;
         let tasks = root.output_partitioning().partition_count();
@@ -270,4 +277,73 @@ fn reads_shuffle(plan: &Arc<dyn ExecutionPlan>) -> bool {
             .children()
             .first()
             .is_some_and(|c| c.is::<UnresolvedShuffleExec>())
+}
+
+/// Join types whose collected (left) side rows can be emitted without a match: the
+/// probe partitions of such a join share a bitmap of matched rows, and the last one to
+/// finish emits the rest.
+fn emits_unmatched_build_rows(join_type: &JoinType) -> bool {
+    matches!(
+        join_type,
+        JoinType::Left
+            | JoinType::Full
+            | JoinType::LeftSemi
+            | JoinType::LeftAnti
+            | JoinType::LeftMark
+    )
+}
+
+/// Rewrites joins that rely on their partitions sharing memory, which isolated tasks
+/// cannot: a `CollectLeft` hash join that emits unmatched build rows becomes a
+/// `Partitioned` join on both sides' keys (a null-aware anti join, which needs to see
+/// every build row, and such nested-loop joins get a single probe partition instead).
+fn isolate_join_partitions(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let rewritten = plan.transform_up(|node| {
+        if let Some(j) = node.downcast_ref::<HashJoinExec>() {
+            let probe_partitions = j.right().output_partitioning().partition_count();
+            if *j.partition_mode() != PartitionMode::CollectLeft
+                || !emits_unmatched_build_rows(j.join_type())
+                || probe_partitions <= 1
+            {
+                return Ok(Transformed::no(node));
+            }
+            if j.null_aware {
+                let right: Arc<dyn ExecutionPlan> =
+                    Arc::new(CoalescePartitionsExec::new(j.right().clone()));
+                let join = j
+                    .builder()
+                    .with_new_children(vec![j.left().clone(), right])?
+                    .build_exec()?;
+                return Ok(Transformed::yes(join));
+            }
+            let left = match j.left().downcast_ref::<CoalescePartitionsExec>() {
+                Some(c) => c.input().clone(),
+                None => j.left().clone(),
+            };
+            let (left_keys, right_keys): (Vec<_>, Vec<_>) = j.on().iter().cloned().unzip();
+            let left =
+                RepartitionExec::try_new(left, Partitioning::Hash(left_keys, probe_partitions))?;
+            let right = RepartitionExec::try_new(
+                j.right().clone(),
+                Partitioning::Hash(right_keys, probe_partitions),
+            )?;
+            let join = j
+                .builder()
+                .with_partition_mode(PartitionMode::Partitioned)
+                .with_new_children(vec![Arc::new(left), Arc::new(right)])?
+                .build_exec()?;
+            return Ok(Transformed::yes(join));
+        }
+        if let Some(j) = node.downcast_ref::<NestedLoopJoinExec>()
+            && emits_unmatched_build_rows(j.join_type())
+            && j.right().output_partitioning().partition_count() > 1
+        {
+            let right: Arc<dyn ExecutionPlan> =
+                Arc::new(CoalescePartitionsExec::new(j.right().clone()));
+            let join = replace_children_if_necessary(node.clone(), vec![j.left().clone(), right])?;
+            return Ok(Transformed::yes(join));
+        }
+        Ok(Transformed::no(node))
+    })?;
+    Ok(rewritten.data)
 }

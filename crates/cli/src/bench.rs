@@ -1,0 +1,356 @@
+//! `ember bench`: benchmarks that print JSON.
+//!
+//! `ember bench tpch` runs each TPC-H query through an ember session and, as the
+//! baseline, through a plain DataFusion `SessionContext` with as many target
+//! partitions as ember has executor slots, over the same Parquet files in the same
+//! process. Each query runs once to warm up, then `--iterations` times; the report
+//! gives min and median wall time. Progress goes to stderr, the report to stdout.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use ember_driver::{Master, Session, tpch};
+use serde::Serialize;
+
+use crate::output::one_line;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// TPC-H queries, ember against DataFusion.
+    Tpch(TpchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TpchArgs {
+    /// Scale factor of the generated data.
+    #[arg(long, default_value_t = 1.0)]
+    sf: f64,
+
+    /// Queries to run, e.g. 1,3,6 (default: all 22).
+    #[arg(long, value_delimiter = ',', value_name = "N,..")]
+    queries: Vec<usize>,
+
+    /// Where ember's jobs run; the baseline gets as many partitions as it has slots.
+    #[arg(long, default_value = "local[*]")]
+    master: String,
+
+    /// Timed runs per query and engine, after one warm-up run.
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
+
+    /// What to compare with.
+    #[arg(long, value_enum, default_value_t = Baseline::Datafusion)]
+    baseline: Baseline,
+
+    /// Give up on a query run after this many seconds (it is then reported as an error).
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    timeout: u64,
+
+    /// Data directory [default: ~/.cache/ember/tpch-sf<SF>, generated if missing].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Baseline {
+    /// DataFusion alone, in the same process.
+    Datafusion,
+    /// ember only.
+    None,
+}
+
+pub async fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Tpch(args) => {
+            let report = tpch_bench(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}
+
+async fn tpch_bench(args: TpchArgs) -> Result<Report> {
+    anyhow::ensure!(args.iterations > 0, "--iterations must be at least 1");
+    let queries = if args.queries.is_empty() {
+        tpch::QUERY_NUMBERS.to_vec()
+    } else {
+        args.queries.clone()
+    };
+    let sql: Vec<(usize, String)> = queries
+        .iter()
+        .map(|&n| Ok((n, tpch::query(n)?)))
+        .collect::<Result<_>>()?;
+
+    let dir = match &args.data {
+        Some(dir) => dir.clone(),
+        None => default_data_dir(args.sf)?,
+    };
+    if !tpch::is_generated(args.sf, &dir) {
+        eprintln!("generating TPC-H SF {} into {} ...", args.sf, dir.display());
+        crate::datagen::generate_tpch(args.sf, dir.clone()).await?;
+    }
+
+    let slots = Master::parse(&args.master)?.slots();
+    let session = Session::builder().master(&args.master).build()?;
+    tpch::register_tables(session.context(), &dir).await?;
+    let baseline = match args.baseline {
+        Baseline::Datafusion => {
+            let ctx =
+                SessionContext::new_with_config(SessionConfig::new().with_target_partitions(slots));
+            tpch::register_tables(&ctx, &dir).await?;
+            Some(ctx)
+        }
+        Baseline::None => None,
+    };
+
+    let limits = Limits {
+        iterations: args.iterations,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let mut results = Vec::new();
+    for (n, sql) in &sql {
+        let ember = measure(limits, || async {
+            Ok(session.sql(sql).await?.collect().await?)
+        })
+        .await;
+        let datafusion = match &baseline {
+            Some(ctx) => Some(
+                measure(limits, || async {
+                    Ok(ctx.sql(sql).await?.collect().await?)
+                })
+                .await,
+            ),
+            None => None,
+        };
+        let result = QueryResult::new(*n, ember, datafusion);
+        eprintln!("{}", result.describe());
+        if result.rows_match == Some(false) {
+            eprintln!("warning: q{n}: ember and datafusion returned different row counts");
+        }
+        results.push(result);
+    }
+    Ok(Report {
+        benchmark: "tpch",
+        sf: args.sf,
+        master: args.master.clone(),
+        partitions: slots,
+        iterations: args.iterations,
+        data: dir.display().to_string(),
+        total: Total::of(&results, baseline.is_some()),
+        queries: results,
+    })
+}
+
+fn default_data_dir(sf: f64) -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --data DIR")?;
+    Ok(PathBuf::from(home)
+        .join(".cache/ember")
+        .join(format!("tpch-sf{sf}")))
+}
+
+/// What `ember bench tpch` prints.
+#[derive(Debug, Serialize)]
+struct Report {
+    benchmark: &'static str,
+    sf: f64,
+    master: String,
+    partitions: usize,
+    iterations: usize,
+    data: String,
+    queries: Vec<QueryResult>,
+    total: Total,
+}
+
+#[derive(Debug, Serialize)]
+struct QueryResult {
+    query: usize,
+    ember: Measured,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datafusion: Option<Measured>,
+    /// ember's median over DataFusion's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio: Option<f64>,
+    /// Present (and false) only when the engines disagree on the row count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows_match: Option<bool>,
+}
+
+impl QueryResult {
+    fn new(query: usize, ember: Measured, datafusion: Option<Measured>) -> QueryResult {
+        let (mut ratio_, mut rows_match) = (None, None);
+        if let (Measured::Timing(e), Some(Measured::Timing(d))) = (&ember, &datafusion) {
+            ratio_ = ratio(e.median_s, d.median_s);
+            rows_match = (e.rows != d.rows).then_some(false);
+        }
+        QueryResult {
+            query,
+            ember,
+            datafusion,
+            ratio: ratio_,
+            rows_match,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut line = format!("q{}: ember {}", self.query, self.ember.describe());
+        if let Some(df) = &self.datafusion {
+            line.push_str(&format!(", datafusion {}", df.describe()));
+        }
+        line
+    }
+}
+
+/// Sums of the medians, over the queries that succeeded on every engine.
+#[derive(Debug, Serialize)]
+struct Total {
+    queries: usize,
+    ember_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datafusion_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio: Option<f64>,
+}
+
+impl Total {
+    fn of(results: &[QueryResult], with_baseline: bool) -> Total {
+        let (mut queries, mut ember_s, mut datafusion_s) = (0, 0.0, 0.0);
+        for r in results {
+            match (&r.ember, &r.datafusion) {
+                (Measured::Timing(e), Some(Measured::Timing(d))) => {
+                    ember_s += e.median_s;
+                    datafusion_s += d.median_s;
+                }
+                (Measured::Timing(e), None) if !with_baseline => ember_s += e.median_s,
+                _ => continue,
+            }
+            queries += 1;
+        }
+        Total {
+            queries,
+            ember_s: round(ember_s),
+            datafusion_s: with_baseline.then(|| round(datafusion_s)),
+            ratio: if with_baseline {
+                ratio(ember_s, datafusion_s)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// Timings of one query on one engine, or why there are none.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Measured {
+    Timing(Timing),
+    Failed { error: String },
+}
+
+#[derive(Debug, Serialize)]
+struct Timing {
+    min_s: f64,
+    median_s: f64,
+    rows: usize,
+}
+
+impl Measured {
+    fn describe(&self) -> String {
+        match self {
+            Measured::Timing(t) => format!("{:.3}s ({} rows)", t.median_s, t.rows),
+            Measured::Failed { error } => format!("failed: {error}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    iterations: usize,
+    timeout: Duration,
+}
+
+/// Runs `run` once to warm up, then `iterations` timed times.
+async fn measure<F, Fut>(limits: Limits, run: F) -> Measured
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Vec<RecordBatch>>>,
+{
+    match try_measure(limits, run).await {
+        Ok(timing) => Measured::Timing(timing),
+        Err(e) => Measured::Failed {
+            error: one_line(&e),
+        },
+    }
+}
+
+async fn try_measure<F, Fut>(limits: Limits, run: F) -> Result<Timing>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Vec<RecordBatch>>>,
+{
+    let run_once = || async {
+        // Dropping a timed-out query cancels its job.
+        tokio::time::timeout(limits.timeout, run())
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out after {}s", limits.timeout.as_secs()))?
+    };
+    let rows = run_once().await?.iter().map(|b| b.num_rows()).sum();
+    let mut times = Vec::with_capacity(limits.iterations);
+    for _ in 0..limits.iterations {
+        let start = Instant::now();
+        run_once().await?;
+        times.push(start.elapsed());
+    }
+    Ok(Timing {
+        min_s: round(
+            times
+                .iter()
+                .min()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64(),
+        ),
+        median_s: round(median(&mut times).as_secs_f64()),
+        rows,
+    })
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    match times.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => times[n / 2],
+        n => (times[n / 2 - 1] + times[n / 2]) / 2,
+    }
+}
+
+fn ratio(ember: f64, baseline: f64) -> Option<f64> {
+    (baseline > 0.0).then(|| (ember / baseline * 1000.0).round() / 1000.0)
+}
+
+fn round(seconds: f64) -> f64 {
+    (seconds * 1e6).round() / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&mut [ms(3), ms(1), ms(2)]), ms(2));
+        assert_eq!(
+            median(&mut [ms(4), ms(1), ms(2), ms(3)]),
+            Duration::from_micros(2500)
+        );
+    }
+
+    #[test]
+    fn ratio_is_ember_over_baseline() {
+        assert_eq!(ratio(2.0, 1.0), Some(2.0));
+        assert_eq!(ratio(1.0, 0.0), None);
+    }
+}

@@ -1,0 +1,62 @@
+//! Actions: each runs the frame's plan as one ember job through
+//! [`Session::collect_plan`](crate::Session::collect_plan).
+
+use arrow::array::{Array, Int64Array};
+use arrow::compute::concat_batches;
+use arrow::record_batch::RecordBatch;
+use datafusion::functions_aggregate::count::count_all;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use ember_core::{EmberError, Result};
+
+use super::DataFrame;
+
+impl DataFrame {
+    /// Runs the plan and returns every row.
+    pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
+        self.session.collect_plan(self.logical_plan()).await
+    }
+
+    /// The number of rows, counted by the job (only the count comes back).
+    pub async fn count(&self) -> Result<usize> {
+        let plan = LogicalPlanBuilder::from(self.logical_plan().clone())
+            .aggregate(Vec::<Expr>::new(), vec![count_all()])?
+            .build()?;
+        let batches = self.session.collect_plan(&plan).await?;
+        let counts = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| b.column(0).as_any().downcast_ref::<Int64Array>())
+            .filter(|a| !a.is_null(0))
+            .ok_or_else(|| EmberError::Internal("count(*) returned no Int64 value".into()))?;
+        usize::try_from(counts.value(0))
+            .map_err(|_| EmberError::Internal(format!("negative count {}", counts.value(0))))
+    }
+
+    /// The first row as a one-row batch, or `None` if there are no rows.
+    pub async fn first(&self) -> Result<Option<RecordBatch>> {
+        let row = self.take(1).await?;
+        Ok((row.num_rows() > 0).then_some(row))
+    }
+
+    /// The first `n` rows (fewer if there are fewer), in one batch.
+    pub async fn take(&self, n: usize) -> Result<RecordBatch> {
+        let batches = self.limit(n)?.collect().await?;
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| self.schema());
+        Ok(concat_batches(&schema, &batches)?)
+    }
+
+    /// Runs the plan once and returns a frame over the result, held in memory, so
+    /// later actions on it do not recompute it. Unlike Spark's lazy `cache()`, this
+    /// computes now.
+    pub async fn cache(&self) -> Result<DataFrame> {
+        let batches = self.collect().await?;
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| self.schema());
+        self.session.dataframe_from_batches(schema, batches)
+    }
+}

@@ -1,0 +1,52 @@
+//! `explain`: the plans a frame would run, from logical plan to ember's stage DAG.
+
+use datafusion::physical_plan::displayable;
+use ember_core::Result;
+
+use super::DataFrame;
+
+/// How much [`DataFrame::explain`] shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExplainMode {
+    /// The optimized logical plan, the physical plan and the stage DAG.
+    #[default]
+    Simple,
+    /// Also the logical plan as written, and the optimized plan with schemas.
+    Extended,
+}
+
+impl DataFrame {
+    /// The plans as text, in sections `== Logical Plan ==`, `== Physical Plan ==` and
+    /// `== Stage DAG ==` (and, when extended, `== Parsed Logical Plan ==` first).
+    /// Plans only; runs nothing.
+    pub async fn explain(&self, mode: ExplainMode) -> Result<String> {
+        let plan = self.logical_plan();
+        let optimized = self.session.context().state().optimize(plan)?;
+        let physical = self.session.create_physical_plan(plan).await?;
+        let stages = self.session.explain_stages(plan).await?;
+        let mut out = String::new();
+        if mode == ExplainMode::Extended {
+            out.push_str(&format!(
+                "== Parsed Logical Plan ==\n{}\n\n",
+                plan.display_indent_schema()
+            ));
+        }
+        let logical = match mode {
+            ExplainMode::Simple => optimized.display_indent().to_string(),
+            ExplainMode::Extended => optimized.display_indent_schema().to_string(),
+        };
+        out.push_str(&format!("== Logical Plan ==\n{logical}\n\n"));
+        out.push_str(&format!(
+            "== Physical Plan ==\n{}\n",
+            displayable(physical.as_ref()).indent(true)
+        ));
+        out.push_str(&format!("== Stage DAG ==\n{stages}"));
+        Ok(out)
+    }
+
+    /// Prints [`explain`](Self::explain).
+    pub async fn print_explain(&self, mode: ExplainMode) -> Result<()> {
+        println!("{}", self.explain(mode).await?);
+        Ok(())
+    }
+}

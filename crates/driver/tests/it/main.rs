@@ -1,0 +1,4 @@
+//! ember-driver integration tests: one binary, one module per area.
+mod dataframe;
+mod engine;
+mod tpch;
