@@ -30,14 +30,62 @@ use crate::shuffle::{
 
 /// Encodes and decodes ember's extension nodes. Holds the batch-function registry so a
 /// decoded `MapBatchesExec` gets the executor's own function.
+///
+/// In local mode the codec also has an [`InProcessPlans`] table: a leaf that
+/// `datafusion-proto` cannot encode (an `information_schema` scan, a streaming table)
+/// travels as a reference into that table, since its task runs in the same process.
+/// Without the table (a cluster) such a plan is an error that names the operator.
 #[derive(Debug, Clone, Default)]
 pub struct EmberCodec {
     batch_fns: Arc<BatchFnRegistry>,
+    in_process: Option<Arc<InProcessPlans>>,
 }
 
 impl EmberCodec {
     pub fn new(batch_fns: Arc<BatchFnRegistry>) -> Self {
-        EmberCodec { batch_fns }
+        EmberCodec {
+            batch_fns,
+            in_process: None,
+        }
+    }
+
+    /// Forgets plans shared by reference; call when no job is running.
+    pub fn clear_in_process(&self) {
+        if let Some(p) = &self.in_process {
+            p.clear();
+        }
+    }
+
+    /// A codec for executors in this process, which may share plans by reference.
+    pub fn in_process(batch_fns: Arc<BatchFnRegistry>, plans: Arc<InProcessPlans>) -> Self {
+        EmberCodec {
+            batch_fns,
+            in_process: Some(plans),
+        }
+    }
+}
+
+/// Leaves shared by reference between a local driver and its in-process executors.
+#[derive(Debug, Default)]
+pub struct InProcessPlans {
+    plans: parking_lot::Mutex<std::collections::HashMap<u64, Arc<dyn ExecutionPlan>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl InProcessPlans {
+    fn insert(&self, plan: Arc<dyn ExecutionPlan>) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.plans.lock().insert(id, plan);
+        id
+    }
+
+    fn get(&self, id: u64) -> Option<Arc<dyn ExecutionPlan>> {
+        self.plans.lock().get(&id).cloned()
+    }
+
+    /// Forgets every shared plan (when no job is running any more).
+    pub fn clear(&self) {
+        self.plans.lock().clear();
     }
 }
 
@@ -253,6 +301,13 @@ impl PhysicalExtensionCodec for EmberCodec {
                 })?;
                 Ok(Arc::new(MapBatchesExec::new(func, one_input()?)))
             }
+            Some(Node::InProcess(id)) => self
+                .in_process
+                .as_ref()
+                .and_then(|p| p.get(id))
+                .ok_or_else(|| {
+                    decode_err("in-process plan", format!("no plan {id} in this process"))
+                }),
             None => Err(decode_err("ember plan node", "empty node")),
         }
     }
@@ -294,9 +349,15 @@ impl PhysicalExtensionCodec for EmberCodec {
                 name: m.func().name.clone(),
                 schema: encode_schema(&m.schema())?,
             })
+        } else if let Some(plans) = self
+            .in_process
+            .as_ref()
+            .filter(|_| node.children().is_empty())
+        {
+            Node::InProcess(plans.insert(node))
         } else {
             return Err(DataFusionError::NotImplemented(format!(
-                "ember codec cannot encode {}",
+                "{} cannot be sent to an executor: ember's plan codec does not encode it",
                 node.name()
             )));
         };

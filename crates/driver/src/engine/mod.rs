@@ -92,7 +92,7 @@ impl Engine {
             .map_err(|e| EmberError::io(std::env::temp_dir().display(), e))?;
         let memory = (config.shuffle_memory_budget > 0)
             .then(|| Arc::new(MemoryShuffleStore::new(config.shuffle_memory_budget)));
-        let codec = EmberCodec::new(batch_fns);
+        let codec = EmberCodec::in_process(batch_fns, Arc::default());
         let env = TaskEnv {
             executor_id: "local".into(),
             shuffle: Arc::new(ShuffleEnv::new("local", work_dir.path(), memory)),

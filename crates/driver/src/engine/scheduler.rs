@@ -303,7 +303,14 @@ impl Scheduler {
         if let Some(reply) = job.reply.take() {
             let _ = reply.send(Ok(batches));
         }
+        self.job_ended(job_id);
+    }
+
+    fn job_ended(&mut self, job_id: u64) {
         self.launcher.remove_job(job_id);
+        if self.jobs.is_empty() {
+            self.codec.clear_in_process();
+        }
     }
 
     fn fail_job(&mut self, job_id: u64, error: EmberError) {
@@ -312,10 +319,10 @@ impl Scheduler {
         };
         tracing::warn!(job = job_id, error = %error, "job failed");
         self.launcher.cancel_job(job_id);
-        self.launcher.remove_job(job_id);
         if let Some(reply) = job.reply.take() {
             let _ = reply.send(Err(error));
         }
+        self.job_ended(job_id);
     }
 
     fn publish_progress(&self) {

@@ -192,3 +192,19 @@ async fn dropping_a_running_job_cancels_it_and_frees_the_slots() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_queries_run_through_in_process_plans() {
+    let s = session("local[2]", &[]);
+    numbers(&s, 10).await;
+    let batches = s
+        .sql("SELECT table_name FROM information_schema.tables WHERE table_name = 'nums'")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let shown = s.sql("SHOW TABLES").await.unwrap().collect().await.unwrap();
+    assert!(shown.iter().map(|b| b.num_rows()).sum::<usize>() >= 1);
+}
