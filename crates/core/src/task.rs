@@ -146,20 +146,28 @@ pub const REQUIRED_DATAFUSION_SETTINGS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Builds a session config from the key/value pairs a task definition carries.
-pub fn session_config_from_pairs(pairs: &[(String, String)]) -> Result<SessionConfig> {
-    let mut config = SessionConfig::new().with_option_extension(EmberConfig::default());
+/// Applies `key=value` settings, then [`REQUIRED_DATAFUSION_SETTINGS`], to a config.
+pub fn apply_settings<'a>(
+    config: &mut SessionConfig,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<()> {
     let required = REQUIRED_DATAFUSION_SETTINGS.iter().map(|(k, v)| (*k, *v));
-    for (k, v) in pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain(required)
-    {
+    for (k, v) in pairs.into_iter().chain(required) {
         config
             .options_mut()
             .set(k, v)
             .map_err(|e| EmberError::Config(format!("{k}={v}: {e}")))?;
     }
+    Ok(())
+}
+
+/// Builds a session config from the key/value pairs a task definition carries.
+pub fn session_config_from_pairs(pairs: &[(String, String)]) -> Result<SessionConfig> {
+    let mut config = SessionConfig::new().with_option_extension(EmberConfig::default());
+    apply_settings(
+        &mut config,
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )?;
     Ok(config)
 }
 

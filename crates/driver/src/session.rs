@@ -12,7 +12,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::batch_fn::BatchFnRegistry;
-use ember_core::task::{FunctionSet, FunctionSource, REQUIRED_DATAFUSION_SETTINGS};
+use ember_core::task::{FunctionSet, FunctionSource, REQUIRED_DATAFUSION_SETTINGS, apply_settings};
 use ember_core::{EmberConfig, EmberError, Result};
 
 use crate::dataframe::DataFrame;
@@ -105,18 +105,10 @@ impl SessionBuilder {
             .with_option_extension(EmberConfig::default())
             .with_target_partitions(slots)
             .with_information_schema(true);
-        let required = REQUIRED_DATAFUSION_SETTINGS.iter().map(|(k, v)| (*k, *v));
-        for (k, v) in self
-            .config
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain(required)
-        {
-            config
-                .options_mut()
-                .set(k, v)
-                .map_err(|e| EmberError::Config(format!("{k}={v}: {e}")))?;
-        }
+        apply_settings(
+            &mut config,
+            self.config.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
         let batch_fns = Arc::new(BatchFnRegistry::default());
         let state = SessionStateBuilder::new()
             .with_config(config)

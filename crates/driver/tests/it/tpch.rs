@@ -104,16 +104,16 @@ fn assert_same_rows(
     }
 }
 
-async fn check_all_queries(label: &str, master: &str, partitions: usize) {
+async fn check_all_queries(label: &str, master: &str, partitions: usize, config: &[(&str, &str)]) {
     let dir = data_dir();
-    let session = Session::builder()
-        .master(master)
-        .config(
-            "datafusion.execution.target_partitions",
-            partitions.to_string(),
-        )
-        .build()
-        .unwrap();
+    let mut builder = Session::builder().master(master).config(
+        "datafusion.execution.target_partitions",
+        partitions.to_string(),
+    );
+    for (k, v) in config {
+        builder = builder.config(*k, *v);
+    }
+    let session = builder.build().unwrap();
     tpch::register_tables(session.context(), dir).await.unwrap();
     let baseline =
         SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
@@ -130,36 +130,20 @@ async fn check_all_queries(label: &str, master: &str, partitions: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_matches_datafusion_with_one_slot() {
-    check_all_queries("local[1]", "local[1]", 1).await;
+    check_all_queries("local[1]", "local[1]", 1, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_matches_datafusion_with_four_slots() {
-    check_all_queries("local[4]", "local[4]", 4).await;
+    check_all_queries("local[4]", "local[4]", 4, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_matches_datafusion_with_seven_partitions_through_disk_shuffle() {
     // An odd partition count and every map output on disk: partitioning bugs and file
     // format bugs both show up as wrong rows.
-    let dir = data_dir();
-    let session = Session::builder()
-        .master("local[3]")
-        .config("datafusion.execution.target_partitions", "7")
-        .config("ember.shuffle.memory_budget", "0")
-        .build()
-        .unwrap();
-    tpch::register_tables(session.context(), dir).await.unwrap();
-    let baseline = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(7));
-    tpch::register_tables(&baseline, dir).await.unwrap();
-    for q in tpch::QUERY_NUMBERS {
-        let sql = tpch::query(q).unwrap();
-        let ordered = sql.to_lowercase().contains("order by");
-        let ember = session.sql(&sql).await.unwrap().collect().await;
-        let ember = ember.unwrap_or_else(|e| panic!("q{q} 7 partitions: {e}"));
-        let df = baseline.sql(&sql).await.unwrap().collect().await.unwrap();
-        assert_same_rows(q, "7 partitions", ordered, &ember, &df);
-    }
+    let config = [("ember.shuffle.memory_budget", "0")];
+    check_all_queries("7 partitions, disk shuffle", "local[3]", 7, &config).await;
 }
 
 fn golden_dir() -> PathBuf {
