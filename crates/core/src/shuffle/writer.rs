@@ -273,6 +273,7 @@ impl<'a> PartitionedOutput<'a> {
                     .collect();
                 let store = self.env.memory.as_ref().expect("memory mode has a store");
                 store.insert(self.key, std::mem::take(&mut self.memory), self.reserved);
+                self.reserved = 0;
                 Ok(MapOutput {
                     executor_id,
                     data: ShuffleData::Memory(self.key),
@@ -300,6 +301,17 @@ impl<'a> PartitionedOutput<'a> {
                     partitions,
                 })
             }
+        }
+    }
+}
+
+/// A task that fails or is killed mid-way gives its memory reservation back.
+impl Drop for PartitionedOutput<'_> {
+    fn drop(&mut self) {
+        if self.reserved > 0
+            && let Some(store) = &self.env.memory
+        {
+            store.release(self.reserved);
         }
     }
 }
@@ -374,5 +386,78 @@ impl ExecutionPlan for ShuffleWriterExec {
         Err(DataFusionError::Internal(
             "ShuffleWriterExec is run by ember's task runner (ShuffleWriterExec::write), not executed as a stream".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::shuffle::MemoryShuffleStore;
+
+    fn output_env(budget: usize) -> (ShuffleEnv, Arc<MemoryShuffleStore>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryShuffleStore::new(budget));
+        (
+            ShuffleEnv::new("test", dir.path(), Some(store.clone())),
+            store,
+            dir,
+        )
+    }
+
+    fn batch(schema: &SchemaRef, rows: i64) -> RecordBatch {
+        let values: Vec<i64> = (0..rows).collect();
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap()
+    }
+
+    fn key() -> MapOutputKey {
+        MapOutputKey {
+            job: 1,
+            stage: 1,
+            map_partition: 0,
+            token: 1,
+        }
+    }
+
+    #[test]
+    fn an_abandoned_map_output_returns_its_memory() {
+        let (env, store, _dir) = output_env(1 << 30);
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let mut config = EmberConfig::default();
+        config.shuffle_batch_rows = 10;
+        let mut out = PartitionedOutput::new(&env, key(), schema.clone(), 2, &config).unwrap();
+        out.push(0, batch(&schema, 100)).unwrap();
+        assert!(store.used() > 0);
+        drop(out);
+        assert_eq!(store.used(), 0);
+    }
+
+    #[test]
+    fn output_over_the_budget_goes_to_one_file_with_every_row() {
+        let (env, store, _dir) = output_env(64);
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let mut config = EmberConfig::default();
+        config.shuffle_batch_rows = 10;
+        let mut out = PartitionedOutput::new(&env, key(), schema.clone(), 3, &config).unwrap();
+        for p in 0..3 {
+            out.push(p, batch(&schema, 25)).unwrap();
+        }
+        let output = out.finish().unwrap();
+        assert_eq!(store.used(), 0);
+        let ShuffleData::File(path) = &output.data else {
+            panic!("expected a file, got {:?}", output.data)
+        };
+        assert!(path.exists());
+        assert_eq!(output.total_rows(), 75);
+        assert_eq!(
+            output.partitions.iter().map(|p| p.rows).collect::<Vec<_>>(),
+            vec![25; 3]
+        );
     }
 }
