@@ -428,8 +428,10 @@ mod tests {
         let (env, store, _dir) = output_env(1 << 30);
         let schema: SchemaRef =
             Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        let mut config = EmberConfig::default();
-        config.shuffle_batch_rows = 10;
+        let config = EmberConfig {
+            shuffle_batch_rows: 10,
+            ..Default::default()
+        };
         let mut out = PartitionedOutput::new(&env, key(), schema.clone(), 2, &config).unwrap();
         out.push(0, batch(&schema, 100)).unwrap();
         assert!(store.used() > 0);
@@ -442,8 +444,10 @@ mod tests {
         let (env, store, _dir) = output_env(64);
         let schema: SchemaRef =
             Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        let mut config = EmberConfig::default();
-        config.shuffle_batch_rows = 10;
+        let config = EmberConfig {
+            shuffle_batch_rows: 10,
+            ..Default::default()
+        };
         let mut out = PartitionedOutput::new(&env, key(), schema.clone(), 3, &config).unwrap();
         for p in 0..3 {
             out.push(p, batch(&schema, 25)).unwrap();
