@@ -52,6 +52,10 @@ pub struct TpchArgs {
     /// Data directory [default: ~/.cache/ember/tpch-sf<SF>, generated if missing].
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+
+    /// Set a configuration key of ember's session (repeatable; see `ember config`).
+    #[arg(short = 'c', long = "config", value_name = "KEY=VALUE", value_parser = crate::sql::parse_config_arg)]
+    config: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -94,7 +98,11 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
     }
 
     let slots = Master::parse(&args.master)?.slots();
-    let session = Session::builder().master(&args.master).build()?;
+    let mut builder = Session::builder().master(&args.master);
+    for (key, value) in &args.config {
+        builder = builder.config(key, value);
+    }
+    let session = builder.build()?;
     tpch::register_tables(session.context(), &dir).await?;
     let baseline = match args.baseline {
         Baseline::Datafusion => {

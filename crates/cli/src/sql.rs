@@ -84,7 +84,7 @@ impl SqlArgs {
     }
 }
 
-fn parse_config_arg(arg: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_config_arg(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got '{arg}'")),

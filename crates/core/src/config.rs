@@ -80,7 +80,7 @@ impl EmberConfig {
         ),
         (
             "ember.shuffle.memory_budget",
-            "268435456",
+            "2147483648",
             "Bytes of shuffle output a local session keeps in memory before writing map outputs to disk.",
         ),
         (
