@@ -43,6 +43,10 @@ pub enum EmberError {
         message: String,
     },
 
+    /// The task was killed (its job was cancelled or failed).
+    #[error("task was killed")]
+    Killed,
+
     /// The job was cancelled by its owner.
     #[error("job {job} was cancelled")]
     Cancelled { job: u64 },

@@ -10,11 +10,13 @@
 //!   bytes, in local mode as in a cluster.
 //! - [`task`]: task identities, definitions and typed results, and [`task::run_task`],
 //!   which decodes and runs one task wherever it is executed.
+//! - [`cancel`]: stopping a killed task at its next batch.
 //! - [`batch_fn`]: named RecordBatch functions (`map_batches`), the MapReduce-style
 //!   escape hatch.
 //! - [`proto`]: the generated gRPC code of `proto/ember.proto`.
 
 pub mod batch_fn;
+pub mod cancel;
 pub mod codec;
 pub mod config;
 pub mod error;

@@ -11,11 +11,11 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, WindowUDF};
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use futures::TryStreamExt;
 use tracing::Instrument;
 
+use crate::cancel::{CancelFlag, make_cancellable};
 use crate::codec::{EmberCodec, decode_plan};
 use crate::config::EmberConfig;
 use crate::error::{EmberError, Result};
@@ -172,11 +172,12 @@ pub fn session_config_from_pairs(pairs: &[(String, String)]) -> Result<SessionCo
 }
 
 /// Decodes and runs one task; never panics on a bad plan, reports a typed failure.
-pub async fn run_task(def: &TaskDefinition, env: &TaskEnv) -> TaskStatus {
+/// Setting `cancel` stops the task at its next batch with a `Killed` failure.
+pub async fn run_task(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> TaskStatus {
     let id = def.id;
     let span = tracing::info_span!("task", job = id.job, stage = id.stage, task = id.partition, attempt = id.attempt, executor = %env.executor_id);
     let started = Instant::now();
-    let result = run(def, env).instrument(span).await;
+    let result = run(def, env, cancel).instrument(span).await;
     let result = match result {
         Ok(output) => {
             let (rows, bytes) = match &output {
@@ -202,7 +203,7 @@ pub async fn run_task(def: &TaskDefinition, env: &TaskEnv) -> TaskStatus {
     }
 }
 
-async fn run(def: &TaskDefinition, env: &TaskEnv) -> Result<TaskOutput> {
+async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result<TaskOutput> {
     let id = def.id;
     let config = session_config_from_pairs(&def.config)?.with_extension(env.shuffle.clone());
     let ember = EmberConfig::from_session(&config);
@@ -224,7 +225,7 @@ async fn run(def: &TaskDefinition, env: &TaskEnv) -> Result<TaskOutput> {
         functions.window,
         env.runtime.clone(),
     ));
-    let plan: Arc<dyn ExecutionPlan> = decode_plan(&def.plan, &ctx, &env.codec)?;
+    let plan = make_cancellable(decode_plan(&def.plan, &ctx, &env.codec)?, cancel)?;
     if let Some(writer) = plan.downcast_ref::<ShuffleWriterExec>() {
         return Ok(TaskOutput::Map(writer.write(id.partition, ctx).await?));
     }
@@ -272,7 +273,7 @@ fn failure_of(e: &EmberError) -> TaskFailure {
             map_partition: *map_partition,
         },
         EmberError::Io { .. } => FailureReason::Io,
-        EmberError::Cancelled { .. } => FailureReason::Killed,
+        EmberError::Cancelled { .. } | EmberError::Killed => FailureReason::Killed,
         _ => FailureReason::Execution,
     };
     TaskFailure {

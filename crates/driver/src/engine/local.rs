@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ember_core::cancel::CancelFlag;
 use ember_core::task::{
     FailureReason, TaskDefinition, TaskEnv, TaskFailure, TaskId, TaskOutput, TaskStatus, run_task,
 };
@@ -53,9 +54,11 @@ impl TaskLauncher for LocalExecutors {
         let env = self.env.clone();
         let shuffle = env.shuffle.clone();
         let executor_id = env.executor_id.clone();
+        let cancel = CancelFlag::default();
+        let flag = cancel.clone();
         let mut handle = self
             .runtime
-            .spawn(async move { run_task(&task, &env).await });
+            .spawn(async move { run_task(&task, &env, &flag).await });
         let (kill, mut killed) = oneshot::channel();
         self.running.lock().insert(id, kill);
         let running = self.running.clone();
@@ -70,8 +73,9 @@ impl TaskLauncher for LocalExecutors {
                     Err(e) => failed(id, executor_id, FailureReason::Execution, format!("{id} panicked: {e}")),
                 },
                 Ok(()) = &mut killed => {
-                    // DataFusion operators stop at their next yield; the slot is free
-                    // now, and whatever the task still writes is dropped when it ends.
+                    // The task stops at its next batch (or yield); the slot is free now,
+                    // and whatever the task still writes is dropped when it ends.
+                    cancel.cancel();
                     handle.abort();
                     runtime.spawn(async move {
                         if let Ok(TaskStatus { result: Ok((TaskOutput::Map(_), _)), .. }) = handle.await {

@@ -162,8 +162,22 @@ async fn several_jobs_from_several_threads_run_at_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_a_running_job_cancels_it_and_frees_the_slots() {
+#[test]
+fn dropping_a_running_job_cancels_it_and_frees_the_slots() {
+    // A runtime of its own, so that the CPU its threads use can be told apart from
+    // the other tests running in this process.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(CANCEL_TEST_THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(cancel_a_running_job());
+}
+
+const CANCEL_TEST_THREADS: &str = "cancel-test";
+
+async fn cancel_a_running_job() {
     let s = session("local[1]", &[]);
     numbers(&s, 30_000).await;
     // 900 million joined rows: minutes of work for one slot.
@@ -191,6 +205,33 @@ async fn dropping_a_running_job_cancels_it_and_frees_the_slots() {
         "{:?}",
         started.elapsed()
     );
+    // And the killed task has stopped computing: the process is idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu = runtime_cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy = runtime_cpu_seconds() - cpu;
+    assert!(
+        busy < 0.5,
+        "{busy:.2}s of CPU in 1s after the job was cancelled"
+    );
+}
+
+/// User + system CPU time of this test's runtime threads, from /proc/self/task.
+fn runtime_cpu_seconds() -> f64 {
+    let mut ticks = 0.0;
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let Ok(stat) = std::fs::read_to_string(entry.unwrap().path().join("stat")) else {
+            continue; // the thread ended
+        };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        if &stat[open + 1..close] != CANCEL_TEST_THREADS {
+            continue;
+        }
+        // After the thread name, utime and stime are the 12th and 13th fields.
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        ticks += fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    }
+    ticks / 100.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
