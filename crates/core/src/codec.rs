@@ -11,7 +11,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion::physical_plan::{ExecutionPlan, Partitioning, replace_children_if_necessary};
 use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
@@ -31,9 +31,10 @@ use crate::shuffle::{
 /// Encodes and decodes ember's extension nodes. Holds the batch-function registry so a
 /// decoded `MapBatchesExec` gets the executor's own function.
 ///
-/// In local mode the codec also has an [`InProcessPlans`] table: a leaf that
-/// `datafusion-proto` cannot encode (an `information_schema` scan, a streaming table)
-/// travels as a reference into that table, since its task runs in the same process.
+/// In local mode the codec also has an [`InProcessPlans`] table: an operator that
+/// `datafusion-proto` cannot encode (an `information_schema` scan, a streaming table,
+/// an insert into a memory table) travels as a reference into that table, since its
+/// task runs in the same process; its children still travel as plan bytes.
 /// Without the table (a cluster) such a plan is an error that names the operator.
 #[derive(Debug, Clone, Default)]
 pub struct EmberCodec {
@@ -301,13 +302,21 @@ impl PhysicalExtensionCodec for EmberCodec {
                 })?;
                 Ok(Arc::new(MapBatchesExec::new(func, one_input()?)))
             }
-            Some(Node::InProcess(id)) => self
-                .in_process
-                .as_ref()
-                .and_then(|p| p.get(id))
-                .ok_or_else(|| {
-                    decode_err("in-process plan", format!("no plan {id} in this process"))
-                }),
+            Some(Node::InProcess(id)) => {
+                let node = self
+                    .in_process
+                    .as_ref()
+                    .and_then(|p| p.get(id))
+                    .ok_or_else(|| {
+                        decode_err("in-process plan", format!("no plan {id} in this process"))
+                    })?;
+                // Its children travelled as ordinary plan bytes.
+                if inputs.is_empty() {
+                    Ok(node)
+                } else {
+                    replace_children_if_necessary(node, inputs.to_vec())
+                }
+            }
             None => Err(decode_err("ember plan node", "empty node")),
         }
     }
@@ -349,11 +358,7 @@ impl PhysicalExtensionCodec for EmberCodec {
                 name: m.func().name.clone(),
                 schema: encode_schema(&m.schema())?,
             })
-        } else if let Some(plans) = self
-            .in_process
-            .as_ref()
-            .filter(|_| node.children().is_empty())
-        {
+        } else if let Some(plans) = self.in_process.as_ref() {
             Node::InProcess(plans.insert(node))
         } else {
             return Err(DataFusionError::NotImplemented(format!(

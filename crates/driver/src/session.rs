@@ -7,8 +7,10 @@
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemTable;
+use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::batch_fn::BatchFnRegistry;
@@ -215,8 +217,31 @@ impl Session {
     /// Runs a SQL statement. Queries are lazy (a `DataFrame`); DDL such as
     /// `CREATE EXTERNAL TABLE` or `SET` takes effect now.
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
-        let df = self.inner.ctx.sql(sql).await?;
+        let plan = self.inner.ctx.state().create_logical_plan(sql).await?;
+        let plan = self.run_table_query(plan).await?;
+        let df = self.inner.ctx.execute_logical_plan(plan).await?;
         Ok(DataFrame::new(self.clone(), df))
+    }
+
+    /// `CREATE TABLE .. AS SELECT` runs its query when it is executed; DataFusion would
+    /// run it itself, so ember runs the query as a job first and hands DataFusion a
+    /// table of the result.
+    async fn run_table_query(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(mut create)) = plan else {
+            return Ok(plan);
+        };
+        let batches = self.collect_plan(&create.input).await?;
+        let schema = Arc::new(create.input.schema().as_arrow().clone());
+        let table = MemTable::try_new(schema, vec![batches])?;
+        create.input = Arc::new(
+            LogicalPlanBuilder::scan(
+                create.name.clone(),
+                provider_as_source(Arc::new(table)),
+                None,
+            )?
+            .build()?,
+        );
+        Ok(LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)))
     }
 
     /// Optimizes a logical plan and plans it physically (DataFusion's planner, with

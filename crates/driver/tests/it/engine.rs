@@ -249,3 +249,38 @@ async fn catalog_queries_run_through_in_process_plans() {
     let shown = s.sql("SHOW TABLES").await.unwrap().collect().await.unwrap();
     assert!(shown.iter().map(|b| b.num_rows()).sum::<usize>() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_table_as_select_and_insert_run_as_ember_jobs() {
+    let s = session("local[2]", &[]);
+    numbers(&s, 100).await;
+    // Every task of stage 1 fails: a statement that runs as an ember job reports it.
+    s.sql("SET ember.test.fail_tasks = '1:always'")
+        .await
+        .unwrap();
+    let err = s
+        .sql("CREATE TABLE sums AS SELECT k, sum(n) AS s FROM nums GROUP BY k")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("injected failure in stage 1"), "{err}");
+    s.sql("SET ember.test.fail_tasks = ''").await.unwrap();
+    s.sql("CREATE TABLE sums AS SELECT k, sum(n) AS s FROM nums GROUP BY k")
+        .await
+        .unwrap();
+    s.sql("INSERT INTO sums VALUES (100, 1)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let batches = s
+        .sql("SELECT count(*), sum(s) FROM sums")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(i64_column(&batches, 0), vec![8]);
+    assert_eq!(i64_column(&batches, 1), vec![5050 + 1]);
+}
