@@ -282,3 +282,45 @@ fn config_prints_the_ember_keys_as_a_markdown_table() {
         "README.md's config table is stale: paste `ember config`'s output:\n{table}"
     );
 }
+
+#[test]
+fn ctrl_c_cancels_the_running_query_and_the_shell_answers_the_next() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["sql", "--master", "local[1]", "--format", "csv"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ember starts");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    // 900 million joined rows: minutes of work, unless cancelled.
+    input
+        .write_all(
+            b"SELECT count(*) FROM generate_series(1, 30000) a CROSS JOIN generate_series(1, 30000) b \
+              WHERE a.value + b.value > 0;\n",
+        )
+        .unwrap();
+    input.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    input.write_all(b"SELECT 42 AS answer;\n").unwrap();
+    drop(input);
+    let out = child.wait_with_output().expect("ember runs");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(stdout(&out).contains("answer\n42\n"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
+    assert!(
+        !out.status.success(),
+        "a cancelled statement counts as failed"
+    );
+}
