@@ -13,12 +13,14 @@
 //! - [`cancel`]: stopping a killed task at its next batch.
 //! - [`batch_fn`]: named RecordBatch functions (`map_batches`), the MapReduce-style
 //!   escape hatch.
-//! - [`proto`]: the generated gRPC code of `proto/ember.proto`.
+//! - [`proto`]: the generated gRPC code of `proto/ember.proto`; [`convert`] turns task
+//!   definitions and results into its messages and back.
 
 pub mod batch_fn;
 pub mod cancel;
 pub mod codec;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod proto;
 pub mod shuffle;

@@ -1,0 +1,37 @@
+//! Record batches as Arrow IPC stream bytes (task results crossing the network).
+
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+
+use crate::error::{EmberError, Result};
+
+/// One IPC stream holding `batches` (empty bytes for no batches).
+pub fn batches_to_ipc(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut out, &first.schema())?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+/// The batches of an IPC stream written by [`batches_to_ipc`].
+pub fn batches_from_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let decode = |e: arrow::error::ArrowError| EmberError::Decode {
+        what: "task result (Arrow IPC)",
+        message: e.to_string(),
+    };
+    StreamReader::try_new(bytes, None)
+        .map_err(decode)?
+        .map(|b| b.map_err(decode))
+        .collect()
+}
