@@ -193,7 +193,7 @@ fn location_to_proto(l: &PartitionLocation) -> proto::ShuffleLocation {
         map_partition: l.map_partition as u32,
         reduce_partition: l.reduce_partition as u32,
         executor_id: l.executor_id.clone(),
-        executor_address: String::new(),
+        executor_address: l.executor_address.clone(),
         data: Some(match &l.data {
             ShuffleData::Memory(k) => proto::shuffle_location::Data::Memory(proto::MemoryKey {
                 job_id: k.job,
@@ -227,6 +227,7 @@ fn location_from_proto(l: &proto::ShuffleLocation) -> DFResult<PartitionLocation
         map_partition: l.map_partition as usize,
         reduce_partition: l.reduce_partition as usize,
         executor_id: l.executor_id.clone(),
+        executor_address: l.executor_address.clone(),
         data,
         stats: PartitionStats {
             offset: range.offset,

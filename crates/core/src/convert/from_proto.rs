@@ -59,6 +59,7 @@ fn map_output(m: proto::MapOutput) -> Result<MapOutput> {
     };
     Ok(MapOutput {
         executor_id: m.executor_id,
+        executor_address: m.executor_address,
         data,
         partitions: m
             .partitions

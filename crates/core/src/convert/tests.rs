@@ -64,6 +64,7 @@ fn map_outputs_results_and_failures_survive_the_wire() {
     ] {
         let map = MapOutput {
             executor_id: "exec-1".into(),
+            executor_address: "http://127.0.0.1:7078".into(),
             data,
             partitions: vec![
                 PartitionStats {

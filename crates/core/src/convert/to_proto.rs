@@ -39,7 +39,7 @@ pub fn task_definition_to_proto(def: &TaskDefinition) -> proto::TaskDefinition {
 fn map_output(m: &MapOutput) -> proto::MapOutput {
     proto::MapOutput {
         executor_id: m.executor_id.clone(),
-        executor_address: String::new(),
+        executor_address: m.executor_address.clone(),
         data: Some(match &m.data {
             ShuffleData::File(path) => proto::map_output::Data::Path(path.display().to_string()),
             ShuffleData::Memory(k) => proto::map_output::Data::Memory(proto::MemoryKey {

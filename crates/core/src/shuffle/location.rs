@@ -34,6 +34,8 @@ pub struct PartitionStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapOutput {
     pub executor_id: String,
+    /// Where the executor serves its shuffle files (`FetchPartition`); empty in local mode.
+    pub executor_address: String,
     pub data: ShuffleData,
     /// One entry per output partition of the exchange.
     pub partitions: Vec<PartitionStats>,
@@ -56,6 +58,8 @@ pub struct PartitionLocation {
     pub map_partition: usize,
     pub reduce_partition: usize,
     pub executor_id: String,
+    /// Empty when the map output is on this host (local mode).
+    pub executor_address: String,
     pub data: ShuffleData,
     pub stats: PartitionStats,
 }

@@ -15,10 +15,16 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 
+use std::io::BufReader;
+
+use arrow::ipc::reader::StreamReader;
+
+use super::fetch::{RemoteRange, remote_error};
 use super::format::open_partition;
 use super::location::{PartitionLocation, ShuffleData};
 use super::store::ShuffleEnv;
 use crate::error::EmberError;
+use crate::proto::FetchPartitionRequest;
 
 /// Reads reduce partition `p` as the concatenation of `partitions[p]`: the pieces of
 /// every map output that belong to it. Memory outputs are shared (no copy); files on
@@ -64,6 +70,23 @@ impl ShuffleReaderExec {
 
     pub fn partition_locations(&self) -> &[Vec<PartitionLocation>] {
         &self.partitions
+    }
+}
+
+/// A map output on this host is read from its file; another host's is fetched.
+fn is_local(env: &ShuffleEnv, loc: &PartitionLocation) -> bool {
+    loc.executor_address.is_empty()
+        || loc.executor_id == env.executor_id
+        || (!env.address.is_empty() && host_of(&env.address) == host_of(&loc.executor_address))
+}
+
+/// `host` of `scheme://host:port/...`.
+fn host_of(address: &str) -> &str {
+    let rest = address.split_once("://").map_or(address, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once(':') {
+        Some((host, _)) => host,
+        None => authority,
     }
 }
 
@@ -130,6 +153,7 @@ impl ExecutionPlan for ShuffleReaderExec {
             .get_extension::<ShuffleEnv>()
             .ok_or_else(|| DataFusionError::Internal("task context has no ShuffleEnv".into()))?;
         let stage = self.stage_id;
+        let runtime = tokio::runtime::Handle::current();
         let mut builder = RecordBatchReceiverStream::builder(self.schema.clone(), 4);
         let tx = builder.tx();
         builder.spawn_blocking(move || {
@@ -152,9 +176,38 @@ impl ExecutionPlan for ShuffleReaderExec {
                             }
                         }
                     }
-                    ShuffleData::File(path) => {
+                    ShuffleData::File(path) if is_local(&env, loc) => {
                         let reader = open_partition(path, loc.stats.offset, loc.stats.length)
                             .map_err(|e| fetch_failed(stage, loc, e.to_string()))?;
+                        for b in reader {
+                            let b = b.map_err(|e| {
+                                fetch_failed(stage, loc, format!("{}: {e}", path.display()))
+                            })?;
+                            if tx.blocking_send(Ok(b)).is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    ShuffleData::File(path) => {
+                        let request = FetchPartitionRequest {
+                            job_id: 0,
+                            stage_id: stage as u32,
+                            map_partition: loc.map_partition as u32,
+                            reduce_partition: loc.reduce_partition as u32,
+                            path: path.display().to_string(),
+                            offset: loc.stats.offset,
+                            length: loc.stats.length,
+                        };
+                        let remote =
+                            RemoteRange::open(&runtime, loc.executor_address.clone(), request);
+                        let reader =
+                            StreamReader::try_new(BufReader::new(remote), None).map_err(|e| {
+                                fetch_failed(
+                                    stage,
+                                    loc,
+                                    remote_error(&loc.executor_address, e).to_string(),
+                                )
+                            })?;
                         for b in reader {
                             let b = b.map_err(|e| {
                                 fetch_failed(stage, loc, format!("{}: {e}", path.display()))
@@ -169,5 +222,17 @@ impl ExecutionPlan for ShuffleReaderExec {
             Ok(())
         });
         Ok(builder.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_of_an_address_ignores_scheme_and_port() {
+        assert_eq!(host_of("http://127.0.0.1:7078"), "127.0.0.1");
+        assert_eq!(host_of("https://exec-1.ember:7078/"), "exec-1.ember");
+        assert_eq!(host_of("10.0.0.5"), "10.0.0.5");
     }
 }

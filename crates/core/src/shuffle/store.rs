@@ -15,6 +15,8 @@ use super::location::MapOutputKey;
 #[derive(Debug)]
 pub struct ShuffleEnv {
     pub executor_id: String,
+    /// Where this executor serves shuffle files to others; empty in local mode.
+    pub address: String,
     /// Root of this executor's shuffle files: `<work_dir>/job-<id>/stage-<id>/...`.
     pub work_dir: PathBuf,
     /// In-memory map outputs (local mode); `None` sends every map output to disk.
@@ -30,10 +32,17 @@ impl ShuffleEnv {
     ) -> Self {
         ShuffleEnv {
             executor_id: executor_id.into(),
+            address: String::new(),
             work_dir: work_dir.into(),
             memory,
             next_token: AtomicU64::new(1),
         }
+    }
+
+    /// Sets the address other executors fetch this one's shuffle files from.
+    pub fn with_address(mut self, address: impl Into<String>) -> Self {
+        self.address = address.into();
+        self
     }
 
     /// A token unique within this executor, to keep attempts of a task apart.

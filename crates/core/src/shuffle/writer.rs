@@ -256,6 +256,7 @@ impl<'a> PartitionedOutput<'a> {
             }
         }
         let executor_id = self.env.executor_id.clone();
+        let executor_address = self.env.address.clone();
         match self.spills.take() {
             None => {
                 let partitions = self
@@ -276,6 +277,7 @@ impl<'a> PartitionedOutput<'a> {
                 self.reserved = 0;
                 Ok(MapOutput {
                     executor_id,
+                    executor_address,
                     data: ShuffleData::Memory(self.key),
                     partitions,
                 })
@@ -297,6 +299,7 @@ impl<'a> PartitionedOutput<'a> {
                     .collect();
                 Ok(MapOutput {
                     executor_id,
+                    executor_address,
                     data: ShuffleData::File(path),
                     partitions,
                 })

@@ -168,6 +168,7 @@ fn locations(outputs: &[&MapOutput], hash: bool, partitions: usize) -> Vec<Vec<P
         map_partition: m,
         reduce_partition: r,
         executor_id: out.executor_id.clone(),
+        executor_address: out.executor_address.clone(),
         data: out.data.clone(),
         stats: out.partitions.get(r).copied().unwrap_or_default(),
     };
