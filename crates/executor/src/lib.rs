@@ -1,7 +1,20 @@
-//! ember-executor: the executor process of a cluster (driver + executors over gRPC).
+//! ember-executor: the executor process of a cluster.
 //!
-//! What runs a task lives in `ember-core` (`ember_core::task::run_task`, the shuffle
-//! operators and the plan codec), so that a local session's in-process slots and an
-//! executor process run tasks through the same code; this crate will add the
-//! `ExecutorService` of `proto/ember.proto` (launching tasks, serving shuffle
-//! partitions) around it.
+//! An executor registers with the driver (`RegisterExecutor`, with the protocol
+//! version), heartbeats, runs the tasks the driver launches (`LaunchTasks`) and reports
+//! each result (`ReportTaskStatus`), and serves its map outputs to other executors
+//! (`FetchPartition`). What runs a task lives in `ember-core` (`run_task`, the shuffle
+//! operators, the plan codec), so a local session's in-process slots and an executor
+//! process run tasks through the same code.
+//!
+//! ```text
+//!   driver ──LaunchTasks──▶ ExecutorService ──spawn──▶ run_task ──▶ ReportTaskStatus ──▶ driver
+//!   other executors ──FetchPartition──▶ ExecutorService ──▶ work_dir/job-*/stage-*/*.data
+//! ```
+
+mod config;
+mod process;
+mod service;
+
+pub use config::{ExecutorConfig, parse_size};
+pub use process::{RunningExecutor, start};

@@ -1,0 +1,71 @@
+//! What an executor process is told on its command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of one executor process.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The driver's URL, e.g. `http://127.0.0.1:7077`.
+    pub driver_url: String,
+    /// Where this executor's gRPC service listens (port 0: any free port).
+    pub bind: SocketAddr,
+    /// Task slots.
+    pub cores: usize,
+    /// Memory the executor offers, in bytes (reported to the driver).
+    pub memory_bytes: u64,
+    /// Root of the shuffle files.
+    pub work_dir: PathBuf,
+    /// Defaults to `exec-<host>-<port>` once bound.
+    pub executor_id: Option<String>,
+    pub heartbeat_interval: Duration,
+}
+
+impl ExecutorConfig {
+    pub fn new(driver_url: impl Into<String>, work_dir: impl Into<PathBuf>) -> Self {
+        ExecutorConfig {
+            driver_url: driver_url.into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_bytes: 4 << 30,
+            work_dir: work_dir.into(),
+            executor_id: None,
+            heartbeat_interval: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Parses sizes such as `4g`, `512m`, `1024k` or a plain byte count.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s.as_str(), ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let scale: u64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_like_spark_memory_flags() {
+        assert_eq!(parse_size("4g"), Some(4 << 30));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("2gb"), Some(2 << 30));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("4x"), None);
+    }
+}

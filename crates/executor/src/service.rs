@@ -1,0 +1,138 @@
+//! The executor's gRPC service: tasks in, statuses out, shuffle files served.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ember_core::cancel::CancelFlag;
+use ember_core::convert::{task_definition_from_proto, task_status_to_proto};
+use ember_core::proto::driver_service_client::DriverServiceClient;
+use ember_core::proto::executor_service_server::ExecutorService;
+use ember_core::proto::{
+    CancelTasksRequest, CancelTasksResponse, FetchPartitionChunk, FetchPartitionRequest,
+    LaunchTasksRequest, LaunchTasksResponse, RemoveJobRequest, RemoveJobResponse,
+    ReportTaskStatusRequest, StopRequest, StopResponse, TaskFailure, TaskStatus, task_failure,
+    task_status,
+};
+use ember_core::shuffle::serve_partition;
+use ember_core::task::{TaskDefinition, TaskEnv, TaskId, run_task};
+use futures::Stream;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+pub(crate) struct ExecutorServer {
+    pub(crate) env: TaskEnv,
+    pub(crate) driver: DriverServiceClient<Channel>,
+    pub(crate) running: Arc<Mutex<HashMap<TaskId, CancelFlag>>>,
+    pub(crate) stop: Arc<Notify>,
+}
+
+impl ExecutorServer {
+    fn launch(&self, def: TaskDefinition) {
+        let id = def.id;
+        let flag = CancelFlag::default();
+        self.running.lock().insert(id, flag.clone());
+        let env = self.env.clone();
+        let running = self.running.clone();
+        let mut driver = self.driver.clone();
+        tokio::spawn(async move {
+            let status = run_task(&def, &env, &flag).await;
+            running.lock().remove(&id);
+            let message = task_status_to_proto(&status).unwrap_or_else(|e| TaskStatus {
+                id: Some(ember_core::proto::TaskId {
+                    job_id: id.job,
+                    stage_id: id.stage as u32,
+                    stage_attempt: id.stage_attempt as u32,
+                    partition: id.partition as u32,
+                    task_attempt: id.attempt as u32,
+                }),
+                executor_id: env.executor_id.clone(),
+                result: Some(task_status::Result::Failed(TaskFailure {
+                    message: format!("could not encode the result of {id}: {e}"),
+                    retryable: false,
+                    reason: Some(task_failure::Reason::Execution(String::new())),
+                })),
+            });
+            let report = ReportTaskStatusRequest {
+                statuses: vec![message],
+            };
+            if let Err(e) = driver.report_task_status(report).await {
+                tracing::warn!(task = %id, error = %e, "could not report task status to the driver");
+            }
+        });
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<FetchPartitionChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExecutorService for ExecutorServer {
+    async fn launch_tasks(
+        &self,
+        request: Request<LaunchTasksRequest>,
+    ) -> Result<Response<LaunchTasksResponse>, Status> {
+        // Decode all first: a malformed request launches nothing.
+        let defs = request
+            .into_inner()
+            .tasks
+            .into_iter()
+            .map(task_definition_from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for def in defs {
+            tracing::debug!(task = %def.id, "launching");
+            self.launch(def);
+        }
+        Ok(Response::new(LaunchTasksResponse {}))
+    }
+
+    async fn cancel_tasks(
+        &self,
+        request: Request<CancelTasksRequest>,
+    ) -> Result<Response<CancelTasksResponse>, Status> {
+        let running = self.running.lock();
+        for id in request.into_inner().tasks {
+            let id = TaskId {
+                job: id.job_id,
+                stage: id.stage_id as usize,
+                stage_attempt: id.stage_attempt as usize,
+                partition: id.partition as usize,
+                attempt: id.task_attempt as usize,
+            };
+            if let Some(flag) = running.get(&id) {
+                flag.cancel();
+            }
+        }
+        Ok(Response::new(CancelTasksResponse {}))
+    }
+
+    async fn remove_job(
+        &self,
+        request: Request<RemoveJobRequest>,
+    ) -> Result<Response<RemoveJobResponse>, Status> {
+        let job = request.into_inner().job_id;
+        let shuffle = self.env.shuffle.clone();
+        tokio::task::spawn_blocking(move || shuffle.remove_job(job))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(RemoveJobResponse {}))
+    }
+
+    async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
+        tracing::info!(reason = %request.get_ref().reason, "stopping on the driver's request");
+        self.stop.notify_waiters();
+        Ok(Response::new(StopResponse {}))
+    }
+
+    type FetchPartitionStream = ChunkStream;
+
+    async fn fetch_partition(
+        &self,
+        request: Request<FetchPartitionRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let stream = serve_partition(&self.env.shuffle.work_dir, request.get_ref())?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
