@@ -5,7 +5,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use ember_core::cancel::CancelFlag;
-use ember_core::convert::{task_definition_from_proto, task_status_to_proto};
+use ember_core::convert::{
+    task_definition_from_proto, task_id_from_proto, task_id_to_proto, task_status_to_proto,
+};
 use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::executor_service_server::ExecutorService;
 use ember_core::proto::{
@@ -41,13 +43,7 @@ impl ExecutorServer {
             let status = run_task(&def, &env, &flag).await;
             running.lock().remove(&id);
             let message = task_status_to_proto(&status).unwrap_or_else(|e| TaskStatus {
-                id: Some(ember_core::proto::TaskId {
-                    job_id: id.job,
-                    stage_id: id.stage as u32,
-                    stage_attempt: id.stage_attempt as u32,
-                    partition: id.partition as u32,
-                    task_attempt: id.attempt as u32,
-                }),
+                id: Some(task_id_to_proto(&id)),
                 executor_id: env.executor_id.clone(),
                 result: Some(task_status::Result::Failed(TaskFailure {
                     message: format!("could not encode the result of {id}: {e}"),
@@ -94,14 +90,7 @@ impl ExecutorService for ExecutorServer {
     ) -> Result<Response<CancelTasksResponse>, Status> {
         let running = self.running.lock();
         for id in request.into_inner().tasks {
-            let id = TaskId {
-                job: id.job_id,
-                stage: id.stage_id as usize,
-                stage_attempt: id.stage_attempt as usize,
-                partition: id.partition as usize,
-                attempt: id.task_attempt as usize,
-            };
-            if let Some(flag) = running.get(&id) {
+            if let Some(flag) = running.get(&task_id_from_proto(&id)) {
                 flag.cancel();
             }
         }

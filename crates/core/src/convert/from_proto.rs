@@ -16,15 +16,19 @@ fn missing(what: &'static str, field: &str) -> EmberError {
     }
 }
 
-fn task_id(id: Option<&proto::TaskId>, what: &'static str) -> Result<TaskId> {
-    let id = id.ok_or_else(|| missing(what, "id"))?;
-    Ok(TaskId {
+pub fn task_id_from_proto(id: &proto::TaskId) -> TaskId {
+    TaskId {
         job: id.job_id,
         stage: id.stage_id as usize,
         stage_attempt: id.stage_attempt as usize,
         partition: id.partition as usize,
         attempt: id.task_attempt as usize,
-    })
+    }
+}
+
+fn task_id(id: Option<&proto::TaskId>, what: &'static str) -> Result<TaskId> {
+    id.map(task_id_from_proto)
+        .ok_or_else(|| missing(what, "id"))
 }
 
 pub fn task_definition_from_proto(def: proto::TaskDefinition) -> Result<TaskDefinition> {

@@ -6,9 +6,9 @@ mod from_proto;
 mod ipc;
 mod to_proto;
 
-pub use from_proto::{task_definition_from_proto, task_status_from_proto};
+pub use from_proto::{task_definition_from_proto, task_id_from_proto, task_status_from_proto};
 pub use ipc::{batches_from_ipc, batches_to_ipc};
-pub use to_proto::{task_definition_to_proto, task_status_to_proto};
+pub use to_proto::{task_definition_to_proto, task_id_to_proto, task_status_to_proto};
 
 #[cfg(test)]
 mod tests;

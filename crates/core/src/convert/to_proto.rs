@@ -6,7 +6,7 @@ use crate::proto;
 use crate::shuffle::{MapOutput, ShuffleData};
 use crate::task::{FailureReason, TaskDefinition, TaskId, TaskOutput, TaskStatus};
 
-pub(super) fn task_id(id: &TaskId) -> proto::TaskId {
+pub fn task_id_to_proto(id: &TaskId) -> proto::TaskId {
     proto::TaskId {
         job_id: id.job,
         stage_id: id.stage as u32,
@@ -21,7 +21,7 @@ pub fn task_definition_to_proto(def: &TaskDefinition) -> proto::TaskDefinition {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     proto::TaskDefinition {
-        id: Some(task_id(&def.id)),
+        id: Some(task_id_to_proto(&def.id)),
         plan: def.plan.to_vec(),
         config: def
             .config
@@ -104,7 +104,7 @@ pub fn task_status_to_proto(status: &TaskStatus) -> Result<proto::TaskStatus> {
         }
     };
     Ok(proto::TaskStatus {
-        id: Some(task_id(&status.id)),
+        id: Some(task_id_to_proto(&status.id)),
         executor_id: status.executor_id.clone(),
         result: Some(result),
     })
