@@ -302,7 +302,15 @@ fn ctrl_c_cancels_the_running_query_and_the_shell_answers_the_next() {
         )
         .unwrap();
     input.flush().unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // Wait until the join is burning CPU, so the signal finds the query running.
+    let waiting = std::time::Instant::now();
+    while cpu_seconds(child.id()) < 1.5 {
+        assert!(
+            waiting.elapsed() < std::time::Duration::from_secs(60),
+            "the query never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let started = std::time::Instant::now();
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -323,4 +331,21 @@ fn ctrl_c_cancels_the_running_query_and_the_shell_answers_the_next() {
         !out.status.success(),
         "a cancelled statement counts as failed"
     );
+}
+
+/// User + system CPU seconds of a process, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    // After the command name, utime and stime are the 12th and 13th fields.
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
