@@ -153,7 +153,7 @@ mod tests {
     use crate::config::ShuffleCompression;
     use crate::proto::executor_service_server::{ExecutorService, ExecutorServiceServer};
     use crate::proto::*;
-    use crate::shuffle::format::{SpillWriter, assemble_data_file};
+    use crate::shuffle::format::{PartSource, SpillWriter, assemble_data_file};
     use crate::shuffle::{
         PartitionLocation, PartitionStats, ShuffleData, ShuffleEnv, ShuffleReaderExec,
         ipc_write_options,
@@ -229,7 +229,7 @@ mod tests {
                         .unwrap();
                 w.write(&batch).unwrap();
             }
-            parts.push(Some(w));
+            parts.push(PartSource::Spill(Box::new(w)));
         }
         let data = dir.join("map-0-1.data");
         let ranges = assemble_data_file(&data, &schema(), &options, parts).unwrap();

@@ -63,35 +63,67 @@ impl SpillWriter {
     }
 }
 
-/// Joins per-partition spill files (any missing partition written as an empty stream)
-/// into one data file plus index; returns each partition's (offset, length).
+/// Where one output partition's data is when the data file is assembled.
+pub(crate) enum PartSource {
+    /// Written to its own spill file while the task ran.
+    Spill(Box<SpillWriter>),
+    /// Still in memory (possibly none: an empty partition).
+    Batches(Vec<RecordBatch>),
+}
+
+/// Counts the bytes written through it.
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes every output partition, in order, as one IPC stream each into one data file
+/// plus index; returns each partition's (offset, length).
 pub(crate) fn assemble_data_file(
     data_path: &Path,
     schema: &SchemaRef,
     options: &IpcWriteOptions,
-    spills: Vec<Option<SpillWriter>>,
+    parts: Vec<PartSource>,
 ) -> Result<Vec<(u64, u64)>> {
     let io = |e| EmberError::io(data_path.display(), e);
     let mut out = BufWriter::new(File::create(data_path).map_err(io)?);
-    let mut offsets = Vec::with_capacity(spills.len() + 1);
+    let mut offsets = Vec::with_capacity(parts.len() + 1);
     let mut pos = 0u64;
-    for spill in spills {
+    for part in parts {
         offsets.push(pos);
-        match spill {
-            Some(spill) => {
+        match part {
+            PartSource::Spill(spill) => {
                 let path = spill.finish()?;
                 let mut f = File::open(&path).map_err(|e| EmberError::io(path.display(), e))?;
                 pos += std::io::copy(&mut f, &mut out).map_err(io)?;
                 drop(f);
                 let _ = std::fs::remove_file(&path);
             }
-            None => {
-                let mut buf = Vec::new();
-                let mut w = StreamWriter::try_new_with_options(&mut buf, schema, options.clone())?;
+            PartSource::Batches(batches) => {
+                let mut counting = Counting {
+                    inner: &mut out,
+                    written: 0,
+                };
+                let mut w =
+                    StreamWriter::try_new_with_options(&mut counting, schema, options.clone())?;
+                for b in &batches {
+                    w.write(b)?;
+                }
                 w.finish()?;
                 drop(w);
-                out.write_all(&buf).map_err(io)?;
-                pos += buf.len() as u64;
+                pos += counting.written;
             }
         }
     }
@@ -173,8 +205,17 @@ mod tests {
         p2.write(&batch(vec![7])).unwrap();
         p2.write(&batch(vec![8, 9])).unwrap();
         let data = dir.path().join("map.data");
-        let ranges =
-            assemble_data_file(&data, &schema, &options, vec![Some(p0), None, Some(p2)]).unwrap();
+        let ranges = assemble_data_file(
+            &data,
+            &schema,
+            &options,
+            vec![
+                PartSource::Spill(Box::new(p0)),
+                PartSource::Batches(vec![]),
+                PartSource::Spill(Box::new(p2)),
+            ],
+        )
+        .unwrap();
         assert_eq!(read_index(&data).unwrap(), ranges);
         let rows = |p: usize| -> Vec<i64> {
             let (off, len) = ranges[p];

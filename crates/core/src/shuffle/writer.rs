@@ -20,7 +20,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use super::format::{SpillWriter, assemble_data_file, ipc_write_options};
+use super::format::{PartSource, SpillWriter, assemble_data_file, ipc_write_options};
 use super::location::{MapOutput, MapOutputKey, PartitionStats, ShuffleData};
 use super::store::ShuffleEnv;
 use crate::config::EmberConfig;
@@ -140,9 +140,15 @@ impl ShuffleWriterExec {
     }
 }
 
-/// The output partitions of one map task while it runs: coalesced into large batches,
-/// held in memory while the store's budget allows, spilled to per-partition files
-/// (assembled into one data file at the end) once it does not.
+/// Bytes a map task holds in memory, when its output goes to disk anyway, before it
+/// spills partitions to files of their own.
+const TASK_BUFFER_BYTES: usize = 64 << 20;
+
+/// The output partitions of one map task while it runs: coalesced into large batches
+/// and held in memory, against the store's budget when the output is to stay in memory
+/// or up to [`TASK_BUFFER_BYTES`] when it goes to a file; past that, spilled to
+/// per-partition files. At the end, memory outputs go to the store, the rest into one
+/// data file (held partitions written straight into it).
 struct PartitionedOutput<'a> {
     env: &'a ShuffleEnv,
     key: MapOutputKey,
@@ -150,7 +156,10 @@ struct PartitionedOutput<'a> {
     coalescers: Vec<BatchCoalescer>,
     rows: Vec<u64>,
     memory: Vec<Vec<RecordBatch>>,
+    /// Bytes of `memory` reserved from the store.
     reserved: usize,
+    /// Bytes of `memory` held without the store (output bound for a file).
+    buffered: usize,
     spills: Option<Vec<Option<SpillWriter>>>,
     options: arrow::ipc::writer::IpcWriteOptions,
 }
@@ -166,7 +175,7 @@ impl<'a> PartitionedOutput<'a> {
         let coalescers = (0..n)
             .map(|_| BatchCoalescer::new(schema.clone(), config.shuffle_batch_rows))
             .collect();
-        let mut out = PartitionedOutput {
+        Ok(PartitionedOutput {
             env,
             key,
             schema,
@@ -174,13 +183,10 @@ impl<'a> PartitionedOutput<'a> {
             rows: vec![0; n],
             memory: vec![Vec::new(); n],
             reserved: 0,
+            buffered: 0,
             spills: None,
             options: ipc_write_options(config.shuffle_compression)?,
-        };
-        if env.memory.is_none() {
-            out.start_spilling()?;
-        }
-        Ok(out)
+        })
     }
 
     fn push(&mut self, partition: usize, batch: RecordBatch) -> Result<()> {
@@ -195,9 +201,19 @@ impl<'a> PartitionedOutput<'a> {
     fn emit(&mut self, partition: usize, batch: RecordBatch) -> Result<()> {
         if self.spills.is_none() {
             let size = batch.get_array_memory_size();
-            let store = self.env.memory.as_ref().expect("memory mode has a store");
-            if store.try_reserve(size) {
-                self.reserved += size;
+            let held = match &self.env.memory {
+                Some(store) if store.try_reserve(size) => {
+                    self.reserved += size;
+                    true
+                }
+                Some(_) => false,
+                None if self.buffered + size <= TASK_BUFFER_BYTES => {
+                    self.buffered += size;
+                    true
+                }
+                None => false,
+            };
+            if held {
                 self.memory[partition].push(batch);
                 return Ok(());
             }
@@ -228,6 +244,7 @@ impl<'a> PartitionedOutput<'a> {
             store.release(self.reserved);
         }
         self.reserved = 0;
+        self.buffered = 0;
         Ok(())
     }
 
@@ -257,8 +274,8 @@ impl<'a> PartitionedOutput<'a> {
         }
         let executor_id = self.env.executor_id.clone();
         let executor_address = self.env.address.clone();
-        match self.spills.take() {
-            None => {
+        let parts: Vec<PartSource> = match (self.spills.take(), &self.env.memory) {
+            (None, Some(store)) => {
                 let partitions = self
                     .memory
                     .iter()
@@ -272,39 +289,50 @@ impl<'a> PartitionedOutput<'a> {
                         rows: *rows,
                     })
                     .collect();
-                let store = self.env.memory.as_ref().expect("memory mode has a store");
                 store.insert(self.key, std::mem::take(&mut self.memory), self.reserved);
                 self.reserved = 0;
-                Ok(MapOutput {
+                return Ok(MapOutput {
                     executor_id,
                     executor_address,
                     data: ShuffleData::Memory(self.key),
                     partitions,
-                })
+                });
             }
-            Some(spills) => {
-                let path = self.map_dir().join(format!(
-                    "map-{}-{}.data",
-                    self.key.map_partition, self.key.token
-                ));
-                let ranges = assemble_data_file(&path, &self.schema, &self.options, spills)?;
-                let partitions = ranges
-                    .into_iter()
-                    .zip(&self.rows)
-                    .map(|((offset, length), rows)| PartitionStats {
-                        offset,
-                        length,
-                        rows: *rows,
+            (None, None) => std::mem::take(&mut self.memory)
+                .into_iter()
+                .map(PartSource::Batches)
+                .collect(),
+            (Some(spills), _) => spills
+                .into_iter()
+                .map(|s| {
+                    s.map_or(PartSource::Batches(vec![]), |w| {
+                        PartSource::Spill(Box::new(w))
                     })
-                    .collect();
-                Ok(MapOutput {
-                    executor_id,
-                    executor_address,
-                    data: ShuffleData::File(path),
-                    partitions,
                 })
-            }
-        }
+                .collect(),
+        };
+        let dir = self.map_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| EmberError::io(dir.display(), e))?;
+        let path = dir.join(format!(
+            "map-{}-{}.data",
+            self.key.map_partition, self.key.token
+        ));
+        let ranges = assemble_data_file(&path, &self.schema, &self.options, parts)?;
+        let partitions = ranges
+            .into_iter()
+            .zip(&self.rows)
+            .map(|((offset, length), rows)| PartitionStats {
+                offset,
+                length,
+                rows: *rows,
+            })
+            .collect();
+        Ok(MapOutput {
+            executor_id,
+            executor_address,
+            data: ShuffleData::File(path),
+            partitions,
+        })
     }
 }
 
@@ -466,5 +494,44 @@ mod tests {
             output.partitions.iter().map(|p| p.rows).collect::<Vec<_>>(),
             vec![25; 3]
         );
+    }
+
+    #[test]
+    fn output_bound_for_disk_is_written_straight_into_one_data_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = ShuffleEnv::new("test", dir.path(), None);
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let config = EmberConfig {
+            shuffle_batch_rows: 10,
+            ..Default::default()
+        };
+        let mut out = PartitionedOutput::new(&env, key(), schema.clone(), 3, &config).unwrap();
+        out.push(0, batch(&schema, 25)).unwrap();
+        out.push(2, batch(&schema, 5)).unwrap();
+        let output = out.finish().unwrap();
+        let ShuffleData::File(path) = &output.data else {
+            panic!("expected a file, got {:?}", output.data)
+        };
+        let rows: Vec<u64> = output.partitions.iter().map(|p| p.rows).collect();
+        assert_eq!(rows, vec![25, 0, 5]);
+        // Only the data file and its index: no per-partition spill files were needed.
+        let mut files: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, vec!["map-0-1.data", "map-0-1.data.index"]);
+        let ranges = crate::shuffle::read_index(path).unwrap();
+        let read: Vec<usize> = ranges
+            .iter()
+            .map(|(off, len)| {
+                super::super::format::open_partition(path, *off, *len)
+                    .unwrap()
+                    .map(|b| b.unwrap().num_rows())
+                    .sum()
+            })
+            .collect();
+        assert_eq!(read, vec![25, 0, 5]);
     }
 }
