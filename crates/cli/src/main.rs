@@ -7,6 +7,7 @@
 
 mod bench;
 mod datagen;
+mod executor;
 mod output;
 mod progress;
 mod shell;
@@ -48,6 +49,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Print the `ember.*` configuration keys as a Markdown table.
     Config,
+    /// Run an executor process that registers with a driver and runs its tasks.
+    Executor(executor::ExecutorArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +99,9 @@ fn run(command: Command) -> Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Bench(command) => engine
             .block_on(bench::run(command))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Executor(args) => engine
+            .block_on(executor::run(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Config => {
             println!("{}", ember_core::EmberConfig::markdown_table());

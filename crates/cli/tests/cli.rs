@@ -349,3 +349,103 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// Kills the processes it holds when dropped, so a failing test leaves none behind.
+struct Processes(Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_driver_session_runs_tpch_on_two_executor_processes() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let data = tempfile::tempdir().unwrap();
+        ember_driver::tpch::generate(0.01, data.path()).unwrap();
+        let driver = ember_driver::Session::builder()
+            .master("driver://127.0.0.1:0")
+            .build()
+            .unwrap();
+        let address = driver
+            .driver_address()
+            .expect("a driver address")
+            .to_string();
+        // No executors yet: a query is a clear error, not a hang.
+        ember_driver::tpch::register_tables(driver.context(), data.path())
+            .await
+            .unwrap();
+        let err = driver
+            .sql("SELECT count(*) FROM nation")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no executors have registered"),
+            "{err}"
+        );
+
+        let work = tempfile::tempdir().unwrap();
+        let _executors = Processes(
+            (0..2)
+                .map(|i| {
+                    Command::new(env!("CARGO_BIN_EXE_ember"))
+                        .args([
+                            "executor",
+                            "--driver",
+                            &address,
+                            "--cores",
+                            "1",
+                            "--work-dir",
+                        ])
+                        .arg(work.path().join(format!("exec-{i}")))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("ember executor starts")
+                })
+                .collect(),
+        );
+        let waiting = std::time::Instant::now();
+        while driver.cluster_slots() != Some(2) {
+            assert!(
+                waiting.elapsed() < std::time::Duration::from_secs(60),
+                "executors did not register"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+
+        let local = ember_driver::Session::builder()
+            .master("local[2]")
+            .build()
+            .unwrap();
+        ember_driver::tpch::register_tables(local.context(), data.path())
+            .await
+            .unwrap();
+        for q in [1, 3, 5, 10, 18] {
+            let sql = ember_driver::tpch::query(q).unwrap();
+            let cluster = driver.sql(&sql).await.unwrap().collect().await.unwrap();
+            let expected = local.sql(&sql).await.unwrap().collect().await.unwrap();
+            assert_eq!(
+                arrow::util::pretty::pretty_format_batches(&cluster)
+                    .unwrap()
+                    .to_string(),
+                arrow::util::pretty::pretty_format_batches(&expected)
+                    .unwrap()
+                    .to_string(),
+                "q{q}"
+            );
+        }
+    });
+}

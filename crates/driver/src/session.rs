@@ -26,12 +26,20 @@ use crate::map_batches::EmberQueryPlanner;
 pub enum Master {
     /// `local[N]`: N in-process executor slots (`local[*]`: one per core).
     Local { slots: usize },
+    /// `driver://HOST:PORT`: this session is a cluster's driver; executor processes
+    /// register at HOST:PORT (`ember executor --driver http://HOST:PORT`) and run the tasks.
+    Driver { bind: String },
 }
 
 impl Master {
-    /// Parses `local`, `local[N]`, `local[*]`.
+    /// Parses `local`, `local[N]`, `local[*]`, `driver://HOST:PORT`.
     pub fn parse(s: &str) -> Result<Master> {
         let s = s.trim();
+        if let Some(bind) = s.strip_prefix("driver://") {
+            return Ok(Master::Driver {
+                bind: bind.to_string(),
+            });
+        }
         let cores = || std::thread::available_parallelism().map_or(1, |n| n.get());
         if s == "local" {
             return Ok(Master::Local { slots: 1 });
@@ -53,13 +61,15 @@ impl Master {
             return Ok(Master::Local { slots });
         }
         Err(EmberError::Config(format!(
-            "invalid master '{s}': expected local, local[N] or local[*]"
+            "invalid master '{s}': expected local, local[N], local[*] or driver://HOST:PORT"
         )))
     }
 
+    /// Executor slots known when the session starts (none yet for a driver).
     pub fn slots(&self) -> usize {
         match self {
             Master::Local { slots } => *slots,
+            Master::Driver { .. } => 0,
         }
     }
 }
@@ -105,7 +115,7 @@ impl SessionBuilder {
         let slots = master.slots();
         let mut config = SessionConfig::new()
             .with_option_extension(EmberConfig::default())
-            .with_target_partitions(slots)
+            .with_target_partitions(slots.max(1))
             .with_information_schema(true);
         apply_settings(
             &mut config,
@@ -120,13 +130,20 @@ impl SessionBuilder {
         let ctx = SessionContext::new_with_state(state);
         let ember = EmberConfig::from_session(&ctx.copied_config());
         let functions: Arc<dyn FunctionSource> = Arc::new(SessionFunctions { ctx: ctx.clone() });
-        let engine = Engine::start_local(
-            slots,
-            &ember,
-            batch_fns.clone(),
-            functions,
-            ctx.runtime_env(),
-        )?;
+        let engine = match &master {
+            Master::Local { slots } => Engine::start_local(
+                *slots,
+                &ember,
+                batch_fns.clone(),
+                functions,
+                ctx.runtime_env(),
+            )?,
+            Master::Driver { bind } => Engine::start_driver(bind, batch_fns.clone())?,
+        };
+        let fixed_partitions = self
+            .config
+            .iter()
+            .any(|(k, _)| k == "datafusion.execution.target_partitions");
         Ok(Session {
             inner: Arc::new(SessionInner {
                 ctx,
@@ -134,6 +151,7 @@ impl SessionBuilder {
                 batch_fns,
                 master,
                 app_name: self.app_name,
+                fixed_partitions,
             }),
         })
     }
@@ -175,6 +193,8 @@ struct SessionInner {
     batch_fns: Arc<BatchFnRegistry>,
     master: Master,
     app_name: String,
+    /// The user chose `target_partitions`; otherwise a cluster plans for its cores.
+    fixed_partitions: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -194,6 +214,16 @@ impl Session {
     /// A local session with one executor slot per core (`local[*]`).
     pub fn local() -> Result<Session> {
         Session::builder().build()
+    }
+
+    /// Where executors register, when this session is a cluster's driver.
+    pub fn driver_address(&self) -> Option<&str> {
+        self.inner.engine.driver_address()
+    }
+
+    /// Task slots of the executors registered so far, when this session is a driver.
+    pub fn cluster_slots(&self) -> Option<usize> {
+        self.inner.engine.cluster_slots()
     }
 
     pub fn master(&self) -> &Master {
@@ -251,6 +281,11 @@ impl Session {
         // `SET` may have changed them since the session started.
         for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
             state.config_mut().options_mut().set(k, v)?;
+        }
+        if let Some(cores) = self.inner.engine.cluster_slots()
+            && !self.inner.fixed_partitions
+        {
+            state.config_mut().options_mut().execution.target_partitions = cores.max(1);
         }
         Ok(state.create_physical_plan(plan).await?)
     }

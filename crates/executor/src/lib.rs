@@ -17,4 +17,4 @@ mod process;
 mod service;
 
 pub use config::{ExecutorConfig, parse_size};
-pub use process::{RunningExecutor, start};
+pub use process::{RunningExecutor, StopHandle, start};

@@ -55,9 +55,23 @@ pub struct RunningExecutor {
     heartbeat: JoinHandle<()>,
 }
 
+/// Stops an executor from elsewhere (a signal handler).
+#[derive(Clone)]
+pub struct StopHandle(Arc<Notify>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.notify_waiters();
+    }
+}
+
 impl RunningExecutor {
     pub fn stop(&self) {
         self.stop.notify_waiters();
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop.clone())
     }
 
     /// Waits until the executor stops (a `Stop` request or [`stop`](Self::stop)).

@@ -4,6 +4,7 @@
 //! submits it to the scheduler's event loop and waits for the result. Dropping the
 //! returned future (Ctrl-C in the shell) cancels the job.
 
+mod cluster;
 mod explain;
 mod job;
 mod local;
@@ -24,6 +25,8 @@ use ember_core::task::{FunctionSource, TaskEnv};
 use ember_core::{EmberConfig, EmberError, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use cluster::{ClusterExecutors, DriverServer};
+use ember_core::proto::driver_service_server::DriverServiceServer;
 use job::Job;
 use local::LocalExecutors;
 use planner::StageGraph;
@@ -50,14 +53,29 @@ pub(crate) struct Engine {
     progress: watch::Receiver<JobProgress>,
     next_job: AtomicU64,
     event_loop: tokio::task::JoinHandle<()>,
-    _work_dir: tempfile::TempDir,
+    /// Local mode: the in-process executors' shuffle directory.
+    _work_dir: Option<tempfile::TempDir>,
+    /// Cluster mode: the registered executors and the driver's gRPC service.
+    cluster: Option<ClusterParts>,
+}
+
+struct ClusterParts {
+    executors: Arc<ClusterExecutors>,
+    address: String,
+    server: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
         self.event_loop.abort();
+        if let Some(c) = &self.cluster {
+            c.server.abort();
+        }
     }
 }
+
+/// Largest gRPC message the driver accepts or sends.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Sends `Cancel` if the caller stops waiting for its job.
 struct CancelOnDrop<'a> {
@@ -110,8 +128,71 @@ impl Engine {
             progress,
             next_job: AtomicU64::new(1),
             event_loop,
-            _work_dir: work_dir,
+            _work_dir: Some(work_dir),
+            cluster: None,
         })
+    }
+
+    /// Starts the scheduler as a cluster driver: executors register at `bind`
+    /// (e.g. `127.0.0.1:7077`; port 0 picks a free one) and run the tasks.
+    pub(crate) fn start_driver(bind: &str, batch_fns: Arc<BatchFnRegistry>) -> Result<Engine> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            EmberError::Config("an ember Session must be built inside a tokio runtime".into())
+        })?;
+        let _entered = handle.enter();
+        let listener = std::net::TcpListener::bind(bind).map_err(|e| EmberError::io(bind, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| EmberError::io(bind, e))?;
+        let local = listener.local_addr().map_err(|e| EmberError::io(bind, e))?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| EmberError::io(bind, e))?;
+        let (events, rx) = mpsc::unbounded_channel();
+        let (progress_tx, progress) = watch::channel(JobProgress::default());
+        let executors = Arc::new(ClusterExecutors::new(events.clone()));
+        let scheduler = Scheduler::new(
+            Arc::new(executors.clone()),
+            0,
+            EmberCodec::new(batch_fns),
+            progress_tx,
+        );
+        let event_loop = handle.spawn(scheduler.run(rx));
+        let service = DriverServer {
+            cluster: executors.clone(),
+            events: events.clone(),
+        };
+        let server = handle.spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    DriverServiceServer::new(service)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        tracing::info!(address = %local, "driver listening for executors");
+        Ok(Engine {
+            events,
+            progress,
+            next_job: AtomicU64::new(1),
+            event_loop,
+            _work_dir: None,
+            cluster: Some(ClusterParts {
+                executors,
+                address: format!("http://{local}"),
+                server,
+            }),
+        })
+    }
+
+    /// Executor slots: fixed in local mode, those registered so far in a cluster.
+    pub(crate) fn cluster_slots(&self) -> Option<usize> {
+        self.cluster.as_ref().map(|c| c.executors.total_cores())
+    }
+
+    /// Where executors register, in cluster mode.
+    pub(crate) fn driver_address(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|c| c.address.as_str())
     }
 
     /// Runs a physical plan as a job: stages, shuffles, tasks on executor slots.
@@ -121,6 +202,14 @@ impl Engine {
         config: &SessionConfig,
         session_id: &str,
     ) -> Result<Vec<RecordBatch>> {
+        if let Some(c) = &self.cluster
+            && c.executors.total_cores() == 0
+        {
+            return Err(EmberError::Config(format!(
+                "no executors have registered with this driver; start them with `ember executor --driver {}`",
+                c.address
+            )));
+        }
         let job_id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let graph = StageGraph::plan(job_id, plan)?;
         let pairs: Vec<(String, String)> = config

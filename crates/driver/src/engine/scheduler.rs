@@ -31,8 +31,12 @@ use super::{JobProgress, StageProgress};
 
 pub(crate) enum Event {
     Submit(Box<Job>),
+    /// An executor registered with this many task slots.
+    SlotsAdded(usize),
     TaskFinished(Box<TaskStatus>),
-    Cancel { job: u64 },
+    Cancel {
+        job: u64,
+    },
 }
 
 /// Where tasks run: in-process slots (local mode) or executor processes.
@@ -78,6 +82,7 @@ impl Scheduler {
                 Event::Submit(job) => self.submit(*job),
                 Event::TaskFinished(status) => self.task_finished(*status),
                 Event::Cancel { job } => self.fail_job(job, EmberError::Cancelled { job }),
+                Event::SlotsAdded(n) => self.free_slots += n,
             }
             self.launch_tasks();
             self.publish_progress();
