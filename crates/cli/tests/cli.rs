@@ -374,13 +374,14 @@ fn a_driver_session_runs_tpch_on_two_executor_processes() {
         ember_driver::tpch::generate(0.01, data.path()).unwrap();
         let driver = ember_driver::Session::builder()
             .master("driver://127.0.0.1:0")
+            .config("ember.cluster.executor_wait", "1")
             .build()
             .unwrap();
         let address = driver
             .driver_address()
             .expect("a driver address")
             .to_string();
-        // No executors yet: a query is a clear error, not a hang.
+        // No executors yet: after the wait, a query is a clear error, not a hang.
         ember_driver::tpch::register_tables(driver.context(), data.path())
             .await
             .unwrap();
@@ -417,6 +418,16 @@ fn a_driver_session_runs_tpch_on_two_executor_processes() {
                 })
                 .collect(),
         );
+        // Started before the executors register, this query waits for them.
+        driver
+            .sql("SET ember.cluster.executor_wait = 60")
+            .await
+            .unwrap();
+        let first = driver
+            .sql("SELECT count(*) AS n FROM nation")
+            .await
+            .unwrap();
+        let first = tokio::spawn(async move { first.collect().await });
         let waiting = std::time::Instant::now();
         while driver.cluster_slots() != Some(2) {
             assert!(

@@ -37,6 +37,8 @@ pub struct EmberConfig {
     pub shuffle_batch_rows: usize,
     /// Seconds without a heartbeat after which an executor is lost (`ember.executor.timeout`).
     pub executor_timeout_secs: u64,
+    /// Seconds a cluster job waits for a first executor before failing (`ember.cluster.executor_wait`).
+    pub cluster_executor_wait_secs: u64,
     /// Failure injection for tests (`ember.test.fail_tasks`): `STAGE:N` makes every task
     /// of stage STAGE fail its first N attempts, `STAGE:always` makes them always fail.
     pub test_fail_tasks: String,
@@ -51,6 +53,7 @@ impl Default for EmberConfig {
             shuffle_memory_budget: 0,
             shuffle_batch_rows: 0,
             executor_timeout_secs: 0,
+            cluster_executor_wait_secs: 0,
             test_fail_tasks: String::new(),
         };
         for (key, default, _) in Self::KEYS {
@@ -92,6 +95,11 @@ impl EmberConfig {
             "ember.executor.timeout",
             "30",
             "Seconds without a heartbeat after which an executor is considered lost.",
+        ),
+        (
+            "ember.cluster.executor_wait",
+            "30",
+            "Seconds a job on a cluster driver waits for an executor to register before it fails.",
         ),
         (
             "ember.test.fail_tasks",
@@ -149,6 +157,9 @@ impl EmberConfig {
             "executor.timeout" => {
                 self.executor_timeout_secs = value.parse().map_err(|_| bad("seconds"))?
             }
+            "cluster.executor_wait" => {
+                self.cluster_executor_wait_secs = value.parse().map_err(|_| bad("seconds"))?
+            }
             "test.fail_tasks" => {
                 if !value.is_empty() {
                     parse_fail_tasks(value).ok_or_else(|| bad("STAGE:N or STAGE:always"))?;
@@ -181,6 +192,7 @@ impl EmberConfig {
             "ember.shuffle.memory_budget" => self.shuffle_memory_budget.to_string(),
             "ember.shuffle.batch_rows" => self.shuffle_batch_rows.to_string(),
             "ember.executor.timeout" => self.executor_timeout_secs.to_string(),
+            "ember.cluster.executor_wait" => self.cluster_executor_wait_secs.to_string(),
             "ember.test.fail_tasks" => self.test_fail_tasks.clone(),
             _ => String::new(),
         }

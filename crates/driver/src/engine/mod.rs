@@ -202,13 +202,20 @@ impl Engine {
         config: &SessionConfig,
         session_id: &str,
     ) -> Result<Vec<RecordBatch>> {
-        if let Some(c) = &self.cluster
-            && c.executors.total_cores() == 0
-        {
-            return Err(EmberError::Config(format!(
-                "no executors have registered with this driver; start them with `ember executor --driver {}`",
-                c.address
-            )));
+        if let Some(c) = &self.cluster {
+            let wait = std::time::Duration::from_secs(
+                EmberConfig::from_session(config).cluster_executor_wait_secs,
+            );
+            let started = std::time::Instant::now();
+            while c.executors.total_cores() == 0 {
+                if started.elapsed() >= wait {
+                    return Err(EmberError::Config(format!(
+                        "no executors have registered with this driver in {wait:?}; start them with `ember executor --driver {}`",
+                        c.address
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
         let job_id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let graph = StageGraph::plan(job_id, plan)?;
