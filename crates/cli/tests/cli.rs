@@ -437,6 +437,9 @@ fn a_driver_session_runs_tpch_on_two_executor_processes() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
 
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+
         let local = ember_driver::Session::builder()
             .master("local[2]")
             .build()
