@@ -463,3 +463,102 @@ fn a_driver_session_runs_tpch_on_two_executor_processes() {
         }
     });
 }
+
+fn start_executors(address: &str, work: &Path, n: usize) -> Processes {
+    Processes(
+        (0..n)
+            .map(|i| {
+                Command::new(env!("CARGO_BIN_EXE_ember"))
+                    .args([
+                        "executor",
+                        "--driver",
+                        address,
+                        "--cores",
+                        "1",
+                        "--work-dir",
+                    ])
+                    .arg(work.join(format!("exec-{i}")))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("ember executor starts")
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_query_survives_losing_an_executor_midway() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let data = std::env::temp_dir().join("ember-cli-tpch-sf0.1");
+        ember_driver::tpch::generate(0.1, &data).unwrap();
+        let driver = ember_driver::Session::builder()
+            .master("driver://127.0.0.1:0")
+            .config("ember.executor.timeout", "3")
+            .build()
+            .unwrap();
+        ember_driver::tpch::register_tables(driver.context(), &data)
+            .await
+            .unwrap();
+        let address = driver.driver_address().unwrap().to_string();
+        let work = tempfile::tempdir().unwrap();
+        let mut executors = start_executors(&address, work.path(), 3);
+        let waiting = std::time::Instant::now();
+        while driver.cluster_slots() != Some(3) {
+            assert!(
+                waiting.elapsed() < std::time::Duration::from_secs(60),
+                "executors did not register"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+
+        let sql = ember_driver::tpch::query(18).unwrap();
+        let query = driver.sql(&sql).await.unwrap();
+        let mut progress = driver.progress();
+        let job = tokio::spawn(async move { query.collect().await });
+        // Once the first shuffle stage is done, kill an executor that holds its output.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            progress.wait_for(|p| p.stages.iter().any(|s| s.stage >= 2)),
+        )
+        .await
+        .expect("the query gets past its first stage")
+        .unwrap();
+        executors.0[0].kill().unwrap();
+        let rows = job
+            .await
+            .unwrap()
+            .expect("the query completes without the lost executor");
+
+        let local = ember_driver::Session::builder()
+            .master("local[2]")
+            .build()
+            .unwrap();
+        ember_driver::tpch::register_tables(local.context(), &data)
+            .await
+            .unwrap();
+        let expected = local.sql(&sql).await.unwrap().collect().await.unwrap();
+        assert_eq!(
+            arrow::util::pretty::pretty_format_batches(&rows)
+                .unwrap()
+                .to_string(),
+            arrow::util::pretty::pretty_format_batches(&expected)
+                .unwrap()
+                .to_string()
+        );
+        // The driver noticed: two executors' slots are left.
+        let waiting = std::time::Instant::now();
+        while driver.cluster_slots() != Some(2) {
+            assert!(
+                waiting.elapsed() < std::time::Duration::from_secs(30),
+                "the lost executor was not noticed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+}

@@ -138,7 +138,7 @@ impl SessionBuilder {
                 functions,
                 ctx.runtime_env(),
             )?,
-            Master::Driver { bind } => Engine::start_driver(bind, batch_fns.clone())?,
+            Master::Driver { bind } => Engine::start_driver(bind, &ember, batch_fns.clone())?,
         };
         let fixed_partitions = self
             .config

@@ -31,7 +31,7 @@ impl ExecutorConfig {
             memory_bytes: 4 << 30,
             work_dir: work_dir.into(),
             executor_id: None,
-            heartbeat_interval: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use ember_core::PROTOCOL_VERSION;
 use ember_core::convert::{task_definition_to_proto, task_id_to_proto, task_status_from_proto};
@@ -31,6 +32,7 @@ struct RemoteExecutor {
     client: ExecutorServiceClient<Channel>,
     cores: usize,
     busy: usize,
+    last_seen: Instant,
 }
 
 #[derive(Default)]
@@ -84,14 +86,62 @@ impl ClusterExecutors {
                 client,
                 cores: req.cores as usize,
                 busy: 0,
+                last_seen: Instant::now(),
             },
         );
         self.cores.fetch_add(req.cores as usize, Ordering::AcqRel);
         Ok(req.cores as usize)
     }
 
-    fn knows(&self, executor_id: &str) -> bool {
-        self.state.lock().executors.contains_key(executor_id)
+    /// Records a sign of life; false for an executor this driver does not know.
+    fn touch(&self, executor_id: &str) -> bool {
+        match self.state.lock().executors.get_mut(executor_id) {
+            Some(e) => {
+                e.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets executors silent for longer than `timeout`.
+    pub(crate) fn expire(&self, timeout: Duration) {
+        let silent: Vec<String> = self
+            .state
+            .lock()
+            .executors
+            .iter()
+            .filter(|(_, e)| e.last_seen.elapsed() > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for executor in silent {
+            self.lose(&executor, &format!("no heartbeat for {timeout:?}"));
+        }
+    }
+
+    /// Removes an executor and tells the scheduler what it took with it.
+    fn lose(&self, executor: &str, why: &str) {
+        let mut state = self.state.lock();
+        let Some(lost) = state.executors.remove(executor) else {
+            return;
+        };
+        let running: Vec<TaskId> = state
+            .running
+            .iter()
+            .filter(|(_, e)| e.as_str() == executor)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &running {
+            state.running.remove(id);
+        }
+        drop(state);
+        self.cores.fetch_sub(lost.cores, Ordering::AcqRel);
+        tracing::warn!(executor, reason = why, "executor lost");
+        let _ = self.events.send(Event::ExecutorLost {
+            executor: executor.to_string(),
+            cores: lost.cores,
+            running,
+        });
     }
 
     /// A task's report arrived: its slot on the executor is free again.
@@ -151,8 +201,10 @@ impl TaskLauncher for Arc<ClusterExecutors> {
                 tasks: vec![task_definition_to_proto(&task)],
             };
             if let Err(e) = client.launch_tasks(request).await {
-                let message = format!("launching {id} on executor {executor}: {}", e.message());
-                this.lost(id, executor, message);
+                // An executor that cannot take a task is treated as gone; the task
+                // (with the others it ran) is retried elsewhere.
+                let why = format!("launching {id} failed: {}", e.message());
+                this.lose(&executor, &why);
             }
         });
     }
@@ -228,7 +280,7 @@ impl DriverService for DriverServer {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let reregister = !self.cluster.knows(&request.get_ref().executor_id);
+        let reregister = !self.cluster.touch(&request.get_ref().executor_id);
         Ok(Response::new(HeartbeatResponse { reregister }))
     }
 

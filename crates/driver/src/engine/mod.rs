@@ -63,6 +63,8 @@ struct ClusterParts {
     executors: Arc<ClusterExecutors>,
     address: String,
     server: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    /// Expires executors whose heartbeats stopped.
+    monitor: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Engine {
@@ -70,6 +72,7 @@ impl Drop for Engine {
         self.event_loop.abort();
         if let Some(c) = &self.cluster {
             c.server.abort();
+            c.monitor.abort();
         }
     }
 }
@@ -135,7 +138,11 @@ impl Engine {
 
     /// Starts the scheduler as a cluster driver: executors register at `bind`
     /// (e.g. `127.0.0.1:7077`; port 0 picks a free one) and run the tasks.
-    pub(crate) fn start_driver(bind: &str, batch_fns: Arc<BatchFnRegistry>) -> Result<Engine> {
+    pub(crate) fn start_driver(
+        bind: &str,
+        config: &EmberConfig,
+        batch_fns: Arc<BatchFnRegistry>,
+    ) -> Result<Engine> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             EmberError::Config("an ember Session must be built inside a tokio runtime".into())
         })?;
@@ -157,6 +164,16 @@ impl Engine {
             progress_tx,
         );
         let event_loop = handle.spawn(scheduler.run(rx));
+        let timeout = std::time::Duration::from_secs(config.executor_timeout_secs);
+        let monitor = handle.spawn({
+            let executors = executors.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    executors.expire(timeout);
+                }
+            }
+        });
         let service = DriverServer {
             cluster: executors.clone(),
             events: events.clone(),
@@ -181,6 +198,7 @@ impl Engine {
                 executors,
                 address: format!("http://{local}"),
                 server,
+                monitor,
             }),
         })
     }

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use ember_core::EmberError;
 use ember_core::codec::{EmberCodec, encode_plan};
-use ember_core::task::{FailureReason, TaskDefinition, TaskId, TaskOutput, TaskStatus};
+use ember_core::task::{
+    FailureReason, TaskDefinition, TaskFailure, TaskId, TaskOutput, TaskStatus,
+};
 use tokio::sync::{mpsc, watch};
 
 use super::job::{Job, StageStatus, TaskState};
@@ -33,6 +35,13 @@ pub(crate) enum Event {
     Submit(Box<Job>),
     /// An executor registered with this many task slots.
     SlotsAdded(usize),
+    /// An executor stopped answering: its slots are gone, its running tasks failed,
+    /// and the map outputs it held must be recomputed.
+    ExecutorLost {
+        executor: String,
+        cores: usize,
+        running: Vec<TaskId>,
+    },
     TaskFinished(Box<TaskStatus>),
     Cancel {
         job: u64,
@@ -83,6 +92,11 @@ impl Scheduler {
                 Event::TaskFinished(status) => self.task_finished(*status),
                 Event::Cancel { job } => self.fail_job(job, EmberError::Cancelled { job }),
                 Event::SlotsAdded(n) => self.free_slots += n,
+                Event::ExecutorLost {
+                    executor,
+                    cores,
+                    running,
+                } => self.executor_lost(&executor, cores, running),
             }
             self.launch_tasks();
             self.publish_progress();
@@ -294,6 +308,56 @@ impl Scheduler {
         parent.tasks[map_partition] = TaskState::Pending;
         parent.status = StageStatus::Running;
         self.queue.push_back((id.job, map_stage, map_partition));
+    }
+
+    /// Fails the lost executor's running tasks (they are retried elsewhere) and
+    /// forgets every map output it held: finished stages that lost output run those
+    /// map tasks again (lineage) before their readers start.
+    fn executor_lost(&mut self, executor: &str, cores: usize, running: Vec<TaskId>) {
+        tracing::warn!(executor, cores, tasks = running.len(), "executor lost");
+        for id in running {
+            self.task_finished(TaskStatus {
+                id,
+                executor_id: executor.to_string(),
+                result: Err(TaskFailure {
+                    reason: FailureReason::ExecutorLost,
+                    message: format!("executor {executor} was lost while running {id}"),
+                    retryable: true,
+                }),
+            });
+        }
+        self.free_slots = self.free_slots.saturating_sub(cores);
+        for job in self.jobs.values_mut() {
+            for (stage, state) in job.stages.iter_mut() {
+                let lost: Vec<usize> = state
+                    .outputs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.as_ref().is_some_and(|o| o.executor_id == executor))
+                    .map(|(m, _)| m)
+                    .collect();
+                if lost.is_empty() {
+                    continue;
+                }
+                tracing::warn!(
+                    job = job.id,
+                    stage,
+                    outputs = lost.len(),
+                    executor,
+                    "recomputing lost map outputs from lineage"
+                );
+                for m in lost {
+                    state.outputs[m] = None;
+                    state.tasks[m] = TaskState::Pending;
+                    if state.status != StageStatus::Waiting {
+                        self.queue.push_back((job.id, *stage, m));
+                    }
+                }
+                if state.status == StageStatus::Done {
+                    state.status = StageStatus::Running;
+                }
+            }
+        }
     }
 
     fn finish_job(&mut self, job_id: u64) {
