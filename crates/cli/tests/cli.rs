@@ -518,13 +518,19 @@ fn a_query_survives_losing_an_executor_midway() {
         }
 
         let sql = ember_driver::tpch::query(18).unwrap();
+        // Stage 2's tasks wait a second, so every executor is running one when the
+        // kill comes: the job cannot finish without recovering the lost task.
+        driver
+            .sql("SET ember.test.delay_tasks = '2:1000'")
+            .await
+            .unwrap();
         let query = driver.sql(&sql).await.unwrap();
         let mut progress = driver.progress();
         let job = tokio::spawn(async move { query.collect().await });
         // Once the first shuffle stage is done, kill an executor that holds its output.
         tokio::time::timeout(
             std::time::Duration::from_secs(120),
-            progress.wait_for(|p| p.stages.iter().any(|s| s.stage >= 2)),
+            progress.wait_for(|p| p.stages.iter().any(|s| s.stage == 2 && s.running == 3)),
         )
         .await
         .expect("the query gets past its first stage")

@@ -39,6 +39,9 @@ pub struct EmberConfig {
     pub executor_timeout_secs: u64,
     /// Seconds a cluster job waits for a first executor before failing (`ember.cluster.executor_wait`).
     pub cluster_executor_wait_secs: u64,
+    /// Delay injection for tests (`ember.test.delay_tasks`): `STAGE:MILLIS` makes every
+    /// task of stage STAGE wait that long before it runs.
+    pub test_delay_tasks: String,
     /// Failure injection for tests (`ember.test.fail_tasks`): `STAGE:N` makes every task
     /// of stage STAGE fail its first N attempts, `STAGE:always` makes them always fail.
     pub test_fail_tasks: String,
@@ -54,6 +57,7 @@ impl Default for EmberConfig {
             shuffle_batch_rows: 0,
             executor_timeout_secs: 0,
             cluster_executor_wait_secs: 0,
+            test_delay_tasks: String::new(),
             test_fail_tasks: String::new(),
         };
         for (key, default, _) in Self::KEYS {
@@ -100,6 +104,11 @@ impl EmberConfig {
             "ember.cluster.executor_wait",
             "30",
             "Seconds a job on a cluster driver waits for an executor to register before it fails.",
+        ),
+        (
+            "ember.test.delay_tasks",
+            "",
+            "Delay injection for tests: STAGE:MILLIS makes each task of stage STAGE wait that long before it runs.",
         ),
         (
             "ember.test.fail_tasks",
@@ -160,6 +169,12 @@ impl EmberConfig {
             "cluster.executor_wait" => {
                 self.cluster_executor_wait_secs = value.parse().map_err(|_| bad("seconds"))?
             }
+            "test.delay_tasks" => {
+                if !value.is_empty() {
+                    parse_stage_spec(value).ok_or_else(|| bad("STAGE:MILLIS"))?;
+                }
+                self.test_delay_tasks = value.to_string()
+            }
             "test.fail_tasks" => {
                 if !value.is_empty() {
                     parse_fail_tasks(value).ok_or_else(|| bad("STAGE:N or STAGE:always"))?;
@@ -193,6 +208,7 @@ impl EmberConfig {
             "ember.shuffle.batch_rows" => self.shuffle_batch_rows.to_string(),
             "ember.executor.timeout" => self.executor_timeout_secs.to_string(),
             "ember.cluster.executor_wait" => self.cluster_executor_wait_secs.to_string(),
+            "ember.test.delay_tasks" => self.test_delay_tasks.clone(),
             "ember.test.fail_tasks" => self.test_fail_tasks.clone(),
             _ => String::new(),
         }
@@ -206,6 +222,14 @@ impl EmberConfig {
         }
     }
 
+    /// How long the delay hook holds a task of this stage before it runs.
+    pub fn injected_delay(&self, stage: usize) -> Option<std::time::Duration> {
+        match parse_stage_spec(&self.test_delay_tasks) {
+            Some((s, ms)) if s == stage => Some(std::time::Duration::from_millis(ms as u64)),
+            _ => None,
+        }
+    }
+
     /// The README's configuration table, in Markdown.
     pub fn markdown_table() -> String {
         let mut out = String::from("| key | default | meaning |\n|---|---|---|\n");
@@ -214,6 +238,12 @@ impl EmberConfig {
         }
         out
     }
+}
+
+/// `STAGE:N` -> (stage, N).
+fn parse_stage_spec(spec: &str) -> Option<(usize, usize)> {
+    let (stage, n) = spec.split_once(':')?;
+    Some((stage.trim().parse().ok()?, n.trim().parse().ok()?))
 }
 
 /// `STAGE:N` / `STAGE:always` -> (stage, failing attempts).

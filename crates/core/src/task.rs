@@ -214,6 +214,9 @@ async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result
             attempt: id.attempt,
         });
     }
+    if let Some(delay) = ember.injected_delay(id.stage) {
+        tokio::time::sleep(delay).await;
+    }
     let functions = env.functions.functions();
     let ctx = Arc::new(TaskContext::new(
         Some(id.to_string()),
