@@ -500,6 +500,7 @@ fn a_query_survives_losing_an_executor_midway() {
         let driver = ember_driver::Session::builder()
             .master("driver://127.0.0.1:0")
             .config("ember.executor.timeout", "3")
+            .config("ember.cluster.executor_wait", "5")
             .build()
             .unwrap();
         ember_driver::tpch::register_tables(driver.context(), &data)
@@ -566,5 +567,44 @@ fn a_query_survives_losing_an_executor_midway() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+
+        // Every executor killed during a job: it fails with a clear error after the grace
+        // period instead of waiting forever.
+        driver
+            .sql("SET ember.test.delay_tasks = '1:5000'")
+            .await
+            .unwrap();
+        let query = driver.sql(&sql).await.unwrap();
+        let job = tokio::spawn(async move { query.collect().await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        for e in &mut executors.0 {
+            let _ = e.kill();
+        }
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(std::time::Duration::from_secs(60), job)
+            .await
+            .expect("the job ends")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("every executor was lost"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // A new executor, and the next query succeeds.
+        let _new = start_executors(&address, &work.path().join("new"), 1);
+        driver.sql("SET ember.test.delay_tasks = ''").await.unwrap();
+        let rows = driver.sql(&sql).await.unwrap().collect().await.unwrap();
+        assert_eq!(
+            arrow::util::pretty::pretty_format_batches(&rows)
+                .unwrap()
+                .to_string(),
+            arrow::util::pretty::pretty_format_batches(&expected)
+                .unwrap()
+                .to_string()
+        );
     });
 }

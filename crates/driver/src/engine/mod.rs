@@ -165,12 +165,34 @@ impl Engine {
         );
         let event_loop = handle.spawn(scheduler.run(rx));
         let timeout = std::time::Duration::from_secs(config.executor_timeout_secs);
+        let grace = std::time::Duration::from_secs(config.cluster_executor_wait_secs);
         let monitor = handle.spawn({
             let executors = executors.clone();
+            let events = events.clone();
+            let address = format!("http://{local}");
             async move {
+                // Since when no executor has been registered, after there was one.
+                let mut empty_since: Option<std::time::Instant> = None;
+                let mut had_executors = false;
                 loop {
                     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                     executors.expire(timeout);
+                    if executors.total_cores() > 0 {
+                        had_executors = true;
+                        empty_since = None;
+                        continue;
+                    }
+                    if !had_executors {
+                        continue;
+                    }
+                    let since = *empty_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= grace {
+                        let message = format!(
+                            "every executor was lost and none registered within {grace:?}; start one with `ember executor --driver {address}`"
+                        );
+                        let _ = events.send(Event::NoExecutors { message });
+                        empty_since = Some(std::time::Instant::now());
+                    }
                 }
             }
         });

@@ -42,6 +42,10 @@ pub(crate) enum Event {
         cores: usize,
         running: Vec<TaskId>,
     },
+    /// No executor has been left for the grace period: running jobs cannot finish.
+    NoExecutors {
+        message: String,
+    },
     TaskFinished(Box<TaskStatus>),
     Cancel {
         job: u64,
@@ -97,6 +101,13 @@ impl Scheduler {
                     cores,
                     running,
                 } => self.executor_lost(&executor, cores, running),
+                Event::NoExecutors { message } => {
+                    let jobs: Vec<u64> = self.jobs.keys().copied().collect();
+                    for job in jobs {
+                        let cause = message.clone();
+                        self.fail_job(job, EmberError::JobFailed { job, cause });
+                    }
+                }
             }
             self.launch_tasks();
             self.publish_progress();
