@@ -144,14 +144,18 @@ impl ClusterExecutors {
         });
     }
 
-    /// A task's report arrived: its slot on the executor is free again.
-    fn task_reported(&self, id: &TaskId) {
+    /// A task's report arrived: its slot on the executor is free again. False when the
+    /// task was not running any more (its executor was already given up on, and the
+    /// scheduler has been told), so the report must not free a slot twice.
+    fn task_reported(&self, id: &TaskId) -> bool {
         let mut state = self.state.lock();
-        if let Some(executor) = state.running.remove(id)
-            && let Some(e) = state.executors.get_mut(&executor)
-        {
+        let Some(executor) = state.running.remove(id) else {
+            return false;
+        };
+        if let Some(e) = state.executors.get_mut(&executor) {
             e.busy = e.busy.saturating_sub(1);
         }
+        true
     }
 
     fn lost(&self, task: TaskId, executor: String, message: String) {
@@ -291,8 +295,12 @@ impl DriverService for DriverServer {
         for status in request.into_inner().statuses {
             let status = task_status_from_proto(status)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            self.cluster.task_reported(&status.id);
-            let _ = self.events.send(Event::TaskFinished(Box::new(status)));
+            self.cluster.touch(&status.executor_id);
+            if self.cluster.task_reported(&status.id) {
+                let _ = self.events.send(Event::TaskFinished(Box::new(status)));
+            } else {
+                tracing::debug!(task = %status.id, "ignoring the report of a task already failed over");
+            }
         }
         Ok(Response::new(ReportTaskStatusResponse {}))
     }
