@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::error::{EmberError, Result};
+use crate::error::Result;
 use crate::proto::executor_service_client::ExecutorServiceClient;
 use crate::proto::{FetchPartitionChunk, FetchPartitionRequest};
 
@@ -124,14 +124,6 @@ impl Read for RemoteRange {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
-    }
-}
-
-/// A fetch error as the reader reports it.
-pub(crate) fn remote_error(address: &str, e: impl std::fmt::Display) -> EmberError {
-    EmberError::Io {
-        path: address.to_string(),
-        source: std::io::Error::other(e.to_string()),
     }
 }
 
@@ -359,7 +351,7 @@ mod tests {
             .unwrap_err();
         let ember = crate::task::find_ember_error(&err).expect("an ember error");
         match ember {
-            EmberError::FetchFailed {
+            crate::EmberError::FetchFailed {
                 executor,
                 map_stage,
                 map_partition,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::TaskContext;
@@ -19,7 +20,7 @@ use std::io::BufReader;
 
 use arrow::ipc::reader::StreamReader;
 
-use super::fetch::{RemoteRange, remote_error};
+use super::fetch::RemoteRange;
 use super::format::open_partition;
 use super::location::{PartitionLocation, ShuffleData};
 use super::store::ShuffleEnv;
@@ -161,7 +162,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                 if loc.stats.rows == 0 {
                     continue;
                 }
-                match &loc.data {
+                let batches: Box<dyn Iterator<Item = DFResult<RecordBatch>>> = match &loc.data {
                     ShuffleData::Memory(key) => {
                         let batches = env
                             .memory
@@ -170,23 +171,16 @@ impl ExecutionPlan for ShuffleReaderExec {
                             .ok_or_else(|| {
                                 fetch_failed(stage, loc, "in-memory map output is gone".into())
                             })?;
-                        for b in batches {
-                            if tx.blocking_send(Ok(b)).is_err() {
-                                return Ok(());
-                            }
-                        }
+                        Box::new(batches.into_iter().map(Ok))
                     }
                     ShuffleData::File(path) if is_local(&env, loc) => {
                         let reader = open_partition(path, loc.stats.offset, loc.stats.length)
                             .map_err(|e| fetch_failed(stage, loc, e.to_string()))?;
-                        for b in reader {
-                            let b = b.map_err(|e| {
+                        Box::new(reader.map(move |b| {
+                            b.map_err(|e| {
                                 fetch_failed(stage, loc, format!("{}: {e}", path.display()))
-                            })?;
-                            if tx.blocking_send(Ok(b)).is_err() {
-                                return Ok(());
-                            }
-                        }
+                            })
+                        }))
                     }
                     ShuffleData::File(path) => {
                         let request = FetchPartitionRequest {
@@ -198,24 +192,18 @@ impl ExecutionPlan for ShuffleReaderExec {
                             offset: loc.stats.offset,
                             length: loc.stats.length,
                         };
-                        let remote =
-                            RemoteRange::open(&runtime, loc.executor_address.clone(), request);
-                        let reader =
-                            StreamReader::try_new(BufReader::new(remote), None).map_err(|e| {
-                                fetch_failed(
-                                    stage,
-                                    loc,
-                                    remote_error(&loc.executor_address, e).to_string(),
-                                )
-                            })?;
-                        for b in reader {
-                            let b = b.map_err(|e| {
-                                fetch_failed(stage, loc, format!("{}: {e}", path.display()))
-                            })?;
-                            if tx.blocking_send(Ok(b)).is_err() {
-                                return Ok(());
-                            }
-                        }
+                        let address = &loc.executor_address;
+                        let remote = RemoteRange::open(&runtime, address.clone(), request);
+                        let reader = StreamReader::try_new(BufReader::new(remote), None)
+                            .map_err(|e| fetch_failed(stage, loc, format!("{address}: {e}")))?;
+                        Box::new(reader.map(move |b| {
+                            b.map_err(|e| fetch_failed(stage, loc, format!("{address}: {e}")))
+                        }))
+                    }
+                };
+                for batch in batches {
+                    if tx.blocking_send(Ok(batch?)).is_err() {
+                        return Ok(()); // the consumer went away
                     }
                 }
             }
