@@ -364,14 +364,8 @@ impl Drop for Processes {
 
 #[test]
 fn a_driver_and_three_executor_processes_run_all_22_tpch_queries() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let data = std::env::temp_dir().join("ember-cli-tpch-sf0.1");
-        ember_driver::tpch::generate(0.1, &data).unwrap();
+    cluster_runtime().block_on(async {
+        let data = tpch_sf01();
         let driver = ember_driver::Session::builder()
             .master("driver://127.0.0.1:0")
             .config("ember.cluster.executor_wait", "1")
@@ -409,14 +403,7 @@ fn a_driver_and_three_executor_processes_run_all_22_tpch_queries() {
             .await
             .unwrap();
         let first = tokio::spawn(async move { first.collect().await });
-        let waiting = std::time::Instant::now();
-        while driver.cluster_slots() != Some(3) {
-            assert!(
-                waiting.elapsed() < std::time::Duration::from_secs(60),
-                "executors did not register"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        wait_for_slots(&driver, 3, 60, "executors did not register").await;
 
         let first = first.await.unwrap().unwrap();
         assert_eq!(first.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
@@ -463,14 +450,8 @@ fn start_executors(address: &str, work: &Path, n: usize) -> Processes {
 
 #[test]
 fn a_query_survives_losing_an_executor_midway() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let data = std::env::temp_dir().join("ember-cli-tpch-sf0.1");
-        ember_driver::tpch::generate(0.1, &data).unwrap();
+    cluster_runtime().block_on(async {
+        let data = tpch_sf01();
         let driver = ember_driver::Session::builder()
             .master("driver://127.0.0.1:0")
             .config("ember.executor.timeout", "3")
@@ -483,14 +464,7 @@ fn a_query_survives_losing_an_executor_midway() {
         let address = driver.driver_address().unwrap().to_string();
         let work = tempfile::tempdir().unwrap();
         let mut executors = start_executors(&address, work.path(), 3);
-        let waiting = std::time::Instant::now();
-        while driver.cluster_slots() != Some(3) {
-            assert!(
-                waiting.elapsed() < std::time::Duration::from_secs(60),
-                "executors did not register"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        wait_for_slots(&driver, 3, 60, "executors did not register").await;
 
         let sql = ember_driver::tpch::query(18).unwrap();
         // Stage 2's tasks wait a second, so every executor is running one when the
@@ -533,14 +507,7 @@ fn a_query_survives_losing_an_executor_midway() {
                 .to_string()
         );
         // The driver noticed: two executors' slots are left.
-        let waiting = std::time::Instant::now();
-        while driver.cluster_slots() != Some(2) {
-            assert!(
-                waiting.elapsed() < std::time::Duration::from_secs(30),
-                "the lost executor was not noticed"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        wait_for_slots(&driver, 2, 30, "the lost executor was not noticed").await;
 
         // Every executor killed during a job: it fails with a clear error after the grace
         // period instead of waiting forever.
@@ -590,4 +557,32 @@ fn sorted_lines(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String> {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines.sort();
     lines
+}
+
+/// A runtime for tests that run a cluster driver in this process.
+fn cluster_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// TPC-H SF 0.1, generated once into a shared temp folder.
+fn tpch_sf01() -> std::path::PathBuf {
+    let data = std::env::temp_dir().join("ember-cli-tpch-sf0.1");
+    ember_driver::tpch::generate(0.1, &data).unwrap();
+    data
+}
+
+/// Waits until the driver has `slots` executor slots, failing with `what` after `secs`.
+async fn wait_for_slots(driver: &ember_driver::Session, slots: usize, secs: u64, what: &str) {
+    let waiting = std::time::Instant::now();
+    while driver.cluster_slots() != Some(slots) {
+        assert!(
+            waiting.elapsed() < std::time::Duration::from_secs(secs),
+            "{what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

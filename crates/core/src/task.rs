@@ -105,6 +105,18 @@ pub struct FunctionSet {
     pub window: HashMap<String, Arc<WindowUDF>>,
 }
 
+impl FunctionSet {
+    /// The functions registered in a DataFusion session.
+    pub fn of(state: &datafusion::execution::SessionState) -> FunctionSet {
+        FunctionSet {
+            scalar: state.scalar_functions().clone(),
+            higher_order: state.higher_order_functions().clone(),
+            aggregate: state.aggregate_functions().clone(),
+            window: state.window_functions().clone(),
+        }
+    }
+}
+
 /// Where an executor gets its functions from (a session in local mode, the user's
 /// registry in an executor process).
 pub trait FunctionSource: Send + Sync + fmt::Debug {

@@ -171,13 +171,9 @@ impl std::fmt::Debug for SessionFunctions {
 
 impl FunctionSource for SessionFunctions {
     fn functions(&self) -> FunctionSet {
-        let state = self.ctx.state();
-        FunctionSet {
-            scalar: state.scalar_functions().clone(),
-            higher_order: state.higher_order_functions().clone(),
-            aggregate: state.aggregate_functions().clone(),
-            window: state.window_functions().clone(),
-        }
+        // Read in place: cloning the whole session state per task would copy the
+        // catalog and config for nothing.
+        FunctionSet::of(&self.ctx.state_ref().read())
     }
 }
 

@@ -36,13 +36,7 @@ impl FunctionSource for BuiltinFunctions {
 }
 
 fn builtin_functions() -> FunctionSet {
-    let state = SessionContext::new().state();
-    FunctionSet {
-        scalar: state.scalar_functions().clone(),
-        higher_order: state.higher_order_functions().clone(),
-        aggregate: state.aggregate_functions().clone(),
-        window: state.window_functions().clone(),
-    }
+    FunctionSet::of(&SessionContext::new().state())
 }
 
 /// A started executor; dropping it does not stop it, [`stop`](Self::stop) does.
@@ -165,10 +159,11 @@ pub async fn start(
         runtime: Arc::new(RuntimeEnv::default()),
     };
     let stop = Arc::new(Notify::new());
+    let running: crate::service::RunningTasks = Arc::default();
     let service = ExecutorServer {
         env,
         driver: driver.clone(),
-        running: Arc::default(),
+        running: running.clone(),
         stop: stop.clone(),
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -190,7 +185,7 @@ pub async fn start(
                 tokio::time::sleep(interval).await;
                 let beat = HeartbeatRequest {
                     executor_id: executor_id.clone(),
-                    running_tasks: 0,
+                    running_tasks: running.lock().len() as u32,
                 };
                 match driver.heartbeat(beat).await {
                     Ok(r) if r.get_ref().reregister => {

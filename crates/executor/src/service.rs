@@ -24,10 +24,13 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+/// The tasks running on this executor, each with the flag that stops it.
+pub(crate) type RunningTasks = Arc<Mutex<HashMap<TaskId, CancelFlag>>>;
+
 pub(crate) struct ExecutorServer {
     pub(crate) env: TaskEnv,
     pub(crate) driver: DriverServiceClient<Channel>,
-    pub(crate) running: Arc<Mutex<HashMap<TaskId, CancelFlag>>>,
+    pub(crate) running: RunningTasks,
     pub(crate) stop: Arc<Notify>,
 }
 
