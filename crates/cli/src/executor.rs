@@ -1,12 +1,10 @@
 //! `ember executor`: an executor process of a cluster.
 
+use anyhow::{Context, Result};
+use ember_core::rpc::Security;
+use ember_executor::{ExecutorConfig, Registry, parse_size};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-
-use anyhow::{Context, Result};
-use ember_core::batch_fn::BatchFnRegistry;
-use ember_executor::{ExecutorConfig, parse_size};
 
 #[derive(Debug, clap::Args)]
 pub struct ExecutorArgs {
@@ -29,37 +27,29 @@ pub struct ExecutorArgs {
     /// Address of this executor's gRPC service (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
+
+    /// File holding the cluster's shared secret (else $EMBER_SECRET, else none).
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
     parse_size(s).ok_or_else(|| format!("expected a size such as 4g or 512m, got '{s}'"))
 }
 
-/// Runs until the driver stops it, or Ctrl-C / SIGTERM.
+/// Runs until the driver stops it, or Ctrl-C / SIGTERM (which finish or hand back the
+/// running tasks first).
 pub async fn run(args: ExecutorArgs) -> Result<()> {
     let mut config = ExecutorConfig::new(&args.driver, &args.work_dir);
     config.cores = args.cores;
     config.memory_bytes = args.memory;
     config.bind = args.bind;
-    let executor = ember_executor::start(config, Arc::new(BatchFnRegistry::default()))
-        .await
-        .context("starting the executor")?;
+    config.security = Security::from_file_or_env(args.secret_file.as_deref())?;
     eprintln!(
-        "executor {} serving at {} ({} cores), driver {}",
-        executor.executor_id, executor.address, args.cores, args.driver
+        "executor starting ({} cores), driver {}",
+        args.cores, args.driver
     );
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    let stop = executor.stop_handle();
-    let signals = tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        stop.stop();
-    });
-    let stopped = executor.wait().await;
-    signals.abort();
-    stopped?;
-    Ok(())
+    ember_executor::run(config, Registry::new())
+        .await
+        .context("running the executor")
 }

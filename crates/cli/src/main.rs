@@ -7,6 +7,7 @@
 
 mod bench;
 mod datagen;
+mod driver;
 mod executor;
 mod output;
 mod progress;
@@ -49,6 +50,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Print the `ember.*` configuration keys as a Markdown table.
     Config,
+    /// Run a cluster's driver: executors register with it, clients send it queries.
+    Driver(driver::DriverArgs),
     /// Run an executor process that registers with a driver and runs its tasks.
     Executor(executor::ExecutorArgs),
 }
@@ -100,6 +103,9 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(command) => engine
             .block_on(bench::run(command))
             .map(|()| ExitCode::SUCCESS),
+        Command::Driver(args) => engine
+            .block_on(driver::run(args))
+            .map(|()| ExitCode::SUCCESS),
         Command::Executor(args) => engine
             .block_on(executor::run(args))
             .map(|()| ExitCode::SUCCESS),
@@ -126,6 +132,7 @@ fn init_logging(level: Option<&str>) {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

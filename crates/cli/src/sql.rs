@@ -18,9 +18,14 @@ use crate::{shell, tables};
 
 #[derive(Debug, clap::Args)]
 pub struct SqlArgs {
-    /// Where jobs run: local, local[N] (N executor slots) or local[*] (one per core).
+    /// Where jobs run: local, local[N] (N executor slots), local[*] (one per core), or
+    /// ember://HOST:PORT (a cluster's driver, `ember driver`).
     #[arg(long, default_value = "local[*]")]
     pub master: String,
+
+    /// File holding the cluster's shared secret, for ember:// (else $EMBER_SECRET).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<std::path::PathBuf>,
 
     /// Run these statements (`;`-separated; repeatable), then exit.
     #[arg(short = 'e', long = "execute", value_name = "SQL")]
@@ -93,7 +98,9 @@ pub(crate) fn parse_config_arg(arg: &str) -> Result<(String, String), String> {
 
 /// Runs `ember sql`; the session's jobs run on `engine`.
 pub async fn run(args: SqlArgs, engine: &tokio::runtime::Handle) -> Result<ExitCode> {
-    let mut builder = Session::builder().master(&args.master);
+    let mut builder = Session::builder().master(&args.master).security(
+        ember_core::rpc::Security::from_file_or_env(args.secret_file.as_deref())?,
+    );
     for (key, value) in &args.config {
         builder = builder.config(key, value);
     }

@@ -63,6 +63,10 @@ pub enum EmberError {
         attempt: usize,
     },
 
+    /// An error the driver reported to a client session (`ember://`).
+    #[error("{message} (from the driver at {address})")]
+    Remote { address: String, message: String },
+
     /// Something the engine does not support (yet), with what it was.
     #[error("not supported: {0}")]
     NotSupported(String),

@@ -23,6 +23,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod proto;
+pub mod rpc;
 pub mod shuffle;
 pub mod task;
 

@@ -14,7 +14,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use ember_core::batch_fn::{BatchFnRegistry, MapBatchesExec};
+use ember_core::batch_fn::{BatchFn, BatchFnRegistry, MapBatchesExec};
 
 /// Logical node: apply batch function `name` to every batch of `input`.
 #[derive(Debug, Clone)]
@@ -98,6 +98,9 @@ impl UserDefinedLogicalNodeCore for MapBatchesNode {
 #[derive(Debug)]
 struct MapBatchesPlanner {
     registry: Arc<BatchFnRegistry>,
+    /// A cluster driver plans functions only its executors have (checked when the
+    /// job is submitted); elsewhere an unknown name is an error now.
+    cluster_driver: bool,
 }
 
 #[async_trait]
@@ -114,12 +117,16 @@ impl ExtensionPlanner for MapBatchesPlanner {
         let Some(node) = node.as_any().downcast_ref::<MapBatchesNode>() else {
             return Ok(None);
         };
-        let func = self.registry.get(&node.name).ok_or_else(|| {
-            DataFusionError::Plan(format!(
-                "no batch function named '{}' is registered",
-                node.name
-            ))
-        })?;
+        let func = match self.registry.get(&node.name) {
+            Some(func) => func,
+            None if self.cluster_driver => executor_side(&node.name, &node.schema),
+            None => {
+                return Err(DataFusionError::Plan(format!(
+                    "no batch function named '{}' is registered",
+                    node.name
+                )));
+            }
+        };
         let input = physical_inputs
             .first()
             .cloned()
@@ -128,15 +135,34 @@ impl ExtensionPlanner for MapBatchesPlanner {
     }
 }
 
+/// A batch function the driver knows only by name and schema: tasks decode it from
+/// their executor's registry, so this body never runs.
+fn executor_side(name: &str, schema: &DFSchemaRef) -> BatchFn {
+    let name = name.to_string();
+    BatchFn {
+        name: name.clone(),
+        output_schema: Arc::new(schema.as_arrow().clone()),
+        func: Arc::new(move |_| {
+            Err(DataFusionError::Execution(format!(
+                "batch function '{name}' runs on executors only"
+            )))
+        }),
+    }
+}
+
 /// The session's query planner: DataFusion's, plus ember's logical extensions.
 #[derive(Debug)]
 pub(crate) struct EmberQueryPlanner {
     registry: Arc<BatchFnRegistry>,
+    cluster_driver: bool,
 }
 
 impl EmberQueryPlanner {
-    pub(crate) fn new(registry: Arc<BatchFnRegistry>) -> Self {
-        EmberQueryPlanner { registry }
+    pub(crate) fn new(registry: Arc<BatchFnRegistry>, cluster_driver: bool) -> Self {
+        EmberQueryPlanner {
+            registry,
+            cluster_driver,
+        }
     }
 }
 
@@ -150,6 +176,7 @@ impl QueryPlanner for EmberQueryPlanner {
         let planner =
             DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(MapBatchesPlanner {
                 registry: self.registry.clone(),
+                cluster_driver: self.cluster_driver,
             })]);
         planner.create_physical_plan(logical_plan, session).await
     }

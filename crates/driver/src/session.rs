@@ -14,12 +14,15 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::batch_fn::BatchFnRegistry;
+use ember_core::rpc::Security;
 use ember_core::task::{FunctionSet, FunctionSource, REQUIRED_DATAFUSION_SETTINGS, apply_settings};
 use ember_core::{EmberConfig, EmberError, Result};
+use tokio::sync::watch;
 
 use crate::dataframe::DataFrame;
-use crate::engine::{Engine, JobProgress};
+use crate::engine::{ClientApi, Engine, JobProgress};
 use crate::map_batches::EmberQueryPlanner;
+use crate::remote::{DriverClients, RemoteDriver};
 
 /// Where a session runs its jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +32,25 @@ pub enum Master {
     /// `driver://HOST:PORT`: this session is a cluster's driver; executor processes
     /// register at HOST:PORT (`ember executor --driver http://HOST:PORT`) and run the tasks.
     Driver { bind: String },
+    /// `ember://HOST:PORT`: a client of a separate driver process (`ember driver`),
+    /// which plans and schedules this session's queries on its executors.
+    Remote { url: String },
 }
 
 impl Master {
-    /// Parses `local`, `local[N]`, `local[*]`, `driver://HOST:PORT`.
+    /// Parses `local`, `local[N]`, `local[*]`, `driver://HOST:PORT`, `ember://HOST:PORT`.
     pub fn parse(s: &str) -> Result<Master> {
         let s = s.trim();
+        if let Some(address) = s.strip_prefix("ember://") {
+            if address.is_empty() || address.contains('/') {
+                return Err(EmberError::Config(format!(
+                    "invalid master '{s}': expected ember://HOST:PORT"
+                )));
+            }
+            return Ok(Master::Remote {
+                url: format!("http://{address}"),
+            });
+        }
         if let Some(bind) = s.strip_prefix("driver://") {
             return Ok(Master::Driver {
                 bind: bind.to_string(),
@@ -61,7 +77,7 @@ impl Master {
             return Ok(Master::Local { slots });
         }
         Err(EmberError::Config(format!(
-            "invalid master '{s}': expected local, local[N], local[*] or driver://HOST:PORT"
+            "invalid master '{s}': expected local, local[N], local[*], driver://HOST:PORT or ember://HOST:PORT"
         )))
     }
 
@@ -69,7 +85,7 @@ impl Master {
     pub fn slots(&self) -> usize {
         match self {
             Master::Local { slots } => *slots,
-            Master::Driver { .. } => 0,
+            Master::Driver { .. } | Master::Remote { .. } => 0,
         }
     }
 }
@@ -80,6 +96,7 @@ pub struct SessionBuilder {
     master: String,
     app_name: String,
     config: Vec<(String, String)>,
+    security: Option<Security>,
 }
 
 impl Default for SessionBuilder {
@@ -88,6 +105,7 @@ impl Default for SessionBuilder {
             master: "local[*]".into(),
             app_name: "ember".into(),
             config: vec![],
+            security: None,
         }
     }
 }
@@ -109,6 +127,13 @@ impl SessionBuilder {
         self
     }
 
+    /// The cluster's shared secret for a driver or a client (default: from
+    /// `$EMBER_SECRET`, else none).
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = Some(security);
+        self
+    }
+
     /// Starts the session's engine. Must be called inside a tokio runtime.
     pub fn build(self) -> Result<Session> {
         let master = Master::parse(&self.master)?;
@@ -122,39 +147,84 @@ impl SessionBuilder {
             self.config.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )?;
         let batch_fns = Arc::new(BatchFnRegistry::default());
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features()
-            .with_query_planner(Arc::new(EmberQueryPlanner::new(batch_fns.clone())))
-            .build();
-        let ctx = SessionContext::new_with_state(state);
+        let cluster_driver = matches!(master, Master::Driver { .. });
+        let ctx = new_context(config, &batch_fns, cluster_driver);
         let ember = EmberConfig::from_session(&ctx.copied_config());
-        let functions: Arc<dyn FunctionSource> = Arc::new(SessionFunctions { ctx: ctx.clone() });
-        let engine = match &master {
-            Master::Local { slots } => Engine::start_local(
-                *slots,
+        let security = match self.security {
+            Some(s) => s,
+            None => Security::from_file_or_env(None)?,
+        };
+        let runner = match &master {
+            Master::Local { slots } => {
+                let functions: Arc<dyn FunctionSource> =
+                    Arc::new(SessionFunctions { ctx: ctx.clone() });
+                Runner::Engine(Engine::start_local(
+                    *slots,
+                    &ember,
+                    batch_fns.clone(),
+                    functions,
+                    ctx.runtime_env(),
+                )?)
+            }
+            Master::Driver { bind } => Runner::Engine(Engine::start_driver(
+                bind,
                 &ember,
                 batch_fns.clone(),
-                functions,
-                ctx.runtime_env(),
-            )?,
-            Master::Driver { bind } => Engine::start_driver(bind, &ember, batch_fns.clone())?,
+                security,
+            )?),
+            Master::Remote { url } => {
+                Runner::Remote(RemoteDriver::new(url, &security, &ctx.session_id())?)
+            }
         };
         let fixed_partitions = self
             .config
             .iter()
             .any(|(k, _)| k == "datafusion.execution.target_partitions");
-        Ok(Session {
-            inner: Arc::new(SessionInner {
-                ctx,
-                engine,
-                batch_fns,
-                master,
-                app_name: self.app_name,
-                fixed_partitions,
-            }),
-        })
+        let (idle_progress, _) = watch::channel(JobProgress::default());
+        let inner = Arc::new(SessionInner {
+            ctx,
+            runner,
+            batch_fns,
+            master,
+            app_name: self.app_name,
+            fixed_partitions,
+            idle_progress,
+            clients: std::sync::OnceLock::new(),
+        });
+        if let Runner::Engine(engine) = &inner.runner {
+            let clients: Arc<dyn ClientApi> = Arc::new(DriverClients::new(&inner));
+            // The engine's service holds it weakly; the session keeps it alive.
+            engine.serve_clients(Arc::downgrade(&clients));
+            let _ = inner.clients.set(clients);
+        }
+        Ok(Session { inner })
     }
+}
+
+/// A DataFusion context with ember's settings and query planner. A cluster driver
+/// plans batch functions it does not have itself: its executors provide them.
+pub(crate) fn new_context(
+    config: SessionConfig,
+    batch_fns: &Arc<BatchFnRegistry>,
+    cluster_driver: bool,
+) -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_query_planner(Arc::new(EmberQueryPlanner::new(
+            batch_fns.clone(),
+            cluster_driver,
+        )))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// What runs a session's jobs.
+pub(crate) enum Runner {
+    /// This process: in-process slots, or a driver with executor processes.
+    Engine(Engine),
+    /// A driver process, over gRPC.
+    Remote(RemoteDriver),
 }
 
 /// Local-mode executors resolve functions through the session itself, so a UDF
@@ -183,14 +253,18 @@ pub struct Session {
     inner: Arc<SessionInner>,
 }
 
-struct SessionInner {
-    ctx: SessionContext,
-    engine: Engine,
-    batch_fns: Arc<BatchFnRegistry>,
+pub(crate) struct SessionInner {
+    pub(crate) ctx: SessionContext,
+    pub(crate) runner: Runner,
+    pub(crate) batch_fns: Arc<BatchFnRegistry>,
     master: Master,
     app_name: String,
     /// The user chose `target_partitions`; otherwise a cluster plans for its cores.
     fixed_partitions: bool,
+    /// A client session's progress (none: its driver runs the stages).
+    idle_progress: watch::Sender<JobProgress>,
+    /// Client sessions of a driver, kept alive here.
+    clients: std::sync::OnceLock<Arc<dyn ClientApi>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -214,12 +288,19 @@ impl Session {
 
     /// Where executors register, when this session is a cluster's driver.
     pub fn driver_address(&self) -> Option<&str> {
-        self.inner.engine.driver_address()
+        self.engine().and_then(Engine::driver_address)
     }
 
     /// Task slots of the executors registered so far, when this session is a driver.
     pub fn cluster_slots(&self) -> Option<usize> {
-        self.inner.engine.cluster_slots()
+        self.engine().and_then(Engine::cluster_slots)
+    }
+
+    fn engine(&self) -> Option<&Engine> {
+        match &self.inner.runner {
+            Runner::Engine(e) => Some(e),
+            Runner::Remote(_) => None,
+        }
     }
 
     pub fn master(&self) -> &Master {
@@ -236,27 +317,49 @@ impl Session {
     }
 
     /// Progress of the stages now running, for progress bars and UIs.
-    pub fn progress(&self) -> tokio::sync::watch::Receiver<JobProgress> {
-        self.inner.engine.progress()
+    pub fn progress(&self) -> watch::Receiver<JobProgress> {
+        match self.engine() {
+            Some(engine) => engine.progress(),
+            None => self.inner.idle_progress.subscribe(),
+        }
     }
 
     /// Runs a SQL statement. Queries are lazy (a `DataFrame`); DDL such as
-    /// `CREATE EXTERNAL TABLE` or `SET` takes effect now.
+    /// `CREATE EXTERNAL TABLE` or `SET` takes effect now (on the driver too, for a
+    /// client session).
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
-        let plan = self.inner.ctx.state().create_logical_plan(sql).await?;
-        let plan = self.run_table_query(plan).await?;
-        let df = self.inner.ctx.execute_logical_plan(plan).await?;
+        let df = self.sql_in(&self.inner.ctx, sql).await?;
         Ok(DataFrame::new(self.clone(), df))
+    }
+
+    /// Runs SQL in `ctx`: this session's context, or a client's on a driver.
+    pub(crate) async fn sql_in(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+    ) -> Result<datafusion::dataframe::DataFrame> {
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        if let Runner::Remote(remote) = &self.inner.runner
+            && RemoteDriver::mirrors(&plan)
+        {
+            remote.execute_sql(sql).await?;
+        }
+        let plan = self.run_table_query(ctx, plan).await?;
+        Ok(ctx.execute_logical_plan(plan).await?)
     }
 
     /// `CREATE TABLE .. AS SELECT` runs its query when it is executed; DataFusion would
     /// run it itself, so ember runs the query as a job first and hands DataFusion a
     /// table of the result.
-    async fn run_table_query(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+    async fn run_table_query(
+        &self,
+        ctx: &SessionContext,
+        plan: LogicalPlan,
+    ) -> Result<LogicalPlan> {
         let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(mut create)) = plan else {
             return Ok(plan);
         };
-        let batches = self.collect_plan(&create.input).await?;
+        let batches = self.collect_plan_in(ctx, &create.input).await?;
         let schema = Arc::new(create.input.schema().as_arrow().clone());
         let table = MemTable::try_new(schema, vec![batches])?;
         create.input = Arc::new(
@@ -273,12 +376,20 @@ impl Session {
     /// Optimizes a logical plan and plans it physically (DataFusion's planner, with
     /// `target_partitions` = executor slots unless configured otherwise).
     pub async fn create_physical_plan(&self, plan: &LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut state = self.inner.ctx.state();
+        self.create_physical_plan_in(&self.inner.ctx, plan).await
+    }
+
+    async fn create_physical_plan_in(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut state = ctx.state();
         // `SET` may have changed them since the session started.
         for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
             state.config_mut().options_mut().set(k, v)?;
         }
-        if let Some(cores) = self.inner.engine.cluster_slots()
+        if let Some(cores) = self.cluster_slots()
             && !self.inner.fixed_partitions
         {
             state.config_mut().options_mut().execution.target_partitions = cores.max(1);
@@ -288,27 +399,61 @@ impl Session {
 
     /// Runs a logical plan as an ember job and returns its rows.
     pub async fn collect_plan(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
-        let physical = self.create_physical_plan(plan).await?;
-        self.inner
-            .engine
-            .run(
-                physical,
-                &self.inner.ctx.copied_config(),
-                &self.inner.ctx.session_id(),
-            )
-            .await
+        self.collect_plan_in(&self.inner.ctx, plan).await
+    }
+
+    /// Runs a logical plan of `ctx` (this session's, or a client's on a driver).
+    pub(crate) async fn collect_plan_in(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+    ) -> Result<Vec<RecordBatch>> {
+        // What DDL leaves behind: nothing to run.
+        if let LogicalPlan::EmptyRelation(e) = plan
+            && !e.produce_one_row
+        {
+            return Ok(vec![]);
+        }
+        match &self.inner.runner {
+            Runner::Engine(engine) => {
+                let physical = self.create_physical_plan_in(ctx, plan).await?;
+                engine
+                    .run(physical, &ctx.copied_config(), &ctx.session_id())
+                    .await
+            }
+            Runner::Remote(remote) => remote.collect(ctx, plan).await,
+        }
     }
 
     /// The stage plans ember would run for a logical plan, children first (the final
     /// stage last), before their shuffle reads are resolved.
     pub async fn stage_plans(&self, plan: &LogicalPlan) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
         let physical = self.create_physical_plan(plan).await?;
-        self.inner.engine.stage_plans(physical)
+        crate::engine::stage_plans(physical)
     }
 
     /// The stage DAG ember would run for a logical plan, as text.
     pub async fn explain_stages(&self, plan: &LogicalPlan) -> Result<String> {
         let physical = self.create_physical_plan(plan).await?;
-        self.inner.engine.explain(physical)
+        crate::engine::explain(physical)
+    }
+
+    /// A new client session on this driver: same configuration and engine, its own
+    /// catalog.
+    pub(crate) fn new_client_context(&self, session_id: &str) -> SessionContext {
+        let config = self.inner.ctx.copied_config();
+        let ctx = new_context(
+            config,
+            &self.inner.batch_fns,
+            matches!(self.inner.master, Master::Driver { .. }),
+        );
+        let state = SessionStateBuilder::new_from_existing(ctx.state())
+            .with_session_id(session_id.to_string())
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
+    pub(crate) fn from_inner(inner: Arc<SessionInner>) -> Session {
+        Session { inner }
     }
 }

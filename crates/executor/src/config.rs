@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ember_core::rpc::Security;
+
 /// Settings of one executor process.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -20,6 +22,11 @@ pub struct ExecutorConfig {
     /// Defaults to `exec-<host>-<port>` once bound.
     pub executor_id: Option<String>,
     pub heartbeat_interval: Duration,
+    /// The cluster's secret, required on every call when set.
+    pub security: Security,
+    /// On SIGTERM, how long running tasks may take to finish before the executor
+    /// leaves anyway (the driver then runs them elsewhere).
+    pub drain_timeout: Duration,
 }
 
 impl ExecutorConfig {
@@ -32,6 +39,8 @@ impl ExecutorConfig {
             work_dir: work_dir.into(),
             executor_id: None,
             heartbeat_interval: Duration::from_secs(1),
+            security: Security::none(),
+            drain_timeout: Duration::from_secs(25),
         }
     }
 }

@@ -14,7 +14,9 @@
 
 mod config;
 mod process;
+mod registry;
 mod service;
 
 pub use config::{ExecutorConfig, parse_size};
-pub use process::{RunningExecutor, StopHandle, start};
+pub use process::{RunningExecutor, StopHandle, run, start};
+pub use registry::Registry;

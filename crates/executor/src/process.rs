@@ -4,40 +4,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::prelude::SessionContext;
-use ember_core::batch_fn::BatchFnRegistry;
 use ember_core::codec::EmberCodec;
 use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::executor_service_server::ExecutorServiceServer;
-use ember_core::proto::{HeartbeatRequest, RegisterExecutorRequest};
+use ember_core::proto::{DecommissionRequest, HeartbeatRequest, RegisterExecutorRequest};
+use ember_core::rpc::{AuthChannel, MAX_MESSAGE_BYTES, Security};
 use ember_core::shuffle::ShuffleEnv;
-use ember_core::task::{FunctionSet, FunctionSource, TaskEnv};
+use ember_core::task::TaskEnv;
 use ember_core::{EmberError, PROTOCOL_VERSION, Result};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::config::ExecutorConfig;
-use crate::service::ExecutorServer;
-
-/// Largest gRPC message accepted (task definitions carry plans).
-const MAX_MESSAGE_BYTES: usize = 256 << 20;
+use crate::registry::Registry;
+use crate::service::{ExecutorServer, RunningTasks};
 /// How long to keep trying to reach the driver at start.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// DataFusion's built-in functions, the same on every executor.
-#[derive(Debug)]
-struct BuiltinFunctions(FunctionSet);
-
-impl FunctionSource for BuiltinFunctions {
-    fn functions(&self) -> FunctionSet {
-        self.0.clone()
-    }
-}
-
-fn builtin_functions() -> FunctionSet {
-    FunctionSet::of(&SessionContext::new().state())
-}
 
 /// A started executor; dropping it does not stop it, [`stop`](Self::stop) does.
 pub struct RunningExecutor {
@@ -45,8 +28,11 @@ pub struct RunningExecutor {
     /// Where its gRPC service listens, e.g. `http://127.0.0.1:40123`.
     pub address: String,
     stop: Arc<Notify>,
-    server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    server: tokio::sync::Mutex<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
     heartbeat: JoinHandle<()>,
+    driver: DriverServiceClient<AuthChannel>,
+    running: RunningTasks,
+    drain_timeout: Duration,
 }
 
 /// Stops an executor from elsewhere (a signal handler).
@@ -68,9 +54,49 @@ impl RunningExecutor {
         StopHandle(self.stop.clone())
     }
 
+    /// Leaves the cluster on purpose (SIGTERM): the driver launches nothing more
+    /// here, the running tasks finish (for up to the drain timeout) and report, then
+    /// the driver forgets this executor, recomputing its map outputs elsewhere when a
+    /// job still needs them, and the service stops.
+    pub async fn decommission(&self, reason: &str) {
+        let mut driver = self.driver.clone();
+        let request = |finished| DecommissionRequest {
+            executor_id: self.executor_id.clone(),
+            finished,
+            reason: reason.to_string(),
+        };
+        if let Err(e) = driver.decommission(request(false)).await {
+            tracing::warn!(error = %e, "could not tell the driver this executor is leaving");
+        }
+        let started = Instant::now();
+        loop {
+            let running = self.running.lock().len();
+            if running == 0 {
+                break;
+            }
+            if started.elapsed() >= self.drain_timeout {
+                tracing::warn!(
+                    running,
+                    "leaving with tasks still running; the driver runs them elsewhere"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(executor = %self.executor_id, reason, "decommissioned");
+        if let Err(e) = driver.decommission(request(true)).await {
+            tracing::warn!(error = %e, "could not tell the driver this executor has left");
+        }
+        self.stop();
+    }
+
     /// Waits until the executor stops (a `Stop` request or [`stop`](Self::stop)).
     pub async fn wait(self) -> Result<()> {
-        let served = self.server.await;
+        self.stopped().await
+    }
+
+    async fn stopped(&self) -> Result<()> {
+        let served = (&mut *self.server.lock().await).await;
         self.heartbeat.abort();
         match served {
             Ok(Ok(())) => Ok(()),
@@ -84,11 +110,11 @@ impl RunningExecutor {
     }
 }
 
-async fn connect(url: &str) -> Result<DriverServiceClient<Channel>> {
+async fn connect(security: &Security, url: &str) -> Result<DriverServiceClient<AuthChannel>> {
     let started = Instant::now();
     loop {
-        match DriverServiceClient::connect(url.to_string()).await {
-            Ok(c) => return Ok(c.max_decoding_message_size(MAX_MESSAGE_BYTES)),
+        match security.connect(url).await {
+            Ok(channel) => return Ok(security.driver_client(channel)),
             Err(e) if started.elapsed() > CONNECT_TIMEOUT => {
                 return Err(EmberError::Config(format!(
                     "cannot reach the driver at {url} after {CONNECT_TIMEOUT:?}: {e}"
@@ -99,12 +125,9 @@ async fn connect(url: &str) -> Result<DriverServiceClient<Channel>> {
     }
 }
 
-/// Binds, registers with the driver and starts serving. `batch_fns` are the
-/// `map_batches` functions this executor offers (a user's program registers its own).
-pub async fn start(
-    config: ExecutorConfig,
-    batch_fns: Arc<BatchFnRegistry>,
-) -> Result<RunningExecutor> {
+/// Binds, registers with the driver and starts serving. `registry` holds the user's
+/// functions this executor offers besides DataFusion's built-ins.
+pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<RunningExecutor> {
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| EmberError::io(config.bind, e))?;
@@ -119,15 +142,16 @@ pub async fn start(
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|e| EmberError::io(config.work_dir.display(), e))?;
 
-    let mut driver = connect(&config.driver_url).await?;
+    let security = config.security.clone();
+    let mut driver = connect(&security, &config.driver_url).await?;
     let registration = RegisterExecutorRequest {
         executor_id: executor_id.clone(),
         address: address.clone(),
         cores: config.cores as u32,
         memory_bytes: config.memory_bytes,
         protocol_version: PROTOCOL_VERSION,
-        batch_functions: batch_fns.names(),
-        udfs: vec![],
+        batch_functions: registry.batch_fns.names(),
+        udfs: registry.user_functions(),
     };
     let reply = driver
         .register_executor(registration.clone())
@@ -152,14 +176,15 @@ pub async fn start(
         executor_id: executor_id.clone(),
         shuffle: Arc::new(
             ShuffleEnv::new(executor_id.clone(), &config.work_dir, None)
-                .with_address(address.clone()),
+                .with_address(address.clone())
+                .with_security(security.clone()),
         ),
-        codec: EmberCodec::new(batch_fns),
-        functions: Arc::new(BuiltinFunctions(builtin_functions())),
+        codec: EmberCodec::new(registry.batch_fns.clone()),
+        functions: registry.function_source(),
         runtime: Arc::new(RuntimeEnv::default()),
     };
     let stop = Arc::new(Notify::new());
-    let running: crate::service::RunningTasks = Arc::default();
+    let running: RunningTasks = Arc::default();
     let service = ExecutorServer {
         env,
         driver: driver.clone(),
@@ -170,15 +195,18 @@ pub async fn start(
     let shutdown = stop.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(
+            .add_service(InterceptedService::new(
                 ExecutorServiceServer::new(service)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
+                security.server_auth("the executor service"),
+            ))
             .serve_with_incoming_shutdown(incoming, async move { shutdown.notified().await }),
     );
     let heartbeat = tokio::spawn({
         let executor_id = executor_id.clone();
+        let running = running.clone();
+        let mut driver = driver.clone();
         let interval = config.heartbeat_interval;
         async move {
             loop {
@@ -203,7 +231,33 @@ pub async fn start(
         executor_id,
         address,
         stop,
-        server,
+        server: tokio::sync::Mutex::new(server),
         heartbeat,
+        driver,
+        running,
+        drain_timeout: config.drain_timeout,
     })
+}
+
+/// Runs an executor until the driver stops it, or until Ctrl-C / SIGTERM, on which it
+/// leaves gracefully ([`RunningExecutor::decommission`]). A user's program calls this
+/// to offer its own functions to the cluster.
+pub async fn run(config: ExecutorConfig, registry: Registry) -> Result<()> {
+    let executor = Arc::new(start(config, registry).await?);
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| EmberError::Internal(format!("installing the SIGTERM handler: {e}")))?;
+    let signals = tokio::spawn({
+        let executor = executor.clone();
+        async move {
+            let reason = tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted",
+                _ = terminate.recv() => "SIGTERM",
+            };
+            executor.decommission(reason).await;
+        }
+    });
+    let stopped = executor.stopped().await;
+    signals.abort();
+    stopped
 }

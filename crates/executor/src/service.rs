@@ -8,7 +8,6 @@ use ember_core::cancel::CancelFlag;
 use ember_core::convert::{
     task_definition_from_proto, task_id_from_proto, task_id_to_proto, task_status_to_proto,
 };
-use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::executor_service_server::ExecutorService;
 use ember_core::proto::{
     CancelTasksRequest, CancelTasksResponse, FetchPartitionChunk, FetchPartitionRequest,
@@ -16,12 +15,12 @@ use ember_core::proto::{
     ReportTaskStatusRequest, StopRequest, StopResponse, TaskFailure, TaskStatus, task_failure,
     task_status,
 };
+use ember_core::rpc::AuthChannel;
 use ember_core::shuffle::serve_partition;
 use ember_core::task::{TaskDefinition, TaskEnv, TaskId, run_task};
 use futures::Stream;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// The tasks running on this executor, each with the flag that stops it.
@@ -29,7 +28,7 @@ pub(crate) type RunningTasks = Arc<Mutex<HashMap<TaskId, CancelFlag>>>;
 
 pub(crate) struct ExecutorServer {
     pub(crate) env: TaskEnv,
-    pub(crate) driver: DriverServiceClient<Channel>,
+    pub(crate) driver: ember_core::proto::driver_service_client::DriverServiceClient<AuthChannel>,
     pub(crate) running: RunningTasks,
     pub(crate) stop: Arc<Notify>,
 }
@@ -44,7 +43,6 @@ impl ExecutorServer {
         let mut driver = self.driver.clone();
         tokio::spawn(async move {
             let status = run_task(&def, &env, &flag).await;
-            running.lock().remove(&id);
             let message = task_status_to_proto(&status).unwrap_or_else(|e| TaskStatus {
                 id: Some(task_id_to_proto(&id)),
                 executor_id: env.executor_id.clone(),
@@ -60,6 +58,8 @@ impl ExecutorServer {
             if let Err(e) = driver.report_task_status(report).await {
                 tracing::warn!(task = %id, error = %e, "could not report task status to the driver");
             }
+            // Only now: an executor draining for shutdown waits for the reports too.
+            running.lock().remove(&id);
         });
     }
 }

@@ -8,7 +8,6 @@ use arrow::array::Int64Array;
 use arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::SessionContext;
-use ember_core::batch_fn::BatchFnRegistry;
 use ember_core::codec::{EmberCodec, encode_plan};
 use ember_core::convert::{task_definition_to_proto, task_status_from_proto};
 use ember_core::proto::driver_service_server::{DriverService, DriverServiceServer};
@@ -60,6 +59,12 @@ impl DriverService for DriverStandIn {
         }
         Ok(Response::new(ReportTaskStatusResponse {}))
     }
+    async fn decommission(
+        &self,
+        _: Request<ember_core::proto::DecommissionRequest>,
+    ) -> Result<Response<ember_core::proto::DecommissionResponse>, Status> {
+        Ok(Response::new(ember_core::proto::DecommissionResponse {}))
+    }
     type ExecuteSqlStream = NoStream;
     async fn execute_sql(
         &self,
@@ -108,7 +113,7 @@ async fn start() -> Harness {
     let work_dir = tempfile::tempdir().unwrap();
     let mut config = ExecutorConfig::new(driver_url, work_dir.path());
     config.cores = 2;
-    let executor = ember_executor::start(config, Arc::new(BatchFnRegistry::default()))
+    let executor = ember_executor::start(config, ember_executor::Registry::new())
         .await
         .unwrap();
     Harness {

@@ -1,5 +1,6 @@
 //! Record batches as Arrow IPC stream bytes (task results crossing the network).
 
+use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
@@ -8,17 +9,35 @@ use crate::error::{EmberError, Result};
 
 /// One IPC stream holding `batches` (empty bytes for no batches).
 pub fn batches_to_ipc(batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let Some(first) = batches.first() else {
-        return Ok(Vec::new());
-    };
+    match batches.first() {
+        Some(first) => ipc_stream(&first.schema(), batches),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// One IPC stream of `schema` and `batches`, which may be none.
+pub fn ipc_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    let mut writer = StreamWriter::try_new(&mut out, &first.schema())?;
+    let mut writer = StreamWriter::try_new(&mut out, schema)?;
     for b in batches {
         writer.write(b)?;
     }
     writer.finish()?;
     drop(writer);
     Ok(out)
+}
+
+/// The schema and batches of an IPC stream written by [`ipc_stream`]; `what` names
+/// it in errors.
+pub fn read_ipc_stream(bytes: &[u8], what: &'static str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let decode = |e: arrow::error::ArrowError| EmberError::Decode {
+        what,
+        message: e.to_string(),
+    };
+    let reader = StreamReader::try_new(bytes, None).map_err(decode)?;
+    let schema = reader.schema();
+    let batches = reader.map(|b| b.map_err(decode)).collect::<Result<_>>()?;
+    Ok((schema, batches))
 }
 
 /// The batches of an IPC stream written by [`batches_to_ipc`].

@@ -13,8 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::error::Result;
-use crate::proto::executor_service_client::ExecutorServiceClient;
 use crate::proto::{FetchPartitionChunk, FetchPartitionRequest};
+use crate::rpc::Security;
 
 /// Bytes per chunk sent over the wire.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -78,15 +78,19 @@ pub(crate) struct RemoteRange {
 impl RemoteRange {
     pub(crate) fn open(
         handle: &tokio::runtime::Handle,
+        security: &Security,
         address: String,
         req: FetchPartitionRequest,
     ) -> Self {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let security = security.clone();
         handle.spawn(async move {
             let fetched = async {
-                let mut client = ExecutorServiceClient::connect(address.clone())
+                let channel = security
+                    .connect(&address)
                     .await
-                    .map_err(|e| format!("connecting to {address}: {e}"))?;
+                    .map_err(|e| e.to_string())?;
+                let mut client = security.executor_client(channel);
                 let mut stream = client
                     .fetch_partition(req)
                     .await

@@ -9,6 +9,7 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 
 use super::location::MapOutputKey;
+use crate::rpc::Security;
 
 /// Everything a shuffle operator needs from the executor it runs on. Installed as a
 /// `SessionConfig` extension of every task's `TaskContext`.
@@ -21,6 +22,8 @@ pub struct ShuffleEnv {
     pub work_dir: PathBuf,
     /// In-memory map outputs (local mode); `None` sends every map output to disk.
     pub memory: Option<Arc<MemoryShuffleStore>>,
+    /// How to call other executors for their shuffle files.
+    pub security: Security,
     next_token: AtomicU64,
 }
 
@@ -35,6 +38,7 @@ impl ShuffleEnv {
             address: String::new(),
             work_dir: work_dir.into(),
             memory,
+            security: Security::none(),
             next_token: AtomicU64::new(1),
         }
     }
@@ -42,6 +46,12 @@ impl ShuffleEnv {
     /// Sets the address other executors fetch this one's shuffle files from.
     pub fn with_address(mut self, address: impl Into<String>) -> Self {
         self.address = address.into();
+        self
+    }
+
+    /// Sets the secret that fetches from other executors carry.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
         self
     }
 

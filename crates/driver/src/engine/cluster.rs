@@ -10,29 +10,38 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use ember_core::PROTOCOL_VERSION;
+use ember_core::convert::ipc_stream;
 use ember_core::convert::{task_definition_to_proto, task_id_to_proto, task_status_from_proto};
 use ember_core::proto::driver_service_server::DriverService;
 use ember_core::proto::executor_service_client::ExecutorServiceClient;
 use ember_core::proto::{
-    CancelJobRequest, CancelJobResponse, CancelTasksRequest, ExecutePlanRequest, ExecuteResponse,
-    ExecuteSqlRequest, GetJobRequest, HeartbeatRequest, HeartbeatResponse, JobStatus,
-    LaunchTasksRequest, RegisterExecutorRequest, RegisterExecutorResponse, RemoveJobRequest,
-    ReportTaskStatusRequest, ReportTaskStatusResponse,
+    CancelJobRequest, CancelJobResponse, CancelTasksRequest, DecommissionRequest,
+    DecommissionResponse, ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest, GetJobRequest,
+    HeartbeatRequest, HeartbeatResponse, JobStatus, LaunchTasksRequest, RegisterExecutorRequest,
+    RegisterExecutorResponse, RemoveJobRequest, ReportTaskStatusRequest, ReportTaskStatusResponse,
 };
+use ember_core::rpc::{AuthChannel, Security};
 use ember_core::task::{FailureReason, TaskDefinition, TaskFailure, TaskId, TaskStatus};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::scheduler::{Event, TaskLauncher};
+use super::{ClientApi, ClientSlot, JOB_OBSERVER, JobRecords};
 
 struct RemoteExecutor {
-    client: ExecutorServiceClient<Channel>,
+    client: ExecutorServiceClient<AuthChannel>,
     cores: usize,
     busy: usize,
     last_seen: Instant,
+    /// Leaving (SIGTERM): no new tasks; its slots are already taken off.
+    draining: bool,
+    /// The user functions and batch functions it offers, sorted.
+    udfs: Vec<String>,
+    batch_fns: Vec<String>,
 }
 
 #[derive(Default)]
@@ -46,15 +55,63 @@ pub(crate) struct ClusterExecutors {
     state: Mutex<ClusterState>,
     events: mpsc::UnboundedSender<Event>,
     cores: AtomicUsize,
+    security: Security,
 }
 
 impl ClusterExecutors {
-    pub(crate) fn new(events: mpsc::UnboundedSender<Event>) -> Self {
+    pub(crate) fn new(events: mpsc::UnboundedSender<Event>, security: Security) -> Self {
         ClusterExecutors {
             state: Mutex::default(),
             events,
             cores: AtomicUsize::new(0),
+            security,
         }
+    }
+
+    /// Checks that every executor offers the user functions and batch functions a
+    /// job calls; the error names the first one missing and where.
+    pub(crate) fn check_functions(
+        &self,
+        udfs: &[String],
+        batch_fns: &[String],
+    ) -> Result<(), String> {
+        let state = self.state.lock();
+        for (id, e) in state.executors.iter().filter(|(_, e)| !e.draining) {
+            if let Some(f) = udfs.iter().find(|f| e.udfs.binary_search(f).is_err()) {
+                return Err(format!(
+                    "the job calls function '{f}', which executor {id} does not have; run the executors from a program that registers it (ember::executor::run with Registry::with_udf)"
+                ));
+            }
+            if let Some(f) = batch_fns
+                .iter()
+                .find(|f| e.batch_fns.binary_search(f).is_err())
+            {
+                return Err(format!(
+                    "the job calls batch function '{f}', which executor {id} does not have; run the executors from a program that registers it (ember::executor::run with Registry::with_batch_fn)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An executor leaving on purpose: first no new tasks, then gone.
+    fn decommission(&self, executor: &str, finished: bool, reason: &str) {
+        if finished {
+            return self.lose(executor, &format!("decommissioned ({reason})"));
+        }
+        let mut state = self.state.lock();
+        let Some(e) = state.executors.get_mut(executor) else {
+            return;
+        };
+        if e.draining {
+            return;
+        }
+        e.draining = true;
+        let cores = e.cores;
+        drop(state);
+        self.cores.fetch_sub(cores, Ordering::AcqRel);
+        tracing::info!(executor, reason, "executor leaving: no new tasks go to it");
+        let _ = self.events.send(Event::SlotsRemoved(cores));
     }
 
     /// Task slots of all registered executors.
@@ -73,9 +130,16 @@ impl ClusterExecutors {
         if req.cores == 0 {
             return Err("an executor needs at least one core".into());
         }
-        let endpoint = Endpoint::from_shared(req.address.clone())
-            .map_err(|e| format!("bad executor address '{}': {e}", req.address))?;
-        let client = ExecutorServiceClient::new(endpoint.connect_lazy());
+        let channel = self
+            .security
+            .channel(&req.address)
+            .map_err(|e| format!("executor {}: {e}", req.executor_id))?;
+        let client = self.security.executor_client(channel);
+        let sorted = |names: &[String]| {
+            let mut names = names.to_vec();
+            names.sort();
+            names
+        };
         let mut state = self.state.lock();
         if state.executors.contains_key(&req.executor_id) {
             return Ok(0); // re-registration: slots already counted
@@ -87,6 +151,9 @@ impl ClusterExecutors {
                 cores: req.cores as usize,
                 busy: 0,
                 last_seen: Instant::now(),
+                draining: false,
+                udfs: sorted(&req.udfs),
+                batch_fns: sorted(&req.batch_functions),
             },
         );
         self.cores.fetch_add(req.cores as usize, Ordering::AcqRel);
@@ -135,11 +202,13 @@ impl ClusterExecutors {
             state.running.remove(id);
         }
         drop(state);
-        self.cores.fetch_sub(lost.cores, Ordering::AcqRel);
+        // A draining executor's slots were taken off when it started leaving.
+        let cores = if lost.draining { 0 } else { lost.cores };
+        self.cores.fetch_sub(cores, Ordering::AcqRel);
         tracing::warn!(executor, reason = why, "executor lost");
         let _ = self.events.send(Event::ExecutorLost {
             executor: executor.to_string(),
-            cores: lost.cores,
+            cores,
             running,
         });
     }
@@ -181,7 +250,7 @@ impl TaskLauncher for Arc<ClusterExecutors> {
             let best = state
                 .executors
                 .iter_mut()
-                .filter(|(_, e)| e.busy < e.cores)
+                .filter(|(_, e)| !e.draining && e.busy < e.cores)
                 .max_by_key(|(_, e)| e.cores - e.busy)
                 .map(|(name, e)| {
                     e.busy += 1;
@@ -246,6 +315,8 @@ impl TaskLauncher for Arc<ClusterExecutors> {
 pub(crate) struct DriverServer {
     pub(crate) cluster: Arc<ClusterExecutors>,
     pub(crate) events: mpsc::UnboundedSender<Event>,
+    pub(crate) clients: ClientSlot,
+    pub(crate) jobs: Arc<JobRecords>,
 }
 
 type ResultStream =
@@ -305,40 +376,177 @@ impl DriverService for DriverServer {
         Ok(Response::new(ReportTaskStatusResponse {}))
     }
 
+    async fn decommission(
+        &self,
+        request: Request<DecommissionRequest>,
+    ) -> Result<Response<DecommissionResponse>, Status> {
+        let req = request.into_inner();
+        self.cluster
+            .decommission(&req.executor_id, req.finished, &req.reason);
+        Ok(Response::new(DecommissionResponse {}))
+    }
+
     type ExecuteSqlStream = ResultStream;
 
     async fn execute_sql(
         &self,
-        _: Request<ExecuteSqlRequest>,
+        request: Request<ExecuteSqlRequest>,
     ) -> Result<Response<ResultStream>, Status> {
-        Err(Status::unimplemented(
-            "remote client sessions are not implemented yet",
-        ))
+        let api = self.client_api()?;
+        let req = request.into_inner();
+        Ok(Response::new(stream_results(async move {
+            api.execute_sql(&req.session_id, &req.sql).await
+        })))
     }
 
     type ExecutePlanStream = ResultStream;
 
     async fn execute_plan(
         &self,
-        _: Request<ExecutePlanRequest>,
+        request: Request<ExecutePlanRequest>,
     ) -> Result<Response<ResultStream>, Status> {
-        Err(Status::unimplemented(
-            "remote client sessions are not implemented yet",
-        ))
+        let api = self.client_api()?;
+        let req = request.into_inner();
+        Ok(Response::new(stream_results(async move {
+            api.execute_plan(&req.session_id, &req.logical_plan).await
+        })))
     }
 
-    async fn get_job(&self, _: Request<GetJobRequest>) -> Result<Response<JobStatus>, Status> {
-        Err(Status::unimplemented(
-            "remote client sessions are not implemented yet",
-        ))
+    async fn get_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<JobStatus>, Status> {
+        let job = request.get_ref().job_id;
+        let record = self
+            .jobs
+            .get(job)
+            .ok_or_else(|| Status::not_found(format!("no job {job} on this driver")))?;
+        Ok(Response::new(JobStatus {
+            job_id: job,
+            state: record.state.to_string(),
+            error: record.error,
+        }))
     }
 
     async fn cancel_job(
         &self,
-        _: Request<CancelJobRequest>,
+        request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
-        Err(Status::unimplemented(
-            "remote client sessions are not implemented yet",
-        ))
+        let job = request.get_ref().job_id;
+        let cancelled = self.jobs.get(job).is_some_and(|r| r.state == "running");
+        if cancelled {
+            tracing::info!(job, "cancelled by its client");
+            let _ = self.events.send(Event::Cancel { job });
+        }
+        Ok(Response::new(CancelJobResponse { cancelled }))
+    }
+}
+
+impl DriverServer {
+    fn client_api(&self) -> Result<Arc<dyn ClientApi>, Status> {
+        self.clients
+            .get()
+            .and_then(|api| api.upgrade())
+            .ok_or_else(|| Status::unavailable("this driver does not serve client sessions"))
+    }
+}
+
+/// Most rows of a result sent in one message, so that no message nears the limit.
+const RESULT_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Runs a client's query and streams its job ids, then its rows (Arrow IPC), back. A
+/// client that goes away cancels the query: its future, and so its job, is dropped.
+fn stream_results<F>(work: F) -> ResultStream
+where
+    F: std::future::Future<Output = ember_core::Result<(SchemaRef, Vec<RecordBatch>)>>
+        + Send
+        + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<ExecuteResponse, Status>>(4);
+    tokio::spawn(async move {
+        let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
+        let work = JOB_OBSERVER.scope(jobs_tx, work);
+        tokio::pin!(work);
+        let mut job_id = 0;
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                Some(job) = jobs_rx.recv() => {
+                    job_id = job;
+                    let started = ExecuteResponse { job_id, arrow_ipc: vec![] };
+                    if tx.send(Ok(started)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        };
+        let messages =
+            result.and_then(|(schema, batches)| result_messages(job_id, &schema, &batches));
+        match messages {
+            Ok(messages) => {
+                for m in messages {
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(status_of(&e))).await;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The rows as IPC streams of bounded size; always at least one, which carries the
+/// schema of an empty result.
+fn result_messages(
+    job_id: u64,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> ember_core::Result<Vec<ExecuteResponse>> {
+    let mut out = vec![];
+    let mut pending: Vec<RecordBatch> = vec![];
+    let mut pending_bytes = 0;
+    let flush = |pending: &mut Vec<RecordBatch>, out: &mut Vec<ExecuteResponse>| {
+        let arrow_ipc = ipc_stream(schema, pending)?;
+        pending.clear();
+        out.push(ExecuteResponse { job_id, arrow_ipc });
+        Ok::<(), ember_core::EmberError>(())
+    };
+    for batch in batches {
+        let rows = batch.num_rows().max(1);
+        let bytes = batch.get_array_memory_size().max(1);
+        let rows_per_message = (rows * RESULT_MESSAGE_BYTES / bytes).clamp(1, rows);
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = rows_per_message.min(batch.num_rows() - offset);
+            let slice = batch.slice(offset, len);
+            pending_bytes += slice.get_array_memory_size();
+            pending.push(slice);
+            offset += len;
+            if pending_bytes >= RESULT_MESSAGE_BYTES {
+                flush(&mut pending, &mut out)?;
+                pending_bytes = 0;
+            }
+        }
+    }
+    if !pending.is_empty() || out.is_empty() {
+        flush(&mut pending, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// A driver-side error as the client will see it.
+fn status_of(e: &ember_core::EmberError) -> Status {
+    use ember_core::EmberError as E;
+    let message = e.one_line();
+    match e {
+        E::DataFusion(_) | E::Config(_) | E::Decode { .. } | E::NotSupported(_) => {
+            Status::invalid_argument(message)
+        }
+        E::Cancelled { .. } => Status::cancelled(message),
+        _ => Status::internal(message),
     }
 }

@@ -6,23 +6,30 @@
 
 mod cluster;
 mod explain;
+mod functions;
+
+pub(crate) use functions::is_builtin;
 mod job;
 mod local;
 mod planner;
 mod scheduler;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use ember_core::batch_fn::BatchFnRegistry;
 use ember_core::codec::EmberCodec;
+use ember_core::rpc::{MAX_MESSAGE_BYTES, Security};
 use ember_core::shuffle::{MemoryShuffleStore, ShuffleEnv};
 use ember_core::task::{FunctionSource, TaskEnv};
 use ember_core::{EmberConfig, EmberError, Result};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use cluster::{ClusterExecutors, DriverServer};
@@ -57,10 +64,12 @@ pub(crate) struct Engine {
     _work_dir: Option<tempfile::TempDir>,
     /// Cluster mode: the registered executors and the driver's gRPC service.
     cluster: Option<ClusterParts>,
+    jobs: Arc<JobRecords>,
 }
 
 struct ClusterParts {
     executors: Arc<ClusterExecutors>,
+    clients: ClientSlot,
     address: String,
     server: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
     /// Expires executors whose heartbeats stopped.
@@ -77,12 +86,64 @@ impl Drop for Engine {
     }
 }
 
-/// Largest gRPC message the driver accepts or sends.
-const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// What the driver's gRPC service does for client sessions (`ember://`); the
+/// session that owns the engine implements it once it exists.
+#[tonic::async_trait]
+pub(crate) trait ClientApi: Send + Sync {
+    /// Runs SQL in the client's session on the driver (DDL included).
+    async fn execute_sql(
+        &self,
+        session_id: &str,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)>;
+    /// Runs a logical plan encoded with datafusion-proto and ember's logical codec.
+    async fn execute_plan(
+        &self,
+        session_id: &str,
+        plan: &[u8],
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)>;
+}
+
+/// Set by the session after it is built (the engine starts first).
+pub(crate) type ClientSlot = Arc<OnceLock<Weak<dyn ClientApi>>>;
+
+tokio::task_local! {
+    /// Told the id of every job submitted from the task it is set in, so the driver's
+    /// service can tell a client which job runs its query.
+    pub(crate) static JOB_OBSERVER: mpsc::UnboundedSender<u64>;
+}
+
+/// What became of a job, for `GetJob`.
+#[derive(Debug, Clone)]
+pub(crate) struct JobRecord {
+    pub state: &'static str,
+    pub error: String,
+}
+
+/// The most recent jobs' states.
+#[derive(Default)]
+pub(crate) struct JobRecords(Mutex<BTreeMap<u64, JobRecord>>);
+
+impl JobRecords {
+    const KEPT: usize = 1000;
+
+    fn set(&self, job: u64, state: &'static str, error: String) {
+        let mut jobs = self.0.lock();
+        jobs.insert(job, JobRecord { state, error });
+        while jobs.len() > Self::KEPT {
+            jobs.pop_first();
+        }
+    }
+
+    pub(crate) fn get(&self, job: u64) -> Option<JobRecord> {
+        self.0.lock().get(&job).cloned()
+    }
+}
 
 /// Sends `Cancel` if the caller stops waiting for its job.
 struct CancelOnDrop<'a> {
     events: &'a mpsc::UnboundedSender<Event>,
+    jobs: &'a JobRecords,
     job: u64,
     armed: bool,
 }
@@ -91,6 +152,7 @@ impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
             let _ = self.events.send(Event::Cancel { job: self.job });
+            self.jobs.set(self.job, "cancelled", String::new());
         }
     }
 }
@@ -133,6 +195,7 @@ impl Engine {
             event_loop,
             _work_dir: Some(work_dir),
             cluster: None,
+            jobs: Arc::default(),
         })
     }
 
@@ -142,6 +205,7 @@ impl Engine {
         bind: &str,
         config: &EmberConfig,
         batch_fns: Arc<BatchFnRegistry>,
+        security: Security,
     ) -> Result<Engine> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             EmberError::Config("an ember Session must be built inside a tokio runtime".into())
@@ -156,7 +220,7 @@ impl Engine {
             tokio::net::TcpListener::from_std(listener).map_err(|e| EmberError::io(bind, e))?;
         let (events, rx) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(JobProgress::default());
-        let executors = Arc::new(ClusterExecutors::new(events.clone()));
+        let executors = Arc::new(ClusterExecutors::new(events.clone(), security.clone()));
         let scheduler = Scheduler::new(
             Arc::new(executors.clone()),
             0,
@@ -196,17 +260,22 @@ impl Engine {
                 }
             }
         });
+        let clients = ClientSlot::default();
+        let jobs = Arc::new(JobRecords::default());
         let service = DriverServer {
             cluster: executors.clone(),
             events: events.clone(),
+            clients: clients.clone(),
+            jobs: jobs.clone(),
         };
         let server = handle.spawn(
             tonic::transport::Server::builder()
-                .add_service(
+                .add_service(tonic::service::interceptor::InterceptedService::new(
                     DriverServiceServer::new(service)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
                         .max_encoding_message_size(MAX_MESSAGE_BYTES),
-                )
+                    security.server_auth("the driver service"),
+                ))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         tracing::info!(address = %local, "driver listening for executors");
@@ -216,8 +285,10 @@ impl Engine {
             next_job: AtomicU64::new(1),
             event_loop,
             _work_dir: None,
+            jobs,
             cluster: Some(ClusterParts {
                 executors,
+                clients,
                 address: format!("http://{local}"),
                 server,
                 monitor,
@@ -228,6 +299,13 @@ impl Engine {
     /// Executor slots: fixed in local mode, those registered so far in a cluster.
     pub(crate) fn cluster_slots(&self) -> Option<usize> {
         self.cluster.as_ref().map(|c| c.executors.total_cores())
+    }
+
+    /// Lets the driver's service run client sessions' queries through `api`.
+    pub(crate) fn serve_clients(&self, api: Weak<dyn ClientApi>) {
+        if let Some(c) = &self.cluster {
+            let _ = c.clients.set(api);
+        }
     }
 
     /// Where executors register, in cluster mode.
@@ -257,6 +335,12 @@ impl Engine {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
+        if let Some(c) = &self.cluster {
+            let (udfs, batch_fns) = functions::user_functions(&plan);
+            c.executors
+                .check_functions(&udfs, &batch_fns)
+                .map_err(EmberError::Config)?;
+        }
         let job_id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let graph = StageGraph::plan(job_id, plan)?;
         let pairs: Vec<(String, String)> = config
@@ -277,8 +361,11 @@ impl Engine {
         self.events
             .send(Event::Submit(Box::new(job)))
             .map_err(|_| EmberError::Internal("the scheduler has stopped".into()))?;
+        self.jobs.set(job_id, "running", String::new());
+        let _ = JOB_OBSERVER.try_with(|observer| observer.send(job_id));
         let mut guard = CancelOnDrop {
             events: &self.events,
+            jobs: &self.jobs,
             job: job_id,
             armed: true,
         };
@@ -286,23 +373,26 @@ impl Engine {
             .await
             .map_err(|_| EmberError::Internal("the scheduler dropped the job".into()))?;
         guard.armed = false;
+        match &result {
+            Ok(_) => self.jobs.set(job_id, "succeeded", String::new()),
+            Err(EmberError::Cancelled { .. }) => self.jobs.set(job_id, "cancelled", String::new()),
+            Err(e) => self.jobs.set(job_id, "failed", e.one_line()),
+        }
         result
-    }
-
-    /// The stage DAG a plan would run as.
-    pub(crate) fn explain(&self, plan: Arc<dyn ExecutionPlan>) -> Result<String> {
-        Ok(explain::stage_dag(&StageGraph::plan(0, plan)?))
-    }
-
-    pub(crate) fn stage_plans(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-    ) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
-        let graph = StageGraph::plan(0, plan)?;
-        Ok(graph.stages.into_values().map(|s| s.plan).collect())
     }
 
     pub(crate) fn progress(&self) -> watch::Receiver<JobProgress> {
         self.progress.clone()
     }
+}
+
+/// The stage DAG a plan would run as.
+pub(crate) fn explain(plan: Arc<dyn ExecutionPlan>) -> Result<String> {
+    Ok(explain::stage_dag(&StageGraph::plan(0, plan)?))
+}
+
+/// The stage plans of a physical plan, children first.
+pub(crate) fn stage_plans(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
+    let graph = StageGraph::plan(0, plan)?;
+    Ok(graph.stages.into_values().map(|s| s.plan).collect())
 }

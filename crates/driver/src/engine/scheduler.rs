@@ -35,6 +35,9 @@ pub(crate) enum Event {
     Submit(Box<Job>),
     /// An executor registered with this many task slots.
     SlotsAdded(usize),
+    /// An executor is leaving: launch nothing more on its slots (its running tasks
+    /// still report when they finish).
+    SlotsRemoved(usize),
     /// An executor stopped answering: its slots are gone, its running tasks failed,
     /// and the map outputs it held must be recomputed.
     ExecutorLost {
@@ -66,7 +69,8 @@ pub(crate) struct Scheduler {
     jobs: BTreeMap<u64, Job>,
     /// (job, stage, partition) waiting for a slot, in submission order (FIFO).
     queue: VecDeque<(u64, usize, usize)>,
-    free_slots: usize,
+    /// Slots minus running tasks; negative while a leaving executor's tasks finish.
+    free_slots: isize,
     launcher: Arc<dyn TaskLauncher>,
     codec: EmberCodec,
     progress: watch::Sender<JobProgress>,
@@ -82,7 +86,7 @@ impl Scheduler {
         Scheduler {
             jobs: BTreeMap::new(),
             queue: VecDeque::new(),
-            free_slots: slots,
+            free_slots: slots as isize,
             launcher,
             codec,
             progress,
@@ -95,7 +99,8 @@ impl Scheduler {
                 Event::Submit(job) => self.submit(*job),
                 Event::TaskFinished(status) => self.task_finished(*status),
                 Event::Cancel { job } => self.fail_job(job, EmberError::Cancelled { job }),
-                Event::SlotsAdded(n) => self.free_slots += n,
+                Event::SlotsAdded(n) => self.free_slots += n as isize,
+                Event::SlotsRemoved(n) => self.free_slots -= n as isize,
                 Event::ExecutorLost {
                     executor,
                     cores,
@@ -337,7 +342,7 @@ impl Scheduler {
                 }),
             });
         }
-        self.free_slots = self.free_slots.saturating_sub(cores);
+        self.free_slots -= cores as isize;
         for job in self.jobs.values_mut() {
             for (stage, state) in job.stages.iter_mut() {
                 let lost: Vec<usize> = state

@@ -1,0 +1,426 @@
+//! Clusters of real processes: `ember driver`, `ember executor`s and clients.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ember_core::rpc::Security;
+
+/// A port free on 127.0.0.1 now (the process given it binds it right away).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `path` has more than `before` lines matching every one of `needles`.
+fn wait_for_log(path: &Path, needles: &[&str], before: usize, secs: u64) -> usize {
+    let started = Instant::now();
+    loop {
+        let n = count_log(path, needles);
+        if n > before {
+            return n;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "no new line with {needles:?} in {} after {secs}s:\n{}",
+            path.display(),
+            std::fs::read_to_string(path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn count_log(path: &Path, needles: &[&str]) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+/// Sends `bytes` that are not HTTP/2 to `port`: the server closes the connection.
+fn send_garbage(port: u16) {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n\x00\xff garbage \x13\x37")
+        .unwrap();
+    let mut reply = Vec::new();
+    // Closed (or reset) by the server, not left hanging.
+    let _ = conn.read_to_end(&mut reply);
+}
+
+#[test]
+fn a_driver_process_with_a_secret_serves_clients_and_recovers_from_lost_executors() {
+    cluster_runtime().block_on(async {
+        let data = tpch_sf01();
+        let work = tempfile::tempdir().unwrap();
+        let secret_file = work.path().join("secret");
+        std::fs::write(&secret_file, "correct horse battery staple\n").unwrap();
+        let wrong_file = work.path().join("wrong");
+        std::fs::write(&wrong_file, "wrong").unwrap();
+        let secret = secret_file.to_str().unwrap();
+
+        let port = free_port();
+        let driver_log = work.path().join("driver.log");
+        let mut processes = Processes(vec![
+            Command::new(env!("CARGO_BIN_EXE_ember"))
+                .args(["--log-level", "info", "driver", "--bind"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["--secret-file", secret])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&driver_log).unwrap())
+                .spawn()
+                .expect("ember driver starts"),
+        ]);
+        let driver_url = format!("http://127.0.0.1:{port}");
+        let master = format!("ember://127.0.0.1:{port}");
+        wait_for_log(&driver_log, &["driver listening"], 0, 30);
+
+        let client = ember_driver::Session::builder()
+            .master(&master)
+            .security(Security::from_file_or_env(Some(&secret_file)).unwrap())
+            .build()
+            .unwrap();
+        ember_driver::tpch::register_tables(client.context(), &data)
+            .await
+            .unwrap();
+        // No executors yet: after the wait, a query is a clear error, not a hang.
+        client
+            .sql("SET ember.cluster.executor_wait = 1")
+            .await
+            .unwrap();
+        let err = client
+            .sql("SELECT count(*) FROM nation")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no executors have registered"),
+            "{err}"
+        );
+        client
+            .sql("SET ember.cluster.executor_wait = 60")
+            .await
+            .unwrap();
+
+        // A client or an executor with the wrong secret is refused, and the driver logs it.
+        let intruder = ember_driver::Session::builder()
+            .master(&master)
+            .security(Security::with_secret("wrong").unwrap())
+            .build()
+            .unwrap();
+        let err = intruder
+            .sql("SELECT 1")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("secret"), "{err}");
+        let refused = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["executor", "--driver", &driver_url, "--work-dir"])
+            .arg(work.path().join("intruder"))
+            .args(["--secret-file", wrong_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(said.contains("secret"), "{said}");
+        wait_for_log(&driver_log, &["refused a call with a wrong secret"], 0, 10);
+
+        // Three executors with fixed ports, so garbage can be sent to one.
+        let executor_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        for (i, p) in executor_ports.iter().enumerate() {
+            let bind = format!("127.0.0.1:{p}");
+            let more = start_executors_with(
+                &driver_url,
+                &work.path().join(format!("e{i}")),
+                1,
+                &["--secret-file", secret, "--bind", &bind],
+            );
+            processes.0.extend(std::mem::take(&mut { more }.0));
+        }
+        let datafusion = datafusion::prelude::SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_target_partitions(3),
+        );
+        ember_driver::tpch::register_tables(&datafusion, &data)
+            .await
+            .unwrap();
+        // All 22 queries give the rows DataFusion gives on its own (compared as sorted
+        // lines, so queries without ORDER BY may return rows in any order).
+        for q in ember_driver::tpch::QUERY_NUMBERS {
+            let sql = ember_driver::tpch::query(q).unwrap();
+            let cluster = client.sql(&sql).await.unwrap().collect().await.unwrap();
+            let expected = datafusion.sql(&sql).await.unwrap().collect().await.unwrap();
+            assert_eq!(sorted_lines(&cluster), sorted_lines(&expected), "q{q}");
+        }
+        // Garbage to each gRPC port: the connection ends, the process keeps serving
+        // (the queries below need both).
+        send_garbage(port);
+        send_garbage(executor_ports[0]);
+        assert!(
+            processes
+                .0
+                .iter_mut()
+                .all(|p| p.try_wait().unwrap().is_none())
+        );
+
+        // SIGKILL an executor while q18's last stage runs: its map outputs of the stage
+        // before are gone, the final task's fetch fails, and lineage recomputes them.
+        let sql = ember_driver::tpch::query(18).unwrap();
+        let expected = datafusion.sql(&sql).await.unwrap().collect().await.unwrap();
+        // How many stages q18 has here (its final stage's id).
+        client.sql(&sql).await.unwrap().collect().await.unwrap();
+        let log = std::fs::read_to_string(&driver_log).unwrap();
+        let last_job = log.lines().rfind(|l| l.contains("job submitted")).unwrap();
+        let stages = last_job
+            .rsplit("stages=")
+            .next()
+            .unwrap()
+            .trim()
+            .to_string();
+        client
+            .sql(&format!("SET ember.test.delay_tasks = '{stages}:3000'"))
+            .await
+            .unwrap();
+        let final_stage = format!("stage={stages} attempt=0");
+        let started = count_log(&driver_log, &["stage started", &final_stage]);
+        let query = client.sql(&sql).await.unwrap();
+        let job = tokio::spawn(async move { query.collect().await });
+        let log = driver_log.clone();
+        tokio::task::spawn_blocking(move || {
+            wait_for_log(&log, &["stage started", &final_stage], started, 120)
+        })
+        .await
+        .unwrap();
+        processes.0[1].kill().unwrap();
+        let rows = job.await.unwrap().expect("q18 survives the lost executor");
+        assert_eq!(sorted_lines(&rows), sorted_lines(&expected));
+        let log = std::fs::read_to_string(&driver_log).unwrap();
+        assert!(log.contains("recomputing lost map outputs"), "{log}");
+
+        // SIGTERM an executor while a job runs: it finishes or hands back its tasks,
+        // leaves, and the job completes without failing.
+        client
+            .sql("SET ember.test.delay_tasks = '2:1500'")
+            .await
+            .unwrap();
+        let mark = std::fs::read_to_string(&driver_log).unwrap().len();
+        let submitted = count_log(&driver_log, &["job submitted"]);
+        let query = client.sql(&sql).await.unwrap();
+        let job = tokio::spawn(async move { query.collect().await });
+        let log = driver_log.clone();
+        tokio::task::spawn_blocking(move || wait_for_log(&log, &["job submitted"], submitted, 60))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let leaving = processes.0[2].id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &leaving])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let rows = job
+            .await
+            .unwrap()
+            .expect("the job survives a decommissioned executor");
+        assert_eq!(sorted_lines(&rows), sorted_lines(&expected));
+        let status = processes.0[2].wait().unwrap();
+        assert!(
+            status.success(),
+            "the executor exits cleanly on SIGTERM: {status}"
+        );
+        let log = std::fs::read_to_string(&driver_log).unwrap()[mark..].to_string();
+        assert!(log.contains("executor leaving"), "{log}");
+        assert!(!log.contains("job failed"), "{log}");
+    });
+}
+
+/// Kills the processes it holds when dropped, so a failing test leaves none behind.
+struct Processes(Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_executors(address: &str, work: &Path, n: usize) -> Processes {
+    start_executors_with(address, work, n, &[])
+}
+
+/// Starts `n` executors with `extra` flags (e.g. a secret file).
+fn start_executors_with(address: &str, work: &Path, n: usize, extra: &[&str]) -> Processes {
+    Processes(
+        (0..n)
+            .map(|i| {
+                Command::new(env!("CARGO_BIN_EXE_ember"))
+                    .args([
+                        "executor",
+                        "--driver",
+                        address,
+                        "--cores",
+                        "1",
+                        "--work-dir",
+                    ])
+                    .arg(work.join(format!("exec-{i}")))
+                    .args(extra)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("ember executor starts")
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_query_survives_losing_an_executor_midway() {
+    cluster_runtime().block_on(async {
+        let data = tpch_sf01();
+        let driver = ember_driver::Session::builder()
+            .master("driver://127.0.0.1:0")
+            .config("ember.executor.timeout", "3")
+            .config("ember.cluster.executor_wait", "5")
+            .build()
+            .unwrap();
+        ember_driver::tpch::register_tables(driver.context(), &data)
+            .await
+            .unwrap();
+        let address = driver.driver_address().unwrap().to_string();
+        let work = tempfile::tempdir().unwrap();
+        let mut executors = start_executors(&address, work.path(), 3);
+        wait_for_slots(&driver, 3, 60, "executors did not register").await;
+
+        let sql = ember_driver::tpch::query(18).unwrap();
+        // Stage 2's tasks wait a second, so every executor is running one when the
+        // kill comes: the job cannot finish without recovering the lost task.
+        driver
+            .sql("SET ember.test.delay_tasks = '2:1000'")
+            .await
+            .unwrap();
+        let query = driver.sql(&sql).await.unwrap();
+        let mut progress = driver.progress();
+        let job = tokio::spawn(async move { query.collect().await });
+        // Once the first shuffle stage is done, kill an executor that holds its output.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            progress.wait_for(|p| p.stages.iter().any(|s| s.stage == 2 && s.running == 3)),
+        )
+        .await
+        .expect("the query gets past its first stage")
+        .unwrap();
+        executors.0[0].kill().unwrap();
+        let rows = job
+            .await
+            .unwrap()
+            .expect("the query completes without the lost executor");
+
+        let local = ember_driver::Session::builder()
+            .master("local[2]")
+            .build()
+            .unwrap();
+        ember_driver::tpch::register_tables(local.context(), &data)
+            .await
+            .unwrap();
+        let expected = local.sql(&sql).await.unwrap().collect().await.unwrap();
+        assert_eq!(
+            arrow::util::pretty::pretty_format_batches(&rows)
+                .unwrap()
+                .to_string(),
+            arrow::util::pretty::pretty_format_batches(&expected)
+                .unwrap()
+                .to_string()
+        );
+        // The driver noticed: two executors' slots are left.
+        wait_for_slots(&driver, 2, 30, "the lost executor was not noticed").await;
+
+        // Every executor killed during a job: it fails with a clear error after the grace
+        // period instead of waiting forever.
+        driver
+            .sql("SET ember.test.delay_tasks = '1:5000'")
+            .await
+            .unwrap();
+        let query = driver.sql(&sql).await.unwrap();
+        let job = tokio::spawn(async move { query.collect().await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        for e in &mut executors.0 {
+            let _ = e.kill();
+        }
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(std::time::Duration::from_secs(60), job)
+            .await
+            .expect("the job ends")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("every executor was lost"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // A new executor, and the next query succeeds.
+        let _new = start_executors(&address, &work.path().join("new"), 1);
+        driver.sql("SET ember.test.delay_tasks = ''").await.unwrap();
+        let rows = driver.sql(&sql).await.unwrap().collect().await.unwrap();
+        assert_eq!(
+            arrow::util::pretty::pretty_format_batches(&rows)
+                .unwrap()
+                .to_string(),
+            arrow::util::pretty::pretty_format_batches(&expected)
+                .unwrap()
+                .to_string()
+        );
+    });
+}
+
+fn sorted_lines(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String> {
+    let text = arrow::util::pretty::pretty_format_batches(batches)
+        .unwrap()
+        .to_string();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// A runtime for tests that run a cluster driver in this process.
+fn cluster_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// TPC-H SF 0.1, generated once into a shared temp folder.
+fn tpch_sf01() -> std::path::PathBuf {
+    let data = std::env::temp_dir().join("ember-cli-tpch-sf0.1");
+    ember_driver::tpch::generate(0.1, &data).unwrap();
+    data
+}
+
+/// Waits until the driver has `slots` executor slots, failing with `what` after `secs`.
+async fn wait_for_slots(driver: &ember_driver::Session, slots: usize, secs: u64, what: &str) {
+    let waiting = std::time::Instant::now();
+    while driver.cluster_slots() != Some(slots) {
+        assert!(
+            waiting.elapsed() < std::time::Duration::from_secs(secs),
+            "{what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

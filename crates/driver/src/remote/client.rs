@@ -1,0 +1,148 @@
+//! The client end: a session whose jobs run on a driver process.
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement};
+use datafusion::prelude::SessionContext;
+use datafusion_proto::bytes::logical_plan_to_bytes_with_extension_codec;
+use ember_core::convert::read_ipc_stream;
+use ember_core::proto::driver_service_client::DriverServiceClient;
+use ember_core::proto::{ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest};
+use ember_core::rpc::{AuthChannel, Security};
+use ember_core::task::REQUIRED_DATAFUSION_SETTINGS;
+use ember_core::{EmberError, Result};
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+
+use super::codec::EmberLogicalCodec;
+
+pub(crate) struct RemoteDriver {
+    url: String,
+    client: DriverServiceClient<AuthChannel>,
+    session_id: String,
+}
+
+impl RemoteDriver {
+    /// Connects lazily: an unreachable driver is reported by the first query.
+    pub(crate) fn new(url: &str, security: &Security, session_id: &str) -> Result<Self> {
+        let channel = security.channel(url)?;
+        Ok(RemoteDriver {
+            url: url.to_string(),
+            client: security.driver_client(channel),
+            session_id: session_id.to_string(),
+        })
+    }
+
+    /// Statements that change the client's session state, which the driver's copy
+    /// of the session must see too. (`CREATE TABLE AS` stays with the client: its
+    /// rows travel inside the plans that read them.)
+    pub(crate) fn mirrors(plan: &LogicalPlan) -> bool {
+        match plan {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => false,
+            LogicalPlan::Ddl(_) => true,
+            LogicalPlan::Statement(Statement::SetVariable(_)) => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) async fn execute_sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let request = ExecuteSqlRequest {
+            session_id: self.session_id.clone(),
+            sql: sql.to_string(),
+        };
+        let stream = self
+            .client
+            .clone()
+            .execute_sql(request)
+            .await
+            .map_err(|e| self.error(e))?
+            .into_inner();
+        self.read(stream).await
+    }
+
+    /// Runs `plan` on the driver. Queries of the catalog alone (`SHOW TABLES`,
+    /// `information_schema`) describe this client's session, so they run here.
+    pub(crate) async fn collect(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+    ) -> Result<Vec<RecordBatch>> {
+        if reads_only_catalog(plan) {
+            return Ok(ctx
+                .execute_logical_plan(plan.clone())
+                .await?
+                .collect()
+                .await?);
+        }
+        // Optimized here: the optimizer turns subqueries into joins, and
+        // datafusion-proto cannot encode subquery expressions.
+        let mut state = ctx.state();
+        for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
+            state.config_mut().options_mut().set(k, v)?;
+        }
+        let plan = state.optimize(plan)?;
+        let codec = EmberLogicalCodec::for_plan(&plan);
+        let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &codec)?;
+        let request = ExecutePlanRequest {
+            session_id: self.session_id.clone(),
+            logical_plan: bytes.to_vec(),
+        };
+        let stream = self
+            .client
+            .clone()
+            .execute_plan(request)
+            .await
+            .map_err(|e| self.error(e))?
+            .into_inner();
+        Ok(self.read(stream).await?.1)
+    }
+
+    /// Reads a result stream: job notices (no rows), then IPC messages. Dropping the
+    /// future drops the stream, and the driver cancels the job.
+    async fn read(
+        &self,
+        mut stream: Streaming<ExecuteResponse>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let mut schema = None;
+        let mut batches = vec![];
+        while let Some(message) = stream.next().await {
+            let message = message.map_err(|e| self.error(e))?;
+            if message.arrow_ipc.is_empty() {
+                tracing::debug!(job = message.job_id, driver = %self.url, "job started");
+                continue;
+            }
+            let (s, b) = read_ipc_stream(&message.arrow_ipc, "a result from the driver")?;
+            schema.get_or_insert(s);
+            batches.extend(b);
+        }
+        let schema = schema.ok_or_else(|| EmberError::Remote {
+            address: self.url.clone(),
+            message: "the result ended before its schema".into(),
+        })?;
+        Ok((schema, batches))
+    }
+
+    fn error(&self, status: tonic::Status) -> EmberError {
+        EmberError::Remote {
+            address: self.url.clone(),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+/// Whether every table `plan` scans is in `information_schema` (and it scans one).
+fn reads_only_catalog(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let (mut catalog, mut other) = (0, 0);
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if scan.table_name.schema() == Some("information_schema") {
+                catalog += 1;
+            } else {
+                other += 1;
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    catalog > 0 && other == 0
+}

@@ -1,0 +1,93 @@
+//! The driver end: each client gets its own session context (catalog, settings) on
+//! the driver, sharing the driver's engine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use datafusion_proto::bytes::logical_plan_from_bytes_with_extension_codec;
+use ember_core::{EmberError, Result};
+use parking_lot::Mutex;
+
+use super::codec::EmberLogicalCodec;
+use crate::engine::{ClientApi, is_builtin};
+use crate::session::{Session, SessionInner};
+
+pub(crate) struct DriverClients {
+    session: Weak<SessionInner>,
+    contexts: Mutex<HashMap<String, SessionContext>>,
+}
+
+impl DriverClients {
+    pub(crate) fn new(session: &Arc<SessionInner>) -> Self {
+        DriverClients {
+            session: Arc::downgrade(session),
+            contexts: Mutex::default(),
+        }
+    }
+
+    /// The driver's session and the client's context in it (made on first use).
+    fn session(&self, session_id: &str) -> Result<(Session, SessionContext)> {
+        if session_id.is_empty() {
+            return Err(EmberError::Config(
+                "a client call needs a session id".into(),
+            ));
+        }
+        let session = self
+            .session
+            .upgrade()
+            .map(Session::from_inner)
+            .ok_or_else(|| EmberError::Internal("the driver is shutting down".into()))?;
+        let ctx = self
+            .contexts
+            .lock()
+            .entry(session_id.to_string())
+            .or_insert_with(|| {
+                tracing::info!(session = session_id, "new client session");
+                session.new_client_context(session_id)
+            })
+            .clone();
+        Ok((session, ctx))
+    }
+}
+
+#[tonic::async_trait]
+impl ClientApi for DriverClients {
+    async fn execute_sql(
+        &self,
+        session_id: &str,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let (session, ctx) = self.session(session_id)?;
+        let df = session.sql_in(&ctx, sql).await?;
+        let schema = SchemaRef::new(df.schema().as_arrow().clone());
+        let batches = session.collect_plan_in(&ctx, df.logical_plan()).await?;
+        Ok((schema, batches))
+    }
+
+    async fn execute_plan(
+        &self,
+        session_id: &str,
+        plan: &[u8],
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let (session, ctx) = self.session(session_id)?;
+        let own = ctx
+            .state()
+            .scalar_functions()
+            .iter()
+            .filter(|(name, _)| !is_builtin(name))
+            .map(|(name, f)| (name.clone(), f.clone()))
+            .collect();
+        let codec = EmberLogicalCodec::decoding(own);
+        let plan = logical_plan_from_bytes_with_extension_codec(plan, &ctx.task_ctx(), &codec)
+            .map_err(|e| EmberError::Decode {
+                what: "a client's logical plan",
+                message: e.to_string(),
+            })?;
+        let schema = SchemaRef::new(plan.schema().as_arrow().clone());
+        let batches = session.collect_plan_in(&ctx, &plan).await?;
+        Ok((schema, batches))
+    }
+}
