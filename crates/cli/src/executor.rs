@@ -28,6 +28,11 @@ pub struct ExecutorArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
 
+    /// The host the driver and other executors reach this one at, when --bind is not
+    /// it (e.g. the pod IP when binding 0.0.0.0).
+    #[arg(long, value_name = "HOST", env = "EMBER_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+
     /// File holding the cluster's shared secret (else $EMBER_SECRET, else none).
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
@@ -44,6 +49,7 @@ pub async fn run(args: ExecutorArgs) -> Result<()> {
     config.cores = args.cores;
     config.memory_bytes = args.memory;
     config.bind = args.bind;
+    config.advertise_host = args.advertise_host;
     config.security = Security::from_file_or_env(args.secret_file.as_deref())?;
     eprintln!(
         "executor starting ({} cores), driver {}",

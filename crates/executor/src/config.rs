@@ -13,6 +13,9 @@ pub struct ExecutorConfig {
     pub driver_url: String,
     /// Where this executor's gRPC service listens (port 0: any free port).
     pub bind: SocketAddr,
+    /// The host others reach this executor at, when `bind` is not it (`0.0.0.0` in a
+    /// container: the pod's IP).
+    pub advertise_host: Option<String>,
     /// Task slots.
     pub cores: usize,
     /// Memory the executor offers, in bytes (reported to the driver).
@@ -34,6 +37,7 @@ impl ExecutorConfig {
         ExecutorConfig {
             driver_url: driver_url.into(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_host: None,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_bytes: 4 << 30,
             work_dir: work_dir.into(),

@@ -134,11 +134,20 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
     let local = listener
         .local_addr()
         .map_err(|e| EmberError::io(config.bind, e))?;
-    let address = format!("http://{local}");
+    let host = match &config.advertise_host {
+        Some(host) => host.clone(),
+        None if local.ip().is_unspecified() => {
+            return Err(EmberError::Config(format!(
+                "bound to {local}, which others cannot connect to: give the host they reach this executor at (--advertise-host)"
+            )));
+        }
+        None => local.ip().to_string(),
+    };
+    let address = format!("http://{host}:{}", local.port());
     let executor_id = config
         .executor_id
         .clone()
-        .unwrap_or_else(|| format!("exec-{}-{}", local.ip(), local.port()));
+        .unwrap_or_else(|| format!("exec-{host}-{}", local.port()));
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|e| EmberError::io(config.work_dir.display(), e))?;
 
