@@ -2,9 +2,11 @@
 //!
 //! `ember bench tpch` runs each TPC-H query through an ember session and, as the
 //! baseline, through a plain DataFusion `SessionContext` with as many target
-//! partitions as ember has executor slots, over the same Parquet files in the same
-//! process. Each query runs once to warm up, then `--iterations` times; the report
-//! gives min and median wall time. Progress goes to stderr, the report to stdout.
+//! partitions as ember has executor slots (or through a second ember session,
+//! `--baseline local[2]`), over the same Parquet files in the same process. Each
+//! query runs once to warm up, then `--iterations` times; the report gives min and
+//! median wall time, and the bytes ember's jobs wrote to the shuffle per run.
+//! Progress goes to stderr, the report to stdout.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -41,8 +43,8 @@ pub struct TpchArgs {
     #[arg(long, default_value_t = 3)]
     iterations: usize,
 
-    /// What to compare with.
-    #[arg(long, value_enum, default_value_t = Baseline::Datafusion)]
+    /// What to compare with: datafusion, none, or an ember master such as local[2].
+    #[arg(long, default_value = "datafusion", value_parser = parse_baseline)]
     baseline: Baseline,
 
     /// Give up on a query run after this many seconds (it is then reported as an error).
@@ -53,17 +55,48 @@ pub struct TpchArgs {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
 
+    /// For an ember:// master: the cluster's secret and TLS.
+    #[command(flatten)]
+    security: crate::security::SecurityArgs,
+
     /// Set a configuration key of ember's session (repeatable; see `ember config`).
     #[arg(short = 'c', long = "config", value_name = "KEY=VALUE", value_parser = crate::sql::parse_config_arg)]
     config: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Baseline {
     /// DataFusion alone, in the same process.
     Datafusion,
     /// ember only.
     None,
+    /// A second ember session (e.g. `local[2]` against a cluster).
+    Ember(String),
+}
+
+fn parse_baseline(s: &str) -> Result<Baseline, String> {
+    match s {
+        "datafusion" => Ok(Baseline::Datafusion),
+        "none" => Ok(Baseline::None),
+        master => Master::parse(master)
+            .map(|_| Baseline::Ember(master.to_string()))
+            .map_err(|e| format!("expected datafusion, none or an ember master: {e}")),
+    }
+}
+
+/// What the baseline runs on.
+enum BaselineEngine {
+    Datafusion(SessionContext),
+    Ember(Session),
+}
+
+impl BaselineEngine {
+    async fn collect(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        Ok(match self {
+            BaselineEngine::Datafusion(ctx) => ctx.sql(sql).await?.collect().await?,
+            BaselineEngine::Ember(session) => session.sql(sql).await?.collect().await?,
+        })
+    }
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
@@ -97,19 +130,30 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
         crate::datagen::generate_tpch(args.sf, dir.clone()).await?;
     }
 
-    let slots = Master::parse(&args.master)?.slots();
-    let mut builder = Session::builder().master(&args.master);
+    let slots = match Master::parse(&args.master)?.slots() {
+        // A cluster's slots are not known here: as many as this machine has cores.
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut builder = Session::builder()
+        .master(&args.master)
+        .security(args.security.security()?);
     for (key, value) in &args.config {
         builder = builder.config(key, value);
     }
     let session = builder.build()?;
     tpch::register_tables(session.context(), &dir).await?;
-    let baseline = match args.baseline {
+    let baseline = match &args.baseline {
         Baseline::Datafusion => {
             let ctx =
                 SessionContext::new_with_config(SessionConfig::new().with_target_partitions(slots));
             tpch::register_tables(&ctx, &dir).await?;
-            Some(ctx)
+            Some(BaselineEngine::Datafusion(ctx))
+        }
+        Baseline::Ember(master) => {
+            let other = Session::builder().master(master).build()?;
+            tpch::register_tables(other.context(), &dir).await?;
+            Some(BaselineEngine::Ember(other))
         }
         Baseline::None => None,
     };
@@ -120,23 +164,22 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
     };
     let mut results = Vec::new();
     for (n, sql) in &sql {
+        let shuffled_before = session.shuffle_bytes();
         let ember = measure(limits, || async {
             Ok(session.sql(sql).await?.collect().await?)
         })
         .await;
-        let datafusion = match &baseline {
-            Some(ctx) => Some(
-                measure(limits, || async {
-                    Ok(ctx.sql(sql).await?.collect().await?)
-                })
-                .await,
-            ),
+        // The warm-up run and the timed ones each shuffle the same data.
+        let shuffle_bytes =
+            (session.shuffle_bytes() - shuffled_before) / (limits.iterations as u64 + 1);
+        let other = match &baseline {
+            Some(engine) => Some(measure(limits, || engine.collect(sql)).await),
             None => None,
         };
-        let result = QueryResult::new(*n, ember, datafusion);
+        let result = QueryResult::new(*n, ember, other, shuffle_bytes);
         eprintln!("{}", result.describe());
         if result.rows_match == Some(false) {
-            eprintln!("warning: q{n}: ember and datafusion returned different row counts");
+            eprintln!("warning: q{n}: ember and the baseline returned different row counts");
         }
         results.push(result);
     }
@@ -144,6 +187,11 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
         benchmark: "tpch",
         sf: args.sf,
         master: args.master.clone(),
+        baseline: match &args.baseline {
+            Baseline::Datafusion => "datafusion".into(),
+            Baseline::None => "none".into(),
+            Baseline::Ember(master) => format!("ember {master}"),
+        },
         partitions: slots,
         iterations: args.iterations,
         data: dir.display().to_string(),
@@ -165,6 +213,7 @@ struct Report {
     benchmark: &'static str,
     sf: f64,
     master: String,
+    baseline: String,
     partitions: usize,
     iterations: usize,
     data: String,
@@ -177,8 +226,10 @@ struct QueryResult {
     query: usize,
     ember: Measured,
     #[serde(skip_serializing_if = "Option::is_none")]
-    datafusion: Option<Measured>,
-    /// ember's median over DataFusion's.
+    baseline: Option<Measured>,
+    /// Bytes ember's jobs wrote to the shuffle in one run.
+    shuffle_bytes: u64,
+    /// ember's median over the baseline's.
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio: Option<f64>,
     /// Present (and false) only when the engines disagree on the row count.
@@ -187,16 +238,22 @@ struct QueryResult {
 }
 
 impl QueryResult {
-    fn new(query: usize, ember: Measured, datafusion: Option<Measured>) -> QueryResult {
+    fn new(
+        query: usize,
+        ember: Measured,
+        baseline: Option<Measured>,
+        shuffle_bytes: u64,
+    ) -> QueryResult {
         let (mut ratio_, mut rows_match) = (None, None);
-        if let (Measured::Timing(e), Some(Measured::Timing(d))) = (&ember, &datafusion) {
+        if let (Measured::Timing(e), Some(Measured::Timing(d))) = (&ember, &baseline) {
             ratio_ = ratio(e.median_s, d.median_s);
             rows_match = (e.rows != d.rows).then_some(false);
         }
         QueryResult {
             query,
             ember,
-            datafusion,
+            baseline,
+            shuffle_bytes,
             ratio: ratio_,
             rows_match,
         }
@@ -204,8 +261,8 @@ impl QueryResult {
 
     fn describe(&self) -> String {
         let mut line = format!("q{}: ember {}", self.query, self.ember.describe());
-        if let Some(df) = &self.datafusion {
-            line.push_str(&format!(", datafusion {}", df.describe()));
+        if let Some(b) = &self.baseline {
+            line.push_str(&format!(", baseline {}", b.describe()));
         }
         line
     }
@@ -217,19 +274,21 @@ struct Total {
     queries: usize,
     ember_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    datafusion_s: Option<f64>,
+    baseline_s: Option<f64>,
+    shuffle_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio: Option<f64>,
 }
 
 impl Total {
     fn of(results: &[QueryResult], with_baseline: bool) -> Total {
-        let (mut queries, mut ember_s, mut datafusion_s) = (0, 0.0, 0.0);
+        let (mut queries, mut ember_s, mut baseline_s) = (0, 0.0, 0.0);
+        let shuffle_bytes = results.iter().map(|r| r.shuffle_bytes).sum();
         for r in results {
-            match (&r.ember, &r.datafusion) {
+            match (&r.ember, &r.baseline) {
                 (Measured::Timing(e), Some(Measured::Timing(d))) => {
                     ember_s += e.median_s;
-                    datafusion_s += d.median_s;
+                    baseline_s += d.median_s;
                 }
                 (Measured::Timing(e), None) if !with_baseline => ember_s += e.median_s,
                 _ => continue,
@@ -239,9 +298,10 @@ impl Total {
         Total {
             queries,
             ember_s: round(ember_s),
-            datafusion_s: with_baseline.then(|| round(datafusion_s)),
+            baseline_s: with_baseline.then(|| round(baseline_s)),
+            shuffle_bytes,
             ratio: if with_baseline {
-                ratio(ember_s, datafusion_s)
+                ratio(ember_s, baseline_s)
             } else {
                 None
             },

@@ -1,11 +1,10 @@
 //! `ember driver`: a cluster's driver process. Executors register with it, clients
 //! (`--master ember://HOST:PORT`) send it their queries.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result};
-use ember_core::rpc::Security;
 use ember_driver::Session;
+
+use crate::security::SecurityArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct DriverArgs {
@@ -13,9 +12,8 @@ pub struct DriverArgs {
     #[arg(long, default_value = "127.0.0.1:7077")]
     bind: String,
 
-    /// File holding the cluster's shared secret (else $EMBER_SECRET, else none).
-    #[arg(long, value_name = "FILE")]
-    secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    security: SecurityArgs,
 
     /// Set a configuration key for every job, `ember.*` or `datafusion.*` (repeatable).
     #[arg(short = 'c', long = "config", value_name = "KEY=VALUE", value_parser = crate::sql::parse_config_arg)]
@@ -24,8 +22,13 @@ pub struct DriverArgs {
 
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn run(args: DriverArgs) -> Result<()> {
-    let security = Security::from_file_or_env(args.secret_file.as_deref())?;
-    let secured = security.has_secret();
+    let security = args.security.security()?;
+    let secured = match (security.has_secret(), security.has_tls()) {
+        (true, true) => " (TLS, secret required)",
+        (true, false) => " (secret required)",
+        (false, true) => " (TLS)",
+        (false, false) => "",
+    };
     let mut builder = Session::builder()
         .master(format!("driver://{}", args.bind))
         .app_name("ember driver")
@@ -36,9 +39,8 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let session = builder.build().context("starting the driver")?;
     let address = session.driver_address().unwrap_or_default().to_string();
     eprintln!(
-        "driver listening at {address}{}; executors: ember executor --driver {address}; clients: --master {}",
-        if secured { " (secret required)" } else { "" },
-        address.replace("http://", "ember://")
+        "driver listening at {address}{secured}; executors: ember executor --driver {address}; clients: --master ember://{}",
+        address.split("://").nth(1).unwrap_or_default()
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -1,8 +1,9 @@
 //! `ember executor`: an executor process of a cluster.
 
 use anyhow::{Context, Result};
-use ember_core::rpc::Security;
 use ember_executor::{ExecutorConfig, Registry, parse_size};
+
+use crate::security::SecurityArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -33,9 +34,8 @@ pub struct ExecutorArgs {
     #[arg(long, value_name = "HOST", env = "EMBER_ADVERTISE_HOST")]
     advertise_host: Option<String>,
 
-    /// File holding the cluster's shared secret (else $EMBER_SECRET, else none).
-    #[arg(long, value_name = "FILE")]
-    secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -50,7 +50,7 @@ pub async fn run(args: ExecutorArgs) -> Result<()> {
     config.memory_bytes = args.memory;
     config.bind = args.bind;
     config.advertise_host = args.advertise_host;
-    config.security = Security::from_file_or_env(args.secret_file.as_deref())?;
+    config.security = args.security.security()?;
     eprintln!(
         "executor starting ({} cores), driver {}",
         args.cores, args.driver

@@ -11,6 +11,7 @@ mod driver;
 mod executor;
 mod output;
 mod progress;
+mod security;
 mod shell;
 mod sql;
 mod statements;

@@ -23,9 +23,9 @@ pub struct SqlArgs {
     #[arg(long, default_value = "local[*]")]
     pub master: String,
 
-    /// File holding the cluster's shared secret, for ember:// (else $EMBER_SECRET).
-    #[arg(long, value_name = "FILE")]
-    pub secret_file: Option<std::path::PathBuf>,
+    /// For ember://: the cluster's secret and TLS.
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
 
     /// Run these statements (`;`-separated; repeatable), then exit.
     #[arg(short = 'e', long = "execute", value_name = "SQL")]
@@ -98,9 +98,9 @@ pub(crate) fn parse_config_arg(arg: &str) -> Result<(String, String), String> {
 
 /// Runs `ember sql`; the session's jobs run on `engine`.
 pub async fn run(args: SqlArgs, engine: &tokio::runtime::Handle) -> Result<ExitCode> {
-    let mut builder = Session::builder().master(&args.master).security(
-        ember_core::rpc::Security::from_file_or_env(args.secret_file.as_deref())?,
-    );
+    let mut builder = Session::builder()
+        .master(&args.master)
+        .security(args.security.security()?);
     for (key, value) in &args.config {
         builder = builder.config(key, value);
     }

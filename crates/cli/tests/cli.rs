@@ -262,7 +262,7 @@ fn gen_tpch_writes_eight_tables_that_sql_can_query() {
     assert_eq!(queries.len(), 2);
     assert_eq!(queries[0]["query"], 1);
     assert_eq!(queries[0]["ember"]["rows"], 4);
-    assert_eq!(queries[0]["datafusion"]["rows"], 4);
+    assert_eq!(queries[0]["baseline"]["rows"], 4);
     assert!(queries[1]["ratio"].as_f64().unwrap() > 0.0, "{report}");
     assert!(
         report["total"]["ember_s"].as_f64().unwrap() > 0.0,

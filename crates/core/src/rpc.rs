@@ -3,8 +3,11 @@
 //!
 //! When a secret is configured (`--secret-file` or `EMBER_SECRET`), every call carries
 //! it in its `authorization` header and every server refuses, and logs, a call
-//! without it or with another one. The same [`Security`] value builds both ends, so
-//! the driver, the executors and the shuffle fetches cannot disagree on the rules.
+//! without it or with another one. With TLS (`--tls-cert`/`--tls-key` on servers,
+//! `--tls-ca` on clients; rustls), addresses are `https://` and every connection is
+//! encrypted and checks the server's certificate. The same [`Security`] value builds
+//! both ends, so the driver, the executors and the shuffle fetches cannot disagree on
+//! the rules.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +15,9 @@ use std::sync::Arc;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+};
 use tonic::{Request, Status};
 
 use crate::proto::driver_service_client::DriverServiceClient;
@@ -32,14 +37,36 @@ pub type AuthChannel = InterceptedService<Channel, ClientAuth>;
 #[derive(Clone, Default)]
 pub struct Security {
     secret: Option<Arc<str>>,
+    tls: Option<Tls>,
+}
+
+/// TLS material: what a server presents, and what a client trusts.
+#[derive(Clone)]
+struct Tls {
+    /// Certificate and key, for a process that serves (driver, executor).
+    identity: Option<Identity>,
+    /// The certificate (or CA) servers must present.
+    trusted: Certificate,
 }
 
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Security")
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("tls", &self.tls.is_some())
             .finish()
     }
+}
+
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
+    let pem = std::fs::read(path).map_err(|e| EmberError::io(path.display(), e))?;
+    if !pem.windows(10).any(|w| w == b"-----BEGIN") {
+        return Err(EmberError::Config(format!(
+            "{what} {} is not a PEM file",
+            path.display()
+        )));
+    }
+    Ok(pem)
 }
 
 impl Security {
@@ -62,6 +89,7 @@ impl Security {
         }
         Ok(Security {
             secret: Some(secret.into()),
+            tls: None,
         })
     }
 
@@ -80,25 +108,93 @@ impl Security {
         }
     }
 
+    /// Serves with TLS, presenting `cert` (PEM, for the names and addresses clients
+    /// use) and `key`; connects to servers that present a certificate signed by `ca`,
+    /// or the same certificate when `ca` is none (one self-signed cluster certificate).
+    pub fn with_tls(mut self, cert: &Path, key: &Path, ca: Option<&Path>) -> Result<Security> {
+        let cert_pem = read_pem(cert, "TLS certificate")?;
+        let key_pem = read_pem(key, "TLS key")?;
+        let trusted = match ca {
+            Some(ca) => read_pem(ca, "TLS CA certificate")?,
+            None => cert_pem.clone(),
+        };
+        self.tls = Some(Tls {
+            identity: Some(Identity::from_pem(cert_pem, key_pem)),
+            trusted: Certificate::from_pem(trusted),
+        });
+        Ok(self)
+    }
+
+    /// Connects with TLS only (a client): servers must present a certificate signed
+    /// by `ca` (or `ca` itself).
+    pub fn with_tls_client(mut self, ca: &Path) -> Result<Security> {
+        self.tls = Some(Tls {
+            identity: None,
+            trusted: Certificate::from_pem(read_pem(ca, "TLS CA certificate")?),
+        });
+        Ok(self)
+    }
+
     pub fn has_secret(&self) -> bool {
         self.secret.is_some()
     }
 
-    /// A lazily connecting channel to `url` (`http://HOST:PORT`).
-    pub fn channel(&self, url: &str) -> Result<Channel> {
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// `https` with TLS, else `http`: the scheme of this cluster's addresses.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    fn endpoint(&self, url: &str) -> Result<Endpoint> {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| EmberError::Config(format!("bad address '{url}': {e}")))?;
-        Ok(endpoint.connect_lazy())
+        match &self.tls {
+            Some(tls) if url.starts_with("https://") => endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(tls.trusted.clone()))
+                .map_err(|e| EmberError::Config(format!("TLS for {url}: {e}"))),
+            Some(_) => Err(EmberError::Config(format!(
+                "TLS is on, so '{url}' must be an https:// address"
+            ))),
+            None if url.starts_with("https://") => Err(EmberError::Config(format!(
+                "'{url}' is https://: give the certificate to trust (--tls-ca)"
+            ))),
+            None => Ok(endpoint),
+        }
+    }
+
+    /// A lazily connecting channel to `url` (`http://HOST:PORT`, or `https://` with TLS).
+    pub fn channel(&self, url: &str) -> Result<Channel> {
+        Ok(self.endpoint(url)?.connect_lazy())
     }
 
     /// Connects to `url` now, so that an unreachable peer is an error here.
     pub async fn connect(&self, url: &str) -> Result<Channel> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| EmberError::Config(format!("bad address '{url}': {e}")))?;
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| EmberError::Config(format!("cannot connect to {url}: {e}")))
+        self.endpoint(url)?.connect().await.map_err(|e| {
+            let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+            EmberError::Config(format!("cannot connect to {url}: {e}{cause}"))
+        })
+    }
+
+    /// A gRPC server builder, with TLS when the cluster uses it; a process that
+    /// serves a TLS cluster needs its own certificate.
+    pub fn server(&self) -> Result<Server> {
+        let builder = Server::builder();
+        match &self.tls {
+            Some(Tls {
+                identity: Some(identity),
+                ..
+            }) => builder
+                .tls_config(ServerTlsConfig::new().identity(identity.clone()))
+                .map_err(|e| EmberError::Config(format!("TLS certificate or key: {e}"))),
+            Some(Tls { identity: None, .. }) => Err(EmberError::Config(
+                "TLS is on, and this process serves others: give it --tls-cert and --tls-key"
+                    .into(),
+            )),
+            None => Ok(builder),
+        }
     }
 
     /// What clients attach to every call.

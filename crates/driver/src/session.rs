@@ -173,7 +173,8 @@ impl SessionBuilder {
                 security,
             )?),
             Master::Remote { url } => {
-                Runner::Remote(RemoteDriver::new(url, &security, &ctx.session_id())?)
+                let url = url.replacen("http", security.scheme(), 1);
+                Runner::Remote(RemoteDriver::new(&url, &security, &ctx.session_id())?)
             }
         };
         let fixed_partitions = self
@@ -294,6 +295,15 @@ impl Session {
     /// Task slots of the executors registered so far, when this session is a driver.
     pub fn cluster_slots(&self) -> Option<usize> {
         self.engine().and_then(Engine::cluster_slots)
+    }
+
+    /// Bytes this session's jobs have written to the shuffle so far (a driver's:
+    /// every job it ran).
+    pub fn shuffle_bytes(&self) -> u64 {
+        match &self.inner.runner {
+            Runner::Engine(e) => e.shuffle_bytes(),
+            Runner::Remote(r) => r.shuffle_bytes(),
+        }
     }
 
     fn engine(&self) -> Option<&Engine> {

@@ -128,6 +128,8 @@ async fn connect(security: &Security, url: &str) -> Result<DriverServiceClient<A
 /// Binds, registers with the driver and starts serving. `registry` holds the user's
 /// functions this executor offers besides DataFusion's built-ins.
 pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<RunningExecutor> {
+    // Before anything else: a TLS cluster's executor needs its own certificate.
+    let mut server_builder = config.security.server()?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| EmberError::io(config.bind, e))?;
@@ -143,7 +145,7 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         }
         None => local.ip().to_string(),
     };
-    let address = format!("http://{host}:{}", local.port());
+    let address = format!("{}://{host}:{}", config.security.scheme(), local.port());
     let executor_id = config
         .executor_id
         .clone()
@@ -203,7 +205,7 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let shutdown = stop.clone();
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        server_builder
             .add_service(InterceptedService::new(
                 ExecutorServiceServer::new(service)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -39,6 +39,8 @@ struct RemoteExecutor {
     last_seen: Instant,
     /// Leaving (SIGTERM): no new tasks; its slots are already taken off.
     draining: bool,
+    /// A connection check is under way (its heartbeats are late).
+    probing: bool,
     /// The user functions and batch functions it offers, sorted.
     udfs: Vec<String>,
     batch_fns: Vec<String>,
@@ -50,6 +52,9 @@ struct ClusterState {
     /// Which executor runs each launched task.
     running: HashMap<TaskId, String>,
 }
+
+/// Heartbeats this late make the driver check the executor's connection.
+const PROBE_AFTER: Duration = Duration::from_secs(3);
 
 pub(crate) struct ClusterExecutors {
     state: Mutex<ClusterState>,
@@ -152,6 +157,7 @@ impl ClusterExecutors {
                 busy: 0,
                 last_seen: Instant::now(),
                 draining: false,
+                probing: false,
                 udfs: sorted(&req.udfs),
                 batch_fns: sorted(&req.batch_functions),
             },
@@ -171,8 +177,10 @@ impl ClusterExecutors {
         }
     }
 
-    /// Forgets executors silent for longer than `timeout`.
-    pub(crate) fn expire(&self, timeout: Duration) {
+    /// Forgets executors silent for longer than `timeout`, and those that, a few
+    /// heartbeats late, no longer accept connections (a killed process).
+    pub(crate) fn expire(self: &Arc<Self>, timeout: Duration) {
+        self.probe_late();
         let silent: Vec<String> = self
             .state
             .lock()
@@ -183,6 +191,31 @@ impl ClusterExecutors {
             .collect();
         for executor in silent {
             self.lose(&executor, &format!("no heartbeat for {timeout:?}"));
+        }
+    }
+
+    /// Calls each executor whose heartbeats are late; one whose port refuses the
+    /// connection is gone, without waiting for the heartbeat timeout.
+    fn probe_late(self: &Arc<Self>) {
+        let mut state = self.state.lock();
+        for (id, e) in state.executors.iter_mut() {
+            if e.probing || e.last_seen.elapsed() < PROBE_AFTER {
+                continue;
+            }
+            e.probing = true;
+            let (this, id, mut client) = (self.clone(), id.clone(), e.client.clone());
+            tokio::spawn(async move {
+                let ping = client.cancel_tasks(CancelTasksRequest { tasks: vec![] });
+                let answer = tokio::time::timeout(PROBE_AFTER, ping).await;
+                if let Ok(Err(status)) = &answer
+                    && status.code() == tonic::Code::Unavailable
+                {
+                    this.lose(&id, &format!("unreachable: {}", status.message()));
+                }
+                if let Some(e) = this.state.lock().executors.get_mut(&id) {
+                    e.probing = false;
+                }
+            });
         }
     }
 
@@ -394,9 +427,10 @@ impl DriverService for DriverServer {
     ) -> Result<Response<ResultStream>, Status> {
         let api = self.client_api()?;
         let req = request.into_inner();
-        Ok(Response::new(stream_results(async move {
-            api.execute_sql(&req.session_id, &req.sql).await
-        })))
+        Ok(Response::new(stream_results(
+            self.jobs.clone(),
+            async move { api.execute_sql(&req.session_id, &req.sql).await },
+        )))
     }
 
     type ExecutePlanStream = ResultStream;
@@ -407,9 +441,10 @@ impl DriverService for DriverServer {
     ) -> Result<Response<ResultStream>, Status> {
         let api = self.client_api()?;
         let req = request.into_inner();
-        Ok(Response::new(stream_results(async move {
-            api.execute_plan(&req.session_id, &req.logical_plan).await
-        })))
+        Ok(Response::new(stream_results(
+            self.jobs.clone(),
+            async move { api.execute_plan(&req.session_id, &req.logical_plan).await },
+        )))
     }
 
     async fn get_job(
@@ -456,7 +491,7 @@ const RESULT_MESSAGE_BYTES: usize = 4 << 20;
 
 /// Runs a client's query and streams its job ids, then its rows (Arrow IPC), back. A
 /// client that goes away cancels the query: its future, and so its job, is dropped.
-fn stream_results<F>(work: F) -> ResultStream
+fn stream_results<F>(jobs: Arc<JobRecords>, work: F) -> ResultStream
 where
     F: std::future::Future<Output = ember_core::Result<(SchemaRef, Vec<RecordBatch>)>>
         + Send
@@ -473,7 +508,7 @@ where
                 result = &mut work => break result,
                 Some(job) = jobs_rx.recv() => {
                     job_id = job;
-                    let started = ExecuteResponse { job_id, arrow_ipc: vec![] };
+                    let started = ExecuteResponse { job_id, arrow_ipc: vec![], shuffle_bytes: 0 };
                     if tx.send(Ok(started)).await.is_err() {
                         return;
                     }
@@ -481,8 +516,10 @@ where
                 _ = tx.closed() => return,
             }
         };
-        let messages =
-            result.and_then(|(schema, batches)| result_messages(job_id, &schema, &batches));
+        let messages = result.and_then(|(schema, batches)| {
+            let shuffle_bytes = jobs.get(job_id).map_or(0, |r| r.shuffle_bytes);
+            result_messages(job_id, shuffle_bytes, &schema, &batches)
+        });
         match messages {
             Ok(messages) => {
                 for m in messages {
@@ -503,6 +540,7 @@ where
 /// schema of an empty result.
 fn result_messages(
     job_id: u64,
+    shuffle_bytes: u64,
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> ember_core::Result<Vec<ExecuteResponse>> {
@@ -512,7 +550,11 @@ fn result_messages(
     let flush = |pending: &mut Vec<RecordBatch>, out: &mut Vec<ExecuteResponse>| {
         let arrow_ipc = ipc_stream(schema, pending)?;
         pending.clear();
-        out.push(ExecuteResponse { job_id, arrow_ipc });
+        out.push(ExecuteResponse {
+            job_id,
+            arrow_ipc,
+            shuffle_bytes,
+        });
         Ok::<(), ember_core::EmberError>(())
     };
     for batch in batches {

@@ -118,25 +118,50 @@ tokio::task_local! {
 pub(crate) struct JobRecord {
     pub state: &'static str,
     pub error: String,
+    /// Bytes its map tasks wrote to the shuffle.
+    pub shuffle_bytes: u64,
 }
 
-/// The most recent jobs' states.
+/// The most recent jobs' states, and the bytes shuffled by every job so far.
 #[derive(Default)]
-pub(crate) struct JobRecords(Mutex<BTreeMap<u64, JobRecord>>);
+pub(crate) struct JobRecords {
+    jobs: Mutex<BTreeMap<u64, JobRecord>>,
+    shuffle_bytes: AtomicU64,
+}
 
 impl JobRecords {
     const KEPT: usize = 1000;
 
     fn set(&self, job: u64, state: &'static str, error: String) {
-        let mut jobs = self.0.lock();
-        jobs.insert(job, JobRecord { state, error });
+        let mut jobs = self.jobs.lock();
+        let shuffle_bytes = jobs.get(&job).map_or(0, |r| r.shuffle_bytes);
+        jobs.insert(
+            job,
+            JobRecord {
+                state,
+                error,
+                shuffle_bytes,
+            },
+        );
         while jobs.len() > Self::KEPT {
             jobs.pop_first();
         }
     }
 
+    /// A map task of `job` wrote `bytes` to the shuffle.
+    pub(crate) fn add_shuffle_bytes(&self, job: u64, bytes: u64) {
+        self.shuffle_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(r) = self.jobs.lock().get_mut(&job) {
+            r.shuffle_bytes += bytes;
+        }
+    }
+
     pub(crate) fn get(&self, job: u64) -> Option<JobRecord> {
-        self.0.lock().get(&job).cloned()
+        self.jobs.lock().get(&job).cloned()
+    }
+
+    pub(crate) fn total_shuffle_bytes(&self) -> u64 {
+        self.shuffle_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -186,7 +211,8 @@ impl Engine {
         let (events, rx) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(JobProgress::default());
         let launcher = Arc::new(LocalExecutors::new(env, events.clone(), handle.clone()));
-        let scheduler = Scheduler::new(launcher, slots, codec, progress_tx);
+        let jobs = Arc::new(JobRecords::default());
+        let scheduler = Scheduler::new(launcher, slots, codec, progress_tx, jobs.clone());
         let event_loop = handle.spawn(scheduler.run(rx));
         Ok(Engine {
             events,
@@ -195,7 +221,7 @@ impl Engine {
             event_loop,
             _work_dir: Some(work_dir),
             cluster: None,
-            jobs: Arc::default(),
+            jobs,
         })
     }
 
@@ -221,11 +247,13 @@ impl Engine {
         let (events, rx) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(JobProgress::default());
         let executors = Arc::new(ClusterExecutors::new(events.clone(), security.clone()));
+        let jobs = Arc::new(JobRecords::default());
         let scheduler = Scheduler::new(
             Arc::new(executors.clone()),
             0,
             EmberCodec::new(batch_fns),
             progress_tx,
+            jobs.clone(),
         );
         let event_loop = handle.spawn(scheduler.run(rx));
         let timeout = std::time::Duration::from_secs(config.executor_timeout_secs);
@@ -233,7 +261,7 @@ impl Engine {
         let monitor = handle.spawn({
             let executors = executors.clone();
             let events = events.clone();
-            let address = format!("http://{local}");
+            let address = format!("{}://{local}", security.scheme());
             async move {
                 // Since when no executor has been registered, after there was one.
                 let mut empty_since: Option<std::time::Instant> = None;
@@ -261,7 +289,6 @@ impl Engine {
             }
         });
         let clients = ClientSlot::default();
-        let jobs = Arc::new(JobRecords::default());
         let service = DriverServer {
             cluster: executors.clone(),
             events: events.clone(),
@@ -269,7 +296,8 @@ impl Engine {
             jobs: jobs.clone(),
         };
         let server = handle.spawn(
-            tonic::transport::Server::builder()
+            security
+                .server()?
                 .add_service(tonic::service::interceptor::InterceptedService::new(
                     DriverServiceServer::new(service)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -289,7 +317,7 @@ impl Engine {
             cluster: Some(ClusterParts {
                 executors,
                 clients,
-                address: format!("http://{local}"),
+                address: format!("{}://{local}", security.scheme()),
                 server,
                 monitor,
             }),
@@ -299,6 +327,11 @@ impl Engine {
     /// Executor slots: fixed in local mode, those registered so far in a cluster.
     pub(crate) fn cluster_slots(&self) -> Option<usize> {
         self.cluster.as_ref().map(|c| c.executors.total_cores())
+    }
+
+    /// Bytes written to the shuffle by every job of this engine so far.
+    pub(crate) fn shuffle_bytes(&self) -> u64 {
+        self.jobs.total_shuffle_bytes()
     }
 
     /// Lets the driver's service run client sessions' queries through `api`.

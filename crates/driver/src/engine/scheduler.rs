@@ -29,7 +29,7 @@ use ember_core::task::{
 use tokio::sync::{mpsc, watch};
 
 use super::job::{Job, StageStatus, TaskState};
-use super::{JobProgress, StageProgress};
+use super::{JobProgress, JobRecords, StageProgress};
 
 pub(crate) enum Event {
     Submit(Box<Job>),
@@ -74,6 +74,7 @@ pub(crate) struct Scheduler {
     launcher: Arc<dyn TaskLauncher>,
     codec: EmberCodec,
     progress: watch::Sender<JobProgress>,
+    records: Arc<JobRecords>,
 }
 
 impl Scheduler {
@@ -82,6 +83,7 @@ impl Scheduler {
         slots: usize,
         codec: EmberCodec,
         progress: watch::Sender<JobProgress>,
+        records: Arc<JobRecords>,
     ) -> Self {
         Scheduler {
             jobs: BTreeMap::new(),
@@ -90,6 +92,7 @@ impl Scheduler {
             launcher,
             codec,
             progress,
+            records,
         }
     }
 
@@ -229,7 +232,10 @@ impl Scheduler {
             Ok((output, metrics)) => {
                 tracing::debug!(task = %id, rows = metrics.output_rows, elapsed_ms = metrics.elapsed.as_millis() as u64, "task succeeded");
                 match output {
-                    TaskOutput::Map(m) => state.outputs[id.partition] = Some(m),
+                    TaskOutput::Map(m) => {
+                        self.records.add_shuffle_bytes(id.job, metrics.output_bytes);
+                        state.outputs[id.partition] = Some(m);
+                    }
                     TaskOutput::Result(batches) => {
                         job.results.insert(id.partition, batches);
                     }
@@ -277,8 +283,10 @@ impl Scheduler {
         }
     }
 
-    /// A reader could not fetch a map output: recompute it from lineage (re-run that map
-    /// task of the parent stage), then re-run the reading stage.
+    /// A reader could not fetch a map output: that output, and every other the same
+    /// executor holds, is treated as lost (its files are likely gone with it) and
+    /// recomputed from lineage; the reading task waits for it without counting a
+    /// failure.
     fn fetch_failed(
         &mut self,
         id: TaskId,
@@ -287,50 +295,34 @@ impl Scheduler {
         executor: &str,
         message: &str,
     ) {
-        let map_stage = *map_stage;
         let Some(job) = self.jobs.get_mut(&id.job) else {
             return;
         };
-        let max_attempts = job.ember.stage_max_attempts;
-        // The reading stage starts a new attempt; reports of its running tasks are stale.
-        let reader = job.stages.get_mut(&id.stage).expect("stage exists");
-        reader.attempt += 1;
-        if reader.attempt >= max_attempts {
-            let cause = format!(
-                "stage {} was attempted {max_attempts} times; last fetch failure: {message}",
-                id.stage
-            );
-            return self.fail_job(id.job, EmberError::JobFailed { job: id.job, cause });
-        }
         tracing::warn!(
             job = id.job,
             stage = id.stage,
-            map_stage,
+            map_stage = *map_stage,
             map_partition,
             executor,
             "map output lost; recomputing it from lineage"
         );
-        reader.status = StageStatus::Waiting;
-        reader
-            .tasks
-            .iter_mut()
-            .for_each(|t| *t = TaskState::Pending);
-        reader.plan_bytes = None;
-        if id.stage == job.graph.final_stage {
-            job.results.clear();
+        if let Some(reader) = job.stages.get_mut(&id.stage) {
+            reader.tasks[id.partition] = TaskState::Pending;
         }
-        let parent = job.stages.get_mut(&map_stage).expect("stage exists");
-        parent.outputs[map_partition] = None;
-        parent.tasks[map_partition] = TaskState::Pending;
-        parent.status = StageStatus::Running;
-        self.queue.push_back((id.job, map_stage, map_partition));
+        if let Some(parent) = job.stages.get_mut(map_stage) {
+            parent.outputs[map_partition] = None;
+            parent.tasks[map_partition] = TaskState::Pending;
+        }
+        self.forget_outputs(executor);
+        self.reconcile_all(message);
     }
 
     /// Fails the lost executor's running tasks (they are retried elsewhere) and
-    /// forgets every map output it held: finished stages that lost output run those
-    /// map tasks again (lineage) before their readers start.
+    /// forgets every map output it held: stages that lost output run those map tasks
+    /// again (lineage) before their readers go on.
     fn executor_lost(&mut self, executor: &str, cores: usize, running: Vec<TaskId>) {
         tracing::warn!(executor, cores, tasks = running.len(), "executor lost");
+        self.forget_outputs(executor);
         for id in running {
             self.task_finished(TaskStatus {
                 id,
@@ -343,6 +335,11 @@ impl Scheduler {
             });
         }
         self.free_slots -= cores as isize;
+        self.reconcile_all(&format!("executor {executor} was lost"));
+    }
+
+    /// Marks every map output `executor` holds as missing: its task is pending again.
+    fn forget_outputs(&mut self, executor: &str) {
         for job in self.jobs.values_mut() {
             for (stage, state) in job.stages.iter_mut() {
                 let lost: Vec<usize> = state
@@ -365,15 +362,67 @@ impl Scheduler {
                 for m in lost {
                     state.outputs[m] = None;
                     state.tasks[m] = TaskState::Pending;
-                    if state.status != StageStatus::Waiting {
-                        self.queue.push_back((job.id, *stage, m));
-                    }
-                }
-                if state.status == StageStatus::Done {
-                    state.status = StageStatus::Running;
                 }
             }
         }
+    }
+
+    fn reconcile_all(&mut self, cause: &str) {
+        let jobs: Vec<u64> = self.jobs.keys().copied().collect();
+        for job in jobs {
+            self.reconcile(job, cause);
+        }
+    }
+
+    /// Brings a job's stages back in line after map outputs went missing:
+    /// - a stage missing some of its own outputs is not done;
+    /// - a running stage whose parent is not done waits, as a new attempt (reports of
+    ///   its running tasks are stale: they read locations that are gone);
+    /// - then every waiting stage whose parents are done starts again, its reads
+    ///   resolved to the current locations, running only its pending tasks.
+    fn reconcile(&mut self, job_id: u64, cause: &str) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let max_attempts = job.ember.stage_max_attempts;
+        let incomplete: Vec<usize> = job
+            .stages
+            .iter()
+            .filter(|(_, s)| s.done() < s.tasks.len())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut exhausted = None;
+        for stage in job.graph.stages.values() {
+            let state = job.stages.get_mut(&stage.id).expect("stage exists");
+            let parent_missing = stage.parents.iter().any(|p| incomplete.contains(p));
+            match state.status {
+                StageStatus::Running if parent_missing => {
+                    state.attempt += 1;
+                    state.status = StageStatus::Waiting;
+                    state.plan_bytes = None;
+                    for t in &mut state.tasks {
+                        if matches!(t, TaskState::Running { .. }) {
+                            *t = TaskState::Pending;
+                        }
+                    }
+                    if state.attempt >= max_attempts {
+                        exhausted = Some(stage.id);
+                    }
+                }
+                // Lost some of its own outputs: re-run those tasks once its parents
+                // are done (resolved again, the same attempt).
+                StageStatus::Running | StageStatus::Done if incomplete.contains(&stage.id) => {
+                    state.status = StageStatus::Waiting;
+                }
+                _ => {}
+            }
+        }
+        if let Some(stage) = exhausted {
+            let cause =
+                format!("stage {stage} was attempted {max_attempts} times; last loss: {cause}");
+            return self.fail_job(job_id, EmberError::JobFailed { job: job_id, cause });
+        }
+        self.start_ready_stages(job_id);
     }
 
     fn finish_job(&mut self, job_id: u64) {

@@ -1,13 +1,17 @@
 //! The client end: a session whose jobs run on a driver process.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement};
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::bytes::logical_plan_to_bytes_with_extension_codec;
+use ember_core::EmberConfig;
 use ember_core::convert::read_ipc_stream;
 use ember_core::proto::driver_service_client::DriverServiceClient;
-use ember_core::proto::{ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest};
+use ember_core::proto::{ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest, KeyValue};
 use ember_core::rpc::{AuthChannel, Security};
 use ember_core::task::REQUIRED_DATAFUSION_SETTINGS;
 use ember_core::{EmberError, Result};
@@ -20,6 +24,8 @@ pub(crate) struct RemoteDriver {
     url: String,
     client: DriverServiceClient<AuthChannel>,
     session_id: String,
+    /// Bytes the driver's jobs for this session wrote to the shuffle.
+    shuffle_bytes: AtomicU64,
 }
 
 impl RemoteDriver {
@@ -30,6 +36,7 @@ impl RemoteDriver {
             url: url.to_string(),
             client: security.driver_client(channel),
             session_id: session_id.to_string(),
+            shuffle_bytes: AtomicU64::new(0),
         })
     }
 
@@ -86,6 +93,7 @@ impl RemoteDriver {
         let request = ExecutePlanRequest {
             session_id: self.session_id.clone(),
             logical_plan: bytes.to_vec(),
+            config: changed_settings(ctx),
         };
         let stream = self
             .client
@@ -105,21 +113,28 @@ impl RemoteDriver {
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let mut schema = None;
         let mut batches = vec![];
+        let mut shuffled = 0;
         while let Some(message) = stream.next().await {
             let message = message.map_err(|e| self.error(e))?;
             if message.arrow_ipc.is_empty() {
                 tracing::debug!(job = message.job_id, driver = %self.url, "job started");
                 continue;
             }
+            shuffled = message.shuffle_bytes;
             let (s, b) = read_ipc_stream(&message.arrow_ipc, "a result from the driver")?;
             schema.get_or_insert(s);
             batches.extend(b);
         }
+        self.shuffle_bytes.fetch_add(shuffled, Ordering::Relaxed);
         let schema = schema.ok_or_else(|| EmberError::Remote {
             address: self.url.clone(),
             message: "the result ended before its schema".into(),
         })?;
         Ok((schema, batches))
+    }
+
+    pub(crate) fn shuffle_bytes(&self) -> u64 {
+        self.shuffle_bytes.load(Ordering::Relaxed)
     }
 
     fn error(&self, status: tonic::Status) -> EmberError {
@@ -128,6 +143,26 @@ impl RemoteDriver {
             message: status.message().to_string(),
         }
     }
+}
+
+/// The client's settings that differ from a new session's, except those the driver
+/// decides itself (partitions: its executors' cores).
+fn changed_settings(ctx: &SessionContext) -> Vec<KeyValue> {
+    let defaults: HashMap<String, Option<String>> = SessionConfig::new()
+        .with_option_extension(EmberConfig::default())
+        .options()
+        .entries()
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    ctx.copied_config()
+        .options()
+        .entries()
+        .into_iter()
+        .filter(|e| e.key != "datafusion.execution.target_partitions")
+        .filter(|e| defaults.get(&e.key) != Some(&e.value))
+        .filter_map(|e| e.value.map(|value| KeyValue { key: e.key, value }))
+        .collect()
 }
 
 /// Whether every table `plan` scans is in `information_schema` (and it scans one).

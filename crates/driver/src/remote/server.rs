@@ -6,6 +6,11 @@ use std::sync::{Arc, Weak};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::Transformed;
+use datafusion::datasource::listing::ListingTable;
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::logical_plan_from_bytes_with_extension_codec;
 use ember_core::{EmberError, Result};
@@ -18,6 +23,9 @@ use crate::session::{Session, SessionInner};
 pub(crate) struct DriverClients {
     session: Weak<SessionInner>,
     contexts: Mutex<HashMap<String, SessionContext>>,
+    /// File tables seen in clients' plans, kept so their file listings and statistics
+    /// are read once, not at every query.
+    tables: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
 }
 
 impl DriverClients {
@@ -25,7 +33,41 @@ impl DriverClients {
         DriverClients {
             session: Arc::downgrade(session),
             contexts: Mutex::default(),
+            tables: Mutex::default(),
         }
+    }
+
+    /// `plan` with each file table replaced by the same table seen before, if any.
+    fn reuse_tables(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+        let plan = plan.transform_up_with_subqueries(|node| {
+            let LogicalPlan::TableScan(mut scan) = node else {
+                return Ok(Transformed::no(node));
+            };
+            let Ok(provider) = source_as_provider(&scan.source) else {
+                return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+            };
+            let Some(listing) = provider.downcast_ref::<ListingTable>() else {
+                return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+            };
+            let options = listing.options();
+            let key = format!(
+                "{:?}|{}|{:?}|{:?}|{:?}",
+                listing.table_paths(),
+                options.file_extension,
+                options.format,
+                options.table_partition_cols,
+                listing.schema()
+            );
+            let cached = self
+                .tables
+                .lock()
+                .entry(key)
+                .or_insert_with(|| provider.clone())
+                .clone();
+            scan.source = provider_as_source(cached);
+            Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+        })?;
+        Ok(plan.data)
     }
 
     /// The driver's session and the client's context in it (made on first use).
@@ -86,6 +128,7 @@ impl ClientApi for DriverClients {
                 what: "a client's logical plan",
                 message: e.to_string(),
             })?;
+        let plan = self.reuse_tables(plan)?;
         let schema = SchemaRef::new(plan.schema().as_arrow().clone());
         let batches = session.collect_plan_in(&ctx, &plan).await?;
         Ok((schema, batches))
