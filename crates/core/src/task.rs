@@ -227,7 +227,14 @@ async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result
         });
     }
     if let Some(delay) = ember.injected_delay(id.stage) {
-        tokio::time::sleep(delay).await;
+        // Killable like the task itself would be.
+        let until = Instant::now() + delay;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            if cancel.is_cancelled() {
+                return Err(EmberError::Killed);
+            }
+            tokio::time::sleep(left.min(std::time::Duration::from_millis(50))).await;
+        }
     }
     let functions = env.functions.functions();
     let ctx = Arc::new(TaskContext::new(

@@ -247,6 +247,36 @@ fn a_driver_process_with_a_secret_serves_clients_and_recovers_from_lost_executor
         let log = std::fs::read_to_string(&driver_log).unwrap()[mark..].to_string();
         assert!(log.contains("executor leaving"), "{log}");
         assert!(!log.contains("job failed"), "{log}");
+
+        // A client that stops waiting (Ctrl-C, a dropped future) cancels its job on
+        // the driver, which frees the executors for the next query.
+        client
+            .sql("SET ember.test.delay_tasks = '1:60000'")
+            .await
+            .unwrap();
+        let submitted = count_log(&driver_log, &["job submitted"]);
+        let query = client.sql(&sql).await.unwrap();
+        let job = tokio::spawn(async move { query.collect().await });
+        let log = driver_log.clone();
+        tokio::task::spawn_blocking(move || wait_for_log(&log, &["job submitted"], submitted, 60))
+            .await
+            .unwrap();
+        job.abort();
+        let log = driver_log.clone();
+        tokio::task::spawn_blocking(move || {
+            wait_for_log(&log, &["job failed", "was cancelled"], 0, 30)
+        })
+        .await
+        .unwrap();
+        client.sql("SET ember.test.delay_tasks = ''").await.unwrap();
+        let n = client
+            .sql("SELECT count(*) FROM region")
+            .await
+            .unwrap()
+            .count()
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
     });
 }
 
