@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -20,9 +21,13 @@ use super::codec::EmberLogicalCodec;
 use crate::engine::{ClientApi, is_builtin};
 use crate::session::{Session, SessionInner};
 
+/// A client session unused this long is forgotten (its tables and settings with it).
+const IDLE_SESSION: Duration = Duration::from_secs(24 * 3600);
+
 pub(crate) struct DriverClients {
     session: Weak<SessionInner>,
-    contexts: Mutex<HashMap<String, SessionContext>>,
+    /// Each client's context and when it was last used.
+    contexts: Mutex<HashMap<String, (SessionContext, Instant)>>,
     /// File tables seen in clients' plans, kept so their file listings and statistics
     /// are read once, not at every query.
     tables: Mutex<HashMap<String, Arc<dyn TableProvider>>>,
@@ -82,16 +87,20 @@ impl DriverClients {
             .upgrade()
             .map(Session::from_inner)
             .ok_or_else(|| EmberError::Internal("the driver is shutting down".into()))?;
-        let ctx = self
-            .contexts
-            .lock()
-            .entry(session_id.to_string())
-            .or_insert_with(|| {
-                tracing::info!(session = session_id, "new client session");
-                session.new_client_context(session_id)
-            })
-            .clone();
-        Ok((session, ctx))
+        let mut contexts = self.contexts.lock();
+        contexts.retain(|id, (_, used)| {
+            let keep = used.elapsed() < IDLE_SESSION;
+            if !keep {
+                tracing::info!(session = %id, "client session expired");
+            }
+            keep
+        });
+        let (ctx, used) = contexts.entry(session_id.to_string()).or_insert_with(|| {
+            tracing::info!(session = session_id, "new client session");
+            (session.new_client_context(session_id), Instant::now())
+        });
+        *used = Instant::now();
+        Ok((session, ctx.clone()))
     }
 }
 
