@@ -1,1 +1,42 @@
-//! ember-log: the embedded Kafka-like partitioned log (lands with the log issue).
+//! ember-log: the embedded Kafka-like partitioned log.
+//!
+//! A [`Log`] is a directory of topics; a topic has partitions; a partition is a list
+//! of append-only segment files of Kafka record batches (format v2, CRC-32C checked)
+//! with a sparse offset index and a time index. Offsets are assigned on append;
+//! reads go by offset or by timestamp; old segments go by retention (time or bytes).
+//! After a crash, each segment is checked and cut at its last complete, valid batch.
+//!
+//! ```text
+//!  Producer ─send─▶ batches per partition (Partitioner: KeyHash | RoundRobin |
+//!                   Sticky | Custom) ─append─▶ Partition ─▶ Segment files
+//!  Consumer ─poll─▶ Partition::read(offset) ◀─ assign / subscribe (group: Groups)
+//! ```
+//!
+//! `ember broker` serves the same log over the Kafka protocol (the `broker` module of
+//! the `ember` binary's crate).
+
+pub mod batch;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod group;
+mod log;
+pub mod partition;
+pub mod partitioner;
+pub mod producer;
+mod segment;
+
+pub use config::{CleanupPolicy, Durability, LogConfig, TopicConfig};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
+pub use error::{LogError, Result};
+pub use group::{AssignmentStrategy, Groups, TopicPartition};
+pub use log::{Log, Topic, validate_topic_name};
+pub use partition::{Appended, Fetched, Partition};
+pub use partitioner::{
+    Custom, KeyHash, Partitioner, RoundRobin, Sticky, murmur2, partition_for_key,
+};
+pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use segment::Truncation;
+
+/// Kafka's compression codecs, for [`ProducerConfig::compression`].
+pub use kafka_protocol::records::Compression;

@@ -1,0 +1,300 @@
+//! A `Log`: topics of partitions under one directory.
+//!
+//! ```text
+//! <root>/<topic>/topic.json        partitions and settings
+//! <root>/<topic>/<partition>/      segments (see segment.rs)
+//! <root>/__groups/<group>.json     consumer groups' committed offsets
+//! <root>/producer-ids              the next idempotent producer id
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{LogConfig, TopicConfig};
+use crate::error::{LogError, Result};
+use crate::group::Groups;
+use crate::partition::Partition;
+
+/// A topic: its partitions and settings.
+#[derive(Debug)]
+pub struct Topic {
+    pub name: String,
+    pub config: TopicConfig,
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TopicMeta {
+    partitions: i32,
+    config: TopicConfig,
+}
+
+/// Producer ids are handed out in blocks; the file holds the first id of the next
+/// block, so ids are never reused after a restart.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+pub struct Log {
+    root: PathBuf,
+    config: LogConfig,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    next_producer_id: AtomicI64,
+    producer_id_limit: Mutex<i64>,
+    groups: Groups,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("root", &self.root).finish()
+    }
+}
+
+/// Kafka's rule for topic names.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && !name.starts_with("__")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(LogError::InvalidTopic(format!(
+            "'{name}': use 1 to 249 of a-z A-Z 0-9 . _ -, not starting with __"
+        )))
+    }
+}
+
+impl Log {
+    /// Opens the log at `root` (created if missing), recovering every partition.
+    pub fn open(root: impl AsRef<Path>, config: LogConfig) -> Result<Arc<Log>> {
+        let root = root.as_ref().to_path_buf();
+        std::fs::create_dir_all(&root).map_err(|e| LogError::io(&root, e))?;
+        let mut topics = BTreeMap::new();
+        for entry in std::fs::read_dir(&root).map_err(|e| LogError::io(&root, e))? {
+            let entry = entry.map_err(|e| LogError::io(&root, e))?;
+            let meta_path = entry.path().join("topic.json");
+            if !meta_path.is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta: TopicMeta = serde_json::from_slice(
+                &std::fs::read(&meta_path).map_err(|e| LogError::io(&meta_path, e))?,
+            )
+            .map_err(|e| LogError::Corrupt(format!("{}: {e}", meta_path.display())))?;
+            let topic = open_topic(&root, &name, meta.partitions, meta.config, &config)?;
+            topics.insert(name, Arc::new(topic));
+        }
+        let ids_path = root.join("producer-ids");
+        let next_block = match std::fs::read_to_string(&ids_path) {
+            Ok(s) => s.trim().parse::<i64>().unwrap_or(0),
+            Err(_) => 0,
+        };
+        let groups = Groups::open(&root.join("__groups"))?;
+        let log = Log {
+            root,
+            config,
+            topics: RwLock::new(topics),
+            next_producer_id: AtomicI64::new(next_block),
+            producer_id_limit: Mutex::new(next_block),
+            groups,
+        };
+        Ok(Arc::new(log))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn groups(&self) -> &Groups {
+        &self.groups
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: Option<TopicConfig>,
+    ) -> Result<Arc<Topic>> {
+        validate_topic_name(name)?;
+        if partitions < 1 {
+            return Err(LogError::InvalidConfig(format!(
+                "a topic needs at least one partition, got {partitions}"
+            )));
+        }
+        let mut topics = self.topics.write();
+        if topics.contains_key(name) {
+            return Err(LogError::TopicExists(name.to_string()));
+        }
+        let config = config.unwrap_or_else(|| self.config.topic_defaults.clone());
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
+        let meta = TopicMeta {
+            partitions,
+            config: config.clone(),
+        };
+        write_atomically(
+            &dir.join("topic.json"),
+            &serde_json::to_vec_pretty(&meta).expect("serializable"),
+        )?;
+        let topic = Arc::new(open_topic(
+            &self.root,
+            name,
+            partitions,
+            config,
+            &self.config,
+        )?);
+        topics.insert(name.to_string(), topic.clone());
+        tracing::info!(topic = name, partitions, "topic created");
+        Ok(topic)
+    }
+
+    /// Deletes a topic and its data.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        let removed = self.topics.write().remove(name);
+        if removed.is_none() {
+            return Err(LogError::UnknownTopic(name.to_string()));
+        }
+        let dir = self.root.join(name);
+        std::fs::remove_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))
+    }
+
+    /// The topic, created with the default settings if auto-creation is on.
+    pub fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>> {
+        match self.topic(name) {
+            Err(LogError::UnknownTopic(_)) if self.config.auto_create_topics => {
+                match self.create_topic(name, self.config.default_partitions, None) {
+                    Err(LogError::TopicExists(_)) => self.topic(name),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics.read().values().cloned().collect()
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Result<Arc<Partition>> {
+        let t = self.topic(topic)?;
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| t.partitions.get(p).cloned())
+            .ok_or_else(|| LogError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            })
+    }
+
+    /// A new idempotent producer id, never handed out before by this log.
+    pub fn allocate_producer_id(&self) -> Result<i64> {
+        let id = self.next_producer_id.fetch_add(1, Ordering::SeqCst);
+        let mut limit = self.producer_id_limit.lock();
+        if id >= *limit {
+            let next = (id / PRODUCER_ID_BLOCK + 1) * PRODUCER_ID_BLOCK;
+            write_atomically(&self.root.join("producer-ids"), next.to_string().as_bytes())?;
+            *limit = next;
+        }
+        Ok(id)
+    }
+
+    /// Syncs pending appends and applies retention, once.
+    pub fn maintain(&self) -> Result<()> {
+        let now = SystemTime::now();
+        for topic in self.topics() {
+            for p in &topic.partitions {
+                p.sync()?;
+                p.enforce_retention(now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs [`maintain`](Self::maintain) every `every` on the current runtime.
+    pub fn spawn_maintenance(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let log = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(log) = log.upgrade() else { return };
+                if let Err(e) = tokio::task::spawn_blocking(move || log.maintain())
+                    .await
+                    .unwrap_or(Ok(()))
+                {
+                    tracing::warn!(error = %e, "log maintenance failed");
+                }
+            }
+        })
+    }
+
+    /// Syncs every partition (on shutdown).
+    pub fn sync(&self) -> Result<()> {
+        for topic in self.topics() {
+            for p in &topic.partitions {
+                p.sync()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_topic(
+    root: &Path,
+    name: &str,
+    partitions: i32,
+    config: TopicConfig,
+    log: &LogConfig,
+) -> Result<Topic> {
+    let partitions = (0..partitions)
+        .map(|p| {
+            Partition::open(
+                name,
+                p,
+                &root.join(name).join(p.to_string()),
+                config.clone(),
+                log.durability,
+            )
+            .map(Arc::new)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Topic {
+        name: name.to_string(),
+        config,
+        partitions,
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that a crash
+/// leaves the old content or the new, never a mix.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| LogError::io(&tmp, e))?;
+    file.sync_all().map_err(|e| LogError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| LogError::io(path, e))
+}
