@@ -6,6 +6,7 @@
 //! stderr.
 
 mod bench;
+mod broker;
 mod datagen;
 mod driver;
 mod executor;
@@ -51,6 +52,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Print the `ember.*` configuration keys as a Markdown table.
     Config,
+    /// Serve the embedded log over the Kafka protocol.
+    Broker(broker::BrokerArgs),
     /// Run a cluster's driver: executors register with it, clients send it queries.
     Driver(driver::DriverArgs),
     /// Run an executor process that registers with a driver and runs its tasks.
@@ -103,6 +106,9 @@ fn run(command: Command) -> Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Bench(command) => engine
             .block_on(bench::run(command))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Broker(args) => engine
+            .block_on(broker::run(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Driver(args) => engine
             .block_on(driver::run(args))

@@ -12,10 +12,10 @@
 //!  Consumer ─poll─▶ Partition::read(offset) ◀─ assign / subscribe (group: Groups)
 //! ```
 //!
-//! `ember broker` serves the same log over the Kafka protocol (the `broker` module of
-//! the `ember` binary's crate).
+//! [`broker`] serves the same log over the Kafka protocol (`ember broker`).
 
 pub mod batch;
+pub mod broker;
 pub mod config;
 pub mod consumer;
 pub mod error;

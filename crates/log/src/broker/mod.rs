@@ -1,0 +1,267 @@
+//! `ember broker`: the log over the Kafka wire protocol, so Kafka clients and tools
+//! (librdkafka, kcat, rskafka, ...) work against it.
+//!
+//! Each connection is served by one task, one request at a time in order (a group
+//! join waits inside it, as Kafka mutes the channel). Requests and responses are
+//! decoded and encoded by the `kafka-protocol` crate; record batches go to and from
+//! the log as they are. A frame that cannot be a Kafka request closes its connection,
+//! with a log line; other connections go on.
+
+mod coordinator;
+mod handlers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::error::{LogError, Result};
+use crate::log::Log;
+
+pub use coordinator::Coordinator;
+
+/// Largest request frame accepted.
+const MAX_FRAME: usize = 128 << 20;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub bind: SocketAddr,
+    /// The host clients are told to connect to (default: the bound address).
+    pub advertised_host: Option<String>,
+    pub node_id: i32,
+    pub cluster_id: String,
+}
+
+impl BrokerConfig {
+    pub fn new(bind: SocketAddr) -> Self {
+        BrokerConfig {
+            bind,
+            advertised_host: None,
+            node_id: 0,
+            cluster_id: "ember".into(),
+        }
+    }
+}
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub log: Arc<Log>,
+    pub coordinator: Arc<Coordinator>,
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub cluster_id: String,
+}
+
+/// A running broker; [`stop`](Self::stop) ends it.
+pub struct Broker {
+    pub address: SocketAddr,
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Broker {
+    /// Binds and starts serving `log`.
+    pub async fn start(log: Arc<Log>, config: BrokerConfig) -> Result<Broker> {
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|e| LogError::io(config.bind.to_string(), e))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| LogError::io(config.bind.to_string(), e))?;
+        let coordinator = Coordinator::start();
+        let shared = Arc::new(Shared {
+            log,
+            coordinator,
+            node_id: config.node_id,
+            host: config
+                .advertised_host
+                .clone()
+                .unwrap_or_else(|| address.ip().to_string()),
+            port: address.port() as i32,
+            cluster_id: config.cluster_id.clone(),
+        });
+        let stop = Arc::new(Notify::new());
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped.notified() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            tokio::spawn(serve_connection(shared.clone(), stream, peer));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepting a connection failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    },
+                }
+            }
+        });
+        tracing::info!(%address, "broker listening");
+        Ok(Broker {
+            address,
+            stop,
+            task,
+        })
+    }
+
+    pub fn stop(&self) {
+        self.stop.notify_waiters();
+        self.task.abort();
+    }
+
+    /// Waits until the broker stops.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    match connection(&shared, &mut stream).await {
+        Ok(()) => tracing::debug!(%peer, "connection closed"),
+        Err(Closed::ByPeer(why)) => tracing::debug!(%peer, reason = %why, "connection lost"),
+        Err(Closed::Refused(why)) => tracing::warn!(%peer, reason = %why, "closing the connection"),
+    }
+}
+
+/// Why a connection ended early.
+enum Closed {
+    /// The client went away (reset, broken pipe): nothing to report.
+    ByPeer(String),
+    /// This broker closed it: a bad frame, a request it cannot serve.
+    Refused(String),
+}
+
+impl From<String> for Closed {
+    fn from(s: String) -> Self {
+        Closed::Refused(s)
+    }
+}
+
+fn io_closed(what: &str, e: std::io::Error) -> Closed {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof => {
+            Closed::ByPeer(format!("{what}: {e}"))
+        }
+        _ => Closed::Refused(format!("{what}: {e}")),
+    }
+}
+
+/// Serves requests until the peer closes; an error says why the connection ends.
+async fn connection(shared: &Shared, stream: &mut TcpStream) -> std::result::Result<(), Closed> {
+    let mut len = [0u8; 4];
+    loop {
+        match stream.read_exact(&mut len).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(io_closed("reading", e)),
+        }
+        let size = i32::from_be_bytes(len);
+        if size < 8 || size as usize > MAX_FRAME {
+            return Err(Closed::Refused(format!(
+                "garbage: a frame of {size} bytes is no Kafka request (bytes {len:02x?})"
+            )));
+        }
+        let mut frame = vec![0u8; size as usize];
+        stream
+            .read_exact(&mut frame)
+            .await
+            .map_err(|e| io_closed(&format!("reading a {size}-byte request"), e))?;
+        let reply = handle_frame(shared, Bytes::from(frame)).await?;
+        if let Some(reply) = reply {
+            stream
+                .write_all(&reply)
+                .await
+                .map_err(|e| io_closed("writing a response", e))?;
+        }
+    }
+}
+
+/// Decodes one request, runs it, and encodes the response (none for acks=0 produce).
+async fn handle_frame(
+    shared: &Shared,
+    mut frame: Bytes,
+) -> std::result::Result<Option<BytesMut>, String> {
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(api) = ApiKey::try_from(key) else {
+        return Err(format!("garbage: unknown API key {key}"));
+    };
+    let supported = handlers::supported(api);
+    let in_range = supported.is_some_and(|(min, max)| version >= min && version <= max);
+    if api == ApiKey::ApiVersions && !in_range {
+        // Kafka's answer to a newer ApiVersions: a v0 response with the error and the
+        // versions this broker has, so that the client retries with one of them.
+        let response = handlers::api_versions(35);
+        return encode(api, 0, correlation_id, response.into()).map(Some);
+    }
+    if !in_range {
+        tracing::warn!(api = ?api, version, "unsupported request");
+        return match handlers::unsupported(api) {
+            Some(response) => {
+                let version = version.clamp(api.valid_versions().min, api.valid_versions().max);
+                encode(api, version, correlation_id, response).map(Some)
+            }
+            None => Err(format!("unsupported request {api:?} v{version}")),
+        };
+    }
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| format!("garbage: a bad {api:?} v{version} request header: {e}"))?;
+    let request = RequestKind::decode(api, &mut frame, version)
+        .map_err(|e| format!("garbage: a bad {api:?} v{version} request: {e}"))?;
+    let response = handlers::handle(shared, &header, request, version).await;
+    match response {
+        Some(r) => encode(api, version, header.correlation_id, r).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn encode(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: ResponseKind,
+) -> std::result::Result<BytesMut, String> {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_i32(0);
+    let header_version = if api == ApiKey::ApiVersions {
+        0
+    } else {
+        api.response_header_version(version)
+    };
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut out, header_version)
+        .map_err(|e| format!("encoding a {api:?} response header: {e}"))?;
+    response
+        .encode(&mut out, version)
+        .map_err(|e| format!("encoding a {api:?} v{version} response: {e}"))?;
+    let len = (out.len() - 4) as i32;
+    (&mut out[..4]).put_i32(len);
+    Ok(out)
+}
+
+/// Splits produced records into their batches.
+pub(crate) fn batches(mut records: Bytes) -> Vec<Bytes> {
+    let mut out = vec![];
+    while let Some(size) = crate::batch::BatchHeader::size_of(&records) {
+        if size > records.len() || size < crate::batch::LOG_OVERHEAD {
+            break;
+        }
+        out.push(records.split_to(size));
+    }
+    if records.has_remaining() {
+        out.push(records);
+    }
+    out
+}
