@@ -462,11 +462,11 @@ impl Coordinator {
         if !g.members.contains_key(member) {
             return Err(UNKNOWN_MEMBER_ID);
         }
+        // A member of the current generation still owns its partitions while a
+        // rebalance gathers the members: its commits stand (they come before any
+        // other member can read those partitions in the next generation).
         if generation != g.generation {
             return Err(ILLEGAL_GENERATION);
-        }
-        if g.state == State::Joining {
-            return Err(REBALANCE_IN_PROGRESS);
         }
         Ok(())
     }
