@@ -213,3 +213,158 @@ fn a_kcat_group_of_two_splits_the_partitions_and_resumes_after_a_restart() {
     let c = member_output(group_member(&broker, "readers", "shared"));
     assert_eq!(c.len(), 2000, "only the new records");
 }
+
+#[test]
+fn an_acknowledged_message_survives_a_broker_kill_once_and_in_order() {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut broker = start_broker(&data, port, &["--default-partitions", "3"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let total = 20_000u32;
+    let acked = runtime.block_on(async {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "60000")
+            .set("partitioner", "murmur2_random")
+            .create()
+            .unwrap();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut deliveries = Vec::new();
+        for i in 0..total {
+            let key = format!("k{}", i % 30);
+            let value = format!("{i}");
+            let record = FutureRecord::to("crash").key(&key).payload(&value);
+            let delivery = producer.send_result(record).expect("queued");
+            let counter = sent.clone();
+            deliveries.push(tokio::spawn(async move {
+                let outcome = delivery.await.expect("delivery reported");
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                outcome.ok().map(|_| i)
+            }));
+            if i == total / 4 {
+                // Let some acknowledgements arrive, then kill the broker mid-stream.
+                while sent.load(std::sync::atomic::Ordering::Relaxed) < 1000 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                broker.child.kill().unwrap();
+                broker.child.wait().unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                broker = start_broker(&data, port, &["--default-partitions", "3"]);
+            }
+        }
+        let mut acked = vec![];
+        for d in deliveries {
+            if let Some(i) = d.await.unwrap() {
+                acked.push(i);
+            }
+        }
+        acked
+    });
+    assert!(
+        acked.len() as u32 > total / 2,
+        "{} acknowledged",
+        acked.len()
+    );
+    let out = kcat()
+        .args(["-C", "-b", &bootstrap(&broker), "-t", "crash", "-e", "-q"])
+        .args(["-o", "beginning", "-f", "%k %s\n"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut last_per_key: BTreeMap<String, u32> = BTreeMap::new();
+    for line in text.lines() {
+        let (key, value) = line.split_once(' ').unwrap();
+        let n: u32 = value.parse().unwrap();
+        assert!(seen.insert(n), "message {n} is there twice");
+        if let Some(prev) = last_per_key.insert(key.to_string(), n) {
+            assert!(prev < n, "{key}: {n} after {prev}");
+        }
+    }
+    for i in &acked {
+        assert!(seen.contains(i), "acknowledged message {i} is missing");
+    }
+}
+
+/// Sends one framed request and returns the response frame (without its size).
+fn roundtrip(conn: &mut std::net::TcpStream, frame: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    conn.write_all(&(frame.len() as i32).to_be_bytes())?;
+    conn.write_all(frame)?;
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len)?;
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut body)?;
+    Ok(body)
+}
+
+#[test]
+fn garbage_closes_only_its_connection_and_unsupported_requests_get_an_error_code() {
+    use kafka_protocol::messages::{
+        ApiKey, RequestHeader, ResponseHeader, SaslHandshakeRequest, SaslHandshakeResponse,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&dir.path().join("data"), free_port(), &[]);
+    let address = ("127.0.0.1", broker.port);
+    // Garbage: the broker closes the connection (read returns 0 or an error).
+    let mut bad = std::net::TcpStream::connect(address).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    bad.write_all(b"\xff\xff\xff\x7fnot kafka at all").unwrap();
+    let mut buf = [0u8; 16];
+    let closed = matches!(std::io::Read::read(&mut bad, &mut buf), Ok(0) | Err(_));
+    assert!(closed, "the garbage connection was closed");
+
+    // A request the broker does not serve (SASL) gets Kafka's error code.
+    let mut conn = std::net::TcpStream::connect(address).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut frame = bytes::BytesMut::new();
+    let version = 1;
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::SaslHandshake as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(7)
+        .with_client_id(Some(StrBytes::from_static_str("test")))
+        .encode(
+            &mut frame,
+            ApiKey::SaslHandshake.request_header_version(version),
+        )
+        .unwrap();
+    SaslHandshakeRequest::default()
+        .with_mechanism(StrBytes::from_static_str("PLAIN"))
+        .encode(&mut frame, version)
+        .unwrap();
+    let mut body = bytes::Bytes::from(roundtrip(&mut conn, &frame).unwrap());
+    let header = ResponseHeader::decode(
+        &mut body,
+        ApiKey::SaslHandshake.response_header_version(version),
+    )
+    .unwrap();
+    assert_eq!(header.correlation_id, 7);
+    let response = SaslHandshakeResponse::decode(&mut body, version).unwrap();
+    assert_eq!(response.error_code, 33, "UNSUPPORTED_SASL_MECHANISM");
+
+    // Other connections were never affected.
+    kcat_produce(&broker, "fine", "a:1\n");
+    let out = kcat()
+        .args(["-C", "-b", &bootstrap(&broker), "-t", "fine", "-e", "-q"])
+        .args(["-o", "beginning", "-f", "%s\n"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+    let log = std::fs::read_to_string(dir.path().join("data.log")).unwrap();
+    assert!(log.contains("garbage"), "{log}");
+}
