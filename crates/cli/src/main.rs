@@ -10,6 +10,7 @@ mod broker;
 mod datagen;
 mod driver;
 mod executor;
+mod kafka_tools;
 mod output;
 mod progress;
 mod security;
@@ -54,6 +55,12 @@ enum Command {
     Config,
     /// Serve the embedded log over the Kafka protocol.
     Broker(broker::BrokerArgs),
+    /// Create, list, describe and delete topics of a Kafka-protocol broker.
+    Topics(kafka_tools::TopicsArgs),
+    /// Send stdin's lines to a topic, one record per line.
+    Produce(kafka_tools::ProduceArgs),
+    /// Print a topic's records, one per line.
+    Consume(kafka_tools::ConsumeArgs),
     /// Run a cluster's driver: executors register with it, clients send it queries.
     Driver(driver::DriverArgs),
     /// Run an executor process that registers with a driver and runs its tasks.
@@ -109,6 +116,15 @@ fn run(command: Command) -> Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Broker(args) => engine
             .block_on(broker::run(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Topics(args) => engine
+            .block_on(kafka_tools::topics(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Produce(args) => engine
+            .block_on(kafka_tools::produce(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Consume(args) => engine
+            .block_on(kafka_tools::consume(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Driver(args) => engine
             .block_on(driver::run(args))

@@ -368,3 +368,86 @@ fn garbage_closes_only_its_connection_and_unsupported_requests_get_an_error_code
     let log = std::fs::read_to_string(dir.path().join("data.log")).unwrap();
     assert!(log.contains("garbage"), "{log}");
 }
+
+fn ember_tool(args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_console_tools_create_describe_produce_consume_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = start_broker(&data, free_port(), &["--auto-create-topics", "false"]);
+    let server = bootstrap(&broker);
+    let tool = |args: &[&str], stdin: &str| {
+        let mut all = vec![args[0], "--bootstrap-server", &server];
+        all.extend_from_slice(&args[1..]);
+        let out = ember_tool(&all, stdin);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    tool(
+        &[
+            "topics",
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "--config",
+            "retention.ms=60000",
+        ],
+        "",
+    );
+    let meta = std::fs::read_to_string(data.join("orders/topic.json")).unwrap();
+    assert!(meta.contains("\"retention_ms\": 60000"), "{meta}");
+    assert_eq!(tool(&["topics", "list"], ""), "orders\n");
+    let lines: String = (0..30)
+        .map(|i| format!("user{}:order-{i}\n", i % 4))
+        .collect();
+    tool(
+        &["produce", "--topic", "orders", "--key-separator", ":"],
+        &lines,
+    );
+    let described = tool(&["topics", "describe", "orders"], "");
+    assert!(described.contains("partitions 3"), "{described}");
+    let consumed = tool(
+        &[
+            "consume",
+            "--topic",
+            "orders",
+            "--from-beginning",
+            "--exit-at-end",
+            "--print-key",
+            "--key-separator",
+            ":",
+        ],
+        "",
+    );
+    let mut got: Vec<&str> = consumed.lines().collect();
+    let mut sent: Vec<&str> = lines.lines().collect();
+    got.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(got, sent);
+    // Without auto-creation, producing to a missing topic is an error.
+    let out = ember_tool(
+        &["produce", "--bootstrap-server", &server, "--topic", "nope"],
+        "x\n",
+    );
+    assert!(!out.status.success());
+    tool(&["topics", "delete", "orders"], "");
+    assert_eq!(tool(&["topics", "list"], ""), "");
+    assert!(!data.join("orders").exists());
+}
