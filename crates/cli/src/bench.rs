@@ -23,6 +23,8 @@ use crate::output::one_line;
 pub enum BenchCommand {
     /// TPC-H queries, ember against DataFusion.
     Tpch(TpchArgs),
+    /// The embedded log: in-process and wire throughput.
+    Log(crate::bench_log::LogBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +108,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        BenchCommand::Log(args) => crate::bench_log::run(args).await,
     }
 }
 

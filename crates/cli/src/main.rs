@@ -6,6 +6,7 @@
 //! stderr.
 
 mod bench;
+mod bench_log;
 mod broker;
 mod datagen;
 mod driver;
