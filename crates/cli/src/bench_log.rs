@@ -5,7 +5,7 @@
 //!   and the `Consumer` (reading, decoding), for 100-byte and 1 KiB values.
 //! - Over the wire: an `ember broker` on 127.0.0.1 in this process, and a client
 //!   that sends Produce requests of ready-made 1 MiB batches (acks=1) and Fetch
-//!   requests of up to 32 MiB, without decoding the records: the broker's side of
+//!   requests of up to 8 MiB, without decoding the records: the broker's side of
 //!   the work, which is what a batching client asks of it.
 
 use std::io::{Read, Write};
@@ -262,7 +262,7 @@ async fn wire(log: &Arc<Log>, total: usize) -> Result<Wire> {
                 .with_replica_id(kafka_protocol::messages::BrokerId(-1))
                 .with_max_wait_ms(500)
                 .with_min_bytes(1)
-                .with_max_bytes(32 << 20)
+                .with_max_bytes(8 << 20)
                 .with_topics(vec![
                     FetchTopic::default()
                         .with_topic(name.clone())
@@ -270,7 +270,7 @@ async fn wire(log: &Arc<Log>, total: usize) -> Result<Wire> {
                             FetchPartition::default()
                                 .with_partition(0)
                                 .with_fetch_offset(offset)
-                                .with_partition_max_bytes(32 << 20),
+                                .with_partition_max_bytes(8 << 20),
                         ]),
                 ]);
             let mut reply = call(&mut conn, ApiKey::Fetch, 11, request)?;

@@ -232,7 +232,18 @@ fn encode(
     correlation_id: i32,
     response: ResponseKind,
 ) -> std::result::Result<BytesMut, String> {
-    let mut out = BytesMut::with_capacity(256);
+    // Sized for the records a fetch carries, so that encoding does not regrow the
+    // buffer (and copy the records) again and again.
+    let records: usize = match &response {
+        ResponseKind::Fetch(f) => f
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+            .sum(),
+        _ => 0,
+    };
+    let mut out = BytesMut::with_capacity(256 + records + records / 64);
     out.put_i32(0);
     let header_version = if api == ApiKey::ApiVersions {
         0
