@@ -7,6 +7,15 @@ use std::process::{Command, Output, Stdio};
 mod broker;
 mod cluster;
 
+/// A port free on 127.0.0.1 now (the process given it binds it right away).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn ember(args: &[&str]) -> Output {
     run_ember(args, None)
 }

@@ -255,8 +255,7 @@ impl Consumer {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let changed = futures_any(watches);
-            let _ = tokio::time::timeout(wait, changed).await;
+            crate::partition::wait_for_append(watches, wait).await;
         }
     }
 
@@ -363,26 +362,5 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.leave();
-    }
-}
-
-/// Resolves when any of the watches sees a change.
-async fn futures_any(watches: Vec<tokio::sync::watch::Receiver<i64>>) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let tasks: Vec<_> = watches
-        .into_iter()
-        .map(|mut w| {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if w.changed().await.is_ok() {
-                    let _ = tx.send(()).await;
-                }
-            })
-        })
-        .collect();
-    drop(tx);
-    let _ = rx.recv().await;
-    for t in tasks {
-        t.abort();
     }
 }

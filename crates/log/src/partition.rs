@@ -445,6 +445,27 @@ impl Partition {
     }
 }
 
+/// Waits until any of the partitions' end offsets moves (an append), at most `limit`.
+pub(crate) async fn wait_for_append(watches: Vec<watch::Receiver<i64>>, limit: Duration) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let waiters: Vec<_> = watches
+        .into_iter()
+        .map(|mut w| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if w.changed().await.is_ok() {
+                    let _ = tx.send(()).await;
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let _ = tokio::time::timeout(limit, rx.recv()).await;
+    for w in waiters {
+        w.abort();
+    }
+}
+
 fn report(t: &Truncation, first_dropped_offset: i64) {
     tracing::warn!(
         file = %t.file.display(),

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::free_port;
+
 /// An `ember broker` process, killed when dropped.
 struct BrokerProcess {
     child: Child,
@@ -18,14 +20,6 @@ impl Drop for BrokerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_broker(data: &Path, port: u16, extra: &[&str]) -> BrokerProcess {
@@ -450,4 +444,37 @@ fn the_console_tools_create_describe_produce_consume_and_delete() {
     tool(&["topics", "delete", "orders"], "");
     assert_eq!(tool(&["topics", "list"], ""), "");
     assert!(!data.join("orders").exists());
+}
+
+#[test]
+fn a_segment_damaged_while_the_broker_was_down_is_cut_back_and_the_log_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let broker = start_broker(&data, port, &[]);
+    let lines: String = (0..500).map(|i| format!("k{i}:v{i}\n")).collect();
+    kcat_produce(&broker, "fragile", &lines);
+    drop(broker); // SIGKILL
+    let segment = data.join("fragile/0/00000000000000000000.log");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all(b"\x00\x00\x00\x00\x00\x00\x01\xf4\x00\x00\x00\x40torn write")
+        .unwrap();
+    drop(file);
+    let broker = start_broker(&data, port, &[]);
+    let out = kcat()
+        .args(["-C", "-b", &bootstrap(&broker), "-t", "fragile", "-e", "-q"])
+        .args(["-o", "beginning", "-f", "%s\n"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 500);
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("recovered a segment"))
+        .unwrap_or_else(|| panic!("no recovery line in:\n{log}"));
+    assert!(line.contains("00000000000000000000.log"), "{line}");
+    assert!(line.contains("first_dropped_offset=500"), "{line}");
 }

@@ -5,16 +5,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ember_core::rpc::Security;
+use super::free_port;
 
-/// A port free on 127.0.0.1 now (the process given it binds it right away).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use ember_core::rpc::Security;
 
 /// Waits until `path` has more than `before` lines matching every one of `needles`.
 fn wait_for_log(path: &Path, needles: &[&str], before: usize, secs: u64) -> usize {

@@ -313,23 +313,7 @@ async fn fetch(shared: &Shared, r: FetchRequest) -> FetchResponse {
             return response;
         }
         // Long poll: wait for an append to any partition asked for.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let waiters: Vec<_> = watches
-            .into_iter()
-            .map(|mut w| {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    if w.changed().await.is_ok() {
-                        let _ = tx.send(()).await;
-                    }
-                })
-            })
-            .collect();
-        drop(tx);
-        let _ = tokio::time::timeout(deadline - now, rx.recv()).await;
-        for w in waiters {
-            w.abort();
-        }
+        crate::partition::wait_for_append(watches, deadline - now).await;
     }
 }
 
