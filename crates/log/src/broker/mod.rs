@@ -118,9 +118,11 @@ impl Broker {
         self.task.abort();
     }
 
-    /// Waits until the broker stops.
-    pub async fn wait(self) {
-        let _ = self.task.await;
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
