@@ -13,6 +13,7 @@ mod engine;
 mod map_batches;
 mod remote;
 mod session;
+pub mod stream;
 pub mod tpch;
 
 pub use dataframe::{

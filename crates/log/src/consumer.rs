@@ -280,33 +280,8 @@ impl Consumer {
                 }
                 Err(e) => return Err(e),
             };
-            let mut next = position;
-            let mut buf = fetched.records;
-            while !buf.is_empty() {
-                let set = RecordBatchDecoder::decode(&mut buf)
-                    .map_err(|e| LogError::Corrupt(format!("decoding {}-{}: {e}", tp.0, tp.1)))?;
-                for r in set.records {
-                    if r.control || r.offset < position {
-                        next = next.max(r.offset + 1);
-                        continue;
-                    }
-                    next = r.offset + 1;
-                    self.buffered.push_back(ConsumerRecord {
-                        topic: tp.0.clone(),
-                        partition: tp.1,
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        log_append_time: r.timestamp_type == TimestampType::LogAppend,
-                        key: r.key,
-                        value: r.value,
-                        headers: r
-                            .headers
-                            .into_iter()
-                            .map(|(k, v)| (k.to_string(), v))
-                            .collect(),
-                    });
-                }
-            }
+            let (records, next) = decode_records(fetched.records, &tp, position, i64::MAX)?;
+            self.buffered.extend(records);
             self.positions.insert(tp, next);
             if self.buffered.len() >= self.config.max_poll_records {
                 self.turn = (self.turn + i + 1) % n;
@@ -363,4 +338,72 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         self.leave();
     }
+}
+
+/// The records of `bytes` (whole batches of `tp`) with offsets in `from..to`, and the
+/// offset after the last record seen (control records and earlier ones are skipped).
+fn decode_records(
+    mut bytes: bytes::Bytes,
+    tp: &TopicPartition,
+    from: i64,
+    to: i64,
+) -> Result<(Vec<ConsumerRecord>, i64)> {
+    let mut out = vec![];
+    let mut next = from;
+    while !bytes.is_empty() {
+        let set = RecordBatchDecoder::decode(&mut bytes)
+            .map_err(|e| LogError::Corrupt(format!("decoding {}-{}: {e}", tp.0, tp.1)))?;
+        for r in set.records {
+            if r.offset >= to {
+                return Ok((out, next));
+            }
+            next = next.max(r.offset + 1);
+            if r.control || r.offset < from {
+                continue;
+            }
+            out.push(ConsumerRecord {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                log_append_time: r.timestamp_type == TimestampType::LogAppend,
+                key: r.key,
+                value: r.value,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            });
+        }
+    }
+    Ok((out, next))
+}
+
+/// Every record of a partition with an offset in `from..to` (a fixed range: what a
+/// streaming micro-batch reads).
+pub fn read_range(
+    log: &Log,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+) -> Result<Vec<ConsumerRecord>> {
+    let p = log.partition(topic, partition)?;
+    let tp = (topic.to_string(), partition);
+    let mut out = vec![];
+    let mut position = from;
+    while position < to {
+        let fetched = p.read(position, 4 << 20)?;
+        if fetched.records.is_empty() {
+            break;
+        }
+        let (records, next) = decode_records(fetched.records, &tp, position, to)?;
+        out.extend(records);
+        if next <= position {
+            break;
+        }
+        position = next;
+    }
+    Ok(out)
 }

@@ -27,7 +27,7 @@ pub mod producer;
 mod segment;
 
 pub use config::{CleanupPolicy, Durability, LogConfig, TopicConfig};
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, read_range};
 pub use error::{LogError, Result};
 pub use group::{AssignmentStrategy, Groups, TopicPartition};
 pub use log::{Log, Topic, validate_topic_name};

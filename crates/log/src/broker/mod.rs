@@ -117,7 +117,6 @@ impl Broker {
         self.stop.notify_waiters();
         self.task.abort();
     }
-
 }
 
 impl Drop for Broker {

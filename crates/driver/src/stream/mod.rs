@@ -1,0 +1,105 @@
+//! Micro-batch streaming (DESIGN.md §5): a streaming DataFrame reads a source such as
+//! the embedded log; `write_stream().start()` runs it batch after batch.
+//!
+//! ```text
+//!  latest offsets ─▶ offsets/<n> written ─▶ read [start, end) ─▶ the query's plan over
+//!  those rows ─▶ sink (batch n) ─▶ commits/<n> written ─▶ next batch from end
+//!  restart: offsets/<n> without commits/<n> ─▶ batch n again, same ranges
+//! ```
+//!
+//! A streaming DataFrame is an ordinary one whose plan scans a [`StreamTable`]; every
+//! stateless operator and SQL over it works, joins with static tables included. Each
+//! batch replaces that scan with the batch's rows and runs the plan as a job.
+//! Not yet here: stateful operators (aggregations with watermarks, windows,
+//! deduplication, stream-stream joins), the Kafka, rate and file sources, and the
+//! file and log sinks.
+
+mod checkpoint;
+mod query;
+mod sink;
+mod source;
+
+use std::sync::Arc;
+
+use datafusion::catalog::{Session as CatalogSession, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+use ember_core::Result;
+use ember_log::Log;
+
+pub use query::{
+    DataStreamWriter, Durations, OutputMode, Progress, SinkProgress, SourceProgress, Status,
+    StreamingQuery, Trigger,
+};
+pub use sink::Sink;
+pub use source::{LogSource, Offsets, Source, StartingOffsets, kafka_schema};
+
+use crate::dataframe::DataFrame;
+use crate::session::Session;
+
+/// The stand-in for a stream in a plan: each micro-batch swaps it for its rows.
+#[derive(Debug)]
+pub struct StreamTable {
+    pub(crate) source: Arc<dyn Source>,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.source.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn CatalogSession,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Err(DataFusionError::Plan(format!(
+            "{} is a stream: run it with write_stream().start()",
+            self.source.describe()
+        )))
+    }
+}
+
+/// `session.read_stream()`: where a streaming DataFrame reads from.
+pub struct DataStreamReader {
+    session: Session,
+}
+
+impl Session {
+    pub fn read_stream(&self) -> DataStreamReader {
+        DataStreamReader {
+            session: self.clone(),
+        }
+    }
+}
+
+impl DataStreamReader {
+    /// The embedded log's `topics`, from the earliest offsets.
+    pub fn log(self, log: Arc<Log>, topics: &[&str]) -> Result<DataFrame> {
+        let topics = topics.iter().map(|t| t.to_string()).collect();
+        self.source(Arc::new(LogSource::new(log, topics)))
+    }
+
+    /// Any source (for example a configured [`LogSource`]).
+    pub fn source(self, source: Arc<dyn Source>) -> Result<DataFrame> {
+        let name = source.describe();
+        let table = Arc::new(StreamTable { source });
+        let plan = LogicalPlanBuilder::scan(
+            name,
+            datafusion::datasource::provider_as_source(table),
+            None,
+        )?
+        .build()?;
+        let df = datafusion::dataframe::DataFrame::new(self.session.context().state(), plan);
+        Ok(DataFrame::new(self.session.clone(), df))
+    }
+}

@@ -1,0 +1,593 @@
+//! Starting a streaming query, its micro-batch loop, and its handle.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemTable;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::logical_expr::LogicalPlan;
+use ember_core::{EmberError, Result};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::StreamTable;
+use super::checkpoint::{BatchRange, Checkpoint};
+use super::sink::{ConsoleSink, ForeachBatchSink, MemorySink, Sink};
+use super::source::{Offsets, Source};
+use crate::dataframe::DataFrame;
+
+/// When the next micro-batch starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A batch every interval (sooner batches wait; a slow one is followed at once).
+    ProcessingTime(Duration),
+    /// One batch of what is there, then stop.
+    Once,
+    /// Everything there when the query starts, in batches, then stop.
+    AvailableNow,
+}
+
+/// Which rows a batch hands to the sink (Spark's output modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    Append,
+    Update,
+    Complete,
+}
+
+/// One batch's progress report, like Spark's `StreamingQueryProgress`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub id: String,
+    pub run_id: String,
+    pub name: Option<String>,
+    pub batch_id: u64,
+    /// When the batch was planned, ms since the epoch.
+    pub timestamp_ms: i64,
+    pub num_input_rows: i64,
+    pub input_rows_per_second: f64,
+    pub processed_rows_per_second: f64,
+    pub duration_ms: Durations,
+    pub source: SourceProgress,
+    pub sink: SinkProgress,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Durations {
+    pub latest_offset: u64,
+    pub wal_commit: u64,
+    pub add_batch: u64,
+    pub commit_offsets: u64,
+    pub trigger_execution: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceProgress {
+    pub description: String,
+    pub start_offset: Offsets,
+    pub end_offset: Offsets,
+    pub num_input_rows: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkProgress {
+    pub description: String,
+    pub num_output_rows: usize,
+}
+
+/// What a query is doing now.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub message: String,
+    pub is_trigger_active: bool,
+    pub is_data_available: bool,
+}
+
+/// Configures and starts a streaming query: `df.write_stream()`.
+pub struct DataStreamWriter {
+    df: DataFrame,
+    sink: Option<Arc<dyn Sink>>,
+    /// The memory sink takes the query's name, known at `start()`.
+    memory: bool,
+    mode: OutputMode,
+    trigger: Trigger,
+    checkpoint: Option<PathBuf>,
+    name: Option<String>,
+}
+
+impl DataFrame {
+    /// Starts describing where this streaming DataFrame's results go.
+    pub fn write_stream(&self) -> DataStreamWriter {
+        DataStreamWriter {
+            df: self.clone(),
+            sink: None,
+            memory: false,
+            mode: OutputMode::Append,
+            trigger: Trigger::ProcessingTime(Duration::ZERO),
+            checkpoint: None,
+            name: None,
+        }
+    }
+}
+
+impl DataStreamWriter {
+    /// A table in the session named after the query (`query_name`, default
+    /// `stream`), for SQL.
+    pub fn memory(mut self) -> Self {
+        self.memory = true;
+        self.sink = None;
+        self
+    }
+
+    pub fn console(mut self) -> Self {
+        self.memory = false;
+        self.sink = Some(Arc::new(ConsoleSink));
+        self
+    }
+
+    /// Hands each batch to `f` as a DataFrame, with its batch id.
+    pub fn foreach_batch<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(DataFrame, u64) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        self.memory = false;
+        self.sink = Some(Arc::new(ForeachBatchSink::new(
+            self.df.session().clone(),
+            f,
+        )));
+        self
+    }
+
+    pub fn output_mode(mut self, mode: OutputMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+
+    /// The checkpoint directory: where progress survives restarts (required).
+    pub fn checkpoint(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.checkpoint = Some(dir.into());
+        self
+    }
+
+    pub fn query_name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Checks the query and starts its micro-batch loop.
+    pub async fn start(self) -> Result<StreamingQuery> {
+        let plan = self.df.logical_plan().clone();
+        let source = stream_source(&plan)?;
+        let aggregates = plan.exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(_))))?;
+        if aggregates {
+            return Err(EmberError::NotSupported(
+                "aggregations over a stream (state across batches) are not available yet; aggregate each batch in foreach_batch".into(),
+            ));
+        }
+        if self.mode == OutputMode::Complete {
+            return Err(EmberError::Config(
+                "Complete output mode needs a streaming aggregation; use Append or Update".into(),
+            ));
+        }
+        let memory = self.memory.then(|| {
+            let name = self.name.clone().unwrap_or_else(|| "stream".into());
+            Arc::new(MemorySink::new(self.df.session().clone(), &name)) as Arc<dyn Sink>
+        });
+        let sink = memory.or(self.sink).ok_or_else(|| {
+            EmberError::Config(
+                "a streaming query needs a sink: memory(), console() or foreach_batch()".into(),
+            )
+        })?;
+        let dir = self.checkpoint.ok_or_else(|| {
+            EmberError::Config("a streaming query needs a checkpoint directory".into())
+        })?;
+        let checkpoint = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || Checkpoint::open(&dir))
+                .await
+                .map_err(|e| EmberError::Internal(e.to_string()))??
+        };
+        let shared = Arc::new(Shared {
+            id: checkpoint.id.clone(),
+            run_id: format!(
+                "{:016x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            ),
+            name: self.name.clone(),
+            progress: Mutex::new(VecDeque::new()),
+            status: Mutex::new(Status {
+                message: "Initializing sources".into(),
+                is_trigger_active: false,
+                is_data_available: false,
+            }),
+            stop: AtomicBool::new(false),
+            committed: Mutex::new(None),
+        });
+        let (done_tx, done) = watch::channel(None);
+        let runner = Runner {
+            df: self.df.clone(),
+            plan,
+            source: source.clone(),
+            sink,
+            checkpoint,
+            trigger: self.trigger,
+            shared: shared.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let outcome = runner.run().await;
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, "streaming query failed");
+            }
+            let _ = done_tx.send(Some(outcome.map_err(|e| e.one_line())));
+        });
+        Ok(StreamingQuery {
+            shared,
+            source,
+            done,
+            task: Mutex::new(Some(task)),
+        })
+    }
+}
+
+/// The one stream source a plan reads.
+fn stream_source(plan: &LogicalPlan) -> Result<Arc<dyn Source>> {
+    let mut found = vec![];
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(provider) = source_as_provider(&scan.source)
+            && let Some(table) = provider.downcast_ref::<StreamTable>()
+        {
+            found.push(table.source.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(EmberError::Config(
+            "write_stream() needs a streaming DataFrame (session.read_stream())".into(),
+        )),
+        _ => Err(EmberError::NotSupported(
+            "a query over several streams (stream-stream joins) is not available yet".into(),
+        )),
+    }
+}
+
+struct Shared {
+    id: String,
+    run_id: String,
+    name: Option<String>,
+    progress: Mutex<VecDeque<Progress>>,
+    status: Mutex<Status>,
+    stop: AtomicBool,
+    /// The end offsets of the last committed batch.
+    committed: Mutex<Option<Offsets>>,
+}
+
+/// Progress reports kept for `recent_progress`.
+const RECENT: usize = 100;
+
+struct Runner {
+    df: DataFrame,
+    plan: LogicalPlan,
+    source: Arc<dyn Source>,
+    sink: Arc<dyn Sink>,
+    checkpoint: Checkpoint,
+    trigger: Trigger,
+    shared: Arc<Shared>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Runner {
+    fn set_status(&self, message: &str, active: bool, available: bool) {
+        *self.shared.status.lock() = Status {
+            message: message.into(),
+            is_trigger_active: active,
+            is_data_available: available,
+        };
+    }
+
+    async fn run(self) -> Result<()> {
+        let (mut next_id, mut start) = match self.checkpoint.last()? {
+            None => (0, self.source.initial()?),
+            Some((range, true)) => (range.batch_id + 1, range.end),
+            Some((range, false)) => {
+                // Planned but not committed when the last run stopped: the same ranges
+                // again, so the sink sees exactly that batch.
+                tracing::info!(batch = range.batch_id, "re-running an uncommitted batch");
+                self.run_batch(&range, Instant::now(), 0, 0).await?;
+                (range.batch_id + 1, range.end)
+            }
+        };
+        *self.shared.committed.lock() = Some(start.clone());
+        // AvailableNow reads what is there now, and no further.
+        let target = match self.trigger {
+            Trigger::AvailableNow => Some(self.source.available()?),
+            _ => None,
+        };
+        let mut last_trigger = Instant::now();
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let started = Instant::now();
+            let mut end = self.source.latest(&start)?;
+            if let Some(target) = &target {
+                end = end.capped_at(target);
+            }
+            let latest_ms = started.elapsed().as_millis() as u64;
+            if end == start {
+                match self.trigger {
+                    Trigger::Once | Trigger::AvailableNow => break,
+                    Trigger::ProcessingTime(d) => {
+                        self.set_status("Waiting for data to arrive", false, false);
+                        tokio::time::sleep(d.max(Duration::from_millis(20))).await;
+                        continue;
+                    }
+                }
+            }
+            let range = BatchRange {
+                batch_id: next_id,
+                start: start.clone(),
+                end: end.clone(),
+                batch_time_ms: now_ms(),
+            };
+            let wal = Instant::now();
+            self.checkpoint.write_offsets(&range)?;
+            let wal_ms = wal.elapsed().as_millis() as u64;
+            let since_last = last_trigger.elapsed();
+            last_trigger = Instant::now();
+            self.run_batch(&range, started, latest_ms, wal_ms)
+                .await?
+                .map(|p| p.input_rows_per_second = rate(p.num_input_rows, since_last));
+            start = end;
+            next_id += 1;
+            match self.trigger {
+                Trigger::Once => break,
+                Trigger::AvailableNow => {}
+                Trigger::ProcessingTime(d) => {
+                    let left = d.saturating_sub(started.elapsed());
+                    if !left.is_zero() {
+                        self.set_status("Waiting for next trigger", false, true);
+                        tokio::time::sleep(left).await;
+                    }
+                }
+            }
+        }
+        self.set_status("Stopped", false, false);
+        Ok(())
+    }
+
+    /// Reads the range, runs the query over it, hands the rows to the sink, commits.
+    async fn run_batch(
+        &self,
+        range: &BatchRange,
+        started: Instant,
+        latest_ms: u64,
+        wal_ms: u64,
+    ) -> Result<ProgressRef<'_>> {
+        self.set_status("Processing new data", true, true);
+        let span = tracing::info_span!("batch", batch = range.batch_id);
+        let _entered = span.enter();
+        let add = Instant::now();
+        let input = {
+            let (source, start, end) =
+                (self.source.clone(), range.start.clone(), range.end.clone());
+            tokio::task::spawn_blocking(move || source.read(&start, &end))
+                .await
+                .map_err(|e| EmberError::Internal(e.to_string()))??
+        };
+        let num_input_rows: i64 = input.iter().map(|b| b.num_rows() as i64).sum();
+        let plan = with_batch(&self.plan, self.source.schema(), input)?;
+        let mut output = self.df.session().collect_plan(&plan).await?;
+        if output.is_empty() {
+            output.push(RecordBatch::new_empty(std::sync::Arc::new(
+                plan.schema().as_arrow().clone(),
+            )));
+        }
+        let written = self.sink.add_batch(range.batch_id, output).await?;
+        let add_ms = add.elapsed().as_millis() as u64;
+        let commit = Instant::now();
+        self.checkpoint.commit(range.batch_id)?;
+        *self.shared.committed.lock() = Some(range.end.clone());
+        let commit_ms = commit.elapsed().as_millis() as u64;
+        let total = started.elapsed();
+        let progress = Progress {
+            id: self.shared.id.clone(),
+            run_id: self.shared.run_id.clone(),
+            name: self.shared.name.clone(),
+            batch_id: range.batch_id,
+            timestamp_ms: range.batch_time_ms,
+            num_input_rows,
+            input_rows_per_second: 0.0,
+            processed_rows_per_second: rate(num_input_rows, total),
+            duration_ms: Durations {
+                latest_offset: latest_ms,
+                wal_commit: wal_ms,
+                add_batch: add_ms,
+                commit_offsets: commit_ms,
+                trigger_execution: total.as_millis() as u64,
+            },
+            source: SourceProgress {
+                description: self.source.describe(),
+                start_offset: range.start.clone(),
+                end_offset: range.end.clone(),
+                num_input_rows,
+            },
+            sink: SinkProgress {
+                description: self.sink.describe(),
+                num_output_rows: written,
+            },
+        };
+        tracing::info!(
+            batch = range.batch_id,
+            input_rows = num_input_rows,
+            output_rows = written,
+            ms = total.as_millis() as u64,
+            "batch committed"
+        );
+        let mut recent = self.shared.progress.lock();
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(progress);
+        Ok(ProgressRef(&self.shared))
+    }
+}
+
+/// The last progress report, to fill in what only the loop knows.
+struct ProgressRef<'a>(&'a Shared);
+
+impl ProgressRef<'_> {
+    fn map(self, f: impl FnOnce(&mut Progress)) {
+        if let Some(p) = self.0.progress.lock().back_mut() {
+            f(p);
+        }
+    }
+}
+
+fn rate(rows: i64, over: Duration) -> f64 {
+    let s = over.as_secs_f64();
+    if s <= 0.0 {
+        0.0
+    } else {
+        (rows as f64 / s * 10.0).round() / 10.0
+    }
+}
+
+/// The query's plan with the stream replaced by this batch's rows.
+fn with_batch(
+    plan: &LogicalPlan,
+    schema: arrow::datatypes::SchemaRef,
+    input: Vec<RecordBatch>,
+) -> Result<LogicalPlan> {
+    let table = Arc::new(MemTable::try_new(schema, vec![input])?);
+    let rewritten = plan.clone().transform_up_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(mut scan) = node {
+            let is_stream = source_as_provider(&scan.source)
+                .is_ok_and(|p| p.downcast_ref::<StreamTable>().is_some());
+            if is_stream {
+                scan.source = provider_as_source(table.clone());
+                return Ok(Transformed::yes(LogicalPlan::TableScan(scan)));
+            }
+            return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+        }
+        Ok(Transformed::no(node))
+    })?;
+    Ok(rewritten.data)
+}
+
+/// A running (or finished) streaming query.
+pub struct StreamingQuery {
+    shared: Arc<Shared>,
+    source: Arc<dyn Source>,
+    done: watch::Receiver<Option<std::result::Result<(), String>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for StreamingQuery {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().take() {
+            task.abort();
+        }
+    }
+}
+
+impl StreamingQuery {
+    /// Stays the same across restarts from the same checkpoint.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// New at every start.
+    pub fn run_id(&self) -> &str {
+        &self.shared.run_id
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name.as_deref()
+    }
+
+    pub fn status(&self) -> Status {
+        self.shared.status.lock().clone()
+    }
+
+    pub fn last_progress(&self) -> Option<Progress> {
+        self.shared.progress.lock().back().cloned()
+    }
+
+    pub fn recent_progress(&self) -> Vec<Progress> {
+        self.shared.progress.lock().iter().cloned().collect()
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.done.borrow().is_none()
+    }
+
+    /// Stops after the batch in progress, and waits for that.
+    pub async fn stop(&self) -> Result<()> {
+        self.shared.stop.store(true, Ordering::Release);
+        self.await_termination(None).await.map(|_| ())
+    }
+
+    /// Waits until the query ends (true) or `timeout` passes (false); the query's
+    /// error if it failed.
+    pub async fn await_termination(&self, timeout: Option<Duration>) -> Result<bool> {
+        let mut done = self.done.clone();
+        let wait = done.wait_for(|d| d.is_some());
+        let ended = match timeout {
+            Some(t) => tokio::time::timeout(t, wait).await.ok(),
+            None => Some(wait.await),
+        };
+        match ended {
+            None => Ok(false),
+            Some(Err(_)) => Err(EmberError::Internal("the query's task ended".into())),
+            Some(Ok(outcome)) => match outcome.as_ref().expect("some") {
+                Ok(()) => Ok(true),
+                Err(e) => Err(EmberError::JobFailed {
+                    job: 0,
+                    cause: format!("streaming query {}: {e}", self.shared.id),
+                }),
+            },
+        }
+    }
+
+    /// Waits until every row available now has been processed and committed.
+    pub async fn process_all_available(&self) -> Result<()> {
+        loop {
+            if !self.is_active() {
+                return self.await_termination(None).await.map(|_| ());
+            }
+            let committed = self.shared.committed.lock().clone();
+            if let Some(committed) = committed {
+                let source = self.source.clone();
+                let c = committed.clone();
+                let latest = tokio::task::spawn_blocking(move || source.latest(&c))
+                    .await
+                    .map_err(|e| EmberError::Internal(e.to_string()))??;
+                if latest == committed {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Streaming sources: what a micro-batch reads, as fixed offset ranges per
+//! (topic, partition), so that a batch run again reads exactly the same rows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use ember_core::{EmberError, Result};
+use ember_log::{ConsumerRecord, Log};
+use serde::{Deserialize, Serialize};
+
+/// Offsets per `topic` → partition → offset (the next offset to read).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offsets(pub BTreeMap<String, BTreeMap<i32, i64>>);
+
+impl Offsets {
+    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.get(topic).and_then(|p| p.get(&partition)).copied()
+    }
+
+    pub fn set(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.0
+            .entry(topic.to_string())
+            .or_default()
+            .insert(partition, offset);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.0
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t.as_str(), *p, *o)))
+    }
+
+    /// Each offset no further than `limit`'s for the same partition.
+    pub fn capped_at(mut self, limit: &Offsets) -> Offsets {
+        for (t, ps) in self.0.iter_mut() {
+            for (p, o) in ps.iter_mut() {
+                if let Some(l) = limit.get(t, *p) {
+                    *o = (*o).min(l);
+                }
+            }
+        }
+        self
+    }
+
+    /// Rows between `self` (start) and `end`.
+    pub fn rows_until(&self, end: &Offsets) -> i64 {
+        end.iter()
+            .map(|(t, p, o)| o - self.get(t, p).unwrap_or(o))
+            .sum()
+    }
+}
+
+/// Where a new query starts reading.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StartingOffsets {
+    #[default]
+    Earliest,
+    Latest,
+    /// Explicit offsets; partitions not named start at the earliest.
+    Given(Offsets),
+}
+
+/// A source of a streaming query.
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// The rows' schema.
+    fn schema(&self) -> SchemaRef;
+    /// Offsets a new query starts from.
+    fn initial(&self) -> Result<Offsets>;
+    /// Offsets the next batch may read up to, from `start` (bounded by the source's
+    /// per-trigger limit).
+    fn latest(&self, start: &Offsets) -> Result<Offsets>;
+    /// Where every partition ends now (no per-trigger limit).
+    fn available(&self) -> Result<Offsets>;
+    /// The rows in `[start, end)`.
+    fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>>;
+    /// For progress reports.
+    fn describe(&self) -> String;
+}
+
+/// The columns of a record from a Kafka-like log, as Spark names them.
+pub fn kafka_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("timestamp_type", DataType::Int32, false),
+    ]))
+}
+
+/// Records as a batch of [`kafka_schema`].
+pub fn records_to_batch(records: &[ConsumerRecord]) -> Result<RecordBatch> {
+    let mut key = BinaryBuilder::new();
+    let mut value = BinaryBuilder::new();
+    let mut topic = StringBuilder::new();
+    let mut partition = Int32Builder::new();
+    let mut offset = Int64Builder::new();
+    let mut timestamp = TimestampMillisecondBuilder::new();
+    let mut timestamp_type = Int32Builder::new();
+    for r in records {
+        key.append_option(r.key.as_deref());
+        value.append_option(r.value.as_deref());
+        topic.append_value(&r.topic);
+        partition.append_value(r.partition);
+        offset.append_value(r.offset);
+        timestamp.append_value(r.timestamp);
+        timestamp_type.append_value(i32::from(r.log_append_time));
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(key.finish()),
+        Arc::new(value.finish()),
+        Arc::new(topic.finish()),
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+        Arc::new(timestamp.finish()),
+        Arc::new(timestamp_type.finish()),
+    ];
+    Ok(RecordBatch::try_new(kafka_schema(), columns)?)
+}
+
+/// The embedded log as a source.
+#[derive(Debug)]
+pub struct LogSource {
+    log: Arc<Log>,
+    topics: Vec<String>,
+    starting: StartingOffsets,
+    max_offsets_per_trigger: Option<i64>,
+}
+
+impl LogSource {
+    pub fn new(log: Arc<Log>, topics: Vec<String>) -> Self {
+        LogSource {
+            log,
+            topics,
+            starting: StartingOffsets::Earliest,
+            max_offsets_per_trigger: None,
+        }
+    }
+
+    pub fn starting_offsets(mut self, starting: StartingOffsets) -> Self {
+        self.starting = starting;
+        self
+    }
+
+    pub fn max_offsets_per_trigger(mut self, max: i64) -> Self {
+        self.max_offsets_per_trigger = Some(max.max(1));
+        self
+    }
+
+    fn partitions(&self) -> Result<Vec<(String, i32)>> {
+        let mut out = vec![];
+        for t in &self.topics {
+            let topic = self
+                .log
+                .topic(t)
+                .map_err(|e| EmberError::Config(format!("streaming source: {e}")))?;
+            out.extend(topic.partitions.iter().map(|p| (t.clone(), p.id)));
+        }
+        Ok(out)
+    }
+}
+
+fn log_error(e: ember_log::LogError) -> EmberError {
+    EmberError::Internal(format!("reading the log: {e}"))
+}
+
+impl Source for LogSource {
+    fn schema(&self) -> SchemaRef {
+        kafka_schema()
+    }
+
+    fn initial(&self) -> Result<Offsets> {
+        let mut offsets = Offsets::default();
+        for (t, p) in self.partitions()? {
+            let partition = self.log.partition(&t, p).map_err(log_error)?;
+            let offset = match &self.starting {
+                StartingOffsets::Earliest => partition.start_offset(),
+                StartingOffsets::Latest => partition.end_offset(),
+                StartingOffsets::Given(given) => {
+                    given.get(&t, p).unwrap_or_else(|| partition.start_offset())
+                }
+            };
+            offsets.set(&t, p, offset);
+        }
+        Ok(offsets)
+    }
+
+    fn latest(&self, start: &Offsets) -> Result<Offsets> {
+        let partitions = self.partitions()?;
+        let share = self
+            .max_offsets_per_trigger
+            .map(|m| (m + partitions.len() as i64 - 1) / partitions.len().max(1) as i64);
+        let mut end = Offsets::default();
+        for (t, p) in partitions {
+            let partition = self.log.partition(&t, p).map_err(log_error)?;
+            let from = start.get(&t, p).unwrap_or_else(|| partition.start_offset());
+            let latest = partition.end_offset();
+            end.set(&t, p, share.map_or(latest, |s| latest.min(from + s)));
+        }
+        Ok(end)
+    }
+
+    fn available(&self) -> Result<Offsets> {
+        let mut end = Offsets::default();
+        for (t, p) in self.partitions()? {
+            end.set(
+                &t,
+                p,
+                self.log.partition(&t, p).map_err(log_error)?.end_offset(),
+            );
+        }
+        Ok(end)
+    }
+
+    fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>> {
+        let mut batches = vec![];
+        for (t, p, to) in end.iter() {
+            let from = start.get(t, p).unwrap_or(to);
+            if from >= to {
+                continue;
+            }
+            let log_start = self.log.partition(t, p).map_err(log_error)?.start_offset();
+            if from < log_start {
+                return Err(EmberError::Internal(format!(
+                    "{t}-{p}: offsets {from}..{log_start} were deleted by retention before this query read them"
+                )));
+            }
+            let records = ember_log::read_range(&self.log, t, p, from, to).map_err(log_error)?;
+            batches.push(records_to_batch(&records)?);
+        }
+        Ok(batches)
+    }
+
+    fn describe(&self) -> String {
+        format!("log[{}]", self.topics.join(","))
+    }
+}

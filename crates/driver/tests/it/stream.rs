@@ -1,0 +1,231 @@
+//! Micro-batch streaming over the embedded log: batches, the checkpoint's
+//! exactly-once restart, triggers, and the errors `start()` gives.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_driver::Session;
+use ember_driver::stream::{OutputMode, Trigger};
+use ember_log::{Durability, Log, LogConfig, Producer, ProducerConfig, ProducerRecord, RoundRobin};
+use parking_lot::Mutex;
+
+fn log_with(dir: &std::path::Path, records: usize) -> (Arc<Log>, Arc<Producer>) {
+    let log = Log::open(
+        dir,
+        LogConfig {
+            durability: Durability::Never,
+            ..LogConfig::default()
+        },
+    )
+    .unwrap();
+    log.create_topic("events", 3, None).unwrap();
+    let producer = Producer::new(
+        log.clone(),
+        ProducerConfig {
+            partitioner: Arc::new(RoundRobin::default()),
+            ..ProducerConfig::default()
+        },
+    )
+    .unwrap();
+    send(&producer, 0, records);
+    (log, producer)
+}
+
+fn send(producer: &Producer, from: usize, n: usize) {
+    for i in from..from + n {
+        producer
+            .send(ProducerRecord::new("events", format!("{i}")).key(format!("k{}", i % 7)))
+            .unwrap();
+    }
+    producer.flush();
+}
+
+async fn count(session: &Session, sql: &str) -> i64 {
+    let batches = session.sql(sql).await.unwrap().collect().await.unwrap();
+    let column = batches[0].column(0);
+    arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(column).value(0)
+}
+
+#[tokio::test]
+async fn a_filtered_stream_reaches_a_memory_table_once_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, producer) = log_with(&dir.path().join("log"), 1000);
+    let session = Session::builder().master("local[2]").build().unwrap();
+    let checkpoint = dir.path().join("checkpoint");
+    let query = |session: &Session| {
+        let df = session
+            .read_stream()
+            .log(log.clone(), &["events"])
+            .unwrap()
+            .select_expr(&["CAST(value AS VARCHAR) AS v", "partition", "offset"])
+            .unwrap()
+            .filter_expr("CAST(v AS BIGINT) % 2 = 0")
+            .unwrap();
+        df.write_stream()
+            .query_name("evens")
+            .memory()
+            .checkpoint(&checkpoint)
+            .trigger(Trigger::AvailableNow)
+    };
+    let first = query(&session).start().await.unwrap();
+    assert!(
+        first
+            .await_termination(Some(Duration::from_secs(60)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(count(&session, "SELECT count(*) FROM evens").await, 500);
+    let progress = first.last_progress().unwrap();
+    assert_eq!(progress.num_input_rows, 1000);
+    assert_eq!(progress.sink.num_output_rows, 500);
+    let id = first.id().to_string();
+    drop(first);
+
+    // More data; the same checkpoint: only the new rows are read.
+    send(&producer, 1000, 300);
+    let session2 = Session::builder().master("local[2]").build().unwrap();
+    let second = query(&session2).start().await.unwrap();
+    assert!(
+        second
+            .await_termination(Some(Duration::from_secs(60)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(second.id(), id, "the query keeps its id across restarts");
+    assert_eq!(count(&session2, "SELECT count(*) FROM evens").await, 150);
+    let p = second.last_progress().unwrap();
+    assert_eq!(p.batch_id, 1);
+    assert_eq!(p.source.start_offset.rows_until(&p.source.end_offset), 300);
+}
+
+#[tokio::test]
+async fn an_uncommitted_batch_runs_again_with_the_same_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, producer) = log_with(&dir.path().join("log"), 90);
+    let session = Session::builder().master("local[2]").build().unwrap();
+    let checkpoint = dir.path().join("checkpoint");
+    let seen: Arc<Mutex<Vec<(u64, usize)>>> = Arc::default();
+    let start = |fail_batch: Option<u64>| {
+        let seen = seen.clone();
+        session
+            .read_stream()
+            .log(log.clone(), &["events"])
+            .unwrap()
+            .write_stream()
+            .checkpoint(&checkpoint)
+            .trigger(Trigger::AvailableNow)
+            .foreach_batch(move |df, batch_id| {
+                let seen = seen.clone();
+                async move {
+                    let rows = df.count().await?;
+                    seen.lock().push((batch_id, rows));
+                    if Some(batch_id) == fail_batch {
+                        return Err(ember_driver::EmberError::Internal("sink down".into()));
+                    }
+                    Ok(())
+                }
+            })
+            .start()
+    };
+    let q = start(None).await.unwrap();
+    q.await_termination(None).await.unwrap();
+    drop(q);
+    send(&producer, 90, 60);
+    // The sink fails on batch 1: the query fails, batch 1 stays uncommitted.
+    let q = start(Some(1)).await.unwrap();
+    let err = q.await_termination(None).await.unwrap_err().to_string();
+    assert!(err.contains("sink down"), "{err}");
+    drop(q);
+    send(&producer, 150, 30);
+    let q = start(None).await.unwrap();
+    q.await_termination(None).await.unwrap();
+    // Batch 1 again, with exactly its 60 rows; then the 30 new ones as batch 2.
+    assert_eq!(*seen.lock(), vec![(0, 90), (1, 60), (1, 60), (2, 30)]);
+}
+
+#[tokio::test]
+async fn a_running_query_picks_up_new_records_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, producer) = log_with(&dir.path().join("log"), 10);
+    let session = Session::builder().master("local[2]").build().unwrap();
+    let q = session
+        .read_stream()
+        .log(log.clone(), &["events"])
+        .unwrap()
+        .write_stream()
+        .query_name("live")
+        .memory()
+        .checkpoint(dir.path().join("checkpoint"))
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(50)))
+        .start()
+        .await
+        .unwrap();
+    q.process_all_available().await.unwrap();
+    assert_eq!(count(&session, "SELECT count(*) FROM live").await, 10);
+    send(&producer, 10, 25);
+    q.process_all_available().await.unwrap();
+    assert_eq!(count(&session, "SELECT count(*) FROM live").await, 35);
+    assert!(q.is_active());
+    assert!(q.recent_progress().len() >= 2);
+    q.stop().await.unwrap();
+    assert!(!q.is_active());
+    assert_eq!(q.status().message, "Stopped");
+}
+
+#[tokio::test]
+async fn start_refuses_what_it_cannot_run_and_a_second_query_on_one_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _producer) = log_with(&dir.path().join("log"), 5);
+    let session = Session::builder().master("local[2]").build().unwrap();
+    let stream = session.read_stream().log(log.clone(), &["events"]).unwrap();
+    let checkpoint = dir.path().join("checkpoint");
+    // Aggregations need state across batches: a clear error, not per-batch counts.
+    let agg = stream
+        .group_by(vec![ember_driver::col("partition")])
+        .count()
+        .unwrap();
+    let err = agg
+        .write_stream()
+        .memory()
+        .checkpoint(&checkpoint)
+        .start()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("aggregations over a stream"), "{err}");
+    let err = stream
+        .write_stream()
+        .memory()
+        .output_mode(OutputMode::Complete)
+        .checkpoint(&checkpoint)
+        .start()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("Complete output mode"), "{err}");
+    // A batch action on a stream says how to run it.
+    let err = stream.collect().await.unwrap_err().to_string();
+    assert!(err.contains("write_stream().start()"), "{err}");
+    // Two queries, one checkpoint directory.
+    let running = stream
+        .write_stream()
+        .memory()
+        .checkpoint(&checkpoint)
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(50)))
+        .start()
+        .await
+        .unwrap();
+    let err = stream
+        .write_stream()
+        .console()
+        .checkpoint(&checkpoint)
+        .start()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("another streaming query"), "{err}");
+    running.stop().await.unwrap();
+}
