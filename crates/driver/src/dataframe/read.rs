@@ -111,6 +111,20 @@ impl DataFrameReader {
             opts.file_extension = "";
         }
         opts.schema = self.schema.as_deref();
+        // A streaming file sink's directory: only the files of committed batches.
+        if kind == PathKind::Directory
+            && let Some(files) = crate::stream::committed_files(std::path::Path::new(path))?
+        {
+            opts.file_extension = "";
+            let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            if files.is_empty() {
+                return Err(EmberError::Config(format!(
+                    "{path} holds no committed streaming output yet"
+                )));
+            }
+            let df = self.session.context().read_parquet(files, opts).await?;
+            return Ok(DataFrame::new(self.session.clone(), df));
+        }
         let df = self.session.context().read_parquet(path, opts).await?;
         Ok(DataFrame::new(self.session.clone(), df))
     }

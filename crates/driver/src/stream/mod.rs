@@ -12,7 +12,7 @@
 //! batch replaces that scan with the batch's rows and runs the plan as a job.
 //! Not yet here: stateful operators (aggregations with watermarks, windows,
 //! deduplication, stream-stream joins), the Kafka, rate and file sources, and the
-//! file and log sinks.
+//! log and Kafka sinks.
 
 mod checkpoint;
 mod query;
@@ -33,7 +33,7 @@ pub use query::{
     DataStreamWriter, Durations, OutputMode, Progress, SinkProgress, SourceProgress, Status,
     StreamingQuery, Trigger,
 };
-pub use sink::Sink;
+pub use sink::{FileFormat, FileSink, METADATA_DIR, Sink, committed_files};
 pub use source::{LogSource, Offsets, Source, StartingOffsets, kafka_schema};
 
 use crate::dataframe::DataFrame;

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::StreamTable;
 use super::checkpoint::{BatchRange, Checkpoint};
-use super::sink::{ConsoleSink, ForeachBatchSink, MemorySink, Sink};
+use super::sink::{ConsoleSink, FileFormat, FileSink, ForeachBatchSink, MemorySink, Sink};
 use super::source::{Offsets, Source};
 use crate::dataframe::DataFrame;
 
@@ -122,6 +122,20 @@ impl DataStreamWriter {
     pub fn memory(mut self) -> Self {
         self.memory = true;
         self.sink = None;
+        self
+    }
+
+    /// Parquet files under `dir`, exactly once per batch (see [`FileSink`]).
+    pub fn parquet(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.memory = false;
+        self.sink = Some(Arc::new(FileSink::new(dir, FileFormat::Parquet)));
+        self
+    }
+
+    /// JSON-lines files under `dir`, exactly once per batch.
+    pub fn json(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.memory = false;
+        self.sink = Some(Arc::new(FileSink::new(dir, FileFormat::Json)));
         self
     }
 

@@ -124,3 +124,146 @@ impl Sink for ForeachBatchSink {
         "foreach_batch".into()
     }
 }
+
+/// File formats of the file sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Parquet,
+    /// JSON lines.
+    Json,
+}
+
+/// Files in a directory, one or more per batch, with a log of committed batches in
+/// `<dir>/_ember_metadata/<batch>` listing their files. Readers of the directory
+/// (`session.read().parquet(dir)`) see only listed files: a batch cut short by a
+/// crash leaves files nobody reads, and its re-run writes it again.
+pub struct FileSink {
+    dir: std::path::PathBuf,
+    format: FileFormat,
+}
+
+/// Where the committed batches are listed.
+pub const METADATA_DIR: &str = "_ember_metadata";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BatchFiles {
+    files: Vec<String>,
+}
+
+impl FileSink {
+    pub fn new(dir: impl Into<std::path::PathBuf>, format: FileFormat) -> Self {
+        FileSink {
+            dir: dir.into(),
+            format,
+        }
+    }
+
+    fn write(&self, batch_id: u64, batches: &[RecordBatch]) -> Result<Vec<String>> {
+        let io =
+            |p: &std::path::Path, e: std::io::Error| ember_core::EmberError::io(p.display(), e);
+        std::fs::create_dir_all(self.dir.join(METADATA_DIR)).map_err(|e| io(&self.dir, e))?;
+        let Some(schema) = batches.first().map(|b| b.schema()) else {
+            return Ok(vec![]);
+        };
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(vec![]);
+        }
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let ext = match self.format {
+            FileFormat::Parquet => "parquet",
+            FileFormat::Json => "json",
+        };
+        let name = format!("part-{batch_id:06}-{nonce:x}.{ext}");
+        let path = self.dir.join(&name);
+        let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+        match self.format {
+            FileFormat::Parquet => {
+                let mut w =
+                    parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(|e| {
+                        ember_core::EmberError::Internal(format!("{}: {e}", path.display()))
+                    })?;
+                for b in batches {
+                    w.write(b).map_err(|e| {
+                        ember_core::EmberError::Internal(format!("{}: {e}", path.display()))
+                    })?;
+                }
+                w.close().map_err(|e| {
+                    ember_core::EmberError::Internal(format!("{}: {e}", path.display()))
+                })?;
+            }
+            FileFormat::Json => {
+                let mut w = arrow::json::LineDelimitedWriter::new(file);
+                for b in batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+            }
+        }
+        Ok(vec![name])
+    }
+}
+
+/// The files of the committed batches under a file sink's directory, if it is one.
+pub fn committed_files(dir: &std::path::Path) -> Result<Option<Vec<std::path::PathBuf>>> {
+    let meta = dir.join(METADATA_DIR);
+    let entries = match std::fs::read_dir(&meta) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ember_core::EmberError::io(meta.display(), e)),
+    };
+    let mut batches: Vec<(u64, std::path::PathBuf)> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.file_name().to_str()?.parse().ok()?, e.path()))
+        })
+        .collect();
+    batches.sort();
+    let mut files = vec![];
+    for (_, path) in batches {
+        let bytes =
+            std::fs::read(&path).map_err(|e| ember_core::EmberError::io(path.display(), e))?;
+        let listed: BatchFiles =
+            serde_json::from_slice(&bytes).map_err(|e| ember_core::EmberError::Decode {
+                what: "a file sink's metadata log",
+                message: format!("{}: {e}", path.display()),
+            })?;
+        files.extend(listed.files.into_iter().map(|f| dir.join(f)));
+    }
+    Ok(Some(files))
+}
+
+#[async_trait::async_trait]
+impl Sink for FileSink {
+    async fn add_batch(&self, batch_id: u64, batches: Vec<RecordBatch>) -> Result<usize> {
+        let marker = self.dir.join(METADATA_DIR).join(batch_id.to_string());
+        if marker.exists() {
+            tracing::info!(batch = batch_id, dir = %self.dir.display(), "batch already written; skipped");
+            return Ok(0);
+        }
+        let rows = batches.iter().map(|b| b.num_rows()).sum();
+        let this = FileSink {
+            dir: self.dir.clone(),
+            format: self.format,
+        };
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let files = this.write(batch_id, &batches)?;
+            let listing = serde_json::to_vec(&BatchFiles { files }).expect("serializable");
+            let tmp = marker.with_extension("tmp");
+            std::fs::create_dir_all(this.dir.join(METADATA_DIR))
+                .map_err(|e| ember_core::EmberError::io(this.dir.display(), e))?;
+            std::fs::write(&tmp, listing)
+                .map_err(|e| ember_core::EmberError::io(tmp.display(), e))?;
+            std::fs::rename(&tmp, &marker)
+                .map_err(|e| ember_core::EmberError::io(marker.display(), e))
+        })
+        .await
+        .map_err(|e| ember_core::EmberError::Internal(e.to_string()))??;
+        Ok(rows)
+    }
+
+    fn describe(&self) -> String {
+        format!("files[{}]", self.dir.display())
+    }
+}
