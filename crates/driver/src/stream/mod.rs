@@ -11,10 +11,11 @@
 //! stateless operator and SQL over it works, joins with static tables included. Each
 //! batch replaces that scan with the batch's rows and runs the plan as a job.
 //! Not yet here: stateful operators (aggregations with watermarks, windows,
-//! deduplication, stream-stream joins), the Kafka, rate and file sources, and the
-//! log and Kafka sinks.
+//! deduplication, stream-stream joins), the rate and file sources, and the log and
+//! Kafka sinks.
 
 mod checkpoint;
+mod kafka;
 mod query;
 mod sink;
 mod source;
@@ -29,6 +30,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use ember_core::Result;
 use ember_log::Log;
 
+pub use kafka::KafkaSource;
 pub use query::{
     DataStreamWriter, Durations, OutputMode, Progress, SinkProgress, SourceProgress, Status,
     StreamingQuery, Trigger,
@@ -89,7 +91,14 @@ impl DataStreamReader {
         self.source(Arc::new(LogSource::new(log, topics)))
     }
 
-    /// Any source (for example a configured [`LogSource`]).
+    /// Kafka topics from `bootstrap_servers` (`host:port,...`), from the earliest
+    /// offsets; configure a [`KafkaSource`] and use [`source`](Self::source) for more.
+    pub fn kafka(self, bootstrap_servers: &str, topics: &[&str]) -> Result<DataFrame> {
+        let topics = topics.iter().map(|t| t.to_string()).collect();
+        self.source(Arc::new(KafkaSource::new(bootstrap_servers, topics)))
+    }
+
+    /// Any source (for example a configured [`LogSource`] or [`KafkaSource`]).
     pub fn source(self, source: Arc<dyn Source>) -> Result<DataFrame> {
         let name = source.describe();
         let table = Arc::new(StreamTable { source });

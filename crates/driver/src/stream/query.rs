@@ -321,7 +321,7 @@ impl Runner {
 
     async fn run(self) -> Result<()> {
         let (mut next_id, mut start) = match self.checkpoint.last()? {
-            None => (0, self.source.initial()?),
+            None => (0, self.source.initial().await?),
             Some((range, true)) => (range.batch_id + 1, range.end),
             Some((range, false)) => {
                 // Planned but not committed when the last run stopped: the same ranges
@@ -334,7 +334,7 @@ impl Runner {
         *self.shared.committed.lock() = Some(start.clone());
         // AvailableNow reads what is there now, and no further.
         let target = match self.trigger {
-            Trigger::AvailableNow => Some(self.source.available()?),
+            Trigger::AvailableNow => Some(self.source.available().await?),
             _ => None,
         };
         let mut last_trigger = Instant::now();
@@ -343,7 +343,7 @@ impl Runner {
                 break;
             }
             let started = Instant::now();
-            let mut end = self.source.latest(&start)?;
+            let mut end = self.source.latest(&start).await?;
             if let Some(target) = &target {
                 end = end.capped_at(target);
             }
@@ -398,26 +398,24 @@ impl Runner {
         latest_ms: u64,
         wal_ms: u64,
     ) -> Result<ProgressRef<'_>> {
+        use tracing::Instrument;
         self.set_status("Processing new data", true, true);
-        let span = tracing::info_span!("batch", batch = range.batch_id);
-        let _entered = span.enter();
         let add = Instant::now();
-        let input = {
-            let (source, start, end) =
-                (self.source.clone(), range.start.clone(), range.end.clone());
-            tokio::task::spawn_blocking(move || source.read(&start, &end))
-                .await
-                .map_err(|e| EmberError::Internal(e.to_string()))??
-        };
-        let num_input_rows: i64 = input.iter().map(|b| b.num_rows() as i64).sum();
-        let plan = with_batch(&self.plan, self.source.schema(), input)?;
-        let mut output = self.df.session().collect_plan(&plan).await?;
-        if output.is_empty() {
-            output.push(RecordBatch::new_empty(std::sync::Arc::new(
-                plan.schema().as_arrow().clone(),
-            )));
+        let (num_input_rows, written) = async {
+            let input = self.source.read(&range.start, &range.end).await?;
+            let num_input_rows: i64 = input.iter().map(|b| b.num_rows() as i64).sum();
+            let plan = with_batch(&self.plan, self.source.schema(), input)?;
+            let mut output = self.df.session().collect_plan(&plan).await?;
+            if output.is_empty() {
+                output.push(RecordBatch::new_empty(Arc::new(
+                    plan.schema().as_arrow().clone(),
+                )));
+            }
+            let written = self.sink.add_batch(range.batch_id, output).await?;
+            Ok::<_, EmberError>((num_input_rows, written))
         }
-        let written = self.sink.add_batch(range.batch_id, output).await?;
+        .instrument(tracing::info_span!("batch", batch = range.batch_id))
+        .await?;
         let add_ms = add.elapsed().as_millis() as u64;
         let commit = Instant::now();
         self.checkpoint.commit(range.batch_id)?;
@@ -592,12 +590,7 @@ impl StreamingQuery {
             }
             let committed = self.shared.committed.lock().clone();
             if let Some(committed) = committed {
-                let source = self.source.clone();
-                let c = committed.clone();
-                let latest = tokio::task::spawn_blocking(move || source.latest(&c))
-                    .await
-                    .map_err(|e| EmberError::Internal(e.to_string()))??;
-                if latest == committed {
+                if self.source.latest(&committed).await? == committed {
                     return Ok(());
                 }
             }

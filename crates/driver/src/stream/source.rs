@@ -66,18 +66,19 @@ pub enum StartingOffsets {
 }
 
 /// A source of a streaming query.
+#[async_trait::async_trait]
 pub trait Source: Send + Sync + std::fmt::Debug {
     /// The rows' schema.
     fn schema(&self) -> SchemaRef;
     /// Offsets a new query starts from.
-    fn initial(&self) -> Result<Offsets>;
+    async fn initial(&self) -> Result<Offsets>;
     /// Offsets the next batch may read up to, from `start` (bounded by the source's
     /// per-trigger limit).
-    fn latest(&self, start: &Offsets) -> Result<Offsets>;
+    async fn latest(&self, start: &Offsets) -> Result<Offsets>;
     /// Where every partition ends now (no per-trigger limit).
-    fn available(&self) -> Result<Offsets>;
+    async fn available(&self) -> Result<Offsets>;
     /// The rows in `[start, end)`.
-    fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>>;
+    async fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>>;
     /// For progress reports.
     fn describe(&self) -> String;
 }
@@ -175,12 +176,18 @@ fn log_error(e: ember_log::LogError) -> EmberError {
     EmberError::Internal(format!("reading the log: {e}"))
 }
 
+/// Each partition's share of a per-trigger limit.
+pub(crate) fn share_of(max: Option<i64>, partitions: usize) -> Option<i64> {
+    max.map(|m| (m + partitions as i64 - 1) / partitions.max(1) as i64)
+}
+
+#[async_trait::async_trait]
 impl Source for LogSource {
     fn schema(&self) -> SchemaRef {
         kafka_schema()
     }
 
-    fn initial(&self) -> Result<Offsets> {
+    async fn initial(&self) -> Result<Offsets> {
         let mut offsets = Offsets::default();
         for (t, p) in self.partitions()? {
             let partition = self.log.partition(&t, p).map_err(log_error)?;
@@ -196,11 +203,9 @@ impl Source for LogSource {
         Ok(offsets)
     }
 
-    fn latest(&self, start: &Offsets) -> Result<Offsets> {
+    async fn latest(&self, start: &Offsets) -> Result<Offsets> {
         let partitions = self.partitions()?;
-        let share = self
-            .max_offsets_per_trigger
-            .map(|m| (m + partitions.len() as i64 - 1) / partitions.len().max(1) as i64);
+        let share = share_of(self.max_offsets_per_trigger, partitions.len());
         let mut end = Offsets::default();
         for (t, p) in partitions {
             let partition = self.log.partition(&t, p).map_err(log_error)?;
@@ -211,7 +216,7 @@ impl Source for LogSource {
         Ok(end)
     }
 
-    fn available(&self) -> Result<Offsets> {
+    async fn available(&self) -> Result<Offsets> {
         let mut end = Offsets::default();
         for (t, p) in self.partitions()? {
             end.set(
@@ -223,26 +228,36 @@ impl Source for LogSource {
         Ok(end)
     }
 
-    fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>> {
+    async fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>> {
+        let (log, start, end) = (self.log.clone(), start.clone(), end.clone());
+        tokio::task::spawn_blocking(move || read_log(&log, &start, &end))
+            .await
+            .map_err(|e| EmberError::Internal(e.to_string()))?
+    }
+
+    fn describe(&self) -> String {
+        format!("log[{}]", self.topics.join(","))
+    }
+}
+
+/// The embedded log's rows in `[start, end)`.
+fn read_log(log: &Log, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>> {
+    {
         let mut batches = vec![];
         for (t, p, to) in end.iter() {
             let from = start.get(t, p).unwrap_or(to);
             if from >= to {
                 continue;
             }
-            let log_start = self.log.partition(t, p).map_err(log_error)?.start_offset();
+            let log_start = log.partition(t, p).map_err(log_error)?.start_offset();
             if from < log_start {
                 return Err(EmberError::Internal(format!(
                     "{t}-{p}: offsets {from}..{log_start} were deleted by retention before this query read them"
                 )));
             }
-            let records = ember_log::read_range(&self.log, t, p, from, to).map_err(log_error)?;
+            let records = ember_log::read_range(log, t, p, from, to).map_err(log_error)?;
             batches.push(records_to_batch(&records)?);
         }
         Ok(batches)
-    }
-
-    fn describe(&self) -> String {
-        format!("log[{}]", self.topics.join(","))
     }
 }

@@ -271,3 +271,52 @@ async fn the_parquet_sink_writes_each_batch_once_and_readers_see_only_committed_
         .unwrap();
     assert_eq!(rows, 250);
 }
+
+#[tokio::test]
+async fn the_kafka_source_reads_an_ember_broker_over_the_wire() {
+    use ember_log::broker::{Broker, BrokerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (log, producer) = log_with(&dir.path().join("log"), 120);
+    let broker = Broker::start(log.clone(), BrokerConfig::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let bootstrap = broker.address.to_string();
+    let session = Session::builder().master("local[2]").build().unwrap();
+    let checkpoint = dir.path().join("checkpoint");
+    let run = |name: &'static str| {
+        let source = ember_driver::stream::KafkaSource::new(&bootstrap, vec!["events".into()])
+            .max_offsets_per_trigger(50);
+        let df = session
+            .read_stream()
+            .source(Arc::new(source))
+            .unwrap()
+            .select_expr(&["CAST(key AS VARCHAR) AS k", "CAST(value AS VARCHAR) AS v"])
+            .unwrap();
+        let checkpoint = checkpoint.clone();
+        async move {
+            let q = df
+                .write_stream()
+                .query_name(name)
+                .memory()
+                .checkpoint(&checkpoint)
+                .trigger(Trigger::AvailableNow)
+                .start()
+                .await
+                .unwrap();
+            q.await_termination(Some(Duration::from_secs(60))).await.unwrap();
+            q.recent_progress().len()
+        }
+    };
+    // 120 records, at most 50 per batch over 3 partitions (17 each): several batches.
+    let batches = run("first").await;
+    assert!(batches >= 3, "{batches} batches");
+    assert_eq!(count(&session, "SELECT count(*) FROM first").await, 120);
+    assert_eq!(
+        count(&session, "SELECT count(DISTINCT v) FROM first WHERE k LIKE 'k%'").await,
+        120
+    );
+    send(&producer, 120, 10);
+    run("second").await;
+    assert_eq!(count(&session, "SELECT count(*) FROM second").await, 10);
+    broker.stop();
+}

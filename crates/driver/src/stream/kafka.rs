@@ -1,0 +1,242 @@
+//! The Kafka source: any Kafka-protocol broker (`ember broker` included), read with
+//! rskafka. Each batch reads fixed offset ranges per (topic, partition).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use ember_core::{EmberError, Result};
+use ember_log::ConsumerRecord;
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use tokio::sync::{Mutex, OnceCell};
+
+use super::source::{Offsets, Source, StartingOffsets, kafka_schema, records_to_batch, share_of};
+
+/// `read_stream().kafka(bootstrap_servers, topics)`.
+pub struct KafkaSource {
+    bootstrap: Vec<String>,
+    topics: Vec<String>,
+    starting: StartingOffsets,
+    max_offsets_per_trigger: Option<i64>,
+    fail_on_data_loss: bool,
+    client: OnceCell<Client>,
+    partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("bootstrap", &self.bootstrap)
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+fn kafka_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> EmberError {
+    EmberError::Internal(format!("kafka source: {what}: {e}"))
+}
+
+impl KafkaSource {
+    pub fn new(bootstrap_servers: &str, topics: Vec<String>) -> Self {
+        KafkaSource {
+            bootstrap: bootstrap_servers
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            topics,
+            starting: StartingOffsets::Earliest,
+            max_offsets_per_trigger: None,
+            fail_on_data_loss: true,
+            client: OnceCell::new(),
+            partitions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn starting_offsets(mut self, starting: StartingOffsets) -> Self {
+        self.starting = starting;
+        self
+    }
+
+    pub fn max_offsets_per_trigger(mut self, max: i64) -> Self {
+        self.max_offsets_per_trigger = Some(max.max(1));
+        self
+    }
+
+    /// When offsets a batch should read are gone (retention), fail (default) or
+    /// skip to what is left.
+    pub fn fail_on_data_loss(mut self, fail: bool) -> Self {
+        self.fail_on_data_loss = fail;
+        self
+    }
+
+    async fn client(&self) -> Result<&Client> {
+        self.client
+            .get_or_try_init(|| async {
+                ClientBuilder::new(self.bootstrap.clone())
+                    .build()
+                    .await
+                    .map_err(|e| kafka_error(self.bootstrap.join(","), e))
+            })
+            .await
+    }
+
+    async fn topic_partitions(&self) -> Result<Vec<(String, i32)>> {
+        let topics = self
+            .client()
+            .await?
+            .list_topics()
+            .await
+            .map_err(|e| kafka_error("listing topics", e))?;
+        let mut out = vec![];
+        for name in &self.topics {
+            let topic = topics.iter().find(|t| &t.name == name).ok_or_else(|| {
+                EmberError::Config(format!("kafka source: topic '{name}' does not exist"))
+            })?;
+            out.extend(topic.partitions.iter().map(|p| (name.clone(), *p)));
+        }
+        Ok(out)
+    }
+
+    async fn partition(&self, topic: &str, partition: i32) -> Result<Arc<PartitionClient>> {
+        let key = (topic.to_string(), partition);
+        let mut clients = self.partitions.lock().await;
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = self
+            .client()
+            .await?
+            .partition_client(topic, partition, UnknownTopicHandling::Error)
+            .await
+            .map_err(|e| kafka_error(format!("{topic}-{partition}"), e))?;
+        let client = Arc::new(client);
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    async fn offset(&self, topic: &str, partition: i32, at: OffsetAt) -> Result<i64> {
+        self.partition(topic, partition)
+            .await?
+            .get_offset(at)
+            .await
+            .map_err(|e| kafka_error(format!("offsets of {topic}-{partition}"), e))
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for KafkaSource {
+    fn schema(&self) -> SchemaRef {
+        kafka_schema()
+    }
+
+    async fn initial(&self) -> Result<Offsets> {
+        let mut offsets = Offsets::default();
+        for (t, p) in self.topic_partitions().await? {
+            let offset = match &self.starting {
+                StartingOffsets::Earliest => self.offset(&t, p, OffsetAt::Earliest).await?,
+                StartingOffsets::Latest => self.offset(&t, p, OffsetAt::Latest).await?,
+                StartingOffsets::Given(given) => match given.get(&t, p) {
+                    Some(o) => o,
+                    None => self.offset(&t, p, OffsetAt::Earliest).await?,
+                },
+            };
+            offsets.set(&t, p, offset);
+        }
+        Ok(offsets)
+    }
+
+    async fn latest(&self, start: &Offsets) -> Result<Offsets> {
+        let partitions = self.topic_partitions().await?;
+        let share = share_of(self.max_offsets_per_trigger, partitions.len());
+        let mut end = Offsets::default();
+        for (t, p) in partitions {
+            let latest = self.offset(&t, p, OffsetAt::Latest).await?;
+            let from = match start.get(&t, p) {
+                Some(o) => o,
+                // A partition added since the query started: from its beginning.
+                None => self.offset(&t, p, OffsetAt::Earliest).await?,
+            };
+            end.set(&t, p, share.map_or(latest, |s| latest.min(from + s)));
+        }
+        Ok(end)
+    }
+
+    async fn available(&self) -> Result<Offsets> {
+        let mut end = Offsets::default();
+        for (t, p) in self.topic_partitions().await? {
+            end.set(&t, p, self.offset(&t, p, OffsetAt::Latest).await?);
+        }
+        Ok(end)
+    }
+
+    async fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>> {
+        let mut batches = vec![];
+        for (t, p, to) in end.iter() {
+            let mut from = start.get(t, p).unwrap_or(to);
+            if from >= to {
+                continue;
+            }
+            let earliest = self.offset(t, p, OffsetAt::Earliest).await?;
+            if from < earliest {
+                if self.fail_on_data_loss {
+                    return Err(EmberError::Internal(format!(
+                        "kafka source: {t}-{p} offsets {from}..{earliest} are gone (retention); set fail_on_data_loss(false) to skip them"
+                    )));
+                }
+                tracing::warn!(
+                    topic = t,
+                    partition = p,
+                    from,
+                    earliest,
+                    "skipping offsets lost to retention"
+                );
+                from = earliest;
+            }
+            let client = self.partition(t, p).await?;
+            let mut records = vec![];
+            let mut position = from;
+            while position < to {
+                let (fetched, _high) = client
+                    .fetch_records(position, 1..(8 << 20), 500)
+                    .await
+                    .map_err(|e| kafka_error(format!("fetching {t}-{p} at {position}"), e))?;
+                if fetched.is_empty() {
+                    return Err(EmberError::Internal(format!(
+                        "kafka source: {t}-{p} returned nothing at offset {position} (before {to})"
+                    )));
+                }
+                for r in fetched {
+                    if r.offset < position || r.offset >= to {
+                        continue;
+                    }
+                    position = r.offset + 1;
+                    records.push(ConsumerRecord {
+                        topic: t.to_string(),
+                        partition: p,
+                        offset: r.offset,
+                        timestamp: r.record.timestamp.timestamp_millis(),
+                        log_append_time: false,
+                        key: r.record.key.map(Bytes::from),
+                        value: r.record.value.map(Bytes::from),
+                        headers: r
+                            .record
+                            .headers
+                            .into_iter()
+                            .map(|(k, v)| (k, Some(Bytes::from(v))))
+                            .collect(),
+                    });
+                }
+            }
+            batches.push(records_to_batch(&records)?);
+        }
+        Ok(batches)
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka[{}]", self.topics.join(","))
+    }
+}
