@@ -589,10 +589,10 @@ impl StreamingQuery {
                 return self.await_termination(None).await.map(|_| ());
             }
             let committed = self.shared.committed.lock().clone();
-            if let Some(committed) = committed {
-                if self.source.latest(&committed).await? == committed {
-                    return Ok(());
-                }
+            if let Some(committed) = committed
+                && self.source.latest(&committed).await? == committed
+            {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

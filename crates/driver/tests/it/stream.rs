@@ -277,9 +277,12 @@ async fn the_kafka_source_reads_an_ember_broker_over_the_wire() {
     use ember_log::broker::{Broker, BrokerConfig};
     let dir = tempfile::tempdir().unwrap();
     let (log, producer) = log_with(&dir.path().join("log"), 120);
-    let broker = Broker::start(log.clone(), BrokerConfig::new("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
+    let broker = Broker::start(
+        log.clone(),
+        BrokerConfig::new("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
     let bootstrap = broker.address.to_string();
     let session = Session::builder().master("local[2]").build().unwrap();
     let checkpoint = dir.path().join("checkpoint");
@@ -303,7 +306,9 @@ async fn the_kafka_source_reads_an_ember_broker_over_the_wire() {
                 .start()
                 .await
                 .unwrap();
-            q.await_termination(Some(Duration::from_secs(60))).await.unwrap();
+            q.await_termination(Some(Duration::from_secs(60)))
+                .await
+                .unwrap();
             q.recent_progress().len()
         }
     };
@@ -312,7 +317,11 @@ async fn the_kafka_source_reads_an_ember_broker_over_the_wire() {
     assert!(batches >= 3, "{batches} batches");
     assert_eq!(count(&session, "SELECT count(*) FROM first").await, 120);
     assert_eq!(
-        count(&session, "SELECT count(DISTINCT v) FROM first WHERE k LIKE 'k%'").await,
+        count(
+            &session,
+            "SELECT count(DISTINCT v) FROM first WHERE k LIKE 'k%'"
+        )
+        .await,
         120
     );
     send(&producer, 120, 10);
