@@ -18,6 +18,7 @@ mod security;
 mod shell;
 mod sql;
 mod statements;
+mod stream;
 mod tables;
 
 use std::process::ExitCode;
@@ -56,6 +57,8 @@ enum Command {
     Config,
     /// Serve the embedded log over the Kafka protocol.
     Broker(broker::BrokerArgs),
+    /// Run a streaming SQL query from a log or Kafka source to a sink.
+    Stream(stream::StreamArgs),
     /// Create, list, describe and delete topics of a Kafka-protocol broker.
     Topics(kafka_tools::TopicsArgs),
     /// Send stdin's lines to a topic, one record per line.
@@ -117,6 +120,9 @@ fn run(command: Command) -> Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Broker(args) => engine
             .block_on(broker::run(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Stream(args) => engine
+            .block_on(stream::run(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Topics(args) => engine
             .block_on(kafka_tools::topics(args))

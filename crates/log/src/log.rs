@@ -41,6 +41,8 @@ const PRODUCER_ID_BLOCK: i64 = 1000;
 
 pub struct Log {
     root: PathBuf,
+    /// Held while the log is open: one process per directory.
+    _lock: std::fs::File,
     config: LogConfig,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     next_producer_id: AtomicI64,
@@ -78,6 +80,14 @@ impl Log {
     pub fn open(root: impl AsRef<Path>, config: LogConfig) -> Result<Arc<Log>> {
         let root = root.as_ref().to_path_buf();
         std::fs::create_dir_all(&root).map_err(|e| LogError::io(&root, e))?;
+        let lock_path = root.join("lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|e| LogError::io(&lock_path, e))?;
+        lock.try_lock().map_err(|_| {
+            LogError::InvalidConfig(format!(
+                "the log in {} is open in another process (a broker?); reach it over Kafka instead",
+                root.display()
+            ))
+        })?;
         let mut topics = BTreeMap::new();
         for entry in std::fs::read_dir(&root).map_err(|e| LogError::io(&root, e))? {
             let entry = entry.map_err(|e| LogError::io(&root, e))?;
@@ -101,6 +111,7 @@ impl Log {
         let groups = Groups::open(&root.join("__groups"))?;
         let log = Log {
             root,
+            _lock: lock,
             config,
             topics: RwLock::new(topics),
             next_producer_id: AtomicI64::new(next_block),

@@ -478,3 +478,58 @@ fn a_segment_damaged_while_the_broker_was_down_is_cut_back_and_the_log_says_wher
     assert!(line.contains("00000000000000000000.log"), "{line}");
     assert!(line.contains("first_dropped_offset=500"), "{line}");
 }
+
+#[test]
+fn ember_stream_copies_a_topic_to_parquet_exactly_once_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&dir.path().join("data"), free_port(), &[]);
+    let out = dir.path().join("out");
+    let checkpoint = dir.path().join("checkpoint");
+    let stream = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["stream", "--from"])
+            .arg(format!("kafka:{}:sensor", bootstrap(&broker)))
+            .args([
+                "--sql",
+                "SELECT CAST(value AS VARCHAR) AS reading, \"offset\" FROM events",
+                "--to",
+            ])
+            .arg(format!("parquet:{}", out.display()))
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            .args(["--master", "local[2]"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8(o.stderr).unwrap()
+    };
+    let rows = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let session = ember_driver::Session::builder()
+                .master("local[1]")
+                .build()
+                .unwrap();
+            session
+                .read()
+                .parquet(out.to_str().unwrap())
+                .await
+                .unwrap()
+                .count()
+                .await
+                .unwrap()
+        })
+    };
+    let lines: String = (0..50).map(|i| format!("k:{i}\n")).collect();
+    kcat_produce(&broker, "sensor", &lines);
+    let said = stream();
+    assert!(said.contains("batch 0: 50 rows in, 50 rows out"), "{said}");
+    assert_eq!(rows(), 50);
+    // Nothing new: nothing written again.
+    stream();
+    assert_eq!(rows(), 50);
+    kcat_produce(&broker, "sensor", "k:50\nk:51\n");
+    let said = stream();
+    assert!(said.contains("batch 1: 2 rows in"), "{said}");
+    assert_eq!(rows(), 52);
+}

@@ -98,6 +98,15 @@ impl DataStreamReader {
         self.source(Arc::new(KafkaSource::new(bootstrap_servers, topics)))
     }
 
+    /// Registers a source as table `name`, for streaming SQL
+    /// (`session.sql("SELECT .. FROM name")` is then a streaming DataFrame).
+    pub fn register(self, name: &str, source: Arc<dyn Source>) -> Result<()> {
+        let ctx = self.session.context();
+        ctx.deregister_table(name)?;
+        ctx.register_table(name, Arc::new(StreamTable { source }))?;
+        Ok(())
+    }
+
     /// Any source (for example a configured [`LogSource`] or [`KafkaSource`]).
     pub fn source(self, source: Arc<dyn Source>) -> Result<DataFrame> {
         let name = source.describe();

@@ -1,0 +1,164 @@
+//! `ember stream`: a streaming SQL query from a source to a sink, with a progress line
+//! per batch.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ember_driver::Session;
+use ember_driver::stream::{KafkaSource, LogSource, Source, StartingOffsets, Trigger};
+
+#[derive(Debug, clap::Args)]
+pub struct StreamArgs {
+    /// The source: log:DIR:TOPIC[,TOPIC..] (the embedded log in DIR) or
+    /// kafka:HOST:PORT:TOPIC[,TOPIC..] (any Kafka-protocol broker).
+    #[arg(long, value_name = "SOURCE")]
+    from: String,
+
+    /// The name the query's SQL reads the stream as.
+    #[arg(long, default_value = "events")]
+    table: String,
+
+    /// The query, over the stream's columns: key, value, topic, partition, offset,
+    /// timestamp, timestamp_type.
+    #[arg(long)]
+    sql: String,
+
+    /// The sink: console, memory, parquet:DIR or json:DIR.
+    #[arg(long, default_value = "console", value_name = "SINK")]
+    to: String,
+
+    /// The checkpoint directory (restarts continue from it, exactly once).
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+
+    /// once, available-now, or an interval such as 1s or 500ms.
+    #[arg(long, default_value = "available-now")]
+    trigger: String,
+
+    /// Where a new query starts: earliest or latest.
+    #[arg(long, default_value = "earliest")]
+    starting_offsets: String,
+
+    /// Most records per batch, over all partitions.
+    #[arg(long, value_name = "N")]
+    max_offsets_per_trigger: Option<i64>,
+
+    #[arg(long, default_value = "local[*]")]
+    master: String,
+}
+
+fn trigger(s: &str) -> Result<Trigger> {
+    Ok(match s {
+        "once" => Trigger::Once,
+        "available-now" => Trigger::AvailableNow,
+        other => {
+            let (n, unit) = other.split_at(
+                other
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(other.len()),
+            );
+            let n: u64 = n.parse().with_context(|| format!("trigger '{other}'"))?;
+            Trigger::ProcessingTime(match unit {
+                "ms" => Duration::from_millis(n),
+                "s" | "" => Duration::from_secs(n),
+                _ => bail!("trigger '{other}': expected once, available-now, or e.g. 1s or 500ms"),
+            })
+        }
+    })
+}
+
+fn source(args: &StreamArgs) -> Result<Arc<dyn Source>> {
+    let starting = match args.starting_offsets.as_str() {
+        "earliest" => StartingOffsets::Earliest,
+        "latest" => StartingOffsets::Latest,
+        other => bail!("--starting-offsets {other}: expected earliest or latest"),
+    };
+    let topics = |list: &str| list.split(',').map(str::to_string).collect::<Vec<_>>();
+    if let Some(rest) = args.from.strip_prefix("log:") {
+        let (dir, list) = rest
+            .rsplit_once(':')
+            .context("--from log:DIR:TOPIC[,TOPIC..]")?;
+        let log = ember_log::Log::open(dir, ember_log::LogConfig::default())
+            .with_context(|| format!("opening the log in {dir}"))?;
+        let mut s = LogSource::new(log, topics(list)).starting_offsets(starting);
+        if let Some(m) = args.max_offsets_per_trigger {
+            s = s.max_offsets_per_trigger(m);
+        }
+        return Ok(Arc::new(s));
+    }
+    if let Some(rest) = args.from.strip_prefix("kafka:") {
+        let (servers, list) = rest
+            .rsplit_once(':')
+            .context("--from kafka:HOST:PORT:TOPIC[,TOPIC..]")?;
+        let mut s = KafkaSource::new(servers, topics(list)).starting_offsets(starting);
+        if let Some(m) = args.max_offsets_per_trigger {
+            s = s.max_offsets_per_trigger(m);
+        }
+        return Ok(Arc::new(s));
+    }
+    bail!(
+        "--from {}: expected log:DIR:TOPIC or kafka:HOST:PORT:TOPIC",
+        args.from
+    )
+}
+
+pub async fn run(args: StreamArgs) -> Result<()> {
+    let session = Session::builder().master(&args.master).build()?;
+    session
+        .read_stream()
+        .register(&args.table, source(&args)?)?;
+    let df = session.sql(&args.sql).await?;
+    let writer = df
+        .write_stream()
+        .query_name(&args.table)
+        .checkpoint(&args.checkpoint)
+        .trigger(trigger(&args.trigger)?);
+    let writer = match args.to.split_once(':') {
+        None if args.to == "console" => writer.console(),
+        None if args.to == "memory" => writer.memory(),
+        Some(("parquet", dir)) => writer.parquet(dir),
+        Some(("json", dir)) => writer.json(dir),
+        _ => bail!(
+            "--to {}: expected console, memory, parquet:DIR or json:DIR",
+            args.to
+        ),
+    };
+    let query = writer.start().await?;
+    eprintln!(
+        "streaming query {} (run {}) started",
+        query.id(),
+        query.run_id()
+    );
+    // The first batch id not printed yet.
+    let mut next = 0u64;
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let ended = tokio::select! {
+            ended = query.await_termination(Some(Duration::from_millis(200))) => ended?,
+            _ = &mut interrupted => {
+                eprintln!("stopping after the batch in progress");
+                query.stop().await?;
+                true
+            }
+        };
+        for p in query.recent_progress() {
+            if p.batch_id < next {
+                continue;
+            }
+            eprintln!(
+                "batch {}: {} rows in, {} rows out, {} ms ({} rows/s)",
+                p.batch_id,
+                p.num_input_rows,
+                p.sink.num_output_rows,
+                p.duration_ms.trigger_execution,
+                p.processed_rows_per_second
+            );
+            next = p.batch_id + 1;
+        }
+        if ended {
+            return Ok(());
+        }
+    }
+}
