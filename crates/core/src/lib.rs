@@ -22,6 +22,7 @@ pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod json;
 pub mod proto;
 pub mod rpc;
 pub mod shuffle;
@@ -32,3 +33,8 @@ pub use error::{EmberError, Result};
 
 /// The version of the driver/executor protocol, sent when an executor registers.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// ember's own SQL functions, present in every session and on every executor.
+pub fn ember_functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
+    vec![json::from_json_udf()]
+}

@@ -217,7 +217,11 @@ pub(crate) fn new_context(
             cluster_driver,
         )))
         .build();
-    SessionContext::new_with_state(state)
+    let ctx = SessionContext::new_with_state(state);
+    for f in ember_core::ember_functions() {
+        ctx.register_udf(f);
+    }
+    ctx
 }
 
 /// What runs a session's jobs.

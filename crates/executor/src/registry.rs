@@ -86,6 +86,9 @@ impl Registry {
     /// The built-ins plus the user's functions, as tasks resolve them.
     pub(crate) fn function_source(&self) -> Arc<dyn FunctionSource> {
         let ctx = SessionContext::new();
+        for f in ember_core::ember_functions() {
+            ctx.register_udf(f);
+        }
         for f in &self.scalar {
             ctx.register_udf(f.clone());
         }

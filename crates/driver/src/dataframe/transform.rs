@@ -155,6 +155,59 @@ impl DataFrame {
         Ok(self.with_plan(plan))
     }
 
+    /// Parses JSON text in `column` (string or binary, such as a log record's
+    /// `value`) into columns of `schema` (`device STRING, temperature DOUBLE, ...`),
+    /// which replace it. `mode` is Spark's bad-record policy: `PERMISSIVE` (null fields
+    /// and the text in a `_corrupt_record` column), `DROPMALFORMED` (such rows go) or
+    /// `FAILFAST` (the query fails, naming the record).
+    pub fn parse_json(&self, column: &str, schema: &str, mode: &str) -> Result<DataFrame> {
+        use datafusion::common::Column;
+        use datafusion::functions::core::expr_fn::get_field;
+        use datafusion::logical_expr::lit;
+        use ember_core::json::{CORRUPT_RECORD, from_json_udf, parse_schema};
+        let fields = parse_schema(schema)?;
+        let mode = mode.to_ascii_uppercase();
+        let parsed = from_json_udf().call(vec![
+            Expr::Column(Column::from_name(column)),
+            lit(schema),
+            lit(mode.as_str()),
+        ]);
+        let kept: Vec<Expr> = self
+            .columns()
+            .into_iter()
+            .filter(|c| c != column)
+            .map(|c| Expr::Column(Column::from_name(c)))
+            .collect();
+        let mut exprs = kept.clone();
+        for f in fields.iter() {
+            exprs.push(get_field(parsed.clone(), f.name().as_str()).alias(f.name()));
+        }
+        exprs.push(get_field(parsed, CORRUPT_RECORD).alias(CORRUPT_RECORD));
+        let all = self.select(exprs)?;
+        match mode.as_str() {
+            "DROPMALFORMED" | "DROP" => {
+                let good = all.filter(Expr::Column(Column::from_name(CORRUPT_RECORD)).is_null())?;
+                let names: Vec<Expr> = good
+                    .columns()
+                    .into_iter()
+                    .filter(|c| c != CORRUPT_RECORD)
+                    .map(|c| Expr::Column(Column::from_name(c)))
+                    .collect();
+                good.select(names)
+            }
+            "FAILFAST" | "FAIL_FAST" => {
+                let names: Vec<Expr> = all
+                    .columns()
+                    .into_iter()
+                    .filter(|c| c != CORRUPT_RECORD)
+                    .map(|c| Expr::Column(Column::from_name(c)))
+                    .collect();
+                all.select(names)
+            }
+            _ => Ok(all),
+        }
+    }
+
     /// Registers this frame as a view `name` for SQL (`session.sql("SELECT * FROM name")`)
     /// and [`Session::table`](crate::Session::table), replacing any table of that name.
     pub fn create_or_replace_temp_view(&self, name: &str) -> Result<()> {

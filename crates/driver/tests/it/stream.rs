@@ -329,3 +329,72 @@ async fn the_kafka_source_reads_an_ember_broker_over_the_wire() {
     assert_eq!(count(&session, "SELECT count(*) FROM second").await, 10);
     broker.stop();
 }
+
+#[tokio::test]
+async fn json_values_parse_with_each_bad_record_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, producer) = log_with(&dir.path().join("log"), 0);
+    for (i, v) in [
+        r#"{"device":"a","temperature":20.5}"#,
+        "garbage{",
+        r#"{"device":"b","temperature":31.0}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        producer
+            .send(
+                ProducerRecord::new("events", v.to_string())
+                    .partition(0)
+                    .key(format!("{i}")),
+            )
+            .unwrap();
+    }
+    producer.flush();
+    let session = Session::builder().master("local[2]").build().unwrap();
+    let run = |mode: &'static str, name: &'static str| {
+        let df = session
+            .read_stream()
+            .log(log.clone(), &["events"])
+            .unwrap()
+            .select_expr(&["value"])
+            .unwrap()
+            .parse_json("value", "device STRING, temperature DOUBLE", mode)
+            .unwrap();
+        let checkpoint = dir.path().join(name);
+        async move {
+            let q = df
+                .write_stream()
+                .query_name(name)
+                .memory()
+                .checkpoint(checkpoint)
+                .trigger(Trigger::AvailableNow)
+                .start()
+                .await
+                .unwrap();
+            q.await_termination(None).await
+        }
+    };
+    run("PERMISSIVE", "permissive").await.unwrap();
+    assert_eq!(count(&session, "SELECT count(*) FROM permissive").await, 3);
+    assert_eq!(
+        count(
+            &session,
+            "SELECT count(*) FROM permissive WHERE _corrupt_record = 'garbage{'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &session,
+            "SELECT count(*) FROM permissive WHERE temperature > 30 AND device = 'b'"
+        )
+        .await,
+        1
+    );
+    run("DROPMALFORMED", "dropped").await.unwrap();
+    assert_eq!(count(&session, "SELECT count(*) FROM dropped").await, 2);
+    let err = run("FAILFAST", "failed").await.unwrap_err().to_string();
+    assert!(err.contains("garbage{"), "{err}");
+}

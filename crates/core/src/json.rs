@@ -1,0 +1,251 @@
+//! `from_json(value, 'schema', 'mode')`: parses JSON text (a string or binary column,
+//! such as a log record's `value`) into a struct, with Spark's bad-record policies:
+//!
+//! - `PERMISSIVE`: a record that does not parse gives null fields and its text in the
+//!   struct's `_corrupt_record` field;
+//! - `DROPMALFORMED`: the same (`DataFrame::parse_json` then drops those rows);
+//! - `FAILFAST`: the query fails, naming the record.
+//!
+//! The schema is a list like `device STRING, ts TIMESTAMP, temperature DOUBLE`. The
+//! function is ember's own: every session and every executor has it.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, StringBuilder, StructArray, new_null_array};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, TimeUnit};
+use datafusion::common::ScalarValue;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
+
+/// The field of a permissive parse that holds a record that did not parse.
+pub const CORRUPT_RECORD: &str = "_corrupt_record";
+
+/// Parses `name TYPE, name TYPE, ...` (Spark's DDL-style list) into fields.
+pub fn parse_schema(ddl: &str) -> DFResult<Fields> {
+    let mut fields = vec![];
+    for part in ddl.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, ty) = part
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| plan(format!("schema '{ddl}': '{part}' needs a name and a type")))?;
+        let data_type = match ty.trim().to_ascii_uppercase().as_str() {
+            "STRING" | "VARCHAR" | "TEXT" => DataType::Utf8,
+            "INT" | "INTEGER" => DataType::Int32,
+            "BIGINT" | "LONG" => DataType::Int64,
+            "DOUBLE" => DataType::Float64,
+            "FLOAT" | "REAL" => DataType::Float32,
+            "BOOLEAN" | "BOOL" => DataType::Boolean,
+            "TIMESTAMP" => DataType::Timestamp(TimeUnit::Millisecond, None),
+            "DATE" => DataType::Date32,
+            other => {
+                return Err(plan(format!(
+                    "schema '{ddl}': unknown type {other} (STRING, INT, BIGINT, DOUBLE, FLOAT, BOOLEAN, TIMESTAMP, DATE)"
+                )));
+            }
+        };
+        fields.push(Field::new(name.trim(), data_type, true));
+    }
+    if fields.is_empty() {
+        return Err(plan(format!("schema '{ddl}' has no fields")));
+    }
+    Ok(fields.into())
+}
+
+fn plan(message: String) -> DataFusionError {
+    DataFusionError::Plan(format!("from_json: {message}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    Permissive,
+    DropMalformed,
+    FailFast,
+}
+
+fn mode_of(s: &str) -> DFResult<Mode> {
+    match s.to_ascii_uppercase().as_str() {
+        "PERMISSIVE" => Ok(Mode::Permissive),
+        "DROPMALFORMED" | "DROP" => Ok(Mode::DropMalformed),
+        "FAILFAST" | "FAIL_FAST" => Ok(Mode::FailFast),
+        other => Err(plan(format!(
+            "mode {other}: expected PERMISSIVE, DROPMALFORMED or FAILFAST"
+        ))),
+    }
+}
+
+fn literal(args: &[Option<&ScalarValue>], i: usize, what: &str) -> DFResult<String> {
+    match args.get(i).copied().flatten() {
+        Some(ScalarValue::Utf8(Some(s)))
+        | Some(ScalarValue::LargeUtf8(Some(s)))
+        | Some(ScalarValue::Utf8View(Some(s))) => Ok(s.clone()),
+        _ => Err(plan(format!("the {what} must be a string literal"))),
+    }
+}
+
+/// The struct a parse returns: the schema's fields plus `_corrupt_record`.
+fn output_fields(schema: &Fields) -> Fields {
+    let mut fields: Vec<FieldRef> = schema.iter().cloned().collect();
+    fields.push(Arc::new(Field::new(CORRUPT_RECORD, DataType::Utf8, true)));
+    fields.into()
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FromJson {
+    signature: Signature,
+}
+
+/// The `from_json` function.
+pub fn from_json_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(FromJson {
+        signature: Signature::any(3, Volatility::Immutable),
+    })
+}
+
+impl ScalarUDFImpl for FromJson {
+    fn name(&self) -> &str {
+        "from_json"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DFResult<DataType> {
+        Err(plan(
+            "the return type depends on the schema argument".into(),
+        ))
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DFResult<FieldRef> {
+        let schema = parse_schema(&literal(args.scalar_arguments, 1, "schema")?)?;
+        mode_of(&literal(args.scalar_arguments, 2, "mode")?)?;
+        Ok(Arc::new(Field::new(
+            "from_json",
+            DataType::Struct(output_fields(&schema)),
+            true,
+        )))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let text = |i: usize| match &args.args[i] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) => Ok(s.clone()),
+            _ => Err(plan("schema and mode must be string literals".into())),
+        };
+        let schema = parse_schema(&text(1)?)?;
+        let mode = mode_of(&text(2)?)?;
+        let values = args.args[0].to_array(args.number_rows)?;
+        Ok(ColumnarValue::Array(parse_column(&values, &schema, mode)?))
+    }
+}
+
+/// Each row's bytes, or none for a null.
+fn rows(values: &ArrayRef) -> DFResult<Vec<Option<&[u8]>>> {
+    Ok(match values.data_type() {
+        DataType::Binary => values.as_binary::<i32>().iter().collect(),
+        DataType::LargeBinary => values.as_binary::<i64>().iter().collect(),
+        DataType::Utf8 => values
+            .as_string::<i32>()
+            .iter()
+            .map(|s| s.map(str::as_bytes))
+            .collect(),
+        DataType::LargeUtf8 => values
+            .as_string::<i64>()
+            .iter()
+            .map(|s| s.map(str::as_bytes))
+            .collect(),
+        DataType::Utf8View => values
+            .as_string_view()
+            .iter()
+            .map(|s| s.map(str::as_bytes))
+            .collect(),
+        other => return Err(plan(format!("cannot parse JSON from a {other} column"))),
+    })
+}
+
+fn parse_one(bytes: &[u8], schema: &Arc<Schema>) -> Option<StructArray> {
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .build_decoder()
+        .ok()?;
+    let trimmed = bytes.trim_ascii();
+    if trimmed.first() != Some(&b'{') {
+        return None;
+    }
+    let used = decoder.decode(trimmed).ok()?;
+    if used != trimmed.len() {
+        return None;
+    }
+    let batch = decoder.flush().ok()??;
+    (batch.num_rows() == 1).then(|| StructArray::from(batch))
+}
+
+fn parse_column(values: &ArrayRef, fields: &Fields, mode: Mode) -> DFResult<ArrayRef> {
+    let schema = Arc::new(Schema::new(fields.clone()));
+    let out_fields = output_fields(fields);
+    let mut parts: Vec<ArrayRef> = vec![];
+    for (i, row) in rows(values)?.into_iter().enumerate() {
+        let parsed = row.and_then(|b| parse_one(b, &schema));
+        let corrupt = match (row, &parsed) {
+            (Some(b), None) => {
+                if mode == Mode::FailFast {
+                    return Err(DataFusionError::Execution(format!(
+                        "from_json: record {i} is not JSON of the schema ({}): {}",
+                        fields
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        String::from_utf8_lossy(&b[..b.len().min(200)])
+                    )));
+                }
+                Some(String::from_utf8_lossy(b).into_owned())
+            }
+            _ => None,
+        };
+        let mut columns: Vec<ArrayRef> = match parsed {
+            Some(s) => s.columns().to_vec(),
+            None => fields
+                .iter()
+                .map(|f| new_null_array(f.data_type(), 1))
+                .collect(),
+        };
+        let mut c = StringBuilder::new();
+        c.append_option(corrupt);
+        columns.push(Arc::new(c.finish()));
+        parts.push(Arc::new(StructArray::try_new(
+            out_fields.clone(),
+            columns,
+            None,
+        )?));
+    }
+    if parts.is_empty() {
+        return Ok(new_null_array(&DataType::Struct(out_fields), 0));
+    }
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+    Ok(arrow::compute::concat(&refs)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_and_bad_records_per_policy() {
+        let fields = parse_schema("device STRING, temperature DOUBLE").unwrap();
+        let values: ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
+            Some(r#"{"device":"a","temperature":21.5}"#),
+            Some("not json"),
+            None,
+        ]));
+        let parsed = parse_column(&values, &fields, Mode::Permissive).unwrap();
+        let s = parsed.as_struct();
+        assert_eq!(s.column(0).as_string::<i32>().value(0), "a");
+        assert!(s.column(0).is_null(1));
+        assert_eq!(s.column(2).as_string::<i32>().value(1), "not json");
+        assert!(s.column(2).is_null(2));
+        let err = parse_column(&values, &fields, Mode::FailFast).unwrap_err();
+        assert!(err.to_string().contains("record 1"), "{err}");
+        assert!(parse_schema("x WIBBLE").is_err());
+    }
+}
