@@ -172,13 +172,14 @@ impl DataFrame {
             lit(schema),
             lit(mode.as_str()),
         ]);
-        let kept: Vec<Expr> = self
-            .columns()
-            .into_iter()
-            .filter(|c| c != column)
-            .map(|c| Expr::Column(Column::from_name(c)))
-            .collect();
-        let mut exprs = kept.clone();
+        let columns_except = |df: &DataFrame, name: &str| -> Vec<Expr> {
+            df.columns()
+                .into_iter()
+                .filter(|c| c != name)
+                .map(|c| Expr::Column(Column::from_name(c)))
+                .collect()
+        };
+        let mut exprs = columns_except(self, column);
         for f in fields.iter() {
             exprs.push(get_field(parsed.clone(), f.name().as_str()).alias(f.name()));
         }
@@ -187,23 +188,9 @@ impl DataFrame {
         match mode.as_str() {
             "DROPMALFORMED" | "DROP" => {
                 let good = all.filter(Expr::Column(Column::from_name(CORRUPT_RECORD)).is_null())?;
-                let names: Vec<Expr> = good
-                    .columns()
-                    .into_iter()
-                    .filter(|c| c != CORRUPT_RECORD)
-                    .map(|c| Expr::Column(Column::from_name(c)))
-                    .collect();
-                good.select(names)
+                good.select(columns_except(&good, CORRUPT_RECORD))
             }
-            "FAILFAST" | "FAIL_FAST" => {
-                let names: Vec<Expr> = all
-                    .columns()
-                    .into_iter()
-                    .filter(|c| c != CORRUPT_RECORD)
-                    .map(|c| Expr::Column(Column::from_name(c)))
-                    .collect();
-                all.select(names)
-            }
+            "FAILFAST" | "FAIL_FAST" => all.select(columns_except(&all, CORRUPT_RECORD)),
             _ => Ok(all),
         }
     }
