@@ -12,10 +12,11 @@
 //! batch replaces that scan with the batch's rows and runs the plan as a job.
 //! Not yet here: stateful operators (aggregations with watermarks, windows,
 //! deduplication, stream-stream joins), the rate and file sources, and the log and
-//! Kafka sinks.
+//! Kafka sinks. [`MemoryStream`] feeds a query from the program (tests, examples).
 
 mod checkpoint;
 mod kafka;
+mod memory;
 mod query;
 mod sink;
 mod source;
@@ -31,6 +32,7 @@ use ember_core::Result;
 use ember_log::Log;
 
 pub use kafka::KafkaSource;
+pub use memory::MemoryStream;
 pub use query::{
     DataStreamWriter, Durations, OutputMode, Progress, SinkProgress, SourceProgress, Status,
     StreamingQuery, Trigger,

@@ -398,3 +398,59 @@ async fn json_values_parse_with_each_bad_record_policy() {
     let err = run("FAILFAST", "failed").await.unwrap_err().to_string();
     assert!(err.contains("garbage{"), "{err}");
 }
+
+#[tokio::test]
+async fn a_memory_stream_feeds_a_query_batch_by_batch() {
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("device", DataType::Utf8, false),
+        Field::new("reading", DataType::Int64, false),
+    ]));
+    let rows = |devices: Vec<&str>, readings: Vec<i64>| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(devices)),
+                Arc::new(Int64Array::from(readings)),
+            ],
+        )
+        .unwrap()
+    };
+    let stream = ember_driver::stream::MemoryStream::new(schema.clone());
+    stream.add_data(rows(vec!["a", "b"], vec![1, 50])).unwrap();
+    let session = Session::builder().master("local[1]").build().unwrap();
+    session
+        .read_stream()
+        .register("readings", stream.clone())
+        .unwrap();
+    let q = session
+        .sql("SELECT device, reading * 2 AS doubled FROM readings WHERE reading > 10")
+        .await
+        .unwrap()
+        .write_stream()
+        .query_name("high")
+        .memory()
+        .checkpoint(dir.path().join("cp"))
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(20)))
+        .start()
+        .await
+        .unwrap();
+    q.process_all_available().await.unwrap();
+    assert_eq!(count(&session, "SELECT count(*) FROM high").await, 1);
+    stream
+        .add_data(rows(vec!["c", "d", "e"], vec![11, 2, 99]))
+        .unwrap();
+    q.process_all_available().await.unwrap();
+    assert_eq!(
+        count(&session, "SELECT sum(doubled) FROM high").await,
+        100 + 22 + 198
+    );
+    // Rows of another shape are refused.
+    let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+    let bad = RecordBatch::try_new(other, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap();
+    assert!(stream.add_data(bad).is_err());
+    q.stop().await.unwrap();
+}
