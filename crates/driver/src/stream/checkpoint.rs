@@ -25,6 +25,9 @@ pub struct BatchRange {
     pub end: Offsets,
     /// When the batch was planned (ms since the epoch), kept for a re-run.
     pub batch_time_ms: i64,
+    /// The event-time watermark the batch uses (ms), kept for a re-run.
+    #[serde(default)]
+    pub watermark_ms: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,7 +71,7 @@ impl Checkpoint {
     /// Opens (or creates) the directory and takes its lock: a second query on the
     /// same directory fails here.
     pub fn open(dir: &Path) -> Result<Checkpoint> {
-        for sub in ["offsets", "commits"] {
+        for sub in ["offsets", "commits", "state"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| io(dir, e))?;
         }
         let lock_path = dir.join("lock");
@@ -124,6 +127,27 @@ impl Checkpoint {
             &path,
             &serde_json::to_vec_pretty(range).expect("serializable"),
         )
+    }
+
+    /// Stateful operators' state after batch `batch_id`; older versions but the one
+    /// before are purged.
+    pub fn write_state(&self, batch_id: u64, bytes: &[u8]) -> Result<()> {
+        let dir = self.dir.join("state");
+        write_atomically(&dir.join(batch_id.to_string()), bytes)?;
+        for old in numbered(&dir)?.into_iter().filter(|n| *n + 1 < batch_id) {
+            let _ = std::fs::remove_file(dir.join(old.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The state after batch `batch_id`, if it was written.
+    pub fn read_state(&self, batch_id: u64) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join("state").join(batch_id.to_string());
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path, e)),
+        }
     }
 
     pub fn commit(&self, batch_id: u64) -> Result<()> {

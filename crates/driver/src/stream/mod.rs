@@ -10,8 +10,9 @@
 //! A streaming DataFrame is an ordinary one whose plan scans a [`StreamTable`]; every
 //! stateless operator and SQL over it works, joins with static tables included. Each
 //! batch replaces that scan with the batch's rows and runs the plan as a job.
-//! Not yet here: stateful operators (aggregations with watermarks, windows,
-//! deduplication, stream-stream joins), the rate and file sources, and the log and
+//! `window_agg` aggregates per tumbling event-time window with a watermark and state
+//! across batches (see `window.rs`). Not yet here: general aggregations, sliding and
+//! session windows, deduplication, stream-stream joins, the rate and file sources, and the log and
 //! Kafka sinks. [`MemoryStream`] feeds a query from the program (tests, examples).
 
 mod checkpoint;
@@ -20,6 +21,7 @@ mod memory;
 mod query;
 mod sink;
 mod source;
+mod window;
 
 use std::sync::Arc;
 
@@ -34,8 +36,8 @@ use ember_log::Log;
 pub use kafka::KafkaSource;
 pub use memory::MemoryStream;
 pub use query::{
-    DataStreamWriter, Durations, OutputMode, Progress, SinkProgress, SourceProgress, Status,
-    StreamingQuery, Trigger,
+    DataStreamWriter, Durations, OutputMode, Progress, SinkProgress, SourceProgress, StateProgress,
+    Status, StreamingQuery, Trigger, WindowAgg,
 };
 pub use sink::{FileFormat, FileSink, METADATA_DIR, Sink, committed_files};
 pub use source::{LogSource, Offsets, Source, StartingOffsets, kafka_schema};

@@ -20,6 +20,7 @@ use super::StreamTable;
 use super::checkpoint::{BatchRange, Checkpoint};
 use super::sink::{ConsoleSink, FileFormat, FileSink, ForeachBatchSink, MemorySink, Sink};
 use super::source::{Offsets, Source};
+use super::window::{Aggregate, WindowSpec, WindowState};
 use crate::dataframe::DataFrame;
 
 /// When the next micro-batch starts.
@@ -56,6 +57,95 @@ pub struct Progress {
     pub duration_ms: Durations,
     pub source: SourceProgress,
     pub sink: SinkProgress,
+    /// Event time: the watermark this batch used (ms), if the query has one.
+    pub watermark_ms: Option<i64>,
+    /// Rows older than the watermark, dropped.
+    pub late_rows_dropped: usize,
+    pub state: StateProgress,
+}
+
+/// A stateful operator's state after a batch.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StateProgress {
+    pub rows_total: usize,
+    pub rows_updated: usize,
+    pub rows_removed: usize,
+}
+
+/// `stream.window_agg(time_column, length, watermark_delay)`: aggregates per
+/// tumbling event-time window (and keys), with state across batches.
+pub struct WindowAgg {
+    df: DataFrame,
+    spec: WindowSpec,
+}
+
+impl DataFrame {
+    /// Tumbling windows of `length` over `time_column`; rows later than the largest
+    /// event time seen minus `watermark_delay` are dropped.
+    pub fn window_agg(
+        &self,
+        time_column: &str,
+        length: Duration,
+        watermark_delay: Duration,
+    ) -> WindowAgg {
+        WindowAgg {
+            df: self.clone(),
+            spec: WindowSpec {
+                time_column: time_column.to_string(),
+                length,
+                watermark_delay,
+                keys: vec![],
+                aggregates: vec![],
+            },
+        }
+    }
+}
+
+impl WindowAgg {
+    /// Groups by this column too.
+    pub fn key(mut self, column: &str) -> Self {
+        self.spec.keys.push(column.to_string());
+        self
+    }
+
+    pub fn count(mut self, alias: &str) -> Self {
+        self.spec.aggregates.push((Aggregate::Count, alias.into()));
+        self
+    }
+
+    pub fn sum(mut self, column: &str, alias: &str) -> Self {
+        self.spec
+            .aggregates
+            .push((Aggregate::Sum(column.into()), alias.into()));
+        self
+    }
+
+    pub fn min(mut self, column: &str, alias: &str) -> Self {
+        self.spec
+            .aggregates
+            .push((Aggregate::Min(column.into()), alias.into()));
+        self
+    }
+
+    pub fn max(mut self, column: &str, alias: &str) -> Self {
+        self.spec
+            .aggregates
+            .push((Aggregate::Max(column.into()), alias.into()));
+        self
+    }
+
+    pub fn avg(mut self, column: &str, alias: &str) -> Self {
+        self.spec
+            .aggregates
+            .push((Aggregate::Avg(column.into()), alias.into()));
+        self
+    }
+
+    pub fn write_stream(self) -> DataStreamWriter {
+        let mut w = self.df.write_stream();
+        w.window = Some(Arc::new(self.spec));
+        w
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -99,6 +189,7 @@ pub struct DataStreamWriter {
     trigger: Trigger,
     checkpoint: Option<PathBuf>,
     name: Option<String>,
+    window: Option<Arc<WindowSpec>>,
 }
 
 impl DataFrame {
@@ -112,6 +203,7 @@ impl DataFrame {
             trigger: Trigger::ProcessingTime(Duration::ZERO),
             checkpoint: None,
             name: None,
+            window: None,
         }
     }
 }
@@ -187,17 +279,18 @@ impl DataStreamWriter {
         let aggregates = plan.exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(_))))?;
         if aggregates {
             return Err(EmberError::NotSupported(
-                "aggregations over a stream (state across batches) are not available yet; aggregate each batch in foreach_batch".into(),
+                "aggregations over a stream need state across batches: use window_agg (tumbling event-time windows), or aggregate each batch in foreach_batch".into(),
             ));
         }
-        if self.mode == OutputMode::Complete {
+        if self.mode == OutputMode::Complete && self.window.is_none() {
             return Err(EmberError::Config(
                 "Complete output mode needs a streaming aggregation; use Append or Update".into(),
             ));
         }
         let memory = self.memory.then(|| {
             let name = self.name.clone().unwrap_or_else(|| "stream".into());
-            Arc::new(MemorySink::new(self.df.session().clone(), &name)) as Arc<dyn Sink>
+            let replace = self.mode == OutputMode::Complete;
+            Arc::new(MemorySink::new(self.df.session().clone(), &name, replace)) as Arc<dyn Sink>
         });
         let sink = memory.or(self.sink).ok_or_else(|| {
             EmberError::Config(
@@ -240,6 +333,10 @@ impl DataStreamWriter {
             checkpoint,
             trigger: self.trigger,
             shared: shared.clone(),
+            mode: self.mode,
+            window: self
+                .window
+                .map(|spec| (spec, Mutex::new(WindowState::default()))),
         };
         let task = tokio::spawn(async move {
             let outcome = runner.run().await;
@@ -302,6 +399,9 @@ struct Runner {
     checkpoint: Checkpoint,
     trigger: Trigger,
     shared: Arc<Shared>,
+    mode: OutputMode,
+    /// A windowed aggregation and its state.
+    window: Option<(Arc<WindowSpec>, Mutex<WindowState>)>,
 }
 
 fn now_ms() -> i64 {
@@ -320,7 +420,19 @@ impl Runner {
     }
 
     async fn run(self) -> Result<()> {
-        let (mut next_id, mut start) = match self.checkpoint.last()? {
+        let last = self.checkpoint.last()?;
+        // The state after the last committed batch.
+        let committed_batch = match &last {
+            Some((range, true)) => Some(range.batch_id),
+            Some((range, false)) => range.batch_id.checked_sub(1),
+            None => None,
+        };
+        if let (Some((spec, state)), Some(batch)) = (&self.window, committed_batch)
+            && let Some(bytes) = self.checkpoint.read_state(batch)?
+        {
+            *state.lock() = spec.load(&bytes, &self.plan.schema().as_arrow().clone())?;
+        }
+        let (mut next_id, mut start) = match last {
             None => (0, self.source.initial().await?),
             Some((range, true)) => (range.batch_id + 1, range.end),
             Some((range, false)) => {
@@ -363,6 +475,10 @@ impl Runner {
                 start: start.clone(),
                 end: end.clone(),
                 batch_time_ms: now_ms(),
+                watermark_ms: self
+                    .window
+                    .as_ref()
+                    .and_then(|(spec, state)| spec.watermark(state.lock().max_event_time)),
             };
             let wal = Instant::now();
             self.checkpoint.write_offsets(&range)?;
@@ -401,18 +517,36 @@ impl Runner {
         use tracing::Instrument;
         self.set_status("Processing new data", true, true);
         let add = Instant::now();
-        let (num_input_rows, written) = async {
+        let (num_input_rows, written, late, state_progress) = async {
             let input = self.source.read(&range.start, &range.end).await?;
             let num_input_rows: i64 = input.iter().map(|b| b.num_rows() as i64).sum();
             let plan = with_batch(&self.plan, self.source.schema(), input)?;
+            let schema = Arc::new(plan.schema().as_arrow().clone());
             let mut output = self.df.session().collect_plan(&plan).await?;
+            let mut late = 0;
+            let mut state_progress = StateProgress::default();
+            if let Some((spec, state)) = &self.window {
+                let (rows, saved) = {
+                    let mut state = state.lock();
+                    let out =
+                        spec.process(&mut state, &output, range.watermark_ms, self.mode, &schema)?;
+                    late = out.late_rows;
+                    state_progress = StateProgress {
+                        rows_total: out.state_rows,
+                        rows_updated: out.state_rows_updated,
+                        rows_removed: out.state_rows_removed,
+                    };
+                    (out.rows, spec.save(&state)?)
+                };
+                // Before the commit: a restart resumes from this version.
+                self.checkpoint.write_state(range.batch_id, &saved)?;
+                output = vec![rows];
+            }
             if output.is_empty() {
-                output.push(RecordBatch::new_empty(Arc::new(
-                    plan.schema().as_arrow().clone(),
-                )));
+                output.push(RecordBatch::new_empty(schema));
             }
             let written = self.sink.add_batch(range.batch_id, output).await?;
-            Ok::<_, EmberError>((num_input_rows, written))
+            Ok::<_, EmberError>((num_input_rows, written, late, state_progress))
         }
         .instrument(tracing::info_span!("batch", batch = range.batch_id))
         .await?;
@@ -448,6 +582,9 @@ impl Runner {
                 description: self.sink.describe(),
                 num_output_rows: written,
             },
+            watermark_ms: range.watermark_ms,
+            late_rows_dropped: late,
+            state: state_progress,
         };
         tracing::info!(
             batch = range.batch_id,

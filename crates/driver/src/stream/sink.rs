@@ -25,14 +25,17 @@ pub trait Sink: Send + Sync {
 pub struct MemorySink {
     name: String,
     session: Session,
+    /// Complete mode: each batch is the whole result and replaces the table.
+    replace: bool,
     state: Mutex<(Option<u64>, Vec<RecordBatch>)>,
 }
 
 impl MemorySink {
-    pub fn new(session: Session, name: &str) -> Self {
+    pub fn new(session: Session, name: &str, replace: bool) -> Self {
         MemorySink {
             name: name.to_string(),
             session,
+            replace,
             state: Mutex::new((None, vec![])),
         }
     }
@@ -49,12 +52,16 @@ impl Sink for MemorySink {
                 return Ok(0);
             }
             state.0 = Some(batch_id);
+            let schema = batches.first().map(|b| b.schema());
+            if self.replace {
+                state.1.clear();
+            }
             state
                 .1
                 .extend(batches.into_iter().filter(|b| b.num_rows() > 0));
-            state.1.clone()
+            (schema, state.1.clone())
         };
-        let Some(schema) = all.first().map(|b| b.schema()) else {
+        let (Some(schema), all) = all else {
             return Ok(rows);
         };
         let table = MemTable::try_new(schema, vec![all])?;

@@ -454,3 +454,180 @@ async fn a_memory_stream_feeds_a_query_batch_by_batch() {
     assert!(stream.add_data(bad).is_err());
     q.stop().await.unwrap();
 }
+
+/// Sensor readings: (device, event time in seconds, temperature).
+fn readings(rows: &[(&str, i64, f64)]) -> arrow::record_batch::RecordBatch {
+    use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+    arrow::record_batch::RecordBatch::try_new(
+        readings_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|r| r.1 * 1000),
+            )),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        ],
+    )
+    .unwrap()
+}
+
+fn readings_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    Arc::new(Schema::new(vec![
+        Field::new("device", DataType::Utf8, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("temp", DataType::Float64, false),
+    ]))
+}
+
+/// The memory table's rows as `start-end device count avg` lines, sorted.
+async fn windows(session: &Session, table: &str) -> Vec<String> {
+    let sql = format!(
+        "SELECT CAST(CAST(window_start AS BIGINT) / 1000 AS VARCHAR) || '-' || CAST(CAST(window_end AS BIGINT) / 1000 AS VARCHAR) || ' ' || device || ' ' || CAST(n AS VARCHAR) || ' ' || CAST(avg_temp AS VARCHAR) FROM {table}"
+    );
+    let batches = session.sql(&sql).await.unwrap().collect().await.unwrap();
+    let mut out: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+            let c = arrow::array::AsArray::as_string::<i32>(&c).clone();
+            (0..arrow::array::Array::len(&c))
+                .map(move |i| c.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn windows_with_a_watermark_give_the_known_answers_in_each_output_mode() {
+    // 10 s tumbling windows, 5 s watermark delay. Batch 2 has an out-of-order row
+    // (a@8, still on time) and a late one (a@2, behind the watermark of 7: dropped).
+    let batches = [
+        readings(&[("a", 1, 10.0), ("a", 3, 20.0), ("b", 12, 5.0)]),
+        readings(&[("a", 8, 30.0), ("a", 2, 99.0), ("b", 25, 1.0)]),
+        readings(&[("c", 40, 7.0)]),
+    ];
+    let expected: [(OutputMode, [Vec<&str>; 3]); 3] = [
+        (
+            OutputMode::Append,
+            [
+                vec![],
+                vec!["0-10 a 3 20.0", "10-20 b 1 5.0"],
+                vec!["0-10 a 3 20.0", "10-20 b 1 5.0", "20-30 b 1 1.0"],
+            ],
+        ),
+        (
+            OutputMode::Update,
+            [
+                vec!["0-10 a 2 15.0", "10-20 b 1 5.0"],
+                vec!["0-10 a 2 15.0", "0-10 a 3 20.0", "10-20 b 1 5.0", "20-30 b 1 1.0"],
+                vec![
+                    "0-10 a 2 15.0",
+                    "0-10 a 3 20.0",
+                    "10-20 b 1 5.0",
+                    "20-30 b 1 1.0",
+                    "40-50 c 1 7.0",
+                ],
+            ],
+        ),
+        (
+            OutputMode::Complete,
+            [
+                vec!["0-10 a 2 15.0", "10-20 b 1 5.0"],
+                vec!["0-10 a 3 20.0", "10-20 b 1 5.0", "20-30 b 1 1.0"],
+                vec!["0-10 a 3 20.0", "10-20 b 1 5.0", "20-30 b 1 1.0", "40-50 c 1 7.0"],
+            ],
+        ),
+    ];
+    for (mode, per_batch) in expected {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = ember_driver::stream::MemoryStream::new(readings_schema());
+        let session = Session::builder().master("local[1]").build().unwrap();
+        let q = session
+            .read_stream()
+            .source(stream.clone())
+            .unwrap()
+            .window_agg("ts", Duration::from_secs(10), Duration::from_secs(5))
+            .key("device")
+            .count("n")
+            .avg("temp", "avg_temp")
+            .write_stream()
+            .query_name("w")
+            .memory()
+            .output_mode(mode)
+            .checkpoint(dir.path().join("cp"))
+            .trigger(Trigger::ProcessingTime(Duration::from_millis(10)))
+            .start()
+            .await
+            .unwrap();
+        for (batch, want) in batches.iter().zip(per_batch) {
+            stream.add_data(batch.clone()).unwrap();
+            q.process_all_available().await.unwrap();
+            assert_eq!(windows(&session, "w").await, want, "{mode:?}");
+        }
+        let late: usize = q
+            .recent_progress()
+            .iter()
+            .map(|p| p.late_rows_dropped)
+            .sum();
+        assert_eq!(late, 1, "{mode:?}");
+        q.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn window_state_survives_a_restart_from_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = ember_driver::stream::MemoryStream::new(readings_schema());
+    let start = |session: &Session| {
+        session
+            .read_stream()
+            .source(stream.clone())
+            .unwrap()
+            .window_agg("ts", Duration::from_secs(10), Duration::from_secs(5))
+            .key("device")
+            .count("n")
+            .avg("temp", "avg_temp")
+            .write_stream()
+            .query_name("w")
+            .memory()
+            .checkpoint(dir.path().join("cp"))
+            .trigger(Trigger::AvailableNow)
+            .start()
+    };
+    let session = Session::builder().master("local[1]").build().unwrap();
+    stream
+        .add_data(readings(&[("a", 1, 10.0), ("a", 3, 20.0)]))
+        .unwrap();
+    start(&session)
+        .await
+        .unwrap()
+        .await_termination(None)
+        .await
+        .unwrap();
+    assert!(
+        windows(&session, "w").await.is_empty(),
+        "window 0-10 still open"
+    );
+    // A new run: the open window's partial state comes from the checkpoint.
+    stream
+        .add_data(readings(&[("a", 9, 30.0), ("b", 30, 1.0)]))
+        .unwrap();
+    let session = Session::builder().master("local[1]").build().unwrap();
+    let q = start(&session).await.unwrap();
+    q.await_termination(None).await.unwrap();
+    assert_eq!(windows(&session, "w").await, vec!["0-10 a 3 20.0"]);
+    let p = q.last_progress().unwrap();
+    assert_eq!(p.state.rows_total, 1, "20-30 b stays open");
+    assert_eq!(
+        p.watermark_ms,
+        Some(-2000),
+        "the watermark batch 1 reached (3 s - 5 s)"
+    );
+}
