@@ -526,7 +526,12 @@ async fn windows_with_a_watermark_give_the_known_answers_in_each_output_mode() {
             OutputMode::Update,
             [
                 vec!["0-10 a 2 15.0", "10-20 b 1 5.0"],
-                vec!["0-10 a 2 15.0", "0-10 a 3 20.0", "10-20 b 1 5.0", "20-30 b 1 1.0"],
+                vec![
+                    "0-10 a 2 15.0",
+                    "0-10 a 3 20.0",
+                    "10-20 b 1 5.0",
+                    "20-30 b 1 1.0",
+                ],
                 vec![
                     "0-10 a 2 15.0",
                     "0-10 a 3 20.0",
@@ -541,7 +546,12 @@ async fn windows_with_a_watermark_give_the_known_answers_in_each_output_mode() {
             [
                 vec!["0-10 a 2 15.0", "10-20 b 1 5.0"],
                 vec!["0-10 a 3 20.0", "10-20 b 1 5.0", "20-30 b 1 1.0"],
-                vec!["0-10 a 3 20.0", "10-20 b 1 5.0", "20-30 b 1 1.0", "40-50 c 1 7.0"],
+                vec![
+                    "0-10 a 3 20.0",
+                    "10-20 b 1 5.0",
+                    "20-30 b 1 1.0",
+                    "40-50 c 1 7.0",
+                ],
             ],
         ),
     ];
