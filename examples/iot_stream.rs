@@ -111,7 +111,10 @@ async fn main() -> Result<()> {
         .await?;
     written
         .clone()
-        .sort(vec![ember_driver::col("device").sort(true, false)])?
+        .sort(vec![
+            ember_driver::col("device").sort(true, false),
+            ember_driver::col("window_start").sort(true, false),
+        ])?
         .show(12)
         .await?;
     let rows = written.count().await?;
