@@ -439,7 +439,8 @@ impl Runner {
                 // Planned but not committed when the last run stopped: the same ranges
                 // again, so the sink sees exactly that batch.
                 tracing::info!(batch = range.batch_id, "re-running an uncommitted batch");
-                self.run_batch(&range, Instant::now(), 0, 0).await?;
+                self.run_batch(&range, Instant::now(), Duration::ZERO, 0, 0)
+                    .await?;
                 (range.batch_id + 1, range.end)
             }
         };
@@ -485,9 +486,8 @@ impl Runner {
             let wal_ms = wal.elapsed().as_millis() as u64;
             let since_last = last_trigger.elapsed();
             last_trigger = Instant::now();
-            self.run_batch(&range, started, latest_ms, wal_ms)
-                .await?
-                .map(|p| p.input_rows_per_second = rate(p.num_input_rows, since_last));
+            self.run_batch(&range, started, since_last, latest_ms, wal_ms)
+                .await?;
             start = end;
             next_id += 1;
             match self.trigger {
@@ -507,13 +507,15 @@ impl Runner {
     }
 
     /// Reads the range, runs the query over it, hands the rows to the sink, commits.
+    /// `since_last` is the time since the previous trigger (for the input rate).
     async fn run_batch(
         &self,
         range: &BatchRange,
         started: Instant,
+        since_last: Duration,
         latest_ms: u64,
         wal_ms: u64,
-    ) -> Result<ProgressRef<'_>> {
+    ) -> Result<()> {
         use tracing::Instrument;
         self.set_status("Processing new data", true, true);
         let add = Instant::now();
@@ -563,7 +565,7 @@ impl Runner {
             batch_id: range.batch_id,
             timestamp_ms: range.batch_time_ms,
             num_input_rows,
-            input_rows_per_second: 0.0,
+            input_rows_per_second: rate(num_input_rows, since_last),
             processed_rows_per_second: rate(num_input_rows, total),
             duration_ms: Durations {
                 latest_offset: latest_ms,
@@ -598,18 +600,7 @@ impl Runner {
             recent.pop_front();
         }
         recent.push_back(progress);
-        Ok(ProgressRef(&self.shared))
-    }
-}
-
-/// The last progress report, to fill in what only the loop knows.
-struct ProgressRef<'a>(&'a Shared);
-
-impl ProgressRef<'_> {
-    fn map(self, f: impl FnOnce(&mut Progress)) {
-        if let Some(p) = self.0.progress.lock().back_mut() {
-            f(p);
-        }
+        Ok(())
     }
 }
 
