@@ -12,9 +12,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use super::store::ShuffleEnv;
 use crate::error::Result;
 use crate::proto::{FetchPartitionChunk, FetchPartitionRequest};
-use crate::rpc::Security;
 
 /// Bytes per chunk sent over the wire.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -78,19 +78,19 @@ pub(crate) struct RemoteRange {
 impl RemoteRange {
     pub(crate) fn open(
         handle: &tokio::runtime::Handle,
-        security: &Security,
+        env: &ShuffleEnv,
         address: String,
         req: FetchPartitionRequest,
     ) -> Self {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let security = security.clone();
+        // A lazy channel starts its connection task on the runtime.
+        let _entered = handle.enter();
+        let client = env
+            .channel(&address)
+            .map(|channel| env.security.executor_client(channel));
         handle.spawn(async move {
             let fetched = async {
-                let channel = security
-                    .connect(&address)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut client = security.executor_client(channel);
+                let mut client = client.map_err(|e| e.to_string())?;
                 let mut stream = client
                     .fetch_partition(req)
                     .await

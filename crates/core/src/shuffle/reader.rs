@@ -193,8 +193,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                             length: loc.stats.length,
                         };
                         let address = &loc.executor_address;
-                        let remote =
-                            RemoteRange::open(&runtime, &env.security, address.clone(), request);
+                        let remote = RemoteRange::open(&runtime, &env, address.clone(), request);
                         let reader = StreamReader::try_new(BufReader::new(remote), None)
                             .map_err(|e| fetch_failed(stage, loc, format!("{address}: {e}")))?;
                         Box::new(reader.map(move |b| {

@@ -24,6 +24,9 @@ pub struct ShuffleEnv {
     pub memory: Option<Arc<MemoryShuffleStore>>,
     /// How to call other executors for their shuffle files.
     pub security: Security,
+    /// One multiplexed connection per executor fetched from, reused by every fetch
+    /// (a TLS handshake per partition would cost more than small reads).
+    channels: Mutex<HashMap<String, tonic::transport::Channel>>,
     next_token: AtomicU64,
 }
 
@@ -39,6 +42,7 @@ impl ShuffleEnv {
             work_dir: work_dir.into(),
             memory,
             security: Security::none(),
+            channels: Mutex::default(),
             next_token: AtomicU64::new(1),
         }
     }
@@ -53,6 +57,17 @@ impl ShuffleEnv {
     pub fn with_security(mut self, security: Security) -> Self {
         self.security = security;
         self
+    }
+
+    /// The connection to the executor at `address` (made on first use).
+    pub fn channel(&self, address: &str) -> crate::Result<tonic::transport::Channel> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let channel = self.security.channel(address)?;
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
     }
 
     /// A token unique within this executor, to keep attempts of a task apart.
