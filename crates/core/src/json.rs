@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, StringBuilder, StructArray, new_null_array};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, TimeUnit};
+use arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{
@@ -180,11 +181,61 @@ fn parse_one(bytes: &[u8], schema: &Arc<Schema>) -> Option<StructArray> {
     (batch.num_rows() == 1).then(|| StructArray::from(batch))
 }
 
+/// Parses every row in one pass of arrow's JSON decoder, when each non-null row is one
+/// object of the schema; `None` when some row is not (the caller then goes row by row).
+fn parse_all(rows: &[Option<&[u8]>], schema: &Arc<Schema>) -> Option<ArrayRef> {
+    let mut text = Vec::with_capacity(rows.iter().map(|r| r.map_or(0, |b| b.len() + 1)).sum());
+    let mut indices = Vec::with_capacity(rows.len());
+    let mut objects = 0u32;
+    for row in rows {
+        match row {
+            Some(b) => {
+                let b = b.trim_ascii();
+                // One object per row: a row that is not `{...}` could merge with the next.
+                if b.first() != Some(&b'{') || b.last() != Some(&b'}') {
+                    return None;
+                }
+                text.extend_from_slice(b);
+                text.push(b'\n');
+                indices.push(Some(objects));
+                objects += 1;
+            }
+            None => indices.push(None),
+        }
+    }
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()
+        .ok()?;
+    if decoder.decode(&text).ok()? != text.len() {
+        return None;
+    }
+    let batch = match decoder.flush().ok()? {
+        Some(batch) => batch,
+        None => RecordBatch::new_empty(schema.clone()),
+    };
+    if batch.num_rows() != objects as usize {
+        return None;
+    }
+    let mut columns = batch.columns().to_vec();
+    columns.push(new_null_array(&DataType::Utf8, batch.num_rows()));
+    let parsed: ArrayRef =
+        Arc::new(StructArray::try_new(output_fields(schema.fields()), columns, None).ok()?);
+    if objects as usize == rows.len() {
+        return Some(parsed);
+    }
+    arrow::compute::take(&parsed, &arrow::array::UInt32Array::from(indices), None).ok()
+}
+
 fn parse_column(values: &ArrayRef, fields: &Fields, mode: Mode) -> DFResult<ArrayRef> {
     let schema = Arc::new(Schema::new(fields.clone()));
     let out_fields = output_fields(fields);
+    let rows = rows(values)?;
+    if let Some(parsed) = parse_all(&rows, &schema) {
+        return Ok(parsed);
+    }
     let mut parts: Vec<ArrayRef> = vec![];
-    for (i, row) in rows(values)?.into_iter().enumerate() {
+    for (i, row) in rows.into_iter().enumerate() {
         let parsed = row.and_then(|b| parse_one(b, &schema));
         let corrupt = match (row, &parsed) {
             (Some(b), None) => {
@@ -247,5 +298,35 @@ mod tests {
         let err = parse_column(&values, &fields, Mode::FailFast).unwrap_err();
         assert!(err.to_string().contains("record 1"), "{err}");
         assert!(parse_schema("x WIBBLE").is_err());
+    }
+
+    #[test]
+    fn well_formed_rows_parse_in_one_pass_and_keep_their_places() {
+        let fields = parse_schema("device STRING, ts TIMESTAMP, t DOUBLE").unwrap();
+        let values: ArrayRef = Arc::new(arrow::array::BinaryArray::from(vec![
+            Some(br#"{"device":"a","ts":1000,"t":1.5}"#.as_slice()),
+            None,
+            Some(br#" {"t":2, "device":"b"} "#.as_slice()),
+        ]));
+        let schema = Arc::new(Schema::new(fields.clone()));
+        assert!(parse_all(&rows(&values).unwrap(), &schema).is_some());
+        let parsed = parse_column(&values, &fields, Mode::FailFast).unwrap();
+        let s = parsed.as_struct();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.column(0).as_string::<i32>().value(2), "b");
+        assert!(s.is_null(1) || s.column(0).is_null(1));
+        assert_eq!(
+            s.column(2)
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(0),
+            1.5
+        );
+        // Two objects in one row fall back to row by row, and that row is corrupt.
+        let merged: ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
+            r#"{"device":"a"}{"device":"b"}"#,
+        ]));
+        assert!(parse_all(&rows(&merged).unwrap(), &schema).is_none());
+        let parsed = parse_column(&merged, &fields, Mode::Permissive).unwrap();
+        assert!(!parsed.as_struct().column(3).is_null(0));
     }
 }
