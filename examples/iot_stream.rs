@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use ember_driver::Session;
+use ember_driver::functions::{avg, col, get_field, max, window};
 use ember_driver::stream::Trigger;
 use ember_log::{KeyHash, Log, LogConfig, Producer, ProducerConfig, ProducerRecord};
 
@@ -51,10 +52,22 @@ async fn main() -> Result<()> {
                 "device STRING, ts TIMESTAMP, temperature DOUBLE",
                 "PERMISSIVE",
             )?
-            .window_agg("ts", Duration::from_secs(10), Duration::from_secs(5))
-            .key("device")
-            .avg("temperature", "avg_temp")
-            .max("temperature", "max_temp"))
+            .with_watermark("ts", "5 seconds")?
+            .group_by(vec![
+                window(col("ts"), "10 seconds").alias("w"),
+                col("device"),
+            ])
+            .agg(vec![
+                avg(col("temperature")).alias("avg_temp"),
+                max(col("temperature")).alias("max_temp"),
+            ])?
+            .select(vec![
+                get_field(col("w"), "start").alias("window_start"),
+                get_field(col("w"), "end").alias("window_end"),
+                col("device"),
+                col("avg_temp"),
+                col("max_temp"),
+            ])?)
     };
     let trigger = Trigger::ProcessingTime(Duration::from_millis(300));
     let console = windows()?

@@ -22,6 +22,7 @@ pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod event_time;
 pub mod json;
 pub mod proto;
 pub mod rpc;
@@ -36,5 +37,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// ember's own SQL functions, present in every session and on every executor.
 pub fn ember_functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
-    vec![json::from_json_udf()]
+    let mut functions = vec![json::from_json_udf()];
+    functions.extend(event_time::event_time_udfs());
+    functions
 }

@@ -24,3 +24,32 @@ pub use datafusion::functions_aggregate::expr_fn::{first_value, last_value, nth_
 pub mod window {
     pub use datafusion::functions_window::expr_fn::*;
 }
+
+fn event_time_fn(name: &str, args: Vec<Expr>) -> Expr {
+    ember_core::event_time::event_time_udfs()
+        .into_iter()
+        .find(|f| f.name() == name)
+        .expect("an event-time function")
+        .call(args)
+}
+
+/// Spark's `window(time, "10 seconds")`: the tumbling event-time window holding each
+/// row, a struct `{start, end}`. Group a streaming aggregation by it.
+pub fn window(time: Expr, length: &str) -> Expr {
+    event_time_fn(ember_core::event_time::WINDOW, vec![time, lit(length)])
+}
+
+/// Spark's `window(time, "10 seconds", "5 seconds")`: sliding windows; a streaming
+/// aggregation grouped by it counts each row in every window that holds it.
+pub fn sliding_window(time: Expr, length: &str, slide: &str) -> Expr {
+    event_time_fn(
+        ember_core::event_time::WINDOW,
+        vec![time, lit(length), lit(slide)],
+    )
+}
+
+/// Spark's `session_window(time, "5 seconds")`: in a streaming aggregation, a key's
+/// rows less than the gap apart form one session.
+pub fn session_window(time: Expr, gap: &str) -> Expr {
+    event_time_fn(ember_core::event_time::SESSION_WINDOW, vec![time, lit(gap)])
+}

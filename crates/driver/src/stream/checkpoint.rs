@@ -3,7 +3,8 @@
 //! ```text
 //! <dir>/metadata        {"id": ...}: the query's identity, kept across restarts
 //! <dir>/offsets/<n>     batch n's ranges, written before it runs
-//! <dir>/commits/<n>     written once the sink has batch n
+//! <dir>/commits/<n>     written once the sink has batch n, with the next watermark
+//! <dir>/state/<op>/...  stateful operators' state (see `state.rs`)
 //! <dir>/lock            held (flock) while a query runs from this directory
 //! ```
 //!
@@ -30,6 +31,13 @@ pub struct BatchRange {
     pub watermark_ms: Option<i64>,
 }
 
+/// `commits/<n>`: what the next batch needs from this one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Commit {
+    #[serde(default)]
+    pub next_watermark_ms: Option<i64>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Metadata {
     id: String,
@@ -47,7 +55,7 @@ fn io(path: &Path, e: std::io::Error) -> EmberError {
 
 /// Writes through a temporary file and a rename: a crash leaves the old file or the
 /// new one, never half of one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
     file.write_all(bytes).map_err(|e| io(&tmp, e))?;
@@ -106,8 +114,8 @@ impl Checkpoint {
         })
     }
 
-    /// The last batch planned, and whether it was committed.
-    pub fn last(&self) -> Result<Option<(BatchRange, bool)>> {
+    /// The last batch planned, and its commit if it has one.
+    pub fn last(&self) -> Result<Option<(BatchRange, Option<Commit>)>> {
         let Some(&n) = numbered(&self.dir.join("offsets"))?.last() else {
             return Ok(None);
         };
@@ -117,8 +125,18 @@ impl Checkpoint {
             what: "a checkpoint offsets file",
             message: format!("{}: {e}", path.display()),
         })?;
-        let committed = self.dir.join("commits").join(n.to_string()).exists();
-        Ok(Some((range, committed)))
+        let path = self.dir.join("commits").join(n.to_string());
+        let commit = match std::fs::read(&path) {
+            Ok(bytes) => Some(
+                serde_json::from_slice(&bytes).map_err(|e| EmberError::Decode {
+                    what: "a checkpoint commit file",
+                    message: format!("{}: {e}", path.display()),
+                })?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&path, e)),
+        };
+        Ok(Some((range, commit)))
     }
 
     pub fn write_offsets(&self, range: &BatchRange) -> Result<()> {
@@ -129,33 +147,19 @@ impl Checkpoint {
         )
     }
 
-    /// Stateful operators' state after batch `batch_id`; older versions but the one
-    /// before are purged.
-    pub fn write_state(&self, batch_id: u64, bytes: &[u8]) -> Result<()> {
-        let dir = self.dir.join("state");
-        write_atomically(&dir.join(batch_id.to_string()), bytes)?;
-        for old in numbered(&dir)?.into_iter().filter(|n| *n + 1 < batch_id) {
-            let _ = std::fs::remove_file(dir.join(old.to_string()));
-        }
-        Ok(())
+    /// Where stateful operators keep their state (see `state.rs`).
+    pub fn state_dir(&self, operator: usize) -> PathBuf {
+        self.dir.join("state").join(operator.to_string())
     }
 
-    /// The state after batch `batch_id`, if it was written.
-    pub fn read_state(&self, batch_id: u64) -> Result<Option<Vec<u8>>> {
-        let path = self.dir.join("state").join(batch_id.to_string());
-        match std::fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&path, e)),
-        }
-    }
-
-    pub fn commit(&self, batch_id: u64) -> Result<()> {
+    /// Batch `batch_id` reached the sink; `next_watermark_ms` is the watermark the
+    /// next batch uses.
+    pub fn commit(&self, batch_id: u64, next_watermark_ms: Option<i64>) -> Result<()> {
         let path = self.dir.join("commits").join(batch_id.to_string());
-        write_atomically(&path, b"{}")
+        let commit = Commit { next_watermark_ms };
+        write_atomically(&path, &serde_json::to_vec(&commit).expect("serializable"))
     }
 }
-
 /// A random 128-bit id from the OS's hasher seeds (no extra dependency).
 fn rand_id() -> u128 {
     use std::hash::{BuildHasher, Hasher};

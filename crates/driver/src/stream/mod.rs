@@ -10,10 +10,11 @@
 //! A streaming DataFrame is an ordinary one whose plan scans a [`StreamTable`]; every
 //! stateless operator and SQL over it works, joins with static tables included. Each
 //! batch replaces that scan with the batch's rows and runs the plan as a job.
-//! `window_agg` aggregates per tumbling event-time window with a watermark and state
-//! across batches (see `window.rs`). Not yet here: general aggregations, sliding and
-//! session windows, deduplication, stream-stream joins, the rate and file sources, and the log and
-//! Kafka sinks. [`MemoryStream`] feeds a query from the program (tests, examples).
+//! One aggregation (`group_by(..).agg(..)` or SQL `GROUP BY`, by keys and by an
+//! event-time `window`/`session_window`) or one deduplication per query keeps state
+//! across batches, with `with_watermark` (see `stateful.rs`, and `state.rs` for the
+//! store). Not yet here: stream-stream joins, the rate and file sources, and the log
+//! and Kafka sinks. [`MemoryStream`] feeds a query from the program (tests, examples).
 
 mod checkpoint;
 mod kafka;
@@ -21,7 +22,8 @@ mod memory;
 mod query;
 mod sink;
 mod source;
-mod window;
+mod state;
+mod stateful;
 
 use std::sync::Arc;
 
@@ -37,10 +39,11 @@ pub use kafka::KafkaSource;
 pub use memory::MemoryStream;
 pub use query::{
     DataStreamWriter, Durations, OutputMode, Progress, SinkProgress, SourceProgress, StateProgress,
-    Status, StreamingQuery, Trigger, WindowAgg,
+    Status, StreamingQuery, Trigger,
 };
 pub use sink::{FileFormat, FileSink, METADATA_DIR, Sink, committed_files};
 pub use source::{LogSource, Offsets, Source, StartingOffsets, kafka_schema};
+pub use stateful::Watermark;
 
 use crate::dataframe::DataFrame;
 use crate::session::Session;

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::logical_expr::LogicalPlan;
 use ember_core::{EmberError, Result};
@@ -20,7 +21,8 @@ use super::StreamTable;
 use super::checkpoint::{BatchRange, Checkpoint};
 use super::sink::{ConsoleSink, FileFormat, FileSink, ForeachBatchSink, MemorySink, Sink};
 use super::source::{Offsets, Source};
-use super::window::{Aggregate, WindowSpec, WindowState};
+use super::state::StateStore;
+use super::stateful::{Emitted, OpState, QueryPlan, plan_query};
 use crate::dataframe::DataFrame;
 
 /// When the next micro-batch starts.
@@ -72,82 +74,6 @@ pub struct StateProgress {
     pub rows_removed: usize,
 }
 
-/// `stream.window_agg(time_column, length, watermark_delay)`: aggregates per
-/// tumbling event-time window (and keys), with state across batches.
-pub struct WindowAgg {
-    df: DataFrame,
-    spec: WindowSpec,
-}
-
-impl DataFrame {
-    /// Tumbling windows of `length` over `time_column`; rows later than the largest
-    /// event time seen minus `watermark_delay` are dropped.
-    pub fn window_agg(
-        &self,
-        time_column: &str,
-        length: Duration,
-        watermark_delay: Duration,
-    ) -> WindowAgg {
-        WindowAgg {
-            df: self.clone(),
-            spec: WindowSpec {
-                time_column: time_column.to_string(),
-                length,
-                watermark_delay,
-                keys: vec![],
-                aggregates: vec![],
-            },
-        }
-    }
-}
-
-impl WindowAgg {
-    /// Groups by this column too.
-    pub fn key(mut self, column: &str) -> Self {
-        self.spec.keys.push(column.to_string());
-        self
-    }
-
-    pub fn count(mut self, alias: &str) -> Self {
-        self.spec.aggregates.push((Aggregate::Count, alias.into()));
-        self
-    }
-
-    pub fn sum(mut self, column: &str, alias: &str) -> Self {
-        self.spec
-            .aggregates
-            .push((Aggregate::Sum(column.into()), alias.into()));
-        self
-    }
-
-    pub fn min(mut self, column: &str, alias: &str) -> Self {
-        self.spec
-            .aggregates
-            .push((Aggregate::Min(column.into()), alias.into()));
-        self
-    }
-
-    pub fn max(mut self, column: &str, alias: &str) -> Self {
-        self.spec
-            .aggregates
-            .push((Aggregate::Max(column.into()), alias.into()));
-        self
-    }
-
-    pub fn avg(mut self, column: &str, alias: &str) -> Self {
-        self.spec
-            .aggregates
-            .push((Aggregate::Avg(column.into()), alias.into()));
-        self
-    }
-
-    pub fn write_stream(self) -> DataStreamWriter {
-        let mut w = self.df.write_stream();
-        w.window = Some(Arc::new(self.spec));
-        w
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Durations {
     pub latest_offset: u64,
@@ -189,7 +115,6 @@ pub struct DataStreamWriter {
     trigger: Trigger,
     checkpoint: Option<PathBuf>,
     name: Option<String>,
-    window: Option<Arc<WindowSpec>>,
 }
 
 impl DataFrame {
@@ -203,7 +128,6 @@ impl DataFrame {
             trigger: Trigger::ProcessingTime(Duration::ZERO),
             checkpoint: None,
             name: None,
-            window: None,
         }
     }
 }
@@ -274,19 +198,8 @@ impl DataStreamWriter {
 
     /// Checks the query and starts its micro-batch loop.
     pub async fn start(self) -> Result<StreamingQuery> {
-        let plan = self.df.logical_plan().clone();
-        let source = stream_source(&plan)?;
-        let aggregates = plan.exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(_))))?;
-        if aggregates {
-            return Err(EmberError::NotSupported(
-                "aggregations over a stream need state across batches: use window_agg (tumbling event-time windows), or aggregate each batch in foreach_batch".into(),
-            ));
-        }
-        if self.mode == OutputMode::Complete && self.window.is_none() {
-            return Err(EmberError::Config(
-                "Complete output mode needs a streaming aggregation; use Append or Update".into(),
-            ));
-        }
+        let query = plan_query(self.df.logical_plan(), self.mode)?;
+        let source = stream_source(&query.batch)?;
         let memory = self.memory.then(|| {
             let name = self.name.clone().unwrap_or_else(|| "stream".into());
             let replace = self.mode == OutputMode::Complete;
@@ -325,18 +238,23 @@ impl DataStreamWriter {
             committed: Mutex::new(None),
         });
         let (done_tx, done) = watch::channel(None);
+        let state_dir = checkpoint.state_dir(0);
         let runner = Runner {
             df: self.df.clone(),
-            plan,
             source: source.clone(),
             sink,
             checkpoint,
             trigger: self.trigger,
             shared: shared.clone(),
             mode: self.mode,
-            window: self
-                .window
-                .map(|spec| (spec, Mutex::new(WindowState::default()))),
+            stateful: query.stateful.as_ref().map(|st| {
+                (
+                    StateStore::new(state_dir.clone(), STATE_PARTITIONS, SNAPSHOT_EVERY),
+                    Mutex::new(st.empty_state()),
+                )
+            }),
+            watermark: Mutex::new(None),
+            query,
         };
         let task = tokio::spawn(async move {
             let outcome = runner.run().await;
@@ -393,16 +311,22 @@ const RECENT: usize = 100;
 
 struct Runner {
     df: DataFrame,
-    plan: LogicalPlan,
+    query: QueryPlan,
     source: Arc<dyn Source>,
     sink: Arc<dyn Sink>,
     checkpoint: Checkpoint,
     trigger: Trigger,
     shared: Arc<Shared>,
     mode: OutputMode,
-    /// A windowed aggregation and its state.
-    window: Option<(Arc<WindowSpec>, Mutex<WindowState>)>,
+    /// The stateful operator's store and state, if the query has one.
+    stateful: Option<(StateStore, Mutex<OpState>)>,
+    /// The watermark the next batch uses.
+    watermark: Mutex<Option<i64>>,
 }
+
+/// Partitions of a stateful operator's state, and how often a version is a snapshot.
+const STATE_PARTITIONS: usize = 4;
+const SNAPSHOT_EVERY: u64 = 10;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -423,21 +347,24 @@ impl Runner {
         let last = self.checkpoint.last()?;
         // The state after the last committed batch.
         let committed_batch = match &last {
-            Some((range, true)) => Some(range.batch_id),
-            Some((range, false)) => range.batch_id.checked_sub(1),
+            Some((range, Some(commit))) => {
+                *self.watermark.lock() = commit.next_watermark_ms;
+                Some(range.batch_id)
+            }
+            Some((range, None)) => range.batch_id.checked_sub(1),
             None => None,
         };
-        if let (Some((spec, state)), Some(batch)) = (&self.window, committed_batch)
-            && let Some(bytes) = self.checkpoint.read_state(batch)?
+        if let (Some((store, state)), Some(batch), Some(plan)) =
+            (&self.stateful, committed_batch, &self.query.stateful)
         {
-            *state.lock() = spec.load(&bytes, &self.plan.schema().as_arrow().clone())?;
+            *state.lock() = plan.load(store.load(batch)?)?;
         }
         let (mut next_id, mut start) = match last {
             None => (0, self.source.initial().await?),
-            Some((range, true)) => (range.batch_id + 1, range.end),
-            Some((range, false)) => {
+            Some((range, Some(_))) => (range.batch_id + 1, range.end),
+            Some((range, None)) => {
                 // Planned but not committed when the last run stopped: the same ranges
-                // again, so the sink sees exactly that batch.
+                // and watermark again, so the sink sees exactly that batch.
                 tracing::info!(batch = range.batch_id, "re-running an uncommitted batch");
                 self.run_batch(&range, Instant::now(), Duration::ZERO, 0, 0)
                     .await?;
@@ -476,10 +403,7 @@ impl Runner {
                 start: start.clone(),
                 end: end.clone(),
                 batch_time_ms: now_ms(),
-                watermark_ms: self
-                    .window
-                    .as_ref()
-                    .and_then(|(spec, state)| spec.watermark(state.lock().max_event_time)),
+                watermark_ms: *self.watermark.lock(),
             };
             let wal = Instant::now();
             self.checkpoint.write_offsets(&range)?;
@@ -519,42 +443,63 @@ impl Runner {
         use tracing::Instrument;
         self.set_status("Processing new data", true, true);
         let add = Instant::now();
-        let (num_input_rows, written, late, state_progress) = async {
+        let (num_input_rows, written, late, state_progress, next_watermark) = async {
             let input = self.source.read(&range.start, &range.end).await?;
             let num_input_rows: i64 = input.iter().map(|b| b.num_rows() as i64).sum();
-            let plan = with_batch(&self.plan, self.source.schema(), input)?;
-            let schema = Arc::new(plan.schema().as_arrow().clone());
+            let plan = swap_scan(&self.query.batch, is_stream, self.source.schema(), input)?;
             let mut output = self.df.session().collect_plan(&plan).await?;
             let mut late = 0;
             let mut state_progress = StateProgress::default();
-            if let Some((spec, state)) = &self.window {
-                let (rows, saved) = {
+            let mut next_watermark = range.watermark_ms;
+            let mut schema = Arc::new(plan.schema().as_arrow().clone());
+            if let (Some((store, state)), Some(st)) = (&self.stateful, &self.query.stateful) {
+                let delay = self.query.watermark.as_ref().map(|w| w.delay_ms);
+                let rows = {
                     let mut state = state.lock();
                     let out =
-                        spec.process(&mut state, &output, range.watermark_ms, self.mode, &schema)?;
+                        st.process(&mut state, &output, range.watermark_ms, delay, self.mode)?;
                     late = out.late_rows;
+                    next_watermark = out.next_watermark;
                     state_progress = StateProgress {
-                        rows_total: out.state_rows,
-                        rows_updated: out.state_rows_updated,
-                        rows_removed: out.state_rows_removed,
+                        rows_total: out.rows_total,
+                        rows_updated: out.rows_updated,
+                        rows_removed: out.rows_removed,
                     };
-                    (out.rows, spec.save(&state)?)
+                    // Before the commit: a restart resumes from this version.
+                    store.write(range.batch_id, out.changes, || st.entries(&state))?;
+                    out.rows
                 };
-                // Before the commit: a restart resumes from this version.
-                self.checkpoint.write_state(range.batch_id, &saved)?;
-                output = vec![rows];
+                output = match &st.above {
+                    None => {
+                        schema = st.output.clone();
+                        vec![rows]
+                    }
+                    Some((above, emitted)) => {
+                        let rows = RecordBatch::try_new(emitted.clone(), rows.columns().to_vec())?;
+                        let plan = swap_scan(above, is_emitted, emitted.clone(), vec![rows])?;
+                        schema = Arc::new(plan.schema().as_arrow().clone());
+                        self.df.session().collect_plan(&plan).await?
+                    }
+                };
             }
             if output.is_empty() {
                 output.push(RecordBatch::new_empty(schema));
             }
             let written = self.sink.add_batch(range.batch_id, output).await?;
-            Ok::<_, EmberError>((num_input_rows, written, late, state_progress))
+            Ok::<_, EmberError>((
+                num_input_rows,
+                written,
+                late,
+                state_progress,
+                next_watermark,
+            ))
         }
         .instrument(tracing::info_span!("batch", batch = range.batch_id))
         .await?;
         let add_ms = add.elapsed().as_millis() as u64;
         let commit = Instant::now();
-        self.checkpoint.commit(range.batch_id)?;
+        self.checkpoint.commit(range.batch_id, next_watermark)?;
+        *self.watermark.lock() = next_watermark;
         *self.shared.committed.lock() = Some(range.end.clone());
         let commit_ms = commit.elapsed().as_millis() as u64;
         let total = started.elapsed();
@@ -613,18 +558,27 @@ fn rate(rows: i64, over: Duration) -> f64 {
     }
 }
 
-/// The query's plan with the stream replaced by this batch's rows.
-fn with_batch(
+fn is_stream(provider: &dyn TableProvider) -> bool {
+    provider.downcast_ref::<StreamTable>().is_some()
+}
+
+fn is_emitted(provider: &dyn TableProvider) -> bool {
+    provider.downcast_ref::<Emitted>().is_some()
+}
+
+/// `plan` with the scan `is_target` picks (the stream, or a stateful operator's
+/// output) replaced by these rows.
+fn swap_scan(
     plan: &LogicalPlan,
+    is_target: fn(&dyn TableProvider) -> bool,
     schema: arrow::datatypes::SchemaRef,
     input: Vec<RecordBatch>,
 ) -> Result<LogicalPlan> {
     let table = Arc::new(MemTable::try_new(schema, vec![input])?);
     let rewritten = plan.clone().transform_up_with_subqueries(|node| {
         if let LogicalPlan::TableScan(mut scan) = node {
-            let is_stream = source_as_provider(&scan.source)
-                .is_ok_and(|p| p.downcast_ref::<StreamTable>().is_some());
-            if is_stream {
+            let target = source_as_provider(&scan.source).is_ok_and(|p| is_target(p.as_ref()));
+            if target {
                 scan.source = provider_as_source(table.clone());
                 return Ok(Transformed::yes(LogicalPlan::TableScan(scan)));
             }

@@ -179,7 +179,8 @@ async fn start_refuses_what_it_cannot_run_and_a_second_query_on_one_checkpoint()
     let session = Session::builder().master("local[2]").build().unwrap();
     let stream = session.read_stream().log(log.clone(), &["events"]).unwrap();
     let checkpoint = dir.path().join("checkpoint");
-    // Aggregations need state across batches: a clear error, not per-batch counts.
+    // An aggregation's groups are never final without a watermark and a window, so
+    // Append (the default) is refused, as in Spark.
     let agg = stream
         .group_by(vec![ember_driver::col("partition")])
         .count()
@@ -193,7 +194,7 @@ async fn start_refuses_what_it_cannot_run_and_a_second_query_on_one_checkpoint()
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("aggregations over a stream"), "{err}");
+    assert!(err.contains("needs with_watermark"), "{err}");
     let err = stream
         .write_stream()
         .memory()
@@ -484,6 +485,31 @@ fn readings_schema() -> arrow::datatypes::SchemaRef {
     ]))
 }
 
+/// 10-second windows per device with a 5-second watermark: count and average.
+fn tumbling_counts(stream: ember_driver::DataFrame) -> ember_driver::DataFrame {
+    use ember_driver::functions::{avg, col, count_all, get_field, window};
+    stream
+        .with_watermark("ts", "5 seconds")
+        .unwrap()
+        .group_by(vec![
+            window(col("ts"), "10 seconds").alias("w"),
+            col("device"),
+        ])
+        .agg(vec![
+            count_all().alias("n"),
+            avg(col("temp")).alias("avg_temp"),
+        ])
+        .unwrap()
+        .select(vec![
+            get_field(col("w"), "start").alias("window_start"),
+            get_field(col("w"), "end").alias("window_end"),
+            col("device"),
+            col("n"),
+            col("avg_temp"),
+        ])
+        .unwrap()
+}
+
 /// The memory table's rows as `start-end device count avg` lines, sorted.
 async fn windows(session: &Session, table: &str) -> Vec<String> {
     let sql = format!(
@@ -559,14 +585,7 @@ async fn windows_with_a_watermark_give_the_known_answers_in_each_output_mode() {
         let dir = tempfile::tempdir().unwrap();
         let stream = ember_driver::stream::MemoryStream::new(readings_schema());
         let session = Session::builder().master("local[1]").build().unwrap();
-        let q = session
-            .read_stream()
-            .source(stream.clone())
-            .unwrap()
-            .window_agg("ts", Duration::from_secs(10), Duration::from_secs(5))
-            .key("device")
-            .count("n")
-            .avg("temp", "avg_temp")
+        let q = tumbling_counts(session.read_stream().source(stream.clone()).unwrap())
             .write_stream()
             .query_name("w")
             .memory()
@@ -596,14 +615,7 @@ async fn window_state_survives_a_restart_from_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let stream = ember_driver::stream::MemoryStream::new(readings_schema());
     let start = |session: &Session| {
-        session
-            .read_stream()
-            .source(stream.clone())
-            .unwrap()
-            .window_agg("ts", Duration::from_secs(10), Duration::from_secs(5))
-            .key("device")
-            .count("n")
-            .avg("temp", "avg_temp")
+        tumbling_counts(session.read_stream().source(stream.clone()).unwrap())
             .write_stream()
             .query_name("w")
             .memory()
@@ -640,4 +652,197 @@ async fn window_state_survives_a_restart_from_the_checkpoint() {
         Some(-2000),
         "the watermark batch 1 reached (3 s - 5 s)"
     );
+}
+
+/// The rows of a query over the session, as sorted strings.
+async fn lines(session: &Session, sql: &str) -> Vec<String> {
+    let batches = session.sql(sql).await.unwrap().collect().await.unwrap();
+    let mut out: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+            let c = arrow::array::AsArray::as_string::<i32>(&c).clone();
+            (0..arrow::array::Array::len(&c))
+                .map(move |i| c.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `start-end device n` for a table with a window struct `w`, a device and a count.
+async fn window_counts(session: &Session, table: &str) -> Vec<String> {
+    lines(
+        session,
+        &format!(
+            "SELECT CAST(CAST(w['start'] AS BIGINT) / 1000 AS VARCHAR) || '-' || CAST(CAST(w['end'] AS BIGINT) / 1000 AS VARCHAR) || ' ' || device || ' ' || CAST(n AS VARCHAR) FROM {table}"
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn sliding_and_session_windows_give_the_known_answers() {
+    use ember_driver::functions::{col, count_all, session_window, sliding_window};
+    // Batch 1 moves the watermark to 12 - 5 = 7, batch 2 to 25. a@8 is on time in
+    // batch 2 and joins a's sessions [1, 9) and [12, 17) into one.
+    let batches = [
+        readings(&[("a", 1, 0.0), ("a", 4, 0.0), ("a", 12, 0.0), ("b", 2, 0.0)]),
+        readings(&[("a", 8, 0.0), ("a", 30, 0.0)]),
+    ];
+    let cases = [
+        (
+            sliding_window(col("ts"), "10 seconds", "5 seconds"),
+            vec![
+                vec!["-5-5 a 2", "-5-5 b 1"],
+                vec![
+                    "-5-5 a 2",
+                    "-5-5 b 1",
+                    "0-10 a 3",
+                    "0-10 b 1",
+                    "10-20 a 1",
+                    "5-15 a 2",
+                ],
+            ],
+        ),
+        (
+            session_window(col("ts"), "5 seconds"),
+            vec![vec!["2-7 b 1"], vec!["1-17 a 4", "2-7 b 1"]],
+        ),
+    ];
+    for (window, per_batch) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = ember_driver::stream::MemoryStream::new(readings_schema());
+        let session = Session::builder().master("local[1]").build().unwrap();
+        let q = session
+            .read_stream()
+            .source(stream.clone())
+            .unwrap()
+            .with_watermark("ts", "5 seconds")
+            .unwrap()
+            .group_by(vec![window.alias("w"), col("device")])
+            .agg(vec![count_all().alias("n")])
+            .unwrap()
+            .write_stream()
+            .query_name("w")
+            .memory()
+            .checkpoint(dir.path().join("cp"))
+            .trigger(Trigger::ProcessingTime(Duration::from_millis(10)))
+            .start()
+            .await
+            .unwrap();
+        for (batch, want) in batches.iter().zip(per_batch) {
+            stream.add_data(batch.clone()).unwrap();
+            q.process_all_available().await.unwrap();
+            assert_eq!(window_counts(&session, "w").await, want);
+        }
+        q.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn streaming_sql_aggregates_by_key_and_by_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = ember_driver::stream::MemoryStream::new(readings_schema());
+    let session = Session::builder().master("local[2]").build().unwrap();
+    session.read_stream().register("r", stream.clone()).unwrap();
+    // Per key, no window: every batch replaces the table with the totals so far.
+    let totals = session
+        .sql("SELECT device, count(*) AS n, max(temp) AS hottest, sum(temp) AS total FROM r GROUP BY device ORDER BY device")
+        .await
+        .unwrap()
+        .write_stream()
+        .query_name("totals")
+        .memory()
+        .output_mode(OutputMode::Complete)
+        .checkpoint(dir.path().join("totals"))
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(10)))
+        .start()
+        .await
+        .unwrap();
+    // By window, with the watermark in SQL.
+    let windows = session
+        .sql("SELECT window(ts, '10 seconds') AS w, device, count(*) AS n FROM r WHERE with_watermark(ts, '5 seconds') AND temp > 0 GROUP BY window(ts, '10 seconds'), device")
+        .await
+        .unwrap()
+        .write_stream()
+        .query_name("windows")
+        .memory()
+        .checkpoint(dir.path().join("windows"))
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(10)))
+        .start()
+        .await
+        .unwrap();
+    let totals_sql = "SELECT device || ' ' || CAST(n AS VARCHAR) || ' ' || CAST(hottest AS VARCHAR) || ' ' || CAST(total AS VARCHAR) FROM totals";
+    stream
+        .add_data(readings(&[("a", 1, 10.0), ("b", 2, 5.0), ("a", 3, 20.0)]))
+        .unwrap();
+    totals.process_all_available().await.unwrap();
+    windows.process_all_available().await.unwrap();
+    assert_eq!(
+        lines(&session, totals_sql).await,
+        vec!["a 2 20.0 30.0", "b 1 5.0 5.0"]
+    );
+    assert!(window_counts(&session, "windows").await.is_empty());
+    stream
+        .add_data(readings(&[("a", 21, 1.0), ("c", 22, -1.0)]))
+        .unwrap();
+    totals.process_all_available().await.unwrap();
+    windows.process_all_available().await.unwrap();
+    assert_eq!(
+        lines(&session, totals_sql).await,
+        vec!["a 3 20.0 31.0", "b 1 5.0 5.0", "c 1 -1.0 -1.0"]
+    );
+    // The watermark is 16 now: window 0-10 is final; c's row was filtered out.
+    assert_eq!(
+        window_counts(&session, "windows").await,
+        vec!["0-10 a 2", "0-10 b 1"]
+    );
+    assert_eq!(windows.last_progress().unwrap().watermark_ms, Some(-2000));
+    totals.stop().await.unwrap();
+    windows.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn drop_duplicates_forgets_keys_the_watermark_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = ember_driver::stream::MemoryStream::new(readings_schema());
+    let session = Session::builder().master("local[1]").build().unwrap();
+    let q = session
+        .read_stream()
+        .source(stream.clone())
+        .unwrap()
+        .with_watermark("ts", "5 seconds")
+        .unwrap()
+        .drop_duplicates(Some(&["device"]))
+        .unwrap()
+        .write_stream()
+        .query_name("firsts")
+        .memory()
+        .checkpoint(dir.path().join("cp"))
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(10)))
+        .start()
+        .await
+        .unwrap();
+    let sql = "SELECT device || '@' || CAST(CAST(ts AS BIGINT) / 1000 AS VARCHAR) FROM firsts";
+    // x@3 repeats x in the batch; x@4 in the next. y@20 moves the watermark to 15,
+    // which forgets x and y@2: x@16 is new again, y@3 is late.
+    let batches = [
+        readings(&[("x", 1, 0.0), ("y", 2, 0.0), ("x", 3, 0.0)]),
+        readings(&[("x", 4, 0.0), ("z", 20, 0.0)]),
+        readings(&[("x", 16, 0.0), ("y", 3, 0.0)]),
+    ];
+    for batch in batches {
+        stream.add_data(batch).unwrap();
+        q.process_all_available().await.unwrap();
+    }
+    assert_eq!(
+        lines(&session, sql).await,
+        vec!["x@1", "x@16", "y@2", "z@20"]
+    );
+    let p = q.recent_progress();
+    assert_eq!(p.iter().map(|p| p.late_rows_dropped).sum::<usize>(), 1);
+    assert_eq!(p.last().unwrap().state.rows_total, 2, "x@16 and z@20");
+    q.stop().await.unwrap();
 }

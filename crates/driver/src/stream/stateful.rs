@@ -1,0 +1,1200 @@
+//! Stateful streaming: a query's plan cut at its stateful operator, and the operators.
+//!
+//! ```text
+//!  stream rows ─▶ plan below the operator (a job) ─▶ the operator's input columns
+//!    ─▶ drop rows older than the watermark (counted as late)
+//!    ─▶ fold into state ─▶ emit per output mode, evict what the watermark closed
+//!    ─▶ state version n written (state.rs) ─▶ plan above the operator (a job) ─▶ sink
+//! ```
+//!
+//! Operators:
+//! - **aggregation** (`group_by(..).agg(..)`, SQL `GROUP BY`) with `count`, `sum`, `min`,
+//!   `max`, `avg`, grouped by plain keys and at most one event-time window:
+//!   `window(ts, len)` (tumbling), `window(ts, len, slide)` (sliding: a row counts in
+//!   every window that holds it) or `session_window(ts, gap)` (a key's rows closer than
+//!   `gap` form one session);
+//! - **deduplication** (`drop_duplicates`, `distinct`): the first row of each key passes;
+//!   with a watermark a key is forgotten once the watermark passes its event time.
+//!
+//! The watermark (`DataFrame::with_watermark`) a batch uses is the one the batches
+//! before it reached: the largest event time seen minus the delay, never moving back.
+//! It is stored with the batch's offsets (and the next one with its commit), so a batch
+//! run again after a restart drops, emits and evicts exactly what it did before.
+//! Append emits a window once, when the watermark after the batch passes its end;
+//! Update emits the groups a batch changed; Complete emits every group, every batch.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
+use datafusion::catalog::{Session as CatalogSession, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, ScalarValue};
+use datafusion::datasource::{TableType, provider_as_source};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{
+    Aggregate, Distinct, Expr, ExprSchemable, Filter, LogicalPlan, LogicalPlanBuilder, lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use ember_core::event_time::{
+    SESSION_WINDOW, WATERMARK, WINDOW, WindowKind, event_times, parse_duration, window_array,
+    window_kind,
+};
+use ember_core::{EmberError, Result};
+
+use super::query::OutputMode;
+use super::state::{Change, Entries};
+use crate::dataframe::DataFrame;
+
+impl DataFrame {
+    /// Spark's `withWatermark`: rows of a stateful streaming query whose `column` is
+    /// older than the largest event time seen minus `delay` (`"5 seconds"`) are late,
+    /// dropped and counted; windows the watermark passes are final. In SQL, the same
+    /// marker is the predicate `WHERE with_watermark(ts, '5 seconds')`.
+    pub fn with_watermark(&self, column: &str, delay: &str) -> Result<DataFrame> {
+        let delay_ms = parse_duration(delay)?;
+        let marker = ember_core::event_time::event_time_udfs()
+            .into_iter()
+            .find(|f| f.name() == WATERMARK)
+            .expect("defined");
+        let predicate = marker.call(vec![Expr::Column(Column::from_name(column)), lit(delay_ms)]);
+        self.filter(predicate)
+    }
+}
+
+/// `with_watermark(column, delay)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub column: String,
+    pub delay_ms: i64,
+}
+
+/// A streaming query's plan, cut at its stateful operator.
+pub struct QueryPlan {
+    /// What each batch runs over the stream's rows: the whole query when it has no
+    /// stateful operator, else the part below it, projected to the operator's inputs.
+    pub batch: LogicalPlan,
+    pub stateful: Option<StatefulPlan>,
+    pub watermark: Option<Watermark>,
+}
+
+pub struct StatefulPlan {
+    pub op: Operator,
+    /// The rows the operator emits (its node's schema).
+    pub output: SchemaRef,
+    /// The query above the operator, reading an [`Emitted`] placeholder of this
+    /// schema (the output's columns named by position); none when the operator is the
+    /// query's top.
+    pub above: Option<(LogicalPlan, SchemaRef)>,
+    /// Whether the batch plan's first column is the watermark's event time.
+    pub event_time: bool,
+}
+
+pub enum Operator {
+    Aggregate(AggregateOp),
+    Dedup(DedupOp),
+}
+
+/// Where the operator's rows enter the plan above it; each batch swaps in its rows.
+#[derive(Debug)]
+pub struct Emitted {
+    schema: SchemaRef,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for Emitted {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn CatalogSession,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Err(DataFusionError::Plan(
+            "the output of a streaming aggregation exists only inside its query".into(),
+        ))
+    }
+}
+
+fn refuse(message: impl Into<String>) -> EmberError {
+    EmberError::NotSupported(message.into())
+}
+
+fn unalias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => unalias(&a.expr),
+        e => e,
+    }
+}
+
+/// The literal arguments of a function call.
+fn literals(args: &[Expr], function: &str) -> Result<Vec<ScalarValue>> {
+    args.iter()
+        .map(|a| match unalias(a) {
+            Expr::Literal(v, _) => Ok(v.clone()),
+            other => Err(EmberError::Config(format!(
+                "{function}: '{other}' must be a literal"
+            ))),
+        })
+        .collect()
+}
+
+/// Takes the `with_watermark` markers out of a plan.
+fn take_watermarks(plan: &LogicalPlan) -> Result<(LogicalPlan, Vec<Watermark>)> {
+    let mut found = vec![];
+    let plan = plan
+        .clone()
+        .transform_up(|node| {
+            let LogicalPlan::Filter(filter) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let (marks, rest): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&filter.predicate)
+                .into_iter()
+                .partition(|e| matches!(e, Expr::ScalarFunction(f) if f.func.name() == WATERMARK));
+            if marks.is_empty() {
+                return Ok(Transformed::no(node));
+            }
+            for mark in marks {
+                let Expr::ScalarFunction(f) = mark else {
+                    unreachable!("partitioned")
+                };
+                let Expr::Column(c) = unalias(&f.args[0]) else {
+                    return Err(DataFusionError::Plan(
+                        "with_watermark: the first argument must be a column".into(),
+                    ));
+                };
+                let delay_ms = match literals(&f.args[1..], WATERMARK)
+                    .map_err(|e| DataFusionError::Plan(e.to_string()))?
+                    .first()
+                {
+                    Some(ScalarValue::Int64(Some(ms))) => *ms,
+                    Some(ScalarValue::Utf8(Some(s))) => parse_duration(s)?,
+                    _ => {
+                        return Err(DataFusionError::Plan(
+                            "with_watermark: the delay must be a literal like '5 seconds'".into(),
+                        ));
+                    }
+                };
+                found.push(Watermark {
+                    column: c.name.clone(),
+                    delay_ms,
+                });
+            }
+            let input = filter.input.clone();
+            Ok(Transformed::yes(
+                match conjunction(rest.into_iter().cloned()) {
+                    Some(predicate) => LogicalPlan::Filter(Filter::try_new(predicate, input)?),
+                    None => input.as_ref().clone(),
+                },
+            ))
+        })?
+        .data;
+    Ok((plan, found))
+}
+
+/// Cuts a streaming query's plan at its stateful operator and checks that the output
+/// mode suits it (Spark's rules).
+pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
+    let (plan, mut marks) = take_watermarks(plan)?;
+    if marks.len() > 1 {
+        return Err(refuse("a streaming query takes one with_watermark"));
+    }
+    let watermark = marks.pop();
+    let mut stateful_nodes = 0;
+    let mut sorts = 0;
+    plan.apply(|node| {
+        match node {
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => stateful_nodes += 1,
+            LogicalPlan::Sort(_) => sorts += 1,
+            LogicalPlan::Window(_) => {
+                return Err(DataFusionError::NotImplemented(
+                    "window functions (OVER ...) are not supported on streams; aggregate by window(ts, ..) instead".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if stateful_nodes > 1 {
+        return Err(refuse(
+            "a streaming query takes one aggregation or deduplication; run further steps in foreach_batch",
+        ));
+    }
+    if stateful_nodes == 0 {
+        if mode == OutputMode::Complete {
+            return Err(EmberError::Config(
+                "Complete output mode needs a streaming aggregation; use Append or Update".into(),
+            ));
+        }
+        if sorts > 0 {
+            return Err(refuse(
+                "sorting a stream needs an aggregation and Complete output mode",
+            ));
+        }
+        return Ok(QueryPlan {
+            batch: plan,
+            stateful: None,
+            watermark,
+        });
+    }
+    // The stateful node, and the plan above it reading a placeholder.
+    let mut node = None;
+    let mut emitted_schema = None;
+    let mut sort_below = false;
+    let above = plan
+        .clone()
+        .transform_down(|n| {
+            if matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)) {
+                sort_below = n.exists(|c| Ok(matches!(c, LogicalPlan::Sort(_))))?;
+                let (placeholder, schema) = emitted_scan(&n)?;
+                emitted_schema = Some(schema);
+                node = Some(n);
+                return Ok(Transformed::new(placeholder, true, TreeNodeRecursion::Jump));
+            }
+            Ok(Transformed::no(n))
+        })?
+        .data;
+    let node = node.expect("counted above");
+    if sort_below || (sorts > 0 && mode != OutputMode::Complete) {
+        return Err(refuse(
+            "sorting a stream needs an aggregation and Complete output mode, and must come after the aggregation",
+        ));
+    }
+    let above = (!matches!(plan, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)))
+        .then(|| (above, emitted_schema.expect("with the node")));
+    let output: SchemaRef = Arc::new(node.schema().as_arrow().clone());
+    let (batch, op, event_time) = match &node {
+        LogicalPlan::Aggregate(agg) => {
+            let (batch, op, event_time) = AggregateOp::plan(agg, watermark.as_ref())?;
+            let windowed = op.window.is_some();
+            match mode {
+                OutputMode::Append if watermark.is_none() || !windowed => {
+                    return Err(EmberError::Config(
+                        "Append output mode of a streaming aggregation needs with_watermark(..) and a group by window(..): a group is final only once the watermark passes its window; use Update or Complete otherwise".into(),
+                    ));
+                }
+                _ => {}
+            }
+            (batch, Operator::Aggregate(op), event_time)
+        }
+        LogicalPlan::Distinct(distinct) => {
+            if mode == OutputMode::Complete {
+                return Err(EmberError::Config(
+                    "Complete output mode needs a streaming aggregation, not a deduplication; use Append".into(),
+                ));
+            }
+            let (batch, op, event_time) = DedupOp::plan(distinct, watermark.as_ref())?;
+            (batch, Operator::Dedup(op), event_time)
+        }
+        _ => unreachable!("a stateful node"),
+    };
+    Ok(QueryPlan {
+        batch,
+        stateful: Some(StatefulPlan {
+            op,
+            output,
+            above,
+            event_time,
+        }),
+        watermark,
+    })
+}
+
+/// A scan of an [`Emitted`] table, projected to exactly `node`'s columns (qualifiers
+/// and names), so the plan above the node reads it unchanged.
+fn emitted_scan(node: &LogicalPlan) -> DFResult<(LogicalPlan, SchemaRef)> {
+    let fields: Vec<arrow::datatypes::Field> = node
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let table = Arc::new(Emitted {
+        schema: schema.clone(),
+    });
+    let scan = LogicalPlanBuilder::scan("__ember_emitted", provider_as_source(table), None)?;
+    let exprs: Vec<Expr> = node
+        .schema()
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            Expr::Column(Column::new(Some("__ember_emitted"), format!("c{i}")))
+                .alias_qualified(qualifier.cloned(), field.name())
+        })
+        .collect();
+    Ok((scan.project(exprs)?.build()?, schema))
+}
+
+/// The batch plan's first column: the watermark column, found by name in `input`.
+fn event_time_expr(input: &LogicalPlan, watermark: Option<&Watermark>) -> Result<Option<Expr>> {
+    let Some(w) = watermark else { return Ok(None) };
+    let (qualifier, field) = input
+        .schema()
+        .qualified_field_with_unqualified_name(&w.column)
+        .map_err(|_| {
+            EmberError::Config(format!(
+                "the watermark column '{}' does not reach the stateful operator (its input has {})",
+                w.column,
+                input
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    Ok(Some(
+        Expr::Column(Column::from((qualifier, field))).alias("__ember_event_time"),
+    ))
+}
+
+// ---------------------------------------------------------------------------------
+// Aggregation
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AggKind {
+    CountRows,
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+}
+
+#[derive(Debug, Clone)]
+struct AggFn {
+    kind: AggKind,
+    /// Whether the argument is folded as f64 (floats, decimals) or i64.
+    float: bool,
+    output: DataType,
+}
+
+pub struct AggregateOp {
+    window: Option<WindowKind>,
+    /// Where the window goes among the group columns.
+    window_position: Option<usize>,
+    key_types: Vec<DataType>,
+    aggs: Vec<AggFn>,
+}
+
+impl AggregateOp {
+    fn plan(agg: &Aggregate, watermark: Option<&Watermark>) -> Result<(LogicalPlan, Self, bool)> {
+        let mut exprs = vec![];
+        let event_time = event_time_expr(&agg.input, watermark)?;
+        let has_event_time = event_time.is_some();
+        exprs.extend(event_time);
+        let mut window = None;
+        let mut window_position = None;
+        let mut keys = vec![];
+        for (i, g) in agg.group_expr.iter().enumerate() {
+            match unalias(g) {
+                Expr::GroupingSet(_) => {
+                    return Err(refuse("GROUPING SETS, CUBE and ROLLUP over a stream"));
+                }
+                Expr::ScalarFunction(f)
+                    if f.func.name() == WINDOW || f.func.name() == SESSION_WINDOW =>
+                {
+                    if window.is_some() {
+                        return Err(refuse("a streaming aggregation groups by one window"));
+                    }
+                    let name = f.func.name();
+                    window = Some(window_kind(name, &literals(&f.args[1..], name)?)?);
+                    window_position = Some(i);
+                    exprs.push(f.args[0].clone().alias("__ember_window_time"));
+                }
+                other => keys.push(other.clone()),
+            }
+        }
+        for (i, k) in keys.iter().enumerate() {
+            exprs.push(k.clone().alias(format!("__ember_key{i}")));
+        }
+        let groups = agg.group_expr.len();
+        let mut fns = vec![];
+        let mut args = vec![];
+        for (j, a) in agg.aggr_expr.iter().enumerate() {
+            let Expr::AggregateFunction(f) = unalias(a) else {
+                return Err(refuse(format!("'{a}' in a streaming aggregation")));
+            };
+            let p = &f.params;
+            if p.distinct || p.filter.is_some() || !p.order_by.is_empty() {
+                return Err(refuse(format!(
+                    "'{a}': DISTINCT, FILTER and ORDER BY inside a streaming aggregate"
+                )));
+            }
+            let name = f.func.name().to_ascii_lowercase();
+            let star = p.args.is_empty() || matches!(unalias(&p.args[0]), Expr::Literal(..));
+            let kind = match name.as_str() {
+                "count" if star => AggKind::CountRows,
+                "count" => AggKind::Count,
+                "sum" => AggKind::Sum,
+                "min" => AggKind::Min,
+                "max" => AggKind::Max,
+                "avg" | "mean" => AggKind::Avg,
+                other => {
+                    return Err(refuse(format!(
+                        "the aggregate {other} over a stream (count, sum, min, max and avg are)"
+                    )));
+                }
+            };
+            let output = agg.schema.field(groups + j).data_type().clone();
+            let mut float = false;
+            if kind != AggKind::CountRows {
+                let arg = p.args[0].clone();
+                let ty = arg.get_type(agg.input.schema())?;
+                float = matches!(
+                    ty,
+                    DataType::Float16
+                        | DataType::Float32
+                        | DataType::Float64
+                        | DataType::Decimal128(..)
+                        | DataType::Decimal256(..)
+                );
+                let integral = ty.is_integer() || ty.is_temporal();
+                if kind != AggKind::Count && !float && !integral {
+                    return Err(refuse(format!(
+                        "{name} of a {ty} column over a stream (numbers and times are supported)"
+                    )));
+                }
+                args.push(arg.alias(format!("__ember_arg{j}")));
+            }
+            fns.push(AggFn {
+                kind,
+                float,
+                output,
+            });
+        }
+        exprs.extend(args);
+        let batch = LogicalPlanBuilder::from(agg.input.as_ref().clone())
+            .project(exprs)?
+            .build()?;
+        let offset = usize::from(has_event_time) + usize::from(window.is_some());
+        let key_types = (0..keys.len())
+            .map(|i| batch.schema().field(offset + i).data_type().clone())
+            .collect();
+        Ok((
+            batch,
+            AggregateOp {
+                window,
+                window_position,
+                key_types,
+                aggs: fns,
+            },
+            has_event_time,
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Acc {
+    n: i64,
+    i: i64,
+    f: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Partial {
+    rows: i64,
+    accs: Vec<Acc>,
+}
+
+/// An argument column, ready to fold.
+enum Values {
+    None,
+    Int(Int64Array),
+    Float(Float64Array),
+    /// Counted only: non-null or not.
+    Any(ArrayRef),
+}
+
+impl Partial {
+    fn new(n: usize) -> Partial {
+        Partial {
+            rows: 0,
+            accs: vec![Acc::default(); n],
+        }
+    }
+
+    fn add(&mut self, fns: &[AggFn], values: &[Values], row: usize) {
+        self.rows += 1;
+        for ((acc, f), v) in self.accs.iter_mut().zip(fns).zip(values) {
+            let (i, x) = match v {
+                Values::None => continue,
+                Values::Any(a) => {
+                    acc.n += i64::from(a.is_valid(row));
+                    continue;
+                }
+                Values::Int(a) if a.is_valid(row) => (a.value(row), a.value(row) as f64),
+                Values::Float(a) if a.is_valid(row) => (0, a.value(row)),
+                _ => continue,
+            };
+            let first = acc.n == 0;
+            acc.n += 1;
+            match f.kind {
+                AggKind::Sum | AggKind::Avg => {
+                    acc.i = acc.i.wrapping_add(i);
+                    acc.f += x;
+                }
+                AggKind::Min => {
+                    acc.i = if first { i } else { acc.i.min(i) };
+                    acc.f = if first { x } else { acc.f.min(x) };
+                }
+                AggKind::Max => {
+                    acc.i = if first { i } else { acc.i.max(i) };
+                    acc.f = if first { x } else { acc.f.max(x) };
+                }
+                AggKind::Count | AggKind::CountRows => {}
+            }
+        }
+    }
+
+    fn merge(&mut self, fns: &[AggFn], other: &Partial) {
+        self.rows += other.rows;
+        for ((acc, f), o) in self.accs.iter_mut().zip(fns).zip(&other.accs) {
+            if o.n == 0 {
+                continue;
+            }
+            let first = acc.n == 0;
+            acc.n += o.n;
+            match f.kind {
+                AggKind::Sum | AggKind::Avg => {
+                    acc.i = acc.i.wrapping_add(o.i);
+                    acc.f += o.f;
+                }
+                AggKind::Min => {
+                    acc.i = if first { o.i } else { acc.i.min(o.i) };
+                    acc.f = if first { o.f } else { acc.f.min(o.f) };
+                }
+                AggKind::Max => {
+                    acc.i = if first { o.i } else { acc.i.max(o.i) };
+                    acc.f = if first { o.f } else { acc.f.max(o.f) };
+                }
+                AggKind::Count | AggKind::CountRows => {}
+            }
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 24 * self.accs.len());
+        out.extend_from_slice(&self.rows.to_le_bytes());
+        for a in &self.accs {
+            out.extend_from_slice(&a.n.to_le_bytes());
+            out.extend_from_slice(&a.i.to_le_bytes());
+            out.extend_from_slice(&a.f.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8], n: usize) -> Result<Partial> {
+        if bytes.len() != 8 + 24 * n {
+            return Err(EmberError::Decode {
+                what: "a streaming aggregation's state",
+                message: format!(
+                    "an entry of {} bytes, expected {} for {n} aggregates",
+                    bytes.len(),
+                    8 + 24 * n
+                ),
+            });
+        }
+        let word = |at: usize| <[u8; 8]>::try_from(&bytes[at..at + 8]).expect("8 bytes");
+        Ok(Partial {
+            rows: i64::from_le_bytes(word(0)),
+            accs: (0..n)
+                .map(|k| Acc {
+                    n: i64::from_le_bytes(word(8 + 24 * k)),
+                    i: i64::from_le_bytes(word(16 + 24 * k)),
+                    f: f64::from_le_bytes(word(24 + 24 * k)),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Window bounds as bytes that sort like the numbers.
+fn ordered(x: i64) -> [u8; 8] {
+    ((x as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn unordered(b: &[u8]) -> i64 {
+    (u64::from_be_bytes(b.try_into().expect("8 bytes")) ^ (1 << 63)) as i64
+}
+
+/// A group's key: window start and end (0 without a window), then the key columns
+/// in arrow's row format.
+fn group_key(buf: &mut Vec<u8>, start: i64, end: i64, key: &[u8]) {
+    buf.clear();
+    buf.extend_from_slice(&ordered(start));
+    buf.extend_from_slice(&ordered(end));
+    buf.extend_from_slice(key);
+}
+
+fn split_key(key: &[u8]) -> (i64, i64, &[u8]) {
+    (unordered(&key[..8]), unordered(&key[8..16]), &key[16..])
+}
+
+/// An operator's state while a query runs.
+pub(crate) enum OpState {
+    Aggregate {
+        groups: HashMap<Box<[u8]>, Partial>,
+        /// Session windows: each key's sessions, start → end.
+        sessions: HashMap<Box<[u8]>, BTreeMap<i64, i64>>,
+    },
+    Dedup {
+        /// Key → its event time (`i64::MAX` without a watermark).
+        seen: HashMap<Box<[u8]>, i64>,
+    },
+}
+
+/// What one batch did to the state.
+pub(crate) struct Processed {
+    pub rows: RecordBatch,
+    pub late_rows: usize,
+    pub next_watermark: Option<i64>,
+    pub changes: Vec<Change>,
+    pub rows_total: usize,
+    pub rows_updated: usize,
+    pub rows_removed: usize,
+}
+
+fn converter(types: &[DataType]) -> Result<Option<RowConverter>> {
+    if types.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(RowConverter::new(
+        types.iter().map(|t| SortField::new(t.clone())).collect(),
+    )?))
+}
+
+impl StatefulPlan {
+    pub fn empty_state(&self) -> OpState {
+        match self.op {
+            Operator::Aggregate(_) => OpState::Aggregate {
+                groups: HashMap::new(),
+                sessions: HashMap::new(),
+            },
+            Operator::Dedup(_) => OpState::Dedup {
+                seen: HashMap::new(),
+            },
+        }
+    }
+
+    /// The state from the store's entries.
+    pub fn load(&self, entries: Entries) -> Result<OpState> {
+        let mut state = self.empty_state();
+        match (&self.op, &mut state) {
+            (Operator::Aggregate(op), OpState::Aggregate { groups, sessions }) => {
+                for (k, v) in entries {
+                    if k.len() < 16 {
+                        return Err(EmberError::Decode {
+                            what: "a streaming aggregation's state",
+                            message: format!("a key of {} bytes", k.len()),
+                        });
+                    }
+                    let (start, end, key) = split_key(&k);
+                    if matches!(op.window, Some(WindowKind::Session { .. })) {
+                        sessions.entry(key.into()).or_default().insert(start, end);
+                    }
+                    groups.insert(k, Partial::decode(&v, op.aggs.len())?);
+                }
+            }
+            (Operator::Dedup(_), OpState::Dedup { seen }) => {
+                for (k, v) in entries {
+                    let t = <[u8; 8]>::try_from(v.as_slice()).map_err(|_| EmberError::Decode {
+                        what: "a streaming deduplication's state",
+                        message: format!("a value of {} bytes", v.len()),
+                    })?;
+                    seen.insert(k, i64::from_le_bytes(t));
+                }
+            }
+            _ => unreachable!("state made for its operator"),
+        }
+        Ok(state)
+    }
+
+    /// Every entry, for a snapshot.
+    pub fn entries(&self, state: &OpState) -> Vec<(Box<[u8]>, Vec<u8>)> {
+        match state {
+            OpState::Aggregate { groups, .. } => groups
+                .iter()
+                .map(|(k, p)| (k.clone(), p.encode()))
+                .collect(),
+            OpState::Dedup { seen } => seen
+                .iter()
+                .map(|(k, t)| (k.clone(), t.to_le_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    /// Folds a batch's rows (the batch plan's output) into the state, then emits per
+    /// output mode and evicts what the watermark after the batch closed.
+    pub fn process(
+        &self,
+        state: &mut OpState,
+        input: &[RecordBatch],
+        watermark: Option<i64>,
+        delay_ms: Option<i64>,
+        mode: OutputMode,
+    ) -> Result<Processed> {
+        let mut late = 0;
+        let mut max_time: Option<i64> = None;
+        let mut masks = Vec::with_capacity(input.len());
+        for batch in input {
+            if !self.event_time {
+                masks.push(None);
+                continue;
+            }
+            let times = event_times(batch.column(0))?;
+            let mask: Vec<bool> = (0..batch.num_rows())
+                .map(|r| {
+                    if times.is_null(r) {
+                        return false;
+                    }
+                    let t = times.value(r);
+                    if watermark.is_some_and(|w| t < w) {
+                        late += 1;
+                        return false;
+                    }
+                    max_time = Some(max_time.map_or(t, |m| m.max(t)));
+                    true
+                })
+                .collect();
+            masks.push(Some(mask));
+        }
+        let next_watermark = match (delay_ms, max_time) {
+            (Some(d), Some(t)) => Some(watermark.map_or(t - d, |w| w.max(t - d))),
+            _ => watermark,
+        };
+        let first = usize::from(self.event_time);
+        let batches = Rows {
+            input,
+            masks: &masks,
+            first,
+        };
+        let mut out = match (&self.op, state) {
+            (Operator::Aggregate(op), OpState::Aggregate { groups, sessions }) => op.fold(
+                groups,
+                sessions,
+                &batches,
+                next_watermark,
+                mode,
+                &self.output,
+            )?,
+            (Operator::Dedup(op), OpState::Dedup { seen }) => {
+                op.fold(seen, &batches, next_watermark, &self.output)?
+            }
+            _ => unreachable!("state made for its operator"),
+        };
+        out.late_rows = late;
+        out.next_watermark = next_watermark;
+        Ok(out)
+    }
+}
+
+/// A batch's rows as the operator sees them: which are on time, and where its own
+/// columns start (after the event time, if any).
+struct Rows<'a> {
+    input: &'a [RecordBatch],
+    masks: &'a [Option<Vec<bool>>],
+    first: usize,
+}
+
+impl Rows<'_> {
+    fn on_time(&self, batch: usize, row: usize) -> bool {
+        self.masks[batch].as_ref().is_none_or(|m| m[row])
+    }
+}
+
+/// The key columns of a batch in arrow's row format (empty rows without keys).
+fn key_rows(
+    converter: &Option<RowConverter>,
+    batch: &RecordBatch,
+    from: usize,
+    count: usize,
+) -> Result<Option<arrow::row::Rows>> {
+    match converter {
+        None => Ok(None),
+        Some(c) => Ok(Some(
+            c.convert_columns(&batch.columns()[from..from + count])?,
+        )),
+    }
+}
+
+fn row_bytes(rows: &Option<arrow::row::Rows>, i: usize) -> &[u8] {
+    rows.as_ref().map_or(&[], |r| r.row(i).data())
+}
+
+impl AggregateOp {
+    #[allow(clippy::too_many_arguments)]
+    fn fold(
+        &self,
+        groups: &mut HashMap<Box<[u8]>, Partial>,
+        sessions: &mut HashMap<Box<[u8]>, BTreeMap<i64, i64>>,
+        rows: &Rows,
+        next_watermark: Option<i64>,
+        mode: OutputMode,
+        output: &SchemaRef,
+    ) -> Result<Processed> {
+        let converter = converter(&self.key_types)?;
+        let n = self.aggs.len();
+        let mut touched: HashSet<Box<[u8]>> = HashSet::new();
+        let mut buf = Vec::with_capacity(64);
+        let window_col = rows.first;
+        let keys_from = rows.first + usize::from(self.window.is_some());
+        let args_from = keys_from + self.key_types.len();
+        for (b, batch) in rows.input.iter().enumerate() {
+            let keys = key_rows(&converter, batch, keys_from, self.key_types.len())?;
+            let times = match self.window {
+                Some(_) => Some(event_times(batch.column(window_col))?),
+                None => None,
+            };
+            let mut next_arg = args_from;
+            let values: Vec<Values> = self
+                .aggs
+                .iter()
+                .map(|f| {
+                    if f.kind == AggKind::CountRows {
+                        return Ok(Values::None);
+                    }
+                    let column = batch.column(next_arg).clone();
+                    next_arg += 1;
+                    Ok(match (f.kind, f.float) {
+                        (AggKind::Count, _) => Values::Any(column),
+                        (_, true) => Values::Float(
+                            cast(&column, &DataType::Float64)?
+                                .as_primitive::<Float64Type>()
+                                .clone(),
+                        ),
+                        (_, false) => Values::Int(
+                            cast(&column, &DataType::Int64)?
+                                .as_primitive::<Int64Type>()
+                                .clone(),
+                        ),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            for r in 0..batch.num_rows() {
+                if !rows.on_time(b, r) {
+                    continue;
+                }
+                let key = row_bytes(&keys, r);
+                let mut fold = |buf: &Vec<u8>, touched: &mut HashSet<Box<[u8]>>| {
+                    match groups.get_mut(buf.as_slice()) {
+                        Some(p) => p.add(&self.aggs, &values, r),
+                        None => {
+                            let mut p = Partial::new(n);
+                            p.add(&self.aggs, &values, r);
+                            groups.insert(buf.as_slice().into(), p);
+                        }
+                    }
+                    if !touched.contains(buf.as_slice()) {
+                        touched.insert(buf.as_slice().into());
+                    }
+                };
+                match (self.window, &times) {
+                    (None, _) => {
+                        group_key(&mut buf, 0, 0, key);
+                        fold(&buf, &mut touched);
+                    }
+                    (Some(_), Some(t)) if t.is_null(r) => {}
+                    (Some(WindowKind::Sliding { length, slide }), Some(t)) => {
+                        let t = t.value(r);
+                        let mut start = t - t.rem_euclid(slide);
+                        while start + length > t {
+                            group_key(&mut buf, start, start + length, key);
+                            fold(&buf, &mut touched);
+                            start -= slide;
+                        }
+                    }
+                    (Some(WindowKind::Session { gap }), Some(t)) => {
+                        let t = t.value(r);
+                        let mut p = Partial::new(n);
+                        p.add(&self.aggs, &values, r);
+                        let (mut start, mut end) = (t, t + gap);
+                        let index = sessions.entry(key.into()).or_default();
+                        // Merge every session this row's [t, t + gap) overlaps.
+                        while let Some((&s, &e)) = index.range(..end).next_back() {
+                            if e <= start {
+                                break;
+                            }
+                            index.remove(&s);
+                            group_key(&mut buf, s, e, key);
+                            if let Some(old) = groups.remove(buf.as_slice()) {
+                                p.merge(&self.aggs, &old);
+                            }
+                            touched.insert(buf.as_slice().into());
+                            start = start.min(s);
+                            end = end.max(e);
+                        }
+                        index.insert(start, end);
+                        group_key(&mut buf, start, end, key);
+                        groups.insert(buf.as_slice().into(), p);
+                        touched.insert(buf.as_slice().into());
+                    }
+                    (Some(_), None) => unreachable!("times read with a window"),
+                }
+            }
+        }
+        // What the watermark after this batch closes.
+        let closed =
+            |k: &[u8]| self.window.is_some() && next_watermark.is_some_and(|w| split_key(k).1 <= w);
+        let mut emit: Vec<&[u8]> = match mode {
+            OutputMode::Complete => groups.keys().map(|k| k.as_ref()).collect(),
+            OutputMode::Update => touched
+                .iter()
+                .filter(|k| groups.contains_key(k.as_ref()))
+                .map(|k| k.as_ref())
+                .collect(),
+            OutputMode::Append => groups
+                .keys()
+                .filter(|k| closed(k))
+                .map(|k| k.as_ref())
+                .collect(),
+        };
+        emit.sort_unstable();
+        let out_rows = self.rows(&emit, groups, &converter, output)?;
+        let updated = touched
+            .iter()
+            .filter(|k| groups.contains_key(k.as_ref()))
+            .count();
+        let mut removed = 0;
+        if mode != OutputMode::Complete {
+            let evicted: Vec<Box<[u8]>> = groups.keys().filter(|k| closed(k)).cloned().collect();
+            for k in evicted {
+                groups.remove(&k);
+                let (start, _, key) = split_key(&k);
+                if let Some(index) = sessions.get_mut(key) {
+                    index.remove(&start);
+                    if index.is_empty() {
+                        sessions.remove(key);
+                    }
+                }
+                touched.insert(k);
+                removed += 1;
+            }
+        }
+        let changes = touched
+            .into_iter()
+            .map(|k| {
+                let v = groups.get(&k).map(Partial::encode);
+                (k, v)
+            })
+            .collect();
+        Ok(Processed {
+            rows: out_rows,
+            late_rows: 0,
+            next_watermark: None,
+            changes,
+            rows_total: groups.len(),
+            rows_updated: updated,
+            rows_removed: removed,
+        })
+    }
+
+    /// The emitted groups as the aggregation's output rows.
+    fn rows(
+        &self,
+        emit: &[&[u8]],
+        groups: &HashMap<Box<[u8]>, Partial>,
+        converter: &Option<RowConverter>,
+        output: &SchemaRef,
+    ) -> Result<RecordBatch> {
+        let mut keys: Vec<ArrayRef> = match converter {
+            Some(c) => {
+                let parser = c.parser();
+                c.convert_rows(emit.iter().map(|k| parser.parse(split_key(k).2)))?
+            }
+            None => vec![],
+        };
+        keys.reverse();
+        let mut columns: Vec<ArrayRef> = vec![];
+        let group_count = self.key_types.len() + usize::from(self.window.is_some());
+        for i in 0..group_count {
+            if Some(i) == self.window_position {
+                let (starts, ends) = emit
+                    .iter()
+                    .map(|k| {
+                        let (s, e, _) = split_key(k);
+                        (Some(s), Some(e))
+                    })
+                    .unzip();
+                columns.push(window_array(starts, ends));
+            } else {
+                columns.push(keys.pop().expect("one array per key"));
+            }
+        }
+        let partials: Vec<&Partial> = emit.iter().map(|k| &groups[*k]).collect();
+        for (j, f) in self.aggs.iter().enumerate() {
+            let acc = |p: &Partial| p.accs[j];
+            let array: ArrayRef = match (f.kind, f.float) {
+                (AggKind::CountRows, _) => Arc::new(Int64Array::from_iter_values(
+                    partials.iter().map(|p| p.rows),
+                )),
+                (AggKind::Count, _) => Arc::new(Int64Array::from_iter_values(
+                    partials.iter().map(|p| acc(p).n),
+                )),
+                (AggKind::Avg, _) => Arc::new(Float64Array::from_iter(partials.iter().map(|p| {
+                    let a = acc(p);
+                    (a.n > 0).then(|| if f.float { a.f } else { a.i as f64 } / a.n as f64)
+                }))),
+                (_, true) => Arc::new(Float64Array::from_iter(
+                    partials.iter().map(|p| (acc(p).n > 0).then(|| acc(p).f)),
+                )),
+                (_, false) => Arc::new(Int64Array::from_iter(
+                    partials.iter().map(|p| (acc(p).n > 0).then(|| acc(p).i)),
+                )),
+            };
+            columns.push(if array.data_type() == &f.output {
+                array
+            } else {
+                cast(&array, &f.output)?
+            });
+        }
+        Ok(RecordBatch::try_new_with_options(
+            output.clone(),
+            columns,
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(emit.len())),
+        )?)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Deduplication
+
+pub struct DedupOp {
+    key_types: Vec<DataType>,
+    /// The row's columns, after the event time; the keys follow them.
+    columns: usize,
+}
+
+impl DedupOp {
+    fn plan(
+        distinct: &Distinct,
+        watermark: Option<&Watermark>,
+    ) -> Result<(LogicalPlan, Self, bool)> {
+        let (input, keys): (&LogicalPlan, Vec<Expr>) = match distinct {
+            Distinct::All(input) => (
+                input,
+                input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect(),
+            ),
+            Distinct::On(on) => {
+                let columns: Vec<Expr> = on
+                    .input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                let select: Vec<&Expr> = on.select_expr.iter().map(unalias).collect();
+                if select.len() != columns.len()
+                    || select.iter().zip(&columns).any(|(s, c)| *s != c)
+                    || on.sort_expr.is_some()
+                {
+                    return Err(refuse(
+                        "DISTINCT ON over a stream keeps whole rows: use drop_duplicates(subset)",
+                    ));
+                }
+                (on.input.as_ref(), on.on_expr.clone())
+            }
+        };
+        let mut exprs = vec![];
+        let event_time = event_time_expr(input, watermark)?;
+        let has_event_time = event_time.is_some();
+        exprs.extend(event_time);
+        let columns = input.schema().fields().len();
+        exprs.extend(input.schema().columns().into_iter().map(Expr::Column));
+        for (i, k) in keys.iter().enumerate() {
+            exprs.push(k.clone().alias(format!("__ember_key{i}")));
+        }
+        let batch = LogicalPlanBuilder::from(input.clone())
+            .project(exprs)?
+            .build()?;
+        let from = usize::from(has_event_time) + columns;
+        let key_types = (0..keys.len())
+            .map(|i| batch.schema().field(from + i).data_type().clone())
+            .collect();
+        Ok((batch, DedupOp { key_types, columns }, has_event_time))
+    }
+
+    fn fold(
+        &self,
+        seen: &mut HashMap<Box<[u8]>, i64>,
+        rows: &Rows,
+        next_watermark: Option<i64>,
+        output: &SchemaRef,
+    ) -> Result<Processed> {
+        let converter = converter(&self.key_types)?;
+        let mut changes: Vec<Change> = vec![];
+        let mut parts = vec![];
+        for (b, batch) in rows.input.iter().enumerate() {
+            let keys = key_rows(
+                &converter,
+                batch,
+                rows.first + self.columns,
+                self.key_types.len(),
+            )?;
+            let times = if rows.first == 1 {
+                Some(event_times(batch.column(0))?)
+            } else {
+                None
+            };
+            let mut keep = Vec::with_capacity(batch.num_rows());
+            for r in 0..batch.num_rows() {
+                let key = row_bytes(&keys, r);
+                let new = rows.on_time(b, r) && !seen.contains_key(key);
+                if new {
+                    let t = times.as_ref().map_or(i64::MAX, |t| t.value(r));
+                    seen.insert(key.into(), t);
+                    changes.push((key.into(), Some(t.to_le_bytes().to_vec())));
+                }
+                keep.push(new);
+            }
+            let columns = batch.columns()[rows.first..rows.first + self.columns].to_vec();
+            let row = RecordBatch::try_new(output.clone(), columns)?;
+            parts.push(arrow::compute::filter_record_batch(
+                &row,
+                &BooleanArray::from(keep),
+            )?);
+        }
+        let updated = changes.len();
+        let mut removed = 0;
+        if let Some(w) = next_watermark {
+            seen.retain(|k, t| {
+                let keep = *t >= w;
+                if !keep {
+                    changes.push((k.clone(), None));
+                    removed += 1;
+                }
+                keep
+            });
+        }
+        Ok(Processed {
+            rows: arrow::compute::concat_batches(output, &parts)?,
+            late_rows: 0,
+            next_watermark: None,
+            changes,
+            rows_total: seen.len(),
+            rows_updated: updated,
+            rows_removed: removed,
+        })
+    }
+}
