@@ -25,6 +25,8 @@ pub enum BenchCommand {
     Tpch(TpchArgs),
     /// The embedded log: in-process and wire throughput.
     Log(crate::bench_log::LogBenchArgs),
+    /// Streaming: the IoT query's throughput and batch durations.
+    Stream(crate::bench_stream::StreamBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,6 +111,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             Ok(())
         }
         BenchCommand::Log(args) => crate::bench_log::run(args).await,
+        BenchCommand::Stream(args) => crate::bench_stream::run(args).await,
     }
 }
 

@@ -13,7 +13,7 @@ use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling
 use rskafka::client::{Client, ClientBuilder};
 use tokio::sync::{Mutex, OnceCell};
 
-use super::source::{Offsets, Source, StartingOffsets, kafka_schema, records_to_batch, share_of};
+use super::source::{Offsets, Source, StartingOffsets, batch_end, kafka_schema, records_to_batch};
 
 /// `read_stream().kafka(bootstrap_servers, topics)`.
 pub struct KafkaSource {
@@ -151,8 +151,7 @@ impl Source for KafkaSource {
 
     async fn latest(&self, start: &Offsets) -> Result<Offsets> {
         let partitions = self.topic_partitions().await?;
-        let share = share_of(self.max_offsets_per_trigger, partitions.len());
-        let mut end = Offsets::default();
+        let mut ranges = vec![];
         for (t, p) in partitions {
             let latest = self.offset(&t, p, OffsetAt::Latest).await?;
             let from = match start.get(&t, p) {
@@ -160,9 +159,9 @@ impl Source for KafkaSource {
                 // A partition added since the query started: from its beginning.
                 None => self.offset(&t, p, OffsetAt::Earliest).await?,
             };
-            end.set(&t, p, share.map_or(latest, |s| latest.min(from + s)));
+            ranges.push((t, p, from, latest));
         }
-        Ok(end)
+        Ok(batch_end(ranges, self.max_offsets_per_trigger))
     }
 
     async fn available(&self) -> Result<Offsets> {

@@ -176,9 +176,28 @@ fn log_error(e: ember_log::LogError) -> EmberError {
     EmberError::Internal(format!("reading the log: {e}"))
 }
 
-/// Each partition's share of a per-trigger limit.
-pub(crate) fn share_of(max: Option<i64>, partitions: usize) -> Option<i64> {
-    max.map(|m| (m + partitions as i64 - 1) / partitions.max(1) as i64)
+/// Where a batch ends, given each partition's `(topic, partition, from, latest)`: at
+/// `latest`, or under a per-trigger limit, at a share of it in proportion to what each
+/// partition has waiting (as Spark's Kafka source does), so that partitions keep pace
+/// in event time and one does not make another's rows late.
+pub(crate) fn batch_end(ranges: Vec<(String, i32, i64, i64)>, max: Option<i64>) -> Offsets {
+    let waiting: i64 = ranges
+        .iter()
+        .map(|(_, _, from, latest)| (latest - from).max(0))
+        .sum();
+    let mut end = Offsets::default();
+    for (t, p, from, latest) in ranges {
+        let to = match max {
+            Some(max) if waiting > max => {
+                let available = (latest - from).max(0);
+                let share = (available as i128 * max as i128 / waiting as i128) as i64;
+                from + share.max(i64::from(available > 0))
+            }
+            _ => latest,
+        };
+        end.set(&t, p, to);
+    }
+    end
 }
 
 #[async_trait::async_trait]
@@ -205,15 +224,13 @@ impl Source for LogSource {
 
     async fn latest(&self, start: &Offsets) -> Result<Offsets> {
         let partitions = self.partitions()?;
-        let share = share_of(self.max_offsets_per_trigger, partitions.len());
-        let mut end = Offsets::default();
+        let mut ranges = vec![];
         for (t, p) in partitions {
             let partition = self.log.partition(&t, p).map_err(log_error)?;
             let from = start.get(&t, p).unwrap_or_else(|| partition.start_offset());
-            let latest = partition.end_offset();
-            end.set(&t, p, share.map_or(latest, |s| latest.min(from + s)));
+            ranges.push((t, p, from, partition.end_offset()));
         }
-        Ok(end)
+        Ok(batch_end(ranges, self.max_offsets_per_trigger))
     }
 
     async fn available(&self) -> Result<Offsets> {
