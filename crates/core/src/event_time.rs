@@ -55,7 +55,7 @@ pub fn parse_duration(text: &str) -> DFResult<i64> {
         _ => return Err(bad()),
     };
     let ms = number * unit_ms;
-    if !(ms >= 1.0 && ms < 1e15) {
+    if !(1.0..1e15).contains(&ms) {
         return Err(bad());
     }
     Ok(ms as i64)

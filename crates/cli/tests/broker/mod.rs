@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::free_port;
 
 /// An `ember broker` process, killed when dropped.
-struct BrokerProcess {
+pub(crate) struct BrokerProcess {
     child: Child,
     port: u16,
 }
@@ -22,7 +22,7 @@ impl Drop for BrokerProcess {
     }
 }
 
-fn start_broker(data: &Path, port: u16, extra: &[&str]) -> BrokerProcess {
+pub(crate) fn start_broker(data: &Path, port: u16, extra: &[&str]) -> BrokerProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -55,12 +55,12 @@ fn kcat() -> Command {
     c
 }
 
-fn bootstrap(b: &BrokerProcess) -> String {
+pub(crate) fn bootstrap(b: &BrokerProcess) -> String {
     format!("127.0.0.1:{}", b.port)
 }
 
 /// Produces `lines` (`key:value`) with kcat.
-fn kcat_produce(b: &BrokerProcess, topic: &str, lines: &str) {
+pub(crate) fn kcat_produce(b: &BrokerProcess, topic: &str, lines: &str) {
     let mut child = kcat()
         .args([
             "-P",

@@ -10,7 +10,7 @@ use super::free_port;
 use ember_core::rpc::Security;
 
 /// Waits until `path` has more than `before` lines matching every one of `needles`.
-fn wait_for_log(path: &Path, needles: &[&str], before: usize, secs: u64) -> usize {
+pub(crate) fn wait_for_log(path: &Path, needles: &[&str], before: usize, secs: u64) -> usize {
     let started = Instant::now();
     loop {
         let n = count_log(path, needles);
@@ -511,7 +511,7 @@ fn a_tls_cluster_serves_a_cli_client_and_refuses_plain_connections() {
 }
 
 /// Kills the processes it holds when dropped, so a failing test leaves none behind.
-struct Processes(Vec<std::process::Child>);
+pub(crate) struct Processes(pub(crate) Vec<std::process::Child>);
 
 impl Drop for Processes {
     fn drop(&mut self) {
@@ -522,7 +522,7 @@ impl Drop for Processes {
     }
 }
 
-fn start_executors(address: &str, work: &Path, n: usize) -> Processes {
+pub(crate) fn start_executors(address: &str, work: &Path, n: usize) -> Processes {
     start_executors_with(address, work, n, &[])
 }
 

@@ -11,7 +11,8 @@ use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::prelude::SessionContext;
 use ember_core::batch_fn::MapBatchesExec;
 
-/// DataFusion's built-in function names: every executor has these.
+/// DataFusion's built-in function names and ember's own (`from_json`, `window`, ...):
+/// every executor has these.
 static BUILTINS: LazyLock<HashSet<String>> = LazyLock::new(|| {
     let state = SessionContext::new().state();
     let names = |m: Vec<String>| m.into_iter();
@@ -21,6 +22,11 @@ static BUILTINS: LazyLock<HashSet<String>> = LazyLock::new(|| {
         .chain(names(
             state.higher_order_functions().keys().cloned().collect(),
         ))
+        .chain(
+            ember_core::ember_functions()
+                .iter()
+                .map(|f| f.name().to_string()),
+        )
         .collect()
 });
 

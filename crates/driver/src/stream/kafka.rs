@@ -13,7 +13,9 @@ use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling
 use rskafka::client::{Client, ClientBuilder};
 use tokio::sync::{Mutex, OnceCell};
 
-use super::source::{Offsets, Source, StartingOffsets, batch_end, kafka_schema, records_to_batch};
+use super::source::{
+    Offsets, Source, StartingOffsets, batch_end, data_lost, kafka_schema, records_to_batch,
+};
 
 /// `read_stream().kafka(bootstrap_servers, topics)`.
 pub struct KafkaSource {
@@ -24,6 +26,7 @@ pub struct KafkaSource {
     fail_on_data_loss: bool,
     client: OnceCell<Client>,
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
+    lost: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -53,6 +56,7 @@ impl KafkaSource {
             fail_on_data_loss: true,
             client: OnceCell::new(),
             partitions: Mutex::new(HashMap::new()),
+            lost: Default::default(),
         }
     }
 
@@ -182,10 +186,12 @@ impl Source for KafkaSource {
             let earliest = self.offset(t, p, OffsetAt::Earliest).await?;
             if from < earliest {
                 if self.fail_on_data_loss {
-                    return Err(EmberError::Internal(format!(
-                        "kafka source: {t}-{p} offsets {from}..{earliest} are gone (retention); set fail_on_data_loss(false) to skip them"
-                    )));
+                    return Err(data_lost(t, p, from, earliest));
                 }
+                self.lost.fetch_add(
+                    earliest.min(to) - from,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 tracing::warn!(
                     topic = t,
                     partition = p,
@@ -237,5 +243,9 @@ impl Source for KafkaSource {
 
     fn describe(&self) -> String {
         format!("kafka[{}]", self.topics.join(","))
+    }
+
+    fn offsets_lost(&self) -> i64 {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

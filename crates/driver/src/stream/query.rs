@@ -89,6 +89,9 @@ pub struct SourceProgress {
     pub start_offset: Offsets,
     pub end_offset: Offsets,
     pub num_input_rows: i64,
+    /// Offsets of this batch's range that retention had deleted, skipped
+    /// (`fail_on_data_loss(false)`).
+    pub offsets_lost: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -443,8 +446,10 @@ impl Runner {
         use tracing::Instrument;
         self.set_status("Processing new data", true, true);
         let add = Instant::now();
-        let (num_input_rows, written, late, state_progress, next_watermark) = async {
+        let (num_input_rows, written, late, state_progress, next_watermark, lost) = async {
+            let lost_before = self.source.offsets_lost();
             let input = self.source.read(&range.start, &range.end).await?;
+            let lost = self.source.offsets_lost() - lost_before;
             let num_input_rows: i64 = input.iter().map(|b| b.num_rows() as i64).sum();
             let plan = swap_scan(&self.query.batch, is_stream, self.source.schema(), input)?;
             let mut output = self.df.session().collect_plan(&plan).await?;
@@ -492,6 +497,7 @@ impl Runner {
                 late,
                 state_progress,
                 next_watermark,
+                lost,
             ))
         }
         .instrument(tracing::info_span!("batch", batch = range.batch_id))
@@ -524,6 +530,7 @@ impl Runner {
                 start_offset: range.start.clone(),
                 end_offset: range.end.clone(),
                 num_input_rows,
+                offsets_lost: lost,
             },
             sink: SinkProgress {
                 description: self.sink.describe(),

@@ -81,6 +81,11 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     async fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>>;
     /// For progress reports.
     fn describe(&self) -> String;
+    /// Offsets skipped so far because retention deleted them before they were read
+    /// (with `fail_on_data_loss(false)`).
+    fn offsets_lost(&self) -> i64 {
+        0
+    }
 }
 
 /// The columns of a record from a Kafka-like log, as Spark names them.
@@ -137,6 +142,8 @@ pub struct LogSource {
     topics: Vec<String>,
     starting: StartingOffsets,
     max_offsets_per_trigger: Option<i64>,
+    fail_on_data_loss: bool,
+    lost: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl LogSource {
@@ -146,7 +153,16 @@ impl LogSource {
             topics,
             starting: StartingOffsets::Earliest,
             max_offsets_per_trigger: None,
+            fail_on_data_loss: true,
+            lost: Arc::default(),
         }
+    }
+
+    /// When offsets a batch should read are gone (retention), fail (the default,
+    /// naming them) or skip to what is left and count them (`offsets_lost`).
+    pub fn fail_on_data_loss(mut self, fail: bool) -> Self {
+        self.fail_on_data_loss = fail;
+        self
     }
 
     pub fn starting_offsets(mut self, starting: StartingOffsets) -> Self {
@@ -247,7 +263,8 @@ impl Source for LogSource {
 
     async fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>> {
         let (log, start, end) = (self.log.clone(), start.clone(), end.clone());
-        tokio::task::spawn_blocking(move || read_log(&log, &start, &end))
+        let lost = (!self.fail_on_data_loss).then(|| self.lost.clone());
+        tokio::task::spawn_blocking(move || read_log(&log, &start, &end, lost.as_deref()))
             .await
             .map_err(|e| EmberError::Internal(e.to_string()))?
     }
@@ -255,26 +272,56 @@ impl Source for LogSource {
     fn describe(&self) -> String {
         format!("log[{}]", self.topics.join(","))
     }
+
+    fn offsets_lost(&self) -> i64 {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
-/// The embedded log's rows in `[start, end)`.
-fn read_log(log: &Log, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>> {
-    {
-        let mut batches = vec![];
-        for (t, p, to) in end.iter() {
-            let from = start.get(t, p).unwrap_or(to);
+/// Reads `[start, end)`; offsets retention deleted fail the read, or with `lost` are
+/// skipped and counted there.
+fn read_log(
+    log: &Log,
+    start: &Offsets,
+    end: &Offsets,
+    lost: Option<&std::sync::atomic::AtomicI64>,
+) -> Result<Vec<RecordBatch>> {
+    let mut batches = vec![];
+    for (t, p, to) in end.iter() {
+        let mut from = start.get(t, p).unwrap_or(to);
+        if from >= to {
+            continue;
+        }
+        let log_start = log.partition(t, p).map_err(log_error)?.start_offset();
+        if from < log_start {
+            let Some(lost) = lost else {
+                return Err(data_lost(t, p, from, log_start));
+            };
+            tracing::warn!(
+                topic = t,
+                partition = p,
+                from,
+                to = log_start,
+                "skipping offsets lost to retention"
+            );
+            lost.fetch_add(
+                log_start.min(to) - from,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            from = log_start;
             if from >= to {
                 continue;
             }
-            let log_start = log.partition(t, p).map_err(log_error)?.start_offset();
-            if from < log_start {
-                return Err(EmberError::Internal(format!(
-                    "{t}-{p}: offsets {from}..{log_start} were deleted by retention before this query read them"
-                )));
-            }
-            let records = ember_log::read_range(log, t, p, from, to).map_err(log_error)?;
-            batches.push(records_to_batch(&records)?);
         }
-        Ok(batches)
+        let records = ember_log::read_range(log, t, p, from, to).map_err(log_error)?;
+        batches.push(records_to_batch(&records)?);
     }
+    Ok(batches)
+}
+
+/// The error of a read that needs offsets retention deleted.
+pub(crate) fn data_lost(topic: &str, partition: i32, from: i64, earliest: i64) -> EmberError {
+    EmberError::Internal(format!(
+        "data loss: {topic}-{partition} offsets {from}..{earliest} were deleted (retention) before this query read them; fail_on_data_loss(false) skips them"
+    ))
 }

@@ -130,7 +130,7 @@ impl StateStore {
         changes: Vec<Change>,
         all: impl FnOnce() -> Vec<(Box<[u8]>, Vec<u8>)>,
     ) -> Result<()> {
-        let snapshot = version % self.snapshot_every == 0;
+        let snapshot = version.is_multiple_of(self.snapshot_every);
         let mut parts: Vec<Vec<Change>> = vec![vec![]; self.partitions];
         if snapshot {
             for (k, v) in all() {
@@ -188,7 +188,7 @@ fn write(path: &Path, changes: Vec<Change>) -> Result<()> {
     super::checkpoint::write_atomically(path, &bytes)
 }
 
-fn read(path: &Path) -> Result<Vec<(Box<[u8]>, Option<Vec<u8>>)>> {
+fn read(path: &Path) -> Result<Vec<Change>> {
     let bad = |m: String| EmberError::Decode {
         what: "a streaming state file",
         message: format!("{}: {m}", path.display()),

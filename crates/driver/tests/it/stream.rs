@@ -846,3 +846,78 @@ async fn drop_duplicates_forgets_keys_the_watermark_passed() {
     assert_eq!(p.last().unwrap().state.rows_total, 2, "x@16 and z@20");
     q.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn offsets_lost_to_retention_fail_the_query_or_are_skipped_and_counted() {
+    use ember_driver::stream::LogSource;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path().join("log"),
+        LogConfig {
+            durability: Durability::Never,
+            ..LogConfig::default()
+        },
+    )
+    .unwrap();
+    let small = ember_log::TopicConfig {
+        segment_bytes: 4096,
+        retention_bytes: Some(4096),
+        ..ember_log::TopicConfig::default()
+    };
+    log.create_topic("events", 1, Some(small)).unwrap();
+    let producer = Producer::new(log.clone(), ProducerConfig::default()).unwrap();
+    let send = |n: usize| {
+        for i in 0..n {
+            producer
+                .send(ProducerRecord::new("events", format!("{i:0>100}")))
+                .unwrap();
+        }
+        producer.flush();
+    };
+    send(100);
+    let session = Session::builder().master("local[1]").build().unwrap();
+    let start = |fail: bool, trigger: Trigger| {
+        let source = LogSource::new(log.clone(), vec!["events".into()])
+            .max_offsets_per_trigger(10)
+            .fail_on_data_loss(fail);
+        session
+            .read_stream()
+            .source(Arc::new(source))
+            .unwrap()
+            .write_stream()
+            .query_name(if fail { "strict" } else { "lenient" })
+            .memory()
+            .checkpoint(dir.path().join(format!("cp-{fail}")))
+            .trigger(trigger)
+            .start()
+    };
+    for fail in [true, false] {
+        let q = start(fail, Trigger::Once).await.unwrap();
+        q.await_termination(None).await.unwrap();
+    }
+    // Retention deletes the segments holding offsets 10.. before the queries read them.
+    send(200);
+    log.maintain().unwrap();
+    let earliest = log.partition("events", 0).unwrap().start_offset();
+    assert!(earliest > 20, "retention deleted old segments ({earliest})");
+
+    let q = start(true, Trigger::AvailableNow).await.unwrap();
+    let err = q.await_termination(None).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("events-0 offsets 10..{earliest} were deleted")),
+        "{err}"
+    );
+    let q = start(false, Trigger::AvailableNow).await.unwrap();
+    q.await_termination(None).await.unwrap();
+    let lost: i64 = q
+        .recent_progress()
+        .iter()
+        .map(|p| p.source.offsets_lost)
+        .sum();
+    assert_eq!(lost, earliest - 10);
+    // The restarted query's memory table holds what it read: all that was left.
+    assert_eq!(
+        count(&session, "SELECT count(*) FROM lenient").await,
+        300 - earliest
+    );
+}
