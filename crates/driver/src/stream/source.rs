@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
+    TimestampMillisecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use ember_core::{EmberError, Result};
 use ember_log::{ConsumerRecord, Log};
@@ -102,7 +103,24 @@ pub fn kafka_schema() -> SchemaRef {
             false,
         ),
         Field::new("timestamp_type", DataType::Int32, false),
+        Field::new("headers", headers_type(), false),
     ]))
+}
+
+/// `headers`: each record's list of `{key, value}`.
+fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Binary, true),
+    ])
+}
+
+fn headers_type() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(header_fields()),
+        true,
+    )))
 }
 
 /// Records as a batch of [`kafka_schema`].
@@ -114,7 +132,26 @@ pub fn records_to_batch(records: &[ConsumerRecord]) -> Result<RecordBatch> {
     let mut offset = Int64Builder::new();
     let mut timestamp = TimestampMillisecondBuilder::new();
     let mut timestamp_type = Int32Builder::new();
+    let mut headers = ListBuilder::new(StructBuilder::from_fields(header_fields(), 0))
+        .with_field(Arc::new(Field::new(
+            "item",
+            DataType::Struct(header_fields()),
+            true,
+        )));
     for r in records {
+        let entries = headers.values();
+        for (k, v) in &r.headers {
+            entries
+                .field_builder::<StringBuilder>(0)
+                .expect("a string field")
+                .append_value(k);
+            entries
+                .field_builder::<BinaryBuilder>(1)
+                .expect("a binary field")
+                .append_option(v.as_deref());
+            entries.append(true);
+        }
+        headers.append(true);
         key.append_option(r.key.as_deref());
         value.append_option(r.value.as_deref());
         topic.append_value(&r.topic);
@@ -131,6 +168,7 @@ pub fn records_to_batch(records: &[ConsumerRecord]) -> Result<RecordBatch> {
         Arc::new(offset.finish()),
         Arc::new(timestamp.finish()),
         Arc::new(timestamp_type.finish()),
+        Arc::new(headers.finish()),
     ];
     Ok(RecordBatch::try_new(kafka_schema(), columns)?)
 }

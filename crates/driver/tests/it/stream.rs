@@ -34,7 +34,11 @@ fn log_with(dir: &std::path::Path, records: usize) -> (Arc<Log>, Arc<Producer>) 
 fn send(producer: &Producer, from: usize, n: usize) {
     for i in from..from + n {
         producer
-            .send(ProducerRecord::new("events", format!("{i}")).key(format!("k{}", i % 7)))
+            .send(
+                ProducerRecord::new("events", format!("{i}"))
+                    .key(format!("k{}", i % 7))
+                    .header("origin", format!("test-{i}")),
+            )
             .unwrap();
     }
     producer.flush();
@@ -165,6 +169,15 @@ async fn a_running_query_picks_up_new_records_and_stops() {
     send(&producer, 10, 25);
     q.process_all_available().await.unwrap();
     assert_eq!(count(&session, "SELECT count(*) FROM live").await, 35);
+    // Each record's headers are a list of {key, value}.
+    assert_eq!(
+        count(
+            &session,
+            "SELECT count(*) FROM live WHERE headers[1]['key'] = 'origin' AND CAST(headers[1]['value'] AS VARCHAR) = 'test-' || CAST(value AS VARCHAR)"
+        )
+        .await,
+        35
+    );
     assert!(q.is_active());
     assert!(q.recent_progress().len() >= 2);
     q.stop().await.unwrap();
