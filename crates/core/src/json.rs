@@ -92,21 +92,53 @@ fn output_fields(schema: &Fields) -> Fields {
     fields.into()
 }
 
+/// The text a parse function reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// One JSON object per value.
+    Json,
+    /// One CSV line per value, the schema's fields in order.
+    Csv,
+}
+
+impl Format {
+    fn function(self) -> &'static str {
+        match self {
+            Format::Json => "from_json",
+            Format::Csv => "from_csv",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Format::Json => "JSON",
+            Format::Csv => "CSV",
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct FromJson {
+struct FromText {
+    format: Format,
     signature: Signature,
 }
 
 /// The `from_json` function.
 pub fn from_json_udf() -> ScalarUDF {
-    ScalarUDF::new_from_impl(FromJson {
+    parse_udf(Format::Json)
+}
+
+/// `from_json` or `from_csv`.
+pub fn parse_udf(format: Format) -> ScalarUDF {
+    ScalarUDF::new_from_impl(FromText {
+        format,
         signature: Signature::any(3, Volatility::Immutable),
     })
 }
 
-impl ScalarUDFImpl for FromJson {
+impl ScalarUDFImpl for FromText {
     fn name(&self) -> &str {
-        "from_json"
+        self.format.function()
     }
 
     fn signature(&self) -> &Signature {
@@ -123,7 +155,7 @@ impl ScalarUDFImpl for FromJson {
         let schema = parse_schema(&literal(args.scalar_arguments, 1, "schema")?)?;
         mode_of(&literal(args.scalar_arguments, 2, "mode")?)?;
         Ok(Arc::new(Field::new(
-            "from_json",
+            self.format.function(),
             DataType::Struct(output_fields(&schema)),
             true,
         )))
@@ -137,7 +169,12 @@ impl ScalarUDFImpl for FromJson {
         let schema = parse_schema(&text(1)?)?;
         let mode = mode_of(&text(2)?)?;
         let values = args.args[0].to_array(args.number_rows)?;
-        Ok(ColumnarValue::Array(parse_column(&values, &schema, mode)?))
+        Ok(ColumnarValue::Array(parse_column(
+            &values,
+            &schema,
+            mode,
+            self.format,
+        )?))
     }
 }
 
@@ -165,25 +202,41 @@ fn rows(values: &ArrayRef) -> DFResult<Vec<Option<&[u8]>>> {
     })
 }
 
-fn parse_one(bytes: &[u8], schema: &Arc<Schema>) -> Option<StructArray> {
-    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
-        .build_decoder()
-        .ok()?;
+fn parse_one(bytes: &[u8], schema: &Arc<Schema>, format: Format) -> Option<StructArray> {
     let trimmed = bytes.trim_ascii();
-    if trimmed.first() != Some(&b'{') {
-        return None;
-    }
-    let used = decoder.decode(trimmed).ok()?;
-    if used != trimmed.len() {
-        return None;
-    }
-    let batch = decoder.flush().ok()??;
+    let batch = match format {
+        Format::Json => {
+            if trimmed.first() != Some(&b'{') {
+                return None;
+            }
+            let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+                .build_decoder()
+                .ok()?;
+            if decoder.decode(trimmed).ok()? != trimmed.len() {
+                return None;
+            }
+            decoder.flush().ok()??
+        }
+        Format::Csv => {
+            if trimmed.is_empty() || trimmed.contains(&b'\n') {
+                return None;
+            }
+            let mut decoder = arrow::csv::ReaderBuilder::new(schema.clone()).build_decoder();
+            let mut line = trimmed.to_vec();
+            line.push(b'\n');
+            if decoder.decode(&line).ok()? != line.len() {
+                return None;
+            }
+            decoder.flush().ok()??
+        }
+    };
     (batch.num_rows() == 1).then(|| StructArray::from(batch))
 }
 
-/// Parses every row in one pass of arrow's JSON decoder, when each non-null row is one
-/// object of the schema; `None` when some row is not (the caller then goes row by row).
-fn parse_all(rows: &[Option<&[u8]>], schema: &Arc<Schema>) -> Option<ArrayRef> {
+/// Parses every row in one pass of arrow's decoder, when each non-null row is one
+/// object (one line) of the schema; `None` when some row is not (the caller then goes
+/// row by row).
+fn parse_all(rows: &[Option<&[u8]>], schema: &Arc<Schema>, format: Format) -> Option<ArrayRef> {
     let mut text = Vec::with_capacity(rows.iter().map(|r| r.map_or(0, |b| b.len() + 1)).sum());
     let mut indices = Vec::with_capacity(rows.len());
     let mut objects = 0u32;
@@ -191,8 +244,13 @@ fn parse_all(rows: &[Option<&[u8]>], schema: &Arc<Schema>) -> Option<ArrayRef> {
         match row {
             Some(b) => {
                 let b = b.trim_ascii();
-                // One object per row: a row that is not `{...}` could merge with the next.
-                if b.first() != Some(&b'{') || b.last() != Some(&b'}') {
+                // One object (line) per row: a row that is not `{...}` (or holds a line
+                // break) could merge with the next.
+                let one = match format {
+                    Format::Json => b.first() == Some(&b'{') && b.last() == Some(&b'}'),
+                    Format::Csv => !b.is_empty() && !b.contains(&b'\n'),
+                };
+                if !one {
                     return None;
                 }
                 text.extend_from_slice(b);
@@ -203,14 +261,28 @@ fn parse_all(rows: &[Option<&[u8]>], schema: &Arc<Schema>) -> Option<ArrayRef> {
             None => indices.push(None),
         }
     }
-    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
-        .with_batch_size(rows.len().max(1))
-        .build_decoder()
-        .ok()?;
-    if decoder.decode(&text).ok()? != text.len() {
-        return None;
-    }
-    let batch = match decoder.flush().ok()? {
+    let batch = match format {
+        Format::Json => {
+            let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+                .with_batch_size(rows.len().max(1))
+                .build_decoder()
+                .ok()?;
+            if decoder.decode(&text).ok()? != text.len() {
+                return None;
+            }
+            decoder.flush().ok()?
+        }
+        Format::Csv => {
+            let mut decoder = arrow::csv::ReaderBuilder::new(schema.clone())
+                .with_batch_size(rows.len().max(1))
+                .build_decoder();
+            if decoder.decode(&text).ok()? != text.len() {
+                return None;
+            }
+            decoder.flush().ok()?
+        }
+    };
+    let batch = match batch {
         Some(batch) => batch,
         None => RecordBatch::new_empty(schema.clone()),
     };
@@ -227,21 +299,28 @@ fn parse_all(rows: &[Option<&[u8]>], schema: &Arc<Schema>) -> Option<ArrayRef> {
     arrow::compute::take(&parsed, &arrow::array::UInt32Array::from(indices), None).ok()
 }
 
-fn parse_column(values: &ArrayRef, fields: &Fields, mode: Mode) -> DFResult<ArrayRef> {
+fn parse_column(
+    values: &ArrayRef,
+    fields: &Fields,
+    mode: Mode,
+    format: Format,
+) -> DFResult<ArrayRef> {
     let schema = Arc::new(Schema::new(fields.clone()));
     let out_fields = output_fields(fields);
     let rows = rows(values)?;
-    if let Some(parsed) = parse_all(&rows, &schema) {
+    if let Some(parsed) = parse_all(&rows, &schema, format) {
         return Ok(parsed);
     }
     let mut parts: Vec<ArrayRef> = vec![];
     for (i, row) in rows.into_iter().enumerate() {
-        let parsed = row.and_then(|b| parse_one(b, &schema));
+        let parsed = row.and_then(|b| parse_one(b, &schema, format));
         let corrupt = match (row, &parsed) {
             (Some(b), None) => {
                 if mode == Mode::FailFast {
                     return Err(DataFusionError::Execution(format!(
-                        "from_json: record {i} is not JSON of the schema ({}): {}",
+                        "{}: record {i} is not {} of the schema ({}): {}",
+                        format.function(),
+                        format.label(),
                         fields
                             .iter()
                             .map(|f| f.name().as_str())
@@ -289,13 +368,13 @@ mod tests {
             Some("not json"),
             None,
         ]));
-        let parsed = parse_column(&values, &fields, Mode::Permissive).unwrap();
+        let parsed = parse_column(&values, &fields, Mode::Permissive, Format::Json).unwrap();
         let s = parsed.as_struct();
         assert_eq!(s.column(0).as_string::<i32>().value(0), "a");
         assert!(s.column(0).is_null(1));
         assert_eq!(s.column(2).as_string::<i32>().value(1), "not json");
         assert!(s.column(2).is_null(2));
-        let err = parse_column(&values, &fields, Mode::FailFast).unwrap_err();
+        let err = parse_column(&values, &fields, Mode::FailFast, Format::Json).unwrap_err();
         assert!(err.to_string().contains("record 1"), "{err}");
         assert!(parse_schema("x WIBBLE").is_err());
     }
@@ -309,8 +388,8 @@ mod tests {
             Some(br#" {"t":2, "device":"b"} "#.as_slice()),
         ]));
         let schema = Arc::new(Schema::new(fields.clone()));
-        assert!(parse_all(&rows(&values).unwrap(), &schema).is_some());
-        let parsed = parse_column(&values, &fields, Mode::FailFast).unwrap();
+        assert!(parse_all(&rows(&values).unwrap(), &schema, Format::Json).is_some());
+        let parsed = parse_column(&values, &fields, Mode::FailFast, Format::Json).unwrap();
         let s = parsed.as_struct();
         assert_eq!(s.len(), 3);
         assert_eq!(s.column(0).as_string::<i32>().value(2), "b");
@@ -325,8 +404,44 @@ mod tests {
         let merged: ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
             r#"{"device":"a"}{"device":"b"}"#,
         ]));
-        assert!(parse_all(&rows(&merged).unwrap(), &schema).is_none());
-        let parsed = parse_column(&merged, &fields, Mode::Permissive).unwrap();
+        assert!(parse_all(&rows(&merged).unwrap(), &schema, Format::Json).is_none());
+        let parsed = parse_column(&merged, &fields, Mode::Permissive, Format::Json).unwrap();
         assert!(!parsed.as_struct().column(3).is_null(0));
+    }
+
+    #[test]
+    fn csv_lines_parse_in_one_pass_or_row_by_row_with_the_bad_ones_named() {
+        let fields = parse_schema("device STRING, ts BIGINT, t DOUBLE").unwrap();
+        let schema = Arc::new(Schema::new(fields.clone()));
+        let good: ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
+            Some("a,1000,1.5"),
+            None,
+            Some("b,2000,2"),
+        ]));
+        assert!(parse_all(&rows(&good).unwrap(), &schema, Format::Csv).is_some());
+        let parsed = parse_column(&good, &fields, Mode::FailFast, Format::Csv).unwrap();
+        let s = parsed.as_struct();
+        assert_eq!(s.column(0).as_string::<i32>().value(2), "b");
+        assert_eq!(
+            s.column(1)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            1000
+        );
+        let bad: ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
+            "a,1000,1.5",
+            "b,not a number,2",
+            "c,3000",
+        ]));
+        let parsed = parse_column(&bad, &fields, Mode::Permissive, Format::Csv).unwrap();
+        let s = parsed.as_struct();
+        assert!(s.column(3).is_null(0));
+        assert_eq!(s.column(3).as_string::<i32>().value(1), "b,not a number,2");
+        assert!(!s.column(3).is_null(2), "too few fields");
+        let err = parse_column(&bad, &fields, Mode::FailFast, Format::Csv).unwrap_err();
+        assert!(
+            err.to_string().contains("from_csv: record 1 is not CSV"),
+            "{err}"
+        );
     }
 }

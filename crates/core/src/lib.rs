@@ -37,7 +37,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// ember's own SQL functions, present in every session and on every executor.
 pub fn ember_functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
-    let mut functions = vec![json::from_json_udf()];
+    let mut functions = vec![
+        json::parse_udf(json::Format::Json),
+        json::parse_udf(json::Format::Csv),
+    ];
     functions.extend(event_time::event_time_udfs());
     functions
 }

@@ -161,13 +161,29 @@ impl DataFrame {
     /// and the text in a `_corrupt_record` column), `DROPMALFORMED` (such rows go) or
     /// `FAILFAST` (the query fails, naming the record).
     pub fn parse_json(&self, column: &str, schema: &str, mode: &str) -> Result<DataFrame> {
+        self.parse_text(column, schema, mode, ember_core::json::Format::Json)
+    }
+
+    /// Like [`parse_json`](Self::parse_json) for one CSV line per value, the schema's
+    /// fields in order (SQL: `from_csv(value, 'a STRING, b DOUBLE', 'PERMISSIVE')`).
+    pub fn parse_csv(&self, column: &str, schema: &str, mode: &str) -> Result<DataFrame> {
+        self.parse_text(column, schema, mode, ember_core::json::Format::Csv)
+    }
+
+    fn parse_text(
+        &self,
+        column: &str,
+        schema: &str,
+        mode: &str,
+        format: ember_core::json::Format,
+    ) -> Result<DataFrame> {
         use datafusion::common::Column;
         use datafusion::functions::core::expr_fn::get_field;
         use datafusion::logical_expr::lit;
-        use ember_core::json::{CORRUPT_RECORD, from_json_udf, parse_schema};
+        use ember_core::json::{CORRUPT_RECORD, parse_schema, parse_udf};
         let fields = parse_schema(schema)?;
         let mode = mode.to_ascii_uppercase();
-        let parsed = from_json_udf().call(vec![
+        let parsed = parse_udf(format).call(vec![
             Expr::Column(Column::from_name(column)),
             lit(schema),
             lit(mode.as_str()),

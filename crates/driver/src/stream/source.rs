@@ -132,12 +132,9 @@ pub fn records_to_batch(records: &[ConsumerRecord]) -> Result<RecordBatch> {
     let mut offset = Int64Builder::new();
     let mut timestamp = TimestampMillisecondBuilder::new();
     let mut timestamp_type = Int32Builder::new();
-    let mut headers = ListBuilder::new(StructBuilder::from_fields(header_fields(), 0))
-        .with_field(Arc::new(Field::new(
-            "item",
-            DataType::Struct(header_fields()),
-            true,
-        )));
+    let mut headers = ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(
+        Arc::new(Field::new("item", DataType::Struct(header_fields()), true)),
+    );
     for r in records {
         let entries = headers.values();
         for (k, v) in &r.headers {

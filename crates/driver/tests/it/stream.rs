@@ -345,6 +345,48 @@ async fn the_kafka_source_reads_an_ember_broker_over_the_wire() {
 }
 
 #[tokio::test]
+async fn csv_values_parse_into_columns_and_bad_lines_are_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, producer) = log_with(&dir.path().join("log"), 0);
+    for v in ["a,20.5", "b,not a number", "c,31"] {
+        producer
+            .send(ProducerRecord::new("events", v).partition(0))
+            .unwrap();
+    }
+    producer.flush();
+    let session = Session::builder().master("local[1]").build().unwrap();
+    let q = session
+        .read_stream()
+        .log(log, &["events"])
+        .unwrap()
+        .select_expr(&["value"])
+        .unwrap()
+        .parse_csv("value", "device STRING, temperature DOUBLE", "PERMISSIVE")
+        .unwrap()
+        .write_stream()
+        .query_name("csv")
+        .memory()
+        .checkpoint(dir.path().join("cp"))
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    q.await_termination(None).await.unwrap();
+    assert_eq!(
+        count(&session, "SELECT count(*) FROM csv WHERE temperature > 20").await,
+        2
+    );
+    assert_eq!(
+        count(
+            &session,
+            "SELECT count(*) FROM csv WHERE _corrupt_record = 'b,not a number'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
 async fn json_values_parse_with_each_bad_record_policy() {
     let dir = tempfile::tempdir().unwrap();
     let (log, producer) = log_with(&dir.path().join("log"), 0);
