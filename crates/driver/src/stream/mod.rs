@@ -13,13 +13,14 @@
 //! One aggregation (`group_by(..).agg(..)` or SQL `GROUP BY`, by keys and by an
 //! event-time `window`/`session_window`) or one deduplication per query keeps state
 //! across batches, with `with_watermark` (see `stateful.rs`, and `state.rs` for the
-//! store). Not yet here: stream-stream joins, the rate and file sources, and the log
+//! store). Not yet here: stream-stream joins, the file source, and the log
 //! and Kafka sinks. [`MemoryStream`] feeds a query from the program (tests, examples).
 
 mod checkpoint;
 mod kafka;
 mod memory;
 mod query;
+mod rate;
 mod sink;
 mod source;
 mod state;
@@ -41,6 +42,7 @@ pub use query::{
     DataStreamWriter, Durations, OutputMode, Progress, SinkProgress, SourceProgress, StateProgress,
     Status, StreamingQuery, Trigger,
 };
+pub use rate::RateSource;
 pub use sink::{FileFormat, FileSink, METADATA_DIR, Sink, committed_files};
 pub use source::{LogSource, Offsets, Source, StartingOffsets, kafka_schema};
 pub use stateful::Watermark;
@@ -103,6 +105,12 @@ impl DataStreamReader {
     pub fn kafka(self, bootstrap_servers: &str, topics: &[&str]) -> Result<DataFrame> {
         let topics = topics.iter().map(|t| t.to_string()).collect();
         self.source(Arc::new(KafkaSource::new(bootstrap_servers, topics)))
+    }
+
+    /// Spark's rate source: `timestamp` and `value` columns, `rows_per_second` rows a
+    /// second from when the query first starts.
+    pub fn rate(self, rows_per_second: u64) -> Result<DataFrame> {
+        self.source(Arc::new(RateSource::new(rows_per_second)?))
     }
 
     /// Registers a source as table `name`, for streaming SQL

@@ -976,3 +976,45 @@ async fn offsets_lost_to_retention_fail_the_query_or_are_skipped_and_counted() {
         300 - earliest
     );
 }
+
+#[tokio::test]
+async fn the_rate_source_counts_up_at_its_rate_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = Session::builder().master("local[1]").build().unwrap();
+    let q = session
+        .read_stream()
+        .rate(1000)
+        .unwrap()
+        .write_stream()
+        .query_name("ticks")
+        .memory()
+        .checkpoint(dir.path().join("cp"))
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(50)))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    q.stop().await.unwrap();
+    let n = count(&session, "SELECT count(*) FROM ticks").await;
+    assert!(
+        (100..=1000).contains(&n),
+        "{n} rows in about 0.4 s at 1000/s"
+    );
+    // Values 0..n, each once, one millisecond apart.
+    assert_eq!(
+        count(
+            &session,
+            "SELECT count(DISTINCT value) FROM ticks WHERE value < (SELECT count(*) FROM ticks)"
+        )
+        .await,
+        n
+    );
+    assert_eq!(
+        count(
+            &session,
+            "SELECT count(*) FROM ticks WHERE CAST(timestamp AS BIGINT) - value <> (SELECT min(CAST(timestamp AS BIGINT)) FROM ticks)"
+        )
+        .await,
+        0
+    );
+}
