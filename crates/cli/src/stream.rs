@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ember_driver::Session;
-use ember_driver::stream::{KafkaSource, LogSource, Source, StartingOffsets, Trigger};
+use ember_driver::stream::{KafkaSource, LogSource, OutputMode, Source, StartingOffsets, Trigger};
 
 #[derive(Debug, clap::Args)]
 pub struct StreamArgs {
@@ -25,9 +25,13 @@ pub struct StreamArgs {
     #[arg(long)]
     sql: String,
 
-    /// The sink: console, memory, parquet:DIR or json:DIR.
+    /// The sink: console, memory, parquet:DIR, json:DIR or kafka:HOST:PORT:TOPIC.
     #[arg(long, default_value = "console", value_name = "SINK")]
     to: String,
+
+    /// append, update or complete (Spark's output modes).
+    #[arg(long, default_value = "append")]
+    output_mode: String,
 
     /// The checkpoint directory (restarts continue from it, exactly once).
     #[arg(long, value_name = "DIR")]
@@ -120,11 +124,21 @@ pub async fn run(args: StreamArgs) -> Result<()> {
         None if args.to == "memory" => writer.memory(),
         Some(("parquet", dir)) => writer.parquet(dir),
         Some(("json", dir)) => writer.json(dir),
+        Some(("kafka", rest)) => match rest.rsplit_once(':') {
+            Some((bootstrap, topic)) if !topic.is_empty() => writer.kafka(bootstrap, topic),
+            _ => bail!("--to {}: expected kafka:HOST:PORT:TOPIC", args.to),
+        },
         _ => bail!(
-            "--to {}: expected console, memory, parquet:DIR or json:DIR",
+            "--to {}: expected console, memory, parquet:DIR, json:DIR or kafka:HOST:PORT:TOPIC",
             args.to
         ),
     };
+    let writer = writer.output_mode(match args.output_mode.to_ascii_lowercase().as_str() {
+        "append" => OutputMode::Append,
+        "update" => OutputMode::Update,
+        "complete" => OutputMode::Complete,
+        other => bail!("--output-mode {other}: expected append, update or complete"),
+    });
     let query = writer.start().await?;
     eprintln!(
         "streaming query {} (run {}) started",

@@ -19,43 +19,42 @@ use super::source::{
 
 /// `read_stream().kafka(bootstrap_servers, topics)`.
 pub struct KafkaSource {
-    bootstrap: Vec<String>,
+    connection: Connection,
     topics: Vec<String>,
     starting: StartingOffsets,
     max_offsets_per_trigger: Option<i64>,
     fail_on_data_loss: bool,
+    lost: std::sync::atomic::AtomicI64,
+}
+
+/// A client of a Kafka cluster (rskafka), made on first use, and its partition clients.
+pub(crate) struct Connection {
+    bootstrap: Vec<String>,
     client: OnceCell<Client>,
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
-    lost: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for KafkaSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSource")
-            .field("bootstrap", &self.bootstrap)
+            .field("bootstrap", &self.connection.bootstrap)
             .field("topics", &self.topics)
             .finish()
     }
 }
 
-fn kafka_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> EmberError {
+pub(crate) fn kafka_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> EmberError {
     EmberError::Internal(format!("kafka source: {what}: {e}"))
 }
 
 impl KafkaSource {
     pub fn new(bootstrap_servers: &str, topics: Vec<String>) -> Self {
         KafkaSource {
-            bootstrap: bootstrap_servers
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            connection: Connection::new(bootstrap_servers),
             topics,
             starting: StartingOffsets::Earliest,
             max_offsets_per_trigger: None,
             fail_on_data_loss: true,
-            client: OnceCell::new(),
-            partitions: Mutex::new(HashMap::new()),
             lost: Default::default(),
         }
     }
@@ -77,6 +76,45 @@ impl KafkaSource {
         self
     }
 
+    async fn topic_partitions(&self) -> Result<Vec<(String, i32)>> {
+        let mut out = vec![];
+        for name in &self.topics {
+            let partitions = self.connection.partitions_of(name).await?;
+            out.extend(partitions.into_iter().map(|p| (name.clone(), p)));
+        }
+        Ok(out)
+    }
+
+    async fn partition(&self, topic: &str, partition: i32) -> Result<Arc<PartitionClient>> {
+        self.connection.partition(topic, partition).await
+    }
+
+    async fn offset(&self, topic: &str, partition: i32, at: OffsetAt) -> Result<i64> {
+        self.partition(topic, partition)
+            .await?
+            .get_offset(at)
+            .await
+            .map_err(|e| kafka_error(format!("offsets of {topic}-{partition}"), e))
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(bootstrap_servers: &str) -> Connection {
+        Connection {
+            bootstrap: bootstrap_servers
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            client: OnceCell::new(),
+            partitions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        self.bootstrap.join(",")
+    }
+
     async fn client(&self) -> Result<&Client> {
         self.client
             .get_or_try_init(|| async {
@@ -88,24 +126,30 @@ impl KafkaSource {
             .await
     }
 
-    async fn topic_partitions(&self) -> Result<Vec<(String, i32)>> {
+    /// The partitions of `topic`, which must exist.
+    pub(crate) async fn partitions_of(&self, topic: &str) -> Result<Vec<i32>> {
         let topics = self
             .client()
             .await?
             .list_topics()
             .await
             .map_err(|e| kafka_error("listing topics", e))?;
-        let mut out = vec![];
-        for name in &self.topics {
-            let topic = topics.iter().find(|t| &t.name == name).ok_or_else(|| {
-                EmberError::Config(format!("kafka source: topic '{name}' does not exist"))
-            })?;
-            out.extend(topic.partitions.iter().map(|p| (name.clone(), *p)));
-        }
-        Ok(out)
+        let found = topics.iter().find(|t| t.name == topic).ok_or_else(|| {
+            EmberError::Config(format!(
+                "kafka: topic '{topic}' does not exist on {}",
+                self.describe()
+            ))
+        })?;
+        let mut partitions: Vec<i32> = found.partitions.iter().copied().collect();
+        partitions.sort_unstable();
+        Ok(partitions)
     }
 
-    async fn partition(&self, topic: &str, partition: i32) -> Result<Arc<PartitionClient>> {
+    pub(crate) async fn partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<PartitionClient>> {
         let key = (topic.to_string(), partition);
         let mut clients = self.partitions.lock().await;
         if let Some(c) = clients.get(&key) {
@@ -120,14 +164,6 @@ impl KafkaSource {
         let client = Arc::new(client);
         clients.insert(key, client.clone());
         Ok(client)
-    }
-
-    async fn offset(&self, topic: &str, partition: i32, at: OffsetAt) -> Result<i64> {
-        self.partition(topic, partition)
-            .await?
-            .get_offset(at)
-            .await
-            .map_err(|e| kafka_error(format!("offsets of {topic}-{partition}"), e))
     }
 }
 

@@ -13,11 +13,12 @@
 //! One aggregation (`group_by(..).agg(..)` or SQL `GROUP BY`, by keys and by an
 //! event-time `window`/`session_window`) or one deduplication per query keeps state
 //! across batches, with `with_watermark` (see `stateful.rs`, and `state.rs` for the
-//! store). Not yet here: stream-stream joins, the file source, and the log
-//! and Kafka sinks. [`MemoryStream`] feeds a query from the program (tests, examples).
+//! store). Not yet here: stream-stream joins and the file source. [`MemoryStream`]
+//! feeds a query from the program (tests, examples).
 
 mod checkpoint;
 mod kafka;
+mod log_sink;
 mod memory;
 mod query;
 mod rate;
@@ -37,6 +38,7 @@ use ember_core::Result;
 use ember_log::Log;
 
 pub use kafka::KafkaSource;
+pub use log_sink::{KafkaSink, LogSink};
 pub use memory::MemoryStream;
 pub use query::{
     DataStreamWriter, Durations, OutputMode, Progress, SinkProgress, SourceProgress, StateProgress,

@@ -158,6 +158,20 @@ impl DataStreamWriter {
         self
     }
 
+    /// Records to `topic` of the embedded log (see [`LogSink`](super::LogSink)).
+    pub fn log(mut self, log: Arc<ember_log::Log>, topic: &str) -> Result<Self> {
+        self.memory = false;
+        self.sink = Some(Arc::new(super::LogSink::new(log, topic)?));
+        Ok(self)
+    }
+
+    /// Records to `topic` of a Kafka cluster (see [`KafkaSink`](super::KafkaSink)).
+    pub fn kafka(mut self, bootstrap_servers: &str, topic: &str) -> Self {
+        self.memory = false;
+        self.sink = Some(Arc::new(super::KafkaSink::new(bootstrap_servers, topic)));
+        self
+    }
+
     pub fn console(mut self) -> Self {
         self.memory = false;
         self.sink = Some(Arc::new(ConsoleSink));
