@@ -25,6 +25,10 @@ pub struct KafkaSource {
     max_offsets_per_trigger: Option<i64>,
     fail_on_data_loss: bool,
     lost: std::sync::atomic::AtomicI64,
+    /// `subscribe_pattern`, instead of `topics`.
+    pattern: Option<regex::Regex>,
+    /// `assign`: these partitions only.
+    assigned: Option<Vec<(String, i32)>>,
 }
 
 /// A client of a Kafka cluster (rskafka), made on first use, and its partition clients.
@@ -56,6 +60,8 @@ impl KafkaSource {
             max_offsets_per_trigger: None,
             fail_on_data_loss: true,
             lost: Default::default(),
+            pattern: None,
+            assigned: None,
         }
     }
 
@@ -76,10 +82,50 @@ impl KafkaSource {
         self
     }
 
+    /// Spark's `subscribePattern`: every topic whose whole name matches `pattern` (a
+    /// regular expression), including topics created while the query runs.
+    pub fn subscribe_pattern(mut self, pattern: &str) -> Result<Self> {
+        let regex = regex::Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| EmberError::Config(format!("kafka source: pattern '{pattern}': {e}")))?;
+        self.pattern = Some(regex);
+        self.topics = vec![];
+        Ok(self)
+    }
+
+    /// Spark's `assign`: exactly these topic partitions.
+    pub fn assign(mut self, partitions: &[(&str, i32)]) -> Self {
+        self.assigned = Some(
+            partitions
+                .iter()
+                .map(|(t, p)| (t.to_string(), *p))
+                .collect(),
+        );
+        self.topics = partitions.iter().map(|(t, _)| t.to_string()).collect();
+        self.topics.dedup();
+        self
+    }
+
     async fn topic_partitions(&self) -> Result<Vec<(String, i32)>> {
+        if let Some(assigned) = &self.assigned {
+            return Ok(assigned.clone());
+        }
+        let names = match &self.pattern {
+            Some(pattern) => {
+                let mut names: Vec<String> = self
+                    .connection
+                    .topics()
+                    .await?
+                    .into_iter()
+                    .filter(|t| pattern.is_match(t))
+                    .collect();
+                names.sort();
+                names
+            }
+            None => self.topics.clone(),
+        };
         let mut out = vec![];
-        for name in &self.topics {
-            let partitions = self.connection.partitions_of(name).await?;
+        for name in names {
+            let partitions = self.connection.partitions_of(&name).await?;
             out.extend(partitions.into_iter().map(|p| (name.clone(), p)));
         }
         Ok(out)
@@ -124,6 +170,19 @@ impl Connection {
                     .map_err(|e| kafka_error(self.bootstrap.join(","), e))
             })
             .await
+    }
+
+    /// Every topic's name.
+    pub(crate) async fn topics(&self) -> Result<Vec<String>> {
+        Ok(self
+            .client()
+            .await?
+            .list_topics()
+            .await
+            .map_err(|e| kafka_error("listing topics", e))?
+            .into_iter()
+            .map(|t| t.name)
+            .collect())
     }
 
     /// The partitions of `topic`, which must exist.
@@ -278,7 +337,10 @@ impl Source for KafkaSource {
     }
 
     fn describe(&self) -> String {
-        format!("kafka[{}]", self.topics.join(","))
+        match &self.pattern {
+            Some(p) => format!("kafka[/{p}/]"),
+            None => format!("kafka[{}]", self.topics.join(",")),
+        }
     }
 
     fn offsets_lost(&self) -> i64 {

@@ -1112,3 +1112,73 @@ async fn log_and_kafka_sinks_write_rows_as_keyed_records() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_kafka_source_subscribes_by_pattern_or_by_assignment() {
+    use ember_driver::stream::KafkaSource;
+    use ember_log::broker::{Broker, BrokerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path().join("log"), LogConfig::default()).unwrap();
+    let producer = Producer::new(log.clone(), ProducerConfig::default()).unwrap();
+    for topic in ["metrics-a", "metrics-b", "other"] {
+        log.create_topic(topic, 2, None).unwrap();
+        for p in 0..2 {
+            for i in 0..5 {
+                producer
+                    .send(ProducerRecord::new(topic, format!("{i}")).partition(p))
+                    .unwrap();
+            }
+        }
+    }
+    producer.flush();
+    let broker = Broker::start(
+        log.clone(),
+        BrokerConfig::new("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let bootstrap = broker.address.to_string();
+    let session = Session::builder().master("local[1]").build().unwrap();
+    let run = |source: KafkaSource, name: &'static str| {
+        let df = session.read_stream().source(Arc::new(source)).unwrap();
+        let checkpoint = dir.path().join(name);
+        async move {
+            df.write_stream()
+                .query_name(name)
+                .memory()
+                .checkpoint(checkpoint)
+                .trigger(Trigger::AvailableNow)
+                .start()
+                .await
+                .unwrap()
+                .await_termination(None)
+                .await
+                .unwrap();
+        }
+    };
+    run(
+        KafkaSource::new(&bootstrap, vec![])
+            .subscribe_pattern("metrics-.*")
+            .unwrap(),
+        "by_pattern",
+    )
+    .await;
+    run(
+        KafkaSource::new(&bootstrap, vec![]).assign(&[("metrics-a", 1), ("other", 0)]),
+        "assigned",
+    )
+    .await;
+    let sql = |t: &str| {
+        format!(
+            "SELECT count(*) * 100 + count(DISTINCT topic || CAST(\"partition\" AS VARCHAR)) FROM {t} WHERE topic <> 'x'"
+        )
+    };
+    // 4 partitions of 5 records; then 2 partitions of 5.
+    assert_eq!(count(&session, &sql("by_pattern")).await, 2004);
+    assert_eq!(count(&session, &sql("assigned")).await, 1002);
+    assert!(
+        KafkaSource::new(&bootstrap, vec![])
+            .subscribe_pattern("(")
+            .is_err()
+    );
+}
