@@ -15,6 +15,9 @@ pub struct DriverArgs {
     #[command(flatten)]
     security: SecurityArgs,
 
+    #[command(flatten)]
+    ui: crate::ui_args::UiArgs,
+
     /// Set a configuration key for every job, `ember.*` or `datafusion.*` (repeatable).
     #[arg(short = 'c', long = "config", value_name = "KEY=VALUE", value_parser = crate::sql::parse_config_arg)]
     config: Vec<(String, String)>,
@@ -29,10 +32,12 @@ pub async fn run(args: DriverArgs) -> Result<()> {
         (false, true) => " (TLS)",
         (false, false) => "",
     };
-    let mut builder = Session::builder()
-        .master(format!("driver://{}", args.bind))
-        .app_name("ember driver")
-        .security(security);
+    let mut builder = args.ui.apply(
+        Session::builder()
+            .master(format!("driver://{}", args.bind))
+            .app_name("ember driver")
+            .security(security),
+    );
     for (key, value) in &args.config {
         builder = builder.config(key, value);
     }
@@ -42,6 +47,9 @@ pub async fn run(args: DriverArgs) -> Result<()> {
         "driver listening at {address}{secured}; executors: ember executor --driver {address}; clients: --master ember://{}",
         address.split("://").nth(1).unwrap_or_default()
     );
+    if let Some(ui) = session.ui_address() {
+        eprintln!("web UI at http://{ui}/ (REST API under /api/v1, metrics at /metrics)");
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {

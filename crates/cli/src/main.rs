@@ -21,6 +21,7 @@ mod sql;
 mod statements;
 mod stream;
 mod tables;
+mod ui_args;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -27,6 +27,9 @@ pub struct SqlArgs {
     #[command(flatten)]
     pub security: crate::security::SecurityArgs,
 
+    #[command(flatten)]
+    pub ui: crate::ui_args::UiArgs,
+
     /// Run these statements (`;`-separated; repeatable), then exit.
     #[arg(short = 'e', long = "execute", value_name = "SQL")]
     pub execute: Vec<String>,
@@ -98,9 +101,11 @@ pub(crate) fn parse_config_arg(arg: &str) -> Result<(String, String), String> {
 
 /// Runs `ember sql`; the session's jobs run on `engine`.
 pub async fn run(args: SqlArgs, engine: &tokio::runtime::Handle) -> Result<ExitCode> {
-    let mut builder = Session::builder()
-        .master(&args.master)
-        .security(args.security.security()?);
+    let mut builder = args.ui.apply(
+        Session::builder()
+            .master(&args.master)
+            .security(args.security.security()?),
+    );
     for (key, value) in &args.config {
         builder = builder.config(key, value);
     }

@@ -29,6 +29,9 @@ pub struct StreamArgs {
     #[arg(long, default_value = "console", value_name = "SINK")]
     to: String,
 
+    #[command(flatten)]
+    ui: crate::ui_args::UiArgs,
+
     /// append, update or complete (Spark's output modes).
     #[arg(long, default_value = "append")]
     output_mode: String,
@@ -109,7 +112,17 @@ fn source(args: &StreamArgs) -> Result<Arc<dyn Source>> {
 }
 
 pub async fn run(args: StreamArgs) -> Result<()> {
-    let session = Session::builder().master(&args.master).build()?;
+    let session = args
+        .ui
+        .apply(
+            Session::builder()
+                .master(&args.master)
+                .app_name("ember stream"),
+        )
+        .build()?;
+    if let Some(ui) = session.ui_address() {
+        eprintln!("web UI at http://{ui}/");
+    }
     session
         .read_stream()
         .register(&args.table, source(&args)?)?;

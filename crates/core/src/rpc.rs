@@ -75,6 +75,11 @@ impl Security {
         Security::default()
     }
 
+    /// The shared secret, if one is set (the web UI asks for it too).
+    pub fn secret(&self) -> Option<&str> {
+        self.secret.as_deref()
+    }
+
     /// Requires `secret` on every call.
     pub fn with_secret(secret: impl Into<String>) -> Result<Security> {
         let secret = secret.into();

@@ -15,6 +15,7 @@ mod remote;
 mod session;
 pub mod stream;
 pub mod tpch;
+mod ui;
 
 pub use dataframe::{
     DataFrame, DataFrameReader, DataFrameWriter, ExplainMode, GroupedData, JoinType, SaveMode, col,

@@ -97,6 +97,7 @@ pub struct SessionBuilder {
     app_name: String,
     config: Vec<(String, String)>,
     security: Option<Security>,
+    ui: Option<String>,
 }
 
 impl Default for SessionBuilder {
@@ -106,6 +107,7 @@ impl Default for SessionBuilder {
             app_name: "ember".into(),
             config: vec![],
             security: None,
+            ui: None,
         }
     }
 }
@@ -134,6 +136,14 @@ impl SessionBuilder {
         self
     }
 
+    /// Serves the web UI, the REST API and `/metrics` at `bind` (`127.0.0.1:4040`;
+    /// a busy port is followed by the next ones). Local and driver sessions only; with
+    /// a cluster secret the UI asks for it.
+    pub fn ui(mut self, bind: impl Into<String>) -> Self {
+        self.ui = Some(bind.into());
+        self
+    }
+
     /// Starts the session's engine. Must be called inside a tokio runtime.
     pub fn build(self) -> Result<Session> {
         let master = Master::parse(&self.master)?;
@@ -154,6 +164,7 @@ impl SessionBuilder {
             Some(s) => s,
             None => Security::from_file_or_env(None)?,
         };
+        let ui_secret = security.secret().map(str::to_string);
         let runner = match &master {
             Master::Local { slots } => {
                 let functions: Arc<dyn FunctionSource> =
@@ -181,8 +192,32 @@ impl SessionBuilder {
             .config
             .iter()
             .any(|(k, _)| k == "datafusion.execution.target_partitions");
+        let ui = match (&self.ui, &runner) {
+            (Some(bind), Runner::Engine(engine)) => {
+                let executors = match engine.executors() {
+                    Some(c) => crate::ui::Executors::Cluster(c.clone()),
+                    None => crate::ui::Executors::Local { slots },
+                };
+                // A session without its UI still works: say why and go on.
+                match crate::ui::serve(
+                    bind,
+                    engine.status().clone(),
+                    executors,
+                    &self.app_name,
+                    ui_secret,
+                ) {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the web UI could not start");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let (idle_progress, _) = watch::channel(JobProgress::default());
         let inner = Arc::new(SessionInner {
+            ui,
             ctx,
             runner,
             batch_fns,
@@ -259,6 +294,8 @@ pub struct Session {
 }
 
 pub(crate) struct SessionInner {
+    /// The web UI's server, while the session lives.
+    ui: Option<crate::ui::UiServer>,
     pub(crate) ctx: SessionContext,
     pub(crate) runner: Runner,
     pub(crate) batch_fns: Arc<BatchFnRegistry>,
@@ -289,6 +326,16 @@ impl Session {
     /// A local session with one executor slot per core (`local[*]`).
     pub fn local() -> Result<Session> {
         Session::builder().build()
+    }
+
+    /// Where the web UI listens, when the session serves one.
+    pub fn ui_address(&self) -> Option<std::net::SocketAddr> {
+        self.inner.ui.as_ref().map(|u| u.address)
+    }
+
+    /// What the UI shows (local and driver sessions).
+    pub(crate) fn app_status(&self) -> Option<&Arc<crate::ui::status::AppStatus>> {
+        self.engine().map(Engine::status)
     }
 
     /// Where executors register, when this session is a cluster's driver.
@@ -343,7 +390,7 @@ impl Session {
     /// client session).
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
         let df = self.sql_in(&self.inner.ctx, sql).await?;
-        Ok(DataFrame::new(self.clone(), df))
+        Ok(DataFrame::new(self.clone(), df).described(sql))
     }
 
     /// Runs SQL in `ctx`: this session's context, or a client's on a driver.
@@ -416,6 +463,21 @@ impl Session {
         self.collect_plan_in(&self.inner.ctx, plan).await
     }
 
+    /// [`collect_plan`](Self::collect_plan), named `description` in the UI (the SQL
+    /// text, say).
+    pub(crate) async fn collect_described(
+        &self,
+        plan: &LogicalPlan,
+        description: Option<&str>,
+    ) -> Result<Vec<RecordBatch>> {
+        let description = description
+            .map(str::to_string)
+            .unwrap_or_else(|| describe(plan));
+        crate::engine::JOB_QUERY
+            .scope((description, None), self.collect_plan(plan))
+            .await
+    }
+
     /// Runs a logical plan of `ctx` (this session's, or a client's on a driver).
     pub(crate) async fn collect_plan_in(
         &self,
@@ -431,9 +493,25 @@ impl Session {
         match &self.inner.runner {
             Runner::Engine(engine) => {
                 let physical = self.create_physical_plan_in(ctx, plan).await?;
-                engine
-                    .run(physical, &ctx.copied_config(), &ctx.session_id())
-                    .await
+                // The SQL page: this query's plans, and the jobs it runs.
+                let description = crate::engine::JOB_QUERY
+                    .try_with(|(d, _)| d.clone())
+                    .unwrap_or_else(|_| describe(plan));
+                let optimized = ctx
+                    .state()
+                    .optimize(plan)
+                    .map(|p| p.display_indent().to_string())
+                    .unwrap_or_else(|_| plan.display_indent().to_string());
+                let status = engine.status();
+                let sql = status.sql_started(description.clone(), optimized, &physical);
+                let result = crate::engine::JOB_QUERY
+                    .scope(
+                        (description, Some(sql)),
+                        engine.run(physical, &ctx.copied_config(), &ctx.session_id()),
+                    )
+                    .await;
+                status.sql_ended(sql, result.is_ok());
+                result
             }
             Runner::Remote(remote) => remote.collect(ctx, plan).await,
         }
@@ -470,4 +548,15 @@ impl Session {
     pub(crate) fn from_inner(inner: Arc<SessionInner>) -> Session {
         Session { inner }
     }
+}
+
+/// A plan's name in the UI when no SQL text names it: its top operator.
+fn describe(plan: &LogicalPlan) -> String {
+    plan.display_indent()
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or("query")
+        .trim()
+        .to_string()
 }

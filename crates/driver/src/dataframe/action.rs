@@ -13,7 +13,9 @@ use super::DataFrame;
 impl DataFrame {
     /// Runs the plan and returns every row.
     pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
-        self.session.collect_plan(self.logical_plan()).await
+        self.session
+            .collect_described(self.logical_plan(), self.description.as_deref())
+            .await
     }
 
     /// The number of rows, counted by the job (only the count comes back).
@@ -21,7 +23,10 @@ impl DataFrame {
         let plan = LogicalPlanBuilder::from(self.logical_plan().clone())
             .aggregate(Vec::<Expr>::new(), vec![count_all()])?
             .build()?;
-        let batches = self.session.collect_plan(&plan).await?;
+        let batches = self
+            .session
+            .collect_described(&plan, self.description.as_deref())
+            .await?;
         let counts = batches
             .iter()
             .find(|b| b.num_rows() > 0)

@@ -60,11 +60,23 @@ type DfDataFrame = datafusion::dataframe::DataFrame;
 pub struct DataFrame {
     session: Session,
     df: DfDataFrame,
+    /// The SQL text it came from, for the UI.
+    description: Option<Arc<str>>,
 }
 
 impl DataFrame {
     pub(crate) fn new(session: Session, df: DfDataFrame) -> Self {
-        DataFrame { session, df }
+        DataFrame {
+            session,
+            df,
+            description: None,
+        }
+    }
+
+    /// This frame, named `text` in the UI.
+    pub(crate) fn described(mut self, text: &str) -> Self {
+        self.description = Some(Arc::from(text));
+        self
     }
 
     /// A DataFrame over `plan`.

@@ -34,6 +34,10 @@ use super::{ClientApi, ClientSlot, JOB_OBSERVER, JobRecords};
 
 struct RemoteExecutor {
     client: ExecutorServiceClient<AuthChannel>,
+    address: String,
+    memory_bytes: u64,
+    registered_ms: i64,
+    last_seen_ms: i64,
     cores: usize,
     busy: usize,
     last_seen: Instant,
@@ -51,6 +55,26 @@ struct ClusterState {
     executors: BTreeMap<String, RemoteExecutor>,
     /// Which executor runs each launched task.
     running: HashMap<TaskId, String>,
+    /// The executors lost most recently, for the UI.
+    lost: std::collections::VecDeque<ExecutorView>,
+}
+
+/// An executor as the UI and the REST API show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecutorView {
+    pub id: String,
+    pub address: String,
+    pub cores: usize,
+    pub memory_bytes: u64,
+    pub active_tasks: usize,
+    pub registered_ms: i64,
+    pub last_heartbeat_ms: i64,
+    pub status: &'static str,
+    pub lost_reason: Option<String>,
+}
+
+fn epoch_ms() -> i64 {
+    crate::ui::status::now_ms()
 }
 
 /// Heartbeats this late make the driver check the executor's connection.
@@ -153,6 +177,10 @@ impl ClusterExecutors {
             req.executor_id.clone(),
             RemoteExecutor {
                 client,
+                address: req.address.clone(),
+                memory_bytes: req.memory_bytes,
+                registered_ms: epoch_ms(),
+                last_seen_ms: epoch_ms(),
                 cores: req.cores as usize,
                 busy: 0,
                 last_seen: Instant::now(),
@@ -171,10 +199,22 @@ impl ClusterExecutors {
         match self.state.lock().executors.get_mut(executor_id) {
             Some(e) => {
                 e.last_seen = Instant::now();
+                e.last_seen_ms = epoch_ms();
                 true
             }
             None => false,
         }
+    }
+
+    /// Every registered executor, then the ones lost lately.
+    pub(crate) fn views(&self) -> Vec<ExecutorView> {
+        let state = self.state.lock();
+        state
+            .executors
+            .iter()
+            .map(|(id, e)| view_of(id, e))
+            .chain(state.lost.iter().rev().cloned())
+            .collect()
     }
 
     /// Forgets executors silent for longer than `timeout`, and those that, a few
@@ -233,6 +273,14 @@ impl ClusterExecutors {
             .collect();
         for id in &running {
             state.running.remove(id);
+        }
+        let mut view = view_of(executor, &lost);
+        view.status = "lost";
+        view.active_tasks = 0;
+        view.lost_reason = Some(why.to_string());
+        state.lost.push_back(view);
+        while state.lost.len() > 100 {
+            state.lost.pop_front();
         }
         drop(state);
         // A draining executor's slots were taken off when it started leaving.
@@ -590,5 +638,23 @@ fn status_of(e: &ember_core::EmberError) -> Status {
         }
         E::Cancelled { .. } => Status::cancelled(message),
         _ => Status::internal(message),
+    }
+}
+
+fn view_of(id: &str, e: &RemoteExecutor) -> ExecutorView {
+    ExecutorView {
+        id: id.to_string(),
+        address: e.address.clone(),
+        cores: e.cores,
+        memory_bytes: e.memory_bytes,
+        active_tasks: e.busy,
+        registered_ms: e.registered_ms,
+        last_heartbeat_ms: e.last_seen_ms,
+        status: if e.draining {
+            "decommissioning"
+        } else {
+            "active"
+        },
+        lost_reason: None,
     }
 }

@@ -75,6 +75,9 @@ pub(crate) struct Job {
     pub config: Arc<Vec<(String, String)>>,
     pub ember: EmberConfig,
     pub session_id: String,
+    /// What the UI calls the job, and the SQL query it runs for.
+    pub description: String,
+    pub sql: Option<u64>,
     /// Final-stage results by partition.
     pub results: BTreeMap<usize, Vec<RecordBatch>>,
     pub reply: Option<oneshot::Sender<Result<Vec<RecordBatch>>>>,
@@ -87,6 +90,7 @@ impl Job {
         config: Arc<Vec<(String, String)>>,
         ember: EmberConfig,
         session_id: String,
+        (description, sql): (String, Option<u64>),
         reply: oneshot::Sender<Result<Vec<RecordBatch>>>,
     ) -> Job {
         let stages = graph
@@ -101,6 +105,8 @@ impl Job {
             config,
             ember,
             session_id,
+            description,
+            sql,
             results: BTreeMap::new(),
             reply: Some(reply),
         }

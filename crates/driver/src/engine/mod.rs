@@ -32,12 +32,15 @@ use ember_core::{EmberConfig, EmberError, Result};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use cluster::{ClusterExecutors, DriverServer};
+use cluster::DriverServer;
+pub(crate) use cluster::{ClusterExecutors, ExecutorView};
 use ember_core::proto::driver_service_server::DriverServiceServer;
 use job::Job;
 use local::LocalExecutors;
 use planner::StageGraph;
 use scheduler::{Event, Scheduler};
+
+use crate::ui::status::AppStatus;
 
 /// One running stage, as progress bars show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,7 @@ pub(crate) struct Engine {
     /// Cluster mode: the registered executors and the driver's gRPC service.
     cluster: Option<ClusterParts>,
     jobs: Arc<JobRecords>,
+    status: Arc<AppStatus>,
 }
 
 struct ClusterParts {
@@ -111,6 +115,9 @@ tokio::task_local! {
     /// Told the id of every job submitted from the task it is set in, so the driver's
     /// service can tell a client which job runs its query.
     pub(crate) static JOB_OBSERVER: mpsc::UnboundedSender<u64>;
+    /// The query (its description and SQL page id) the jobs submitted from the task
+    /// it is set in run for.
+    pub(crate) static JOB_QUERY: (String, Option<u64>);
 }
 
 /// What became of a job, for `GetJob`.
@@ -212,7 +219,15 @@ impl Engine {
         let (progress_tx, progress) = watch::channel(JobProgress::default());
         let launcher = Arc::new(LocalExecutors::new(env, events.clone(), handle.clone()));
         let jobs = Arc::new(JobRecords::default());
-        let scheduler = Scheduler::new(launcher, slots, codec, progress_tx, jobs.clone());
+        let status = Arc::new(AppStatus::new(&format!("local[{slots}]")));
+        let scheduler = Scheduler::new(
+            launcher,
+            slots,
+            codec,
+            progress_tx,
+            jobs.clone(),
+            status.clone(),
+        );
         let event_loop = handle.spawn(scheduler.run(rx));
         Ok(Engine {
             events,
@@ -222,6 +237,7 @@ impl Engine {
             _work_dir: Some(work_dir),
             cluster: None,
             jobs,
+            status,
         })
     }
 
@@ -248,12 +264,14 @@ impl Engine {
         let (progress_tx, progress) = watch::channel(JobProgress::default());
         let executors = Arc::new(ClusterExecutors::new(events.clone(), security.clone()));
         let jobs = Arc::new(JobRecords::default());
+        let status = Arc::new(AppStatus::new(&format!("driver://{local}")));
         let scheduler = Scheduler::new(
             Arc::new(executors.clone()),
             0,
             EmberCodec::new(batch_fns),
             progress_tx,
             jobs.clone(),
+            status.clone(),
         );
         let event_loop = handle.spawn(scheduler.run(rx));
         let timeout = std::time::Duration::from_secs(config.executor_timeout_secs);
@@ -314,6 +332,7 @@ impl Engine {
             event_loop,
             _work_dir: None,
             jobs,
+            status,
             cluster: Some(ClusterParts {
                 executors,
                 clients,
@@ -383,12 +402,16 @@ impl Engine {
             .filter_map(|e| e.value.map(|v| (e.key, v)))
             .collect();
         let (reply, result) = oneshot::channel();
+        let query = JOB_QUERY
+            .try_with(|q| q.clone())
+            .unwrap_or_else(|_| ("a job".into(), None));
         let job = Job::new(
             job_id,
             graph,
             Arc::new(pairs),
             EmberConfig::from_session(config),
             session_id.to_string(),
+            query,
             reply,
         );
         self.events
@@ -416,6 +439,16 @@ impl Engine {
 
     pub(crate) fn progress(&self) -> watch::Receiver<JobProgress> {
         self.progress.clone()
+    }
+
+    /// What the UI shows.
+    pub(crate) fn status(&self) -> &Arc<AppStatus> {
+        &self.status
+    }
+
+    /// The registered executors, in cluster mode.
+    pub(crate) fn executors(&self) -> Option<&Arc<ClusterExecutors>> {
+        self.cluster.as_ref().map(|c| &c.executors)
     }
 }
 

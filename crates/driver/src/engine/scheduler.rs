@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::job::{Job, StageStatus, TaskState};
 use super::{JobProgress, JobRecords, StageProgress};
+use crate::ui::status::{AppStatus, PlannedStage};
 
 pub(crate) enum Event {
     Submit(Box<Job>),
@@ -75,6 +76,7 @@ pub(crate) struct Scheduler {
     codec: EmberCodec,
     progress: watch::Sender<JobProgress>,
     records: Arc<JobRecords>,
+    status: Arc<AppStatus>,
 }
 
 impl Scheduler {
@@ -84,6 +86,7 @@ impl Scheduler {
         codec: EmberCodec,
         progress: watch::Sender<JobProgress>,
         records: Arc<JobRecords>,
+        status: Arc<AppStatus>,
     ) -> Self {
         Scheduler {
             jobs: BTreeMap::new(),
@@ -93,6 +96,7 @@ impl Scheduler {
             codec,
             progress,
             records,
+            status,
         }
     }
 
@@ -125,6 +129,20 @@ impl Scheduler {
     fn submit(&mut self, job: Job) {
         let id = job.id;
         tracing::info!(job = id, stages = job.graph.stages.len(), "job submitted");
+        let stages = job
+            .graph
+            .stages
+            .values()
+            .map(|s| PlannedStage {
+                id: s.id,
+                plan: s.plan.clone(),
+                parents: s.parents.clone(),
+                tasks: s.tasks,
+                exchange: (s.id != job.graph.final_stage).then(|| s.output.to_string()),
+            })
+            .collect();
+        self.status
+            .job_submitted(id, job.description.clone(), job.sql, stages);
         self.jobs.insert(id, job);
         self.start_ready_stages(id);
     }
@@ -151,6 +169,7 @@ impl Scheduler {
                 let state = job.stages.get_mut(&stage).expect("stage exists");
                 state.plan_bytes = Some(bytes);
                 state.status = StageStatus::Running;
+                self.status.stage_started(job_id, stage, state.attempt);
                 tracing::info!(
                     job = job_id,
                     stage,
@@ -165,6 +184,7 @@ impl Scheduler {
                 }
                 if state.tasks.is_empty() || state.done() == state.tasks.len() {
                     state.status = StageStatus::Done;
+                    self.status.stage_done(job_id, stage);
                     if stage == job.graph.final_stage {
                         return self.finish_job(job_id);
                     }
@@ -191,14 +211,16 @@ impl Scheduler {
             let attempt = state.failures[p];
             state.tasks[p] = TaskState::Running { attempt };
             self.free_slots -= 1;
+            let id = TaskId {
+                job: job_id,
+                stage,
+                stage_attempt: state.attempt,
+                partition: p,
+                attempt,
+            };
+            self.status.task_started(&id);
             self.launcher.launch(TaskDefinition {
-                id: TaskId {
-                    job: job_id,
-                    stage,
-                    stage_attempt: state.attempt,
-                    partition: p,
-                    attempt,
-                },
+                id,
                 plan,
                 config: job.config.clone(),
                 session_id: job.session_id.clone(),
@@ -228,6 +250,10 @@ impl Scheduler {
             tracing::debug!(task = %id, "ignoring report of a superseded attempt");
             return;
         }
+        self.status.task_finished(
+            &status,
+            matches!(status.result, Ok((TaskOutput::Map(_), _))),
+        );
         match status.result {
             Ok((output, metrics)) => {
                 tracing::debug!(task = %id, rows = metrics.output_rows, elapsed_ms = metrics.elapsed.as_millis() as u64, "task succeeded");
@@ -243,6 +269,7 @@ impl Scheduler {
                 state.tasks[id.partition] = TaskState::Done;
                 if state.done() == state.tasks.len() {
                     state.status = StageStatus::Done;
+                    self.status.stage_done(id.job, id.stage);
                     tracing::info!(job = id.job, stage = id.stage, "stage finished");
                     if id.stage == job.graph.final_stage {
                         self.finish_job(id.job);
@@ -434,6 +461,7 @@ impl Scheduler {
             .flatten()
             .collect();
         tracing::info!(job = job_id, batches = batches.len(), "job finished");
+        self.status.job_ended(job_id, "succeeded", None);
         if let Some(reply) = job.reply.take() {
             let _ = reply.send(Ok(batches));
         }
@@ -452,6 +480,12 @@ impl Scheduler {
             return;
         };
         tracing::warn!(job = job_id, error = %error, "job failed");
+        let outcome = match error {
+            EmberError::Cancelled { .. } => "cancelled",
+            _ => "failed",
+        };
+        self.status
+            .job_ended(job_id, outcome, Some(error.one_line()));
         self.launcher.cancel_job(job_id);
         if let Some(reply) = job.reply.take() {
             let _ = reply.send(Err(error));

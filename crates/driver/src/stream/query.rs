@@ -253,7 +253,11 @@ impl DataStreamWriter {
             }),
             stop: AtomicBool::new(false),
             committed: Mutex::new(None),
+            finished: AtomicBool::new(false),
         });
+        if let Some(status) = self.df.session().app_status() {
+            status.add_stream(shared.clone());
+        }
         let (done_tx, done) = watch::channel(None);
         let state_dir = checkpoint.state_dir(0);
         let runner = Runner {
@@ -273,8 +277,10 @@ impl DataStreamWriter {
             watermark: Mutex::new(None),
             query,
         };
+        let ended = shared.clone();
         let task = tokio::spawn(async move {
             let outcome = runner.run().await;
+            ended.finished.store(true, Ordering::Release);
             if let Err(e) = &outcome {
                 tracing::warn!(error = %e, "streaming query failed");
             }
@@ -321,6 +327,21 @@ struct Shared {
     stop: AtomicBool,
     /// The end offsets of the last committed batch.
     committed: Mutex<Option<Offsets>>,
+    /// The micro-batch loop has ended.
+    finished: AtomicBool,
+}
+
+impl crate::ui::StreamView for Shared {
+    fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "run_id": self.run_id,
+            "name": self.name,
+            "active": !self.finished.load(Ordering::Acquire),
+            "status": *self.status.lock(),
+            "recent_progress": *self.progress.lock(),
+        })
+    }
 }
 
 /// Progress reports kept for `recent_progress`.
@@ -466,7 +487,13 @@ impl Runner {
             let lost = self.source.offsets_lost() - lost_before;
             let num_input_rows: i64 = input.iter().map(|b| b.num_rows() as i64).sum();
             let plan = swap_scan(&self.query.batch, is_stream, self.source.schema(), input)?;
-            let mut output = self.df.session().collect_plan(&plan).await?;
+            let description = format!(
+                "streaming query {} batch {}",
+                self.shared.name.as_deref().unwrap_or(&self.shared.id),
+                range.batch_id
+            );
+            let session = self.df.session();
+            let mut output = session.collect_described(&plan, Some(&description)).await?;
             let mut late = 0;
             let mut state_progress = StateProgress::default();
             let mut next_watermark = range.watermark_ms;
@@ -497,7 +524,7 @@ impl Runner {
                         let rows = RecordBatch::try_new(emitted.clone(), rows.columns().to_vec())?;
                         let plan = swap_scan(above, is_emitted, emitted.clone(), vec![rows])?;
                         schema = Arc::new(plan.schema().as_arrow().clone());
-                        self.df.session().collect_plan(&plan).await?
+                        session.collect_described(&plan, Some(&description)).await?
                     }
                 };
             }
@@ -620,6 +647,7 @@ pub struct StreamingQuery {
 
 impl Drop for StreamingQuery {
     fn drop(&mut self) {
+        self.shared.finished.store(true, Ordering::Release);
         if let Some(task) = self.task.lock().take() {
             task.abort();
         }
