@@ -1,7 +1,7 @@
 //! IoT readings through the embedded log into a windowed streaming query.
 //!
 //! ```text
-//! cargo run -p ember-cli --example iot_stream [-- OUT_DIR]
+//! cargo run -p ember-cli --example iot_stream [-- OUT_DIR] [--influxdb http://127.0.0.1:8086]
 //! ```
 //!
 //! A producer writes JSON sensor readings `{device, ts, temperature}` to the embedded
@@ -10,6 +10,11 @@
 //! maximum with a 5-second watermark: one prints the windows as they close, the other
 //! writes them to Parquet (exactly once) under OUT_DIR (default: a temporary folder),
 //! which is read back at the end. One reading arrives too late and is dropped.
+//! With `--influxdb URL`, a third query writes the windows to InfluxDB (database
+//! `ember`, measurement `iot`, tag `device`, fields `avg_temp` and `max_temp`) and
+//! reports every query's progress there (measurement `ember_streaming`), for the
+//! Grafana dashboard in `deploy/grafana/`. With OUT_DIR, the checkpoints live there
+//! too, so a second run resumes instead of writing the windows again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,22 +22,45 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use ember_driver::Session;
 use ember_driver::functions::{avg, col, get_field, max, window};
-use ember_driver::stream::Trigger;
+use ember_driver::stream::{InfluxConfig, Trigger};
 use ember_log::{KeyHash, Log, LogConfig, Producer, ProducerConfig, ProducerRecord};
 
 const DEVICES: [&str; 4] = ["boiler", "fridge", "attic", "garage"];
-/// Event time of the first reading: 2026-01-01T00:00:00Z, in ms.
+/// Event time of the first reading: 2026-01-01T00:00:00Z, in ms (with InfluxDB: a
+/// minute ago, on a 10-second boundary, so that a dashboard of the last minutes
+/// shows the windows next to the queries' progress).
 const START_MS: i64 = 1_767_225_600_000;
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let out = match std::env::args().nth(1) {
-        Some(dir) => std::path::PathBuf::from(dir),
+    let mut args = std::env::args().skip(1);
+    let (mut out_dir, mut influxdb) = (None, None);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--influxdb" => influxdb = Some(args.next().context("--influxdb needs a URL")?),
+            _ => out_dir = Some(std::path::PathBuf::from(arg)),
+        }
+    }
+    let state = out_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let start_ms = match influxdb {
+        None => START_MS,
+        Some(_) => {
+            let now = chrono::Utc::now().timestamp_millis() - 60_000;
+            now - now % 10_000
+        }
+    };
+    let out = match &out_dir {
+        Some(dir) => dir.join("windows"),
         None => tmp.path().join("windows"),
     };
-    let log = Log::open(tmp.path().join("log"), LogConfig::default())?;
-    log.create_topic("sensors", 3, None)?;
+    // With OUT_DIR the log lives there too: a second run finds the readings there,
+    // sends none, and its queries resume from their checkpoints.
+    let log = Log::open(state.join("log"), LogConfig::default())?;
+    let fresh = log.topic("sensors").is_err();
+    if fresh {
+        log.create_topic("sensors", 3, None)?;
+    }
     let producer = Producer::new(
         log.clone(),
         ProducerConfig {
@@ -73,25 +101,56 @@ async fn main() -> Result<()> {
     let console = windows()?
         .write_stream()
         .console()
-        .checkpoint(tmp.path().join("console-checkpoint"))
+        .checkpoint(state.join("console-checkpoint"))
         .trigger(trigger)
         .start()
         .await?;
     let files = windows()?
         .write_stream()
         .parquet(&out)
-        .checkpoint(tmp.path().join("parquet-checkpoint"))
+        .checkpoint(state.join("parquet-checkpoint"))
         .trigger(trigger)
         .start()
         .await?;
+    // Windows as points for Grafana, and every batch's progress.
+    let influx = match &influxdb {
+        Some(url) => {
+            let options = |measurement: &str| -> Vec<(String, String)> {
+                [
+                    ("url", url.as_str()),
+                    ("database", "ember"),
+                    ("measurement", measurement),
+                    ("tags", "device"),
+                    ("fields", "avg_temp,max_temp"),
+                    ("time", "window_start"),
+                ]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+            };
+            let config = InfluxConfig::from_options(&options("iot"))?;
+            Some(
+                windows()?
+                    .write_stream()
+                    .query_name("iot")
+                    .influxdb(config.clone())?
+                    .progress_to_influxdb(config)?
+                    .checkpoint(state.join("influxdb-checkpoint"))
+                    .trigger(trigger)
+                    .start()
+                    .await?,
+            )
+        }
+        None => None,
+    };
 
     // 40 seconds of readings, one per device per second, sent as they happen (fast).
-    for second in 0..40i64 {
+    for second in 0..if fresh { 40i64 } else { 0 } {
         for (d, device) in DEVICES.iter().enumerate() {
             let temperature = 15.0 + d as f64 * 5.0 + (second % 10) as f64 * 0.5;
             let json = format!(
                 r#"{{"device":"{device}","ts":{},"temperature":{temperature}}}"#,
-                START_MS + second * 1000
+                start_ms + second * 1000
             );
             producer.send(ProducerRecord::new("sensors", json).key(*device))?;
         }
@@ -99,7 +158,7 @@ async fn main() -> Result<()> {
             // A reading from second 2: far behind the watermark by now.
             let late = format!(
                 r#"{{"device":"attic","ts":{},"temperature":99.0}}"#,
-                START_MS + 2000
+                start_ms + 2000
             );
             producer.send(ProducerRecord::new("sensors", late).key("attic"))?;
         }
@@ -108,6 +167,14 @@ async fn main() -> Result<()> {
     }
     console.process_all_available().await?;
     files.process_all_available().await?;
+    if let Some(q) = &influx {
+        q.process_all_available().await?;
+        q.stop().await?;
+        println!(
+            "windows written to InfluxDB at {}",
+            influxdb.as_deref().unwrap_or("")
+        );
+    }
     let late: usize = console
         .recent_progress()
         .iter()
@@ -140,7 +207,7 @@ async fn main() -> Result<()> {
         "expected 3 closed windows per device, got {rows}"
     );
     ensure!(
-        late == 1,
+        late == usize::from(fresh),
         "expected the late reading to be dropped, got {late}"
     );
     Ok(())

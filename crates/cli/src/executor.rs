@@ -29,6 +29,10 @@ pub struct ExecutorArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
 
+    /// Serve Prometheus /metrics at this address (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_bind: Option<SocketAddr>,
+
     /// The host the driver and other executors reach this one at, when --bind is not
     /// it (e.g. the pod IP when binding 0.0.0.0).
     #[arg(long, value_name = "HOST", env = "EMBER_ADVERTISE_HOST")]
@@ -49,6 +53,7 @@ pub async fn run(args: ExecutorArgs) -> Result<()> {
     config.cores = args.cores;
     config.memory_bytes = args.memory;
     config.bind = args.bind;
+    config.metrics_bind = args.metrics_bind;
     config.advertise_host = args.advertise_host;
     config.security = args.security.security()?;
     eprintln!(

@@ -30,6 +30,8 @@ pub struct ExecutorConfig {
     /// On SIGTERM, how long running tasks may take to finish before the executor
     /// leaves anyway (the driver then runs them elsewhere).
     pub drain_timeout: Duration,
+    /// Where to serve Prometheus `/metrics` (none: not served).
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl ExecutorConfig {
@@ -45,6 +47,7 @@ impl ExecutorConfig {
             heartbeat_interval: Duration::from_secs(1),
             security: Security::none(),
             drain_timeout: Duration::from_secs(25),
+            metrics_bind: None,
         }
     }
 }

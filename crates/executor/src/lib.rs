@@ -13,6 +13,7 @@
 //! ```
 
 mod config;
+mod metrics;
 mod process;
 mod registry;
 mod service;

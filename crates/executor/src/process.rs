@@ -33,6 +33,23 @@ pub struct RunningExecutor {
     driver: DriverServiceClient<AuthChannel>,
     running: RunningTasks,
     drain_timeout: Duration,
+    /// The `/metrics` server, when configured.
+    metrics_server: Option<(std::net::SocketAddr, JoinHandle<()>)>,
+}
+
+impl Drop for RunningExecutor {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.metrics_server {
+            task.abort();
+        }
+    }
+}
+
+impl RunningExecutor {
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(|(a, _)| *a)
+    }
 }
 
 /// Stops an executor from elsewhere (a signal handler).
@@ -196,11 +213,27 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
     };
     let stop = Arc::new(Notify::new());
     let running: RunningTasks = Arc::default();
+    let metrics = Arc::new(crate::metrics::ExecutorMetrics::default());
+    let metrics_server = match config.metrics_bind {
+        Some(bind) => {
+            let (address, task) = crate::metrics::serve(
+                bind,
+                metrics.clone(),
+                running.clone(),
+                executor_id.clone(),
+                config.cores,
+                config.memory_bytes,
+            )?;
+            Some((address, task))
+        }
+        None => None,
+    };
     let service = ExecutorServer {
         env,
         driver: driver.clone(),
         running: running.clone(),
         stop: stop.clone(),
+        metrics,
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let shutdown = stop.clone();
@@ -247,6 +280,7 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         driver,
         running,
         drain_timeout: config.drain_timeout,
+        metrics_server,
     })
 }
 

@@ -31,6 +31,7 @@ pub(crate) struct ExecutorServer {
     pub(crate) driver: ember_core::proto::driver_service_client::DriverServiceClient<AuthChannel>,
     pub(crate) running: RunningTasks,
     pub(crate) stop: Arc<Notify>,
+    pub(crate) metrics: Arc<crate::metrics::ExecutorMetrics>,
 }
 
 impl ExecutorServer {
@@ -41,8 +42,10 @@ impl ExecutorServer {
         let env = self.env.clone();
         let running = self.running.clone();
         let mut driver = self.driver.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let status = run_task(&def, &env, &flag).await;
+            metrics.task_ended(&status);
             let message = task_status_to_proto(&status).unwrap_or_else(|e| TaskStatus {
                 id: Some(task_id_to_proto(&id)),
                 executor_id: env.executor_id.clone(),

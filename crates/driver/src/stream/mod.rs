@@ -13,10 +13,12 @@
 //! One aggregation (`group_by(..).agg(..)` or SQL `GROUP BY`, by keys and by an
 //! event-time `window`/`session_window`) or one deduplication per query keeps state
 //! across batches, with `with_watermark` (see `stateful.rs`, and `state.rs` for the
-//! store). Not yet here: stream-stream joins and the file source. [`MemoryStream`]
+//! store). Sinks include InfluxDB (`influx.rs`). Not yet here: stream-stream joins and the
+//! file source. [`MemoryStream`]
 //! feeds a query from the program (tests, examples).
 
 mod checkpoint;
+mod influx;
 mod kafka;
 mod log_sink;
 mod memory;
@@ -37,6 +39,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use ember_core::Result;
 use ember_log::Log;
 
+pub use influx::{InfluxConfig, InfluxSink, InfluxWriter};
 pub use kafka::KafkaSource;
 pub use log_sink::{KafkaSink, LogSink};
 pub use memory::MemoryStream;

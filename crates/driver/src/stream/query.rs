@@ -118,6 +118,11 @@ pub struct DataStreamWriter {
     trigger: Trigger,
     checkpoint: Option<PathBuf>,
     name: Option<String>,
+    /// `format(..)` and `option(..)`: a sink named by format, set up at `start()`.
+    format: Option<String>,
+    options: Vec<(String, String)>,
+    /// Where each batch's progress is reported, besides `recent_progress`.
+    progress_to: Option<Arc<super::InfluxWriter>>,
 }
 
 impl DataFrame {
@@ -131,6 +136,9 @@ impl DataFrame {
             trigger: Trigger::ProcessingTime(Duration::ZERO),
             checkpoint: None,
             name: None,
+            format: None,
+            options: vec![],
+            progress_to: None,
         }
     }
 }
@@ -192,6 +200,76 @@ impl DataStreamWriter {
         self
     }
 
+    /// A sink by name, Spark style, configured with [`option`](Self::option):
+    /// `influxdb` (see [`InfluxConfig::from_options`](super::InfluxConfig::from_options)),
+    /// `parquet` and `json` (`path`), `kafka` (`kafka.bootstrap.servers`, `topic`),
+    /// `console`, `memory`.
+    pub fn format(mut self, format: &str) -> Self {
+        self.format = Some(format.to_ascii_lowercase());
+        self.memory = false;
+        self.sink = None;
+        self
+    }
+
+    pub fn option(mut self, key: &str, value: impl ToString) -> Self {
+        self.options.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Points in InfluxDB (see [`InfluxSink`](super::InfluxSink)).
+    pub fn influxdb(mut self, config: super::InfluxConfig) -> Result<Self> {
+        self.memory = false;
+        self.sink = Some(Arc::new(super::InfluxSink::new(config)?));
+        Ok(self)
+    }
+
+    /// Also writes each batch's progress to InfluxDB, as measurement
+    /// `ember_streaming` tagged with the query's name.
+    pub fn progress_to_influxdb(mut self, config: super::InfluxConfig) -> Result<Self> {
+        self.progress_to = Some(Arc::new(super::InfluxWriter::new(config)?));
+        Ok(self)
+    }
+
+    /// The sink `format` and `option` describe.
+    fn formatted_sink(&mut self) -> Result<Option<Arc<dyn Sink>>> {
+        let Some(format) = self.format.clone() else {
+            return Ok(None);
+        };
+        let get = |k: &str| {
+            self.options
+                .iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let need = |k: &str| {
+            get(k).ok_or_else(|| {
+                EmberError::Config(format!("format(\"{format}\") needs option(\"{k}\", ..)"))
+            })
+        };
+        Ok(Some(match format.as_str() {
+            "influxdb" => Arc::new(super::InfluxSink::new(super::InfluxConfig::from_options(
+                &self.options,
+            )?)?),
+            "parquet" => Arc::new(FileSink::new(need("path")?, FileFormat::Parquet)),
+            "json" => Arc::new(FileSink::new(need("path")?, FileFormat::Json)),
+            "kafka" => Arc::new(super::KafkaSink::new(
+                &need("kafka.bootstrap.servers")?,
+                &need("topic")?,
+            )),
+            "console" => Arc::new(ConsoleSink),
+            "memory" => {
+                self.memory = true;
+                return Ok(None);
+            }
+            other => {
+                return Err(EmberError::Config(format!(
+                    "unknown sink format '{other}' (influxdb, parquet, json, kafka, console, memory)"
+                )));
+            }
+        }))
+    }
+
     pub fn output_mode(mut self, mode: OutputMode) -> Self {
         self.mode = mode;
         self
@@ -214,7 +292,10 @@ impl DataStreamWriter {
     }
 
     /// Checks the query and starts its micro-batch loop.
-    pub async fn start(self) -> Result<StreamingQuery> {
+    pub async fn start(mut self) -> Result<StreamingQuery> {
+        if let Some(sink) = self.formatted_sink()? {
+            self.sink = Some(sink);
+        }
         let query = plan_query(self.df.logical_plan(), self.mode)?;
         let source = stream_source(&query.batch)?;
         let memory = self.memory.then(|| {
@@ -275,6 +356,7 @@ impl DataStreamWriter {
                 )
             }),
             watermark: Mutex::new(None),
+            progress_to: self.progress_to.clone(),
             query,
         };
         let ended = shared.clone();
@@ -360,6 +442,7 @@ struct Runner {
     stateful: Option<(StateStore, Mutex<OpState>)>,
     /// The watermark the next batch uses.
     watermark: Mutex<Option<i64>>,
+    progress_to: Option<Arc<super::InfluxWriter>>,
 }
 
 /// Partitions of a stateful operator's state, and how often a version is a snapshot.
@@ -588,6 +671,14 @@ impl Runner {
             ms = total.as_millis() as u64,
             "batch committed"
         );
+        if let Some(writer) = &self.progress_to {
+            let (writer, progress) = (writer.clone(), progress.clone());
+            tokio::spawn(async move {
+                if let Err(e) = writer.write_progress(&progress).await {
+                    tracing::warn!(error = %e, "could not report progress to influxdb");
+                }
+            });
+        }
         let mut recent = self.shared.progress.lock();
         if recent.len() == RECENT {
             recent.pop_front();

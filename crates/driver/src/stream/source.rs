@@ -238,6 +238,9 @@ pub(crate) fn batch_end(ranges: Vec<(String, i32, i64, i64)>, max: Option<i64>) 
         .sum();
     let mut end = Offsets::default();
     for (t, p, from, latest) in ranges {
+        // A log that is shorter than where the query stands (deleted and made again)
+        // holds nothing new for it: the query never moves back.
+        let latest = latest.max(from);
         let to = match max {
             Some(max) if waiting > max => {
                 let available = (latest - from).max(0);
