@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -33,6 +34,97 @@ pub struct BrokerArgs {
     /// Partitions of auto-created topics.
     #[arg(long, default_value_t = 1)]
     default_partitions: i32,
+
+    /// Serve Prometheus /metrics (bytes in and out, consumer group lag) here.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_bind: Option<SocketAddr>,
+}
+
+/// The broker's `/metrics`: bytes in and out, requests, and each group's lag.
+fn metrics_text(broker: &Broker) -> String {
+    use ember_core::metrics::Exposition;
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = broker.traffic();
+    let mut e = Exposition::default();
+    e.counter(
+        "ember_broker_bytes_in_total",
+        "Bytes of Produce requests received.",
+        &[(&[], t.bytes_in.load(Relaxed) as f64)],
+    );
+    e.counter(
+        "ember_broker_bytes_out_total",
+        "Bytes of Fetch responses sent.",
+        &[(&[], t.bytes_out.load(Relaxed) as f64)],
+    );
+    e.counter(
+        "ember_broker_requests_total",
+        "Requests served.",
+        &[(&[], t.requests.load(Relaxed) as f64)],
+    );
+    let lags = broker.group_lags();
+    let labels: Vec<(String, String, String, f64)> = lags
+        .iter()
+        .map(|l| {
+            (
+                l.group.clone(),
+                l.topic.clone(),
+                l.partition.to_string(),
+                l.lag as f64,
+            )
+        })
+        .collect();
+    let samples: Vec<([(&str, &str); 3], f64)> = labels
+        .iter()
+        .map(|(g, t, p, v)| {
+            (
+                [
+                    ("group", g.as_str()),
+                    ("topic", t.as_str()),
+                    ("partition", p.as_str()),
+                ],
+                *v,
+            )
+        })
+        .collect();
+    let refs: Vec<(&[(&str, &str)], f64)> = samples.iter().map(|(l, v)| (&l[..], *v)).collect();
+    e.gauge(
+        "ember_broker_consumer_lag",
+        "A group's lag on a partition: end offset minus committed offset.",
+        &refs,
+    );
+    e.finish()
+}
+
+/// Serves the broker's `/metrics` at `bind`.
+async fn serve_metrics(bind: SocketAddr, broker: Arc<Broker>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding {bind} for /metrics"))?;
+    eprintln!(
+        "broker metrics at http://{}/metrics",
+        listener.local_addr()?
+    );
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let broker = broker.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    metrics_text(&broker),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("the broker's metrics server stopped: {e}");
+        }
+    });
+    Ok(())
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -54,12 +146,15 @@ pub async fn run(args: BrokerArgs) -> Result<()> {
     let maintenance = log.spawn_maintenance(Duration::from_secs(1));
     let mut broker_config = BrokerConfig::new(args.bind);
     broker_config.advertised_host = args.advertised_host;
-    let broker = Broker::start(log.clone(), broker_config).await?;
+    let broker = Arc::new(Broker::start(log.clone(), broker_config).await?);
     eprintln!(
         "broker listening at {} (data in {})",
         broker.address,
         args.data_dir.display()
     );
+    if let Some(bind) = args.metrics_bind {
+        serve_metrics(bind, broker.clone()).await?;
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {

@@ -533,3 +533,41 @@ fn ember_stream_copies_a_topic_to_parquet_exactly_once_across_runs() {
     assert!(said.contains("batch 1: 2 rows in"), "{said}");
     assert_eq!(rows(), 52);
 }
+
+#[test]
+fn the_broker_serves_metrics_of_its_traffic_and_each_groups_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let broker = start_broker(
+        &dir.path().join("data"),
+        free_port(),
+        &[
+            "--default-partitions",
+            "2",
+            "--metrics-bind",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+    );
+    let lines: String = (0..50).map(|i| format!("k{i}:v{i}\n")).collect();
+    kcat_produce(&broker, "metered", &lines);
+    let reader = group_member(&broker, "dashboards", "metered");
+    assert_eq!(member_output(reader).len(), 50);
+    kcat_produce(&broker, "metered", "a:1\nb:2\nc:3\n");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let (status, text) = super::ui::get(addr, "/metrics");
+    assert_eq!(status, 200);
+    super::ui::promtool_accepts(&text);
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(value("ember_broker_bytes_in_total") > 50.0 * 4.0, "{text}");
+    assert!(value("ember_broker_bytes_out_total") > 50.0 * 4.0, "{text}");
+    assert_eq!(
+        value("ember_broker_consumer_lag{group=\"dashboards\""),
+        3.0,
+        "the three records produced after the group read: {text}"
+    );
+}

@@ -12,7 +12,7 @@ use ember_driver::Session;
 use serde_json::Value;
 
 /// `GET path` over HTTP/1.0: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
@@ -34,7 +34,7 @@ fn get_json(addr: SocketAddr, path: &str) -> Value {
 }
 
 /// Checks the text with Prometheus's own parser (`promtool check metrics`).
-fn promtool_accepts(text: &str) {
+pub(crate) fn promtool_accepts(text: &str) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -92,6 +92,9 @@ pub struct SourceProgress {
     /// Offsets of this batch's range that retention had deleted, skipped
     /// (`fail_on_data_loss(false)`).
     pub offsets_lost: i64,
+    /// Records the source held beyond this batch when it ended (the consumer lag);
+    /// none for a source without an end (rate).
+    pub lag_rows: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -633,6 +636,10 @@ impl Runner {
         *self.shared.committed.lock() = Some(range.end.clone());
         let commit_ms = commit.elapsed().as_millis() as u64;
         let total = started.elapsed();
+        let lag_rows = match self.source.available().await {
+            Ok(available) => Some(range.end.rows_until(&available).max(0)),
+            Err(_) => None,
+        };
         let progress = Progress {
             id: self.shared.id.clone(),
             run_id: self.shared.run_id.clone(),
@@ -655,6 +662,7 @@ impl Runner {
                 end_offset: range.end.clone(),
                 num_input_rows,
                 offsets_lost: lost,
+                lag_rows,
             },
             sink: SinkProgress {
                 description: self.sink.describe(),

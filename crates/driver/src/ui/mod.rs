@@ -497,6 +497,12 @@ fn streaming_metrics(e: &mut Exposition, streams: &[Value]) {
     );
     family(
         e,
+        "ember_streaming_source_lag_rows",
+        "Records the source held beyond the latest batch (consumer lag).",
+        &|p| p["source"]["lag_rows"].as_f64(),
+    );
+    family(
+        e,
         "ember_streaming_last_batch_id",
         "Id of the latest batch.",
         &|p| p["batch_id"].as_f64(),

@@ -56,6 +56,27 @@ pub(crate) struct Shared {
     pub host: String,
     pub port: i32,
     pub cluster_id: String,
+    pub traffic: Arc<Traffic>,
+}
+
+/// Bytes through the broker since it started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Bytes of Produce requests received.
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    /// Bytes of Fetch responses sent.
+    pub bytes_out: std::sync::atomic::AtomicU64,
+    pub requests: std::sync::atomic::AtomicU64,
+}
+
+/// A consumer group's lag on one partition: the partition's end offset minus the
+/// group's committed offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub lag: i64,
 }
 
 /// A running broker; [`stop`](Self::stop) ends it.
@@ -63,6 +84,8 @@ pub struct Broker {
     pub address: SocketAddr,
     stop: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
+    log: Arc<Log>,
+    traffic: Arc<Traffic>,
 }
 
 impl Broker {
@@ -75,8 +98,10 @@ impl Broker {
             .local_addr()
             .map_err(|e| LogError::io(config.bind.to_string(), e))?;
         let coordinator = Coordinator::start();
+        let traffic = Arc::new(Traffic::default());
         let shared = Arc::new(Shared {
-            log,
+            log: log.clone(),
+            traffic: traffic.clone(),
             coordinator,
             node_id: config.node_id,
             host: config
@@ -110,7 +135,34 @@ impl Broker {
             address,
             stop,
             task,
+            log,
+            traffic,
         })
+    }
+
+    /// Bytes in and out since the broker started.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// Every consumer group's lag on each partition it committed an offset for.
+    pub fn group_lags(&self) -> Vec<GroupLag> {
+        let groups = self.log.groups();
+        let mut lags = vec![];
+        for group in groups.list() {
+            for ((topic, p), committed) in groups.committed_all(&group) {
+                let Ok(partition) = self.log.partition(&topic, p) else {
+                    continue;
+                };
+                lags.push(GroupLag {
+                    group: group.clone(),
+                    topic,
+                    partition: p,
+                    lag: (partition.end_offset() - committed).max(0),
+                });
+            }
+        }
+        lags
     }
 
     pub fn stop(&self) {
@@ -177,7 +229,20 @@ async fn connection(shared: &Shared, stream: &mut TcpStream) -> std::result::Res
             .read_exact(&mut frame)
             .await
             .map_err(|e| io_closed(&format!("reading a {size}-byte request"), e))?;
+        let key = i16::from_be_bytes([frame[0], frame[1]]);
         let reply = handle_frame(shared, Bytes::from(frame)).await?;
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let t = &shared.traffic;
+            t.requests.fetch_add(1, Relaxed);
+            if key == ApiKey::Produce as i16 {
+                t.bytes_in.fetch_add(size as u64 + 4, Relaxed);
+            }
+            if key == ApiKey::Fetch as i16 {
+                t.bytes_out
+                    .fetch_add(reply.as_ref().map_or(0, |r| r.len() as u64), Relaxed);
+            }
+        }
         if let Some(reply) = reply {
             stream
                 .write_all(&reply)
