@@ -215,7 +215,6 @@ impl SessionBuilder {
             }
             _ => None,
         };
-        let (idle_progress, _) = watch::channel(JobProgress::default());
         let inner = Arc::new(SessionInner {
             ui,
             ctx,
@@ -224,7 +223,6 @@ impl SessionBuilder {
             master,
             app_name: self.app_name,
             fixed_partitions,
-            idle_progress,
             clients: std::sync::OnceLock::new(),
         });
         if let Runner::Engine(engine) = &inner.runner {
@@ -303,8 +301,6 @@ pub(crate) struct SessionInner {
     app_name: String,
     /// The user chose `target_partitions`; otherwise a cluster plans for its cores.
     fixed_partitions: bool,
-    /// A client session's progress (none: its driver runs the stages).
-    idle_progress: watch::Sender<JobProgress>,
     /// Client sessions of a driver, kept alive here.
     clients: std::sync::OnceLock<Arc<dyn ClientApi>>,
 }
@@ -379,9 +375,9 @@ impl Session {
 
     /// Progress of the stages now running, for progress bars and UIs.
     pub fn progress(&self) -> watch::Receiver<JobProgress> {
-        match self.engine() {
-            Some(engine) => engine.progress(),
-            None => self.inner.idle_progress.subscribe(),
+        match &self.inner.runner {
+            Runner::Engine(engine) => engine.progress(),
+            Runner::Remote(remote) => remote.progress(),
         }
     }
 

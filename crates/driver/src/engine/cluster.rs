@@ -398,6 +398,8 @@ pub(crate) struct DriverServer {
     pub(crate) events: mpsc::UnboundedSender<Event>,
     pub(crate) clients: ClientSlot,
     pub(crate) jobs: Arc<JobRecords>,
+    /// The running stages, for clients' progress bars.
+    pub(crate) progress: tokio::sync::watch::Receiver<super::JobProgress>,
 }
 
 type ResultStream =
@@ -504,10 +506,24 @@ impl DriverService for DriverServer {
             .jobs
             .get(job)
             .ok_or_else(|| Status::not_found(format!("no job {job} on this driver")))?;
+        let stages = self
+            .progress
+            .borrow()
+            .stages
+            .iter()
+            .filter(|s| s.job == job)
+            .map(|s| ember_core::proto::StageProgressInfo {
+                stage: s.stage as u32,
+                total: s.total as u32,
+                running: s.running as u32,
+                done: s.done as u32,
+            })
+            .collect();
         Ok(Response::new(JobStatus {
             job_id: job,
             state: record.state.to_string(),
             error: record.error,
+            stages,
         }))
     }
 

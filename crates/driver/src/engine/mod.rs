@@ -312,6 +312,7 @@ impl Engine {
             events: events.clone(),
             clients: clients.clone(),
             jobs: jobs.clone(),
+            progress: progress.clone(),
         };
         let server = handle.spawn(
             security

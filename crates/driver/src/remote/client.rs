@@ -11,14 +11,18 @@ use datafusion_proto::bytes::logical_plan_to_bytes_with_extension_codec;
 use ember_core::EmberConfig;
 use ember_core::convert::read_ipc_stream;
 use ember_core::proto::driver_service_client::DriverServiceClient;
-use ember_core::proto::{ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest, KeyValue};
+use ember_core::proto::{
+    ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest, GetJobRequest, KeyValue,
+};
 use ember_core::rpc::{AuthChannel, Security};
 use ember_core::task::REQUIRED_DATAFUSION_SETTINGS;
 use ember_core::{EmberError, Result};
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
 use super::codec::EmberLogicalCodec;
+use crate::engine::{JobProgress, StageProgress};
 
 pub(crate) struct RemoteDriver {
     url: String,
@@ -26,6 +30,8 @@ pub(crate) struct RemoteDriver {
     session_id: String,
     /// Bytes the driver's jobs for this session wrote to the shuffle.
     shuffle_bytes: AtomicU64,
+    /// The running stages of this client's jobs, polled from the driver.
+    progress: watch::Sender<JobProgress>,
 }
 
 impl RemoteDriver {
@@ -37,6 +43,7 @@ impl RemoteDriver {
             client: security.driver_client(channel),
             session_id: session_id.to_string(),
             shuffle_bytes: AtomicU64::new(0),
+            progress: watch::channel(JobProgress::default()).0,
         })
     }
 
@@ -114,10 +121,18 @@ impl RemoteDriver {
         let mut schema = None;
         let mut batches = vec![];
         let mut shuffled = 0;
+        // While a job runs, its stages' progress is polled for the progress bars.
+        let mut watcher = ProgressWatch {
+            task: None,
+            progress: self.progress.clone(),
+        };
         while let Some(message) = stream.next().await {
             let message = message.map_err(|e| self.error(e))?;
             if message.arrow_ipc.is_empty() {
                 tracing::debug!(job = message.job_id, driver = %self.url, "job started");
+                if let Some(old) = watcher.task.replace(self.watch_progress(message.job_id)) {
+                    old.abort();
+                }
                 continue;
             }
             shuffled = message.shuffle_bytes;
@@ -135,6 +150,38 @@ impl RemoteDriver {
 
     pub(crate) fn shuffle_bytes(&self) -> u64 {
         self.shuffle_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The running stages of this client's jobs on the driver.
+    pub(crate) fn progress(&self) -> watch::Receiver<JobProgress> {
+        self.progress.subscribe()
+    }
+
+    /// Polls the driver for `job`'s running stages every 200 ms until aborted.
+    fn watch_progress(&self, job: u64) -> tokio::task::JoinHandle<()> {
+        let mut client = self.client.clone();
+        let progress = self.progress.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let Ok(status) = client.get_job(GetJobRequest { job_id: job }).await else {
+                    continue;
+                };
+                let stages: Vec<StageProgress> = status
+                    .get_ref()
+                    .stages
+                    .iter()
+                    .map(|s| StageProgress {
+                        job,
+                        stage: s.stage as usize,
+                        total: s.total as usize,
+                        running: s.running as usize,
+                        done: s.done as usize,
+                    })
+                    .collect();
+                progress.send_modify(|p| p.stages = stages);
+            }
+        })
     }
 
     fn error(&self, status: tonic::Status) -> EmberError {
@@ -180,4 +227,19 @@ fn reads_only_catalog(plan: &LogicalPlan) -> bool {
         Ok(TreeNodeRecursion::Continue)
     });
     catalog > 0 && other == 0
+}
+
+/// Stops the progress poller when the read ends, and clears the bars.
+struct ProgressWatch {
+    task: Option<tokio::task::JoinHandle<()>>,
+    progress: watch::Sender<JobProgress>,
+}
+
+impl Drop for ProgressWatch {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.progress.send_modify(|p| p.stages.clear());
+    }
 }
