@@ -62,6 +62,8 @@ pub struct StageInfo {
     pub tasks_done: usize,
     pub tasks_running: usize,
     pub tasks_failed: usize,
+    /// Rows read from the shuffle: what the parent stages wrote.
+    pub rows_in: u64,
     pub rows_out: u64,
     pub bytes_out: u64,
     pub shuffle_write_bytes: u64,
@@ -230,6 +232,7 @@ impl AppStatus {
                     tasks_done: 0,
                     tasks_running: 0,
                     tasks_failed: 0,
+                    rows_in: 0,
                     rows_out: 0,
                     bytes_out: 0,
                     shuffle_write_bytes: 0,
@@ -371,27 +374,28 @@ impl AppStatus {
                 self.counters.tasks_failed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let (shuffle_write, parents) = (map.then_some(s.bytes_out), s.parents.clone());
+        let parents = s.parents.clone();
         if let Some(job) = inner.jobs.get_mut(&id.job) {
-            if ok {
-                job.completed_tasks += 1;
-            } else {
-                job.failed_tasks += 1;
-            }
-            if shuffle_write.is_some()
-                && let Ok((_, m)) = &status.result
-            {
-                job.shuffle_bytes += m.output_bytes;
+            match &status.result {
+                Ok((_, m)) => {
+                    job.completed_tasks += 1;
+                    if map {
+                        job.shuffle_bytes += m.output_bytes;
+                    }
+                }
+                Err(_) => job.failed_tasks += 1,
             }
         }
         // What this stage reads is what its parents wrote.
-        let read: u64 = parents
+        let (read, rows_in) = parents
             .iter()
             .filter_map(|p| inner.stages.get(&(id.job, *p)))
-            .map(|p| p.shuffle_write_bytes)
-            .sum();
+            .fold((0, 0), |(b, r), p| {
+                (b + p.shuffle_write_bytes, r + p.rows_out)
+            });
         if let Some(s) = inner.stages.get_mut(&(id.job, id.stage)) {
             s.shuffle_read_bytes = read;
+            s.rows_in = rows_in;
         }
     }
 

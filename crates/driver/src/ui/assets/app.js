@@ -292,6 +292,7 @@
         ['Attempt', esc(s.attempt)],
         ['Partitions', fmtNum(s.partitions)],
         ['Tasks', bar(s.tasks_done, s.tasks_running, s.tasks_failed, s.partitions)],
+        ['Rows in (from the shuffle)', fmtNum(s.rows_in)],
         ['Rows out', fmtNum(s.rows_out)],
         ['Bytes out', fmtBytes(s.bytes_out)],
         ['Shuffle read', fmtBytes(s.shuffle_read_bytes)],
