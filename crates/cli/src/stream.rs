@@ -7,14 +7,25 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ember_driver::Session;
-use ember_driver::stream::{KafkaSource, LogSource, OutputMode, Source, StartingOffsets, Trigger};
+use ember_driver::stream::{
+    FileSource, KafkaSource, LogSource, OutputMode, Source, StartingOffsets, Trigger,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct StreamArgs {
-    /// The source: log:DIR:TOPIC[,TOPIC..] (the embedded log in DIR) or
-    /// kafka:HOST:PORT:TOPIC[,TOPIC..] (any Kafka-protocol broker).
+    /// The source: log:DIR:TOPIC[,TOPIC..] (the embedded log in DIR),
+    /// kafka:HOST:PORT:TOPIC[,TOPIC..] (any Kafka-protocol broker), or new files in a
+    /// directory: json:DIR, csv:DIR (with a header line) or parquet:DIR.
     #[arg(long, value_name = "SOURCE")]
     from: String,
+
+    /// The columns of json: and csv: files, like "device STRING, t DOUBLE".
+    #[arg(long, value_name = "COLUMNS")]
+    schema: Option<String>,
+
+    /// At most this many new files per batch (file sources).
+    #[arg(long, value_name = "N")]
+    max_files_per_trigger: Option<usize>,
 
     /// The name the query's SQL reads the stream as.
     #[arg(long, default_value = "events")]
@@ -105,8 +116,26 @@ fn source(args: &StreamArgs) -> Result<Arc<dyn Source>> {
         }
         return Ok(Arc::new(s));
     }
+    if let Some((kind, dir)) = args.from.split_once(':')
+        && matches!(kind, "json" | "csv" | "parquet")
+    {
+        let schema = || {
+            args.schema
+                .as_deref()
+                .context("--from json:/csv: needs --schema")
+        };
+        let mut s = match kind {
+            "json" => FileSource::json(dir, schema()?)?,
+            "csv" => FileSource::csv(dir, schema()?, true)?,
+            _ => FileSource::parquet(dir)?,
+        };
+        if let Some(n) = args.max_files_per_trigger {
+            s = s.max_files_per_trigger(n);
+        }
+        return Ok(Arc::new(s));
+    }
     bail!(
-        "--from {}: expected log:DIR:TOPIC or kafka:HOST:PORT:TOPIC",
+        "--from {}: expected log:DIR:TOPIC, kafka:HOST:PORT:TOPIC, json:DIR, csv:DIR or parquet:DIR",
         args.from
     )
 }

@@ -13,11 +13,12 @@
 //! One aggregation (`group_by(..).agg(..)` or SQL `GROUP BY`, by keys and by an
 //! event-time `window`/`session_window`) or one deduplication per query keeps state
 //! across batches, with `with_watermark` (see `stateful.rs`, and `state.rs` for the
-//! store). Sinks include InfluxDB (`influx.rs`). Not yet here: stream-stream joins and the
-//! file source. [`MemoryStream`]
+//! store). Sinks include InfluxDB (`influx.rs`); a directory of files is a source too
+//! (`files.rs`). Not yet here: stream-stream joins. [`MemoryStream`]
 //! feeds a query from the program (tests, examples).
 
 mod checkpoint;
+mod files;
 mod influx;
 mod kafka;
 mod log_sink;
@@ -39,6 +40,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use ember_core::Result;
 use ember_log::Log;
 
+pub use files::{FileKind, FileSource};
 pub use influx::{InfluxConfig, InfluxSink, InfluxWriter};
 pub use kafka::KafkaSource;
 pub use log_sink::{KafkaSink, LogSink};
@@ -110,6 +112,22 @@ impl DataStreamReader {
     pub fn kafka(self, bootstrap_servers: &str, topics: &[&str]) -> Result<DataFrame> {
         let topics = topics.iter().map(|t| t.to_string()).collect();
         self.source(Arc::new(KafkaSource::new(bootstrap_servers, topics)))
+    }
+
+    /// New JSON-lines files in `dir`, with `schema` (`"a STRING, b DOUBLE"`); see
+    /// [`FileSource`] for `max_files_per_trigger`.
+    pub fn json(self, dir: &str, schema: &str) -> Result<DataFrame> {
+        self.source(Arc::new(FileSource::json(dir, schema)?))
+    }
+
+    /// New CSV files in `dir` (with a header line), with `schema`.
+    pub fn csv(self, dir: &str, schema: &str) -> Result<DataFrame> {
+        self.source(Arc::new(FileSource::csv(dir, schema, true)?))
+    }
+
+    /// New Parquet files in `dir` (the schema is the first file's).
+    pub fn parquet(self, dir: &str) -> Result<DataFrame> {
+        self.source(Arc::new(FileSource::parquet(dir)?))
     }
 
     /// Spark's rate source: `timestamp` and `value` columns, `rows_per_second` rows a

@@ -1182,3 +1182,75 @@ async fn the_kafka_source_subscribes_by_pattern_or_by_assignment() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_directory_of_files_streams_its_new_files_once() {
+    use ember_driver::stream::FileSource;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    // Writers move complete files in; names starting with `_` or `.` are not data.
+    let drop_file = |name: &str, lines: &[&str]| {
+        let tmp = dir.path().join(format!("{name}.tmp"));
+        std::fs::write(&tmp, lines.join("\n")).unwrap();
+        std::fs::rename(&tmp, input.join(name)).unwrap();
+        std::thread::sleep(Duration::from_millis(20)); // distinct modification times
+    };
+    drop_file(
+        "a.json",
+        &[r#"{"device":"a","t":1.5}"#, r#"{"device":"b","t":2.5}"#],
+    );
+    drop_file("b.json", &[r#"{"device":"c","t":3.5}"#]);
+    std::fs::write(input.join("_SUCCESS"), "").unwrap();
+    let session = Session::builder().master("local[1]").build().unwrap();
+    let start = || {
+        let source = FileSource::json(&input, "device STRING, t DOUBLE")
+            .unwrap()
+            .max_files_per_trigger(1);
+        session
+            .read_stream()
+            .source(Arc::new(source))
+            .unwrap()
+            .write_stream()
+            .parquet(dir.path().join("out"))
+            .checkpoint(dir.path().join("cp"))
+            .trigger(Trigger::AvailableNow)
+            .start()
+    };
+    let q = start().await.unwrap();
+    q.await_termination(None).await.unwrap();
+    assert_eq!(q.recent_progress().len(), 2, "one file per batch");
+    drop_file("c.json", &[r#"{"device":"d","t":4.5}"#, "not json"]);
+    drop_file("d.json", &[r#"{"device":"e","t":5.5}"#]);
+    // A bad line fails the batch, naming the file; the rows before it are not lost.
+    let err = start()
+        .await
+        .unwrap()
+        .await_termination(None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("c.json"), "{err}");
+    std::fs::remove_file(input.join("c.json")).unwrap();
+    drop_file("c.json", &[r#"{"device":"d","t":4.5}"#]);
+    start()
+        .await
+        .unwrap()
+        .await_termination(None)
+        .await
+        .unwrap();
+    let out = session
+        .read()
+        .parquet(dir.path().join("out").to_str().unwrap())
+        .await
+        .unwrap();
+    out.create_or_replace_temp_view("out").unwrap();
+    assert_eq!(
+        count(
+            &session,
+            "SELECT count(*) * 100 + count(DISTINCT device) FROM out"
+        )
+        .await,
+        505
+    );
+}
