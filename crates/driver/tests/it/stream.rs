@@ -570,19 +570,7 @@ async fn windows(session: &Session, table: &str) -> Vec<String> {
     let sql = format!(
         "SELECT CAST(CAST(window_start AS BIGINT) / 1000 AS VARCHAR) || '-' || CAST(CAST(window_end AS BIGINT) / 1000 AS VARCHAR) || ' ' || device || ' ' || CAST(n AS VARCHAR) || ' ' || CAST(avg_temp AS VARCHAR) FROM {table}"
     );
-    let batches = session.sql(&sql).await.unwrap().collect().await.unwrap();
-    let mut out: Vec<String> = batches
-        .iter()
-        .flat_map(|b| {
-            let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
-            let c = arrow::array::AsArray::as_string::<i32>(&c).clone();
-            (0..arrow::array::Array::len(&c))
-                .map(move |i| c.value(i).to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    out.sort();
-    out
+    lines(session, &sql).await
 }
 
 #[tokio::test]
