@@ -14,12 +14,13 @@
 //! event-time `window`/`session_window`) or one deduplication per query keeps state
 //! across batches, with `with_watermark` (see `stateful.rs`, and `state.rs` for the
 //! store). Sinks include InfluxDB (`influx.rs`); a directory of files is a source too
-//! (`files.rs`). Not yet here: stream-stream joins. [`MemoryStream`]
+//! (`files.rs`). Two streams join with state on both sides (`join.rs`). [`MemoryStream`]
 //! feeds a query from the program (tests, examples).
 
 mod checkpoint;
 mod files;
 mod influx;
+mod join;
 mod kafka;
 mod log_sink;
 mod memory;

@@ -20,9 +20,9 @@ use tokio::sync::watch;
 use super::StreamTable;
 use super::checkpoint::{BatchRange, Checkpoint};
 use super::sink::{ConsoleSink, FileFormat, FileSink, ForeachBatchSink, MemorySink, Sink};
-use super::source::{Offsets, Source};
+use super::source::{CombinedSource, Offsets, Source};
 use super::state::StateStore;
-use super::stateful::{Emitted, OpState, QueryPlan, plan_query};
+use super::stateful::{Emitted, OpState, Operator, QueryPlan, StatefulPlan, plan_query};
 use crate::dataframe::DataFrame;
 
 /// When the next micro-batch starts.
@@ -300,7 +300,23 @@ impl DataStreamWriter {
             self.sink = Some(sink);
         }
         let query = plan_query(self.df.logical_plan(), self.mode)?;
-        let source = stream_source(&query.batch)?;
+        let streams = stream_sources(&query.batch)?;
+        let joins = matches!(
+            query.stateful.as_ref().map(|s| &s.op),
+            Some(Operator::Join(_))
+        );
+        let source: Arc<dyn Source> = match (streams.len(), joins) {
+            (1, false) => streams[0].clone(),
+            (2, true) => Arc::new(CombinedSource {
+                parts: streams.clone(),
+            }),
+            _ => {
+                return Err(EmberError::NotSupported(
+                    "a query over several streams must join two of them (a stream-stream join)"
+                        .into(),
+                ));
+            }
+        };
         let memory = self.memory.then(|| {
             let name = self.name.clone().unwrap_or_else(|| "stream".into());
             let replace = self.mode == OutputMode::Complete;
@@ -347,6 +363,7 @@ impl DataStreamWriter {
         let runner = Runner {
             df: self.df.clone(),
             source: source.clone(),
+            streams,
             sink,
             checkpoint,
             trigger: self.trigger,
@@ -380,27 +397,31 @@ impl DataStreamWriter {
     }
 }
 
-/// The one stream source a plan reads.
-fn stream_source(plan: &LogicalPlan) -> Result<Arc<dyn Source>> {
-    let mut found = vec![];
+/// The stream sources a plan reads (two for a stream-stream join), one entry per
+/// source.
+fn stream_sources(plan: &LogicalPlan) -> Result<Vec<Arc<dyn Source>>> {
+    let mut found: Vec<Arc<dyn Source>> = vec![];
     plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
             && let Ok(provider) = source_as_provider(&scan.source)
             && let Some(table) = provider.downcast_ref::<StreamTable>()
+            && !found.iter().any(|s| same(s, &table.source))
         {
             found.push(table.source.clone());
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(EmberError::Config(
+    if found.is_empty() {
+        return Err(EmberError::Config(
             "write_stream() needs a streaming DataFrame (session.read_stream())".into(),
-        )),
-        _ => Err(EmberError::NotSupported(
-            "a query over several streams (stream-stream joins) is not available yet".into(),
-        )),
+        ));
     }
+    Ok(found)
+}
+
+/// Whether two handles are the same source.
+fn same(a: &Arc<dyn Source>, b: &Arc<dyn Source>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
 struct Shared {
@@ -436,6 +457,8 @@ struct Runner {
     df: DataFrame,
     query: QueryPlan,
     source: Arc<dyn Source>,
+    /// The streams read: one, or a join's two (whose offsets `source` combines).
+    streams: Vec<Arc<dyn Source>>,
     sink: Arc<dyn Sink>,
     checkpoint: Checkpoint,
     trigger: Trigger,
@@ -568,16 +591,17 @@ impl Runner {
         self.set_status("Processing new data", true, true);
         let add = Instant::now();
         let (num_input_rows, written, late, state_progress, next_watermark, lost) = async {
+            if let (Some((store, state)), Some(st)) = (&self.stateful, &self.query.stateful)
+                && let Operator::Join(_) = &st.op
+            {
+                return self.run_join(range, store, state, st).await;
+            }
             let lost_before = self.source.offsets_lost();
             let input = self.source.read(&range.start, &range.end).await?;
             let lost = self.source.offsets_lost() - lost_before;
             let num_input_rows: i64 = input.iter().map(|b| b.num_rows() as i64).sum();
-            let plan = swap_scan(&self.query.batch, is_stream, self.source.schema(), input)?;
-            let description = format!(
-                "streaming query {} batch {}",
-                self.shared.name.as_deref().unwrap_or(&self.shared.id),
-                range.batch_id
-            );
+            let plan = swap_scan(&self.query.batch, &is_stream, self.source.schema(), input)?;
+            let description = self.description(range.batch_id);
             let session = self.df.session();
             let mut output = session.collect_described(&plan, Some(&description)).await?;
             let mut late = 0;
@@ -607,8 +631,11 @@ impl Runner {
                         vec![rows]
                     }
                     Some((above, emitted)) => {
-                        let rows = RecordBatch::try_new(emitted.clone(), rows.columns().to_vec())?;
-                        let plan = swap_scan(above, is_emitted, emitted.clone(), vec![rows])?;
+                        let rows = vec![RecordBatch::try_new(
+                            emitted.clone(),
+                            rows.columns().to_vec(),
+                        )?];
+                        let plan = swap_scan(above, &is_emitted, emitted.clone(), rows)?;
                         schema = Arc::new(plan.schema().as_arrow().clone());
                         session.collect_described(&plan, Some(&description)).await?
                     }
@@ -696,6 +723,111 @@ impl Runner {
     }
 }
 
+impl Runner {
+    fn description(&self, batch: u64) -> String {
+        format!(
+            "streaming query {} batch {batch}",
+            self.shared.name.as_deref().unwrap_or(&self.shared.id)
+        )
+    }
+
+    /// A stream-stream join's batch: each side's plan over its stream's new rows, the
+    /// join with the kept rows, then the plan above the join and the sink.
+    async fn run_join(
+        &self,
+        range: &BatchRange,
+        store: &StateStore,
+        state: &Mutex<OpState>,
+        st: &StatefulPlan,
+    ) -> Result<(i64, usize, usize, StateProgress, Option<i64>, i64)> {
+        let Operator::Join(op) = &st.op else {
+            unreachable!("called for joins")
+        };
+        let session = self.df.session();
+        let description = self.description(range.batch_id);
+        let lost_before = self.source.offsets_lost();
+        let mut plans = [op.left.plan.clone(), op.right.plan.clone()];
+        let mut num_input_rows = 0;
+        for (i, stream) in self.streams.iter().enumerate() {
+            let input = stream
+                .read(
+                    &CombinedSource::part(&range.start, i),
+                    &CombinedSource::part(&range.end, i),
+                )
+                .await?;
+            num_input_rows += input.iter().map(|b| b.num_rows() as i64).sum::<i64>();
+            let this = |p: &dyn TableProvider| {
+                p.downcast_ref::<StreamTable>()
+                    .is_some_and(|t| same(&t.source, stream))
+            };
+            for plan in plans.iter_mut() {
+                *plan = swap_scan(plan, &this, stream.schema(), input.clone())?;
+            }
+        }
+        let lost = self.source.offsets_lost() - lost_before;
+        let left = session
+            .collect_described(&plans[0], Some(&description))
+            .await?;
+        let right = session
+            .collect_described(&plans[1], Some(&description))
+            .await?;
+        let (batch, progress) = {
+            let mut state = state.lock();
+            let OpState::Join(join_state) = &mut *state else {
+                unreachable!("state made for its operator")
+            };
+            let before = super::join::JoinOp::rows(join_state);
+            let (batch, changes) = op.process(
+                join_state,
+                range.batch_id,
+                &left,
+                &right,
+                range.watermark_ms,
+            )?;
+            let after = super::join::JoinOp::rows(join_state);
+            store.write(range.batch_id, changes, || op.entries(join_state))?;
+            (
+                batch,
+                StateProgress {
+                    rows_total: after,
+                    rows_updated: after.saturating_sub(before),
+                    rows_removed: before.saturating_sub(after),
+                },
+            )
+        };
+        let joined = session
+            .collect_described(&batch.plan, Some(&description))
+            .await?;
+        let (mut output, schema) = match &st.above {
+            None => (joined, st.output.clone()),
+            Some((above, emitted)) => {
+                let rows = joined
+                    .iter()
+                    .map(|b| RecordBatch::try_new(emitted.clone(), b.columns().to_vec()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let plan = swap_scan(above, &is_emitted, emitted.clone(), rows)?;
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                (
+                    session.collect_described(&plan, Some(&description)).await?,
+                    schema,
+                )
+            }
+        };
+        if output.is_empty() {
+            output.push(RecordBatch::new_empty(schema));
+        }
+        let written = self.sink.add_batch(range.batch_id, output).await?;
+        Ok((
+            num_input_rows,
+            written,
+            batch.late_rows,
+            progress,
+            batch.next_watermark,
+            lost,
+        ))
+    }
+}
+
 fn rate(rows: i64, over: Duration) -> f64 {
     let s = over.as_secs_f64();
     if s <= 0.0 {
@@ -717,7 +849,7 @@ fn is_emitted(provider: &dyn TableProvider) -> bool {
 /// output) replaced by these rows.
 fn swap_scan(
     plan: &LogicalPlan,
-    is_target: fn(&dyn TableProvider) -> bool,
+    is_target: &dyn Fn(&dyn TableProvider) -> bool,
     schema: arrow::datatypes::SchemaRef,
     input: Vec<RecordBatch>,
 ) -> Result<LogicalPlan> {

@@ -363,3 +363,83 @@ pub(crate) fn data_lost(topic: &str, partition: i32, from: i64, earliest: i64) -
         "data loss: {topic}-{partition} offsets {from}..{earliest} were deleted (retention) before this query read them; fail_on_data_loss(false) skips them"
     ))
 }
+
+/// The sources of a query over two streams (a stream-stream join), as one: each
+/// part's offsets are kept under its number (`0/topic`, `1/topic`).
+#[derive(Debug)]
+pub(crate) struct CombinedSource {
+    pub(crate) parts: Vec<Arc<dyn Source>>,
+}
+
+impl CombinedSource {
+    fn merge(parts: Vec<Offsets>) -> Offsets {
+        let mut all = Offsets::default();
+        for (i, o) in parts.into_iter().enumerate() {
+            for (t, p, offset) in o.iter() {
+                all.set(&format!("{i}/{t}"), p, offset);
+            }
+        }
+        all
+    }
+
+    /// Part `i`'s offsets.
+    pub(crate) fn part(all: &Offsets, i: usize) -> Offsets {
+        let prefix = format!("{i}/");
+        let mut o = Offsets::default();
+        for (t, p, offset) in all.iter() {
+            if let Some(topic) = t.strip_prefix(&prefix) {
+                o.set(topic, p, offset);
+            }
+        }
+        o
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for CombinedSource {
+    fn schema(&self) -> SchemaRef {
+        self.parts[0].schema()
+    }
+
+    async fn initial(&self) -> Result<Offsets> {
+        let mut parts = vec![];
+        for s in &self.parts {
+            parts.push(s.initial().await?);
+        }
+        Ok(Self::merge(parts))
+    }
+
+    async fn latest(&self, start: &Offsets) -> Result<Offsets> {
+        let mut parts = vec![];
+        for (i, s) in self.parts.iter().enumerate() {
+            parts.push(s.latest(&Self::part(start, i)).await?);
+        }
+        Ok(Self::merge(parts))
+    }
+
+    async fn available(&self) -> Result<Offsets> {
+        let mut parts = vec![];
+        for s in &self.parts {
+            parts.push(s.available().await?);
+        }
+        Ok(Self::merge(parts))
+    }
+
+    async fn read(&self, _start: &Offsets, _end: &Offsets) -> Result<Vec<RecordBatch>> {
+        Err(EmberError::Internal(
+            "the streams of a join are read one by one".into(),
+        ))
+    }
+
+    fn describe(&self) -> String {
+        self.parts
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+
+    fn offsets_lost(&self) -> i64 {
+        self.parts.iter().map(|s| s.offsets_lost()).sum()
+    }
+}

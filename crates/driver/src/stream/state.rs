@@ -28,6 +28,9 @@ pub type Entries = HashMap<Box<[u8]>, Vec<u8>>;
 /// One key's change in a batch: a new value, or removed.
 pub type Change = (Box<[u8]>, Option<Vec<u8>>);
 
+/// Every key and value of a state, for a snapshot.
+pub type Snapshot = Vec<(Box<[u8]>, Vec<u8>)>;
+
 pub struct StateStore {
     dir: PathBuf,
     partitions: usize,
@@ -128,12 +131,12 @@ impl StateStore {
         &self,
         version: u64,
         changes: Vec<Change>,
-        all: impl FnOnce() -> Vec<(Box<[u8]>, Vec<u8>)>,
+        all: impl FnOnce() -> Result<Snapshot>,
     ) -> Result<()> {
         let snapshot = version.is_multiple_of(self.snapshot_every);
         let mut parts: Vec<Vec<Change>> = vec![vec![]; self.partitions];
         if snapshot {
-            for (k, v) in all() {
+            for (k, v) in all()? {
                 parts[partition_of(&k, self.partitions)].push((k, Some(v)));
             }
         } else {
@@ -243,7 +246,7 @@ mod tests {
             }
             let all = state.clone();
             store
-                .write(v, changes, || all.into_iter().collect())
+                .write(v, changes, || Ok(all.into_iter().collect()))
                 .unwrap();
             assert_eq!(store.load(v).unwrap(), state, "version {v}");
         }

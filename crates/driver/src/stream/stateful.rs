@@ -48,7 +48,7 @@ use ember_core::event_time::{
 use ember_core::{EmberError, Result};
 
 use super::query::OutputMode;
-use super::state::{Change, Entries};
+use super::state::{Change, Entries, Snapshot};
 use crate::dataframe::DataFrame;
 
 impl DataFrame {
@@ -98,6 +98,49 @@ pub struct StatefulPlan {
 pub enum Operator {
     Aggregate(AggregateOp),
     Dedup(DedupOp),
+    Join(Box<super::join::JoinOp>),
+}
+
+/// Whether a plan reads a stream.
+fn reads_stream(plan: &LogicalPlan) -> bool {
+    plan.exists(|n| {
+        Ok(matches!(n, LogicalPlan::TableScan(scan)
+            if datafusion::datasource::source_as_provider(&scan.source)
+                .is_ok_and(|p| p.downcast_ref::<super::StreamTable>().is_some())))
+    })
+    .unwrap_or(false)
+}
+
+/// A join of two streams (a stream-static join is stateless).
+fn is_stream_join(node: &LogicalPlan) -> bool {
+    matches!(node, LogicalPlan::Join(j) if reads_stream(&j.left) && reads_stream(&j.right))
+}
+
+/// The watermark each side of a stream-stream join declares.
+fn join_watermarks(plan: &LogicalPlan) -> Result<Option<(Watermark, Watermark)>> {
+    let mut found = None;
+    plan.apply(|n| {
+        if let LogicalPlan::Join(j) = n
+            && is_stream_join(n)
+        {
+            found = Some((j.left.clone(), j.right.clone()));
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let Some((left, right)) = found else {
+        return Ok(None);
+    };
+    let one = |side: &LogicalPlan, which: &str| -> Result<Watermark> {
+        let (_, mut marks) = take_watermarks(side)?;
+        match (marks.pop(), marks.is_empty()) {
+            (Some(w), true) => Ok(w),
+            _ => Err(EmberError::Config(format!(
+                "a stream-stream join needs one with_watermark on its {which} side"
+            ))),
+        }
+    };
+    Ok(Some((one(&left, "left")?, one(&right, "right")?)))
 }
 
 /// Where the operator's rows enter the plan above it; each batch swaps in its rows.
@@ -208,16 +251,22 @@ fn take_watermarks(plan: &LogicalPlan) -> Result<(LogicalPlan, Vec<Watermark>)> 
 /// Cuts a streaming query's plan at its stateful operator and checks that the output
 /// mode suits it (Spark's rules).
 pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
+    let join_marks = join_watermarks(plan)?;
     let (plan, mut marks) = take_watermarks(plan)?;
-    if marks.len() > 1 {
+    if join_marks.is_none() && marks.len() > 1 {
         return Err(refuse("a streaming query takes one with_watermark"));
     }
-    let watermark = marks.pop();
+    let watermark = if join_marks.is_some() {
+        None
+    } else {
+        marks.pop()
+    };
     let mut stateful_nodes = 0;
     let mut sorts = 0;
     plan.apply(|node| {
         match node {
             LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => stateful_nodes += 1,
+            n if is_stream_join(n) => stateful_nodes += 1,
             LogicalPlan::Sort(_) => sorts += 1,
             LogicalPlan::Window(_) => {
                 return Err(DataFusionError::NotImplemented(
@@ -230,7 +279,7 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
     })?;
     if stateful_nodes > 1 {
         return Err(refuse(
-            "a streaming query takes one aggregation or deduplication; run further steps in foreach_batch",
+            "a streaming query takes one aggregation, deduplication or stream-stream join; run further steps in foreach_batch",
         ));
     }
     if stateful_nodes == 0 {
@@ -257,7 +306,9 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
     let above = plan
         .clone()
         .transform_down(|n| {
-            if matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)) {
+            if matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))
+                || is_stream_join(&n)
+            {
                 sort_below = n.exists(|c| Ok(matches!(c, LogicalPlan::Sort(_))))?;
                 let (placeholder, schema) = emitted_scan(&n)?;
                 emitted_schema = Some(schema);
@@ -273,8 +324,9 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
             "sorting a stream needs an aggregation and Complete output mode, and must come after the aggregation",
         ));
     }
-    let above = (!matches!(plan, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)))
-        .then(|| (above, emitted_schema.expect("with the node")));
+    let top = matches!(plan, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))
+        || is_stream_join(&plan);
+    let above = (!top).then(|| (above, emitted_schema.expect("with the node")));
     let output: SchemaRef = Arc::new(node.schema().as_arrow().clone());
     let (batch, op, event_time) = match &node {
         LogicalPlan::Aggregate(agg) => {
@@ -298,6 +350,16 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
             }
             let (batch, op, event_time) = DedupOp::plan(distinct, watermark.as_ref())?;
             (batch, Operator::Dedup(op), event_time)
+        }
+        LogicalPlan::Join(join) => {
+            if mode != OutputMode::Append {
+                return Err(EmberError::Config(
+                    "a stream-stream join emits each match once: use Append output mode".into(),
+                ));
+            }
+            let (left, right) = join_marks.clone().expect("found with the join");
+            let op = super::join::JoinOp::plan(join, &node, left, right)?;
+            (plan.clone(), Operator::Join(Box::new(op)), false)
         }
         _ => unreachable!("a stateful node"),
     };
@@ -658,6 +720,7 @@ pub(crate) enum OpState {
         /// Key → its event time (`i64::MAX` without a watermark).
         seen: HashMap<Box<[u8]>, i64>,
     },
+    Join(super::join::JoinState),
 }
 
 /// What one batch did to the state.
@@ -690,11 +753,15 @@ impl StatefulPlan {
             Operator::Dedup(_) => OpState::Dedup {
                 seen: HashMap::new(),
             },
+            Operator::Join(_) => OpState::Join(Default::default()),
         }
     }
 
     /// The state from the store's entries.
     pub fn load(&self, entries: Entries) -> Result<OpState> {
+        if let Operator::Join(op) = &self.op {
+            return Ok(OpState::Join(op.load(entries)?));
+        }
         let mut state = self.empty_state();
         match (&self.op, &mut state) {
             (Operator::Aggregate(op), OpState::Aggregate { groups, sessions }) => {
@@ -727,8 +794,8 @@ impl StatefulPlan {
     }
 
     /// Every entry, for a snapshot.
-    pub fn entries(&self, state: &OpState) -> Vec<(Box<[u8]>, Vec<u8>)> {
-        match state {
+    pub fn entries(&self, state: &OpState) -> Result<Snapshot> {
+        Ok(match state {
             OpState::Aggregate { groups, .. } => groups
                 .iter()
                 .map(|(k, p)| (k.clone(), p.encode()))
@@ -737,7 +804,11 @@ impl StatefulPlan {
                 .iter()
                 .map(|(k, t)| (k.clone(), t.to_le_bytes().to_vec()))
                 .collect(),
-        }
+            OpState::Join(state) => match &self.op {
+                Operator::Join(op) => op.entries(state)?,
+                _ => unreachable!("state made for its operator"),
+            },
+        })
     }
 
     /// Folds a batch's rows (the batch plan's output) into the state, then emits per

@@ -1242,3 +1242,138 @@ async fn a_directory_of_files_streams_its_new_files_once() {
         505
     );
 }
+
+/// `(key, event time in seconds)` rows of a schema `{name} STRING, {time} TIMESTAMP`.
+fn events(key: &str, time: &str, rows: &[(&str, i64)]) -> arrow::record_batch::RecordBatch {
+    use arrow::array::{StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    arrow::record_batch::RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new(key, DataType::Utf8, false),
+            Field::new(
+                time,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|r| r.1 * 1000),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn two_streams_join_within_a_time_bound_and_forget_what_cannot_match() {
+    use ember_driver::JoinType;
+    use ember_driver::functions::{col, lit};
+    let dir = tempfile::tempdir().unwrap();
+    let impressions = ember_driver::stream::MemoryStream::new(events("ad", "it", &[]).schema());
+    let clicks = ember_driver::stream::MemoryStream::new(events("ad", "ct", &[]).schema());
+    let session = Session::builder().master("local[1]").build().unwrap();
+    let i = session
+        .read_stream()
+        .source(impressions.clone())
+        .unwrap()
+        .with_watermark("it", "10 seconds")
+        .unwrap()
+        .alias("i")
+        .unwrap();
+    let c = session
+        .read_stream()
+        .source(clicks.clone())
+        .unwrap()
+        .with_watermark("ct", "10 seconds")
+        .unwrap()
+        .alias("c")
+        .unwrap();
+    // A click matches an impression of its ad within 20 seconds after it.
+    let twenty = lit(datafusion::common::ScalarValue::new_interval_mdn(
+        0,
+        0,
+        20_000_000_000,
+    ));
+    let start = || {
+        i.join_on(
+            &c,
+            vec![
+                col("i.ad").eq(col("c.ad")),
+                col("c.ct").between(col("i.it"), col("i.it") + twenty.clone()),
+            ],
+            JoinType::Inner,
+        )
+        .unwrap()
+        .select_expr(&[
+            "i.ad || ' ' || CAST(CAST(i.it AS BIGINT) / 1000 AS VARCHAR) || '-' || CAST(CAST(c.ct AS BIGINT) / 1000 AS VARCHAR) AS m",
+        ])
+        .unwrap()
+        .write_stream()
+        .query_name("matches")
+        .memory()
+        .checkpoint(dir.path().join("cp"))
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(10)))
+        .start()
+    };
+    let q = start().await.unwrap();
+    let step = |imp: &[(&str, i64)], clk: &[(&str, i64)]| {
+        if !imp.is_empty() {
+            impressions.add_data(events("ad", "it", imp)).unwrap();
+        }
+        if !clk.is_empty() {
+            clicks.add_data(events("ad", "ct", clk)).unwrap();
+        }
+    };
+    step(&[("a", 0), ("b", 5)], &[]);
+    q.process_all_available().await.unwrap();
+    // b's click comes 25 s after its impression: too late to match.
+    step(&[], &[("a", 10), ("b", 30)]);
+    q.process_all_available().await.unwrap();
+    assert_eq!(
+        lines(&session, "SELECT m FROM matches").await,
+        vec!["a 0-10"]
+    );
+    // A restart: the kept impressions come back from the checkpoint's state.
+    q.stop().await.unwrap();
+    let q = start().await.unwrap();
+    step(&[("c", 40)], &[("c", 45), ("a", 15)]);
+    q.process_all_available().await.unwrap();
+    // The watermark is now min(40, 45) - 10 = 30: impressions before 10 s and clicks
+    // before 30 s can match nothing more and are gone; a click at 25 s is late.
+    let kept = q.last_progress().unwrap().state.rows_total;
+    step(&[], &[("a", 25)]);
+    q.process_all_available().await.unwrap();
+    assert_eq!(
+        lines(&session, "SELECT m FROM matches").await,
+        vec!["a 0-15", "c 40-45"],
+        "the restarted query's table"
+    );
+    assert_eq!(kept, 3, "c@40 on the left, b@30 and c@45 on the right");
+    let late: usize = q
+        .recent_progress()
+        .iter()
+        .map(|p| p.late_rows_dropped)
+        .sum();
+    assert_eq!(late, 1);
+    q.stop().await.unwrap();
+    // Append only, and the sides need their watermarks.
+    let err = session
+        .read_stream()
+        .source(impressions.clone())
+        .unwrap()
+        .alias("i")
+        .unwrap()
+        .join_on(&c, vec![col("i.ad").eq(col("c.ad"))], JoinType::Inner)
+        .unwrap()
+        .write_stream()
+        .memory()
+        .checkpoint(dir.path().join("cp2"))
+        .start()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("with_watermark on its left side"), "{err}");
+}
