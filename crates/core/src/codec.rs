@@ -318,6 +318,19 @@ impl PhysicalExtensionCodec for EmberCodec {
                     replace_children_if_necessary(node, inputs.to_vec())
                 }
             }
+            Some(Node::KafkaScan(k)) => Ok(Arc::new(crate::kafka_scan::KafkaScanExec::new(
+                k.bootstrap,
+                k.ranges
+                    .into_iter()
+                    .map(|r| crate::kafka_scan::KafkaRange {
+                        topic: r.topic,
+                        partition: r.partition,
+                        from: r.from,
+                        to: r.to,
+                    })
+                    .collect(),
+                k.fail_on_data_loss,
+            ))),
             None => Err(decode_err("ember plan node", "empty node")),
         }
     }
@@ -353,6 +366,21 @@ impl PhysicalExtensionCodec for EmberCodec {
                         locations: p.iter().map(location_to_proto).collect(),
                     })
                     .collect(),
+            })
+        } else if let Some(k) = node.downcast_ref::<crate::kafka_scan::KafkaScanExec>() {
+            Node::KafkaScan(proto::KafkaScanNode {
+                bootstrap: k.bootstrap.clone(),
+                ranges: k
+                    .ranges
+                    .iter()
+                    .map(|r| proto::KafkaRangeProto {
+                        topic: r.topic.clone(),
+                        partition: r.partition,
+                        from: r.from,
+                        to: r.to,
+                    })
+                    .collect(),
+                fail_on_data_loss: k.fail_on_data_loss,
             })
         } else if let Some(m) = node.downcast_ref::<MapBatchesExec>() {
             Node::MapBatches(proto::MapBatchesNode {

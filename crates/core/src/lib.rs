@@ -24,6 +24,7 @@ pub mod convert;
 pub mod error;
 pub mod event_time;
 pub mod json;
+pub mod kafka_scan;
 pub mod metrics;
 pub mod proto;
 pub mod rpc;

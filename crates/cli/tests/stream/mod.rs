@@ -472,3 +472,77 @@ fn the_kafka_source_reads_librdkafkas_mock_cluster_exactly_once_across_restarts(
         assert_eq!(counts, vec![500, 500, 500], "every record exactly once");
     });
 }
+
+#[test]
+fn on_a_cluster_the_executors_read_the_kafka_ranges_themselves() {
+    use super::broker::{bootstrap, kcat_produce, start_broker};
+    use super::cluster::start_executors;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(
+        &dir.path().join("data"),
+        super::free_port(),
+        &["--default-partitions", "3"],
+    );
+    let lines: String = (0..300).map(|i| format!("k{}:v{i}\n", i % 10)).collect();
+    kcat_produce(&broker, "wide", &lines);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let driver = {
+        let _guard = rt.enter();
+        ember_driver::Session::builder()
+            .master("driver://127.0.0.1:0")
+            .ui("127.0.0.1:0")
+            .build()
+            .unwrap()
+    };
+    let address = driver.driver_address().unwrap().to_string();
+    let ui = driver.ui_address().unwrap();
+    let _executors = start_executors(&address, &dir.path().join("work"), 2);
+    let started = Instant::now();
+    while driver.cluster_slots() != Some(2) {
+        assert!(started.elapsed() < Duration::from_secs(30), "executors");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .arg("stream")
+        .arg("--from")
+        .arg(format!("kafka:{}:wide", bootstrap(&broker)))
+        .args([
+            "--sql",
+            "SELECT CAST(value AS VARCHAR) AS v FROM events",
+            "--to",
+        ])
+        .arg(format!("parquet:{}", dir.path().join("out").display()))
+        .arg("--checkpoint")
+        .arg(dir.path().join("cp"))
+        .args(["--no-ui", "--master"])
+        .arg(format!("ember://{}", address.split("://").nth(1).unwrap()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("batch 0: 300 rows in, 300 rows out"));
+    // The driver ran a stage that scans the three partition ranges, on the executors.
+    let stages = super::ui::get_json(ui, "/api/v1/stages");
+    let scan = stages
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| {
+            let detail =
+                super::ui::get_json(ui, &format!("/api/v1/stages/{}/{}", s["job"], s["id"]));
+            detail["plan"]
+                .as_str()
+                .unwrap()
+                .contains("KafkaScanExec: 3 ranges")
+                .then_some(detail)
+        })
+        .expect("a stage reads the Kafka ranges");
+    let tasks = scan["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3, "one task per partition range");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["executor"].as_str().unwrap().starts_with("exec-")),
+        "{tasks:?}"
+    );
+    drop(driver);
+}

@@ -27,7 +27,7 @@ pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-fn get_json(addr: SocketAddr, path: &str) -> Value {
+pub(crate) fn get_json(addr: SocketAddr, path: &str) -> Value {
     let (status, body) = get(addr, path);
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))

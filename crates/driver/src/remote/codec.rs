@@ -24,6 +24,7 @@ use crate::map_batches::MapBatchesNode;
 
 const TAG_MAP_BATCHES: u8 = 1;
 const TAG_MEM_TABLE: u8 = 2;
+const TAG_KAFKA_RANGES: u8 = 3;
 
 /// A user function's calls in a plan: argument types and return type of each.
 type CallTypes = BTreeSet<(Vec<DataType>, DataType)>;
@@ -173,6 +174,12 @@ impl LogicalExtensionCodec for EmberLogicalCodec {
         _ctx: &TaskContext,
     ) -> DFResult<Arc<dyn TableProvider>> {
         let (tag, rest) = buf.split_first().ok_or_else(|| bad("an empty table"))?;
+        if *tag == TAG_KAFKA_RANGES {
+            return Ok(Arc::new(
+                crate::stream::KafkaRangeTable::decode(rest)
+                    .ok_or_else(|| bad("a Kafka source's offset ranges"))?,
+            ));
+        }
         if *tag != TAG_MEM_TABLE {
             return Err(bad(&format!("table tag {tag}")));
         }
@@ -189,6 +196,11 @@ impl LogicalExtensionCodec for EmberLogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> DFResult<()> {
+        if let Some(kafka) = node.downcast_ref::<crate::stream::KafkaRangeTable>() {
+            buf.push(TAG_KAFKA_RANGES);
+            buf.extend_from_slice(&kafka.encode());
+            return Ok(());
+        }
         let Some(mem) = node.downcast_ref::<MemTable>() else {
             return Err(DataFusionError::NotImplemented(format!(
                 "table {table_ref} ({:?}) cannot be sent to a driver; register files (Parquet, CSV, JSON) instead",

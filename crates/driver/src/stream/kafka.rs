@@ -346,4 +346,124 @@ impl Source for KafkaSource {
     fn offsets_lost(&self) -> i64 {
         self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    fn scan_table(
+        &self,
+        start: &Offsets,
+        end: &Offsets,
+    ) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
+        let ranges = end
+            .iter()
+            .filter_map(|(t, p, to)| {
+                let from = start.get(t, p).unwrap_or(to);
+                (from < to).then(|| ember_core::kafka_scan::KafkaRange {
+                    topic: t.to_string(),
+                    partition: p,
+                    from,
+                    to,
+                })
+            })
+            .collect();
+        Some(Arc::new(KafkaRangeTable {
+            bootstrap: self.connection.bootstrap.clone(),
+            ranges,
+            fail_on_data_loss: self.fail_on_data_loss,
+        }))
+    }
+}
+
+/// A batch's offset ranges of a Kafka source as a table: its scan is a
+/// [`KafkaScanExec`](ember_core::kafka_scan::KafkaScanExec), one task per partition
+/// range, which reads the broker wherever it runs (an executor, in a cluster).
+#[derive(Debug, Clone)]
+pub struct KafkaRangeTable {
+    pub bootstrap: Vec<String>,
+    pub ranges: Vec<ember_core::kafka_scan::KafkaRange>,
+    pub fail_on_data_loss: bool,
+}
+
+#[async_trait::async_trait]
+impl datafusion::catalog::TableProvider for KafkaRangeTable {
+    fn schema(&self) -> SchemaRef {
+        kafka_schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[datafusion::logical_expr::Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::physical_plan::projection::ProjectionExec;
+        let scan: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
+            Arc::new(ember_core::kafka_scan::KafkaScanExec::new(
+                self.bootstrap.clone(),
+                self.ranges.clone(),
+                self.fail_on_data_loss,
+            ));
+        let Some(projection) = projection else {
+            return Ok(scan);
+        };
+        let schema = kafka_schema();
+        let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = projection
+            .iter()
+            .map(|i| {
+                let name = schema.field(*i).name().clone();
+                (
+                    Arc::new(datafusion::physical_expr::expressions::Column::new(
+                        &name, *i,
+                    )) as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+                    name,
+                )
+            })
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
+    }
+}
+
+impl KafkaRangeTable {
+    /// As bytes, for a plan sent to a driver.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let ranges: Vec<serde_json::Value> = self
+            .ranges
+            .iter()
+            .map(|r| serde_json::json!([r.topic, r.partition, r.from, r.to]))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "bootstrap": self.bootstrap,
+            "ranges": ranges,
+            "fail_on_data_loss": self.fail_on_data_loss,
+        }))
+        .expect("serializable")
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<KafkaRangeTable> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let ranges = v["ranges"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                Some(ember_core::kafka_scan::KafkaRange {
+                    topic: r[0].as_str()?.to_string(),
+                    partition: r[1].as_i64()? as i32,
+                    from: r[2].as_i64()?,
+                    to: r[3].as_i64()?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(KafkaRangeTable {
+            bootstrap: v["bootstrap"]
+                .as_array()?
+                .iter()
+                .map(|b| b.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()?,
+            ranges,
+            fail_on_data_loss: v["fail_on_data_loss"].as_bool()?,
+        })
+    }
 }

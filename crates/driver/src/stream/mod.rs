@@ -43,7 +43,7 @@ use ember_log::Log;
 
 pub use files::{FileKind, FileSource};
 pub use influx::{InfluxConfig, InfluxSink, InfluxWriter};
-pub use kafka::KafkaSource;
+pub use kafka::{KafkaRangeTable, KafkaSource};
 pub use log_sink::{KafkaSink, LogSink};
 pub use memory::MemoryStream;
 pub use query::{

@@ -597,10 +597,10 @@ impl Runner {
                 return self.run_join(range, store, state, st).await;
             }
             let lost_before = self.source.offsets_lost();
-            let input = self.source.read(&range.start, &range.end).await?;
+            let (table, num_input_rows) =
+                batch_table(&self.source, &range.start, &range.end).await?;
             let lost = self.source.offsets_lost() - lost_before;
-            let num_input_rows: i64 = input.iter().map(|b| b.num_rows() as i64).sum();
-            let plan = swap_scan(&self.query.batch, &is_stream, self.source.schema(), input)?;
+            let plan = swap_provider(&self.query.batch, &is_stream, table)?;
             let description = self.description(range.batch_id);
             let session = self.df.session();
             let mut output = session.collect_described(&plan, Some(&description)).await?;
@@ -749,19 +749,19 @@ impl Runner {
         let mut plans = [op.left.plan.clone(), op.right.plan.clone()];
         let mut num_input_rows = 0;
         for (i, stream) in self.streams.iter().enumerate() {
-            let input = stream
-                .read(
-                    &CombinedSource::part(&range.start, i),
-                    &CombinedSource::part(&range.end, i),
-                )
-                .await?;
-            num_input_rows += input.iter().map(|b| b.num_rows() as i64).sum::<i64>();
+            let (table, rows) = batch_table(
+                stream,
+                &CombinedSource::part(&range.start, i),
+                &CombinedSource::part(&range.end, i),
+            )
+            .await?;
+            num_input_rows += rows;
             let this = |p: &dyn TableProvider| {
                 p.downcast_ref::<StreamTable>()
                     .is_some_and(|t| same(&t.source, stream))
             };
             for plan in plans.iter_mut() {
-                *plan = swap_scan(plan, &this, stream.schema(), input.clone())?;
+                *plan = swap_provider(plan, &this, table.clone())?;
             }
         }
         let lost = self.source.offsets_lost() - lost_before;
@@ -845,6 +845,25 @@ fn is_emitted(provider: &dyn TableProvider) -> bool {
     provider.downcast_ref::<Emitted>().is_some()
 }
 
+/// What a batch's plan scans instead of the stream: a table that reads the range in
+/// the tasks (a Kafka source), or the rows the source read here; and the rows in the
+/// range (counted from the offsets when the tasks read them).
+async fn batch_table(
+    source: &Arc<dyn Source>,
+    start: &Offsets,
+    end: &Offsets,
+) -> Result<(Arc<dyn TableProvider>, i64)> {
+    if let Some(table) = source.scan_table(start, end) {
+        return Ok((table, start.rows_until(end)));
+    }
+    let input = source.read(start, end).await?;
+    let rows = input.iter().map(|b| b.num_rows() as i64).sum();
+    Ok((
+        Arc::new(MemTable::try_new(source.schema(), vec![input])?),
+        rows,
+    ))
+}
+
 /// `plan` with the scan `is_target` picks (the stream, or a stateful operator's
 /// output) replaced by these rows.
 fn swap_scan(
@@ -853,7 +872,19 @@ fn swap_scan(
     schema: arrow::datatypes::SchemaRef,
     input: Vec<RecordBatch>,
 ) -> Result<LogicalPlan> {
-    let table = Arc::new(MemTable::try_new(schema, vec![input])?);
+    swap_provider(
+        plan,
+        is_target,
+        Arc::new(MemTable::try_new(schema, vec![input])?),
+    )
+}
+
+/// `plan` with the scan `is_target` picks reading `table` instead.
+fn swap_provider(
+    plan: &LogicalPlan,
+    is_target: &dyn Fn(&dyn TableProvider) -> bool,
+    table: Arc<dyn TableProvider>,
+) -> Result<LogicalPlan> {
     let rewritten = plan.clone().transform_up_with_subqueries(|node| {
         if let LogicalPlan::TableScan(mut scan) = node {
             let target = source_as_provider(&scan.source).is_ok_and(|p| is_target(p.as_ref()));

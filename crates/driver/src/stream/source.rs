@@ -4,11 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
-    TimestampMillisecondBuilder,
-};
-use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use ember_core::{EmberError, Result};
 use ember_log::{ConsumerRecord, Log};
@@ -87,87 +83,36 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn offsets_lost(&self) -> i64 {
         0
     }
+    /// A table whose scan reads `[start, end)` in the tasks themselves (one task per
+    /// partition range), instead of [`read`](Self::read) in the driver; none when the
+    /// source cannot (the embedded log lives in the driver's process).
+    fn scan_table(
+        &self,
+        _start: &Offsets,
+        _end: &Offsets,
+    ) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
+        None
+    }
 }
 
-/// The columns of a record from a Kafka-like log, as Spark names them.
-pub fn kafka_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("key", DataType::Binary, true),
-        Field::new("value", DataType::Binary, true),
-        Field::new("topic", DataType::Utf8, false),
-        Field::new("partition", DataType::Int32, false),
-        Field::new("offset", DataType::Int64, false),
-        Field::new(
-            "timestamp",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new("timestamp_type", DataType::Int32, false),
-        Field::new("headers", headers_type(), false),
-    ]))
-}
-
-/// `headers`: each record's list of `{key, value}`.
-fn header_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("key", DataType::Utf8, false),
-        Field::new("value", DataType::Binary, true),
-    ])
-}
-
-fn headers_type() -> DataType {
-    DataType::List(Arc::new(Field::new(
-        "item",
-        DataType::Struct(header_fields()),
-        true,
-    )))
-}
+pub use ember_core::kafka_scan::kafka_schema;
 
 /// Records as a batch of [`kafka_schema`].
 pub fn records_to_batch(records: &[ConsumerRecord]) -> Result<RecordBatch> {
-    let mut key = BinaryBuilder::new();
-    let mut value = BinaryBuilder::new();
-    let mut topic = StringBuilder::new();
-    let mut partition = Int32Builder::new();
-    let mut offset = Int64Builder::new();
-    let mut timestamp = TimestampMillisecondBuilder::new();
-    let mut timestamp_type = Int32Builder::new();
-    let mut headers = ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(
-        Arc::new(Field::new("item", DataType::Struct(header_fields()), true)),
-    );
+    let mut rows = ember_core::kafka_scan::KafkaRows::default();
     for r in records {
-        let entries = headers.values();
-        for (k, v) in &r.headers {
-            entries
-                .field_builder::<StringBuilder>(0)
-                .expect("a string field")
-                .append_value(k);
-            entries
-                .field_builder::<BinaryBuilder>(1)
-                .expect("a binary field")
-                .append_option(v.as_deref());
-            entries.append(true);
-        }
-        headers.append(true);
-        key.append_option(r.key.as_deref());
-        value.append_option(r.value.as_deref());
-        topic.append_value(&r.topic);
-        partition.append_value(r.partition);
-        offset.append_value(r.offset);
-        timestamp.append_value(r.timestamp);
-        timestamp_type.append_value(i32::from(r.log_append_time));
+        rows.push(ember_core::kafka_scan::KafkaRecord {
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            topic: &r.topic,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp,
+            log_append_time: r.log_append_time,
+            headers: r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+        });
     }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(key.finish()),
-        Arc::new(value.finish()),
-        Arc::new(topic.finish()),
-        Arc::new(partition.finish()),
-        Arc::new(offset.finish()),
-        Arc::new(timestamp.finish()),
-        Arc::new(timestamp_type.finish()),
-        Arc::new(headers.finish()),
-    ];
-    Ok(RecordBatch::try_new(kafka_schema(), columns)?)
+    Ok(rows.finish()?)
 }
 
 /// The embedded log as a source.
