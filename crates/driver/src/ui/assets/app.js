@@ -163,7 +163,7 @@
       td(esc(arr(s.parents).join(', ') || DASH)) + td(bar(s.tasks_done, s.tasks_running, s.tasks_failed, s.tasks_total)) + '</tr>');
     return title(`${link('jobs', 'Jobs')} › Job ${esc(j.id)} ${badge(j.status)}`) +
       kv([
-        ['Description', `<span class="wrap">${esc(j.description)}</span>`],
+        ['Description', `<div class="wrap clip">${esc(j.description)}</div>`],
         ['Submitted', timeHtml(j.submitted_ms)],
         ['Completed', timeHtml(j.completed_ms)],
         ['Duration', fmtDur(liveDur(j))],
