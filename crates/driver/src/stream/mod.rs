@@ -9,7 +9,8 @@
 //!
 //! A streaming DataFrame is an ordinary one whose plan scans a [`StreamTable`]; every
 //! stateless operator and SQL over it works, joins with static tables included. Each
-//! batch replaces that scan with the batch's rows and runs the plan as a job.
+//! batch replaces that scan with the batch's rows, or for a Kafka source with a scan of
+//! its offset ranges that the tasks read themselves, and runs the plan as a job.
 //! One aggregation (`group_by(..).agg(..)` or SQL `GROUP BY`, by keys and by an
 //! event-time `window`/`session_window`) or one deduplication per query keeps state
 //! across batches, with `with_watermark` (see `stateful.rs`, and `state.rs` for the
