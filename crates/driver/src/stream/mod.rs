@@ -27,6 +27,7 @@ mod log_sink;
 mod memory;
 mod query;
 mod rate;
+mod runner;
 mod sink;
 mod source;
 mod state;

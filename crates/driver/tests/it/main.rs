@@ -2,4 +2,5 @@
 mod dataframe;
 mod engine;
 mod stream;
+mod stream_state;
 mod tpch;

@@ -1,0 +1,503 @@
+//! A streaming query's micro-batch loop: plan a batch's ranges, write them ahead,
+//! run the batch (stateless, stateful or a stream-stream join), hand its rows to the
+//! sink, commit, report progress.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::{MemTable, TableProvider};
+use datafusion::common::tree_node::Transformed;
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::logical_expr::LogicalPlan;
+use ember_core::{EmberError, Result};
+use parking_lot::Mutex;
+
+use super::StreamTable;
+use super::checkpoint::{BatchRange, Checkpoint};
+use super::query::{
+    Durations, OutputMode, Progress, SinkProgress, SourceProgress, StateProgress, Status, Trigger,
+    same,
+};
+use super::sink::Sink;
+use super::source::{CombinedSource, Offsets, Source};
+use super::state::StateStore;
+use super::stateful::{Emitted, OpState, Operator, QueryPlan, StatefulPlan};
+use crate::dataframe::DataFrame;
+
+pub(super) struct Shared {
+    pub(super) id: String,
+    pub(super) run_id: String,
+    pub(super) name: Option<String>,
+    pub(super) progress: Mutex<VecDeque<Progress>>,
+    pub(super) status: Mutex<Status>,
+    pub(super) stop: AtomicBool,
+    /// The end offsets of the last committed batch.
+    pub(super) committed: Mutex<Option<Offsets>>,
+    /// The micro-batch loop has ended.
+    pub(super) finished: AtomicBool,
+}
+
+impl crate::ui::StreamView for Shared {
+    fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "run_id": self.run_id,
+            "name": self.name,
+            "active": !self.finished.load(Ordering::Acquire),
+            "status": *self.status.lock(),
+            "recent_progress": *self.progress.lock(),
+        })
+    }
+}
+
+/// Progress reports kept for `recent_progress`.
+pub(super) const RECENT: usize = 100;
+
+pub(super) struct Runner {
+    pub(super) df: DataFrame,
+    pub(super) query: QueryPlan,
+    pub(super) source: Arc<dyn Source>,
+    /// The streams read: one, or a join's two (whose offsets `source` combines).
+    pub(super) streams: Vec<Arc<dyn Source>>,
+    pub(super) sink: Arc<dyn Sink>,
+    pub(super) checkpoint: Checkpoint,
+    pub(super) trigger: Trigger,
+    pub(super) shared: Arc<Shared>,
+    pub(super) mode: OutputMode,
+    /// The stateful operator's store and state, if the query has one.
+    pub(super) stateful: Option<(StateStore, Mutex<OpState>)>,
+    /// The watermark the next batch uses.
+    pub(super) watermark: Mutex<Option<i64>>,
+    pub(super) progress_to: Option<Arc<super::InfluxWriter>>,
+}
+
+/// Partitions of a stateful operator's state, and how often a version is a snapshot.
+pub(super) const STATE_PARTITIONS: usize = 4;
+pub(super) const SNAPSHOT_EVERY: u64 = 10;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Runner {
+    fn set_status(&self, message: &str, active: bool, available: bool) {
+        *self.shared.status.lock() = Status {
+            message: message.into(),
+            is_trigger_active: active,
+            is_data_available: available,
+        };
+    }
+
+    pub(super) async fn run(self) -> Result<()> {
+        let last = self.checkpoint.last()?;
+        // The state after the last committed batch.
+        let committed_batch = match &last {
+            Some((range, Some(commit))) => {
+                *self.watermark.lock() = commit.next_watermark_ms;
+                Some(range.batch_id)
+            }
+            Some((range, None)) => range.batch_id.checked_sub(1),
+            None => None,
+        };
+        if let (Some((store, state)), Some(batch), Some(plan)) =
+            (&self.stateful, committed_batch, &self.query.stateful)
+        {
+            *state.lock() = plan.load(store.load(batch)?)?;
+        }
+        let (mut next_id, mut start) = match last {
+            None => (0, self.source.initial().await?),
+            Some((range, Some(_))) => (range.batch_id + 1, range.end),
+            Some((range, None)) => {
+                // Planned but not committed when the last run stopped: the same ranges
+                // and watermark again, so the sink sees exactly that batch.
+                tracing::info!(batch = range.batch_id, "re-running an uncommitted batch");
+                self.run_batch(&range, Instant::now(), Duration::ZERO, 0, 0)
+                    .await?;
+                (range.batch_id + 1, range.end)
+            }
+        };
+        *self.shared.committed.lock() = Some(start.clone());
+        // AvailableNow reads what is there now, and no further.
+        let target = match self.trigger {
+            Trigger::AvailableNow => Some(self.source.available().await?),
+            _ => None,
+        };
+        let mut last_trigger = Instant::now();
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let started = Instant::now();
+            let mut end = self.source.latest(&start).await?;
+            if let Some(target) = &target {
+                end = end.capped_at(target);
+            }
+            let latest_ms = started.elapsed().as_millis() as u64;
+            if end == start {
+                match self.trigger {
+                    Trigger::Once | Trigger::AvailableNow => break,
+                    Trigger::ProcessingTime(d) => {
+                        self.set_status("Waiting for data to arrive", false, false);
+                        tokio::time::sleep(d.max(Duration::from_millis(20))).await;
+                        continue;
+                    }
+                }
+            }
+            let range = BatchRange {
+                batch_id: next_id,
+                start: start.clone(),
+                end: end.clone(),
+                batch_time_ms: now_ms(),
+                watermark_ms: *self.watermark.lock(),
+            };
+            let wal = Instant::now();
+            self.checkpoint.write_offsets(&range)?;
+            let wal_ms = wal.elapsed().as_millis() as u64;
+            let since_last = last_trigger.elapsed();
+            last_trigger = Instant::now();
+            self.run_batch(&range, started, since_last, latest_ms, wal_ms)
+                .await?;
+            start = end;
+            next_id += 1;
+            match self.trigger {
+                Trigger::Once => break,
+                Trigger::AvailableNow => {}
+                Trigger::ProcessingTime(d) => {
+                    let left = d.saturating_sub(started.elapsed());
+                    if !left.is_zero() {
+                        self.set_status("Waiting for next trigger", false, true);
+                        tokio::time::sleep(left).await;
+                    }
+                }
+            }
+        }
+        self.set_status("Stopped", false, false);
+        Ok(())
+    }
+
+    /// Reads the range, runs the query over it, hands the rows to the sink, commits.
+    /// `since_last` is the time since the previous trigger (for the input rate).
+    async fn run_batch(
+        &self,
+        range: &BatchRange,
+        started: Instant,
+        since_last: Duration,
+        latest_ms: u64,
+        wal_ms: u64,
+    ) -> Result<()> {
+        use tracing::Instrument;
+        self.set_status("Processing new data", true, true);
+        let add = Instant::now();
+        let (num_input_rows, written, late, state_progress, next_watermark, lost) = async {
+            if let (Some((store, state)), Some(st)) = (&self.stateful, &self.query.stateful)
+                && let Operator::Join(_) = &st.op
+            {
+                return self.run_join(range, store, state, st).await;
+            }
+            let lost_before = self.source.offsets_lost();
+            let (table, num_input_rows) =
+                batch_table(&self.source, &range.start, &range.end).await?;
+            let lost = self.source.offsets_lost() - lost_before;
+            let plan = swap_provider(&self.query.batch, &is_stream, table)?;
+            let description = self.description(range.batch_id);
+            let session = self.df.session();
+            let mut output = session.collect_described(&plan, Some(&description)).await?;
+            let mut late = 0;
+            let mut state_progress = StateProgress::default();
+            let mut next_watermark = range.watermark_ms;
+            let mut schema = Arc::new(plan.schema().as_arrow().clone());
+            if let (Some((store, state)), Some(st)) = (&self.stateful, &self.query.stateful) {
+                let delay = self.query.watermark.as_ref().map(|w| w.delay_ms);
+                let rows = {
+                    let mut state = state.lock();
+                    let out =
+                        st.process(&mut state, &output, range.watermark_ms, delay, self.mode)?;
+                    late = out.late_rows;
+                    next_watermark = out.next_watermark;
+                    state_progress = StateProgress {
+                        rows_total: out.rows_total,
+                        rows_updated: out.rows_updated,
+                        rows_removed: out.rows_removed,
+                    };
+                    // Before the commit: a restart resumes from this version.
+                    store.write(range.batch_id, out.changes, || st.entries(&state))?;
+                    out.rows
+                };
+                output = match &st.above {
+                    None => {
+                        schema = st.output.clone();
+                        vec![rows]
+                    }
+                    Some((above, emitted)) => {
+                        let rows = vec![RecordBatch::try_new(
+                            emitted.clone(),
+                            rows.columns().to_vec(),
+                        )?];
+                        let plan = swap_scan(above, &is_emitted, emitted.clone(), rows)?;
+                        schema = Arc::new(plan.schema().as_arrow().clone());
+                        session.collect_described(&plan, Some(&description)).await?
+                    }
+                };
+            }
+            if output.is_empty() {
+                output.push(RecordBatch::new_empty(schema));
+            }
+            let written = self.sink.add_batch(range.batch_id, output).await?;
+            Ok::<_, EmberError>((
+                num_input_rows,
+                written,
+                late,
+                state_progress,
+                next_watermark,
+                lost,
+            ))
+        }
+        .instrument(tracing::info_span!("batch", batch = range.batch_id))
+        .await?;
+        let add_ms = add.elapsed().as_millis() as u64;
+        let commit = Instant::now();
+        self.checkpoint.commit(range.batch_id, next_watermark)?;
+        *self.watermark.lock() = next_watermark;
+        *self.shared.committed.lock() = Some(range.end.clone());
+        let commit_ms = commit.elapsed().as_millis() as u64;
+        let total = started.elapsed();
+        let lag_rows = match self.source.available().await {
+            Ok(available) => Some(range.end.rows_until(&available).max(0)),
+            Err(_) => None,
+        };
+        let progress = Progress {
+            id: self.shared.id.clone(),
+            run_id: self.shared.run_id.clone(),
+            name: self.shared.name.clone(),
+            batch_id: range.batch_id,
+            timestamp_ms: range.batch_time_ms,
+            num_input_rows,
+            input_rows_per_second: rate(num_input_rows, since_last),
+            processed_rows_per_second: rate(num_input_rows, total),
+            duration_ms: Durations {
+                latest_offset: latest_ms,
+                wal_commit: wal_ms,
+                add_batch: add_ms,
+                commit_offsets: commit_ms,
+                trigger_execution: total.as_millis() as u64,
+            },
+            source: SourceProgress {
+                description: self.source.describe(),
+                start_offset: range.start.clone(),
+                end_offset: range.end.clone(),
+                num_input_rows,
+                offsets_lost: lost,
+                lag_rows,
+            },
+            sink: SinkProgress {
+                description: self.sink.describe(),
+                num_output_rows: written,
+            },
+            watermark_ms: range.watermark_ms,
+            late_rows_dropped: late,
+            state: state_progress,
+        };
+        tracing::info!(
+            batch = range.batch_id,
+            input_rows = num_input_rows,
+            output_rows = written,
+            ms = total.as_millis() as u64,
+            "batch committed"
+        );
+        if let Some(writer) = &self.progress_to {
+            let (writer, progress) = (writer.clone(), progress.clone());
+            tokio::spawn(async move {
+                if let Err(e) = writer.write_progress(&progress).await {
+                    tracing::warn!(error = %e, "could not report progress to influxdb");
+                }
+            });
+        }
+        let mut recent = self.shared.progress.lock();
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(progress);
+        Ok(())
+    }
+}
+
+impl Runner {
+    fn description(&self, batch: u64) -> String {
+        format!(
+            "streaming query {} batch {batch}",
+            self.shared.name.as_deref().unwrap_or(&self.shared.id)
+        )
+    }
+
+    /// A stream-stream join's batch: each side's plan over its stream's new rows, the
+    /// join with the kept rows, then the plan above the join and the sink.
+    async fn run_join(
+        &self,
+        range: &BatchRange,
+        store: &StateStore,
+        state: &Mutex<OpState>,
+        st: &StatefulPlan,
+    ) -> Result<(i64, usize, usize, StateProgress, Option<i64>, i64)> {
+        let Operator::Join(op) = &st.op else {
+            unreachable!("called for joins")
+        };
+        let session = self.df.session();
+        let description = self.description(range.batch_id);
+        let lost_before = self.source.offsets_lost();
+        let mut plans = [op.left.plan.clone(), op.right.plan.clone()];
+        let mut num_input_rows = 0;
+        for (i, stream) in self.streams.iter().enumerate() {
+            let (table, rows) = batch_table(
+                stream,
+                &CombinedSource::part(&range.start, i),
+                &CombinedSource::part(&range.end, i),
+            )
+            .await?;
+            num_input_rows += rows;
+            let this = |p: &dyn TableProvider| {
+                p.downcast_ref::<StreamTable>()
+                    .is_some_and(|t| same(&t.source, stream))
+            };
+            for plan in plans.iter_mut() {
+                *plan = swap_provider(plan, &this, table.clone())?;
+            }
+        }
+        let lost = self.source.offsets_lost() - lost_before;
+        let left = session
+            .collect_described(&plans[0], Some(&description))
+            .await?;
+        let right = session
+            .collect_described(&plans[1], Some(&description))
+            .await?;
+        let (batch, progress) = {
+            let mut state = state.lock();
+            let OpState::Join(join_state) = &mut *state else {
+                unreachable!("state made for its operator")
+            };
+            let before = super::join::JoinOp::rows(join_state);
+            let (batch, changes) = op.process(
+                join_state,
+                range.batch_id,
+                &left,
+                &right,
+                range.watermark_ms,
+            )?;
+            let after = super::join::JoinOp::rows(join_state);
+            store.write(range.batch_id, changes, || op.entries(join_state))?;
+            (
+                batch,
+                StateProgress {
+                    rows_total: after,
+                    rows_updated: after.saturating_sub(before),
+                    rows_removed: before.saturating_sub(after),
+                },
+            )
+        };
+        let joined = session
+            .collect_described(&batch.plan, Some(&description))
+            .await?;
+        let (mut output, schema) = match &st.above {
+            None => (joined, st.output.clone()),
+            Some((above, emitted)) => {
+                let rows = joined
+                    .iter()
+                    .map(|b| RecordBatch::try_new(emitted.clone(), b.columns().to_vec()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let plan = swap_scan(above, &is_emitted, emitted.clone(), rows)?;
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                (
+                    session.collect_described(&plan, Some(&description)).await?,
+                    schema,
+                )
+            }
+        };
+        if output.is_empty() {
+            output.push(RecordBatch::new_empty(schema));
+        }
+        let written = self.sink.add_batch(range.batch_id, output).await?;
+        Ok((
+            num_input_rows,
+            written,
+            batch.late_rows,
+            progress,
+            batch.next_watermark,
+            lost,
+        ))
+    }
+}
+
+fn rate(rows: i64, over: Duration) -> f64 {
+    let s = over.as_secs_f64();
+    if s <= 0.0 {
+        0.0
+    } else {
+        (rows as f64 / s * 10.0).round() / 10.0
+    }
+}
+
+fn is_stream(provider: &dyn TableProvider) -> bool {
+    provider.downcast_ref::<StreamTable>().is_some()
+}
+
+fn is_emitted(provider: &dyn TableProvider) -> bool {
+    provider.downcast_ref::<Emitted>().is_some()
+}
+
+/// What a batch's plan scans instead of the stream: a table that reads the range in
+/// the tasks (a Kafka source), or the rows the source read here; and the rows in the
+/// range (counted from the offsets when the tasks read them).
+async fn batch_table(
+    source: &Arc<dyn Source>,
+    start: &Offsets,
+    end: &Offsets,
+) -> Result<(Arc<dyn TableProvider>, i64)> {
+    if let Some(table) = source.scan_table(start, end) {
+        return Ok((table, start.rows_until(end)));
+    }
+    let input = source.read(start, end).await?;
+    let rows = input.iter().map(|b| b.num_rows() as i64).sum();
+    Ok((
+        Arc::new(MemTable::try_new(source.schema(), vec![input])?),
+        rows,
+    ))
+}
+
+/// `plan` with the scan `is_target` picks (the stream, or a stateful operator's
+/// output) replaced by these rows.
+fn swap_scan(
+    plan: &LogicalPlan,
+    is_target: &dyn Fn(&dyn TableProvider) -> bool,
+    schema: arrow::datatypes::SchemaRef,
+    input: Vec<RecordBatch>,
+) -> Result<LogicalPlan> {
+    swap_provider(
+        plan,
+        is_target,
+        Arc::new(MemTable::try_new(schema, vec![input])?),
+    )
+}
+
+/// `plan` with the scan `is_target` picks reading `table` instead.
+fn swap_provider(
+    plan: &LogicalPlan,
+    is_target: &dyn Fn(&dyn TableProvider) -> bool,
+    table: Arc<dyn TableProvider>,
+) -> Result<LogicalPlan> {
+    let rewritten = plan.clone().transform_up_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(mut scan) = node {
+            let target = source_as_provider(&scan.source).is_ok_and(|p| is_target(p.as_ref()));
+            if target {
+                scan.source = provider_as_source(table.clone());
+                return Ok(Transformed::yes(LogicalPlan::TableScan(scan)));
+            }
+            return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+        }
+        Ok(Transformed::no(node))
+    })?;
+    Ok(rewritten.data)
+}

@@ -1,0 +1,628 @@
+//! Stateful streaming: a query's plan cut at its stateful operator, and the operators.
+//!
+//! ```text
+//!  stream rows ─▶ plan below the operator (a job) ─▶ the operator's input columns
+//!    ─▶ drop rows older than the watermark (counted as late)
+//!    ─▶ fold into state ─▶ emit per output mode, evict what the watermark closed
+//!    ─▶ state version n written (state.rs) ─▶ plan above the operator (a job) ─▶ sink
+//! ```
+//!
+//! Operators (`aggregate.rs`, `dedup.rs`; stream-stream joins are `../join.rs`):
+//! - **aggregation** (`group_by(..).agg(..)`, SQL `GROUP BY`) with `count`, `sum`, `min`,
+//!   `max`, `avg`, grouped by plain keys and at most one event-time window:
+//!   `window(ts, len)` (tumbling), `window(ts, len, slide)` (sliding: a row counts in
+//!   every window that holds it) or `session_window(ts, gap)` (a key's rows closer than
+//!   `gap` form one session);
+//! - **deduplication** (`drop_duplicates`, `distinct`): the first row of each key passes;
+//!   with a watermark a key is forgotten once the watermark passes its event time.
+//!
+//! The watermark (`DataFrame::with_watermark`) a batch uses is the one the batches
+//! before it reached: the largest event time seen minus the delay, never moving back.
+//! It is stored with the batch's offsets (and the next one with its commit), so a batch
+//! run again after a restart drops, emits and evicts exactly what it did before.
+//! Append emits a window once, when the watermark after the batch passes its end;
+//! Update emits the groups a batch changed; Complete emits every group, every batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::Array;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
+use datafusion::catalog::{Session as CatalogSession, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, ScalarValue};
+use datafusion::datasource::{TableType, provider_as_source};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{Expr, Filter, LogicalPlan, LogicalPlanBuilder, lit};
+use datafusion::physical_plan::ExecutionPlan;
+use ember_core::event_time::{WATERMARK, WindowKind, event_times, parse_duration};
+use ember_core::{EmberError, Result};
+
+mod aggregate;
+mod dedup;
+
+pub use aggregate::AggregateOp;
+pub use dedup::DedupOp;
+
+use super::query::OutputMode;
+use super::state::{Change, Entries, Snapshot};
+use crate::dataframe::DataFrame;
+use aggregate::{Partial, split_key};
+
+impl DataFrame {
+    /// Spark's `withWatermark`: rows of a stateful streaming query whose `column` is
+    /// older than the largest event time seen minus `delay` (`"5 seconds"`) are late,
+    /// dropped and counted; windows the watermark passes are final. In SQL, the same
+    /// marker is the predicate `WHERE with_watermark(ts, '5 seconds')`.
+    pub fn with_watermark(&self, column: &str, delay: &str) -> Result<DataFrame> {
+        let delay_ms = parse_duration(delay)?;
+        let marker = ember_core::event_time::event_time_udfs()
+            .into_iter()
+            .find(|f| f.name() == WATERMARK)
+            .expect("defined");
+        let predicate = marker.call(vec![Expr::Column(Column::from_name(column)), lit(delay_ms)]);
+        self.filter(predicate)
+    }
+}
+
+/// `with_watermark(column, delay)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub column: String,
+    pub delay_ms: i64,
+}
+
+/// A streaming query's plan, cut at its stateful operator.
+pub struct QueryPlan {
+    /// What each batch runs over the stream's rows: the whole query when it has no
+    /// stateful operator, else the part below it, projected to the operator's inputs.
+    pub batch: LogicalPlan,
+    pub stateful: Option<StatefulPlan>,
+    pub watermark: Option<Watermark>,
+}
+
+pub struct StatefulPlan {
+    pub op: Operator,
+    /// The rows the operator emits (its node's schema).
+    pub output: SchemaRef,
+    /// The query above the operator, reading an [`Emitted`] placeholder of this
+    /// schema (the output's columns named by position); none when the operator is the
+    /// query's top.
+    pub above: Option<(LogicalPlan, SchemaRef)>,
+    /// Whether the batch plan's first column is the watermark's event time.
+    pub event_time: bool,
+}
+
+pub enum Operator {
+    Aggregate(AggregateOp),
+    Dedup(DedupOp),
+    Join(Box<super::join::JoinOp>),
+}
+
+/// Whether a plan reads a stream.
+fn reads_stream(plan: &LogicalPlan) -> bool {
+    plan.exists(|n| {
+        Ok(matches!(n, LogicalPlan::TableScan(scan)
+            if datafusion::datasource::source_as_provider(&scan.source)
+                .is_ok_and(|p| p.downcast_ref::<super::StreamTable>().is_some())))
+    })
+    .unwrap_or(false)
+}
+
+/// A join of two streams (a stream-static join is stateless).
+fn is_stream_join(node: &LogicalPlan) -> bool {
+    matches!(node, LogicalPlan::Join(j) if reads_stream(&j.left) && reads_stream(&j.right))
+}
+
+/// The watermark each side of a stream-stream join declares.
+fn join_watermarks(plan: &LogicalPlan) -> Result<Option<(Watermark, Watermark)>> {
+    let mut found = None;
+    plan.apply(|n| {
+        if let LogicalPlan::Join(j) = n
+            && is_stream_join(n)
+        {
+            found = Some((j.left.clone(), j.right.clone()));
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let Some((left, right)) = found else {
+        return Ok(None);
+    };
+    let one = |side: &LogicalPlan, which: &str| -> Result<Watermark> {
+        let (_, mut marks) = take_watermarks(side)?;
+        match (marks.pop(), marks.is_empty()) {
+            (Some(w), true) => Ok(w),
+            _ => Err(EmberError::Config(format!(
+                "a stream-stream join needs one with_watermark on its {which} side"
+            ))),
+        }
+    };
+    Ok(Some((one(&left, "left")?, one(&right, "right")?)))
+}
+
+/// Where the operator's rows enter the plan above it; each batch swaps in its rows.
+#[derive(Debug)]
+pub struct Emitted {
+    schema: SchemaRef,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for Emitted {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn CatalogSession,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Err(DataFusionError::Plan(
+            "the output of a streaming aggregation exists only inside its query".into(),
+        ))
+    }
+}
+
+fn refuse(message: impl Into<String>) -> EmberError {
+    EmberError::NotSupported(message.into())
+}
+
+fn unalias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => unalias(&a.expr),
+        e => e,
+    }
+}
+
+/// The literal arguments of a function call.
+fn literals(args: &[Expr], function: &str) -> Result<Vec<ScalarValue>> {
+    args.iter()
+        .map(|a| match unalias(a) {
+            Expr::Literal(v, _) => Ok(v.clone()),
+            other => Err(EmberError::Config(format!(
+                "{function}: '{other}' must be a literal"
+            ))),
+        })
+        .collect()
+}
+
+/// Takes the `with_watermark` markers out of a plan.
+fn take_watermarks(plan: &LogicalPlan) -> Result<(LogicalPlan, Vec<Watermark>)> {
+    let mut found = vec![];
+    let plan = plan
+        .clone()
+        .transform_up(|node| {
+            let LogicalPlan::Filter(filter) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let (marks, rest): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&filter.predicate)
+                .into_iter()
+                .partition(|e| matches!(e, Expr::ScalarFunction(f) if f.func.name() == WATERMARK));
+            if marks.is_empty() {
+                return Ok(Transformed::no(node));
+            }
+            for mark in marks {
+                let Expr::ScalarFunction(f) = mark else {
+                    unreachable!("partitioned")
+                };
+                let Expr::Column(c) = unalias(&f.args[0]) else {
+                    return Err(DataFusionError::Plan(
+                        "with_watermark: the first argument must be a column".into(),
+                    ));
+                };
+                let delay_ms = match literals(&f.args[1..], WATERMARK)
+                    .map_err(|e| DataFusionError::Plan(e.to_string()))?
+                    .first()
+                {
+                    Some(ScalarValue::Int64(Some(ms))) => *ms,
+                    Some(ScalarValue::Utf8(Some(s))) => parse_duration(s)?,
+                    _ => {
+                        return Err(DataFusionError::Plan(
+                            "with_watermark: the delay must be a literal like '5 seconds'".into(),
+                        ));
+                    }
+                };
+                found.push(Watermark {
+                    column: c.name.clone(),
+                    delay_ms,
+                });
+            }
+            let input = filter.input.clone();
+            Ok(Transformed::yes(
+                match conjunction(rest.into_iter().cloned()) {
+                    Some(predicate) => LogicalPlan::Filter(Filter::try_new(predicate, input)?),
+                    None => input.as_ref().clone(),
+                },
+            ))
+        })?
+        .data;
+    Ok((plan, found))
+}
+
+/// Cuts a streaming query's plan at its stateful operator and checks that the output
+/// mode suits it (Spark's rules).
+pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
+    let join_marks = join_watermarks(plan)?;
+    let (plan, mut marks) = take_watermarks(plan)?;
+    if join_marks.is_none() && marks.len() > 1 {
+        return Err(refuse("a streaming query takes one with_watermark"));
+    }
+    let watermark = if join_marks.is_some() {
+        None
+    } else {
+        marks.pop()
+    };
+    let mut stateful_nodes = 0;
+    let mut sorts = 0;
+    plan.apply(|node| {
+        match node {
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => stateful_nodes += 1,
+            n if is_stream_join(n) => stateful_nodes += 1,
+            LogicalPlan::Sort(_) => sorts += 1,
+            LogicalPlan::Window(_) => {
+                return Err(DataFusionError::NotImplemented(
+                    "window functions (OVER ...) are not supported on streams; aggregate by window(ts, ..) instead".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if stateful_nodes > 1 {
+        return Err(refuse(
+            "a streaming query takes one aggregation, deduplication or stream-stream join; run further steps in foreach_batch",
+        ));
+    }
+    if stateful_nodes == 0 {
+        if mode == OutputMode::Complete {
+            return Err(EmberError::Config(
+                "Complete output mode needs a streaming aggregation; use Append or Update".into(),
+            ));
+        }
+        if sorts > 0 {
+            return Err(refuse(
+                "sorting a stream needs an aggregation and Complete output mode",
+            ));
+        }
+        return Ok(QueryPlan {
+            batch: plan,
+            stateful: None,
+            watermark,
+        });
+    }
+    // The stateful node, and the plan above it reading a placeholder.
+    let mut node = None;
+    let mut emitted_schema = None;
+    let mut sort_below = false;
+    let above = plan
+        .clone()
+        .transform_down(|n| {
+            if matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))
+                || is_stream_join(&n)
+            {
+                sort_below = n.exists(|c| Ok(matches!(c, LogicalPlan::Sort(_))))?;
+                let (placeholder, schema) = emitted_scan(&n)?;
+                emitted_schema = Some(schema);
+                node = Some(n);
+                return Ok(Transformed::new(placeholder, true, TreeNodeRecursion::Jump));
+            }
+            Ok(Transformed::no(n))
+        })?
+        .data;
+    let node = node.expect("counted above");
+    if sort_below || (sorts > 0 && mode != OutputMode::Complete) {
+        return Err(refuse(
+            "sorting a stream needs an aggregation and Complete output mode, and must come after the aggregation",
+        ));
+    }
+    let top = matches!(plan, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))
+        || is_stream_join(&plan);
+    let above = (!top).then(|| (above, emitted_schema.expect("with the node")));
+    let output: SchemaRef = Arc::new(node.schema().as_arrow().clone());
+    let (batch, op, event_time) = match &node {
+        LogicalPlan::Aggregate(agg) => {
+            let (batch, op, event_time) = AggregateOp::plan(agg, watermark.as_ref())?;
+            let windowed = op.window.is_some();
+            match mode {
+                OutputMode::Append if watermark.is_none() || !windowed => {
+                    return Err(EmberError::Config(
+                        "Append output mode of a streaming aggregation needs with_watermark(..) and a group by window(..): a group is final only once the watermark passes its window; use Update or Complete otherwise".into(),
+                    ));
+                }
+                _ => {}
+            }
+            (batch, Operator::Aggregate(op), event_time)
+        }
+        LogicalPlan::Distinct(distinct) => {
+            if mode == OutputMode::Complete {
+                return Err(EmberError::Config(
+                    "Complete output mode needs a streaming aggregation, not a deduplication; use Append".into(),
+                ));
+            }
+            let (batch, op, event_time) = DedupOp::plan(distinct, watermark.as_ref())?;
+            (batch, Operator::Dedup(op), event_time)
+        }
+        LogicalPlan::Join(join) => {
+            if mode != OutputMode::Append {
+                return Err(EmberError::Config(
+                    "a stream-stream join emits each match once: use Append output mode".into(),
+                ));
+            }
+            let (left, right) = join_marks.clone().expect("found with the join");
+            let op = super::join::JoinOp::plan(join, &node, left, right)?;
+            (plan.clone(), Operator::Join(Box::new(op)), false)
+        }
+        _ => unreachable!("a stateful node"),
+    };
+    Ok(QueryPlan {
+        batch,
+        stateful: Some(StatefulPlan {
+            op,
+            output,
+            above,
+            event_time,
+        }),
+        watermark,
+    })
+}
+
+/// A scan of an [`Emitted`] table, projected to exactly `node`'s columns (qualifiers
+/// and names), so the plan above the node reads it unchanged.
+fn emitted_scan(node: &LogicalPlan) -> DFResult<(LogicalPlan, SchemaRef)> {
+    let fields: Vec<arrow::datatypes::Field> = node
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let table = Arc::new(Emitted {
+        schema: schema.clone(),
+    });
+    let scan = LogicalPlanBuilder::scan("__ember_emitted", provider_as_source(table), None)?;
+    let exprs: Vec<Expr> = node
+        .schema()
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            Expr::Column(Column::new(Some("__ember_emitted"), format!("c{i}")))
+                .alias_qualified(qualifier.cloned(), field.name())
+        })
+        .collect();
+    Ok((scan.project(exprs)?.build()?, schema))
+}
+
+/// The batch plan's first column: the watermark column, found by name in `input`.
+fn event_time_expr(input: &LogicalPlan, watermark: Option<&Watermark>) -> Result<Option<Expr>> {
+    let Some(w) = watermark else { return Ok(None) };
+    let (qualifier, field) = input
+        .schema()
+        .qualified_field_with_unqualified_name(&w.column)
+        .map_err(|_| {
+            EmberError::Config(format!(
+                "the watermark column '{}' does not reach the stateful operator (its input has {})",
+                w.column,
+                input
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    Ok(Some(
+        Expr::Column(Column::from((qualifier, field))).alias("__ember_event_time"),
+    ))
+}
+
+/// An operator's state while a query runs.
+pub(crate) enum OpState {
+    Aggregate {
+        groups: HashMap<Box<[u8]>, Partial>,
+        /// Session windows: each key's sessions, start → end.
+        sessions: HashMap<Box<[u8]>, BTreeMap<i64, i64>>,
+    },
+    Dedup {
+        /// Key → its event time (`i64::MAX` without a watermark).
+        seen: HashMap<Box<[u8]>, i64>,
+    },
+    Join(super::join::JoinState),
+}
+
+/// What one batch did to the state.
+pub(crate) struct Processed {
+    pub rows: RecordBatch,
+    pub late_rows: usize,
+    pub next_watermark: Option<i64>,
+    pub changes: Vec<Change>,
+    pub rows_total: usize,
+    pub rows_updated: usize,
+    pub rows_removed: usize,
+}
+
+fn converter(types: &[DataType]) -> Result<Option<RowConverter>> {
+    if types.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(RowConverter::new(
+        types.iter().map(|t| SortField::new(t.clone())).collect(),
+    )?))
+}
+
+impl StatefulPlan {
+    pub fn empty_state(&self) -> OpState {
+        match self.op {
+            Operator::Aggregate(_) => OpState::Aggregate {
+                groups: HashMap::new(),
+                sessions: HashMap::new(),
+            },
+            Operator::Dedup(_) => OpState::Dedup {
+                seen: HashMap::new(),
+            },
+            Operator::Join(_) => OpState::Join(Default::default()),
+        }
+    }
+
+    /// The state from the store's entries.
+    pub fn load(&self, entries: Entries) -> Result<OpState> {
+        if let Operator::Join(op) = &self.op {
+            return Ok(OpState::Join(op.load(entries)?));
+        }
+        let mut state = self.empty_state();
+        match (&self.op, &mut state) {
+            (Operator::Aggregate(op), OpState::Aggregate { groups, sessions }) => {
+                for (k, v) in entries {
+                    if k.len() < 16 {
+                        return Err(EmberError::Decode {
+                            what: "a streaming aggregation's state",
+                            message: format!("a key of {} bytes", k.len()),
+                        });
+                    }
+                    let (start, end, key) = split_key(&k);
+                    if matches!(op.window, Some(WindowKind::Session { .. })) {
+                        sessions.entry(key.into()).or_default().insert(start, end);
+                    }
+                    groups.insert(k, Partial::decode(&v, op.aggs.len())?);
+                }
+            }
+            (Operator::Dedup(_), OpState::Dedup { seen }) => {
+                for (k, v) in entries {
+                    let t = <[u8; 8]>::try_from(v.as_slice()).map_err(|_| EmberError::Decode {
+                        what: "a streaming deduplication's state",
+                        message: format!("a value of {} bytes", v.len()),
+                    })?;
+                    seen.insert(k, i64::from_le_bytes(t));
+                }
+            }
+            _ => unreachable!("state made for its operator"),
+        }
+        Ok(state)
+    }
+
+    /// Every entry, for a snapshot.
+    pub fn entries(&self, state: &OpState) -> Result<Snapshot> {
+        Ok(match state {
+            OpState::Aggregate { groups, .. } => groups
+                .iter()
+                .map(|(k, p)| (k.clone(), p.encode()))
+                .collect(),
+            OpState::Dedup { seen } => seen
+                .iter()
+                .map(|(k, t)| (k.clone(), t.to_le_bytes().to_vec()))
+                .collect(),
+            OpState::Join(state) => match &self.op {
+                Operator::Join(op) => op.entries(state)?,
+                _ => unreachable!("state made for its operator"),
+            },
+        })
+    }
+
+    /// Folds a batch's rows (the batch plan's output) into the state, then emits per
+    /// output mode and evicts what the watermark after the batch closed.
+    pub fn process(
+        &self,
+        state: &mut OpState,
+        input: &[RecordBatch],
+        watermark: Option<i64>,
+        delay_ms: Option<i64>,
+        mode: OutputMode,
+    ) -> Result<Processed> {
+        let mut late = 0;
+        let mut max_time: Option<i64> = None;
+        let mut masks = Vec::with_capacity(input.len());
+        for batch in input {
+            if !self.event_time {
+                masks.push(None);
+                continue;
+            }
+            let times = event_times(batch.column(0))?;
+            let mask: Vec<bool> = (0..batch.num_rows())
+                .map(|r| {
+                    if times.is_null(r) {
+                        return false;
+                    }
+                    let t = times.value(r);
+                    if watermark.is_some_and(|w| t < w) {
+                        late += 1;
+                        return false;
+                    }
+                    max_time = Some(max_time.map_or(t, |m| m.max(t)));
+                    true
+                })
+                .collect();
+            masks.push(Some(mask));
+        }
+        let next_watermark = match (delay_ms, max_time) {
+            (Some(d), Some(t)) => Some(watermark.map_or(t - d, |w| w.max(t - d))),
+            _ => watermark,
+        };
+        let first = usize::from(self.event_time);
+        let batches = Rows {
+            input,
+            masks: &masks,
+            first,
+        };
+        let mut out = match (&self.op, state) {
+            (Operator::Aggregate(op), OpState::Aggregate { groups, sessions }) => op.fold(
+                groups,
+                sessions,
+                &batches,
+                next_watermark,
+                mode,
+                &self.output,
+            )?,
+            (Operator::Dedup(op), OpState::Dedup { seen }) => {
+                op.fold(seen, &batches, next_watermark, &self.output)?
+            }
+            _ => unreachable!("state made for its operator"),
+        };
+        out.late_rows = late;
+        out.next_watermark = next_watermark;
+        Ok(out)
+    }
+}
+
+/// A batch's rows as the operator sees them: which are on time, and where its own
+/// columns start (after the event time, if any).
+pub(super) struct Rows<'a> {
+    input: &'a [RecordBatch],
+    masks: &'a [Option<Vec<bool>>],
+    first: usize,
+}
+
+impl Rows<'_> {
+    fn on_time(&self, batch: usize, row: usize) -> bool {
+        self.masks[batch].as_ref().is_none_or(|m| m[row])
+    }
+}
+
+/// The key columns of a batch in arrow's row format (empty rows without keys).
+fn key_rows(
+    converter: &Option<RowConverter>,
+    batch: &RecordBatch,
+    from: usize,
+    count: usize,
+) -> Result<Option<arrow::row::Rows>> {
+    match converter {
+        None => Ok(None),
+        Some(c) => Ok(Some(
+            c.convert_columns(&batch.columns()[from..from + count])?,
+        )),
+    }
+}
+
+fn row_bytes(rows: &Option<arrow::row::Rows>, i: usize) -> &[u8] {
+    rows.as_ref().map_or(&[], |r| r.row(i).data())
+}
