@@ -188,8 +188,20 @@ fn kafka_err(what: String, e: impl fmt::Display) -> DataFusionError {
     DataFusionError::Execution(format!("kafka source: {what}: {e}"))
 }
 
-/// Fetches a range's records.
-async fn fetch(bootstrap: Vec<String>, range: KafkaRange, fail: bool) -> DFResult<RecordBatch> {
+/// What a read says when retention deleted offsets `from..earliest` it needed.
+pub fn data_loss(topic: &str, partition: i32, from: i64, earliest: i64) -> String {
+    format!(
+        "data loss: {topic}-{partition} offsets {from}..{earliest} were deleted (retention) before this query read them; fail_on_data_loss(false) skips them"
+    )
+}
+
+/// Fetches a range's records, and how many offsets of it retention had deleted
+/// (skipped when `fail` is false; an error naming them otherwise).
+pub async fn fetch_range(
+    bootstrap: Vec<String>,
+    range: KafkaRange,
+    fail: bool,
+) -> DFResult<(RecordBatch, i64)> {
     let mut rows = KafkaRows::default();
     let KafkaRange {
         topic,
@@ -198,7 +210,7 @@ async fn fetch(bootstrap: Vec<String>, range: KafkaRange, fail: bool) -> DFResul
         to,
     } = range;
     if from >= to {
-        return Ok(rows.finish()?);
+        return Ok((rows.finish()?, 0));
     }
     let client = ClientBuilder::new(bootstrap.clone())
         .build()
@@ -213,10 +225,11 @@ async fn fetch(bootstrap: Vec<String>, range: KafkaRange, fail: bool) -> DFResul
         .await
         .map_err(|e| kafka_err(format!("offsets of {topic}-{partition}"), e))?;
     let mut position = from;
+    let mut skipped = 0;
     if from < earliest {
         if fail {
-            return Err(DataFusionError::Execution(format!(
-                "data loss: {topic}-{partition} offsets {from}..{earliest} were deleted (retention) before this query read them; fail_on_data_loss(false) skips them"
+            return Err(DataFusionError::Execution(data_loss(
+                &topic, partition, from, earliest,
             )));
         }
         tracing::warn!(
@@ -226,6 +239,7 @@ async fn fetch(bootstrap: Vec<String>, range: KafkaRange, fail: bool) -> DFResul
             earliest,
             "skipping offsets lost to retention"
         );
+        skipped = earliest.min(to) - from;
         position = earliest;
     }
     while position < to {
@@ -259,7 +273,7 @@ async fn fetch(bootstrap: Vec<String>, range: KafkaRange, fail: bool) -> DFResul
             });
         }
     }
-    Ok(rows.finish()?)
+    Ok((rows.finish()?, skipped))
 }
 
 impl ExecutionPlan for KafkaScanExec {
@@ -300,7 +314,7 @@ impl ExecutionPlan for KafkaScanExec {
         let (bootstrap, fail) = (self.bootstrap.clone(), self.fail_on_data_loss);
         let batch = async move {
             match range {
-                Some(range) => fetch(bootstrap, range, fail).await,
+                Some(range) => fetch_range(bootstrap, range, fail).await.map(|(b, _)| b),
                 None => Ok(RecordBatch::new_empty(kafka_schema())),
             }
         };

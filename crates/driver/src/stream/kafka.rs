@@ -6,16 +6,12 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use bytes::Bytes;
 use ember_core::{EmberError, Result};
-use ember_log::ConsumerRecord;
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use tokio::sync::{Mutex, OnceCell};
 
-use super::source::{
-    Offsets, Source, StartingOffsets, batch_end, data_lost, kafka_schema, records_to_batch,
-};
+use super::source::{Offsets, Source, StartingOffsets, batch_end, kafka_schema};
 
 /// `read_stream().kafka(bootstrap_servers, topics)`.
 pub struct KafkaSource {
@@ -273,65 +269,23 @@ impl Source for KafkaSource {
 
     async fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>> {
         let mut batches = vec![];
-        for (t, p, to) in end.iter() {
-            let mut from = start.get(t, p).unwrap_or(to);
-            if from >= to {
-                continue;
-            }
-            let earliest = self.offset(t, p, OffsetAt::Earliest).await?;
-            if from < earliest {
-                if self.fail_on_data_loss {
-                    return Err(data_lost(t, p, from, earliest));
-                }
-                self.lost.fetch_add(
-                    earliest.min(to) - from,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                tracing::warn!(
-                    topic = t,
-                    partition = p,
-                    from,
-                    earliest,
-                    "skipping offsets lost to retention"
-                );
-                from = earliest;
-            }
-            let client = self.partition(t, p).await?;
-            let mut records = vec![];
-            let mut position = from;
-            while position < to {
-                let (fetched, _high) = client
-                    .fetch_records(position, 1..(8 << 20), 500)
-                    .await
-                    .map_err(|e| kafka_error(format!("fetching {t}-{p} at {position}"), e))?;
-                if fetched.is_empty() {
-                    return Err(EmberError::Internal(format!(
-                        "kafka source: {t}-{p} returned nothing at offset {position} (before {to})"
-                    )));
-                }
-                for r in fetched {
-                    if r.offset < position || r.offset >= to {
-                        continue;
-                    }
-                    position = r.offset + 1;
-                    records.push(ConsumerRecord {
-                        topic: t.to_string(),
-                        partition: p,
-                        offset: r.offset,
-                        timestamp: r.record.timestamp.timestamp_millis(),
-                        log_append_time: false,
-                        key: r.record.key.map(Bytes::from),
-                        value: r.record.value.map(Bytes::from),
-                        headers: r
-                            .record
-                            .headers
-                            .into_iter()
-                            .map(|(k, v)| (k, Some(Bytes::from(v))))
-                            .collect(),
-                    });
-                }
-            }
-            batches.push(records_to_batch(&records)?);
+        for (topic, partition, to) in end.iter() {
+            let from = start.get(topic, partition).unwrap_or(to);
+            let range = ember_core::kafka_scan::KafkaRange {
+                topic: topic.to_string(),
+                partition,
+                from,
+                to,
+            };
+            let (batch, skipped) = ember_core::kafka_scan::fetch_range(
+                self.connection.bootstrap.clone(),
+                range,
+                self.fail_on_data_loss,
+            )
+            .await?;
+            self.lost
+                .fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
+            batches.push(batch);
         }
         Ok(batches)
     }

@@ -303,9 +303,9 @@ fn read_log(
 }
 
 /// The error of a read that needs offsets retention deleted.
-pub(crate) fn data_lost(topic: &str, partition: i32, from: i64, earliest: i64) -> EmberError {
-    EmberError::Internal(format!(
-        "data loss: {topic}-{partition} offsets {from}..{earliest} were deleted (retention) before this query read them; fail_on_data_loss(false) skips them"
+fn data_lost(topic: &str, partition: i32, from: i64, earliest: i64) -> EmberError {
+    EmberError::Internal(ember_core::kafka_scan::data_loss(
+        topic, partition, from, earliest,
     ))
 }
 
