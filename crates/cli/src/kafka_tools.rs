@@ -17,8 +17,8 @@ use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rskafka::client::Client;
 use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 
 #[derive(Debug, clap::Args)]
@@ -96,7 +96,7 @@ pub struct ConsumeArgs {
 }
 
 async fn client(b: &Bootstrap) -> Result<Client> {
-    ClientBuilder::new(vec![b.bootstrap_server.clone()])
+    ember_core::kafka_scan::client_builder(vec![b.bootstrap_server.clone()])
         .build()
         .await
         .with_context(|| format!("connecting to {}", b.bootstrap_server))

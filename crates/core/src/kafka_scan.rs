@@ -22,7 +22,7 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 use rskafka::client::ClientBuilder;
-use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 
 /// The columns of a record from a Kafka-like log, as Spark names them.
 pub fn kafka_schema() -> SchemaRef {
@@ -188,6 +188,51 @@ fn kafka_err(what: String, e: impl fmt::Display) -> DataFusionError {
     DataFusionError::Execution(format!("kafka source: {what}: {e}"))
 }
 
+/// A Kafka client builder that gives up on unreachable brokers after 15 s (the
+/// client's default retries forever), so a wrong address is an error, not a hang.
+pub fn client_builder(bootstrap: Vec<String>) -> ClientBuilder {
+    ClientBuilder::new(bootstrap).backoff_config(rskafka::BackoffConfig {
+        init_backoff: std::time::Duration::from_millis(100),
+        max_backoff: std::time::Duration::from_secs(2),
+        base: 2.0,
+        deadline: Some(std::time::Duration::from_secs(15)),
+    })
+}
+
+/// Partition clients by (brokers, topic, partition), kept for the process's life: a
+/// streaming query's tasks read the same partitions batch after batch, and a new
+/// client would connect and fetch metadata each time.
+type PartitionClients =
+    std::sync::Mutex<std::collections::HashMap<(Vec<String>, String, i32), Arc<PartitionClient>>>;
+
+static CLIENTS: std::sync::LazyLock<PartitionClients> = std::sync::LazyLock::new(Default::default);
+
+async fn partition_client(
+    bootstrap: &[String],
+    topic: &str,
+    partition: i32,
+) -> DFResult<Arc<PartitionClient>> {
+    let key = (bootstrap.to_vec(), topic.to_string(), partition);
+    if let Some(c) = CLIENTS.lock().expect("not poisoned").get(&key) {
+        return Ok(c.clone());
+    }
+    let client = client_builder(bootstrap.to_vec())
+        .build()
+        .await
+        .map_err(|e| kafka_err(bootstrap.join(","), e))?;
+    let pc = Arc::new(
+        client
+            .partition_client(topic.to_string(), partition, UnknownTopicHandling::Error)
+            .await
+            .map_err(|e| kafka_err(format!("{topic}-{partition}"), e))?,
+    );
+    CLIENTS
+        .lock()
+        .expect("not poisoned")
+        .insert(key, pc.clone());
+    Ok(pc)
+}
+
 /// What a read says when retention deleted offsets `from..earliest` it needed.
 pub fn data_loss(topic: &str, partition: i32, from: i64, earliest: i64) -> String {
     format!(
@@ -212,14 +257,7 @@ pub async fn fetch_range(
     if from >= to {
         return Ok((rows.finish()?, 0));
     }
-    let client = ClientBuilder::new(bootstrap.clone())
-        .build()
-        .await
-        .map_err(|e| kafka_err(bootstrap.join(","), e))?;
-    let pc = client
-        .partition_client(topic.clone(), partition, UnknownTopicHandling::Error)
-        .await
-        .map_err(|e| kafka_err(format!("{topic}-{partition}"), e))?;
+    let pc = partition_client(&bootstrap, &topic, partition).await?;
     let earliest = pc
         .get_offset(OffsetAt::Earliest)
         .await

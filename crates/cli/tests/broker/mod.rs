@@ -571,3 +571,27 @@ fn the_broker_serves_metrics_of_its_traffic_and_each_groups_lag() {
         "the three records produced after the group read: {text}"
     );
 }
+
+#[test]
+fn an_unreachable_broker_is_an_error_not_a_hang() {
+    // A port nothing listens on: the console tool gives up with the address.
+    let port = free_port();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["topics", "--bootstrap-server"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("connecting to 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+}

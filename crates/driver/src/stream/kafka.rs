@@ -7,8 +7,8 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use ember_core::{EmberError, Result};
+use rskafka::client::Client;
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
 use tokio::sync::{Mutex, OnceCell};
 
 use super::source::{Offsets, Source, StartingOffsets, batch_end, kafka_schema};
@@ -160,7 +160,7 @@ impl Connection {
     async fn client(&self) -> Result<&Client> {
         self.client
             .get_or_try_init(|| async {
-                ClientBuilder::new(self.bootstrap.clone())
+                ember_core::kafka_scan::client_builder(self.bootstrap.clone())
                     .build()
                     .await
                     .map_err(|e| kafka_error(self.bootstrap.join(","), e))
