@@ -55,7 +55,8 @@ pub struct StreamArgs {
     #[arg(long, default_value = "available-now")]
     trigger: String,
 
-    /// Where a new query starts: earliest or latest.
+    /// Where a new query starts: earliest, latest, or Spark's JSON of offsets per
+    /// partition, {"topic": {"0": 23, "1": -2}} (-2: earliest, -1: latest).
     #[arg(long, default_value = "earliest")]
     starting_offsets: String,
 
@@ -88,11 +89,7 @@ fn trigger(s: &str) -> Result<Trigger> {
 }
 
 fn source(args: &StreamArgs) -> Result<Arc<dyn Source>> {
-    let starting = match args.starting_offsets.as_str() {
-        "earliest" => StartingOffsets::Earliest,
-        "latest" => StartingOffsets::Latest,
-        other => bail!("--starting-offsets {other}: expected earliest or latest"),
-    };
+    let starting = StartingOffsets::parse(&args.starting_offsets)?;
     let topics = |list: &str| list.split(',').map(str::to_string).collect::<Vec<_>>();
     if let Some(rest) = args.from.strip_prefix("log:") {
         let (dir, list) = rest

@@ -231,14 +231,9 @@ impl Source for KafkaSource {
     async fn initial(&self) -> Result<Offsets> {
         let mut offsets = Offsets::default();
         for (t, p) in self.topic_partitions().await? {
-            let offset = match &self.starting {
-                StartingOffsets::Earliest => self.offset(&t, p, OffsetAt::Earliest).await?,
-                StartingOffsets::Latest => self.offset(&t, p, OffsetAt::Latest).await?,
-                StartingOffsets::Given(given) => match given.get(&t, p) {
-                    Some(o) => o,
-                    None => self.offset(&t, p, OffsetAt::Earliest).await?,
-                },
-            };
+            let earliest = self.offset(&t, p, OffsetAt::Earliest).await?;
+            let latest = self.offset(&t, p, OffsetAt::Latest).await?;
+            let offset = self.starting.resolve(&t, p, earliest, latest);
             offsets.set(&t, p, offset);
         }
         Ok(offsets)

@@ -58,8 +58,57 @@ pub enum StartingOffsets {
     #[default]
     Earliest,
     Latest,
-    /// Explicit offsets; partitions not named start at the earliest.
+    /// Explicit offsets; partitions not named start at the earliest. As in Spark,
+    /// `-2` means a partition's earliest offset and `-1` its latest.
     Given(Offsets),
+}
+
+impl StartingOffsets {
+    /// `earliest`, `latest`, or Spark's JSON: `{"topic": {"0": 23, "1": -2}}`.
+    pub fn parse(text: &str) -> Result<StartingOffsets> {
+        match text.trim() {
+            "earliest" => return Ok(StartingOffsets::Earliest),
+            "latest" => return Ok(StartingOffsets::Latest),
+            _ => {}
+        }
+        let bad = |why: String| {
+            EmberError::Config(format!(
+                "starting offsets '{text}': {why}; expected earliest, latest or JSON like {{\"topic\": {{\"0\": 23, \"1\": -2}}}}"
+            ))
+        };
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let topics = v.as_object().ok_or_else(|| bad("not an object".into()))?;
+        let mut offsets = Offsets::default();
+        for (topic, partitions) in topics {
+            let partitions = partitions
+                .as_object()
+                .ok_or_else(|| bad(format!("{topic}: not an object of partitions")))?;
+            for (p, o) in partitions {
+                let p: i32 = p
+                    .parse()
+                    .map_err(|_| bad(format!("{topic}: partition '{p}' is not a number")))?;
+                let o = o
+                    .as_i64()
+                    .filter(|o| *o >= -2)
+                    .ok_or_else(|| bad(format!("{topic}-{p}: {o} is not an offset")))?;
+                offsets.set(topic, p, o);
+            }
+        }
+        Ok(StartingOffsets::Given(offsets))
+    }
+
+    /// Where partition (`topic`, `p`) starts, given its earliest and latest offsets.
+    pub(crate) fn resolve(&self, topic: &str, p: i32, earliest: i64, latest: i64) -> i64 {
+        match self {
+            StartingOffsets::Earliest => earliest,
+            StartingOffsets::Latest => latest,
+            StartingOffsets::Given(given) => match given.get(topic, p) {
+                Some(-1) => latest,
+                Some(-2) | None => earliest,
+                Some(o) => o,
+            },
+        }
+    }
 }
 
 /// A source of a streaming query.
@@ -209,13 +258,9 @@ impl Source for LogSource {
         let mut offsets = Offsets::default();
         for (t, p) in self.partitions()? {
             let partition = self.log.partition(&t, p).map_err(log_error)?;
-            let offset = match &self.starting {
-                StartingOffsets::Earliest => partition.start_offset(),
-                StartingOffsets::Latest => partition.end_offset(),
-                StartingOffsets::Given(given) => {
-                    given.get(&t, p).unwrap_or_else(|| partition.start_offset())
-                }
-            };
+            let offset =
+                self.starting
+                    .resolve(&t, p, partition.start_offset(), partition.end_offset());
             offsets.set(&t, p, offset);
         }
         Ok(offsets)

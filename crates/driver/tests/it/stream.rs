@@ -790,6 +790,28 @@ async fn the_kafka_source_subscribes_by_pattern_or_by_assignment() {
             .subscribe_pattern("(")
             .is_err()
     );
+    // Spark's JSON of starting offsets: partition 0 from offset 3, partition 1 from
+    // its latest (-1), so only p0's last two records.
+    let starting =
+        ember_driver::stream::StartingOffsets::parse(r#"{"metrics-a": {"0": 3, "1": -1}}"#)
+            .unwrap();
+    run(
+        KafkaSource::new(&bootstrap, vec!["metrics-a".into()]).starting_offsets(starting),
+        "from_json_offsets",
+    )
+    .await;
+    assert_eq!(count(&session, &sql("from_json_offsets")).await, 201);
+    for bad in [
+        r#"{"t": 3}"#,
+        r#"{"t": {"x": 1}}"#,
+        r#"{"t": {"0": -5}}"#,
+        "soonest",
+    ] {
+        let err = ember_driver::stream::StartingOffsets::parse(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("starting offsets"), "{err}");
+    }
 }
 
 #[tokio::test]
