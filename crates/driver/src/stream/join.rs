@@ -67,7 +67,15 @@ pub struct JoinBatch {
 
 impl Side {
     fn new(plan: LogicalPlan, watermark: Watermark) -> Result<Side> {
-        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        // Every column nullable: the rows a side's job returns may say otherwise than
+        // its logical plan, and kept rows are rebuilt in this one schema.
+        let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(
+            plan.schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
         let time_index = plan
             .schema()
             .fields()
@@ -93,7 +101,11 @@ impl Side {
         batches: &[RecordBatch],
         watermark: Option<i64>,
     ) -> Result<(RecordBatch, usize, Option<i64>)> {
-        let all = arrow::compute::concat_batches(&self.schema, batches)?;
+        let batches = batches
+            .iter()
+            .map(|b| RecordBatch::try_new(self.schema.clone(), b.columns().to_vec()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let all = arrow::compute::concat_batches(&self.schema, &batches)?;
         let times = event_times(all.column(self.time_index))?;
         let mut late = 0;
         let mut max = None;

@@ -521,3 +521,75 @@ async fn two_streams_join_within_a_time_bound_and_forget_what_cannot_match() {
         .to_string();
     assert!(err.contains("with_watermark on its left side"), "{err}");
 }
+
+#[tokio::test]
+async fn json_streams_from_the_log_join_as_the_readme_shows() {
+    use datafusion::common::ScalarValue;
+    use ember_driver::JoinType;
+    use ember_driver::functions::{col, lit};
+    use ember_log::{Log, LogConfig, Producer, ProducerConfig, ProducerRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path().join("log"), LogConfig::default()).unwrap();
+    log.create_topic("impressions", 2, None).unwrap();
+    log.create_topic("clicks", 2, None).unwrap();
+    let producer = Producer::new(log.clone(), ProducerConfig::default()).unwrap();
+    let send = |topic: &str, json: String| {
+        producer.send(ProducerRecord::new(topic, json)).unwrap();
+    };
+    for (ad, it) in [("a", 0), ("b", 1000), ("c", 2000)] {
+        send("impressions", format!(r#"{{"ad":"{ad}","it":{it}}}"#));
+    }
+    // a is clicked in time, b too late, c twice; one click is garbage.
+    for (ad, ct) in [("a", 5000), ("b", 30000), ("c", 3000), ("c", 9000)] {
+        send("clicks", format!(r#"{{"ad":"{ad}","ct":{ct}}}"#));
+    }
+    send("clicks", "not json".into());
+    producer.flush();
+    let session = Session::builder().master("local[2]").build().unwrap();
+    let impressions = session
+        .read_stream()
+        .log(log.clone(), &["impressions"])
+        .unwrap()
+        .parse_json("value", "ad STRING, it TIMESTAMP", "DROPMALFORMED")
+        .unwrap()
+        .with_watermark("it", "10 seconds")
+        .unwrap()
+        .alias("i")
+        .unwrap();
+    let clicks = session
+        .read_stream()
+        .log(log.clone(), &["clicks"])
+        .unwrap()
+        .parse_json("value", "ad STRING, ct TIMESTAMP", "DROPMALFORMED")
+        .unwrap()
+        .with_watermark("ct", "10 seconds")
+        .unwrap()
+        .alias("c")
+        .unwrap();
+    let twenty_seconds = lit(ScalarValue::new_interval_mdn(0, 0, 20_000_000_000));
+    let q = impressions
+        .join_on(
+            &clicks,
+            vec![
+                col("i.ad").eq(col("c.ad")),
+                col("c.ct").between(col("i.it"), col("i.it") + twenty_seconds),
+            ],
+            JoinType::Inner,
+        )
+        .unwrap()
+        .select_expr(&["i.ad || ' ' || CAST(CAST(c.ct AS BIGINT) AS VARCHAR) AS m"])
+        .unwrap()
+        .write_stream()
+        .query_name("clicked")
+        .memory()
+        .checkpoint(dir.path().join("cp"))
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    q.await_termination(None).await.unwrap();
+    assert_eq!(
+        lines(&session, "SELECT m FROM clicked").await,
+        vec!["a 5000", "c 3000", "c 9000"]
+    );
+}
