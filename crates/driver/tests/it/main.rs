@@ -2,5 +2,6 @@
 mod dataframe;
 mod engine;
 mod stream;
+mod stream_sources;
 mod stream_state;
 mod tpch;
