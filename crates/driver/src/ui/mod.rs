@@ -271,22 +271,30 @@ async fn stage(State(ui): State<Ui>, Path((job, stage)): Path<(u64, usize)>) -> 
 }
 
 /// The executors, with their finished and failed task counts.
-fn executor_views(ui: &Ui) -> Vec<Value> {
-    let views: Vec<ExecutorView> = match ui.executors.as_ref() {
+/// A per-executor gauge: its name, help, and value.
+type PerExecutor = (&'static str, &'static str, fn(&ExecutorView) -> f64);
+
+/// The executors: the cluster's, lost ones included, or the local process's slots.
+fn executor_views(ui: &Ui) -> Vec<ExecutorView> {
+    match ui.executors.as_ref() {
         Executors::Cluster(c) => c.views(),
         Executors::Local { slots } => vec![ExecutorView {
             id: "local".into(),
             address: "in process".into(),
             cores: *slots,
             memory_bytes: resident_bytes().unwrap_or(0),
-            active_tasks: ui.status.stages().iter().map(|s| s.tasks_running).sum(),
+            active_tasks: ui.status.running_tasks(),
             registered_ms: ui.status.started_ms,
             last_heartbeat_ms: status::now_ms(),
             status: "active",
             lost_reason: None,
         }],
-    };
-    views
+    }
+}
+
+/// The executors with the tasks each finished and failed.
+async fn executors_api(State(ui): State<Ui>) -> Response {
+    let views: Vec<Value> = executor_views(&ui)
         .into_iter()
         .map(|e| {
             let (done, failed) = ui.status.executor_tasks(&e.id);
@@ -295,11 +303,8 @@ fn executor_views(ui: &Ui) -> Vec<Value> {
             v["failed_tasks"] = json!(failed);
             v
         })
-        .collect()
-}
-
-async fn executors_api(State(ui): State<Ui>) -> Response {
-    axum::Json(executor_views(&ui)).into_response()
+        .collect();
+    axum::Json(views).into_response()
 }
 
 async fn sql(State(ui): State<Ui>) -> Response {
@@ -366,7 +371,7 @@ async fn metrics(State(ui): State<Ui>) -> Response {
         &[(&[], c.output_rows.load(Relaxed) as f64)],
     );
     let executors = executor_views(&ui);
-    let active: Vec<&Value> = executors.iter().filter(|x| x["status"] != "lost").collect();
+    let active: Vec<&ExecutorView> = executors.iter().filter(|x| x.status != "lost").collect();
     e.gauge(
         "ember_executors",
         "Executors by state.",
@@ -378,42 +383,34 @@ async fn metrics(State(ui): State<Ui>) -> Response {
             ),
         ],
     );
-    let ids: Vec<String> = active
-        .iter()
-        .map(|x| x["id"].as_str().unwrap_or("").to_string())
-        .collect();
-    let per = |field: &str| -> Vec<f64> {
-        active
-            .iter()
-            .map(|x| x[field].as_f64().unwrap_or(0.0))
-            .collect()
-    };
-    let samples = |values: Vec<f64>| -> Vec<(Vec<(&str, &str)>, f64)> {
-        ids.iter()
-            .zip(values)
-            .map(|(id, v)| (vec![("executor", id.as_str())], v))
-            .collect()
-    };
-    for (name, help, field) in [
+    let per_executor: [PerExecutor; 3] = [
         (
             "ember_executor_cores",
             "Task slots of each executor.",
-            "cores",
+            |x| x.cores as f64,
         ),
         (
             "ember_executor_memory_bytes",
             "Memory of each executor (its limit; in local mode the process's resident memory).",
-            "memory_bytes",
+            |x| x.memory_bytes as f64,
         ),
         (
             "ember_executor_active_tasks",
             "Tasks running on each executor.",
-            "active_tasks",
+            |x| x.active_tasks as f64,
         ),
-    ] {
-        let s = samples(per(field));
-        let refs: Vec<(&[(&str, &str)], f64)> = s.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-        e.gauge(name, help, &refs);
+    ];
+    for (name, help, value) in per_executor {
+        let labels: Vec<[(&str, &str); 1]> = active
+            .iter()
+            .map(|x| [("executor", x.id.as_str())])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&active)
+            .map(|(l, x)| (&l[..], value(x)))
+            .collect();
+        e.gauge(name, help, &samples);
     }
     e.gauge(
         "ember_process_resident_memory_bytes",

@@ -494,6 +494,16 @@ impl AppStatus {
             .unwrap_or_default()
     }
 
+    /// Tasks running now, over every stage.
+    pub fn running_tasks(&self) -> usize {
+        self.inner
+            .lock()
+            .stages
+            .values()
+            .map(|s| s.tasks_running)
+            .sum()
+    }
+
     /// Jobs running now.
     pub fn running_jobs(&self) -> usize {
         self.inner
