@@ -265,8 +265,8 @@ async fn stage(State(ui): State<Ui>, Path((job, stage)): Path<(u64, usize)>) -> 
         return not_found(format!("no stage {stage} of job {job}"));
     };
     let mut v = serde_json::to_value(&s).expect("serializable");
-    v["plan"] = json!(s.plan);
-    v["tasks"] = serde_json::to_value(&s.tasks).expect("serializable");
+    v["plan"] = json!(&*s.plan);
+    v["tasks"] = serde_json::to_value(&*s.tasks).expect("serializable");
     axum::Json(v).into_response()
 }
 

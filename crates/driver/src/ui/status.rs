@@ -48,6 +48,22 @@ pub struct TaskInfo {
     pub error: Option<String>,
 }
 
+impl TaskInfo {
+    fn started(id: &TaskId, start_ms: i64) -> TaskInfo {
+        TaskInfo {
+            partition: id.partition,
+            attempt: id.attempt,
+            executor: None,
+            status: "running",
+            start_ms,
+            duration_ms: None,
+            rows_out: 0,
+            bytes_out: 0,
+            error: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StageInfo {
     pub job: u64,
@@ -71,10 +87,11 @@ pub struct StageInfo {
     pub submitted_ms: Option<i64>,
     pub completed_ms: Option<i64>,
     pub duration_ms: Option<i64>,
+    /// Shared, so that listing stages copies no plans and no tasks.
     #[serde(skip)]
-    pub plan: String,
+    pub plan: Arc<str>,
     #[serde(skip)]
-    pub tasks: Vec<TaskInfo>,
+    pub tasks: Arc<Vec<TaskInfo>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,8 +257,8 @@ impl AppStatus {
                     submitted_ms: None,
                     completed_ms: None,
                     duration_ms: None,
-                    plan: displayable(s.plan.as_ref()).indent(true).to_string(),
-                    tasks: vec![],
+                    plan: displayable(s.plan.as_ref()).indent(true).to_string().into(),
+                    tasks: Arc::default(),
                 },
             );
         }
@@ -285,17 +302,7 @@ impl AppStatus {
     pub(crate) fn task_started(&self, id: &TaskId) {
         if let Some(s) = self.inner.lock().stages.get_mut(&(id.job, id.stage)) {
             s.tasks_running += 1;
-            s.tasks.push(TaskInfo {
-                partition: id.partition,
-                attempt: id.attempt,
-                executor: None,
-                status: "running",
-                start_ms: now_ms(),
-                duration_ms: None,
-                rows_out: 0,
-                bytes_out: 0,
-                error: None,
-            });
+            Arc::make_mut(&mut s.tasks).push(TaskInfo::started(id, now_ms()));
         }
     }
 
@@ -318,26 +325,15 @@ impl AppStatus {
             return;
         };
         s.tasks_running = s.tasks_running.saturating_sub(1);
-        let task = s
-            .tasks
-            .iter_mut()
-            .rev()
-            .find(|t| t.partition == id.partition && t.attempt == id.attempt);
-        let task = match task {
-            Some(t) => t,
+        let tasks = Arc::make_mut(&mut s.tasks);
+        let at = tasks
+            .iter()
+            .rposition(|t| t.partition == id.partition && t.attempt == id.attempt);
+        let task = match at {
+            Some(i) => &mut tasks[i],
             None => {
-                s.tasks.push(TaskInfo {
-                    partition: id.partition,
-                    attempt: id.attempt,
-                    executor: None,
-                    status: "running",
-                    start_ms: now,
-                    duration_ms: None,
-                    rows_out: 0,
-                    bytes_out: 0,
-                    error: None,
-                });
-                s.tasks.last_mut().expect("pushed")
+                tasks.push(TaskInfo::started(&id, now));
+                tasks.last_mut().expect("pushed")
             }
         };
         task.executor = Some(status.executor_id.clone());
