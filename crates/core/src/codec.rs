@@ -331,6 +331,18 @@ impl PhysicalExtensionCodec for EmberCodec {
                     .collect(),
                 k.fail_on_data_loss,
             ))),
+            Some(Node::Stateful(n)) => {
+                let config = serde_json::from_str(&n.config)
+                    .map_err(|e| decode_err("stateful operator", e))?;
+                Ok(Arc::new(
+                    crate::stateful::exec::StatefulExec::try_new(
+                        one_input()?,
+                        config,
+                        decode_schema(&n.schema)?,
+                    )
+                    .map_err(|e| decode_err("stateful operator", e))?,
+                ))
+            }
             None => Err(decode_err("ember plan node", "empty node")),
         }
     }
@@ -381,6 +393,12 @@ impl PhysicalExtensionCodec for EmberCodec {
                     })
                     .collect(),
                 fail_on_data_loss: k.fail_on_data_loss,
+            })
+        } else if let Some(st) = node.downcast_ref::<crate::stateful::exec::StatefulExec>() {
+            Node::Stateful(proto::StatefulNode {
+                config: serde_json::to_string(st.config())
+                    .map_err(|e| DataFusionError::Internal(format!("ember codec: {e}")))?,
+                schema: encode_schema(&st.schema())?,
             })
         } else if let Some(m) = node.downcast_ref::<MapBatchesExec>() {
             Node::MapBatches(proto::MapBatchesNode {

@@ -212,7 +212,7 @@ impl ScalarUDFImpl for EventTimeFn {
 }
 
 /// What a window function in a plan asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum WindowKind {
     /// Tumbling when `slide == length`.
     Sliding {

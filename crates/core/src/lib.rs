@@ -11,6 +11,8 @@
 //! - [`task`]: task identities, definitions and typed results, and [`task::run_task`],
 //!   which decodes and runs one task wherever it is executed.
 //! - [`cancel`]: stopping a killed task at its next batch.
+//! - [`stateful`]: streaming aggregation and deduplication as tasks, one per state
+//!   partition, and the versioned state store they keep in the checkpoint.
 //! - [`batch_fn`]: named RecordBatch functions (`map_batches`), the MapReduce-style
 //!   escape hatch.
 //! - [`proto`]: the generated gRPC code of `proto/ember.proto`; [`convert`] turns task
@@ -29,6 +31,7 @@ pub mod metrics;
 pub mod proto;
 pub mod rpc;
 pub mod shuffle;
+pub mod stateful;
 pub mod task;
 
 pub use config::EmberConfig;

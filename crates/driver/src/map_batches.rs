@@ -173,11 +173,13 @@ impl QueryPlanner for EmberQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn datafusion::catalog::Session,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let planner =
-            DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(MapBatchesPlanner {
+        let planner = DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(MapBatchesPlanner {
                 registry: self.registry.clone(),
                 cluster_driver: self.cluster_driver,
-            })]);
+            }),
+            Arc::new(crate::stream::StatefulPlanner),
+        ]);
         planner.create_physical_plan(logical_plan, session).await
     }
 }

@@ -42,6 +42,7 @@ use datafusion::physical_plan::{
 };
 use ember_core::Result;
 use ember_core::shuffle::{ShuffleWriterExec, UnresolvedShuffleExec};
+use ember_core::stateful::exec::StatefulExec;
 
 /// How a stage's output reaches its consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +149,9 @@ impl Planner {
             replace_children_if_necessary(plan, children.clone())?
         };
 
+        if let Some(st) = plan.downcast_ref::<StatefulExec>() {
+            return self.cut_stateful(st, plan.clone(), children[0].clone(), parents);
+        }
         if let Some(rep) = plan.downcast_ref::<RepartitionExec>() {
             return match rep.partitioning() {
                 Partitioning::Hash(exprs, n) => {
@@ -205,6 +209,41 @@ impl Planner {
     }
 
     /// Cuts below `input` with no repartitioning: map task `i` becomes reader partition `i`.
+    /// A stateful operator's state partitions are exchanged here, after the
+    /// optimizer (which may drop a hash repartition it finds unneeded): its input is
+    /// hashed on the operator's keys into exactly its partitions, or gathered into
+    /// one without keys.
+    fn cut_stateful(
+        &mut self,
+        st: &StatefulExec,
+        plan: Arc<dyn ExecutionPlan>,
+        input: Arc<dyn ExecutionPlan>,
+        parents: Vec<usize>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Vec<usize>)> {
+        let config = st.config();
+        let keys = StatefulExec::key_exprs(config, &input.schema());
+        if keys.is_empty() {
+            if input.output_partitioning().partition_count() == 1 {
+                return Ok((plan, parents));
+            }
+            let (reader, ids) = self.passthrough(input, Exchange::Coalesce, parents)?;
+            let gathered: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(reader));
+            return Ok((replace_children_if_necessary(plan, vec![gathered])?, ids));
+        }
+        let partitioning = Partitioning::Hash(keys.clone(), config.partitions);
+        let exchange = Exchange::Hash {
+            keys: keys.iter().map(|e| e.to_string()).collect(),
+            partitions: config.partitions,
+        };
+        let schema = input.schema();
+        let id = self.add_stage(input, Some(partitioning.clone()), exchange, parents)?;
+        let reader = UnresolvedShuffleExec::new(id, schema, partitioning);
+        Ok((
+            replace_children_if_necessary(plan, vec![Arc::new(reader)])?,
+            vec![id],
+        ))
+    }
+
     fn passthrough(
         &mut self,
         input: Arc<dyn ExecutionPlan>,

@@ -21,10 +21,12 @@ use ember_core::convert::{ipc_stream, read_ipc_stream};
 
 use crate::engine::is_builtin;
 use crate::map_batches::MapBatchesNode;
+use crate::stream::StatefulNode;
 
 const TAG_MAP_BATCHES: u8 = 1;
 const TAG_MEM_TABLE: u8 = 2;
 const TAG_KAFKA_RANGES: u8 = 3;
+const TAG_STATEFUL: u8 = 4;
 
 /// A user function's calls in a plan: argument types and return type of each.
 type CallTypes = BTreeSet<(Vec<DataType>, DataType)>;
@@ -112,6 +114,49 @@ fn frames(mut buf: &[u8]) -> DFResult<Vec<&[u8]>> {
     Ok(out)
 }
 
+/// A stateful node: its configuration (JSON), its schema, and the qualifier of its
+/// columns (empty for none).
+fn encode_stateful(st: &StatefulNode, buf: &mut Vec<u8>) -> DFResult<()> {
+    buf.push(TAG_STATEFUL);
+    let config = serde_json::to_vec(&st.config).map_err(|e| bad(&e.to_string()))?;
+    put_frame(buf, &config);
+    put_frame(buf, &schema_bytes(&Arc::new(st.schema.as_arrow().clone()))?);
+    let qualifier = st
+        .schema
+        .iter()
+        .next()
+        .and_then(|(q, _)| q.map(|q| q.to_string()))
+        .unwrap_or_default();
+    put_frame(buf, qualifier.as_bytes());
+    Ok(())
+}
+
+fn decode_stateful(buf: &[u8], inputs: &[LogicalPlan]) -> DFResult<Extension> {
+    let [config, schema, qualifier] = frames(buf)?[..] else {
+        return Err(bad("a stateful node"));
+    };
+    let config =
+        serde_json::from_slice(config).map_err(|_| bad("a stateful node's configuration"))?;
+    let schema = read_schema(schema)?.as_ref().clone();
+    let qualifier = std::str::from_utf8(qualifier).map_err(|_| bad("a qualifier"))?;
+    let schema = if qualifier.is_empty() {
+        DFSchema::try_from(schema)?
+    } else {
+        DFSchema::try_from_qualified_schema(qualifier, &schema)?
+    };
+    let input = inputs
+        .first()
+        .cloned()
+        .ok_or_else(|| bad("a stateful node without input"))?;
+    Ok(Extension {
+        node: Arc::new(StatefulNode {
+            input,
+            config,
+            schema: Arc::new(schema),
+        }),
+    })
+}
+
 fn bad(what: &str) -> DataFusionError {
     DataFusionError::Plan(format!("could not decode a client's plan: {what}"))
 }
@@ -132,6 +177,9 @@ impl LogicalExtensionCodec for EmberLogicalCodec {
         _ctx: &TaskContext,
     ) -> DFResult<Extension> {
         let (tag, rest) = buf.split_first().ok_or_else(|| bad("an empty extension"))?;
+        if *tag == TAG_STATEFUL {
+            return decode_stateful(rest, inputs);
+        }
         if *tag != TAG_MAP_BATCHES {
             return Err(bad(&format!("extension tag {tag}")));
         }
@@ -154,6 +202,9 @@ impl LogicalExtensionCodec for EmberLogicalCodec {
     }
 
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> DFResult<()> {
+        if let Some(st) = node.node.as_any().downcast_ref::<StatefulNode>() {
+            return encode_stateful(st, buf);
+        }
         let Some(m) = node.node.as_any().downcast_ref::<MapBatchesNode>() else {
             return Err(DataFusionError::NotImplemented(format!(
                 "the plan node {} cannot be sent to a driver",

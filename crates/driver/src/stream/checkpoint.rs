@@ -4,14 +4,13 @@
 //! <dir>/metadata        {"id": ...}: the query's identity, kept across restarts
 //! <dir>/offsets/<n>     batch n's ranges, written before it runs
 //! <dir>/commits/<n>     written once the sink has batch n, with the next watermark
-//! <dir>/state/<op>/...  stateful operators' state (see `state.rs`)
+//! <dir>/state/<op>/...  stateful operators' state (`ember_core::stateful::store`)
 //! <dir>/lock            held (flock) while a query runs from this directory
 //! ```
 //!
 //! On restart, a batch with offsets and no commit runs again with the same ranges.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ember_core::{EmberError, Result};
@@ -53,15 +52,7 @@ fn io(path: &Path, e: std::io::Error) -> EmberError {
     EmberError::io(path.display(), e)
 }
 
-/// Writes through a temporary file and a rename: a crash leaves the old file or the
-/// new one, never half of one.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| io(&tmp, e))?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
-}
+pub(crate) use ember_core::stateful::store::write_atomically;
 
 fn numbered(dir: &Path) -> Result<Vec<u64>> {
     let mut ids: Vec<u64> = match std::fs::read_dir(dir) {

@@ -27,8 +27,8 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Join, LogicalPlan, LogicalPlanB
 use ember_core::event_time::event_times;
 use ember_core::{EmberError, Result};
 
-use super::state::{Change, Entries, Snapshot};
 use super::stateful::Watermark;
+use ember_core::stateful::store::{Change, Entries, Snapshot};
 
 /// A side of the join.
 pub struct Side {

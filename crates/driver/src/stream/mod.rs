@@ -30,7 +30,6 @@ mod rate;
 mod runner;
 mod sink;
 mod source;
-mod state;
 mod stateful;
 
 use std::sync::Arc;
@@ -56,6 +55,7 @@ pub use rate::RateSource;
 pub use sink::{FileFormat, FileSink, METADATA_DIR, Sink, committed_files};
 pub use source::{LogSource, Offsets, Source, StartingOffsets, kafka_schema};
 pub use stateful::Watermark;
+pub(crate) use stateful::{StatefulNode, StatefulPlanner};
 
 use crate::dataframe::DataFrame;
 use crate::session::Session;

@@ -19,9 +19,9 @@ use super::checkpoint::Checkpoint;
 use super::runner::{Runner, SNAPSHOT_EVERY, STATE_PARTITIONS, Shared};
 use super::sink::{ConsoleSink, FileFormat, FileSink, ForeachBatchSink, MemorySink, Sink};
 use super::source::{CombinedSource, Offsets, Source};
-use super::state::StateStore;
 use super::stateful::{Operator, plan_query};
 use crate::dataframe::DataFrame;
+use ember_core::stateful::store::StateStore;
 
 /// When the next micro-batch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +34,7 @@ pub enum Trigger {
     AvailableNow,
 }
 
-/// Which rows a batch hands to the sink (Spark's output modes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputMode {
-    Append,
-    Update,
-    Complete,
-}
+pub use ember_core::stateful::OutputMode;
 
 /// One batch's progress report, like Spark's `StreamingQueryProgress`.
 #[derive(Debug, Clone, Serialize)]
@@ -357,7 +351,9 @@ impl DataStreamWriter {
             status.add_stream(shared.clone());
         }
         let (done_tx, done) = watch::channel(None);
-        let state_dir = checkpoint.state_dir(0);
+        // Absolute: the tasks that keep the state may run in other directories.
+        let state_dir = std::path::absolute(checkpoint.state_dir(0))
+            .map_err(|e| EmberError::io(checkpoint.state_dir(0).display(), e))?;
         let runner = Runner {
             df: self.df.clone(),
             source: source.clone(),
@@ -367,12 +363,14 @@ impl DataStreamWriter {
             trigger: self.trigger,
             shared: shared.clone(),
             mode: self.mode,
-            stateful: query.stateful.as_ref().map(|st| {
-                (
+            join_state: match query.stateful.as_ref().map(|st| &st.op) {
+                Some(Operator::Join(_)) => Some((
                     StateStore::new(state_dir.clone(), STATE_PARTITIONS, SNAPSHOT_EVERY),
-                    Mutex::new(st.empty_state()),
-                )
-            }),
+                    Mutex::new(Default::default()),
+                )),
+                _ => None,
+            },
+            state_dir,
             watermark: Mutex::new(None),
             progress_to: self.progress_to.clone(),
             query,

@@ -9,23 +9,26 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemTable, TableProvider};
-use datafusion::common::tree_node::Transformed;
+use datafusion::common::DFSchema;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::{provider_as_source, source_as_provider};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Extension, LogicalPlan};
 use ember_core::{EmberError, Result};
 use parking_lot::Mutex;
 
 use super::StreamTable;
 use super::checkpoint::{BatchRange, Checkpoint};
+use super::join::JoinState;
 use super::query::{
     Durations, OutputMode, Progress, SinkProgress, SourceProgress, StateProgress, Status, Trigger,
     same,
 };
 use super::sink::Sink;
 use super::source::{CombinedSource, Offsets, Source};
-use super::state::StateStore;
-use super::stateful::{Emitted, OpState, Operator, QueryPlan, StatefulPlan};
+use super::stateful::{Emitted, Operator, QueryPlan, StatefulNode, StatefulPlan};
 use crate::dataframe::DataFrame;
+use ember_core::stateful::StatefulConfig;
+use ember_core::stateful::store::{BatchStats, StateStore};
 
 pub(super) struct Shared {
     pub(super) id: String,
@@ -67,8 +70,10 @@ pub(super) struct Runner {
     pub(super) trigger: Trigger,
     pub(super) shared: Arc<Shared>,
     pub(super) mode: OutputMode,
-    /// The stateful operator's store and state, if the query has one.
-    pub(super) stateful: Option<(StateStore, Mutex<OpState>)>,
+    /// A stream-stream join's store and kept rows, held in this process.
+    pub(super) join_state: Option<(StateStore, Mutex<JoinState>)>,
+    /// Where stateful operators keep their state (`state/0` of the checkpoint).
+    pub(super) state_dir: std::path::PathBuf,
     /// The watermark the next batch uses.
     pub(super) watermark: Mutex<Option<i64>>,
     pub(super) progress_to: Option<Arc<super::InfluxWriter>>,
@@ -104,24 +109,32 @@ impl Runner {
             Some((range, None)) => range.batch_id.checked_sub(1),
             None => None,
         };
-        if let (Some((store, state)), Some(batch), Some(plan)) =
-            (&self.stateful, committed_batch, &self.query.stateful)
+        if let (Some((store, state)), Some(batch), Some(st)) =
+            (&self.join_state, committed_batch, &self.query.stateful)
+            && let Operator::Join(op) = &st.op
         {
-            *state.lock() = plan.load(store.load(batch)?)?;
+            *state.lock() = op.load(store.load(batch)?)?;
         }
-        let (mut next_id, mut start) = match last {
-            None => (0, self.source.initial().await?),
-            Some((range, Some(_))) => (range.batch_id + 1, range.end),
+        if let Some(config) = self.stateful_config(0, None) {
+            config.store().check_layout(&config.layout())?;
+        }
+        // The watermark the last batch run used: when the query's has moved on since,
+        // a batch without new data emits and evicts what the new one closes.
+        let (mut next_id, mut start, mut used_watermark) = match last {
+            None => (0, self.source.initial().await?, None),
+            Some((range, Some(_))) => (range.batch_id + 1, range.end, range.watermark_ms),
             Some((range, None)) => {
                 // Planned but not committed when the last run stopped: the same ranges
                 // and watermark again, so the sink sees exactly that batch.
                 tracing::info!(batch = range.batch_id, "re-running an uncommitted batch");
                 self.run_batch(&range, Instant::now(), Duration::ZERO, 0, 0)
                     .await?;
-                (range.batch_id + 1, range.end)
+                (range.batch_id + 1, range.end, range.watermark_ms)
             }
         };
-        *self.shared.committed.lock() = Some(start.clone());
+        if !self.no_data_batch_due(used_watermark) {
+            *self.shared.committed.lock() = Some(start.clone());
+        }
         // AvailableNow reads what is there now, and no further.
         let target = match self.trigger {
             Trigger::AvailableNow => Some(self.source.available().await?),
@@ -138,7 +151,9 @@ impl Runner {
                 end = end.capped_at(target);
             }
             let latest_ms = started.elapsed().as_millis() as u64;
-            if end == start {
+            let due = self.no_data_batch_due(used_watermark);
+            if end == start && !due {
+                *self.shared.committed.lock() = Some(start.clone());
                 match self.trigger {
                     Trigger::Once | Trigger::AvailableNow => break,
                     Trigger::ProcessingTime(d) => {
@@ -162,11 +177,21 @@ impl Runner {
             last_trigger = Instant::now();
             self.run_batch(&range, started, since_last, latest_ms, wal_ms)
                 .await?;
+            used_watermark = range.watermark_ms;
+            let due = self.no_data_batch_due(used_watermark);
+            if !due {
+                *self.shared.committed.lock() = Some(end.clone());
+            }
             start = end;
             next_id += 1;
             match self.trigger {
-                Trigger::Once => break,
+                Trigger::Once => {
+                    *self.shared.committed.lock() = Some(start.clone());
+                    break;
+                }
                 Trigger::AvailableNow => {}
+                // What the new watermark closes comes out now, not a trigger later.
+                Trigger::ProcessingTime(_) if due => {}
                 Trigger::ProcessingTime(d) => {
                     let left = d.saturating_sub(started.elapsed());
                     if !left.is_zero() {
@@ -194,55 +219,42 @@ impl Runner {
         self.set_status("Processing new data", true, true);
         let add = Instant::now();
         let (num_input_rows, written, late, state_progress, next_watermark, lost) = async {
-            if let (Some((store, state)), Some(st)) = (&self.stateful, &self.query.stateful)
-                && let Operator::Join(_) = &st.op
-            {
+            if let (Some((store, state)), Some(st)) = (&self.join_state, &self.query.stateful) {
                 return self.run_join(range, store, state, st).await;
             }
             let lost_before = self.source.offsets_lost();
             let (table, num_input_rows) =
                 batch_table(&self.source, &range.start, &range.end).await?;
             let lost = self.source.offsets_lost() - lost_before;
-            let plan = swap_provider(&self.query.batch, &is_stream, table)?;
+            let batch_plan = swap_provider(&self.query.batch, &is_stream, table)?;
+            // A stateful operator runs in the same job, one task per state partition.
+            let config = self.stateful_config(range.batch_id, range.watermark_ms);
+            let plan = match (&config, &self.query.stateful) {
+                (Some(config), Some(st)) => stateful_plan(batch_plan, config.clone(), st)?,
+                _ => batch_plan,
+            };
+            let schema = Arc::new(plan.schema().as_arrow().clone());
             let description = self.description(range.batch_id);
-            let session = self.df.session();
-            let mut output = session.collect_described(&plan, Some(&description)).await?;
+            let mut output = self
+                .df
+                .session()
+                .collect_described(&plan, Some(&description))
+                .await?;
             let mut late = 0;
             let mut state_progress = StateProgress::default();
             let mut next_watermark = range.watermark_ms;
-            let mut schema = Arc::new(plan.schema().as_arrow().clone());
-            if let (Some((store, state)), Some(st)) = (&self.stateful, &self.query.stateful) {
+            if let Some(config) = &config {
+                let stats = batch_stats(config)?;
+                late = stats.late_rows;
+                state_progress = StateProgress {
+                    rows_total: stats.rows_total,
+                    rows_updated: stats.rows_updated,
+                    rows_removed: stats.rows_removed,
+                };
                 let delay = self.query.watermark.as_ref().map(|w| w.delay_ms);
-                let rows = {
-                    let mut state = state.lock();
-                    let out =
-                        st.process(&mut state, &output, range.watermark_ms, delay, self.mode)?;
-                    late = out.late_rows;
-                    next_watermark = out.next_watermark;
-                    state_progress = StateProgress {
-                        rows_total: out.rows_total,
-                        rows_updated: out.rows_updated,
-                        rows_removed: out.rows_removed,
-                    };
-                    // Before the commit: a restart resumes from this version.
-                    store.write(range.batch_id, out.changes, || st.entries(&state))?;
-                    out.rows
-                };
-                output = match &st.above {
-                    None => {
-                        schema = st.output.clone();
-                        vec![rows]
-                    }
-                    Some((above, emitted)) => {
-                        let rows = vec![RecordBatch::try_new(
-                            emitted.clone(),
-                            rows.columns().to_vec(),
-                        )?];
-                        let plan = swap_scan(above, &is_emitted, emitted.clone(), rows)?;
-                        schema = Arc::new(plan.schema().as_arrow().clone());
-                        session.collect_described(&plan, Some(&description)).await?
-                    }
-                };
+                if let (Some(d), Some(t)) = (delay, stats.max_event_time) {
+                    next_watermark = Some(next_watermark.map_or(t - d, |w| w.max(t - d)));
+                }
             }
             if output.is_empty() {
                 output.push(RecordBatch::new_empty(schema));
@@ -263,7 +275,6 @@ impl Runner {
         let commit = Instant::now();
         self.checkpoint.commit(range.batch_id, next_watermark)?;
         *self.watermark.lock() = next_watermark;
-        *self.shared.committed.lock() = Some(range.end.clone());
         let commit_ms = commit.elapsed().as_millis() as u64;
         let total = started.elapsed();
         let lag_rows = match self.source.available().await {
@@ -327,6 +338,38 @@ impl Runner {
 }
 
 impl Runner {
+    /// The batch's configuration of the query's partitioned stateful operator, if it
+    /// has one.
+    fn stateful_config(&self, batch_id: u64, watermark_ms: Option<i64>) -> Option<StatefulConfig> {
+        let st = self.query.stateful.as_ref()?;
+        let Operator::Partitioned(op) = &st.op else {
+            return None;
+        };
+        let keyed = !op.key_columns(st.event_time).is_empty();
+        Some(StatefulConfig {
+            op: op.clone(),
+            event_time: st.event_time,
+            mode: self.mode,
+            state_dir: self.state_dir.to_string_lossy().into_owned(),
+            partitions: if keyed { STATE_PARTITIONS } else { 1 },
+            snapshot_every: SNAPSHOT_EVERY,
+            batch_id,
+            watermark_ms,
+        })
+    }
+
+    /// Whether the watermark has moved since the last batch used it, so that a batch
+    /// without new data has windows to emit and state to evict (Spark's no-data
+    /// batch).
+    fn no_data_batch_due(&self, used: Option<i64>) -> bool {
+        let partitioned = matches!(
+            self.query.stateful.as_ref().map(|st| &st.op),
+            Some(Operator::Partitioned(_))
+        );
+        let now = *self.watermark.lock();
+        partitioned && self.query.watermark.is_some() && now.is_some() && now != used
+    }
+
     fn description(&self, batch: u64) -> String {
         format!(
             "streaming query {} batch {batch}",
@@ -340,7 +383,7 @@ impl Runner {
         &self,
         range: &BatchRange,
         store: &StateStore,
-        state: &Mutex<OpState>,
+        state: &Mutex<JoinState>,
         st: &StatefulPlan,
     ) -> Result<(i64, usize, usize, StateProgress, Option<i64>, i64)> {
         let Operator::Join(op) = &st.op else {
@@ -376,9 +419,7 @@ impl Runner {
             .await?;
         let (batch, progress) = {
             let mut state = state.lock();
-            let OpState::Join(join_state) = &mut *state else {
-                unreachable!("state made for its operator")
-            };
+            let join_state = &mut *state;
             let before = super::join::JoinOp::rows(join_state);
             let (batch, changes) = op.process(
                 join_state,
@@ -437,6 +478,57 @@ fn rate(rows: i64, over: Duration) -> f64 {
         0.0
     } else {
         (rows as f64 / s * 10.0).round() / 10.0
+    }
+}
+
+/// What the tasks of a batch's stateful operator reported, summed.
+fn batch_stats(config: &StatefulConfig) -> Result<BatchStats> {
+    let store = config.store();
+    let mut sum = BatchStats::default();
+    for p in 0..config.partitions {
+        let s = store.stats(p, config.batch_id)?;
+        sum.late_rows += s.late_rows;
+        sum.max_event_time = sum.max_event_time.max(s.max_event_time);
+        sum.rows_total += s.rows_total;
+        sum.rows_updated += s.rows_updated;
+        sum.rows_removed += s.rows_removed;
+    }
+    Ok(sum)
+}
+
+/// The batch plan under its stateful operator, and the plan above it reading the
+/// operator's rows instead of the [`Emitted`] placeholder.
+fn stateful_plan(
+    batch: LogicalPlan,
+    config: StatefulConfig,
+    st: &StatefulPlan,
+) -> Result<LogicalPlan> {
+    let node = |schema: DFSchema| {
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(StatefulNode {
+                input: batch.clone(),
+                config: config.clone(),
+                schema: Arc::new(schema),
+            }),
+        })
+    };
+    match &st.above {
+        None => Ok(node(DFSchema::try_from(st.output.as_ref().clone())?)),
+        Some((above, emitted)) => {
+            let node = node(DFSchema::try_from_qualified_schema(
+                super::stateful::EMITTED,
+                emitted,
+            )?);
+            let rewritten = above.clone().transform_up(|n| match &n {
+                LogicalPlan::TableScan(scan)
+                    if source_as_provider(&scan.source).is_ok_and(|p| is_emitted(p.as_ref())) =>
+                {
+                    Ok(Transformed::yes(node.clone()))
+                }
+                _ => Ok(Transformed::no(n)),
+            })?;
+            Ok(rewritten.data)
+        }
     }
 }
 

@@ -1,13 +1,16 @@
 //! Stateful streaming: a query's plan cut at its stateful operator, and the operators.
 //!
 //! ```text
-//!  stream rows ─▶ plan below the operator (a job) ─▶ the operator's input columns
-//!    ─▶ drop rows older than the watermark (counted as late)
-//!    ─▶ fold into state ─▶ emit per output mode, evict what the watermark closed
-//!    ─▶ state version n written (state.rs) ─▶ plan above the operator (a job) ─▶ sink
+//!  each batch, one job:
+//!  stream rows ─▶ plan below the operator ─▶ the operator's input columns
+//!    ─▶ hash exchange on its keys ─▶ StatefulNode: one task per state partition
+//!       (`ember_core::stateful`: load, drop late rows, fold, emit, evict, write)
+//!    ─▶ plan above the operator ─▶ sink
 //! ```
 //!
-//! Operators (`aggregate.rs`, `dedup.rs`; stream-stream joins are `../join.rs`):
+//! A stream-stream join (`../join.rs`) keeps its rows in the query's process instead.
+//!
+//! Operators (`aggregate.rs`, `dedup.rs` plan them; `ember_core::stateful` runs them):
 //! - **aggregation** (`group_by(..).agg(..)`, SQL `GROUP BY`) with `count`, `sum`, `min`,
 //!   `max`, `avg`, grouped by plain keys and at most one event-time window:
 //!   `window(ts, len)` (tumbling), `window(ts, len, slide)` (sliding: a row counts in
@@ -20,16 +23,13 @@
 //! before it reached: the largest event time seen minus the delay, never moving back.
 //! It is stored with the batch's offsets (and the next one with its commit), so a batch
 //! run again after a restart drops, emits and evicts exactly what it did before.
-//! Append emits a window once, when the watermark after the batch passes its end;
-//! Update emits the groups a batch changed; Complete emits every group, every batch.
+//! Append emits a window once, in the first batch whose watermark passes its end (a
+//! batch without new data when none comes, as in Spark); Update emits the groups a
+//! batch changed; Complete emits every group, every batch.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::Array;
-use arrow::datatypes::{DataType, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
-use arrow::row::{RowConverter, SortField};
+use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{Session as CatalogSession, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ScalarValue};
@@ -38,19 +38,18 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Expr, Filter, LogicalPlan, LogicalPlanBuilder, lit};
 use datafusion::physical_plan::ExecutionPlan;
-use ember_core::event_time::{WATERMARK, WindowKind, event_times, parse_duration};
+use ember_core::event_time::{WATERMARK, parse_duration};
+use ember_core::stateful::OpConfig;
 use ember_core::{EmberError, Result};
 
 mod aggregate;
 mod dedup;
+mod node;
 
-pub use aggregate::AggregateOp;
-pub use dedup::DedupOp;
+pub(crate) use node::{StatefulNode, StatefulPlanner};
 
 use super::query::OutputMode;
-use super::state::{Change, Entries, Snapshot};
 use crate::dataframe::DataFrame;
-use aggregate::{Partial, split_key};
 
 impl DataFrame {
     /// Spark's `withWatermark`: rows of a stateful streaming query whose `column` is
@@ -97,8 +96,8 @@ pub struct StatefulPlan {
 }
 
 pub enum Operator {
-    Aggregate(AggregateOp),
-    Dedup(DedupOp),
+    /// An aggregation or a deduplication, run by the tasks of a `StatefulNode`.
+    Partitioned(OpConfig),
     Join(Box<super::join::JoinOp>),
 }
 
@@ -143,6 +142,9 @@ fn join_watermarks(plan: &LogicalPlan) -> Result<Option<(Watermark, Watermark)>>
     };
     Ok(Some((one(&left, "left")?, one(&right, "right")?)))
 }
+
+/// The qualifier of the operator's rows in the plan above it.
+pub(crate) const EMITTED: &str = "__ember_emitted";
 
 /// Where the operator's rows enter the plan above it; each batch swaps in its rows.
 #[derive(Debug)]
@@ -331,8 +333,8 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
     let output: SchemaRef = Arc::new(node.schema().as_arrow().clone());
     let (batch, op, event_time) = match &node {
         LogicalPlan::Aggregate(agg) => {
-            let (batch, op, event_time) = AggregateOp::plan(agg, watermark.as_ref())?;
-            let windowed = op.window.is_some();
+            let (batch, op, event_time) = aggregate::plan(agg, watermark.as_ref())?;
+            let windowed = op.windowed();
             match mode {
                 OutputMode::Append if watermark.is_none() || !windowed => {
                     return Err(EmberError::Config(
@@ -341,7 +343,7 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
                 }
                 _ => {}
             }
-            (batch, Operator::Aggregate(op), event_time)
+            (batch, Operator::Partitioned(op), event_time)
         }
         LogicalPlan::Distinct(distinct) => {
             if mode == OutputMode::Complete {
@@ -349,8 +351,8 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
                     "Complete output mode needs a streaming aggregation, not a deduplication; use Append".into(),
                 ));
             }
-            let (batch, op, event_time) = DedupOp::plan(distinct, watermark.as_ref())?;
-            (batch, Operator::Dedup(op), event_time)
+            let (batch, op, event_time) = dedup::plan(distinct, watermark.as_ref())?;
+            (batch, Operator::Partitioned(op), event_time)
         }
         LogicalPlan::Join(join) => {
             if mode != OutputMode::Append {
@@ -390,13 +392,13 @@ fn emitted_scan(node: &LogicalPlan) -> DFResult<(LogicalPlan, SchemaRef)> {
     let table = Arc::new(Emitted {
         schema: schema.clone(),
     });
-    let scan = LogicalPlanBuilder::scan("__ember_emitted", provider_as_source(table), None)?;
+    let scan = LogicalPlanBuilder::scan(EMITTED, provider_as_source(table), None)?;
     let exprs: Vec<Expr> = node
         .schema()
         .iter()
         .enumerate()
         .map(|(i, (qualifier, field))| {
-            Expr::Column(Column::new(Some("__ember_emitted"), format!("c{i}")))
+            Expr::Column(Column::new(Some(EMITTED), format!("c{i}")))
                 .alias_qualified(qualifier.cloned(), field.name())
         })
         .collect();
@@ -425,204 +427,4 @@ fn event_time_expr(input: &LogicalPlan, watermark: Option<&Watermark>) -> Result
     Ok(Some(
         Expr::Column(Column::from((qualifier, field))).alias("__ember_event_time"),
     ))
-}
-
-/// An operator's state while a query runs.
-pub(crate) enum OpState {
-    Aggregate {
-        groups: HashMap<Box<[u8]>, Partial>,
-        /// Session windows: each key's sessions, start → end.
-        sessions: HashMap<Box<[u8]>, BTreeMap<i64, i64>>,
-    },
-    Dedup {
-        /// Key → its event time (`i64::MAX` without a watermark).
-        seen: HashMap<Box<[u8]>, i64>,
-    },
-    Join(super::join::JoinState),
-}
-
-/// What one batch did to the state.
-pub(crate) struct Processed {
-    pub rows: RecordBatch,
-    pub late_rows: usize,
-    pub next_watermark: Option<i64>,
-    pub changes: Vec<Change>,
-    pub rows_total: usize,
-    pub rows_updated: usize,
-    pub rows_removed: usize,
-}
-
-fn converter(types: &[DataType]) -> Result<Option<RowConverter>> {
-    if types.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(RowConverter::new(
-        types.iter().map(|t| SortField::new(t.clone())).collect(),
-    )?))
-}
-
-impl StatefulPlan {
-    pub fn empty_state(&self) -> OpState {
-        match self.op {
-            Operator::Aggregate(_) => OpState::Aggregate {
-                groups: HashMap::new(),
-                sessions: HashMap::new(),
-            },
-            Operator::Dedup(_) => OpState::Dedup {
-                seen: HashMap::new(),
-            },
-            Operator::Join(_) => OpState::Join(Default::default()),
-        }
-    }
-
-    /// The state from the store's entries.
-    pub fn load(&self, entries: Entries) -> Result<OpState> {
-        if let Operator::Join(op) = &self.op {
-            return Ok(OpState::Join(op.load(entries)?));
-        }
-        let mut state = self.empty_state();
-        match (&self.op, &mut state) {
-            (Operator::Aggregate(op), OpState::Aggregate { groups, sessions }) => {
-                for (k, v) in entries {
-                    if k.len() < 16 {
-                        return Err(EmberError::Decode {
-                            what: "a streaming aggregation's state",
-                            message: format!("a key of {} bytes", k.len()),
-                        });
-                    }
-                    let (start, end, key) = split_key(&k);
-                    if matches!(op.window, Some(WindowKind::Session { .. })) {
-                        sessions.entry(key.into()).or_default().insert(start, end);
-                    }
-                    groups.insert(k, Partial::decode(&v, op.aggs.len())?);
-                }
-            }
-            (Operator::Dedup(_), OpState::Dedup { seen }) => {
-                for (k, v) in entries {
-                    let t = <[u8; 8]>::try_from(v.as_slice()).map_err(|_| EmberError::Decode {
-                        what: "a streaming deduplication's state",
-                        message: format!("a value of {} bytes", v.len()),
-                    })?;
-                    seen.insert(k, i64::from_le_bytes(t));
-                }
-            }
-            _ => unreachable!("state made for its operator"),
-        }
-        Ok(state)
-    }
-
-    /// Every entry, for a snapshot.
-    pub fn entries(&self, state: &OpState) -> Result<Snapshot> {
-        Ok(match state {
-            OpState::Aggregate { groups, .. } => groups
-                .iter()
-                .map(|(k, p)| (k.clone(), p.encode()))
-                .collect(),
-            OpState::Dedup { seen } => seen
-                .iter()
-                .map(|(k, t)| (k.clone(), t.to_le_bytes().to_vec()))
-                .collect(),
-            OpState::Join(state) => match &self.op {
-                Operator::Join(op) => op.entries(state)?,
-                _ => unreachable!("state made for its operator"),
-            },
-        })
-    }
-
-    /// Folds a batch's rows (the batch plan's output) into the state, then emits per
-    /// output mode and evicts what the watermark after the batch closed.
-    pub fn process(
-        &self,
-        state: &mut OpState,
-        input: &[RecordBatch],
-        watermark: Option<i64>,
-        delay_ms: Option<i64>,
-        mode: OutputMode,
-    ) -> Result<Processed> {
-        let mut late = 0;
-        let mut max_time: Option<i64> = None;
-        let mut masks = Vec::with_capacity(input.len());
-        for batch in input {
-            if !self.event_time {
-                masks.push(None);
-                continue;
-            }
-            let times = event_times(batch.column(0))?;
-            let mask: Vec<bool> = (0..batch.num_rows())
-                .map(|r| {
-                    if times.is_null(r) {
-                        return false;
-                    }
-                    let t = times.value(r);
-                    if watermark.is_some_and(|w| t < w) {
-                        late += 1;
-                        return false;
-                    }
-                    max_time = Some(max_time.map_or(t, |m| m.max(t)));
-                    true
-                })
-                .collect();
-            masks.push(Some(mask));
-        }
-        let next_watermark = match (delay_ms, max_time) {
-            (Some(d), Some(t)) => Some(watermark.map_or(t - d, |w| w.max(t - d))),
-            _ => watermark,
-        };
-        let first = usize::from(self.event_time);
-        let batches = Rows {
-            input,
-            masks: &masks,
-            first,
-        };
-        let mut out = match (&self.op, state) {
-            (Operator::Aggregate(op), OpState::Aggregate { groups, sessions }) => op.fold(
-                groups,
-                sessions,
-                &batches,
-                next_watermark,
-                mode,
-                &self.output,
-            )?,
-            (Operator::Dedup(op), OpState::Dedup { seen }) => {
-                op.fold(seen, &batches, next_watermark, &self.output)?
-            }
-            _ => unreachable!("state made for its operator"),
-        };
-        out.late_rows = late;
-        out.next_watermark = next_watermark;
-        Ok(out)
-    }
-}
-
-/// A batch's rows as the operator sees them: which are on time, and where its own
-/// columns start (after the event time, if any).
-pub(super) struct Rows<'a> {
-    input: &'a [RecordBatch],
-    masks: &'a [Option<Vec<bool>>],
-    first: usize,
-}
-
-impl Rows<'_> {
-    fn on_time(&self, batch: usize, row: usize) -> bool {
-        self.masks[batch].as_ref().is_none_or(|m| m[row])
-    }
-}
-
-/// The key columns of a batch in arrow's row format (empty rows without keys).
-fn key_rows(
-    converter: &Option<RowConverter>,
-    batch: &RecordBatch,
-    from: usize,
-    count: usize,
-) -> Result<Option<arrow::row::Rows>> {
-    match converter {
-        None => Ok(None),
-        Some(c) => Ok(Some(
-            c.convert_columns(&batch.columns()[from..from + count])?,
-        )),
-    }
-}
-
-fn row_bytes(rows: &Option<arrow::row::Rows>, i: usize) -> &[u8] {
-    rows.as_ref().map_or(&[], |r| r.row(i).data())
 }

@@ -1,0 +1,256 @@
+//! `StatefulExec`: one task per state partition folds the partition's rows of a batch
+//! into its state, loaded by whichever process runs the task.
+//!
+//! A process keeps the partitions its tasks wrote in memory, by state directory and
+//! version: the next batch's task for a partition, if it lands here, starts from
+//! them instead of reading the store. A task that finds another version (a first
+//! task here, a batch run again, a partition last run elsewhere) reads the store.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::expressions::Column;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use parking_lot::Mutex;
+
+use super::store::BatchStats;
+use super::{Op, OpState, StatefulConfig};
+use crate::Result;
+
+/// Partitions kept in memory per process, at most.
+const CACHED_PARTITIONS: usize = 256;
+
+struct Cached {
+    version: u64,
+    state: OpState,
+    used: u64,
+}
+
+/// (state directory, partition) → the partition after a version.
+static CACHE: LazyLock<Mutex<(u64, HashMap<(String, usize), Cached>)>> =
+    LazyLock::new(|| Mutex::new((0, HashMap::new())));
+
+/// The partition's state after `version`, if this process holds it; taken out, so a
+/// task that fails leaves nothing stale behind.
+fn take_cached(dir: &str, partition: usize, version: u64) -> Option<OpState> {
+    let mut cache = CACHE.lock();
+    let key = (dir.to_string(), partition);
+    match cache.1.remove(&key) {
+        Some(c) if c.version == version => Some(c.state),
+        _ => None,
+    }
+}
+
+fn put_cached(dir: &str, partition: usize, version: u64, state: OpState) {
+    let mut cache = CACHE.lock();
+    cache.0 += 1;
+    let used = cache.0;
+    if cache.1.len() >= CACHED_PARTITIONS
+        && let Some(oldest) = cache
+            .1
+            .iter()
+            .min_by_key(|(_, c)| c.used)
+            .map(|(k, _)| k.clone())
+    {
+        cache.1.remove(&oldest);
+    }
+    cache.1.insert(
+        (dir.to_string(), partition),
+        Cached {
+            version,
+            state,
+            used,
+        },
+    );
+}
+
+/// A stateful operator over its input, hash-partitioned on the operator's keys (or
+/// in one partition without keys): partition `p` is state partition `p`.
+#[derive(Debug)]
+pub struct StatefulExec {
+    input: Arc<dyn ExecutionPlan>,
+    config: StatefulConfig,
+    op: Arc<Op>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl StatefulExec {
+    /// `schema` is the operator's output.
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        config: StatefulConfig,
+        schema: SchemaRef,
+    ) -> Result<StatefulExec> {
+        let op = Op::new(&config, &input.schema(), &schema)?;
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(config.partitions),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(StatefulExec {
+            input,
+            config,
+            op: Arc::new(op),
+            schema,
+            properties: Arc::new(properties),
+        })
+    }
+
+    pub fn config(&self) -> &StatefulConfig {
+        &self.config
+    }
+
+    /// The operator's key columns in `input`'s schema, to hash its rows by.
+    pub fn key_exprs(
+        config: &StatefulConfig,
+        input: &arrow::datatypes::Schema,
+    ) -> Vec<Arc<dyn PhysicalExpr>> {
+        config
+            .op
+            .key_columns(config.event_time)
+            .map(|i| Arc::new(Column::new(input.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
+            .collect()
+    }
+}
+
+impl DisplayAs for StatefulExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let op = match &self.config.op {
+            super::OpConfig::Aggregate { .. } => "aggregation",
+            super::OpConfig::Dedup { .. } => "deduplication",
+        };
+        write!(
+            f,
+            "StatefulExec: {op}, batch={}, partitions={}",
+            self.config.batch_id, self.config.partitions
+        )
+    }
+}
+
+/// Folds one partition's rows of the batch, writes the partition's new version and
+/// returns the rows it emits.
+fn run_partition(
+    config: &StatefulConfig,
+    op: &Op,
+    partition: usize,
+    input: &[RecordBatch],
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let store = config.store();
+    let previous = config.batch_id.checked_sub(1);
+    let cached = previous.and_then(|v| take_cached(&config.state_dir, partition, v));
+    let mut state = match cached {
+        Some(state) => state,
+        None => op.load(store.load_partition(partition, previous)?)?,
+    };
+    let out = op.process(&mut state, input, config, schema)?;
+    let stats = BatchStats {
+        late_rows: out.late_rows,
+        max_event_time: out.max_event_time,
+        rows_total: out.rows_total,
+        rows_updated: out.rows_updated,
+        rows_removed: out.rows_removed,
+    };
+    store.write_partition(
+        partition,
+        config.batch_id,
+        out.changes,
+        || Ok(Op::entries(&state)),
+        &stats,
+    )?;
+    put_cached(&config.state_dir, partition, config.batch_id, state);
+    Ok(out.rows)
+}
+
+impl ExecutionPlan for StatefulExec {
+    fn name(&self) -> &str {
+        "StatefulExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    /// The planner partitions the input itself, into exactly the state's
+    /// partitions: the optimizer must not replace that with its own choice (one
+    /// partition satisfies a hash requirement, for one).
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::UnspecifiedDistribution]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn PhysicalExpr>,
+        ) -> DFResult<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> DFResult<datafusion::common::tree_node::TreeNodeRecursion> {
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("StatefulExec takes one input".into()))?;
+        Ok(Arc::new(StatefulExec {
+            input,
+            config: self.config.clone(),
+            op: self.op.clone(),
+            schema: self.schema.clone(),
+            properties: self.properties.clone(),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        if partition >= self.config.partitions {
+            return Err(DataFusionError::Internal(format!(
+                "StatefulExec has {} partitions, not {}",
+                self.config.partitions,
+                partition + 1
+            )));
+        }
+        let input = self.input.execute(partition, context)?;
+        let (config, op, schema) = (self.config.clone(), self.op.clone(), self.schema.clone());
+        let rows = async move {
+            let batches = datafusion::physical_plan::common::collect(input).await?;
+            let out_schema = schema.clone();
+            tokio::task::spawn_blocking(move || {
+                run_partition(&config, &op, partition, &batches, &out_schema)
+            })
+            .await
+            .map_err(|e| DataFusionError::Execution(format!("a stateful task: {e}")))?
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::once(rows),
+        )))
+    }
+}

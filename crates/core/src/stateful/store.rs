@@ -1,0 +1,422 @@
+//! The state store of a stateful streaming operator: a versioned key-value map, cut
+//! into partitions, kept in the checkpoint directory.
+//!
+//! ```text
+//! <checkpoint>/state/<operator>/<partition>/<v>.delta     keys changed by batch v
+//! <checkpoint>/state/<operator>/<partition>/<v>.snapshot  the whole partition after v
+//! ```
+//!
+//! Version `v` is the state after batch `v`: the latest snapshot at or before `v` plus
+//! the deltas after it. Every `snapshot_every`-th version is a snapshot; files older
+//! than the snapshot that the previous version needs are purged. A file is Arrow IPC
+//! with a `key` and a `value` column, both binary; a null value in a delta removes the
+//! key. Each operator encodes its own keys and values.
+//!
+//! Two layouts share the format. A partitioned operator (aggregation, deduplication)
+//! runs one task per partition, wherever the scheduler puts it: the task reads and
+//! writes its own partition ([`StateStore::load_partition`],
+//! [`StateStore::write_partition`]) and always writes a file, whose schema metadata
+//! holds the batch's [`BatchStats`] for the query to read. A stream-stream join keeps
+//! its whole state in the query's process and spreads keys over the partitions by a
+//! hash of their bytes ([`StateStore::load`], [`StateStore::write`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BinaryArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::{EmberError, Result};
+
+/// Keys and values of a whole state.
+pub type Entries = HashMap<Box<[u8]>, Vec<u8>>;
+
+/// One key's change in a batch: a new value, or removed.
+pub type Change = (Box<[u8]>, Option<Vec<u8>>);
+
+/// Every key and value of a state, for a snapshot.
+pub type Snapshot = Vec<(Box<[u8]>, Vec<u8>)>;
+
+pub struct StateStore {
+    dir: PathBuf,
+    partitions: usize,
+    snapshot_every: u64,
+}
+
+/// What one task of a partitioned operator did in a batch, kept with its version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStats {
+    /// Rows older than the batch's watermark, dropped.
+    pub late_rows: usize,
+    /// The largest event time among the rows kept (for the next watermark).
+    pub max_event_time: Option<i64>,
+    pub rows_total: usize,
+    pub rows_updated: usize,
+    pub rows_removed: usize,
+}
+
+const STATS_KEY: &str = "ember.stats";
+
+fn io(path: &Path, e: std::io::Error) -> EmberError {
+    EmberError::io(path.display(), e)
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Binary, false),
+        Field::new("value", DataType::Binary, true),
+    ]))
+}
+
+/// Writes through a temporary file and a rename: a crash leaves the old file or the
+/// new one, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| io(&tmp, e))?;
+    file.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+/// FNV-1a: the same partition for a key in every process and every version.
+fn partition_of(key: &[u8], partitions: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % partitions as u64) as usize
+}
+
+impl StateStore {
+    pub fn new(dir: PathBuf, partitions: usize, snapshot_every: u64) -> StateStore {
+        StateStore {
+            dir,
+            partitions: partitions.max(1),
+            snapshot_every: snapshot_every.max(1),
+        }
+    }
+
+    fn file(&self, partition: usize, version: u64, kind: &str) -> PathBuf {
+        self.dir
+            .join(partition.to_string())
+            .join(format!("{version}.{kind}"))
+    }
+
+    /// The versions of each kind a partition holds.
+    fn versions(&self, partition: usize) -> Result<Vec<(u64, String)>> {
+        let dir = self.dir.join(partition.to_string());
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io(&dir, e)),
+        };
+        let mut found = vec![];
+        for entry in entries {
+            let name = entry.map_err(|e| io(&dir, e))?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some((v, kind)) = name.split_once('.')
+                && let Ok(v) = v.parse()
+                && (kind == "delta" || kind == "snapshot")
+            {
+                found.push((v, kind.to_string()));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Checks that the state was written in `layout` (how keys are spread over the
+    /// partitions), and records it for a new state: keys read with another layout
+    /// would be looked up in the wrong partition.
+    pub fn check_layout(&self, layout: &str) -> Result<()> {
+        let marker = self.dir.join("_layout");
+        match std::fs::read_to_string(&marker) {
+            Ok(found) if found.trim() == layout => Ok(()),
+            Ok(found) => Err(EmberError::Config(format!(
+                "{}: the state was written as '{}', and this query keeps it as '{layout}'; start the query from a new checkpoint",
+                marker.display(),
+                found.trim()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let written =
+                    (0..self.partitions.max(64)).any(|p| self.dir.join(p.to_string()).exists());
+                if written {
+                    return Err(EmberError::Config(format!(
+                        "{}: the state has no layout marker (an older ember wrote it); start the query from a new checkpoint",
+                        self.dir.display()
+                    )));
+                }
+                std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
+                write_atomically(&marker, layout.as_bytes())
+            }
+            Err(e) => Err(io(&marker, e)),
+        }
+    }
+
+    /// The state after batch `version`.
+    pub fn load(&self, version: u64) -> Result<Entries> {
+        let mut entries = Entries::new();
+        for p in 0..self.partitions {
+            entries.extend(self.load_partition(p, Some(version))?);
+        }
+        Ok(entries)
+    }
+
+    /// One partition's state after batch `version` (empty before the first batch).
+    pub fn load_partition(&self, partition: usize, version: Option<u64>) -> Result<Entries> {
+        let mut entries = Entries::new();
+        let Some(version) = version else {
+            return Ok(entries);
+        };
+        let versions = self.versions(partition)?;
+        let snapshot = versions
+            .iter()
+            .filter(|(v, k)| *v <= version && k == "snapshot")
+            .map(|(v, _)| *v)
+            .max();
+        if let Some(s) = snapshot {
+            for (k, v) in read(&self.file(partition, s, "snapshot"))? {
+                entries.insert(k, v.unwrap_or_default());
+            }
+        }
+        for (v, kind) in &versions {
+            if kind == "delta" && *v <= version && snapshot.is_none_or(|s| *v > s) {
+                for (k, value) in read(&self.file(partition, *v, "delta"))? {
+                    match value {
+                        Some(value) => entries.insert(k, value),
+                        None => entries.remove(&k),
+                    };
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Writes one partition's version `version`: its `changes`, or a snapshot of
+    /// `all` (the partition after the changes) when the version is due for one; the
+    /// file carries `stats`.
+    pub fn write_partition(
+        &self,
+        partition: usize,
+        version: u64,
+        changes: Vec<Change>,
+        all: impl FnOnce() -> Result<Snapshot>,
+        stats: &BatchStats,
+    ) -> Result<()> {
+        let snapshot = version.is_multiple_of(self.snapshot_every);
+        let part = if snapshot {
+            all()?.into_iter().map(|(k, v)| (k, Some(v))).collect()
+        } else {
+            changes
+        };
+        self.replace(partition, version, snapshot, part, Some(stats))
+    }
+
+    /// What the task of `partition` reported for batch `version`.
+    pub fn stats(&self, partition: usize, version: u64) -> Result<BatchStats> {
+        for kind in ["delta", "snapshot"] {
+            let path = self.file(partition, version, kind);
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path, e)),
+            };
+            let bad = |m: String| EmberError::Decode {
+                what: "a streaming state file",
+                message: format!("{}: {m}", path.display()),
+            };
+            let reader = arrow::ipc::reader::FileReader::try_new(file, None)
+                .map_err(|e| bad(e.to_string()))?;
+            let json = reader
+                .schema()
+                .metadata()
+                .get(STATS_KEY)
+                .cloned()
+                .ok_or_else(|| bad("no batch statistics".into()))?;
+            return serde_json::from_str(&json).map_err(|e| bad(e.to_string()));
+        }
+        Err(EmberError::Decode {
+            what: "a streaming state partition",
+            message: format!(
+                "{}: no version {version} (its task did not run, or the directory is not shared with the executors)",
+                self.dir.join(partition.to_string()).display()
+            ),
+        })
+    }
+
+    /// Writes version `version`: `changes`, or a snapshot of `all` (the whole state
+    /// after the changes) when this version is due for one.
+    pub fn write(
+        &self,
+        version: u64,
+        changes: Vec<Change>,
+        all: impl FnOnce() -> Result<Snapshot>,
+    ) -> Result<()> {
+        let snapshot = version.is_multiple_of(self.snapshot_every);
+        let mut parts: Vec<Vec<Change>> = vec![vec![]; self.partitions];
+        if snapshot {
+            for (k, v) in all()? {
+                parts[partition_of(&k, self.partitions)].push((k, Some(v)));
+            }
+        } else {
+            for (k, v) in changes {
+                parts[partition_of(&k, self.partitions)].push((k, v));
+            }
+        }
+        for (p, part) in parts.into_iter().enumerate() {
+            if snapshot || !part.is_empty() {
+                self.replace(p, version, snapshot, part, None)?;
+            } else {
+                self.replace_nothing(p, version)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what a first run of batch `version` wrote in a partition.
+    fn replace_nothing(&self, partition: usize, version: u64) -> Result<()> {
+        for kind in ["delta", "snapshot"] {
+            let _ = std::fs::remove_file(self.file(partition, version, kind));
+        }
+        self.purge(partition, version)
+    }
+
+    /// Writes a partition's file of batch `version`, replacing what a first run of the
+    /// batch wrote, and purges what no version from the one before on needs.
+    fn replace(
+        &self,
+        partition: usize,
+        version: u64,
+        snapshot: bool,
+        part: Vec<Change>,
+        stats: Option<&BatchStats>,
+    ) -> Result<()> {
+        let dir = self.dir.join(partition.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let kind = if snapshot { "snapshot" } else { "delta" };
+        let other = if snapshot { "delta" } else { "snapshot" };
+        let _ = std::fs::remove_file(self.file(partition, version, other));
+        write(&self.file(partition, version, kind), part, stats)?;
+        self.purge(partition, version)
+    }
+
+    /// Drops files that neither this version nor the one before needs.
+    fn purge(&self, partition: usize, version: u64) -> Result<()> {
+        let Some(previous) = version.checked_sub(1) else {
+            return Ok(());
+        };
+        let keep_from = previous - previous % self.snapshot_every;
+        for (v, kind) in self.versions(partition)? {
+            if v < keep_from {
+                let _ = std::fs::remove_file(self.file(partition, v, &kind));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write(path: &Path, changes: Vec<Change>, stats: Option<&BatchStats>) -> Result<()> {
+    let schema = match stats {
+        None => schema(),
+        Some(stats) => {
+            let json = serde_json::to_string(stats).map_err(|e| EmberError::Decode {
+                what: "batch statistics",
+                message: e.to_string(),
+            })?;
+            Arc::new(
+                schema()
+                    .as_ref()
+                    .clone()
+                    .with_metadata([(STATS_KEY.to_string(), json)].into()),
+            )
+        }
+    };
+    let keys = BinaryArray::from_iter_values(changes.iter().map(|(k, _)| k.as_ref()));
+    let values: BinaryArray = changes.iter().map(|(_, v)| v.as_deref()).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(keys) as ArrayRef, Arc::new(values) as ArrayRef],
+    )?;
+    let mut bytes = vec![];
+    {
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &schema)?;
+        writer.write(&batch)?;
+        writer.finish()?;
+    }
+    write_atomically(path, &bytes)
+}
+
+fn read(path: &Path) -> Result<Vec<Change>> {
+    let bad = |m: String| EmberError::Decode {
+        what: "a streaming state file",
+        message: format!("{}: {m}", path.display()),
+    };
+    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let reader =
+        arrow::ipc::reader::FileReader::try_new(file, None).map_err(|e| bad(e.to_string()))?;
+    let mut out = vec![];
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        if batch.num_columns() != 2
+            || batch.column(0).data_type() != &DataType::Binary
+            || batch.column(1).data_type() != &DataType::Binary
+        {
+            return Err(bad("not a key/value file".into()));
+        }
+        let keys = batch.column(0).as_binary::<i32>();
+        let values = batch.column(1).as_binary::<i32>();
+        for i in 0..batch.num_rows() {
+            out.push((
+                keys.value(i).into(),
+                (!values.is_null(i)).then(|| values.value(i).to_vec()),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> Box<[u8]> {
+        s.as_bytes().into()
+    }
+
+    #[test]
+    fn versions_are_snapshots_plus_deltas_and_old_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().to_path_buf(), 3, 4);
+        let mut state = Entries::new();
+        for v in 0..10u64 {
+            let mut changes = vec![(key(&format!("k{v}")), Some(vec![v as u8]))];
+            if v >= 2 {
+                changes.push((key(&format!("k{}", v - 2)), None));
+            }
+            for (k, value) in &changes {
+                match value {
+                    Some(x) => state.insert(k.clone(), x.clone()),
+                    None => state.remove(k),
+                };
+            }
+            let all = state.clone();
+            store
+                .write(v, changes, || Ok(all.into_iter().collect()))
+                .unwrap();
+            assert_eq!(store.load(v).unwrap(), state, "version {v}");
+        }
+        // Version 8 is a snapshot; 9 needs it, and 8 needs only itself.
+        for p in 0..3 {
+            assert!(store.versions(p).unwrap().iter().all(|(v, _)| *v >= 8));
+        }
+        assert_eq!(store.load(8).unwrap().len(), 2);
+        std::fs::write(dir.path().join("0").join("8.snapshot"), b"garbage").unwrap();
+        let err = store.load(9).unwrap_err().to_string();
+        assert!(err.contains("8.snapshot"), "{err}");
+    }
+}
