@@ -544,5 +544,98 @@ fn on_a_cluster_the_executors_read_the_kafka_ranges_themselves() {
             .all(|t| t["executor"].as_str().unwrap().starts_with("exec-")),
         "{tasks:?}"
     );
+    // A streaming aggregation keeps its state partitions on the executors: each
+    // task loads and writes its own, and new executors pick them up.
+    let count = |cp: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .arg("stream")
+            .arg("--from")
+            .arg(format!("kafka:{}:wide", bootstrap(&broker)))
+            .args([
+                "--sql",
+                "SELECT CAST(key AS VARCHAR) AS k, count(*) AS n FROM events GROUP BY CAST(key AS VARCHAR)",
+                "--output-mode",
+                "update",
+                "--to",
+            ])
+            .arg(format!("parquet:{}", dir.path().join("counts").display()))
+            .arg("--checkpoint")
+            .arg(dir.path().join(cp))
+            .args(["--no-ui", "--master"])
+            .arg(format!("ember://{}", address.split("://").nth(1).unwrap()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = count("counts-cp");
+    assert!(
+        first.contains("batch 0: 300 rows in, 10 rows out"),
+        "{first}"
+    );
+    let stages = super::ui::get_json(ui, "/api/v1/stages");
+    let stateful = stages
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| {
+            let detail =
+                super::ui::get_json(ui, &format!("/api/v1/stages/{}/{}", s["job"], s["id"]));
+            detail["plan"]
+                .as_str()
+                .unwrap()
+                .contains("StatefulExec: aggregation, batch=0, partitions=4")
+                .then_some(detail)
+        })
+        .expect("a stage runs the aggregation's state partitions");
+    let tasks = stateful["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 4, "one task per state partition");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["executor"].as_str().unwrap().starts_with("exec-")),
+        "{tasks:?}"
+    );
+    let state = dir.path().join("counts-cp/state/0");
+    for p in 0..4 {
+        assert!(
+            state.join(format!("{p}/0.snapshot")).exists(),
+            "partition {p}"
+        );
+    }
+    // New executors, with nothing in memory, load the partitions from the store.
+    drop(_executors);
+    let _executors = start_executors(&address, &dir.path().join("work-2"), 2);
+    kcat_produce(&broker, "wide", &lines);
+    let second = count("counts-cp");
+    assert!(
+        second.contains("batch 1: 300 rows in, 10 rows out"),
+        "{second}"
+    );
+    let rt2 = tokio::runtime::Runtime::new().unwrap();
+    let totals = rt2.block_on(async {
+        let session = ember_driver::Session::builder()
+            .master("local[1]")
+            .build()
+            .unwrap();
+        session
+            .read()
+            .parquet(dir.path().join("counts").to_str().unwrap())
+            .await
+            .unwrap()
+            .create_or_replace_temp_view("counts")
+            .unwrap();
+        let batches = session
+            .sql("SELECT CAST(max(n) AS VARCHAR) AS top, count(*) AS rows FROM counts")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    });
+    assert!(totals.contains("| 60  | 20   |"), "{totals}");
     drop(driver);
 }
