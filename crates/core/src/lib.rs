@@ -13,6 +13,7 @@
 //! - [`cancel`]: stopping a killed task at its next batch.
 //! - [`stateful`]: streaming aggregation and deduplication as tasks, one per state
 //!   partition, and the versioned state store they keep in the checkpoint.
+//! - [`storage`]: checkpoint directories, local or in an object store (WebDAV, S3).
 //! - [`batch_fn`]: named RecordBatch functions (`map_batches`), the MapReduce-style
 //!   escape hatch.
 //! - [`proto`]: the generated gRPC code of `proto/ember.proto`; [`convert`] turns task
@@ -32,6 +33,7 @@ pub mod proto;
 pub mod rpc;
 pub mod shuffle;
 pub mod stateful;
+pub mod storage;
 pub mod task;
 
 pub use config::EmberConfig;

@@ -37,16 +37,22 @@ struct Cached {
     used: u64,
 }
 
-/// (state directory, partition) → the partition after a version.
-static CACHE: LazyLock<Mutex<(u64, HashMap<(String, usize), Cached>)>> =
-    LazyLock::new(|| Mutex::new((0, HashMap::new())));
+/// The partitions a process holds: (state directory, partition) → the partition
+/// after a version; and a counter that orders their uses.
+#[derive(Default)]
+struct Cache {
+    uses: u64,
+    partitions: HashMap<(String, usize), Cached>,
+}
+
+static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
 
 /// The partition's state after `version`, if this process holds it; taken out, so a
 /// task that fails leaves nothing stale behind.
 fn take_cached(dir: &str, partition: usize, version: u64) -> Option<OpState> {
     let mut cache = CACHE.lock();
     let key = (dir.to_string(), partition);
-    match cache.1.remove(&key) {
+    match cache.partitions.remove(&key) {
         Some(c) if c.version == version => Some(c.state),
         _ => None,
     }
@@ -54,18 +60,18 @@ fn take_cached(dir: &str, partition: usize, version: u64) -> Option<OpState> {
 
 fn put_cached(dir: &str, partition: usize, version: u64, state: OpState) {
     let mut cache = CACHE.lock();
-    cache.0 += 1;
-    let used = cache.0;
-    if cache.1.len() >= CACHED_PARTITIONS
+    cache.uses += 1;
+    let used = cache.uses;
+    if cache.partitions.len() >= CACHED_PARTITIONS
         && let Some(oldest) = cache
-            .1
+            .partitions
             .iter()
             .min_by_key(|(_, c)| c.used)
             .map(|(k, _)| k.clone())
     {
-        cache.1.remove(&oldest);
+        cache.partitions.remove(&oldest);
     }
-    cache.1.insert(
+    cache.partitions.insert(
         (dir.to_string(), partition),
         Cached {
             version,
@@ -142,19 +148,19 @@ impl DisplayAs for StatefulExec {
 
 /// Folds one partition's rows of the batch, writes the partition's new version and
 /// returns the rows it emits.
-fn run_partition(
+async fn run_partition(
     config: &StatefulConfig,
     op: &Op,
     partition: usize,
     input: &[RecordBatch],
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
-    let store = config.store();
+    let store = config.store()?;
     let previous = config.batch_id.checked_sub(1);
     let cached = previous.and_then(|v| take_cached(&config.state_dir, partition, v));
     let mut state = match cached {
         Some(state) => state,
-        None => op.load(store.load_partition(partition, previous)?)?,
+        None => op.load(store.load_partition(partition, previous).await?)?,
     };
     let out = op.process(&mut state, input, config, schema)?;
     let stats = BatchStats {
@@ -164,13 +170,15 @@ fn run_partition(
         rows_updated: out.rows_updated,
         rows_removed: out.rows_removed,
     };
-    store.write_partition(
-        partition,
-        config.batch_id,
-        out.changes,
-        || Ok(Op::entries(&state)),
-        &stats,
-    )?;
+    store
+        .write_partition(
+            partition,
+            config.batch_id,
+            out.changes,
+            || Ok(Op::entries(&state)),
+            &stats,
+        )
+        .await?;
     put_cached(&config.state_dir, partition, config.batch_id, state);
     Ok(out.rows)
 }
@@ -240,13 +248,9 @@ impl ExecutionPlan for StatefulExec {
         let (config, op, schema) = (self.config.clone(), self.op.clone(), self.schema.clone());
         let rows = async move {
             let batches = datafusion::physical_plan::common::collect(input).await?;
-            let out_schema = schema.clone();
-            tokio::task::spawn_blocking(move || {
-                run_partition(&config, &op, partition, &batches, &out_schema)
-            })
-            .await
-            .map_err(|e| DataFusionError::Execution(format!("a stateful task: {e}")))?
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+            run_partition(&config, &op, partition, &batches, &schema)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),

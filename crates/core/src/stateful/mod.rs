@@ -102,7 +102,8 @@ pub struct StatefulConfig {
     /// Whether the input's first column is the watermark's event time.
     pub event_time: bool,
     pub mode: OutputMode,
-    /// The operator's state directory (absolute: tasks may run elsewhere).
+    /// The operator's state directory: an absolute path (tasks may run elsewhere) or
+    /// an object store's URL (see [`crate::storage`]).
     pub state_dir: String,
     pub partitions: usize,
     pub snapshot_every: u64,
@@ -121,12 +122,12 @@ impl StatefulConfig {
         )
     }
 
-    pub fn store(&self) -> store::StateStore {
-        store::StateStore::new(
-            self.state_dir.clone().into(),
+    pub fn store(&self) -> Result<store::StateStore> {
+        Ok(store::StateStore::new(
+            crate::storage::Dir::parse(&self.state_dir)?,
             self.partitions,
             self.snapshot_every,
-        )
+        ))
     }
 }
 

@@ -21,7 +21,6 @@
 //! hash of their bytes ([`StateStore::load`], [`StateStore::write`]).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray};
@@ -29,6 +28,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
+use crate::storage::Dir;
 use crate::{EmberError, Result};
 
 /// Keys and values of a whole state.
@@ -41,7 +41,7 @@ pub type Change = (Box<[u8]>, Option<Vec<u8>>);
 pub type Snapshot = Vec<(Box<[u8]>, Vec<u8>)>;
 
 pub struct StateStore {
-    dir: PathBuf,
+    dir: Dir,
     partitions: usize,
     snapshot_every: u64,
 }
@@ -60,10 +60,6 @@ pub struct BatchStats {
 
 const STATS_KEY: &str = "ember.stats";
 
-fn io(path: &Path, e: std::io::Error) -> EmberError {
-    EmberError::io(path.display(), e)
-}
-
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("key", DataType::Binary, false),
@@ -71,16 +67,7 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-/// Writes through a temporary file and a rename: a crash leaves the old file or the
-/// new one, never half of one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| io(&tmp, e))?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
-}
+pub use crate::storage::write_atomically;
 
 /// FNV-1a: the same partition for a key in every process and every version.
 fn partition_of(key: &[u8], partitions: usize) -> usize {
@@ -93,7 +80,7 @@ fn partition_of(key: &[u8], partitions: usize) -> usize {
 }
 
 impl StateStore {
-    pub fn new(dir: PathBuf, partitions: usize, snapshot_every: u64) -> StateStore {
+    pub fn new(dir: Dir, partitions: usize, snapshot_every: u64) -> StateStore {
         StateStore {
             dir,
             partitions: partitions.max(1),
@@ -101,24 +88,18 @@ impl StateStore {
         }
     }
 
-    fn file(&self, partition: usize, version: u64, kind: &str) -> PathBuf {
-        self.dir
-            .join(partition.to_string())
-            .join(format!("{version}.{kind}"))
+    fn part(&self, partition: usize) -> Dir {
+        self.dir.join(&partition.to_string())
+    }
+
+    fn name(version: u64, kind: &str) -> String {
+        format!("{version}.{kind}")
     }
 
     /// The versions of each kind a partition holds.
-    fn versions(&self, partition: usize) -> Result<Vec<(u64, String)>> {
-        let dir = self.dir.join(partition.to_string());
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(io(&dir, e)),
-        };
+    async fn versions(&self, partition: usize) -> Result<Vec<(u64, String)>> {
         let mut found = vec![];
-        for entry in entries {
-            let name = entry.map_err(|e| io(&dir, e))?.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for name in self.part(partition).list().await? {
             if let Some((v, kind)) = name.split_once('.')
                 && let Ok(v) = v.parse()
                 && (kind == "delta" || kind == "snapshot")
@@ -133,60 +114,62 @@ impl StateStore {
     /// Checks that the state was written in `layout` (how keys are spread over the
     /// partitions), and records it for a new state: keys read with another layout
     /// would be looked up in the wrong partition.
-    pub fn check_layout(&self, layout: &str) -> Result<()> {
-        let marker = self.dir.join("_layout");
-        match std::fs::read_to_string(&marker) {
-            Ok(found) if found.trim() == layout => Ok(()),
-            Ok(found) => Err(EmberError::Config(format!(
-                "{}: the state was written as '{}', and this query keeps it as '{layout}'; start the query from a new checkpoint",
-                marker.display(),
-                found.trim()
+    pub async fn check_layout(&self, layout: &str) -> Result<()> {
+        match self.dir.read("_layout").await? {
+            Some(found) if String::from_utf8_lossy(&found).trim() == layout => Ok(()),
+            Some(found) => Err(EmberError::Config(format!(
+                "{}/_layout: the state was written as '{}', and this query keeps it as '{layout}'; start the query from a new checkpoint",
+                self.dir,
+                String::from_utf8_lossy(&found).trim()
             ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let written =
-                    (0..self.partitions.max(64)).any(|p| self.dir.join(p.to_string()).exists());
+            None => {
+                let written = self
+                    .dir
+                    .list()
+                    .await?
+                    .iter()
+                    .any(|name| name.parse::<usize>().is_ok());
                 if written {
                     return Err(EmberError::Config(format!(
                         "{}: the state has no layout marker (an older ember wrote it); start the query from a new checkpoint",
-                        self.dir.display()
+                        self.dir
                     )));
                 }
-                std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
-                write_atomically(&marker, layout.as_bytes())
+                self.dir.create().await?;
+                self.dir.write("_layout", layout.as_bytes().to_vec()).await
             }
-            Err(e) => Err(io(&marker, e)),
         }
     }
 
     /// The state after batch `version`.
-    pub fn load(&self, version: u64) -> Result<Entries> {
+    pub async fn load(&self, version: u64) -> Result<Entries> {
         let mut entries = Entries::new();
         for p in 0..self.partitions {
-            entries.extend(self.load_partition(p, Some(version))?);
+            entries.extend(self.load_partition(p, Some(version)).await?);
         }
         Ok(entries)
     }
 
     /// One partition's state after batch `version` (empty before the first batch).
-    pub fn load_partition(&self, partition: usize, version: Option<u64>) -> Result<Entries> {
+    pub async fn load_partition(&self, partition: usize, version: Option<u64>) -> Result<Entries> {
         let mut entries = Entries::new();
         let Some(version) = version else {
             return Ok(entries);
         };
-        let versions = self.versions(partition)?;
+        let versions = self.versions(partition).await?;
         let snapshot = versions
             .iter()
             .filter(|(v, k)| *v <= version && k == "snapshot")
             .map(|(v, _)| *v)
             .max();
         if let Some(s) = snapshot {
-            for (k, v) in read(&self.file(partition, s, "snapshot"))? {
+            for (k, v) in self.read(partition, s, "snapshot").await? {
                 entries.insert(k, v.unwrap_or_default());
             }
         }
         for (v, kind) in &versions {
             if kind == "delta" && *v <= version && snapshot.is_none_or(|s| *v > s) {
-                for (k, value) in read(&self.file(partition, *v, "delta"))? {
+                for (k, value) in self.read(partition, *v, "delta").await? {
                     match value {
                         Some(value) => entries.insert(k, value),
                         None => entries.remove(&k),
@@ -200,7 +183,7 @@ impl StateStore {
     /// Writes one partition's version `version`: its `changes`, or a snapshot of
     /// `all` (the partition after the changes) when the version is due for one; the
     /// file carries `stats`.
-    pub fn write_partition(
+    pub async fn write_partition(
         &self,
         partition: usize,
         version: u64,
@@ -215,22 +198,21 @@ impl StateStore {
             changes
         };
         self.replace(partition, version, snapshot, part, Some(stats))
+            .await
     }
 
     /// What the task of `partition` reported for batch `version`.
-    pub fn stats(&self, partition: usize, version: u64) -> Result<BatchStats> {
+    pub async fn stats(&self, partition: usize, version: u64) -> Result<BatchStats> {
         for kind in ["delta", "snapshot"] {
-            let path = self.file(partition, version, kind);
-            let file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&path, e)),
+            let name = Self::name(version, kind);
+            let Some(bytes) = self.part(partition).read(&name).await? else {
+                continue;
             };
             let bad = |m: String| EmberError::Decode {
                 what: "a streaming state file",
-                message: format!("{}: {m}", path.display()),
+                message: format!("{}/{name}: {m}", self.part(partition)),
             };
-            let reader = arrow::ipc::reader::FileReader::try_new(file, None)
+            let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
                 .map_err(|e| bad(e.to_string()))?;
             let json = reader
                 .schema()
@@ -244,14 +226,14 @@ impl StateStore {
             what: "a streaming state partition",
             message: format!(
                 "{}: no version {version} (its task did not run, or the directory is not shared with the executors)",
-                self.dir.join(partition.to_string()).display()
+                self.part(partition)
             ),
         })
     }
 
     /// Writes version `version`: `changes`, or a snapshot of `all` (the whole state
     /// after the changes) when this version is due for one.
-    pub fn write(
+    pub async fn write(
         &self,
         version: u64,
         changes: Vec<Change>,
@@ -270,25 +252,27 @@ impl StateStore {
         }
         for (p, part) in parts.into_iter().enumerate() {
             if snapshot || !part.is_empty() {
-                self.replace(p, version, snapshot, part, None)?;
+                self.replace(p, version, snapshot, part, None).await?;
             } else {
-                self.replace_nothing(p, version)?;
+                self.replace_nothing(p, version).await?;
             }
         }
         Ok(())
     }
 
     /// Removes what a first run of batch `version` wrote in a partition.
-    fn replace_nothing(&self, partition: usize, version: u64) -> Result<()> {
+    async fn replace_nothing(&self, partition: usize, version: u64) -> Result<()> {
         for kind in ["delta", "snapshot"] {
-            let _ = std::fs::remove_file(self.file(partition, version, kind));
+            self.part(partition)
+                .delete(&Self::name(version, kind))
+                .await?;
         }
-        self.purge(partition, version)
+        self.purge(partition, version).await
     }
 
     /// Writes a partition's file of batch `version`, replacing what a first run of the
     /// batch wrote, and purges what no version from the one before on needs.
-    fn replace(
+    async fn replace(
         &self,
         partition: usize,
         version: u64,
@@ -296,31 +280,33 @@ impl StateStore {
         part: Vec<Change>,
         stats: Option<&BatchStats>,
     ) -> Result<()> {
-        let dir = self.dir.join(partition.to_string());
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let dir = self.part(partition);
+        dir.create().await?;
         let kind = if snapshot { "snapshot" } else { "delta" };
         let other = if snapshot { "delta" } else { "snapshot" };
-        let _ = std::fs::remove_file(self.file(partition, version, other));
-        write(&self.file(partition, version, kind), part, stats)?;
-        self.purge(partition, version)
+        dir.delete(&Self::name(version, other)).await?;
+        dir.write(&Self::name(version, kind), encode(part, stats)?)
+            .await?;
+        self.purge(partition, version).await
     }
 
     /// Drops files that neither this version nor the one before needs.
-    fn purge(&self, partition: usize, version: u64) -> Result<()> {
+    async fn purge(&self, partition: usize, version: u64) -> Result<()> {
         let Some(previous) = version.checked_sub(1) else {
             return Ok(());
         };
         let keep_from = previous - previous % self.snapshot_every;
-        for (v, kind) in self.versions(partition)? {
+        for (v, kind) in self.versions(partition).await? {
             if v < keep_from {
-                let _ = std::fs::remove_file(self.file(partition, v, &kind));
+                self.part(partition).delete(&Self::name(v, &kind)).await?;
             }
         }
         Ok(())
     }
 }
 
-fn write(path: &Path, changes: Vec<Change>, stats: Option<&BatchStats>) -> Result<()> {
+/// A state file's bytes: the changes, and the batch's statistics in the schema.
+fn encode(changes: Vec<Change>, stats: Option<&BatchStats>) -> Result<Vec<u8>> {
     let schema = match stats {
         None => schema(),
         Some(stats) => {
@@ -348,17 +334,30 @@ fn write(path: &Path, changes: Vec<Change>, stats: Option<&BatchStats>) -> Resul
         writer.write(&batch)?;
         writer.finish()?;
     }
-    write_atomically(path, &bytes)
+    Ok(bytes)
 }
 
-fn read(path: &Path) -> Result<Vec<Change>> {
+impl StateStore {
+    async fn read(&self, partition: usize, version: u64, kind: &str) -> Result<Vec<Change>> {
+        let name = Self::name(version, kind);
+        let dir = self.part(partition);
+        let bytes = dir.read(&name).await?.ok_or_else(|| {
+            EmberError::io(
+                format!("{dir}/{name}"),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })?;
+        decode(bytes, &format!("{dir}/{name}"))
+    }
+}
+
+fn decode(bytes: Vec<u8>, path: &str) -> Result<Vec<Change>> {
     let bad = |m: String| EmberError::Decode {
         what: "a streaming state file",
-        message: format!("{}: {m}", path.display()),
+        message: format!("{path}: {m}"),
     };
-    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
-    let reader =
-        arrow::ipc::reader::FileReader::try_new(file, None).map_err(|e| bad(e.to_string()))?;
+    let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| bad(e.to_string()))?;
     let mut out = vec![];
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
@@ -388,10 +387,10 @@ mod tests {
         s.as_bytes().into()
     }
 
-    #[test]
-    fn versions_are_snapshots_plus_deltas_and_old_ones_go() {
+    #[tokio::test]
+    async fn versions_are_snapshots_plus_deltas_and_old_ones_go() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path().to_path_buf(), 3, 4);
+        let store = StateStore::new(Dir::Local(dir.path().to_path_buf()), 3, 4);
         let mut state = Entries::new();
         for v in 0..10u64 {
             let mut changes = vec![(key(&format!("k{v}")), Some(vec![v as u8]))];
@@ -407,16 +406,24 @@ mod tests {
             let all = state.clone();
             store
                 .write(v, changes, || Ok(all.into_iter().collect()))
+                .await
                 .unwrap();
-            assert_eq!(store.load(v).unwrap(), state, "version {v}");
+            assert_eq!(store.load(v).await.unwrap(), state, "version {v}");
         }
         // Version 8 is a snapshot; 9 needs it, and 8 needs only itself.
         for p in 0..3 {
-            assert!(store.versions(p).unwrap().iter().all(|(v, _)| *v >= 8));
+            assert!(
+                store
+                    .versions(p)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|(v, _)| *v >= 8)
+            );
         }
-        assert_eq!(store.load(8).unwrap().len(), 2);
+        assert_eq!(store.load(8).await.unwrap().len(), 2);
         std::fs::write(dir.path().join("0").join("8.snapshot"), b"garbage").unwrap();
-        let err = store.load(9).unwrap_err().to_string();
+        let err = store.load(9).await.unwrap_err().to_string();
         assert!(err.contains("8.snapshot"), "{err}");
     }
 }

@@ -275,7 +275,9 @@ impl DataStreamWriter {
         self
     }
 
-    /// The checkpoint directory: where progress survives restarts (required).
+    /// The checkpoint directory: where progress survives restarts (required). A
+    /// path, or the URL of a directory in an object store: `http(s)://..` (WebDAV)
+    /// or `s3://bucket/path` (see `ember_core::storage`).
     pub fn checkpoint(mut self, dir: impl Into<PathBuf>) -> Self {
         self.checkpoint = Some(dir.into());
         self
@@ -322,12 +324,7 @@ impl DataStreamWriter {
         let dir = self.checkpoint.ok_or_else(|| {
             EmberError::Config("a streaming query needs a checkpoint directory".into())
         })?;
-        let checkpoint = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || Checkpoint::open(&dir))
-                .await
-                .map_err(|e| EmberError::Internal(e.to_string()))??
-        };
+        let checkpoint = Checkpoint::open(&dir.to_string_lossy()).await?;
         let shared = Arc::new(Shared {
             id: checkpoint.id.clone(),
             run_id: format!(
@@ -351,9 +348,7 @@ impl DataStreamWriter {
             status.add_stream(shared.clone());
         }
         let (done_tx, done) = watch::channel(None);
-        // Absolute: the tasks that keep the state may run in other directories.
-        let state_dir = std::path::absolute(checkpoint.state_dir(0))
-            .map_err(|e| EmberError::io(checkpoint.state_dir(0).display(), e))?;
+        let state_dir = checkpoint.state_dir(0);
         let runner = Runner {
             df: self.df.clone(),
             source: source.clone(),

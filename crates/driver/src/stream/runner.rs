@@ -73,7 +73,7 @@ pub(super) struct Runner {
     /// A stream-stream join's store and kept rows, held in this process.
     pub(super) join_state: Option<(StateStore, Mutex<JoinState>)>,
     /// Where stateful operators keep their state (`state/0` of the checkpoint).
-    pub(super) state_dir: std::path::PathBuf,
+    pub(super) state_dir: ember_core::storage::Dir,
     /// The watermark the next batch uses.
     pub(super) watermark: Mutex<Option<i64>>,
     pub(super) progress_to: Option<Arc<super::InfluxWriter>>,
@@ -99,7 +99,7 @@ impl Runner {
     }
 
     pub(super) async fn run(self) -> Result<()> {
-        let last = self.checkpoint.last()?;
+        let last = self.checkpoint.last().await?;
         // The state after the last committed batch.
         let committed_batch = match &last {
             Some((range, Some(commit))) => {
@@ -113,10 +113,11 @@ impl Runner {
             (&self.join_state, committed_batch, &self.query.stateful)
             && let Operator::Join(op) = &st.op
         {
-            *state.lock() = op.load(store.load(batch)?)?;
+            let entries = store.load(batch).await?;
+            *state.lock() = op.load(entries)?;
         }
         if let Some(config) = self.stateful_config(0, None) {
-            config.store().check_layout(&config.layout())?;
+            config.store()?.check_layout(&config.layout()).await?;
         }
         // The watermark the last batch run used: when the query's has moved on since,
         // a batch without new data emits and evicts what the new one closes.
@@ -145,6 +146,7 @@ impl Runner {
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
+            self.checkpoint.renew().await?;
             let started = Instant::now();
             let mut end = self.source.latest(&start).await?;
             if let Some(target) = &target {
@@ -171,7 +173,7 @@ impl Runner {
                 watermark_ms: *self.watermark.lock(),
             };
             let wal = Instant::now();
-            self.checkpoint.write_offsets(&range)?;
+            self.checkpoint.write_offsets(&range).await?;
             let wal_ms = wal.elapsed().as_millis() as u64;
             let since_last = last_trigger.elapsed();
             last_trigger = Instant::now();
@@ -202,7 +204,7 @@ impl Runner {
             }
         }
         self.set_status("Stopped", false, false);
-        Ok(())
+        self.checkpoint.release().await
     }
 
     /// Reads the range, runs the query over it, hands the rows to the sink, commits.
@@ -244,7 +246,7 @@ impl Runner {
             let mut state_progress = StateProgress::default();
             let mut next_watermark = range.watermark_ms;
             if let Some(config) = &config {
-                let stats = batch_stats(config)?;
+                let stats = batch_stats(config).await?;
                 late = stats.late_rows;
                 state_progress = StateProgress {
                     rows_total: stats.rows_total,
@@ -273,7 +275,9 @@ impl Runner {
         .await?;
         let add_ms = add.elapsed().as_millis() as u64;
         let commit = Instant::now();
-        self.checkpoint.commit(range.batch_id, next_watermark)?;
+        self.checkpoint
+            .commit(range.batch_id, next_watermark)
+            .await?;
         *self.watermark.lock() = next_watermark;
         let commit_ms = commit.elapsed().as_millis() as u64;
         let total = started.elapsed();
@@ -350,7 +354,7 @@ impl Runner {
             op: op.clone(),
             event_time: st.event_time,
             mode: self.mode,
-            state_dir: self.state_dir.to_string_lossy().into_owned(),
+            state_dir: self.state_dir.to_string(),
             partitions: if keyed { STATE_PARTITIONS } else { 1 },
             snapshot_every: SNAPSHOT_EVERY,
             batch_id,
@@ -417,7 +421,7 @@ impl Runner {
         let right = session
             .collect_described(&plans[1], Some(&description))
             .await?;
-        let (batch, progress) = {
+        let (batch, progress, changes, snapshot) = {
             let mut state = state.lock();
             let join_state = &mut *state;
             let before = super::join::JoinOp::rows(join_state);
@@ -429,7 +433,12 @@ impl Runner {
                 range.watermark_ms,
             )?;
             let after = super::join::JoinOp::rows(join_state);
-            store.write(range.batch_id, changes, || op.entries(join_state))?;
+            // Written below, without holding the state across the store's I/O.
+            let snapshot = range
+                .batch_id
+                .is_multiple_of(SNAPSHOT_EVERY)
+                .then(|| op.entries(join_state))
+                .transpose()?;
             (
                 batch,
                 StateProgress {
@@ -437,8 +446,13 @@ impl Runner {
                     rows_updated: after.saturating_sub(before),
                     rows_removed: before.saturating_sub(after),
                 },
+                changes,
+                snapshot,
             )
         };
+        store
+            .write(range.batch_id, changes, || Ok(snapshot.unwrap_or_default()))
+            .await?;
         let joined = session
             .collect_described(&batch.plan, Some(&description))
             .await?;
@@ -482,11 +496,11 @@ fn rate(rows: i64, over: Duration) -> f64 {
 }
 
 /// What the tasks of a batch's stateful operator reported, summed.
-fn batch_stats(config: &StatefulConfig) -> Result<BatchStats> {
-    let store = config.store();
+async fn batch_stats(config: &StatefulConfig) -> Result<BatchStats> {
+    let store = config.store()?;
     let mut sum = BatchStats::default();
     for p in 0..config.partitions {
-        let s = store.stats(p, config.batch_id)?;
+        let s = store.stats(p, config.batch_id).await?;
         sum.late_rows += s.late_rows;
         sum.max_event_time = sum.max_event_time.max(s.max_event_time);
         sum.rows_total += s.rows_total;

@@ -597,3 +597,122 @@ async fn json_streams_from_the_log_join_as_the_readme_shows() {
         vec!["a 5000", "c 3000", "c 9000"]
     );
 }
+
+/// `rclone serve webdav` over a directory, on a free port of 127.0.0.1.
+struct WebDav {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for WebDav {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve_webdav(root: &std::path::Path) -> WebDav {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("rclone")
+        .args(["serve", "webdav", "--addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rclone (Debian package rclone) serves WebDAV");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "rclone listens"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    WebDav {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+#[tokio::test]
+async fn a_checkpoint_in_an_object_store_keeps_offsets_and_state_across_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let dav = serve_webdav(root.path());
+    let checkpoint = format!("{}/queries/w", dav.url);
+    let stream = ember_driver::stream::MemoryStream::new(readings_schema());
+    let start = |session: &Session, trigger| {
+        tumbling_counts(session.read_stream().source(stream.clone()).unwrap())
+            .write_stream()
+            .query_name("w")
+            .memory()
+            .checkpoint(&checkpoint)
+            .trigger(trigger)
+            .start()
+    };
+    stream
+        .add_data(readings(&[("a", 1, 10.0), ("a", 3, 20.0), ("b", 4, 1.0)]))
+        .unwrap();
+    let session = Session::builder().master("local[2]").build().unwrap();
+    let every = Trigger::ProcessingTime(Duration::from_millis(10));
+    let q = start(&session, every).await.unwrap();
+    q.process_all_available().await.unwrap();
+    // The lease in the store keeps a second query off the directory meanwhile.
+    let err = start(&session, every).await.err().map(|e| e.to_string());
+    q.stop().await.unwrap();
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("another streaming query")),
+        "{err:?}"
+    );
+    assert!(windows(&session, "w").await.is_empty(), "0-10 is open");
+    let stored = |rel: &str| root.path().join("queries/w").join(rel).exists();
+    assert!(stored("metadata") && stored("offsets/0") && stored("commits/0"));
+    assert!(stored("state/0/_layout"));
+    assert!(
+        (0..4).all(|p| stored(&format!("state/0/{p}/0.snapshot"))),
+        "each partition's version 0 is in the store"
+    );
+    assert!(!stored("lock"), "a stopped query gives its lease up");
+    // A restart: the open window's partial counts come back from the store. (Named
+    // by another host name, the directory is new to this process's memory, so its
+    // tasks read the state from the store, as another process's would.)
+    stream
+        .add_data(readings(&[("a", 9, 30.0), ("c", 30, 5.0)]))
+        .unwrap();
+    let checkpoint = checkpoint.replace("127.0.0.1", "localhost");
+    let start = |session: &Session, trigger| {
+        tumbling_counts(session.read_stream().source(stream.clone()).unwrap())
+            .write_stream()
+            .query_name("w")
+            .memory()
+            .checkpoint(&checkpoint)
+            .trigger(trigger)
+            .start()
+    };
+    let session = Session::builder().master("local[2]").build().unwrap();
+    let q = start(&session, Trigger::AvailableNow).await.unwrap();
+    q.await_termination(None).await.unwrap();
+    assert_eq!(
+        windows(&session, "w").await,
+        vec!["0-10 a 3 20.0", "0-10 b 1 1.0"]
+    );
+    // A bad location is an error that names it, before anything runs.
+    let err = tumbling_counts(session.read_stream().source(stream.clone()).unwrap())
+        .write_stream()
+        .memory()
+        .checkpoint("ftp://127.0.0.1/cp")
+        .start()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("ftp://127.0.0.1/cp") && err.contains("not supported"),
+        "{err}"
+    );
+}

@@ -1,0 +1,302 @@
+//! Where a streaming query keeps its checkpoint and state: a local directory, or a
+//! directory of an object store, named by URL.
+//!
+//! | Location | Store |
+//! |---|---|
+//! | `/path`, `./path`, `file:///path` | the local file system (a path every executor sees, in a cluster) |
+//! | `http://host:port/path`, `https://..` | a WebDAV server (rclone, Apache, nginx with its DAV module) |
+//! | `s3://bucket/path` | Amazon S3 or a server that speaks its API; configured from the `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`) |
+//!
+//! A file is written whole or not at all: locally through a temporary file, synced and
+//! renamed; in an object store by one PUT.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parking_lot::Mutex;
+
+use crate::{EmberError, Result};
+
+/// A directory, local or in an object store.
+#[derive(Clone)]
+pub enum Dir {
+    Local(PathBuf),
+    Store {
+        store: Arc<dyn ObjectStore>,
+        path: ObjectPath,
+        /// The URL, for messages.
+        url: String,
+    },
+}
+
+impl fmt::Display for Dir {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Dir::Local(p) => write!(f, "{}", p.display()),
+            Dir::Store { url, .. } => f.write_str(url),
+        }
+    }
+}
+
+impl fmt::Debug for Dir {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "Dir({self})")
+    }
+}
+
+/// One client per server (scheme, host and port, or bucket), shared by the
+/// directories of a process.
+static STORES: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn store_for(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
+    let key = format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    );
+    if let Some(store) = STORES.lock().get(&key) {
+        return Ok(store.clone());
+    }
+    let bad =
+        |e: object_store::Error| EmberError::Config(format!("the checkpoint location {url}: {e}"));
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "http" | "https" => {
+            let origin = url.origin().ascii_serialization();
+            Arc::new(
+                object_store::http::HttpBuilder::new()
+                    .with_url(origin)
+                    .with_client_options(
+                        object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"),
+                    )
+                    .build()
+                    .map_err(bad)?,
+            )
+        }
+        "s3" | "s3a" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(bad)?,
+        ),
+        other => {
+            return Err(EmberError::Config(format!(
+                "the location {url}: the scheme '{other}' is not supported (a path, file://, http(s):// for WebDAV, or s3://)"
+            )));
+        }
+    };
+    STORES.lock().insert(key, store.clone());
+    Ok(store)
+}
+
+impl Dir {
+    /// A path, or a URL of a supported store.
+    pub fn parse(location: &str) -> Result<Dir> {
+        let Some((scheme, _)) = location.split_once("://") else {
+            return Ok(Dir::Local(PathBuf::from(location)));
+        };
+        let url = url::Url::parse(location)
+            .map_err(|e| EmberError::Config(format!("the location {location}: {e}")))?;
+        if scheme == "file" {
+            let path = url.to_file_path().map_err(|_| {
+                EmberError::Config(format!("the location {location}: not a local path"))
+            })?;
+            return Ok(Dir::Local(path));
+        }
+        let path = ObjectPath::from_url_path(url.path())
+            .map_err(|e| EmberError::Config(format!("the location {location}: {e}")))?;
+        Ok(Dir::Store {
+            store: store_for(&url)?,
+            path,
+            url: location.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The local directory, made absolute (tasks may run in other directories).
+    pub fn absolute(self) -> Result<Dir> {
+        match self {
+            Dir::Local(p) => Ok(Dir::Local(
+                std::path::absolute(&p).map_err(|e| EmberError::io(p.display(), e))?,
+            )),
+            other => Ok(other),
+        }
+    }
+
+    pub fn local_path(&self) -> Option<&Path> {
+        match self {
+            Dir::Local(p) => Some(p),
+            Dir::Store { .. } => None,
+        }
+    }
+
+    pub fn join(&self, name: &str) -> Dir {
+        match self {
+            Dir::Local(p) => Dir::Local(p.join(name)),
+            Dir::Store { store, path, url } => Dir::Store {
+                store: store.clone(),
+                path: path.clone().join(name),
+                url: format!("{url}/{name}"),
+            },
+        }
+    }
+
+    fn error(&self, name: &str, e: impl std::error::Error + Send + Sync + 'static) -> EmberError {
+        EmberError::io(format!("{self}/{name}"), std::io::Error::other(e))
+    }
+
+    /// Creates the directory (object stores have none to create).
+    pub async fn create(&self) -> Result<()> {
+        if let Dir::Local(p) = self {
+            std::fs::create_dir_all(p).map_err(|e| EmberError::io(p.display(), e))?;
+        }
+        Ok(())
+    }
+
+    /// A file's bytes, or none if it does not exist.
+    pub async fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Dir::Local(p) => match std::fs::read(p.join(name)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(EmberError::io(p.join(name).display(), e)),
+            },
+            Dir::Store { store, path, .. } => match store.get(&path.clone().join(name)).await {
+                Ok(got) => Ok(Some(
+                    got.bytes().await.map_err(|e| self.error(name, e))?.to_vec(),
+                )),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.error(name, e)),
+            },
+        }
+    }
+
+    /// Writes a file whole, replacing it.
+    pub async fn write(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        match self {
+            Dir::Local(p) => write_atomically(&p.join(name), &bytes),
+            Dir::Store { store, path, .. } => store
+                .put(&path.clone().join(name), PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error(name, e)),
+        }
+    }
+
+    /// Deletes a file; one that does not exist is no error.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        match self {
+            Dir::Local(p) => match std::fs::remove_file(p.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(EmberError::io(p.join(name).display(), e))
+                }
+                _ => Ok(()),
+            },
+            Dir::Store { store, path, .. } => match store.delete(&path.clone().join(name)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.error(name, e)),
+            },
+        }
+    }
+
+    /// The names of the files and directories in it (none if it does not exist).
+    pub async fn list(&self) -> Result<Vec<String>> {
+        match self {
+            Dir::Local(p) => {
+                let entries = match std::fs::read_dir(p) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+                    Err(e) => return Err(EmberError::io(p.display(), e)),
+                };
+                let mut names = vec![];
+                for entry in entries {
+                    let entry = entry.map_err(|e| EmberError::io(p.display(), e))?;
+                    if let Some(name) = entry.file_name().to_str() {
+                        names.push(name.to_string());
+                    }
+                }
+                Ok(names)
+            }
+            Dir::Store { store, path, .. } => {
+                let listed = match store.list_with_delimiter(Some(path)).await {
+                    Ok(l) => l,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(vec![]),
+                    Err(e) => return Err(self.error("", e)),
+                };
+                let last = |p: &ObjectPath| p.filename().map(str::to_string);
+                Ok(listed
+                    .objects
+                    .iter()
+                    .filter_map(|o| last(&o.location))
+                    .chain(listed.common_prefixes.iter().filter_map(last))
+                    .collect())
+            }
+        }
+    }
+
+    /// Every file under it, recursively, as paths relative to it (for tests and
+    /// tools).
+    pub async fn walk(&self) -> Result<Vec<String>> {
+        match self {
+            Dir::Local(_) => {
+                let mut out = vec![];
+                let mut todo = vec![String::new()];
+                while let Some(rel) = todo.pop() {
+                    let dir = if rel.is_empty() {
+                        self.clone()
+                    } else {
+                        self.join(&rel)
+                    };
+                    for name in dir.list().await? {
+                        let child = if rel.is_empty() {
+                            name
+                        } else {
+                            format!("{rel}/{name}")
+                        };
+                        match self.local_path().map(|p| p.join(&child).is_dir()) {
+                            Some(true) => todo.push(child),
+                            _ => out.push(child),
+                        }
+                    }
+                }
+                out.sort();
+                Ok(out)
+            }
+            Dir::Store { store, path, .. } => {
+                let objects: Vec<_> = store
+                    .list(Some(path))
+                    .try_collect()
+                    .await
+                    .map_err(|e| self.error("", e))?;
+                let mut out: Vec<String> = objects
+                    .iter()
+                    .filter_map(|o| {
+                        o.location
+                            .prefix_match(path)
+                            .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>())
+                    })
+                    .map(|parts| parts.join("/"))
+                    .collect();
+                out.sort();
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Writes through a temporary file and a rename: a crash leaves the old file or the
+/// new one, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |p: &Path, e| EmberError::io(p.display(), e);
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| io(&tmp, e))?;
+    file.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
