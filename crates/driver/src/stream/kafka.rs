@@ -296,28 +296,51 @@ impl Source for KafkaSource {
         self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn scan_table(
+    async fn scan_table(
         &self,
         start: &Offsets,
         end: &Offsets,
-    ) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
-        let ranges = end
-            .iter()
-            .filter_map(|(t, p, to)| {
-                let from = start.get(t, p).unwrap_or(to);
-                (from < to).then(|| ember_core::kafka_scan::KafkaRange {
+    ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+        let mut ranges = vec![];
+        for (t, p, to) in end.iter() {
+            let mut from = start.get(t, p).unwrap_or(to);
+            if from >= to {
+                continue;
+            }
+            // Offsets retention deleted already: the query stops, or they are skipped
+            // and counted here (the tasks check again, for what goes while they run).
+            let earliest = self.offset(t, p, OffsetAt::Earliest).await?;
+            if from < earliest {
+                if self.fail_on_data_loss {
+                    return Err(super::source::data_lost(t, p, from, earliest));
+                }
+                tracing::warn!(
+                    topic = t,
+                    partition = p,
+                    from,
+                    earliest,
+                    "skipping offsets lost to retention"
+                );
+                self.lost.fetch_add(
+                    earliest.min(to) - from,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                from = earliest.min(to);
+            }
+            if from < to {
+                ranges.push(ember_core::kafka_scan::KafkaRange {
                     topic: t.to_string(),
                     partition: p,
                     from,
                     to,
-                })
-            })
-            .collect();
-        Some(Arc::new(KafkaRangeTable {
+                });
+            }
+        }
+        Ok(Some(Arc::new(KafkaRangeTable {
             bootstrap: self.connection.bootstrap.clone(),
             ranges,
             fail_on_data_loss: self.fail_on_data_loss,
-        }))
+        })))
     }
 }
 

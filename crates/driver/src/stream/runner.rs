@@ -562,7 +562,7 @@ async fn batch_table(
     start: &Offsets,
     end: &Offsets,
 ) -> Result<(Arc<dyn TableProvider>, i64)> {
-    if let Some(table) = source.scan_table(start, end) {
+    if let Some(table) = source.scan_table(start, end).await? {
         return Ok((table, start.rows_until(end)));
     }
     let input = source.read(start, end).await?;

@@ -134,13 +134,14 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     }
     /// A table whose scan reads `[start, end)` in the tasks themselves (one task per
     /// partition range), instead of [`read`](Self::read) in the driver; none when the
-    /// source cannot (the embedded log lives in the driver's process).
-    fn scan_table(
+    /// source cannot (the embedded log lives in the driver's process). Offsets that
+    /// are already lost are an error here, or skipped and counted.
+    async fn scan_table(
         &self,
         _start: &Offsets,
         _end: &Offsets,
-    ) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
-        None
+    ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+        Ok(None)
     }
 }
 
@@ -348,7 +349,7 @@ fn read_log(
 }
 
 /// The error of a read that needs offsets retention deleted.
-fn data_lost(topic: &str, partition: i32, from: i64, earliest: i64) -> EmberError {
+pub(super) fn data_lost(topic: &str, partition: i32, from: i64, earliest: i64) -> EmberError {
     EmberError::Internal(ember_core::kafka_scan::data_loss(
         topic, partition, from, earliest,
     ))

@@ -208,25 +208,50 @@ async fn offsets_lost_to_retention_fail_the_query_or_are_skipped_and_counted() {
         producer.flush();
     };
     send(100);
+    // The same log through the Kafka protocol: its batches are read by the tasks.
+    let broker = ember_log::broker::Broker::start(
+        log.clone(),
+        ember_log::broker::BrokerConfig::new("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let bootstrap = broker.address.to_string();
     let session = Session::builder().master("local[1]").build().unwrap();
-    let start = |fail: bool, trigger: Trigger| {
-        let source = LogSource::new(log.clone(), vec!["events".into()])
-            .max_offsets_per_trigger(10)
-            .fail_on_data_loss(fail);
+    let start = |kafka: bool, fail: bool, trigger: Trigger| {
+        let source: Arc<dyn ember_driver::stream::Source> = if kafka {
+            Arc::new(
+                ember_driver::stream::KafkaSource::new(&bootstrap, vec!["events".into()])
+                    .max_offsets_per_trigger(10)
+                    .fail_on_data_loss(fail),
+            )
+        } else {
+            Arc::new(
+                LogSource::new(log.clone(), vec!["events".into()])
+                    .max_offsets_per_trigger(10)
+                    .fail_on_data_loss(fail),
+            )
+        };
+        let name = format!(
+            "{}_{}",
+            if kafka { "kafka" } else { "log" },
+            if fail { "strict" } else { "lenient" }
+        );
         session
             .read_stream()
-            .source(Arc::new(source))
+            .source(source)
             .unwrap()
             .write_stream()
-            .query_name(if fail { "strict" } else { "lenient" })
+            .query_name(&name)
             .memory()
-            .checkpoint(dir.path().join(format!("cp-{fail}")))
+            .checkpoint(dir.path().join(&name))
             .trigger(trigger)
             .start()
     };
-    for fail in [true, false] {
-        let q = start(fail, Trigger::Once).await.unwrap();
-        q.await_termination(None).await.unwrap();
+    for kafka in [false, true] {
+        for fail in [true, false] {
+            let q = start(kafka, fail, Trigger::Once).await.unwrap();
+            q.await_termination(None).await.unwrap();
+        }
     }
     // Retention deletes the segments holding offsets 10.. before the queries read them.
     send(200);
@@ -234,25 +259,34 @@ async fn offsets_lost_to_retention_fail_the_query_or_are_skipped_and_counted() {
     let earliest = log.partition("events", 0).unwrap().start_offset();
     assert!(earliest > 20, "retention deleted old segments ({earliest})");
 
-    let q = start(true, Trigger::AvailableNow).await.unwrap();
-    let err = q.await_termination(None).await.unwrap_err().to_string();
-    assert!(
-        err.contains(&format!("events-0 offsets 10..{earliest} were deleted")),
-        "{err}"
-    );
-    let q = start(false, Trigger::AvailableNow).await.unwrap();
-    q.await_termination(None).await.unwrap();
-    let lost: i64 = q
-        .recent_progress()
-        .iter()
-        .map(|p| p.source.offsets_lost)
-        .sum();
-    assert_eq!(lost, earliest - 10);
-    // The restarted query's memory table holds what it read: all that was left.
-    assert_eq!(
-        count(&session, "SELECT count(*) FROM lenient").await,
-        300 - earliest
-    );
+    for kafka in [false, true] {
+        let q = start(kafka, true, Trigger::AvailableNow).await.unwrap();
+        let err = q.await_termination(None).await.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("events-0 offsets 10..{earliest} were deleted")),
+            "kafka: {kafka}: {err}"
+        );
+        let q = start(kafka, false, Trigger::AvailableNow).await.unwrap();
+        q.await_termination(None).await.unwrap();
+        let lost: i64 = q
+            .recent_progress()
+            .iter()
+            .map(|p| p.source.offsets_lost)
+            .sum();
+        assert_eq!(lost, earliest - 10, "kafka: {kafka}");
+        // The restarted query's memory table holds what it read: all that was left.
+        let table = if kafka {
+            "kafka_lenient"
+        } else {
+            "log_lenient"
+        };
+        assert_eq!(
+            count(&session, &format!("SELECT count(*) FROM {table}")).await,
+            300 - earliest,
+            "kafka: {kafka}"
+        );
+    }
+    broker.stop();
 }
 
 #[tokio::test]
