@@ -343,6 +343,39 @@ impl PhysicalExtensionCodec for EmberCodec {
                     .map_err(|e| decode_err("stateful operator", e))?,
                 ))
             }
+            Some(Node::StreamJoin(n)) => {
+                let [left, right] = inputs else {
+                    return Err(decode_err("stream-stream join", "not two inputs"));
+                };
+                let config = serde_json::from_str(&n.config)
+                    .map_err(|e| decode_err("stream-stream join", e))?;
+                let schema = decode_schema(&n.schema)?;
+                let expr = |b: &[u8], schema: &Schema| {
+                    let node = datafusion_proto::protobuf::PhysicalExprNode::decode(b)
+                        .map_err(|e| decode_err("join expression", e))?;
+                    parse_physical_expr(&node, ctx, schema, self)
+                };
+                let on = n
+                    .left_keys
+                    .iter()
+                    .zip(&n.right_keys)
+                    .map(|(l, r)| Ok((expr(l, &left.schema())?, expr(r, &right.schema())?)))
+                    .collect::<DFResult<Vec<_>>>()?;
+                let filter = (!n.filter.is_empty())
+                    .then(|| expr(&n.filter, &schema))
+                    .transpose()?;
+                Ok(Arc::new(
+                    crate::stateful::join::StreamJoinExec::try_new(
+                        left.clone(),
+                        right.clone(),
+                        on,
+                        filter,
+                        config,
+                        schema,
+                    )
+                    .map_err(|e| decode_err("stream-stream join", e))?,
+                ))
+            }
             None => Err(decode_err("ember plan node", "empty node")),
         }
     }
@@ -399,6 +432,18 @@ impl PhysicalExtensionCodec for EmberCodec {
                 config: serde_json::to_string(st.config())
                     .map_err(|e| DataFusionError::Internal(format!("ember codec: {e}")))?,
                 schema: encode_schema(&st.schema())?,
+            })
+        } else if let Some(j) = node.downcast_ref::<crate::stateful::join::StreamJoinExec>() {
+            let expr = |e: &Arc<dyn PhysicalExpr>| {
+                serialize_physical_expr(e, self).map(|n| n.encode_to_vec())
+            };
+            Node::StreamJoin(proto::StreamJoinNode {
+                config: serde_json::to_string(j.config())
+                    .map_err(|e| DataFusionError::Internal(format!("ember codec: {e}")))?,
+                schema: encode_schema(&j.schema())?,
+                left_keys: j.keys(0).iter().map(expr).collect::<DFResult<_>>()?,
+                right_keys: j.keys(1).iter().map(expr).collect::<DFResult<_>>()?,
+                filter: j.filter().map(expr).transpose()?.unwrap_or_default(),
             })
         } else if let Some(m) = node.downcast_ref::<MapBatchesExec>() {
             Node::MapBatches(proto::MapBatchesNode {

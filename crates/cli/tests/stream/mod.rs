@@ -637,5 +637,126 @@ fn on_a_cluster_the_executors_read_the_kafka_ranges_themselves() {
             .to_string()
     });
     assert!(totals.contains("| 60  | 20   |"), "{totals}");
+    // A stream-stream join keeps its rows on the executors too: both sides are
+    // hashed on the join key into the state's partitions.
+    let matches = rt.block_on(stream_join_on(&driver, &dir.path().join("join-cp")));
+    assert_eq!(matches, vec!["a 0-10", "b 5-12"]);
+    let join = stage_with(ui, "StreamJoinExec: inner, keys=1, batch=0, partitions=4");
+    let tasks = join["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 4, "one task per state partition");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["executor"].as_str().unwrap().starts_with("exec-")),
+        "{tasks:?}"
+    );
     drop(driver);
+}
+
+/// The detail of the first stage whose plan contains `text`.
+fn stage_with(ui: std::net::SocketAddr, text: &str) -> serde_json::Value {
+    let stages = super::ui::get_json(ui, "/api/v1/stages");
+    stages
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| {
+            let detail =
+                super::ui::get_json(ui, &format!("/api/v1/stages/{}/{}", s["job"], s["id"]));
+            detail["plan"]
+                .as_str()
+                .unwrap()
+                .contains(text)
+                .then_some(detail)
+        })
+        .unwrap_or_else(|| panic!("a stage runs {text}"))
+}
+
+/// Impressions and clicks of ads, joined when a click comes within 10 s of its
+/// impression, on `session`: the matches as `ad impression-click` (seconds).
+async fn stream_join_on(session: &ember_driver::Session, checkpoint: &Path) -> Vec<String> {
+    use arrow::array::{StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use ember_driver::functions::{col, lit};
+    let side = |time: &str, rows: &[(&str, i64)]| {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ad", DataType::Utf8, false),
+            Field::new(
+                time,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]));
+        arrow::record_batch::RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| r.1 * 1000),
+                )),
+            ],
+        )
+        .unwrap()
+    };
+    let impressions = ember_driver::stream::MemoryStream::new(side("it", &[]).schema());
+    let clicks = ember_driver::stream::MemoryStream::new(side("ct", &[]).schema());
+    impressions
+        .add_data(side("it", &[("a", 0), ("b", 5), ("c", 6)]))
+        .unwrap();
+    clicks
+        .add_data(side("ct", &[("a", 10), ("b", 12), ("c", 30)]))
+        .unwrap();
+    let stream = |s: &Arc<ember_driver::stream::MemoryStream>, time: &str, alias: &str| {
+        session
+            .read_stream()
+            .source(s.clone())
+            .unwrap()
+            .with_watermark(time, "10 seconds")
+            .unwrap()
+            .alias(alias)
+            .unwrap()
+    };
+    let ten = lit(datafusion::common::ScalarValue::new_interval_mdn(
+        0,
+        0,
+        10_000_000_000,
+    ));
+    let q = stream(&impressions, "it", "i")
+        .join_on(
+            &stream(&clicks, "ct", "c"),
+            vec![
+                col("i.ad").eq(col("c.ad")),
+                col("c.ct").between(col("i.it"), col("i.it") + ten),
+            ],
+            ember_driver::JoinType::Inner,
+        )
+        .unwrap()
+        .select_expr(&[
+            "i.ad || ' ' || CAST(CAST(i.it AS BIGINT) / 1000 AS VARCHAR) || '-' || CAST(CAST(c.ct AS BIGINT) / 1000 AS VARCHAR) AS m",
+        ])
+        .unwrap()
+        .write_stream()
+        .query_name("ad_matches")
+        .memory()
+        .checkpoint(checkpoint)
+        .trigger(ember_driver::stream::Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    q.await_termination(None).await.unwrap();
+    let batches = session
+        .sql("SELECT m FROM ad_matches ORDER BY m")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    batches
+        .iter()
+        .flat_map(|b| {
+            let m = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+            let m = arrow::array::AsArray::as_string::<i32>(&m).clone();
+            (0..arrow::array::Array::len(&m)).map(move |i| m.value(i).to_string())
+        })
+        .collect()
 }

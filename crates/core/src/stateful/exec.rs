@@ -49,7 +49,7 @@ static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
 
 /// The partition's state after `version`, if this process holds it; taken out, so a
 /// task that fails leaves nothing stale behind.
-fn take_cached(dir: &str, partition: usize, version: u64) -> Option<OpState> {
+pub(super) fn take_cached(dir: &str, partition: usize, version: u64) -> Option<OpState> {
     let mut cache = CACHE.lock();
     let key = (dir.to_string(), partition);
     match cache.partitions.remove(&key) {
@@ -58,7 +58,7 @@ fn take_cached(dir: &str, partition: usize, version: u64) -> Option<OpState> {
     }
 }
 
-fn put_cached(dir: &str, partition: usize, version: u64, state: OpState) {
+pub(super) fn put_cached(dir: &str, partition: usize, version: u64, state: OpState) {
     let mut cache = CACHE.lock();
     cache.uses += 1;
     let used = cache.uses;
@@ -137,6 +137,7 @@ impl DisplayAs for StatefulExec {
         let op = match &self.config.op {
             super::OpConfig::Aggregate { .. } => "aggregation",
             super::OpConfig::Dedup { .. } => "deduplication",
+            super::OpConfig::Join { .. } => "join",
         };
         write!(
             f,
@@ -166,6 +167,7 @@ async fn run_partition(
     let stats = BatchStats {
         late_rows: out.late_rows,
         max_event_time: out.max_event_time,
+        max_event_times: vec![],
         rows_total: out.rows_total,
         rows_updated: out.rows_updated,
         rows_removed: out.rows_removed,
@@ -175,7 +177,7 @@ async fn run_partition(
             partition,
             config.batch_id,
             out.changes,
-            || Ok(Op::entries(&state)),
+            || Op::entries(&state),
             &stats,
         )
         .await?;

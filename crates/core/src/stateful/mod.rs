@@ -39,6 +39,7 @@ use crate::{EmberError, Result};
 mod aggregate;
 mod dedup;
 pub mod exec;
+pub mod join;
 pub mod store;
 
 pub use aggregate::AggKind;
@@ -68,6 +69,14 @@ pub enum OpConfig {
     /// The first row of each key passes: the input is the row's `columns`, then
     /// `keys` key columns.
     Dedup { keys: usize, columns: usize },
+    /// A stream-stream inner join on `keys` equal keys: each side's event-time
+    /// column, and the bounds on `t_right - t_left` (ms) its condition sets.
+    Join {
+        keys: usize,
+        times: [String; 2],
+        lower: Option<i64>,
+        upper: Option<i64>,
+    },
 }
 
 impl OpConfig {
@@ -80,6 +89,16 @@ impl OpConfig {
                 from..from + keys
             }
             OpConfig::Dedup { keys, columns } => first + columns..first + columns + keys,
+            // A join's keys are expressions of each side (`StreamJoinExec::keys`).
+            OpConfig::Join { .. } => 0..0,
+        }
+    }
+
+    /// Whether the state is spread over partitions by key (else it is one).
+    pub fn keyed(&self, event_time: bool) -> bool {
+        match self {
+            OpConfig::Join { keys, .. } => *keys > 0,
+            _ => !self.key_columns(event_time).is_empty(),
         }
     }
 
@@ -149,6 +168,7 @@ pub(crate) enum OpState {
         /// Key → its event time (`i64::MAX` without a watermark).
         seen: HashMap<Box<[u8]>, i64>,
     },
+    Join(join::Kept),
 }
 
 /// What one batch did to a partition's state.
@@ -192,6 +212,11 @@ impl Op {
             OpConfig::Dedup { keys, columns } => {
                 Op::Dedup(DedupOp::new(*keys, *columns, first, input)?)
             }
+            OpConfig::Join { .. } => {
+                return Err(EmberError::Internal(
+                    "a stream-stream join runs as StreamJoinExec".into(),
+                ));
+            }
         })
     }
 
@@ -231,8 +256,8 @@ impl Op {
     }
 
     /// Every entry, for a snapshot.
-    pub(crate) fn entries(state: &OpState) -> Snapshot {
-        match state {
+    pub(crate) fn entries(state: &OpState) -> Result<Snapshot> {
+        Ok(match state {
             OpState::Aggregate { groups, .. } => groups
                 .iter()
                 .map(|(k, p)| (k.clone(), p.encode()))
@@ -241,7 +266,8 @@ impl Op {
                 .iter()
                 .map(|(k, t)| (k.clone(), t.to_le_bytes().to_vec()))
                 .collect(),
-        }
+            OpState::Join(kept) => join::entries(kept)?,
+        })
     }
 
     /// Folds a batch's rows (the batch plan's output) into the state, then emits per

@@ -47,12 +47,15 @@ pub struct StateStore {
 }
 
 /// What one task of a partitioned operator did in a batch, kept with its version.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchStats {
     /// Rows older than the batch's watermark, dropped.
     pub late_rows: usize,
     /// The largest event time among the rows kept (for the next watermark).
     pub max_event_time: Option<i64>,
+    /// Each side's, for a join.
+    #[serde(default)]
+    pub max_event_times: Vec<Option<i64>>,
     pub rows_total: usize,
     pub rows_updated: usize,
     pub rows_removed: usize,

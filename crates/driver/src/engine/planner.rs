@@ -43,6 +43,7 @@ use datafusion::physical_plan::{
 use ember_core::Result;
 use ember_core::shuffle::{ShuffleWriterExec, UnresolvedShuffleExec};
 use ember_core::stateful::exec::StatefulExec;
+use ember_core::stateful::join::StreamJoinExec;
 
 /// How a stage's output reaches its consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +151,30 @@ impl Planner {
         };
 
         if let Some(st) = plan.downcast_ref::<StatefulExec>() {
-            return self.cut_stateful(st, plan.clone(), children[0].clone(), parents);
+            let keys = StatefulExec::key_exprs(st.config(), &children[0].schema());
+            let partitions = st.config().partitions;
+            let (input, ids) =
+                self.exchange_to_state_partitions(children[0].clone(), keys, partitions, parents)?;
+            return Ok((replace_children_if_necessary(plan, vec![input])?, ids));
+        }
+        if let Some(join) = plan.downcast_ref::<StreamJoinExec>() {
+            let partitions = join.config().partitions;
+            let mut inputs = vec![];
+            let mut ids = vec![];
+            for (side, child) in children.iter().enumerate() {
+                let mine = self.parents_within(child);
+                let (input, side_ids) = self.exchange_to_state_partitions(
+                    child.clone(),
+                    join.keys(side),
+                    partitions,
+                    mine,
+                )?;
+                inputs.push(input);
+                ids.extend(side_ids);
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            return Ok((replace_children_if_necessary(plan, inputs)?, ids));
         }
         if let Some(rep) = plan.downcast_ref::<RepartitionExec>() {
             return match rep.partitioning() {
@@ -209,37 +233,33 @@ impl Planner {
     }
 
     /// Cuts below `input` with no repartitioning: map task `i` becomes reader partition `i`.
-    /// A stateful operator's state partitions are exchanged here, after the
-    /// optimizer (which may drop a hash repartition it finds unneeded): its input is
-    /// hashed on the operator's keys into exactly its partitions, or gathered into
-    /// one without keys.
-    fn cut_stateful(
+    /// A stateful operator's input goes into its state partitions here, after the
+    /// optimizer (which may drop a hash repartition it finds unneeded): hashed on the
+    /// operator's keys into exactly its partitions, or gathered into one without keys.
+    fn exchange_to_state_partitions(
         &mut self,
-        st: &StatefulExec,
-        plan: Arc<dyn ExecutionPlan>,
         input: Arc<dyn ExecutionPlan>,
+        keys: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+        partitions: usize,
         parents: Vec<usize>,
     ) -> Result<(Arc<dyn ExecutionPlan>, Vec<usize>)> {
-        let config = st.config();
-        let keys = StatefulExec::key_exprs(config, &input.schema());
         if keys.is_empty() {
             if input.output_partitioning().partition_count() == 1 {
-                return Ok((plan, parents));
+                return Ok((input, parents));
             }
             let (reader, ids) = self.passthrough(input, Exchange::Coalesce, parents)?;
             let gathered: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(reader));
-            return Ok((replace_children_if_necessary(plan, vec![gathered])?, ids));
+            return Ok((gathered, ids));
         }
-        let partitioning = Partitioning::Hash(keys.clone(), config.partitions);
+        let partitioning = Partitioning::Hash(keys.clone(), partitions);
         let exchange = Exchange::Hash {
             keys: keys.iter().map(|e| e.to_string()).collect(),
-            partitions: config.partitions,
+            partitions,
         };
         let schema = input.schema();
         let id = self.add_stage(input, Some(partitioning.clone()), exchange, parents)?;
-        let reader = UnresolvedShuffleExec::new(id, schema, partitioning);
         Ok((
-            replace_children_if_necessary(plan, vec![Arc::new(reader)])?,
+            Arc::new(UnresolvedShuffleExec::new(id, schema, partitioning)),
             vec![id],
         ))
     }

@@ -44,6 +44,9 @@ pub struct BatchRange {
 pub struct Commit {
     #[serde(default)]
     pub next_watermark_ms: Option<i64>,
+    /// A stream-stream join's largest event time of each side so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub max_event_times: Vec<Option<i64>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -218,8 +221,16 @@ impl Checkpoint {
 
     /// Batch `batch_id` reached the sink; `next_watermark_ms` is the watermark the
     /// next batch uses.
-    pub async fn commit(&self, batch_id: u64, next_watermark_ms: Option<i64>) -> Result<()> {
-        let commit = Commit { next_watermark_ms };
+    pub async fn commit(
+        &self,
+        batch_id: u64,
+        next_watermark_ms: Option<i64>,
+        max_event_times: Vec<Option<i64>>,
+    ) -> Result<()> {
+        let commit = Commit {
+            next_watermark_ms,
+            max_event_times,
+        };
         self.dir
             .join("commits")
             .write(

@@ -16,12 +16,12 @@ use tokio::sync::watch;
 
 use super::StreamTable;
 use super::checkpoint::Checkpoint;
-use super::runner::{Runner, SNAPSHOT_EVERY, STATE_PARTITIONS, Shared};
+use super::runner::{Runner, Shared};
 use super::sink::{ConsoleSink, FileFormat, FileSink, ForeachBatchSink, MemorySink, Sink};
 use super::source::{CombinedSource, Offsets, Source};
-use super::stateful::{Operator, plan_query};
+use super::stateful::plan_query;
 use crate::dataframe::DataFrame;
-use ember_core::stateful::store::StateStore;
+use ember_core::stateful::OpConfig;
 
 /// When the next micro-batch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,7 +297,7 @@ impl DataStreamWriter {
         let streams = stream_sources(&query.batch)?;
         let joins = matches!(
             query.stateful.as_ref().map(|s| &s.op),
-            Some(Operator::Join(_))
+            Some(OpConfig::Join { .. })
         );
         let source: Arc<dyn Source> = match (streams.len(), joins) {
             (1, false) => streams[0].clone(),
@@ -358,13 +358,7 @@ impl DataStreamWriter {
             trigger: self.trigger,
             shared: shared.clone(),
             mode: self.mode,
-            join_state: match query.stateful.as_ref().map(|st| &st.op) {
-                Some(Operator::Join(_)) => Some((
-                    StateStore::new(state_dir.clone(), STATE_PARTITIONS, SNAPSHOT_EVERY),
-                    Mutex::new(Default::default()),
-                )),
-                _ => None,
-            },
+            side_max: Mutex::new(vec![]),
             state_dir,
             watermark: Mutex::new(None),
             progress_to: self.progress_to.clone(),

@@ -18,17 +18,16 @@ use parking_lot::Mutex;
 
 use super::StreamTable;
 use super::checkpoint::{BatchRange, Checkpoint};
-use super::join::JoinState;
 use super::query::{
     Durations, OutputMode, Progress, SinkProgress, SourceProgress, StateProgress, Status, Trigger,
     same,
 };
 use super::sink::Sink;
 use super::source::{CombinedSource, Offsets, Source};
-use super::stateful::{Emitted, Operator, QueryPlan, StatefulNode, StatefulPlan};
+use super::stateful::{Emitted, QueryPlan, StatefulNode, StatefulPlan};
 use crate::dataframe::DataFrame;
-use ember_core::stateful::StatefulConfig;
-use ember_core::stateful::store::{BatchStats, StateStore};
+use ember_core::stateful::store::BatchStats;
+use ember_core::stateful::{OpConfig, StatefulConfig};
 
 pub(super) struct Shared {
     pub(super) id: String,
@@ -70,8 +69,8 @@ pub(super) struct Runner {
     pub(super) trigger: Trigger,
     pub(super) shared: Arc<Shared>,
     pub(super) mode: OutputMode,
-    /// A stream-stream join's store and kept rows, held in this process.
-    pub(super) join_state: Option<(StateStore, Mutex<JoinState>)>,
+    /// A stream-stream join: each side's largest event time so far.
+    pub(super) side_max: Mutex<Vec<Option<i64>>>,
     /// Where stateful operators keep their state (`state/0` of the checkpoint).
     pub(super) state_dir: ember_core::storage::Dir,
     /// The watermark the next batch uses.
@@ -101,20 +100,9 @@ impl Runner {
     pub(super) async fn run(self) -> Result<()> {
         let last = self.checkpoint.last().await?;
         // The state after the last committed batch.
-        let committed_batch = match &last {
-            Some((range, Some(commit))) => {
-                *self.watermark.lock() = commit.next_watermark_ms;
-                Some(range.batch_id)
-            }
-            Some((range, None)) => range.batch_id.checked_sub(1),
-            None => None,
-        };
-        if let (Some((store, state)), Some(batch), Some(st)) =
-            (&self.join_state, committed_batch, &self.query.stateful)
-            && let Operator::Join(op) = &st.op
-        {
-            let entries = store.load(batch).await?;
-            *state.lock() = op.load(entries)?;
+        if let Some((_, Some(commit))) = &last {
+            *self.watermark.lock() = commit.next_watermark_ms;
+            *self.side_max.lock() = commit.max_event_times.clone();
         }
         if let Some(config) = self.stateful_config(0, None) {
             config.store()?.check_layout(&config.layout()).await?;
@@ -220,65 +208,77 @@ impl Runner {
         use tracing::Instrument;
         self.set_status("Processing new data", true, true);
         let add = Instant::now();
-        let (num_input_rows, written, late, state_progress, next_watermark, lost) = async {
-            if let (Some((store, state)), Some(st)) = (&self.join_state, &self.query.stateful) {
-                return self.run_join(range, store, state, st).await;
-            }
-            let lost_before = self.source.offsets_lost();
-            let (table, num_input_rows) =
-                batch_table(&self.source, &range.start, &range.end).await?;
-            let lost = self.source.offsets_lost() - lost_before;
-            let batch_plan = swap_provider(&self.query.batch, &is_stream, table)?;
-            // A stateful operator runs in the same job, one task per state partition.
-            let config = self.stateful_config(range.batch_id, range.watermark_ms);
-            let plan = match (&config, &self.query.stateful) {
-                (Some(config), Some(st)) => stateful_plan(batch_plan, config.clone(), st)?,
-                _ => batch_plan,
-            };
-            let schema = Arc::new(plan.schema().as_arrow().clone());
-            let description = self.description(range.batch_id);
-            let mut output = self
-                .df
-                .session()
-                .collect_described(&plan, Some(&description))
-                .await?;
-            let mut late = 0;
-            let mut state_progress = StateProgress::default();
-            let mut next_watermark = range.watermark_ms;
-            if let Some(config) = &config {
-                let stats = batch_stats(config).await?;
-                late = stats.late_rows;
-                state_progress = StateProgress {
-                    rows_total: stats.rows_total,
-                    rows_updated: stats.rows_updated,
-                    rows_removed: stats.rows_removed,
+        let (num_input_rows, written, late, state_progress, (next_watermark, side_max), lost) =
+            async {
+                let lost_before = self.source.offsets_lost();
+                let (batch_plan, num_input_rows) = self.batch_plan(range).await?;
+                let lost = self.source.offsets_lost() - lost_before;
+                // A stateful operator runs in the same job, one task per state partition.
+                let config = self.stateful_config(range.batch_id, range.watermark_ms);
+                let plan = match (&config, &self.query.stateful) {
+                    (Some(config), Some(st)) => stateful_plan(batch_plan, config.clone(), st)?,
+                    _ => batch_plan,
                 };
-                let delay = self.query.watermark.as_ref().map(|w| w.delay_ms);
-                if let (Some(d), Some(t)) = (delay, stats.max_event_time) {
-                    next_watermark = Some(next_watermark.map_or(t - d, |w| w.max(t - d)));
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                let description = self.description(range.batch_id);
+                let mut output = self
+                    .df
+                    .session()
+                    .collect_described(&plan, Some(&description))
+                    .await?;
+                let mut late = 0;
+                let mut state_progress = StateProgress::default();
+                let mut next_watermark = range.watermark_ms;
+                let mut side_max = self.side_max.lock().clone();
+                if let (Some(config), Some(st)) = (&config, &self.query.stateful) {
+                    let stats = batch_stats(config).await?;
+                    late = stats.late_rows;
+                    state_progress = StateProgress {
+                        rows_total: stats.rows_total,
+                        rows_updated: stats.rows_updated,
+                        rows_removed: stats.rows_removed,
+                    };
+                    let delay = self.query.watermark.as_ref().map(|w| w.delay_ms);
+                    let moved_to = match st.join_delays {
+                        // A join's watermark is the smaller of its sides'.
+                        Some(delays) => {
+                            side_max.resize(2, None);
+                            for (m, t) in side_max.iter_mut().zip(&stats.max_event_times) {
+                                *m = (*m).max(*t);
+                            }
+                            match (side_max[0], side_max[1]) {
+                                (Some(l), Some(r)) => Some((l - delays[0]).min(r - delays[1])),
+                                _ => None,
+                            }
+                        }
+                        None => delay.zip(stats.max_event_time).map(|(d, t)| t - d),
+                    };
+                    if let Some(m) = moved_to {
+                        next_watermark = Some(next_watermark.map_or(m, |w| w.max(m)));
+                    }
                 }
+                if output.is_empty() {
+                    output.push(RecordBatch::new_empty(schema));
+                }
+                let written = self.sink.add_batch(range.batch_id, output).await?;
+                Ok::<_, EmberError>((
+                    num_input_rows,
+                    written,
+                    late,
+                    state_progress,
+                    (next_watermark, side_max),
+                    lost,
+                ))
             }
-            if output.is_empty() {
-                output.push(RecordBatch::new_empty(schema));
-            }
-            let written = self.sink.add_batch(range.batch_id, output).await?;
-            Ok::<_, EmberError>((
-                num_input_rows,
-                written,
-                late,
-                state_progress,
-                next_watermark,
-                lost,
-            ))
-        }
-        .instrument(tracing::info_span!("batch", batch = range.batch_id))
-        .await?;
+            .instrument(tracing::info_span!("batch", batch = range.batch_id))
+            .await?;
         let add_ms = add.elapsed().as_millis() as u64;
         let commit = Instant::now();
         self.checkpoint
-            .commit(range.batch_id, next_watermark)
+            .commit(range.batch_id, next_watermark, side_max.clone())
             .await?;
         *self.watermark.lock() = next_watermark;
+        *self.side_max.lock() = side_max;
         let commit_ms = commit.elapsed().as_millis() as u64;
         let total = started.elapsed();
         let lag_rows = match self.source.available().await {
@@ -346,12 +346,9 @@ impl Runner {
     /// has one.
     fn stateful_config(&self, batch_id: u64, watermark_ms: Option<i64>) -> Option<StatefulConfig> {
         let st = self.query.stateful.as_ref()?;
-        let Operator::Partitioned(op) = &st.op else {
-            return None;
-        };
-        let keyed = !op.key_columns(st.event_time).is_empty();
+        let keyed = st.op.keyed(st.event_time);
         Some(StatefulConfig {
-            op: op.clone(),
+            op: st.op.clone(),
             event_time: st.event_time,
             mode: self.mode,
             state_dir: self.state_dir.to_string(),
@@ -366,12 +363,39 @@ impl Runner {
     /// without new data has windows to emit and state to evict (Spark's no-data
     /// batch).
     fn no_data_batch_due(&self, used: Option<i64>) -> bool {
+        // A join emits nothing when it evicts: no need for a batch of its own.
         let partitioned = matches!(
             self.query.stateful.as_ref().map(|st| &st.op),
-            Some(Operator::Partitioned(_))
+            Some(OpConfig::Aggregate { .. } | OpConfig::Dedup { .. })
         );
         let now = *self.watermark.lock();
         partitioned && self.query.watermark.is_some() && now.is_some() && now != used
+    }
+
+    /// The batch plan over the range's rows: each stream's scans read its part of
+    /// the range. Also the rows in the range.
+    async fn batch_plan(&self, range: &BatchRange) -> Result<(LogicalPlan, i64)> {
+        if self.streams.len() <= 1 {
+            let (table, rows) = batch_table(&self.source, &range.start, &range.end).await?;
+            return Ok((swap_provider(&self.query.batch, &is_stream, table)?, rows));
+        }
+        let mut plan = self.query.batch.clone();
+        let mut rows = 0;
+        for (i, stream) in self.streams.iter().enumerate() {
+            let (table, n) = batch_table(
+                stream,
+                &CombinedSource::part(&range.start, i),
+                &CombinedSource::part(&range.end, i),
+            )
+            .await?;
+            rows += n;
+            let this = |p: &dyn TableProvider| {
+                p.downcast_ref::<StreamTable>()
+                    .is_some_and(|t| same(&t.source, stream))
+            };
+            plan = swap_provider(&plan, &this, table)?;
+        }
+        Ok((plan, rows))
     }
 
     fn description(&self, batch: u64) -> String {
@@ -379,110 +403,6 @@ impl Runner {
             "streaming query {} batch {batch}",
             self.shared.name.as_deref().unwrap_or(&self.shared.id)
         )
-    }
-
-    /// A stream-stream join's batch: each side's plan over its stream's new rows, the
-    /// join with the kept rows, then the plan above the join and the sink.
-    async fn run_join(
-        &self,
-        range: &BatchRange,
-        store: &StateStore,
-        state: &Mutex<JoinState>,
-        st: &StatefulPlan,
-    ) -> Result<(i64, usize, usize, StateProgress, Option<i64>, i64)> {
-        let Operator::Join(op) = &st.op else {
-            unreachable!("called for joins")
-        };
-        let session = self.df.session();
-        let description = self.description(range.batch_id);
-        let lost_before = self.source.offsets_lost();
-        let mut plans = [op.left.plan.clone(), op.right.plan.clone()];
-        let mut num_input_rows = 0;
-        for (i, stream) in self.streams.iter().enumerate() {
-            let (table, rows) = batch_table(
-                stream,
-                &CombinedSource::part(&range.start, i),
-                &CombinedSource::part(&range.end, i),
-            )
-            .await?;
-            num_input_rows += rows;
-            let this = |p: &dyn TableProvider| {
-                p.downcast_ref::<StreamTable>()
-                    .is_some_and(|t| same(&t.source, stream))
-            };
-            for plan in plans.iter_mut() {
-                *plan = swap_provider(plan, &this, table.clone())?;
-            }
-        }
-        let lost = self.source.offsets_lost() - lost_before;
-        let left = session
-            .collect_described(&plans[0], Some(&description))
-            .await?;
-        let right = session
-            .collect_described(&plans[1], Some(&description))
-            .await?;
-        let (batch, progress, changes, snapshot) = {
-            let mut state = state.lock();
-            let join_state = &mut *state;
-            let before = super::join::JoinOp::rows(join_state);
-            let (batch, changes) = op.process(
-                join_state,
-                range.batch_id,
-                &left,
-                &right,
-                range.watermark_ms,
-            )?;
-            let after = super::join::JoinOp::rows(join_state);
-            // Written below, without holding the state across the store's I/O.
-            let snapshot = range
-                .batch_id
-                .is_multiple_of(SNAPSHOT_EVERY)
-                .then(|| op.entries(join_state))
-                .transpose()?;
-            (
-                batch,
-                StateProgress {
-                    rows_total: after,
-                    rows_updated: after.saturating_sub(before),
-                    rows_removed: before.saturating_sub(after),
-                },
-                changes,
-                snapshot,
-            )
-        };
-        store
-            .write(range.batch_id, changes, || Ok(snapshot.unwrap_or_default()))
-            .await?;
-        let joined = session
-            .collect_described(&batch.plan, Some(&description))
-            .await?;
-        let (mut output, schema) = match &st.above {
-            None => (joined, st.output.clone()),
-            Some((above, emitted)) => {
-                let rows = joined
-                    .iter()
-                    .map(|b| RecordBatch::try_new(emitted.clone(), b.columns().to_vec()))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                let plan = swap_scan(above, &is_emitted, emitted.clone(), rows)?;
-                let schema = Arc::new(plan.schema().as_arrow().clone());
-                (
-                    session.collect_described(&plan, Some(&description)).await?,
-                    schema,
-                )
-            }
-        };
-        if output.is_empty() {
-            output.push(RecordBatch::new_empty(schema));
-        }
-        let written = self.sink.add_batch(range.batch_id, output).await?;
-        Ok((
-            num_input_rows,
-            written,
-            batch.late_rows,
-            progress,
-            batch.next_watermark,
-            lost,
-        ))
     }
 }
 
@@ -503,6 +423,11 @@ async fn batch_stats(config: &StatefulConfig) -> Result<BatchStats> {
         let s = store.stats(p, config.batch_id).await?;
         sum.late_rows += s.late_rows;
         sum.max_event_time = sum.max_event_time.max(s.max_event_time);
+        sum.max_event_times
+            .resize(sum.max_event_times.len().max(s.max_event_times.len()), None);
+        for (m, t) in sum.max_event_times.iter_mut().zip(&s.max_event_times) {
+            *m = (*m).max(*t);
+        }
         sum.rows_total += s.rows_total;
         sum.rows_updated += s.rows_updated;
         sum.rows_removed += s.rows_removed;
@@ -571,21 +496,6 @@ async fn batch_table(
         Arc::new(MemTable::try_new(source.schema(), vec![input])?),
         rows,
     ))
-}
-
-/// `plan` with the scan `is_target` picks (the stream, or a stateful operator's
-/// output) replaced by these rows.
-fn swap_scan(
-    plan: &LogicalPlan,
-    is_target: &dyn Fn(&dyn TableProvider) -> bool,
-    schema: arrow::datatypes::SchemaRef,
-    input: Vec<RecordBatch>,
-) -> Result<LogicalPlan> {
-    swap_provider(
-        plan,
-        is_target,
-        Arc::new(MemTable::try_new(schema, vec![input])?),
-    )
 }
 
 /// `plan` with the scan `is_target` picks reading `table` instead.

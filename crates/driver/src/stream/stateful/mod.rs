@@ -84,7 +84,8 @@ pub struct QueryPlan {
 }
 
 pub struct StatefulPlan {
-    pub op: Operator,
+    /// The operator, run by the tasks of a [`StatefulNode`] over the batch plan.
+    pub op: OpConfig,
     /// The rows the operator emits (its node's schema).
     pub output: SchemaRef,
     /// The query above the operator, reading an [`Emitted`] placeholder of this
@@ -93,12 +94,9 @@ pub struct StatefulPlan {
     pub above: Option<(LogicalPlan, SchemaRef)>,
     /// Whether the batch plan's first column is the watermark's event time.
     pub event_time: bool,
-}
-
-pub enum Operator {
-    /// An aggregation or a deduplication, run by the tasks of a `StatefulNode`.
-    Partitioned(OpConfig),
-    Join(Box<super::join::JoinOp>),
+    /// A stream-stream join's watermark delays, left and right: the query's
+    /// watermark is the smaller of the sides'.
+    pub join_delays: Option<[i64; 2]>,
 }
 
 /// Whether a plan reads a stream.
@@ -331,7 +329,7 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
         || is_stream_join(&plan);
     let above = (!top).then(|| (above, emitted_schema.expect("with the node")));
     let output: SchemaRef = Arc::new(node.schema().as_arrow().clone());
-    let (batch, op, event_time) = match &node {
+    let (batch, op, event_time, join_delays) = match &node {
         LogicalPlan::Aggregate(agg) => {
             let (batch, op, event_time) = aggregate::plan(agg, watermark.as_ref())?;
             let windowed = op.windowed();
@@ -343,7 +341,7 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
                 }
                 _ => {}
             }
-            (batch, Operator::Partitioned(op), event_time)
+            (batch, op, event_time, None)
         }
         LogicalPlan::Distinct(distinct) => {
             if mode == OutputMode::Complete {
@@ -352,17 +350,17 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
                 ));
             }
             let (batch, op, event_time) = dedup::plan(distinct, watermark.as_ref())?;
-            (batch, Operator::Partitioned(op), event_time)
+            (batch, op, event_time, None)
         }
-        LogicalPlan::Join(join) => {
+        LogicalPlan::Join(_) => {
             if mode != OutputMode::Append {
                 return Err(EmberError::Config(
                     "a stream-stream join emits each match once: use Append output mode".into(),
                 ));
             }
             let (left, right) = join_marks.clone().expect("found with the join");
-            let op = super::join::JoinOp::plan(join, &node, left, right)?;
-            (plan.clone(), Operator::Join(Box::new(op)), false)
+            let join = super::join::plan(&node, left, right)?;
+            (join.node, join.op, false, Some(join.delays))
         }
         _ => unreachable!("a stateful node"),
     };
@@ -373,6 +371,7 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
             output,
             above,
             event_time,
+            join_delays,
         }),
         watermark,
     })

@@ -12,9 +12,11 @@ use datafusion::logical_expr::{
     Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec};
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
-use ember_core::stateful::StatefulConfig;
 use ember_core::stateful::exec::StatefulExec;
+use ember_core::stateful::join::{StreamJoinExec, joined_filter};
+use ember_core::stateful::{OpConfig, StatefulConfig};
 
 /// One batch of a streaming aggregation or deduplication over `input` (the batch
 /// plan), emitting `schema`.
@@ -112,8 +114,67 @@ impl ExtensionPlanner for StatefulPlanner {
         // The exchange into the state partitions is the stage planner's
         // (`engine::planner`), after the optimizer.
         let schema = Arc::new(node.schema.as_arrow().clone());
+        if let OpConfig::Join { .. } = &node.config.op {
+            return Ok(Some(Arc::new(stream_join(
+                input,
+                node.config.clone(),
+                schema,
+            )?)));
+        }
         let exec = StatefulExec::try_new(input, node.config.clone(), schema)
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         Ok(Some(Arc::new(exec)))
     }
+}
+
+/// A stream-stream join from the join DataFusion planned: its sides, keys and filter.
+fn stream_join(
+    join: Arc<dyn ExecutionPlan>,
+    config: StatefulConfig,
+    schema: arrow::datatypes::SchemaRef,
+) -> DFResult<StreamJoinExec> {
+    let (left, right, on, filter) = if let Some(j) = join.downcast_ref::<HashJoinExec>() {
+        if j.projection.is_some() {
+            return Err(DataFusionError::NotImplemented(
+                "a stream-stream join with a projection inside it".into(),
+            ));
+        }
+        (
+            j.left().clone(),
+            j.right().clone(),
+            j.on().to_vec(),
+            j.filter().cloned(),
+        )
+    } else if let Some(j) = join.downcast_ref::<NestedLoopJoinExec>() {
+        if j.projection().is_some() {
+            return Err(DataFusionError::NotImplemented(
+                "a stream-stream join with a projection inside it".into(),
+            ));
+        }
+        (
+            j.left().clone(),
+            j.right().clone(),
+            vec![],
+            j.filter().cloned(),
+        )
+    } else if let Some(j) = join.downcast_ref::<CrossJoinExec>() {
+        (j.left().clone(), j.right().clone(), vec![], None)
+    } else {
+        return Err(DataFusionError::NotImplemented(format!(
+            "a stream-stream join planned as {}",
+            join.name()
+        )));
+    };
+    let filter = filter
+        .map(|f| {
+            joined_filter(
+                f.expression(),
+                f.column_indices(),
+                left.schema().fields().len(),
+                &schema,
+            )
+        })
+        .transpose()?;
+    StreamJoinExec::try_new(left, right, on, filter, config, schema)
+        .map_err(|e| DataFusionError::Plan(e.to_string()))
 }

@@ -1,0 +1,564 @@
+//! Stream-stream inner joins as tasks, one per state partition: both sides are hashed
+//! on the join keys, and the task of partition `p` keeps the rows of both sides that
+//! may still match.
+//!
+//! ```text
+//!  batch n, partition p:  new left ⋈ (kept right + new right)  ∪  kept left ⋈ new right
+//!  then:                  kept += new;  evict what the batch's watermark and the
+//!                         time bound rule out
+//! ```
+//!
+//! The join condition's time bound, such as `r.t BETWEEN l.t AND l.t + INTERVAL '1
+//! minute'`, says how long a row can still match: a left row goes once
+//! `t_l + upper < watermark`, a right row once `t_r - lower < watermark`. Without a
+//! bound on one side, that side's rows are kept. The state holds one entry per (side,
+//! batch): that batch's kept rows of the partition, as Arrow IPC.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::expressions::Column;
+use datafusion::physical_plan::joins::utils::ColumnIndex;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+
+use super::store::{BatchStats, Change, Entries, Snapshot};
+use super::{OpConfig, OpState, StatefulConfig};
+use crate::event_time::event_times;
+use crate::{EmberError, Result};
+
+/// Each side's kept rows of a partition, by the batch that brought them.
+#[derive(Default)]
+pub(crate) struct Kept {
+    sides: [BTreeMap<u64, RecordBatch>; 2],
+}
+
+/// A stream-stream inner join of `left` and `right`, each hash-partitioned on its
+/// side of `on` into the state's partitions (or gathered into one without keys).
+#[derive(Debug)]
+pub struct StreamJoinExec {
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    /// The rest of the condition, over the joined columns (left's, then right's).
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    config: StatefulConfig,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    /// Each side's event-time column.
+    times: [usize; 2],
+}
+
+/// A join condition's filter as DataFusion's joins keep it (over an intermediate
+/// batch of some columns of each side), rewritten over all the joined columns.
+pub fn joined_filter(
+    expression: &Arc<dyn PhysicalExpr>,
+    indices: &[ColumnIndex],
+    left_width: usize,
+    joined: &Schema,
+) -> DFResult<Arc<dyn PhysicalExpr>> {
+    expression
+        .clone()
+        .transform(|e| {
+            let Some(c) = e.downcast_ref::<Column>() else {
+                return Ok(Transformed::no(e));
+            };
+            let at = indices.get(c.index()).ok_or_else(|| {
+                DataFusionError::Internal(format!("join filter column {c} out of range"))
+            })?;
+            let index = match at.side {
+                datafusion::common::JoinSide::Right => left_width + at.index,
+                _ => at.index,
+            };
+            Ok(Transformed::yes(
+                Arc::new(Column::new(joined.field(index).name(), index)) as Arc<dyn PhysicalExpr>,
+            ))
+        })
+        .map(|t| t.data)
+}
+
+fn side_time(config: &StatefulConfig, schema: &Schema, side: usize) -> Result<usize> {
+    let OpConfig::Join { times, .. } = &config.op else {
+        return Err(EmberError::Internal("a join's configuration".into()));
+    };
+    schema.index_of(&times[side]).map_err(|_| {
+        EmberError::Config(format!(
+            "stream-stream join: the watermark column '{}' is not an output of its side ({schema})",
+            times[side]
+        ))
+    })
+}
+
+impl StreamJoinExec {
+    pub fn try_new(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        config: StatefulConfig,
+        schema: SchemaRef,
+    ) -> Result<StreamJoinExec> {
+        let times = [
+            side_time(&config, &left.schema(), 0)?,
+            side_time(&config, &right.schema(), 1)?,
+        ];
+        if left.schema().fields().len() + right.schema().fields().len() != schema.fields().len() {
+            return Err(EmberError::Internal(format!(
+                "a stream-stream join's output ({schema}) is not its sides' columns"
+            )));
+        }
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(config.partitions),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(StreamJoinExec {
+            left,
+            right,
+            on,
+            filter,
+            config,
+            schema,
+            properties: Arc::new(properties),
+            times,
+        })
+    }
+
+    pub fn config(&self) -> &StatefulConfig {
+        &self.config
+    }
+
+    pub fn filter(&self) -> Option<&Arc<dyn PhysicalExpr>> {
+        self.filter.as_ref()
+    }
+
+    /// Each side's key expressions, to hash its rows by.
+    pub fn keys(&self, side: usize) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.on
+            .iter()
+            .map(|(l, r)| if side == 0 { l.clone() } else { r.clone() })
+            .collect()
+    }
+}
+
+impl DisplayAs for StreamJoinExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "StreamJoinExec: inner, keys={}, batch={}, partitions={}",
+            self.on.len(),
+            self.config.batch_id,
+            self.config.partitions
+        )
+    }
+}
+
+/// Every column nullable: kept rows are rebuilt in one schema whatever the
+/// nullability the side's rows came with.
+fn nullable(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn entry_key(side: usize, batch: u64) -> Box<[u8]> {
+    let mut k = vec![side as u8];
+    k.extend_from_slice(&batch.to_be_bytes());
+    k.into()
+}
+
+fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
+    crate::convert::ipc_stream(&batch.schema(), std::slice::from_ref(batch))
+}
+
+pub(crate) fn load(entries: Entries) -> Result<OpState> {
+    let mut kept = Kept::default();
+    for (k, v) in entries {
+        match k.first() {
+            Some(&side @ (0 | 1)) if k.len() == 9 => {
+                let batch = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
+                let (schema, batches) =
+                    crate::convert::read_ipc_stream(&v, "a stream-stream join's state")?;
+                kept.sides[side as usize]
+                    .insert(batch, arrow::compute::concat_batches(&schema, &batches)?);
+            }
+            _ => {
+                return Err(EmberError::Decode {
+                    what: "a stream-stream join's state",
+                    message: format!("an entry with key {k:?}"),
+                });
+            }
+        }
+    }
+    Ok(OpState::Join(kept))
+}
+
+pub(crate) fn entries(kept: &Kept) -> Result<Snapshot> {
+    let mut out = vec![];
+    for (side, batches) in kept.sides.iter().enumerate() {
+        for (b, rows) in batches {
+            out.push((entry_key(side, *b), encode(rows)?));
+        }
+    }
+    Ok(out)
+}
+
+/// The rows of one side at or after `watermark`: the rows, how many were late, the
+/// largest event time kept.
+fn on_time(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    time: usize,
+    watermark: Option<i64>,
+) -> Result<(RecordBatch, usize, Option<i64>)> {
+    let batches = batches
+        .iter()
+        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let all = arrow::compute::concat_batches(schema, &batches)?;
+    let times = event_times(all.column(time))?;
+    let mut late = 0;
+    let mut max = None;
+    let keep: BooleanArray = (0..all.num_rows())
+        .map(|r| {
+            let ok = times.is_valid(r) && watermark.is_none_or(|w| times.value(r) >= w);
+            if ok {
+                max = Some(max.map_or(times.value(r), |m: i64| m.max(times.value(r))));
+            } else {
+                late += 1;
+            }
+            Some(ok)
+        })
+        .collect();
+    Ok((arrow::compute::filter_record_batch(&all, &keep)?, late, max))
+}
+
+/// The key columns' rows in arrow's row format, and which rows have a null key (they
+/// match nothing).
+fn key_rows(
+    exprs: &[Arc<dyn PhysicalExpr>],
+    batch: &RecordBatch,
+) -> Result<Option<(arrow::row::Rows, Vec<bool>)>> {
+    if exprs.is_empty() {
+        return Ok(None);
+    }
+    let columns: Vec<ArrayRef> = exprs
+        .iter()
+        .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+        .collect::<DFResult<_>>()?;
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let nulls = (0..batch.num_rows())
+        .map(|r| columns.iter().any(|c| c.is_null(r)))
+        .collect();
+    Ok(Some((converter.convert_columns(&columns)?, nulls)))
+}
+
+impl StreamJoinExec {
+    /// Joins one partition's new rows with its kept ones, keeps the new rows, evicts
+    /// what can no longer match, and writes the partition's new version.
+    async fn run_partition(
+        &self,
+        partition: usize,
+        left: Vec<RecordBatch>,
+        right: Vec<RecordBatch>,
+    ) -> Result<RecordBatch> {
+        let config = &self.config;
+        let OpConfig::Join { lower, upper, .. } = &config.op else {
+            return Err(EmberError::Internal("a join's configuration".into()));
+        };
+        let store = config.store()?;
+        let previous = config.batch_id.checked_sub(1);
+        let cached =
+            previous.and_then(|v| super::exec::take_cached(&config.state_dir, partition, v));
+        let state = match cached {
+            Some(state) => state,
+            None => load(store.load_partition(partition, previous).await?)?,
+        };
+        let OpState::Join(mut kept) = state else {
+            return Err(EmberError::Internal("a join's state".into()));
+        };
+        let watermark = config.watermark_ms;
+        let schemas = [
+            nullable(&self.left.schema()),
+            nullable(&self.right.schema()),
+        ];
+        let (new_l, late_l, max_l) = on_time(&schemas[0], &left, self.times[0], watermark)?;
+        let (new_r, late_r, max_r) = on_time(&schemas[1], &right, self.times[1], watermark)?;
+        // Old and new rows of each side, old first.
+        let all = |side: usize, new: &RecordBatch| -> Result<(RecordBatch, usize)> {
+            let mut batches: Vec<RecordBatch> = kept.sides[side].values().cloned().collect();
+            let old: usize = batches.iter().map(|b| b.num_rows()).sum();
+            batches.push(new.clone());
+            Ok((
+                arrow::compute::concat_batches(&schemas[side], &batches)?,
+                old,
+            ))
+        };
+        let (l, old_l) = all(0, &new_l)?;
+        let (r, old_r) = all(1, &new_r)?;
+        let joined = self.join(&l, old_l, &r, old_r)?;
+        // Keep the new rows; evict what the batch's watermark rules out.
+        let mut changes: Vec<Change> = vec![];
+        let mut added = 0;
+        for (side, rows) in [new_l, new_r].into_iter().enumerate() {
+            if rows.num_rows() > 0 {
+                added += rows.num_rows();
+                changes.push((entry_key(side, config.batch_id), Some(encode(&rows)?)));
+                kept.sides[side].insert(config.batch_id, rows);
+            }
+        }
+        let mut removed = 0;
+        if let Some(w) = watermark {
+            // A left row matches right rows with t_r <= t_l + upper; future right rows
+            // have t_r >= w. A right row matches left rows with t_l <= t_r - lower.
+            let limits = [upper.map(|u| w - u), lower.map(|l| w + l)];
+            for (side, limit) in limits.into_iter().enumerate() {
+                let Some(limit) = limit else { continue };
+                let batches: Vec<u64> = kept.sides[side].keys().copied().collect();
+                for b in batches {
+                    let rows = &kept.sides[side][&b];
+                    let times = event_times(rows.column(self.times[side]))?;
+                    let keep: BooleanArray = (0..rows.num_rows())
+                        .map(|r| Some(times.is_valid(r) && times.value(r) >= limit))
+                        .collect();
+                    if keep.true_count() == rows.num_rows() {
+                        continue;
+                    }
+                    removed += rows.num_rows() - keep.true_count();
+                    let left_over = arrow::compute::filter_record_batch(rows, &keep)?;
+                    if left_over.num_rows() == 0 {
+                        kept.sides[side].remove(&b);
+                        changes.retain(|(k, _)| k.as_ref() != entry_key(side, b).as_ref());
+                        changes.push((entry_key(side, b), None));
+                    } else {
+                        changes.retain(|(k, _)| k.as_ref() != entry_key(side, b).as_ref());
+                        changes.push((entry_key(side, b), Some(encode(&left_over)?)));
+                        kept.sides[side].insert(b, left_over);
+                    }
+                }
+            }
+        }
+        let total = kept
+            .sides
+            .iter()
+            .flat_map(|s| s.values())
+            .map(|b| b.num_rows())
+            .sum();
+        let stats = BatchStats {
+            late_rows: late_l + late_r,
+            max_event_time: None,
+            max_event_times: vec![max_l, max_r],
+            rows_total: total,
+            rows_updated: added,
+            rows_removed: removed,
+        };
+        store
+            .write_partition(
+                partition,
+                config.batch_id,
+                changes,
+                || entries(&kept),
+                &stats,
+            )
+            .await?;
+        super::exec::put_cached(
+            &config.state_dir,
+            partition,
+            config.batch_id,
+            OpState::Join(kept),
+        );
+        Ok(joined)
+    }
+
+    /// The pairs of `l` and `r` rows that match, where at least one row is new (a row
+    /// at or after `old_*` of its side), as the join's output rows.
+    fn join(
+        &self,
+        l: &RecordBatch,
+        old_l: usize,
+        r: &RecordBatch,
+        old_r: usize,
+    ) -> Result<RecordBatch> {
+        let lk = key_rows(&self.keys(0), l)?;
+        let rk = key_rows(&self.keys(1), r)?;
+        let (mut li, mut ri) = (vec![], vec![]);
+        match (lk, rk) {
+            (Some((lk, l_nulls)), Some((rk, r_nulls))) => {
+                let mut index: HashMap<&[u8], Vec<u32>> = HashMap::new();
+                for (j, null) in r_nulls.iter().enumerate() {
+                    if !null {
+                        index.entry(rk.row(j).data()).or_default().push(j as u32);
+                    }
+                }
+                for (i, null) in l_nulls.iter().enumerate() {
+                    if *null {
+                        continue;
+                    }
+                    for &j in index.get(lk.row(i).data()).into_iter().flatten() {
+                        if i >= old_l || j as usize >= old_r {
+                            li.push(i as u32);
+                            ri.push(j);
+                        }
+                    }
+                }
+            }
+            _ => {
+                for i in 0..l.num_rows() {
+                    for j in 0..r.num_rows() {
+                        if i >= old_l || j >= old_r {
+                            li.push(i as u32);
+                            ri.push(j as u32);
+                        }
+                    }
+                }
+            }
+        }
+        let (li, ri) = (UInt32Array::from(li), UInt32Array::from(ri));
+        let mut columns = vec![];
+        for c in l.columns() {
+            columns.push(arrow::compute::take(c, &li, None)?);
+        }
+        for c in r.columns() {
+            columns.push(arrow::compute::take(c, &ri, None)?);
+        }
+        let joined = RecordBatch::try_new_with_options(
+            nullable(&self.schema),
+            columns,
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(li.len())),
+        )?;
+        let joined = match &self.filter {
+            None => joined,
+            Some(f) => {
+                let mask = f.evaluate(&joined)?.into_array(joined.num_rows())?;
+                let mask = mask
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .ok_or_else(|| EmberError::Internal("a join filter's result".into()))?;
+                arrow::compute::filter_record_batch(&joined, mask)?
+            }
+        };
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            joined.columns().to_vec(),
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(joined.num_rows())),
+        )?)
+    }
+}
+
+impl ExecutionPlan for StreamJoinExec {
+    fn name(&self) -> &str {
+        "StreamJoinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.left, &self.right]
+    }
+
+    /// The stage planner partitions both sides into the state's partitions.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::UnspecifiedDistribution; 2]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false, false]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        for (l, r) in &self.on {
+            for e in [l, r] {
+                if f(e)? == TreeNodeRecursion::Stop {
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        match &self.filter {
+            Some(e) => f(e),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let [left, right] = <[Arc<dyn ExecutionPlan>; 2]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("StreamJoinExec takes two inputs".into()))?;
+        Ok(Arc::new(StreamJoinExec {
+            left,
+            right,
+            on: self.on.clone(),
+            filter: self.filter.clone(),
+            config: self.config.clone(),
+            schema: self.schema.clone(),
+            properties: self.properties.clone(),
+            times: self.times,
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        if partition >= self.config.partitions {
+            return Err(DataFusionError::Internal(format!(
+                "StreamJoinExec has {} partitions, not {}",
+                self.config.partitions,
+                partition + 1
+            )));
+        }
+        let left = self.left.execute(partition, context.clone())?;
+        let right = self.right.execute(partition, context)?;
+        let this = StreamJoinExec {
+            left: self.left.clone(),
+            right: self.right.clone(),
+            on: self.on.clone(),
+            filter: self.filter.clone(),
+            config: self.config.clone(),
+            schema: self.schema.clone(),
+            properties: self.properties.clone(),
+            times: self.times,
+        };
+        let rows = async move {
+            let left = datafusion::physical_plan::common::collect(left).await?;
+            let right = datafusion::physical_plan::common::collect(right).await?;
+            this.run_partition(partition, left, right)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::once(rows),
+        )))
+    }
+}
