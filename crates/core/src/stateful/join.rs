@@ -157,9 +157,18 @@ impl StreamJoinExec {
 
 impl DisplayAs for StreamJoinExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let kind = match &self.config.op {
+            OpConfig::Join { outer, .. } => match outer {
+                [false, false] => "inner",
+                [true, false] => "left outer",
+                [false, true] => "right outer",
+                [true, true] => "full outer",
+            },
+            _ => "?",
+        };
         write!(
             f,
-            "StreamJoinExec: inner, keys={}, batch={}, partitions={}",
+            "StreamJoinExec: {kind}, keys={}, batch={}, partitions={}",
             self.on.len(),
             self.config.batch_id,
             self.config.partitions
@@ -229,9 +238,14 @@ fn on_time(
     time: usize,
     watermark: Option<i64>,
 ) -> Result<(RecordBatch, usize, Option<i64>)> {
+    // The side's columns, and a matched flag (false) for the new rows.
     let batches = batches
         .iter()
-        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+        .map(|b| {
+            let mut columns = b.columns().to_vec();
+            columns.push(Arc::new(BooleanArray::from(vec![false; b.num_rows()])));
+            RecordBatch::try_new(schema.clone(), columns)
+        })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let all = arrow::compute::concat_batches(schema, &batches)?;
     let times = event_times(all.column(time))?;
@@ -278,7 +292,8 @@ fn key_rows(
 
 impl StreamJoinExec {
     /// Joins one partition's new rows with its kept ones, keeps the new rows, evicts
-    /// what can no longer match, and writes the partition's new version.
+    /// what can no longer match (emitting, for an outer side, the rows that never
+    /// matched), and writes the partition's new version.
     async fn run_partition(
         &self,
         partition: usize,
@@ -286,7 +301,13 @@ impl StreamJoinExec {
         right: Vec<RecordBatch>,
     ) -> Result<RecordBatch> {
         let config = &self.config;
-        let OpConfig::Join { lower, upper, .. } = &config.op else {
+        let OpConfig::Join {
+            lower,
+            upper,
+            outer,
+            ..
+        } = &config.op
+        else {
             return Err(EmberError::Internal("a join's configuration".into()));
         };
         let store = config.store()?;
@@ -302,8 +323,8 @@ impl StreamJoinExec {
         };
         let watermark = config.watermark_ms;
         let schemas = [
-            nullable(&self.left.schema()),
-            nullable(&self.right.schema()),
+            kept_schema(&self.left.schema()),
+            kept_schema(&self.right.schema()),
         ];
         let (new_l, late_l, max_l) = on_time(&schemas[0], &left, self.times[0], watermark)?;
         let (new_r, late_r, max_r) = on_time(&schemas[1], &right, self.times[1], watermark)?;
@@ -319,17 +340,32 @@ impl StreamJoinExec {
         };
         let (l, old_l) = all(0, &new_l)?;
         let (r, old_r) = all(1, &new_r)?;
-        let joined = self.join(&l, old_l, &r, old_r)?;
-        // Keep the new rows; evict what the batch's watermark rules out.
+        let (joined, matched) = self.join(&l, old_l, &r, old_r)?;
+        let mut out = vec![joined];
+        // The rows that matched now remember it; the new rows are kept.
         let mut changes: Vec<Change> = vec![];
         let mut added = 0;
-        for (side, rows) in [new_l, new_r].into_iter().enumerate() {
-            if rows.num_rows() > 0 {
-                added += rows.num_rows();
-                changes.push((entry_key(side, config.batch_id), Some(encode(&rows)?)));
-                kept.sides[side].insert(config.batch_id, rows);
+        for (side, new) in [new_l, new_r].into_iter().enumerate() {
+            let mut at = 0;
+            let batches: Vec<u64> = kept.sides[side].keys().copied().collect();
+            for b in batches {
+                let rows = &kept.sides[side][&b];
+                let n = rows.num_rows();
+                if let Some(marked) = mark(rows, &matched[side][at..at + n])? {
+                    changes.push((entry_key(side, b), Some(encode(&marked)?)));
+                    kept.sides[side].insert(b, marked);
+                }
+                at += n;
+            }
+            if new.num_rows() > 0 {
+                let n = new.num_rows();
+                let new = mark(&new, &matched[side][at..at + n])?.unwrap_or(new);
+                added += n;
+                changes.push((entry_key(side, config.batch_id), Some(encode(&new)?)));
+                kept.sides[side].insert(config.batch_id, new);
             }
         }
+        // Evict what the batch's watermark rules out.
         let mut removed = 0;
         if let Some(w) = watermark {
             // A left row matches right rows with t_r <= t_l + upper; future right rows
@@ -348,13 +384,15 @@ impl StreamJoinExec {
                         continue;
                     }
                     removed += rows.num_rows() - keep.true_count();
+                    if outer[side] {
+                        out.push(self.unmatched(side, rows, &keep)?);
+                    }
                     let left_over = arrow::compute::filter_record_batch(rows, &keep)?;
+                    changes.retain(|(k, _)| k.as_ref() != entry_key(side, b).as_ref());
                     if left_over.num_rows() == 0 {
                         kept.sides[side].remove(&b);
-                        changes.retain(|(k, _)| k.as_ref() != entry_key(side, b).as_ref());
                         changes.push((entry_key(side, b), None));
                     } else {
-                        changes.retain(|(k, _)| k.as_ref() != entry_key(side, b).as_ref());
                         changes.push((entry_key(side, b), Some(encode(&left_over)?)));
                         kept.sides[side].insert(b, left_over);
                     }
@@ -390,20 +428,66 @@ impl StreamJoinExec {
             config.batch_id,
             OpState::Join(kept),
         );
-        Ok(joined)
+        Ok(arrow::compute::concat_batches(&self.schema, &out)?)
+    }
+
+    /// The evicted rows of an outer side (those `keep` drops) that never matched,
+    /// with nulls for the other side's columns.
+    fn unmatched(
+        &self,
+        side: usize,
+        rows: &RecordBatch,
+        keep: &BooleanArray,
+    ) -> Result<RecordBatch> {
+        let width = rows.num_columns() - 1;
+        let flags = rows.column(width).as_any().downcast_ref::<BooleanArray>();
+        let emit: BooleanArray = (0..rows.num_rows())
+            .map(|r| Some(!keep.value(r) && !flags.is_some_and(|f| f.value(r))))
+            .collect();
+        let rows = arrow::compute::filter_record_batch(rows, &emit)?;
+        let n = rows.num_rows();
+        let others = if side == 0 { &self.right } else { &self.left };
+        let nulls: Vec<ArrayRef> = others
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), n))
+            .collect();
+        let own = rows.columns()[..width].to_vec();
+        let columns = if side == 0 {
+            own.into_iter().chain(nulls).collect()
+        } else {
+            nulls.into_iter().chain(own).collect()
+        };
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
+        )?)
     }
 
     /// The pairs of `l` and `r` rows that match, where at least one row is new (a row
-    /// at or after `old_*` of its side), as the join's output rows.
+    /// at or after `old_*` of its side), as the join's output rows; and which rows of
+    /// each side matched.
     fn join(
         &self,
         l: &RecordBatch,
         old_l: usize,
         r: &RecordBatch,
         old_r: usize,
-    ) -> Result<RecordBatch> {
-        let lk = key_rows(&self.keys(0), l)?;
-        let rk = key_rows(&self.keys(1), r)?;
+    ) -> Result<(RecordBatch, [Vec<bool>; 2])> {
+        // The last column of kept rows is whether they matched.
+        let side_rows = |b: &RecordBatch| {
+            RecordBatch::try_new(
+                Arc::new(Schema::new(
+                    b.schema().fields()[..b.num_columns() - 1].to_vec(),
+                )),
+                b.columns()[..b.num_columns() - 1].to_vec(),
+            )
+        };
+        let (l, r) = (side_rows(l)?, side_rows(r)?);
+        let lk = key_rows(&self.keys(0), &l)?;
+        let rk = key_rows(&self.keys(1), &r)?;
         let (mut li, mut ri) = (vec![], vec![]);
         match (lk, rk) {
             (Some((lk, l_nulls)), Some((rk, r_nulls))) => {
@@ -436,37 +520,92 @@ impl StreamJoinExec {
                 }
             }
         }
-        let (li, ri) = (UInt32Array::from(li), UInt32Array::from(ri));
-        let mut columns = vec![];
-        for c in l.columns() {
-            columns.push(arrow::compute::take(c, &li, None)?);
+        let (mut li, mut ri) = (UInt32Array::from(li), UInt32Array::from(ri));
+        let take = |li: &UInt32Array, ri: &UInt32Array| -> Result<RecordBatch> {
+            let mut columns = vec![];
+            for c in l.columns() {
+                columns.push(arrow::compute::take(c, li, None)?);
+            }
+            for c in r.columns() {
+                columns.push(arrow::compute::take(c, ri, None)?);
+            }
+            Ok(RecordBatch::try_new_with_options(
+                nullable(&self.schema),
+                columns,
+                &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(li.len())),
+            )?)
+        };
+        let mut joined = take(&li, &ri)?;
+        if let Some(f) = &self.filter {
+            let mask = f.evaluate(&joined)?.into_array(joined.num_rows())?;
+            let mask = mask
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| EmberError::Internal("a join filter's result".into()))?;
+            // A null is no match (`filter` drops it).
+            li = arrow::compute::filter(&li, mask)?
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .expect("u32 indices")
+                .clone();
+            ri = arrow::compute::filter(&ri, mask)?
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .expect("u32 indices")
+                .clone();
+            joined = take(&li, &ri)?;
         }
-        for c in r.columns() {
-            columns.push(arrow::compute::take(c, &ri, None)?);
+        let mut matched = [vec![false; l.num_rows()], vec![false; r.num_rows()]];
+        for i in li.values() {
+            matched[0][*i as usize] = true;
+        }
+        for j in ri.values() {
+            matched[1][*j as usize] = true;
         }
         let joined = RecordBatch::try_new_with_options(
-            nullable(&self.schema),
-            columns,
-            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(li.len())),
-        )?;
-        let joined = match &self.filter {
-            None => joined,
-            Some(f) => {
-                let mask = f.evaluate(&joined)?.into_array(joined.num_rows())?;
-                let mask = mask
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .ok_or_else(|| EmberError::Internal("a join filter's result".into()))?;
-                arrow::compute::filter_record_batch(&joined, mask)?
-            }
-        };
-        Ok(RecordBatch::try_new_with_options(
             self.schema.clone(),
             joined.columns().to_vec(),
             &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(joined.num_rows())),
-        )?)
+        )?;
+        Ok((joined, matched))
     }
 }
+
+/// A side's kept rows: its columns, all nullable, and whether the row matched.
+fn kept_schema(side: &Schema) -> SchemaRef {
+    let mut fields: Vec<arrow::datatypes::Field> = side
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    fields.push(arrow::datatypes::Field::new(
+        MATCHED,
+        arrow::datatypes::DataType::Boolean,
+        false,
+    ));
+    Arc::new(Schema::new(fields))
+}
+
+/// The rows with `now` matches added to their matched flags, if any flag changes.
+fn mark(rows: &RecordBatch, now: &[bool]) -> Result<Option<RecordBatch>> {
+    let last = rows.num_columns() - 1;
+    let flags = rows
+        .column(last)
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .ok_or_else(|| EmberError::Internal("a join's matched flags".into()))?;
+    if !now.iter().enumerate().any(|(i, m)| *m && !flags.value(i)) {
+        return Ok(None);
+    }
+    let merged: BooleanArray = (0..rows.num_rows())
+        .map(|i| Some(flags.value(i) || now[i]))
+        .collect();
+    let mut columns = rows.columns().to_vec();
+    columns[last] = Arc::new(merged);
+    Ok(Some(RecordBatch::try_new(rows.schema(), columns)?))
+}
+
+const MATCHED: &str = "__ember_matched";
 
 impl ExecutionPlan for StreamJoinExec {
     fn name(&self) -> &str {

@@ -69,13 +69,16 @@ pub enum OpConfig {
     /// The first row of each key passes: the input is the row's `columns`, then
     /// `keys` key columns.
     Dedup { keys: usize, columns: usize },
-    /// A stream-stream inner join on `keys` equal keys: each side's event-time
-    /// column, and the bounds on `t_right - t_left` (ms) its condition sets.
+    /// A stream-stream join on `keys` equal keys: each side's event-time column, the
+    /// bounds on `t_right - t_left` (ms) its condition sets, and which sides are
+    /// outer (their rows that never matched come out, with nulls, once evicted).
     Join {
         keys: usize,
         times: [String; 2],
         lower: Option<i64>,
         upper: Option<i64>,
+        #[serde(default)]
+        outer: [bool; 2],
     },
 }
 

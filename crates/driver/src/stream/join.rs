@@ -40,12 +40,18 @@ pub fn plan(node: &LogicalPlan, left: Watermark, right: Watermark) -> Result<Joi
     let LogicalPlan::Join(join) = &node else {
         return Err(EmberError::Internal("a stream-stream join's node".into()));
     };
-    if join.join_type != datafusion::logical_expr::JoinType::Inner {
-        return Err(EmberError::NotSupported(format!(
-            "{} stream-stream joins (inner joins are)",
-            join.join_type
-        )));
-    }
+    use datafusion::logical_expr::JoinType;
+    let outer = match join.join_type {
+        JoinType::Inner => [false, false],
+        JoinType::Left => [true, false],
+        JoinType::Right => [false, true],
+        JoinType::Full => [true, true],
+        other => {
+            return Err(EmberError::NotSupported(format!(
+                "{other} stream-stream joins (inner, left, right and full outer joins are)"
+            )));
+        }
+    };
     let column = |plan: &LogicalPlan, name: &str| -> Result<Column> {
         let (q, f) = plan
             .schema()
@@ -62,6 +68,16 @@ pub fn plan(node: &LogicalPlan, left: Watermark, right: Watermark) -> Result<Joi
         &column(&join.left, &left.column)?,
         &column(&join.right, &right.column)?,
     );
+    // An outer side's unmatched rows come out when evicted, which needs a bound.
+    for (side, bound, needed) in [("left", upper, "upper"), ("right", lower, "lower")] {
+        let is_outer = if side == "left" { outer[0] } else { outer[1] };
+        if is_outer && bound.is_none() {
+            return Err(EmberError::Config(format!(
+                "a {} outer stream-stream join emits a {side} row that never matched once no later row can match it: the condition needs an {needed} bound on the right time relative to the left (e.g. c.ct BETWEEN i.it AND i.it + INTERVAL '1 minute')",
+                join.join_type
+            )));
+        }
+    }
     if lower.is_none() || upper.is_none() {
         tracing::warn!(
             lower,
@@ -74,6 +90,7 @@ pub fn plan(node: &LogicalPlan, left: Watermark, right: Watermark) -> Result<Joi
         times: [left.column.clone(), right.column.clone()],
         lower,
         upper,
+        outer,
     };
     Ok(JoinPlan {
         op,

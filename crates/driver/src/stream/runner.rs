@@ -363,13 +363,23 @@ impl Runner {
     /// without new data has windows to emit and state to evict (Spark's no-data
     /// batch).
     fn no_data_batch_due(&self, used: Option<i64>) -> bool {
-        // A join emits nothing when it evicts: no need for a batch of its own.
+        // An inner join emits nothing when it evicts: no need for a batch of its own.
         let partitioned = matches!(
             self.query.stateful.as_ref().map(|st| &st.op),
             Some(OpConfig::Aggregate { .. } | OpConfig::Dedup { .. })
+                | Some(OpConfig::Join {
+                    outer: [true, _] | [_, true],
+                    ..
+                })
         );
         let now = *self.watermark.lock();
-        partitioned && self.query.watermark.is_some() && now.is_some() && now != used
+        let watermarked = self.query.watermark.is_some()
+            || self
+                .query
+                .stateful
+                .as_ref()
+                .is_some_and(|st| st.join_delays.is_some());
+        partitioned && watermarked && now.is_some() && now != used
     }
 
     /// The batch plan over the range's rows: each stream's scans read its part of
