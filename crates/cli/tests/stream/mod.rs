@@ -521,29 +521,7 @@ fn on_a_cluster_the_executors_read_the_kafka_ranges_themselves() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("batch 0: 300 rows in, 300 rows out"));
     // The driver ran a stage that scans the three partition ranges, on the executors.
-    let stages = super::ui::get_json(ui, "/api/v1/stages");
-    let scan = stages
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|s| {
-            let detail =
-                super::ui::get_json(ui, &format!("/api/v1/stages/{}/{}", s["job"], s["id"]));
-            detail["plan"]
-                .as_str()
-                .unwrap()
-                .contains("KafkaScanExec: 3 ranges")
-                .then_some(detail)
-        })
-        .expect("a stage reads the Kafka ranges");
-    let tasks = scan["tasks"].as_array().unwrap();
-    assert_eq!(tasks.len(), 3, "one task per partition range");
-    assert!(
-        tasks
-            .iter()
-            .all(|t| t["executor"].as_str().unwrap().starts_with("exec-")),
-        "{tasks:?}"
-    );
+    tasks_on_executors(ui, "KafkaScanExec: 3 ranges", 3);
     // A streaming aggregation keeps its state partitions on the executors: each
     // task loads and writes its own, and new executors pick them up.
     let count = |cp: &str| {
@@ -573,29 +551,8 @@ fn on_a_cluster_the_executors_read_the_kafka_ranges_themselves() {
         first.contains("batch 0: 300 rows in, 10 rows out"),
         "{first}"
     );
-    let stages = super::ui::get_json(ui, "/api/v1/stages");
-    let stateful = stages
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|s| {
-            let detail =
-                super::ui::get_json(ui, &format!("/api/v1/stages/{}/{}", s["job"], s["id"]));
-            detail["plan"]
-                .as_str()
-                .unwrap()
-                .contains("StatefulExec: aggregation, batch=0, partitions=4")
-                .then_some(detail)
-        })
-        .expect("a stage runs the aggregation's state partitions");
-    let tasks = stateful["tasks"].as_array().unwrap();
-    assert_eq!(tasks.len(), 4, "one task per state partition");
-    assert!(
-        tasks
-            .iter()
-            .all(|t| t["executor"].as_str().unwrap().starts_with("exec-")),
-        "{tasks:?}"
-    );
+    // One task per state partition.
+    tasks_on_executors(ui, "StatefulExec: aggregation, batch=0, partitions=4", 4);
     let state = dir.path().join("counts-cp/state/0");
     for p in 0..4 {
         assert!(
@@ -641,22 +598,19 @@ fn on_a_cluster_the_executors_read_the_kafka_ranges_themselves() {
     // hashed on the join key into the state's partitions.
     let matches = rt.block_on(stream_join_on(&driver, &dir.path().join("join-cp")));
     assert_eq!(matches, vec!["a 0-10", "b 5-12"]);
-    let join = stage_with(ui, "StreamJoinExec: inner, keys=1, batch=0, partitions=4");
-    let tasks = join["tasks"].as_array().unwrap();
-    assert_eq!(tasks.len(), 4, "one task per state partition");
-    assert!(
-        tasks
-            .iter()
-            .all(|t| t["executor"].as_str().unwrap().starts_with("exec-")),
-        "{tasks:?}"
+    tasks_on_executors(
+        ui,
+        "StreamJoinExec: inner, keys=1, batch=0, partitions=4",
+        4,
     );
     drop(driver);
 }
 
-/// The detail of the first stage whose plan contains `text`.
-fn stage_with(ui: std::net::SocketAddr, text: &str) -> serde_json::Value {
+/// Checks, through the driver's REST API, that the first stage whose plan contains
+/// `text` ran `n` tasks, all on executors.
+fn tasks_on_executors(ui: std::net::SocketAddr, text: &str, n: usize) {
     let stages = super::ui::get_json(ui, "/api/v1/stages");
-    stages
+    let stage = stages
         .as_array()
         .unwrap()
         .iter()
@@ -669,7 +623,15 @@ fn stage_with(ui: std::net::SocketAddr, text: &str) -> serde_json::Value {
                 .contains(text)
                 .then_some(detail)
         })
-        .unwrap_or_else(|| panic!("a stage runs {text}"))
+        .unwrap_or_else(|| panic!("a stage runs {text}"));
+    let tasks = stage["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), n, "{text}: {tasks:?}");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["executor"].as_str().unwrap().starts_with("exec-")),
+        "{tasks:?}"
+    );
 }
 
 /// Impressions and clicks of ads, joined when a click comes within 10 s of its

@@ -37,8 +37,8 @@ struct Cached {
     used: u64,
 }
 
-/// The partitions a process holds: (state directory, partition) → the partition
-/// after a version; and a counter that orders their uses.
+/// The partitions a process holds: (query and state directory, partition) → the
+/// partition after a version; and a counter that orders their uses.
 #[derive(Default)]
 struct Cache {
     uses: u64,
@@ -49,16 +49,16 @@ static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
 
 /// The partition's state after `version`, if this process holds it; taken out, so a
 /// task that fails leaves nothing stale behind.
-pub(super) fn take_cached(dir: &str, partition: usize, version: u64) -> Option<OpState> {
+pub(super) fn take_cached(operator: &str, partition: usize, version: u64) -> Option<OpState> {
     let mut cache = CACHE.lock();
-    let key = (dir.to_string(), partition);
+    let key = (operator.to_string(), partition);
     match cache.partitions.remove(&key) {
         Some(c) if c.version == version => Some(c.state),
         _ => None,
     }
 }
 
-pub(super) fn put_cached(dir: &str, partition: usize, version: u64, state: OpState) {
+pub(super) fn put_cached(operator: &str, partition: usize, version: u64, state: OpState) {
     let mut cache = CACHE.lock();
     cache.uses += 1;
     let used = cache.uses;
@@ -72,7 +72,7 @@ pub(super) fn put_cached(dir: &str, partition: usize, version: u64, state: OpSta
         cache.partitions.remove(&oldest);
     }
     cache.partitions.insert(
-        (dir.to_string(), partition),
+        (operator.to_string(), partition),
         Cached {
             version,
             state,
@@ -158,7 +158,7 @@ async fn run_partition(
 ) -> Result<RecordBatch> {
     let store = config.store()?;
     let previous = config.batch_id.checked_sub(1);
-    let cached = previous.and_then(|v| take_cached(&config.state_dir, partition, v));
+    let cached = previous.and_then(|v| take_cached(&config.cache_key(), partition, v));
     let mut state = match cached {
         Some(state) => state,
         None => op.load(store.load_partition(partition, previous).await?)?,
@@ -181,7 +181,7 @@ async fn run_partition(
             &stats,
         )
         .await?;
-    put_cached(&config.state_dir, partition, config.batch_id, state);
+    put_cached(&config.cache_key(), partition, config.batch_id, state);
     Ok(out.rows)
 }
 

@@ -48,7 +48,7 @@ pub(crate) struct Kept {
 
 /// A stream-stream inner join of `left` and `right`, each hash-partitioned on its
 /// side of `on` into the state's partitions (or gathered into one without keys).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StreamJoinExec {
     left: Arc<dyn ExecutionPlan>,
     right: Arc<dyn ExecutionPlan>,
@@ -313,7 +313,7 @@ impl StreamJoinExec {
         let store = config.store()?;
         let previous = config.batch_id.checked_sub(1);
         let cached =
-            previous.and_then(|v| super::exec::take_cached(&config.state_dir, partition, v));
+            previous.and_then(|v| super::exec::take_cached(&config.cache_key(), partition, v));
         let state = match cached {
             Some(state) => state,
             None => load(store.load_partition(partition, previous).await?)?,
@@ -423,7 +423,7 @@ impl StreamJoinExec {
             )
             .await?;
         super::exec::put_cached(
-            &config.state_dir,
+            &config.cache_key(),
             partition,
             config.batch_id,
             OpState::Join(kept),
@@ -655,12 +655,7 @@ impl ExecutionPlan for StreamJoinExec {
         Ok(Arc::new(StreamJoinExec {
             left,
             right,
-            on: self.on.clone(),
-            filter: self.filter.clone(),
-            config: self.config.clone(),
-            schema: self.schema.clone(),
-            properties: self.properties.clone(),
-            times: self.times,
+            ..self.as_ref().clone()
         }))
     }
 
@@ -678,16 +673,7 @@ impl ExecutionPlan for StreamJoinExec {
         }
         let left = self.left.execute(partition, context.clone())?;
         let right = self.right.execute(partition, context)?;
-        let this = StreamJoinExec {
-            left: self.left.clone(),
-            right: self.right.clone(),
-            on: self.on.clone(),
-            filter: self.filter.clone(),
-            config: self.config.clone(),
-            schema: self.schema.clone(),
-            properties: self.properties.clone(),
-            times: self.times,
-        };
+        let this = self.clone();
         let rows = async move {
             let left = datafusion::physical_plan::common::collect(left).await?;
             let right = datafusion::physical_plan::common::collect(right).await?;

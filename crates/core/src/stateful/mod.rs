@@ -129,6 +129,10 @@ pub struct StatefulConfig {
     pub state_dir: String,
     pub partitions: usize,
     pub snapshot_every: u64,
+    /// The query's id (its checkpoint's): a directory made again for a new query
+    /// is not the old one's, for the partitions a process keeps in memory.
+    #[serde(default)]
+    pub query_id: String,
     /// The batch: version `batch_id` of the state is written.
     pub batch_id: u64,
     /// The batch's watermark (ms).
@@ -144,10 +148,14 @@ impl StatefulConfig {
         )
     }
 
+    /// What a process keeps this operator's partitions in memory under.
+    pub(crate) fn cache_key(&self) -> String {
+        format!("{} {}", self.query_id, self.state_dir)
+    }
+
     pub fn store(&self) -> Result<store::StateStore> {
         Ok(store::StateStore::new(
             crate::storage::Dir::parse(&self.state_dir)?,
-            self.partitions,
             self.snapshot_every,
         ))
     }

@@ -12,13 +12,10 @@
 //! with a `key` and a `value` column, both binary; a null value in a delta removes the
 //! key. Each operator encodes its own keys and values.
 //!
-//! Two layouts share the format. A partitioned operator (aggregation, deduplication)
-//! runs one task per partition, wherever the scheduler puts it: the task reads and
-//! writes its own partition ([`StateStore::load_partition`],
+//! Each partition is a task of the operator's stage, wherever the scheduler puts it:
+//! the task reads and writes its own partition ([`StateStore::load_partition`],
 //! [`StateStore::write_partition`]) and always writes a file, whose schema metadata
-//! holds the batch's [`BatchStats`] for the query to read. A stream-stream join keeps
-//! its whole state in the query's process and spreads keys over the partitions by a
-//! hash of their bytes ([`StateStore::load`], [`StateStore::write`]).
+//! holds the batch's [`BatchStats`] for the query to read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +39,6 @@ pub type Snapshot = Vec<(Box<[u8]>, Vec<u8>)>;
 
 pub struct StateStore {
     dir: Dir,
-    partitions: usize,
     snapshot_every: u64,
 }
 
@@ -70,23 +66,10 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-pub use crate::storage::write_atomically;
-
-/// FNV-1a: the same partition for a key in every process and every version.
-fn partition_of(key: &[u8], partitions: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % partitions as u64) as usize
-}
-
 impl StateStore {
-    pub fn new(dir: Dir, partitions: usize, snapshot_every: u64) -> StateStore {
+    pub fn new(dir: Dir, snapshot_every: u64) -> StateStore {
         StateStore {
             dir,
-            partitions: partitions.max(1),
             snapshot_every: snapshot_every.max(1),
         }
     }
@@ -144,15 +127,6 @@ impl StateStore {
         }
     }
 
-    /// The state after batch `version`.
-    pub async fn load(&self, version: u64) -> Result<Entries> {
-        let mut entries = Entries::new();
-        for p in 0..self.partitions {
-            entries.extend(self.load_partition(p, Some(version)).await?);
-        }
-        Ok(entries)
-    }
-
     /// One partition's state after batch `version` (empty before the first batch).
     pub async fn load_partition(&self, partition: usize, version: Option<u64>) -> Result<Entries> {
         let mut entries = Entries::new();
@@ -200,8 +174,18 @@ impl StateStore {
         } else {
             changes
         };
-        self.replace(partition, version, snapshot, part, Some(stats))
-            .await
+        // A batch run again replaces what its first run wrote.
+        let dir = self.part(partition);
+        dir.create().await?;
+        let (kind, other) = if snapshot {
+            ("snapshot", "delta")
+        } else {
+            ("delta", "snapshot")
+        };
+        dir.delete(&Self::name(version, other)).await?;
+        dir.write(&Self::name(version, kind), encode(part, stats)?)
+            .await?;
+        self.purge(partition, version).await
     }
 
     /// What the task of `partition` reported for batch `version`.
@@ -234,65 +218,6 @@ impl StateStore {
         })
     }
 
-    /// Writes version `version`: `changes`, or a snapshot of `all` (the whole state
-    /// after the changes) when this version is due for one.
-    pub async fn write(
-        &self,
-        version: u64,
-        changes: Vec<Change>,
-        all: impl FnOnce() -> Result<Snapshot>,
-    ) -> Result<()> {
-        let snapshot = version.is_multiple_of(self.snapshot_every);
-        let mut parts: Vec<Vec<Change>> = vec![vec![]; self.partitions];
-        if snapshot {
-            for (k, v) in all()? {
-                parts[partition_of(&k, self.partitions)].push((k, Some(v)));
-            }
-        } else {
-            for (k, v) in changes {
-                parts[partition_of(&k, self.partitions)].push((k, v));
-            }
-        }
-        for (p, part) in parts.into_iter().enumerate() {
-            if snapshot || !part.is_empty() {
-                self.replace(p, version, snapshot, part, None).await?;
-            } else {
-                self.replace_nothing(p, version).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes what a first run of batch `version` wrote in a partition.
-    async fn replace_nothing(&self, partition: usize, version: u64) -> Result<()> {
-        for kind in ["delta", "snapshot"] {
-            self.part(partition)
-                .delete(&Self::name(version, kind))
-                .await?;
-        }
-        self.purge(partition, version).await
-    }
-
-    /// Writes a partition's file of batch `version`, replacing what a first run of the
-    /// batch wrote, and purges what no version from the one before on needs.
-    async fn replace(
-        &self,
-        partition: usize,
-        version: u64,
-        snapshot: bool,
-        part: Vec<Change>,
-        stats: Option<&BatchStats>,
-    ) -> Result<()> {
-        let dir = self.part(partition);
-        dir.create().await?;
-        let kind = if snapshot { "snapshot" } else { "delta" };
-        let other = if snapshot { "delta" } else { "snapshot" };
-        dir.delete(&Self::name(version, other)).await?;
-        dir.write(&Self::name(version, kind), encode(part, stats)?)
-            .await?;
-        self.purge(partition, version).await
-    }
-
     /// Drops files that neither this version nor the one before needs.
     async fn purge(&self, partition: usize, version: u64) -> Result<()> {
         let Some(previous) = version.checked_sub(1) else {
@@ -309,22 +234,17 @@ impl StateStore {
 }
 
 /// A state file's bytes: the changes, and the batch's statistics in the schema.
-fn encode(changes: Vec<Change>, stats: Option<&BatchStats>) -> Result<Vec<u8>> {
-    let schema = match stats {
-        None => schema(),
-        Some(stats) => {
-            let json = serde_json::to_string(stats).map_err(|e| EmberError::Decode {
-                what: "batch statistics",
-                message: e.to_string(),
-            })?;
-            Arc::new(
-                schema()
-                    .as_ref()
-                    .clone()
-                    .with_metadata([(STATS_KEY.to_string(), json)].into()),
-            )
-        }
-    };
+fn encode(changes: Vec<Change>, stats: &BatchStats) -> Result<Vec<u8>> {
+    let json = serde_json::to_string(stats).map_err(|e| EmberError::Decode {
+        what: "batch statistics",
+        message: e.to_string(),
+    })?;
+    let schema = Arc::new(
+        schema()
+            .as_ref()
+            .clone()
+            .with_metadata([(STATS_KEY.to_string(), json)].into()),
+    );
     let keys = BinaryArray::from_iter_values(changes.iter().map(|(k, _)| k.as_ref()));
     let values: BinaryArray = changes.iter().map(|(_, v)| v.as_deref()).collect();
     let batch = RecordBatch::try_new(
@@ -393,7 +313,7 @@ mod tests {
     #[tokio::test]
     async fn versions_are_snapshots_plus_deltas_and_old_ones_go() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(Dir::Local(dir.path().to_path_buf()), 3, 4);
+        let store = StateStore::new(Dir::Local(dir.path().to_path_buf()), 4);
         let mut state = Entries::new();
         for v in 0..10u64 {
             let mut changes = vec![(key(&format!("k{v}")), Some(vec![v as u8]))];
@@ -407,26 +327,38 @@ mod tests {
                 };
             }
             let all = state.clone();
+            let stats = BatchStats {
+                late_rows: v as usize,
+                ..BatchStats::default()
+            };
             store
-                .write(v, changes, || Ok(all.into_iter().collect()))
+                .write_partition(1, v, changes, || Ok(all.into_iter().collect()), &stats)
                 .await
                 .unwrap();
-            assert_eq!(store.load(v).await.unwrap(), state, "version {v}");
+            assert_eq!(
+                store.load_partition(1, Some(v)).await.unwrap(),
+                state,
+                "version {v}"
+            );
+            assert_eq!(store.stats(1, v).await.unwrap(), stats);
         }
         // Version 8 is a snapshot; 9 needs it, and 8 needs only itself.
-        for p in 0..3 {
-            assert!(
-                store
-                    .versions(p)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .all(|(v, _)| *v >= 8)
-            );
-        }
-        assert_eq!(store.load(8).await.unwrap().len(), 2);
-        std::fs::write(dir.path().join("0").join("8.snapshot"), b"garbage").unwrap();
-        let err = store.load(9).await.unwrap_err().to_string();
+        assert!(
+            store
+                .versions(1)
+                .await
+                .unwrap()
+                .iter()
+                .all(|(v, _)| *v >= 8)
+        );
+        assert_eq!(store.load_partition(1, Some(8)).await.unwrap().len(), 2);
+        assert!(store.load_partition(0, Some(9)).await.unwrap().is_empty());
+        std::fs::write(dir.path().join("1").join("8.snapshot"), b"garbage").unwrap();
+        let err = store
+            .load_partition(1, Some(9))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("8.snapshot"), "{err}");
     }
 }

@@ -180,8 +180,6 @@ impl Runner {
                     break;
                 }
                 Trigger::AvailableNow => {}
-                // What the new watermark closes comes out now, not a trigger later.
-                Trigger::ProcessingTime(_) if due => {}
                 Trigger::ProcessingTime(d) => {
                     let left = d.saturating_sub(started.elapsed());
                     if !left.is_zero() {
@@ -354,6 +352,7 @@ impl Runner {
             state_dir: self.state_dir.to_string(),
             partitions: if keyed { STATE_PARTITIONS } else { 1 },
             snapshot_every: SNAPSHOT_EVERY,
+            query_id: self.shared.id.clone(),
             batch_id,
             watermark_ms,
         })
