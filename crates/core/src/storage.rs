@@ -176,6 +176,39 @@ impl Dir {
         }
     }
 
+    /// At most the first `max` bytes of a file, or none if it does not exist.
+    pub async fn read_head(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        match self {
+            Dir::Local(p) => {
+                use std::io::Read;
+                let file = match std::fs::File::open(p.join(name)) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(EmberError::io(p.join(name).display(), e)),
+                };
+                let mut head = vec![];
+                file.take(max)
+                    .read_to_end(&mut head)
+                    .map_err(|e| EmberError::io(p.join(name).display(), e))?;
+                Ok(Some(head))
+            }
+            Dir::Store { store, path, .. } => {
+                // A range past the end brings what there is.
+                let options = object_store::GetOptions {
+                    range: Some(object_store::GetRange::Bounded(0..max)),
+                    ..Default::default()
+                };
+                match store.get_opts(&path.clone().join(name), options).await {
+                    Ok(got) => Ok(Some(
+                        got.bytes().await.map_err(|e| self.error(name, e))?.to_vec(),
+                    )),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(self.error(name, e)),
+                }
+            }
+        }
+    }
+
     /// Writes a file whole, replacing it.
     pub async fn write(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         match self {

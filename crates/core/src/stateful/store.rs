@@ -8,9 +8,9 @@
 //!
 //! Version `v` is the state after batch `v`: the latest snapshot at or before `v` plus
 //! the deltas after it. Every `snapshot_every`-th version is a snapshot; files older
-//! than the snapshot that the previous version needs are purged. A file is Arrow IPC
-//! with a `key` and a `value` column, both binary; a null value in a delta removes the
-//! key. Each operator encodes its own keys and values.
+//! than the snapshot that the previous version needs are purged. A file is an Arrow
+//! IPC stream with a `key` and a `value` column, both binary; a null value in a delta
+//! removes the key. Each operator encodes its own keys and values.
 //!
 //! Each partition is a task of the operator's stage, wherever the scheduler puts it:
 //! the task reads and writes its own partition ([`StateStore::load_partition`],
@@ -192,15 +192,17 @@ impl StateStore {
     pub async fn stats(&self, partition: usize, version: u64) -> Result<BatchStats> {
         for kind in ["delta", "snapshot"] {
             let name = Self::name(version, kind);
-            let Some(bytes) = self.part(partition).read(&name).await? else {
+            // The schema, with the statistics, leads the file: its head is enough.
+            let Some(bytes) = self.part(partition).read_head(&name, 64 << 10).await? else {
                 continue;
             };
             let bad = |m: String| EmberError::Decode {
                 what: "a streaming state file",
                 message: format!("{}/{name}: {m}", self.part(partition)),
             };
-            let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
-                .map_err(|e| bad(e.to_string()))?;
+            let reader =
+                arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+                    .map_err(|e| bad(e.to_string()))?;
             let json = reader
                 .schema()
                 .metadata()
@@ -253,7 +255,7 @@ fn encode(changes: Vec<Change>, stats: &BatchStats) -> Result<Vec<u8>> {
     )?;
     let mut bytes = vec![];
     {
-        let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &schema)?;
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &schema)?;
         writer.write(&batch)?;
         writer.finish()?;
     }
@@ -279,7 +281,7 @@ fn decode(bytes: Vec<u8>, path: &str) -> Result<Vec<Change>> {
         what: "a streaming state file",
         message: format!("{path}: {m}"),
     };
-    let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(|e| bad(e.to_string()))?;
     let mut out = vec![];
     for batch in reader {
