@@ -47,7 +47,8 @@ pub struct StreamArgs {
     #[arg(long, default_value = "append")]
     output_mode: String,
 
-    /// The checkpoint directory (restarts continue from it, exactly once).
+    /// The checkpoint directory, or an object store's URL (http(s):// for WebDAV,
+    /// s3://): restarts continue from it, exactly once.
     #[arg(long, value_name = "DIR")]
     checkpoint: PathBuf,
 
