@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
@@ -199,13 +200,17 @@ pub fn client_builder(bootstrap: Vec<String>) -> ClientBuilder {
     })
 }
 
-/// Partition clients by (brokers, topic, partition), kept for the process's life: a
-/// streaming query's tasks read the same partitions batch after batch, and a new
-/// client would connect and fetch metadata each time.
-type PartitionClients =
-    std::sync::Mutex<std::collections::HashMap<(Vec<String>, String, i32), Arc<PartitionClient>>>;
+/// Partition clients by (brokers, topic, partition), with when each was last used:
+/// a streaming query's tasks read the same partitions batch after batch, and a new
+/// client would connect and fetch metadata each time. A client idle for [`IDLE`]
+/// (its query stopped, say) is dropped with its connection.
+type PartitionClients = std::sync::Mutex<
+    std::collections::HashMap<(Vec<String>, String, i32), (Arc<PartitionClient>, Instant)>,
+>;
 
 static CLIENTS: std::sync::LazyLock<PartitionClients> = std::sync::LazyLock::new(Default::default);
+
+const IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
 async fn partition_client(
     bootstrap: &[String],
@@ -213,8 +218,13 @@ async fn partition_client(
     partition: i32,
 ) -> DFResult<Arc<PartitionClient>> {
     let key = (bootstrap.to_vec(), topic.to_string(), partition);
-    if let Some(c) = CLIENTS.lock().expect("not poisoned").get(&key) {
-        return Ok(c.clone());
+    {
+        let mut clients = CLIENTS.lock().expect("not poisoned");
+        clients.retain(|_, (_, used)| used.elapsed() < IDLE);
+        if let Some((c, used)) = clients.get_mut(&key) {
+            *used = Instant::now();
+            return Ok(c.clone());
+        }
     }
     let client = client_builder(bootstrap.to_vec())
         .build()
@@ -229,7 +239,7 @@ async fn partition_client(
     CLIENTS
         .lock()
         .expect("not poisoned")
-        .insert(key, pc.clone());
+        .insert(key, (pc.clone(), Instant::now()));
     Ok(pc)
 }
 

@@ -21,6 +21,8 @@ pub struct KafkaSource {
     max_offsets_per_trigger: Option<i64>,
     fail_on_data_loss: bool,
     lost: std::sync::atomic::AtomicI64,
+    /// The partitions' ends when the last batch was planned.
+    planned_with: parking_lot::Mutex<Option<Offsets>>,
     /// `subscribe_pattern`, instead of `topics`.
     pattern: Option<regex::Regex>,
     /// `assign`: these partitions only.
@@ -56,6 +58,7 @@ impl KafkaSource {
             max_offsets_per_trigger: None,
             fail_on_data_loss: true,
             lost: Default::default(),
+            planned_with: Default::default(),
             pattern: None,
             assigned: None,
         }
@@ -251,7 +254,16 @@ impl Source for KafkaSource {
             };
             ranges.push((t, p, from, latest));
         }
+        let mut seen = Offsets::default();
+        for (t, p, _, latest) in &ranges {
+            seen.set(t, *p, *latest);
+        }
+        *self.planned_with.lock() = Some(seen);
         Ok(batch_end(ranges, self.max_offsets_per_trigger))
+    }
+
+    fn available_when_planned(&self) -> Option<Offsets> {
+        self.planned_with.lock().clone()
     }
 
     async fn available(&self) -> Result<Offsets> {

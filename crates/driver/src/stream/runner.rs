@@ -279,10 +279,11 @@ impl Runner {
         *self.side_max.lock() = side_max;
         let commit_ms = commit.elapsed().as_millis() as u64;
         let total = started.elapsed();
-        let lag_rows = match self.source.available().await {
-            Ok(available) => Some(range.end.rows_until(&available).max(0)),
-            Err(_) => None,
+        let available = match self.source.available_when_planned() {
+            Some(a) => Ok(a),
+            None => self.source.available().await,
         };
+        let lag_rows = available.ok().map(|a| range.end.rows_until(&a).max(0));
         let progress = Progress {
             id: self.shared.id.clone(),
             run_id: self.shared.run_id.clone(),

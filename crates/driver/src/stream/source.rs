@@ -123,6 +123,13 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     async fn latest(&self, start: &Offsets) -> Result<Offsets>;
     /// Where every partition ends now (no per-trigger limit).
     async fn available(&self) -> Result<Offsets>;
+    /// Where every partition ended when [`latest`](Self::latest) last asked, for a
+    /// source whose [`available`](Self::available) costs requests (the progress's
+    /// lag is measured against it, as Spark measures against the offsets it planned
+    /// with); none to ask `available` instead.
+    fn available_when_planned(&self) -> Option<Offsets> {
+        None
+    }
     /// The rows in `[start, end)`.
     async fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>>;
     /// For progress reports.
@@ -406,6 +413,15 @@ impl Source for CombinedSource {
             parts.push(s.latest(&Self::part(start, i)).await?);
         }
         Ok(Self::merge(parts))
+    }
+
+    fn available_when_planned(&self) -> Option<Offsets> {
+        let parts = self
+            .parts
+            .iter()
+            .map(|s| s.available_when_planned())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self::merge(parts))
     }
 
     async fn available(&self) -> Result<Offsets> {
