@@ -4,7 +4,7 @@
 //! | Location | Store |
 //! |---|---|
 //! | `/path`, `./path`, `file:///path` | the local file system (a path every executor sees, in a cluster) |
-//! | `http://host:port/path`, `https://..` | a WebDAV server (rclone, Apache, nginx with its DAV module) |
+//! | `http://host:port/path`, `https://..` | a WebDAV server (`rclone serve webdav`, Apache's mod_dav) |
 //! | `s3://bucket/path` | Amazon S3 or a server that speaks its API; configured from the `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`) |
 //!
 //! A file is written whole or not at all: locally through a temporary file, synced and
