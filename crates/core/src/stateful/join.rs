@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, BooleanArray};
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
@@ -43,7 +43,43 @@ use crate::{EmberError, Result};
 /// Each side's kept rows of a partition, by the batch that brought them.
 #[derive(Default)]
 pub(crate) struct Kept {
-    sides: [BTreeMap<u64, RecordBatch>; 2],
+    sides: [BTreeMap<u64, KeptRows>; 2],
+}
+
+/// One batch's kept rows of a side (its columns, then whether each row matched), and
+/// an index of their keys, made when first needed and kept while the process holds
+/// the partition: a batch probes the kept rows with its new ones, without going
+/// over all of them.
+pub(crate) struct KeptRows {
+    rows: RecordBatch,
+    index: Option<KeyIndex>,
+    /// The oldest event time among the rows (none if not known yet): a batch whose
+    /// oldest row the watermark keeps is not looked at for eviction.
+    oldest: Option<i64>,
+}
+
+/// Rows by their join key (arrow's row format); rows with a null key are in none.
+/// Without keys (a join on a time bound only) every row is under the empty key.
+struct KeyIndex {
+    keys: Option<arrow::row::Rows>,
+    rows: HashMap<Box<[u8]>, Vec<u32>>,
+}
+
+impl KeyIndex {
+    fn key(&self, row: usize) -> &[u8] {
+        self.keys.as_ref().map_or(&[], |k| k.row(row).data())
+    }
+
+    fn matches(&self, key: &[u8]) -> &[u32] {
+        self.rows.get(key).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Whether row `row` has a key that can match (no null in it).
+    fn keyed(&self, row: usize) -> bool {
+        self.rows
+            .get(self.key(row))
+            .is_some_and(|v| v.binary_search(&(row as u32)).is_ok())
+    }
 }
 
 /// A stream-stream inner join of `left` and `right`, each hash-partitioned on its
@@ -206,8 +242,15 @@ pub(crate) fn load(entries: Entries) -> Result<OpState> {
                 let batch = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
                 let (schema, batches) =
                     crate::convert::read_ipc_stream(&v, "a stream-stream join's state")?;
-                kept.sides[side as usize]
-                    .insert(batch, arrow::compute::concat_batches(&schema, &batches)?);
+                let rows = arrow::compute::concat_batches(&schema, &batches)?;
+                kept.sides[side as usize].insert(
+                    batch,
+                    KeptRows {
+                        rows,
+                        index: None,
+                        oldest: None,
+                    },
+                );
             }
             _ => {
                 return Err(EmberError::Decode {
@@ -223,8 +266,8 @@ pub(crate) fn load(entries: Entries) -> Result<OpState> {
 pub(crate) fn entries(kept: &Kept) -> Result<Snapshot> {
     let mut out = vec![];
     for (side, batches) in kept.sides.iter().enumerate() {
-        for (b, rows) in batches {
-            out.push((entry_key(side, *b), encode(rows)?));
+        for (b, kept) in batches {
+            out.push((entry_key(side, *b), encode(&kept.rows)?));
         }
     }
     Ok(out)
@@ -265,29 +308,52 @@ fn on_time(
     Ok((arrow::compute::filter_record_batch(&all, &keep)?, late, max))
 }
 
-/// The key columns' rows in arrow's row format, and which rows have a null key (they
-/// match nothing).
-fn key_rows(
-    exprs: &[Arc<dyn PhysicalExpr>],
-    batch: &RecordBatch,
-) -> Result<Option<(arrow::row::Rows, Vec<bool>)>> {
-    if exprs.is_empty() {
-        return Ok(None);
-    }
-    let columns: Vec<ArrayRef> = exprs
-        .iter()
-        .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
-        .collect::<DFResult<_>>()?;
-    let converter = RowConverter::new(
-        columns
+impl StreamJoinExec {
+    /// The index of a side's rows (its columns, then the matched flag) by key.
+    fn index(&self, side: usize, rows: &RecordBatch) -> Result<KeyIndex> {
+        let exprs = self.keys(side);
+        let mut index: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+        if exprs.is_empty() {
+            index.insert(Box::from(&[][..]), (0..rows.num_rows() as u32).collect());
+            return Ok(KeyIndex {
+                keys: None,
+                rows: index,
+            });
+        }
+        let columns = side_columns(rows)?;
+        let keys: Vec<ArrayRef> = exprs
             .iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect(),
-    )?;
-    let nulls = (0..batch.num_rows())
-        .map(|r| columns.iter().any(|c| c.is_null(r)))
-        .collect();
-    Ok(Some((converter.convert_columns(&columns)?, nulls)))
+            .map(|e| e.evaluate(&columns)?.into_array(columns.num_rows()))
+            .collect::<DFResult<_>>()?;
+        let converter = RowConverter::new(
+            keys.iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect(),
+        )?;
+        let converted = converter.convert_columns(&keys)?;
+        for r in 0..columns.num_rows() {
+            if keys.iter().all(|c| c.is_valid(r)) {
+                index
+                    .entry(converted.row(r).data().into())
+                    .or_default()
+                    .push(r as u32);
+            }
+        }
+        Ok(KeyIndex {
+            keys: Some(converted),
+            rows: index,
+        })
+    }
+}
+
+/// A side's columns, without the matched flag that kept rows end with.
+fn side_columns(rows: &RecordBatch) -> Result<RecordBatch> {
+    let width = rows.num_columns() - 1;
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(rows.schema().fields()[..width].to_vec())),
+        rows.columns()[..width].to_vec(),
+        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows.num_rows())),
+    )?)
 }
 
 impl StreamJoinExec {
@@ -328,41 +394,42 @@ impl StreamJoinExec {
         ];
         let (new_l, late_l, max_l) = on_time(&schemas[0], &left, self.times[0], watermark)?;
         let (new_r, late_r, max_r) = on_time(&schemas[1], &right, self.times[1], watermark)?;
-        // Old and new rows of each side, old first.
-        let all = |side: usize, new: &RecordBatch| -> Result<(RecordBatch, usize)> {
-            let mut batches: Vec<RecordBatch> = kept.sides[side].values().cloned().collect();
-            let old: usize = batches.iter().map(|b| b.num_rows()).sum();
-            batches.push(new.clone());
-            Ok((
-                arrow::compute::concat_batches(&schemas[side], &batches)?,
-                old,
-            ))
-        };
-        let (l, old_l) = all(0, &new_l)?;
-        let (r, old_r) = all(1, &new_r)?;
-        let (joined, matched) = self.join(&l, old_l, &r, old_r)?;
+        for side in 0..2 {
+            for kept in kept.sides[side].values_mut() {
+                if kept.index.is_none() {
+                    kept.index = Some(self.index(side, &kept.rows)?);
+                }
+            }
+        }
+        let new = [new_l, new_r];
+        let new_index = [self.index(0, &new[0])?, self.index(1, &new[1])?];
+        let (joined, matched) = self.join(&kept, &new, &new_index)?;
         let mut out = vec![joined];
         // The rows that matched now remember it; the new rows are kept.
         let mut changes: Vec<Change> = vec![];
         let mut added = 0;
-        for (side, new) in [new_l, new_r].into_iter().enumerate() {
-            let mut at = 0;
-            let batches: Vec<u64> = kept.sides[side].keys().copied().collect();
-            for b in batches {
-                let rows = &kept.sides[side][&b];
-                let n = rows.num_rows();
-                if let Some(marked) = mark(rows, &matched[side][at..at + n])? {
-                    changes.push((entry_key(side, b), Some(encode(&marked)?)));
-                    kept.sides[side].insert(b, marked);
+        for (side, (new, index)) in new.into_iter().zip(new_index).enumerate() {
+            let mut flags = matched[side].iter();
+            for (b, kept) in kept.sides[side].iter_mut() {
+                let now = flags.next().expect("one per kept batch");
+                if let Some(marked) = mark(&kept.rows, now)? {
+                    changes.push((entry_key(side, *b), Some(encode(&marked)?)));
+                    kept.rows = marked;
                 }
-                at += n;
             }
             if new.num_rows() > 0 {
-                let n = new.num_rows();
-                let new = mark(&new, &matched[side][at..at + n])?.unwrap_or(new);
-                added += n;
-                changes.push((entry_key(side, config.batch_id), Some(encode(&new)?)));
-                kept.sides[side].insert(config.batch_id, new);
+                let now = flags.next().expect("and one for the new rows");
+                let rows = mark(&new, now)?.unwrap_or(new);
+                added += rows.num_rows();
+                changes.push((entry_key(side, config.batch_id), Some(encode(&rows)?)));
+                kept.sides[side].insert(
+                    config.batch_id,
+                    KeptRows {
+                        rows,
+                        index: Some(index),
+                        oldest: None,
+                    },
+                );
             }
         }
         // Evict what the batch's watermark rules out.
@@ -375,12 +442,17 @@ impl StreamJoinExec {
                 let Some(limit) = limit else { continue };
                 let batches: Vec<u64> = kept.sides[side].keys().copied().collect();
                 for b in batches {
-                    let rows = &kept.sides[side][&b];
+                    let entry = kept.sides[side].get_mut(&b).expect("listed");
+                    if entry.oldest.is_some_and(|t| t >= limit) {
+                        continue;
+                    }
+                    let rows = &entry.rows;
                     let times = event_times(rows.column(self.times[side]))?;
                     let keep: BooleanArray = (0..rows.num_rows())
                         .map(|r| Some(times.is_valid(r) && times.value(r) >= limit))
                         .collect();
                     if keep.true_count() == rows.num_rows() {
+                        entry.oldest = arrow::compute::min(&times);
                         continue;
                     }
                     removed += rows.num_rows() - keep.true_count();
@@ -394,7 +466,14 @@ impl StreamJoinExec {
                         changes.push((entry_key(side, b), None));
                     } else {
                         changes.push((entry_key(side, b), Some(encode(&left_over)?)));
-                        kept.sides[side].insert(b, left_over);
+                        kept.sides[side].insert(
+                            b,
+                            KeptRows {
+                                rows: left_over,
+                                index: None,
+                                oldest: None,
+                            },
+                        );
                     }
                 }
             }
@@ -403,7 +482,7 @@ impl StreamJoinExec {
             .sides
             .iter()
             .flat_map(|s| s.values())
-            .map(|b| b.num_rows())
+            .map(|b| b.rows.num_rows())
             .sum();
         let stats = BatchStats {
             late_rows: late_l + late_r,
@@ -466,76 +545,71 @@ impl StreamJoinExec {
         )?)
     }
 
-    /// The pairs of `l` and `r` rows that match, where at least one row is new (a row
-    /// at or after `old_*` of its side), as the join's output rows; and which rows of
-    /// each side matched.
+    /// The pairs of rows that match where at least one row is new: the new rows of
+    /// each side probe the other side's kept and new rows by key. Returns the join's
+    /// output rows, and for each side, batch by batch (the kept ones in order, then
+    /// the new rows), which rows matched.
     fn join(
         &self,
-        l: &RecordBatch,
-        old_l: usize,
-        r: &RecordBatch,
-        old_r: usize,
-    ) -> Result<(RecordBatch, [Vec<bool>; 2])> {
-        // The last column of kept rows is whether they matched.
-        let side_rows = |b: &RecordBatch| {
-            RecordBatch::try_new(
-                Arc::new(Schema::new(
-                    b.schema().fields()[..b.num_columns() - 1].to_vec(),
-                )),
-                b.columns()[..b.num_columns() - 1].to_vec(),
-            )
-        };
-        let (l, r) = (side_rows(l)?, side_rows(r)?);
-        let lk = key_rows(&self.keys(0), &l)?;
-        let rk = key_rows(&self.keys(1), &r)?;
-        let (mut li, mut ri) = (vec![], vec![]);
-        match (lk, rk) {
-            (Some((lk, l_nulls)), Some((rk, r_nulls))) => {
-                let mut index: HashMap<&[u8], Vec<u32>> = HashMap::new();
-                for (j, null) in r_nulls.iter().enumerate() {
-                    if !null {
-                        index.entry(rk.row(j).data()).or_default().push(j as u32);
-                    }
+        kept: &Kept,
+        new: &[RecordBatch; 2],
+        new_index: &[KeyIndex; 2],
+    ) -> Result<(RecordBatch, [Vec<Vec<bool>>; 2])> {
+        // Each side's row sources: its kept batches in order, then its new rows.
+        let sources: [Vec<(&RecordBatch, &KeyIndex)>; 2] = [0, 1].map(|side| {
+            kept.sides[side]
+                .values()
+                .map(|k| (&k.rows, k.index.as_ref().expect("indexed above")))
+                .chain(std::iter::once((&new[side], &new_index[side])))
+                .collect()
+        });
+        let newest = [sources[0].len() - 1, sources[1].len() - 1];
+        // (source, row) pairs of the left and right rows that meet.
+        let (mut lp, mut rp) = (vec![], vec![]);
+        for (probe, other) in [(0, 1), (1, 0)] {
+            let (_, probe_index) = sources[probe][newest[probe]];
+            for (s, (_, index)) in sources[other].iter().enumerate() {
+                // New with new once: when the left rows probe.
+                if probe == 1 && s == newest[other] {
+                    continue;
                 }
-                for (i, null) in l_nulls.iter().enumerate() {
-                    if *null {
+                for row in 0..new[probe].num_rows() {
+                    if !probe_index.keyed(row) {
                         continue;
                     }
-                    for &j in index.get(lk.row(i).data()).into_iter().flatten() {
-                        if i >= old_l || j as usize >= old_r {
-                            li.push(i as u32);
-                            ri.push(j);
-                        }
-                    }
-                }
-            }
-            _ => {
-                for i in 0..l.num_rows() {
-                    for j in 0..r.num_rows() {
-                        if i >= old_l || j >= old_r {
-                            li.push(i as u32);
-                            ri.push(j as u32);
-                        }
+                    for &m in index.matches(probe_index.key(row)) {
+                        let (mine, theirs) = ((newest[probe], row), (s, m as usize));
+                        let (l, r) = if probe == 0 {
+                            (mine, theirs)
+                        } else {
+                            (theirs, mine)
+                        };
+                        lp.push(l);
+                        rp.push(r);
                     }
                 }
             }
         }
-        let (mut li, mut ri) = (UInt32Array::from(li), UInt32Array::from(ri));
-        let take = |li: &UInt32Array, ri: &UInt32Array| -> Result<RecordBatch> {
-            let mut columns = vec![];
-            for c in l.columns() {
-                columns.push(arrow::compute::take(c, li, None)?);
-            }
-            for c in r.columns() {
-                columns.push(arrow::compute::take(c, ri, None)?);
-            }
-            Ok(RecordBatch::try_new_with_options(
-                nullable(&self.schema),
-                columns,
-                &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(li.len())),
-            )?)
+        let columns = |side: usize, pairs: &[(usize, usize)]| -> Result<Vec<ArrayRef>> {
+            let width = new[side].num_columns() - 1;
+            (0..width)
+                .map(|c| {
+                    let arrays: Vec<&dyn Array> = sources[side]
+                        .iter()
+                        .map(|(b, _)| b.column(c).as_ref())
+                        .collect();
+                    Ok(arrow::compute::interleave(&arrays, pairs)?)
+                })
+                .collect()
         };
-        let mut joined = take(&li, &ri)?;
+        let mut joined = RecordBatch::try_new_with_options(
+            nullable(&self.schema),
+            columns(0, &lp)?
+                .into_iter()
+                .chain(columns(1, &rp)?)
+                .collect(),
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(lp.len())),
+        )?;
         if let Some(f) = &self.filter {
             let mask = f.evaluate(&joined)?.into_array(joined.num_rows())?;
             let mask = mask
@@ -543,24 +617,28 @@ impl StreamJoinExec {
                 .downcast_ref::<BooleanArray>()
                 .ok_or_else(|| EmberError::Internal("a join filter's result".into()))?;
             // A null is no match (`filter` drops it).
-            li = arrow::compute::filter(&li, mask)?
-                .as_any()
-                .downcast_ref::<UInt32Array>()
-                .expect("u32 indices")
-                .clone();
-            ri = arrow::compute::filter(&ri, mask)?
-                .as_any()
-                .downcast_ref::<UInt32Array>()
-                .expect("u32 indices")
-                .clone();
-            joined = take(&li, &ri)?;
+            joined = arrow::compute::filter_record_batch(&joined, mask)?;
+            let kept = |pairs: Vec<(usize, usize)>| -> Vec<(usize, usize)> {
+                pairs
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask.is_valid(*i) && mask.value(*i))
+                    .map(|(_, p)| p)
+                    .collect()
+            };
+            lp = kept(lp);
+            rp = kept(rp);
         }
-        let mut matched = [vec![false; l.num_rows()], vec![false; r.num_rows()]];
-        for i in li.values() {
-            matched[0][*i as usize] = true;
-        }
-        for j in ri.values() {
-            matched[1][*j as usize] = true;
+        let mut matched = [0, 1].map(|side| {
+            sources[side]
+                .iter()
+                .map(|(b, _)| vec![false; b.num_rows()])
+                .collect::<Vec<_>>()
+        });
+        for (side, pairs) in [(0, &lp), (1, &rp)] {
+            for &(s, row) in pairs {
+                matched[side][s][row] = true;
+            }
         }
         let joined = RecordBatch::try_new_with_options(
             self.schema.clone(),
