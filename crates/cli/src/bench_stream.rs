@@ -8,6 +8,11 @@
 //! - Latency: a producer writes `--rate` readings per second, as they happen, for
 //!   `--seconds`, while the query runs every `--trigger`; the batch durations (from
 //!   planning the batch to its commit) give p50 and p99.
+//! - Join: `--join-events` ad impressions and as many clicks, each click 0 to 9 s
+//!   after its impression, in two topics; a stream-stream join of clicks to
+//!   impressions within 20 s (10-second watermarks) reads them with
+//!   `Trigger::AvailableNow`, `--max-per-batch` offsets of each topic per batch;
+//!   events per second and the state's largest size.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +51,9 @@ pub struct StreamBenchArgs {
     /// Trigger interval of the latency run, like `100ms`.
     #[arg(long, default_value = "100ms")]
     trigger: String,
+    /// Impressions (and as many clicks) in the join run; 0 skips it.
+    #[arg(long, default_value_t = 500_000)]
+    join_events: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +62,21 @@ struct Report {
     master: String,
     throughput: ThroughputReport,
     latency: LatencyReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    join: Option<JoinReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct JoinReport {
+    query: &'static str,
+    /// Impressions and clicks together.
+    events: usize,
+    batches: usize,
+    seconds: f64,
+    events_per_s: f64,
+    matches_out: usize,
+    max_state_rows: usize,
+    p50_batch_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -251,11 +274,16 @@ pub async fn run(args: StreamBenchArgs) -> Result<()> {
         max_batch_ms: durations.last().copied().unwrap_or(0),
         windows_out: rows_out.load(Ordering::Relaxed),
     };
+    let join = match args.join_events {
+        0 => None,
+        n => Some(join_throughput(&session, &log, n, args.max_per_batch, tmp.path()).await?),
+    };
     let report = Report {
         query: QUERY,
         master: args.master,
         throughput,
         latency,
+        join,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
@@ -263,4 +291,107 @@ pub async fn run(args: StreamBenchArgs) -> Result<()> {
 
 fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+const JOIN_QUERY: &str =
+    "impressions ⋈ clicks on ad, click within 20 s of the impression, 10-second watermarks";
+
+/// Impression `i` (`ad{i}` at base + i ms) and its click, 0 to 9 s later.
+fn ad_events(i: usize, base: i64) -> (String, String, String) {
+    let ad = format!("ad{i:07}");
+    let it = base + i as i64;
+    let ct = it + (i % 10) as i64 * 1000;
+    (
+        format!(r#"{{"ad":"{ad}","it":{it}}}"#),
+        format!(r#"{{"ad":"{ad}","ct":{ct}}}"#),
+        ad,
+    )
+}
+
+/// The join run: a backlog of impressions and clicks read by a stream-stream join.
+async fn join_throughput(
+    session: &Session,
+    log: &Arc<Log>,
+    events: usize,
+    max_per_batch: i64,
+    dir: &std::path::Path,
+) -> Result<JoinReport> {
+    use ember::functions::lit;
+    for topic in ["impressions", "clicks"] {
+        log.create_topic(topic, 4, None)?;
+    }
+    let p = producer(log)?;
+    let base = 1_767_225_600_000i64;
+    for i in 0..events {
+        let (impression, click, ad) = ad_events(i, base);
+        p.send(ProducerRecord::new("impressions", impression).key(ad.clone()))?;
+        p.send(ProducerRecord::new("clicks", click).key(ad))?;
+    }
+    p.flush();
+    let side = |topic: &str, schema: &str, time: &str, alias: &str| -> Result<DataFrame> {
+        let source =
+            LogSource::new(log.clone(), vec![topic.into()]).max_offsets_per_trigger(max_per_batch);
+        Ok(session
+            .read_stream()
+            .source(Arc::new(source))?
+            .select_expr(&["value"])?
+            .parse_json("value", schema, "PERMISSIVE")?
+            .with_watermark(time, "10 seconds")?
+            .alias(alias)?)
+    };
+    let impressions = side("impressions", "ad STRING, it TIMESTAMP", "it", "i")?;
+    let clicks = side("clicks", "ad STRING, ct TIMESTAMP", "ct", "c")?;
+    let twenty = lit(datafusion::common::ScalarValue::new_interval_mdn(
+        0,
+        0,
+        20_000_000_000,
+    ));
+    let rows_out = Arc::new(AtomicUsize::new(0));
+    let counted = rows_out.clone();
+    let began = Instant::now();
+    let q = impressions
+        .join_on(
+            &clicks,
+            vec![
+                col("i.ad").eq(col("c.ad")),
+                col("c.ct").between(col("i.it"), col("i.it") + twenty),
+            ],
+            ember::JoinType::Inner,
+        )?
+        .select_expr(&["i.ad", "it", "ct"])?
+        .write_stream()
+        .output_mode(OutputMode::Append)
+        .foreach_batch(move |df, _batch| {
+            let rows_out = counted.clone();
+            async move {
+                rows_out.fetch_add(df.count().await?, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .checkpoint(dir.join("join-checkpoint"))
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await?;
+    q.await_termination(None).await?;
+    let seconds = began.elapsed().as_secs_f64();
+    let progress = q.recent_progress();
+    let mut durations: Vec<u64> = progress
+        .iter()
+        .map(|p| p.duration_ms.trigger_execution)
+        .collect();
+    durations.sort_unstable();
+    Ok(JoinReport {
+        query: JOIN_QUERY,
+        events: 2 * events,
+        batches: progress.len(),
+        seconds: round(seconds),
+        events_per_s: (2.0 * events as f64 / seconds).round(),
+        matches_out: rows_out.load(Ordering::Relaxed),
+        max_state_rows: progress
+            .iter()
+            .map(|p| p.state.rows_total)
+            .max()
+            .unwrap_or(0),
+        p50_batch_ms: durations.get(durations.len() / 2).copied().unwrap_or(0),
+    })
 }

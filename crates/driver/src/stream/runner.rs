@@ -462,7 +462,7 @@ fn stateful_plan(
         })
     };
     match &st.above {
-        None => Ok(node(DFSchema::try_from(st.output.as_ref().clone())?)),
+        None => Ok(node(st.output.as_ref().clone())),
         Some((above, emitted)) => {
             let node = node(DFSchema::try_from_qualified_schema(
                 super::stateful::EMITTED,

@@ -86,8 +86,9 @@ pub struct QueryPlan {
 pub struct StatefulPlan {
     /// The operator, run by the tasks of a [`StatefulNode`] over the batch plan.
     pub op: OpConfig,
-    /// The rows the operator emits (its node's schema).
-    pub output: SchemaRef,
+    /// The rows the operator emits (its node's schema, qualified: a join's sides
+    /// may share column names).
+    pub output: datafusion::common::DFSchemaRef,
     /// The query above the operator, reading an [`Emitted`] placeholder of this
     /// schema (the output's columns named by position); none when the operator is the
     /// query's top.
@@ -328,7 +329,7 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
     let top = matches!(plan, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))
         || is_stream_join(&plan);
     let above = (!top).then(|| (above, emitted_schema.expect("with the node")));
-    let output: SchemaRef = Arc::new(node.schema().as_arrow().clone());
+    let output = node.schema().clone();
     let (batch, op, event_time, join_delays) = match &node {
         LogicalPlan::Aggregate(agg) => {
             let (batch, op, event_time) = aggregate::plan(agg, watermark.as_ref())?;
