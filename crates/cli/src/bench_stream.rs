@@ -11,7 +11,7 @@
 //! - Join: `--join-events` ad impressions and as many clicks, each click 0 to 9 s
 //!   after its impression, in two topics; a stream-stream join of clicks to
 //!   impressions within 20 s (10-second watermarks) reads them with
-//!   `Trigger::AvailableNow`, `--max-per-batch` offsets of each topic per batch;
+//!   `Trigger::AvailableNow`, `--join-max-per-batch` offsets of each topic per batch;
 //!   events per second and the state's largest size.
 
 use std::sync::Arc;
@@ -54,6 +54,9 @@ pub struct StreamBenchArgs {
     /// Impressions (and as many clicks) in the join run; 0 skips it.
     #[arg(long, default_value_t = 500_000)]
     join_events: usize,
+    /// Offsets of each topic per batch in the join run.
+    #[arg(long, default_value_t = 50_000)]
+    join_max_per_batch: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -276,7 +279,7 @@ pub async fn run(args: StreamBenchArgs) -> Result<()> {
     };
     let join = match args.join_events {
         0 => None,
-        n => Some(join_throughput(&session, &log, n, args.max_per_batch, tmp.path()).await?),
+        n => Some(join_throughput(&session, &log, n, args.join_max_per_batch, tmp.path()).await?),
     };
     let report = Report {
         query: QUERY,
