@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemTable, TableProvider};
-use datafusion::common::DFSchema;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::logical_expr::{Extension, LogicalPlan};
@@ -24,7 +23,7 @@ use super::query::{
 };
 use super::sink::Sink;
 use super::source::{CombinedSource, Offsets, Source};
-use super::stateful::{Emitted, QueryPlan, StatefulNode, StatefulPlan};
+use super::stateful::{QueryPlan, StatefulNode};
 use crate::dataframe::DataFrame;
 use ember_core::stateful::store::BatchStats;
 use ember_core::stateful::{OpConfig, StatefulConfig};
@@ -213,9 +212,9 @@ impl Runner {
                 let lost = self.source.offsets_lost() - lost_before;
                 // A stateful operator runs in the same job, one task per state partition.
                 let config = self.stateful_config(range.batch_id, range.watermark_ms);
-                let plan = match (&config, &self.query.stateful) {
-                    (Some(config), Some(st)) => stateful_plan(batch_plan, config.clone(), st)?,
-                    _ => batch_plan,
+                let plan = match &config {
+                    Some(config) => stateful_plan(batch_plan, config)?,
+                    None => batch_plan,
                 };
                 let schema = Arc::new(plan.schema().as_arrow().clone());
                 let description = self.description(range.batch_id);
@@ -445,48 +444,26 @@ async fn batch_stats(config: &StatefulConfig) -> Result<BatchStats> {
     Ok(sum)
 }
 
-/// The batch plan under its stateful operator, and the plan above it reading the
-/// operator's rows instead of the [`Emitted`] placeholder.
-fn stateful_plan(
-    batch: LogicalPlan,
-    config: StatefulConfig,
-    st: &StatefulPlan,
-) -> Result<LogicalPlan> {
-    let node = |schema: DFSchema| {
-        LogicalPlan::Extension(Extension {
-            node: Arc::new(StatefulNode {
-                input: batch.clone(),
-                config: config.clone(),
-                schema: Arc::new(schema),
-            }),
-        })
-    };
-    match &st.above {
-        None => Ok(node(st.output.as_ref().clone())),
-        Some((above, emitted)) => {
-            let node = node(DFSchema::try_from_qualified_schema(
-                super::stateful::EMITTED,
-                emitted,
-            )?);
-            let rewritten = above.clone().transform_up(|n| match &n {
-                LogicalPlan::TableScan(scan)
-                    if source_as_provider(&scan.source).is_ok_and(|p| is_emitted(p.as_ref())) =>
-                {
-                    Ok(Transformed::yes(node.clone()))
-                }
-                _ => Ok(Transformed::no(n)),
-            })?;
-            Ok(rewritten.data)
+/// The batch's plan with the stateful operator given the batch's configuration.
+fn stateful_plan(plan: LogicalPlan, config: &StatefulConfig) -> Result<LogicalPlan> {
+    let configured = plan.transform_up(|n| {
+        if let LogicalPlan::Extension(e) = &n
+            && let Some(node) = e.node.as_any().downcast_ref::<StatefulNode>()
+        {
+            return Ok(Transformed::yes(LogicalPlan::Extension(Extension {
+                node: Arc::new(StatefulNode {
+                    config: config.clone(),
+                    ..node.clone()
+                }),
+            })));
         }
-    }
+        Ok(Transformed::no(n))
+    })?;
+    Ok(configured.data)
 }
 
 fn is_stream(provider: &dyn TableProvider) -> bool {
     provider.downcast_ref::<StreamTable>().is_some()
-}
-
-fn is_emitted(provider: &dyn TableProvider) -> bool {
-    provider.downcast_ref::<Emitted>().is_some()
 }
 
 /// What a batch's plan scans instead of the stream: a table that reads the range in

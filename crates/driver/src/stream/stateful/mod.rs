@@ -29,17 +29,13 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
-use datafusion::catalog::{Session as CatalogSession, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ScalarValue};
-use datafusion::datasource::{TableType, provider_as_source};
-use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
-use datafusion::logical_expr::{Expr, Filter, LogicalPlan, LogicalPlanBuilder, lit};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::logical_expr::{Expr, Extension, Filter, LogicalPlan, lit};
 use ember_core::event_time::{WATERMARK, parse_duration};
-use ember_core::stateful::OpConfig;
+use ember_core::stateful::{OpConfig, StatefulConfig};
 use ember_core::{EmberError, Result};
 
 mod aggregate;
@@ -74,10 +70,10 @@ pub struct Watermark {
     pub delay_ms: i64,
 }
 
-/// A streaming query's plan, cut at its stateful operator.
+/// A streaming query's plan, with its stateful operator found.
 pub struct QueryPlan {
-    /// What each batch runs over the stream's rows: the whole query when it has no
-    /// stateful operator, else the part below it, projected to the operator's inputs.
+    /// What each batch runs over the stream's rows: the query, with its stateful
+    /// operator (if any) as a [`StatefulNode`] over the operator's inputs.
     pub batch: LogicalPlan,
     pub stateful: Option<StatefulPlan>,
     pub watermark: Option<Watermark>,
@@ -86,18 +82,28 @@ pub struct QueryPlan {
 pub struct StatefulPlan {
     /// The operator, run by the tasks of a [`StatefulNode`] over the batch plan.
     pub op: OpConfig,
-    /// The rows the operator emits (its node's schema, qualified: a join's sides
-    /// may share column names).
-    pub output: datafusion::common::DFSchemaRef,
-    /// The query above the operator, reading an [`Emitted`] placeholder of this
-    /// schema (the output's columns named by position); none when the operator is the
-    /// query's top.
-    pub above: Option<(LogicalPlan, SchemaRef)>,
-    /// Whether the batch plan's first column is the watermark's event time.
+    /// Whether the operator's input starts with the watermark's event time.
     pub event_time: bool,
     /// A stream-stream join's watermark delays, left and right: the query's
     /// watermark is the smaller of the sides'.
     pub join_delays: Option<[i64; 2]>,
+}
+
+impl StatefulPlan {
+    /// The operator's configuration, before a batch gives it its own.
+    pub fn config(&self, mode: OutputMode) -> StatefulConfig {
+        StatefulConfig {
+            op: self.op.clone(),
+            event_time: self.event_time,
+            mode,
+            state_dir: String::new(),
+            partitions: 1,
+            snapshot_every: 1,
+            query_id: String::new(),
+            batch_id: 0,
+            watermark_ms: None,
+        }
+    }
 }
 
 /// Whether a plan reads a stream.
@@ -140,38 +146,6 @@ fn join_watermarks(plan: &LogicalPlan) -> Result<Option<(Watermark, Watermark)>>
         }
     };
     Ok(Some((one(&left, "left")?, one(&right, "right")?)))
-}
-
-/// The qualifier of the operator's rows in the plan above it.
-pub(crate) const EMITTED: &str = "__ember_emitted";
-
-/// Where the operator's rows enter the plan above it; each batch swaps in its rows.
-#[derive(Debug)]
-pub struct Emitted {
-    schema: SchemaRef,
-}
-
-#[async_trait::async_trait]
-impl TableProvider for Emitted {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn CatalogSession,
-        _projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        Err(DataFusionError::Plan(
-            "the output of a streaming aggregation exists only inside its query".into(),
-        ))
-    }
 }
 
 fn refuse(message: impl Into<String>) -> EmberError {
@@ -301,36 +275,24 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
             watermark,
         });
     }
-    // The stateful node, and the plan above it reading a placeholder.
+    // The stateful node, and whether a sort sits below it.
     let mut node = None;
-    let mut emitted_schema = None;
     let mut sort_below = false;
-    let above = plan
-        .clone()
-        .transform_down(|n| {
-            if matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))
-                || is_stream_join(&n)
-            {
-                sort_below = n.exists(|c| Ok(matches!(c, LogicalPlan::Sort(_))))?;
-                let (placeholder, schema) = emitted_scan(&n)?;
-                emitted_schema = Some(schema);
-                node = Some(n);
-                return Ok(Transformed::new(placeholder, true, TreeNodeRecursion::Jump));
-            }
-            Ok(Transformed::no(n))
-        })?
-        .data;
+    plan.apply(|n| {
+        if matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)) || is_stream_join(n) {
+            sort_below = n.exists(|c| Ok(matches!(c, LogicalPlan::Sort(_))))?;
+            node = Some(n.clone());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
     let node = node.expect("counted above");
     if sort_below || (sorts > 0 && mode != OutputMode::Complete) {
         return Err(refuse(
             "sorting a stream needs an aggregation and Complete output mode, and must come after the aggregation",
         ));
     }
-    let top = matches!(plan, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))
-        || is_stream_join(&plan);
-    let above = (!top).then(|| (above, emitted_schema.expect("with the node")));
-    let output = node.schema().clone();
-    let (batch, op, event_time, join_delays) = match &node {
+    let (input, op, event_time, join_delays) = match &node {
         LogicalPlan::Aggregate(agg) => {
             let (batch, op, event_time) = aggregate::plan(agg, watermark.as_ref())?;
             let windowed = op.windowed();
@@ -365,44 +327,37 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
         }
         _ => unreachable!("a stateful node"),
     };
+    // The query with the node in place: its schema is the node's, so the plan above
+    // reads it unchanged. Each batch gives it its configuration.
+    let stateful = StatefulPlan {
+        op,
+        event_time,
+        join_delays,
+    };
+    let template = LogicalPlan::Extension(Extension {
+        node: Arc::new(StatefulNode {
+            input,
+            config: stateful.config(mode),
+            schema: node.schema().clone(),
+        }),
+    });
+    let batch = plan
+        .transform_down(|n| {
+            if n == node {
+                return Ok(Transformed::new(
+                    template.clone(),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ));
+            }
+            Ok(Transformed::no(n))
+        })?
+        .data;
     Ok(QueryPlan {
         batch,
-        stateful: Some(StatefulPlan {
-            op,
-            output,
-            above,
-            event_time,
-            join_delays,
-        }),
+        stateful: Some(stateful),
         watermark,
     })
-}
-
-/// A scan of an [`Emitted`] table, projected to exactly `node`'s columns (qualifiers
-/// and names), so the plan above the node reads it unchanged.
-fn emitted_scan(node: &LogicalPlan) -> DFResult<(LogicalPlan, SchemaRef)> {
-    let fields: Vec<arrow::datatypes::Field> = node
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
-        .collect();
-    let schema = Arc::new(Schema::new(fields));
-    let table = Arc::new(Emitted {
-        schema: schema.clone(),
-    });
-    let scan = LogicalPlanBuilder::scan(EMITTED, provider_as_source(table), None)?;
-    let exprs: Vec<Expr> = node
-        .schema()
-        .iter()
-        .enumerate()
-        .map(|(i, (qualifier, field))| {
-            Expr::Column(Column::new(Some(EMITTED), format!("c{i}")))
-                .alias_qualified(qualifier.cloned(), field.name())
-        })
-        .collect();
-    Ok((scan.project(exprs)?.build()?, schema))
 }
 
 /// The batch plan's first column: the watermark column, found by name in `input`.
