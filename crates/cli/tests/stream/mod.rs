@@ -101,20 +101,12 @@ fn sink_contents(out: &Path) -> BTreeMap<(i64, String), i64> {
             .master("local[1]")
             .build()
             .unwrap();
-        session
-            .read()
-            .parquet(out.to_str().unwrap())
-            .await
-            .unwrap()
-            .create_or_replace_temp_view("out")
-            .unwrap();
-        let batches = session
-            .sql("SELECT CAST(window_start AS BIGINT) AS s, key, n FROM out")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let batches = query_parquet(
+            &session,
+            out,
+            "SELECT CAST(window_start AS BIGINT) AS s, key, n FROM out",
+        )
+        .await;
         let mut contents = BTreeMap::new();
         for b in batches {
             use arrow::array::AsArray;
@@ -449,20 +441,12 @@ fn the_kafka_source_reads_librdkafkas_mock_cluster_exactly_once_across_restarts(
         assert!(run().await >= 4, "several batches");
         send(300, 500).await;
         assert!(run().await >= 2);
-        session
-            .read()
-            .parquet(dir.path().join("out").to_str().unwrap())
-            .await
-            .unwrap()
-            .create_or_replace_temp_view("mock")
-            .unwrap();
-        let batches = session
-            .sql("SELECT count(*), count(DISTINCT v), count(DISTINCT CAST(p AS VARCHAR) || '-' || CAST(o AS VARCHAR)) FROM mock")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let batches = query_parquet(
+            &session,
+            &dir.path().join("out"),
+            "SELECT count(*), count(DISTINCT v), count(DISTINCT CAST(p AS VARCHAR) || '-' || CAST(o AS VARCHAR)) FROM out",
+        )
+        .await;
         use arrow::array::AsArray;
         use arrow::datatypes::Int64Type;
         let b = &batches[0];
@@ -575,20 +559,12 @@ fn on_a_cluster_the_executors_read_the_kafka_ranges_themselves() {
             .master("local[1]")
             .build()
             .unwrap();
-        session
-            .read()
-            .parquet(dir.path().join("counts").to_str().unwrap())
-            .await
-            .unwrap()
-            .create_or_replace_temp_view("counts")
-            .unwrap();
-        let batches = session
-            .sql("SELECT CAST(max(n) AS VARCHAR) AS top, count(*) AS rows FROM counts")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let batches = query_parquet(
+            &session,
+            &dir.path().join("counts"),
+            "SELECT CAST(max(n) AS VARCHAR) AS top, count(*) AS rows FROM out",
+        )
+        .await;
         arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string()
@@ -604,6 +580,22 @@ fn on_a_cluster_the_executors_read_the_kafka_ranges_themselves() {
         4,
     );
     drop(driver);
+}
+
+/// `sql` over the Parquet files a sink committed under `dir`, as the view `out`.
+async fn query_parquet(
+    session: &ember_driver::Session,
+    dir: &Path,
+    sql: &str,
+) -> Vec<arrow::record_batch::RecordBatch> {
+    session
+        .read()
+        .parquet(dir.to_str().unwrap())
+        .await
+        .unwrap()
+        .create_or_replace_temp_view("out")
+        .unwrap();
+    session.sql(sql).await.unwrap().collect().await.unwrap()
 }
 
 /// Checks, through the driver's REST API, that the first stage whose plan contains
