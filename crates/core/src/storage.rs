@@ -15,7 +15,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parking_lot::Mutex;
@@ -271,60 +270,11 @@ impl Dir {
             }
         }
     }
-
-    /// Every file under it, recursively, as paths relative to it (for tests and
-    /// tools).
-    pub async fn walk(&self) -> Result<Vec<String>> {
-        match self {
-            Dir::Local(_) => {
-                let mut out = vec![];
-                let mut todo = vec![String::new()];
-                while let Some(rel) = todo.pop() {
-                    let dir = if rel.is_empty() {
-                        self.clone()
-                    } else {
-                        self.join(&rel)
-                    };
-                    for name in dir.list().await? {
-                        let child = if rel.is_empty() {
-                            name
-                        } else {
-                            format!("{rel}/{name}")
-                        };
-                        match self.local_path().map(|p| p.join(&child).is_dir()) {
-                            Some(true) => todo.push(child),
-                            _ => out.push(child),
-                        }
-                    }
-                }
-                out.sort();
-                Ok(out)
-            }
-            Dir::Store { store, path, .. } => {
-                let objects: Vec<_> = store
-                    .list(Some(path))
-                    .try_collect()
-                    .await
-                    .map_err(|e| self.error("", e))?;
-                let mut out: Vec<String> = objects
-                    .iter()
-                    .filter_map(|o| {
-                        o.location
-                            .prefix_match(path)
-                            .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>())
-                    })
-                    .map(|parts| parts.join("/"))
-                    .collect();
-                out.sort();
-                Ok(out)
-            }
-        }
-    }
 }
 
 /// Writes through a temporary file and a rename: a crash leaves the old file or the
 /// new one, never half of one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |p: &Path, e| EmberError::io(p.display(), e);
     let tmp = path.with_extension("tmp");

@@ -24,7 +24,7 @@ use datafusion::physical_plan::{
 };
 use parking_lot::Mutex;
 
-use super::store::BatchStats;
+use super::store::{BatchStats, Change, Entries};
 use super::{Op, OpState, StatefulConfig};
 use crate::Result;
 
@@ -49,7 +49,7 @@ static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
 
 /// The partition's state after `version`, if this process holds it; taken out, so a
 /// task that fails leaves nothing stale behind.
-pub(super) fn take_cached(operator: &str, partition: usize, version: u64) -> Option<OpState> {
+fn take_cached(operator: &str, partition: usize, version: u64) -> Option<OpState> {
     let mut cache = CACHE.lock();
     let key = (operator.to_string(), partition);
     match cache.partitions.remove(&key) {
@@ -58,7 +58,7 @@ pub(super) fn take_cached(operator: &str, partition: usize, version: u64) -> Opt
     }
 }
 
-pub(super) fn put_cached(operator: &str, partition: usize, version: u64, state: OpState) {
+fn put_cached(operator: &str, partition: usize, version: u64, state: OpState) {
     let mut cache = CACHE.lock();
     cache.uses += 1;
     let used = cache.uses;
@@ -147,6 +147,43 @@ impl DisplayAs for StatefulExec {
     }
 }
 
+/// A partition's state after the batch before this one: the one this process holds,
+/// or read from the store and decoded by `load`.
+pub(super) async fn state_before(
+    config: &StatefulConfig,
+    partition: usize,
+    load: impl FnOnce(Entries) -> Result<OpState>,
+) -> Result<OpState> {
+    let previous = config.batch_id.checked_sub(1);
+    if let Some(state) = previous.and_then(|v| take_cached(&config.cache_key(), partition, v)) {
+        return Ok(state);
+    }
+    load(config.store()?.load_partition(partition, previous).await?)
+}
+
+/// Writes a partition's version for this batch (its `changes`, or a snapshot when
+/// one is due), and keeps the state in this process for the next batch.
+pub(super) async fn save(
+    config: &StatefulConfig,
+    partition: usize,
+    state: OpState,
+    changes: Vec<Change>,
+    stats: &BatchStats,
+) -> Result<()> {
+    config
+        .store()?
+        .write_partition(
+            partition,
+            config.batch_id,
+            changes,
+            || Op::entries(&state),
+            stats,
+        )
+        .await?;
+    put_cached(&config.cache_key(), partition, config.batch_id, state);
+    Ok(())
+}
+
 /// Folds one partition's rows of the batch, writes the partition's new version and
 /// returns the rows it emits.
 async fn run_partition(
@@ -156,13 +193,7 @@ async fn run_partition(
     input: &[RecordBatch],
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
-    let store = config.store()?;
-    let previous = config.batch_id.checked_sub(1);
-    let cached = previous.and_then(|v| take_cached(&config.cache_key(), partition, v));
-    let mut state = match cached {
-        Some(state) => state,
-        None => op.load(store.load_partition(partition, previous).await?)?,
-    };
+    let mut state = state_before(config, partition, |entries| op.load(entries)).await?;
     let out = op.process(&mut state, input, config, schema)?;
     let stats = BatchStats {
         late_rows: out.late_rows,
@@ -172,16 +203,7 @@ async fn run_partition(
         rows_updated: out.rows_updated,
         rows_removed: out.rows_removed,
     };
-    store
-        .write_partition(
-            partition,
-            config.batch_id,
-            out.changes,
-            || Op::entries(&state),
-            &stats,
-        )
-        .await?;
-    put_cached(&config.cache_key(), partition, config.batch_id, state);
+    save(config, partition, state, out.changes, &stats).await?;
     Ok(out.rows)
 }
 

@@ -376,14 +376,7 @@ impl StreamJoinExec {
         else {
             return Err(EmberError::Internal("a join's configuration".into()));
         };
-        let store = config.store()?;
-        let previous = config.batch_id.checked_sub(1);
-        let cached =
-            previous.and_then(|v| super::exec::take_cached(&config.cache_key(), partition, v));
-        let state = match cached {
-            Some(state) => state,
-            None => load(store.load_partition(partition, previous).await?)?,
-        };
+        let state = super::exec::state_before(config, partition, load).await?;
         let OpState::Join(mut kept) = state else {
             return Err(EmberError::Internal("a join's state".into()));
         };
@@ -492,21 +485,7 @@ impl StreamJoinExec {
             rows_updated: added,
             rows_removed: removed,
         };
-        store
-            .write_partition(
-                partition,
-                config.batch_id,
-                changes,
-                || entries(&kept),
-                &stats,
-            )
-            .await?;
-        super::exec::put_cached(
-            &config.cache_key(),
-            partition,
-            config.batch_id,
-            OpState::Join(kept),
-        );
+        super::exec::save(config, partition, OpState::Join(kept), changes, &stats).await?;
         Ok(arrow::compute::concat_batches(&self.schema, &out)?)
     }
 
@@ -651,16 +630,12 @@ impl StreamJoinExec {
 
 /// A side's kept rows: its columns, all nullable, and whether the row matched.
 fn kept_schema(side: &Schema) -> SchemaRef {
-    let mut fields: Vec<arrow::datatypes::Field> = side
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    fields.push(arrow::datatypes::Field::new(
+    let mut fields: Vec<arrow::datatypes::FieldRef> = nullable(side).fields().to_vec();
+    fields.push(Arc::new(arrow::datatypes::Field::new(
         MATCHED,
         arrow::datatypes::DataType::Boolean,
         false,
-    ));
+    )));
     Arc::new(Schema::new(fields))
 }
 

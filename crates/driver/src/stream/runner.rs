@@ -77,10 +77,6 @@ pub(super) struct Runner {
     pub(super) progress_to: Option<Arc<super::InfluxWriter>>,
 }
 
-/// Partitions of a stateful operator's state, and how often a version is a snapshot.
-pub(super) const STATE_PARTITIONS: usize = 4;
-pub(super) const SNAPSHOT_EVERY: u64 = 10;
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -344,17 +340,12 @@ impl Runner {
     /// has one.
     fn stateful_config(&self, batch_id: u64, watermark_ms: Option<i64>) -> Option<StatefulConfig> {
         let st = self.query.stateful.as_ref()?;
-        let keyed = st.op.keyed(st.event_time);
         Some(StatefulConfig {
-            op: st.op.clone(),
-            event_time: st.event_time,
-            mode: self.mode,
             state_dir: self.state_dir.to_string(),
-            partitions: if keyed { STATE_PARTITIONS } else { 1 },
-            snapshot_every: SNAPSHOT_EVERY,
             query_id: self.shared.id.clone(),
             batch_id,
             watermark_ms,
+            ..st.config(self.mode)
         })
     }
 

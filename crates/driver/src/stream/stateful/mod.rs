@@ -89,16 +89,26 @@ pub struct StatefulPlan {
     pub join_delays: Option<[i64; 2]>,
 }
 
+/// Partitions of a stateful operator's state (one without keys), and how often a
+/// version is a snapshot.
+const STATE_PARTITIONS: usize = 4;
+const SNAPSHOT_EVERY: u64 = 10;
+
 impl StatefulPlan {
-    /// The operator's configuration, before a batch gives it its own.
+    /// The operator's configuration; a batch adds where the state is, the query's
+    /// id, the batch and its watermark.
     pub fn config(&self, mode: OutputMode) -> StatefulConfig {
         StatefulConfig {
             op: self.op.clone(),
             event_time: self.event_time,
             mode,
             state_dir: String::new(),
-            partitions: 1,
-            snapshot_every: 1,
+            partitions: if self.op.keyed(self.event_time) {
+                STATE_PARTITIONS
+            } else {
+                1
+            },
+            snapshot_every: SNAPSHOT_EVERY,
             query_id: String::new(),
             batch_id: 0,
             watermark_ms: None,
