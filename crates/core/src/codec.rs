@@ -347,6 +347,16 @@ impl PhysicalExtensionCodec for EmberCodec {
                 let [left, right] = inputs else {
                     return Err(decode_err("stream-stream join", "not two inputs"));
                 };
+                if n.left_keys.len() != n.right_keys.len() {
+                    return Err(decode_err(
+                        "stream-stream join",
+                        format!(
+                            "{} left keys and {} right keys",
+                            n.left_keys.len(),
+                            n.right_keys.len()
+                        ),
+                    ));
+                }
                 let config = serde_json::from_str(&n.config)
                     .map_err(|e| decode_err("stream-stream join", e))?;
                 let schema = decode_schema(&n.schema)?;

@@ -99,6 +99,7 @@ impl StatefulExec {
         config: StatefulConfig,
         schema: SchemaRef,
     ) -> Result<StatefulExec> {
+        config.check()?;
         let op = Op::new(&config, &input.schema(), &schema)?;
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),

@@ -147,6 +147,7 @@ impl StreamJoinExec {
         config: StatefulConfig,
         schema: SchemaRef,
     ) -> Result<StreamJoinExec> {
+        config.check()?;
         let times = [
             side_time(&config, &left.schema(), 0)?,
             side_time(&config, &right.schema(), 1)?,
@@ -242,6 +243,16 @@ pub(crate) fn load(entries: Entries) -> Result<OpState> {
                 let batch = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
                 let (schema, batches) =
                     crate::convert::read_ipc_stream(&v, "a stream-stream join's state")?;
+                if schema.fields().last().is_none_or(|f| {
+                    f.name() != MATCHED || f.data_type() != &arrow::datatypes::DataType::Boolean
+                }) {
+                    return Err(EmberError::Decode {
+                        what: "a stream-stream join's state",
+                        message: format!(
+                            "kept rows of batch {batch} without their '{MATCHED}' flags ({schema})"
+                        ),
+                    });
+                }
                 let rows = arrow::compute::concat_batches(&schema, &batches)?;
                 kept.sides[side as usize].insert(
                     batch,
@@ -738,5 +749,27 @@ impl ExecutionPlan for StreamJoinExec {
             self.schema.clone(),
             futures::stream::once(rows),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_rows_without_their_matched_flags_are_an_error_not_a_panic() {
+        use arrow::array::Int64Array;
+        let schema = Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
+            "t",
+            arrow::datatypes::DataType::Int64,
+            true,
+        )]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+        let entries: Entries = [(entry_key(0, 7), encode(&batch).unwrap())].into();
+        let err = load(entries).err().expect("refused").to_string();
+        assert!(err.contains("batch 7") && err.contains(MATCHED), "{err}");
+        let garbage: Entries = [(entry_key(1, 3), b"not arrow".to_vec())].into();
+        assert!(load(garbage).is_err());
     }
 }

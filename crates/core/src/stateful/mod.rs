@@ -148,6 +148,20 @@ impl StatefulConfig {
         )
     }
 
+    /// A configuration that came over the wire says what a task can run.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.partitions == 0 || self.state_dir.is_empty() {
+            return Err(EmberError::Decode {
+                what: "a stateful operator's configuration",
+                message: format!(
+                    "{} partitions in '{}': needs at least one, and a state directory",
+                    self.partitions, self.state_dir
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// What a process keeps this operator's partitions in memory under.
     pub(crate) fn cache_key(&self) -> String {
         format!("{} {}", self.query_id, self.state_dir)
