@@ -277,13 +277,17 @@ fn a_windowed_count_on_a_cluster_survives_losing_executors_exactly_once() {
     );
 }
 
-/// The windowed count of `SQL` over a source, as sorted lines.
+/// The windowed count of `SQL` over a source, in a `local[2]` session, as sorted
+/// lines.
 async fn windowed_counts(
-    session: &ember_driver::Session,
     source: Arc<dyn ember_driver::stream::Source>,
     name: &str,
     checkpoint: &Path,
 ) -> Vec<String> {
+    let session = ember_driver::Session::builder()
+        .master("local[2]")
+        .build()
+        .unwrap();
     session.read_stream().register("events", source).unwrap();
     let q = session
         .sql(SQL)
@@ -345,37 +349,21 @@ fn the_kafka_source_on_a_kcat_fed_broker_agrees_with_the_log_source() {
         let source =
             ember_driver::stream::KafkaSource::new(&bootstrap(&broker), vec!["events".into()])
                 .max_offsets_per_trigger(700);
-        rt.block_on(async {
-            let session = ember_driver::Session::builder()
-                .master("local[2]")
-                .build()
-                .unwrap();
-            windowed_counts(
-                &session,
-                Arc::new(source),
-                "over_kafka",
-                &dir.path().join("cp-kafka"),
-            )
-            .await
-        })
+        rt.block_on(windowed_counts(
+            Arc::new(source),
+            "over_kafka",
+            &dir.path().join("cp-kafka"),
+        ))
         // The broker stops here, and leaves its log directory to the next reader.
     };
     let log = Log::open(&data, LogConfig::default()).unwrap();
     let source = ember_driver::stream::LogSource::new(log, vec!["events".into()])
         .max_offsets_per_trigger(700);
-    let in_process = rt.block_on(async {
-        let session = ember_driver::Session::builder()
-            .master("local[2]")
-            .build()
-            .unwrap();
-        windowed_counts(
-            &session,
-            Arc::new(source),
-            "in_process",
-            &dir.path().join("cp-log"),
-        )
-        .await
-    });
+    let in_process = rt.block_on(windowed_counts(
+        Arc::new(source),
+        "in_process",
+        &dir.path().join("cp-log"),
+    ));
     // 5000 events 20 ms apart: 100 s, ten 10-second windows of each key, all closed.
     assert_eq!(over_kafka.len(), 10 * KEYS);
     assert!(
