@@ -101,6 +101,9 @@ fn run(command: Command) -> Result<ExitCode> {
     let engine = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ember-engine")
+        // Tasks evaluate expressions recursively; room for the deepest a statement
+        // may have (ember.sql.max_expression_depth). Untouched pages cost nothing.
+        .thread_stack_size(16 << 20)
         .build()
         .context("starting the engine's tokio runtime")?;
     let code = match command {
@@ -151,8 +154,9 @@ fn run(command: Command) -> Result<ExitCode> {
 }
 
 /// By default only errors: a failed query is already reported as its `Error:` line,
-/// so the engine's warning about it would be noise.
-const DEFAULT_LOG: &str = "error";
+/// so the engine's warning about it would be noise. Refused calls (a missing or wrong
+/// secret, rate-limited) are the exception: an operator must see them.
+const DEFAULT_LOG: &str = "error,ember::audit=warn";
 
 fn init_logging(level: Option<&str>) {
     let filter = match level {

@@ -217,6 +217,7 @@ impl Security {
         ServerAuth {
             secret: self.secret.clone(),
             service,
+            audit: Audit::new(service),
         }
     }
 
@@ -255,6 +256,7 @@ impl Interceptor for ClientAuth {
 pub struct ServerAuth {
     secret: Option<Arc<str>>,
     service: &'static str,
+    audit: Audit,
 }
 
 impl Interceptor for ServerAuth {
@@ -267,20 +269,153 @@ impl Interceptor for ServerAuth {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let why = match presented {
-            Some(p) if constant_time_eq(p.as_bytes(), secret.as_bytes()) => return Ok(request),
-            Some(_) => "a wrong secret",
-            None => "no secret",
+        let why = match (request.metadata().get("authorization"), presented) {
+            (_, Some(p)) if constant_time_eq(p.as_bytes(), secret.as_bytes()) => {
+                return Ok(request);
+            }
+            (_, Some(_)) => "a wrong secret",
+            (Some(_), None) => "a malformed authorization header",
+            (None, None) => "no secret",
         };
         let peer = request
             .remote_addr()
             .map_or_else(|| "an unknown peer".to_string(), |a| a.to_string());
-        tracing::warn!(service = self.service, %peer, "refused a call with {why}");
+        self.audit.refused(&peer, why);
         Err(Status::unauthenticated(format!(
             "{} requires the cluster secret (--secret-file or ${SECRET_ENV}); the call had {why}",
             self.service
         )))
     }
+}
+
+/// The log target of refused calls and requests: shown at the default log level.
+pub const AUDIT_TARGET: &str = "ember::audit";
+
+/// Logs refused calls at warn on [`AUDIT_TARGET`], with the peer's address, at most
+/// [`Audit::BURST`] lines a minute per server; the lines held back are counted in the
+/// next one, so a flood of bad calls cannot fill the log or hide in it.
+#[derive(Clone)]
+pub struct Audit {
+    service: &'static str,
+    window: Arc<parking_lot::Mutex<AuditWindow>>,
+}
+
+#[derive(Default)]
+struct AuditWindow {
+    started: Option<std::time::Instant>,
+    logged: u32,
+    held_back: u64,
+}
+
+impl Audit {
+    /// Lines logged per minute before the rest are only counted.
+    pub const BURST: u32 = 20;
+
+    pub fn new(service: &'static str) -> Audit {
+        Audit {
+            service,
+            window: Arc::default(),
+        }
+    }
+
+    /// Records that `peer` was refused because its call had `why`.
+    pub fn refused(&self, peer: &str, why: &str) {
+        let now = std::time::Instant::now();
+        let mut w = self.window.lock();
+        if w.started
+            .is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(60))
+        {
+            w.started = Some(now);
+            w.logged = 0;
+        }
+        if w.logged >= Self::BURST {
+            w.held_back += 1;
+            return;
+        }
+        w.logged += 1;
+        let held_back = std::mem::take(&mut w.held_back);
+        drop(w);
+        if held_back > 0 {
+            tracing::warn!(target: AUDIT_TARGET, service = self.service, %peer, held_back,
+                "refused a call with {why} ({held_back} more refused calls were not logged)");
+        } else {
+            tracing::warn!(target: AUDIT_TARGET, service = self.service, %peer, "refused a call with {why}");
+        }
+    }
+}
+
+/// Checks an HTTP request for the cluster secret: `Authorization: Bearer <secret>`,
+/// basic auth with the secret as the password, or `?token=<secret>` (for a browser).
+/// `Err` says what the request had instead, for the audit log.
+pub fn http_secret_check(
+    authorization: Option<&str>,
+    query: Option<&str>,
+    secret: &str,
+) -> std::result::Result<(), &'static str> {
+    use base64::Engine;
+    let matches = |s: &str| constant_time_eq(s.as_bytes(), secret.as_bytes());
+    let token = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| percent_decode(v))
+    });
+    if token
+        .as_ref()
+        .is_some_and(|t| t.as_deref().is_some_and(matches))
+    {
+        return Ok(());
+    }
+    let Some(value) = authorization else {
+        return Err(if token.is_some() {
+            "a wrong secret"
+        } else {
+            "no secret"
+        });
+    };
+    let presented = if let Some(bearer) = value.strip_prefix("Bearer ") {
+        Some(bearer.trim().to_string())
+    } else {
+        value
+            .strip_prefix("Basic ")
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|pair| pair.split_once(':').map(|(_, p)| p.to_string()))
+    };
+    match presented {
+        Some(p) if matches(&p) => Ok(()),
+        Some(_) => Err("a wrong secret"),
+        None => Err("a malformed authorization header"),
+    }
+}
+
+/// Decodes a URL query value (`%XX` and `+`); `None` when it is not valid UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 3 <= bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Compares without an early exit, so timing does not reveal a prefix of the secret.
@@ -312,6 +447,40 @@ mod tests {
                 .server_auth("test")
                 .call(Request::new(()))
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn http_requests_present_the_secret_by_header_basic_auth_or_token() {
+        use base64::Engine;
+        let basic = |p: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("user:{p}"))
+            )
+        };
+        assert_eq!(http_secret_check(Some("Bearer s3"), None, "s3"), Ok(()));
+        assert_eq!(http_secret_check(Some(&basic("s3")), None, "s3"), Ok(()));
+        assert_eq!(
+            http_secret_check(None, Some("a=1&token=s%33"), "s3"),
+            Ok(())
+        );
+        assert_eq!(http_secret_check(None, None, "s3"), Err("no secret"));
+        assert_eq!(
+            http_secret_check(Some("Bearer no"), None, "s3"),
+            Err("a wrong secret")
+        );
+        assert_eq!(
+            http_secret_check(Some(&basic("no")), None, "s3"),
+            Err("a wrong secret")
+        );
+        assert_eq!(
+            http_secret_check(None, Some("token=x"), "s3"),
+            Err("a wrong secret")
+        );
+        assert_eq!(
+            http_secret_check(Some("Digest x"), None, "s3"),
+            Err("a malformed authorization header")
         );
     }
 

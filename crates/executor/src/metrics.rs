@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use axum::Router;
-use axum::http::header;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use ember_core::metrics::{Exposition, Histogram, resident_bytes};
+use ember_core::rpc::{Audit, http_secret_check};
 use ember_core::task::{TaskOutput, TaskStatus};
 use ember_core::{EmberError, Result};
 
@@ -123,6 +125,7 @@ pub(crate) fn serve(
     executor_id: String,
     cores: usize,
     memory_bytes: u64,
+    secret: Option<String>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = std::net::TcpListener::bind(bind).map_err(|e| EmberError::io(bind, e))?;
     listener
@@ -138,19 +141,40 @@ pub(crate) fn serve(
         cores,
         memory_bytes,
     });
+    let audit = Audit::new("executor /metrics");
     let app = Router::new().route(
         "/metrics",
-        get(move || {
-            let view = view.clone();
-            async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    view.render(),
-                )
-                    .into_response()
-            }
-        }),
+        get(
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, uri: Uri| {
+                let view = view.clone();
+                let refused = secret.as_deref().and_then(|secret| {
+                    let authorization = headers
+                        .get(header::AUTHORIZATION)
+                        .map(|v| v.to_str().unwrap_or("<not text>"));
+                    http_secret_check(authorization, uri.query(), secret).err()
+                });
+                if let Some(why) = refused {
+                    audit.refused(&peer.to_string(), why);
+                }
+                async move {
+                    if refused.is_some() {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Basic realm=\"ember\"")],
+                            "executor /metrics needs the cluster secret (Authorization: Bearer, basic auth, or ?token=)\n",
+                        )
+                            .into_response();
+                    }
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        view.render(),
+                    )
+                        .into_response()
+                }
+            },
+        ),
     );
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "the metrics server stopped");

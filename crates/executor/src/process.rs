@@ -223,6 +223,7 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
                 executor_id.clone(),
                 config.cores,
                 config.memory_bytes,
+                config.security.secret().map(str::to_string),
             )?;
             Some((address, task))
         }

@@ -249,6 +249,75 @@ fn an_executor_serves_metrics_that_move_with_its_tasks() {
     });
 }
 
+#[test]
+fn an_executor_with_a_secret_asks_for_it_on_metrics_and_logs_refusals() {
+    runtime().block_on(async {
+        let security = ember_core::rpc::Security::with_secret("s3cret").unwrap();
+        let driver = Session::builder()
+            .master("driver://127.0.0.1:0")
+            .security(security)
+            .build()
+            .unwrap();
+        let address = driver.driver_address().unwrap().to_string();
+        let work = tempfile::tempdir().unwrap();
+        let secret_file = work.path().join("secret");
+        std::fs::write(&secret_file, "s3cret\n").unwrap();
+        let log = work.path().join("executor.log");
+        let port = super::free_port();
+        // The default log level: refusals must show without --log-level.
+        let _executor = super::cluster::Processes(vec![
+            Command::new(env!("CARGO_BIN_EXE_ember"))
+                .args([
+                    "executor",
+                    "--driver",
+                    &address,
+                    "--cores",
+                    "1",
+                    "--work-dir",
+                ])
+                .arg(work.path())
+                .arg("--secret-file")
+                .arg(&secret_file)
+                .args(["--metrics-bind", &format!("127.0.0.1:{port}")])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        ]);
+        let started = Instant::now();
+        while driver.cluster_slots() != Some(1) {
+            assert!(started.elapsed() < Duration::from_secs(30), "no executor");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        tokio::task::spawn_blocking(move || {
+            assert_eq!(get(addr, "/metrics").0, 401);
+            assert_eq!(get(addr, "/metrics?token=wrong").0, 401);
+            let (status, text) = get(addr, "/metrics?token=s3cret");
+            assert_eq!(status, 200, "{text}");
+            assert!(text.contains("ember_executor_tasks_total"), "{text}");
+            // A flood of refusals is logged, but only so many lines a minute.
+            for _ in 0..100 {
+                assert_eq!(get(addr, "/metrics").0, 401);
+            }
+        })
+        .await
+        .unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("refused a call with no secret"), "{text}");
+        assert!(
+            text.contains("refused a call with a wrong secret"),
+            "{text}"
+        );
+        assert!(text.contains("127.0.0.1:"), "the peer's address: {text}");
+        let lines = text
+            .lines()
+            .filter(|l| l.contains("refused a call"))
+            .count();
+        assert_eq!(lines, ember_core::rpc::Audit::BURST as usize, "{text}");
+    });
+}
+
 /// Headless Chromium's DOM of a page after its scripts ran; saves a screenshot.
 fn chromium_dom(url: &str, screenshot: &Path) -> String {
     let run = |extra: &[&str]| {

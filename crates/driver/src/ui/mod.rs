@@ -23,11 +23,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ember_core::metrics::{Exposition, resident_bytes};
+use ember_core::rpc::{Audit, http_secret_check};
 use ember_core::{EmberError, Result};
 use serde_json::{Value, json};
 
@@ -59,6 +60,7 @@ struct Ui {
     executors: Arc<Executors>,
     app_name: String,
     secret: Option<Arc<str>>,
+    audit: Audit,
 }
 
 /// The running UI server.
@@ -123,6 +125,7 @@ pub(crate) fn serve(
         executors: Arc::new(executors),
         app_name: app_name.to_string(),
         secret: secret.map(Arc::from),
+        audit: Audit::new("the web UI"),
     };
     let app = Router::new()
         .route("/", get(|| async { html(INDEX) }))
@@ -146,6 +149,7 @@ pub(crate) fn serve(
         .layer(axum::middleware::from_fn_with_state(ui.clone(), authorize))
         .with_state(ui);
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "the UI server stopped");
         }
@@ -167,66 +171,25 @@ async fn authorize(State(ui): State<Ui>, request: Request, next: Next) -> Respon
     let Some(secret) = &ui.secret else {
         return next.run(request).await;
     };
-    if presents(request.headers(), request.uri().query(), secret) {
-        return next.run(request).await;
-    }
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("<not text>"));
+    let why = match http_secret_check(authorization, request.uri().query(), secret) {
+        Ok(()) => return next.run(request).await,
+        Err(why) => why,
+    };
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "an unknown peer".to_string(), |c| c.0.to_string());
+    ui.audit.refused(&peer, why);
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Basic realm=\"ember\"")],
         "the ember UI needs the cluster secret (Authorization: Bearer, basic auth, or ?token=)\n",
     )
         .into_response()
-}
-
-fn presents(headers: &HeaderMap, query: Option<&str>, secret: &str) -> bool {
-    use base64::Engine;
-    let from_query = query.is_some_and(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .any(|(k, v)| k == "token" && percent_decode(v).as_deref() == Some(secret))
-    });
-    let from_header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            if let Some(token) = v.strip_prefix("Bearer ") {
-                return token.trim() == secret;
-            }
-            v.strip_prefix("Basic ")
-                .and_then(|b| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b.trim())
-                        .ok()
-                })
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|pair| pair.split_once(':').map(|(_, p)| p == secret))
-                .unwrap_or(false)
-        });
-    from_query || from_header
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 3 <= bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn not_found(what: String) -> Response {
