@@ -39,6 +39,8 @@ pub struct EmberConfig {
     pub executor_timeout_secs: u64,
     /// Seconds a cluster job waits for a first executor before failing (`ember.cluster.executor_wait`).
     pub cluster_executor_wait_secs: u64,
+    /// Deepest nesting of expressions a SQL statement may have (`ember.sql.max_expression_depth`).
+    pub sql_max_expression_depth: usize,
     /// Delay injection for tests (`ember.test.delay_tasks`): `STAGE:MILLIS` makes every
     /// task of stage STAGE wait that long before it runs.
     pub test_delay_tasks: String,
@@ -57,6 +59,7 @@ impl Default for EmberConfig {
             shuffle_batch_rows: 0,
             executor_timeout_secs: 0,
             cluster_executor_wait_secs: 0,
+            sql_max_expression_depth: 0,
             test_delay_tasks: String::new(),
             test_fail_tasks: String::new(),
         };
@@ -104,6 +107,11 @@ impl EmberConfig {
             "ember.cluster.executor_wait",
             "30",
             "Seconds a job on a cluster driver waits for an executor to register before it fails.",
+        ),
+        (
+            "ember.sql.max_expression_depth",
+            "2000",
+            "Deepest nesting of expressions in a SQL statement (1+1+...+1 nests one level per +); deeper statements are refused with an error.",
         ),
         (
             "ember.test.delay_tasks",
@@ -169,6 +177,13 @@ impl EmberConfig {
             "cluster.executor_wait" => {
                 self.cluster_executor_wait_secs = value.parse().map_err(|_| bad("seconds"))?
             }
+            "sql.max_expression_depth" => {
+                self.sql_max_expression_depth =
+                    value.parse().map_err(|_| bad("a positive integer"))?;
+                if self.sql_max_expression_depth == 0 {
+                    return Err(bad("a positive integer"));
+                }
+            }
             "test.delay_tasks" => {
                 if !value.is_empty() {
                     parse_stage_spec(value).ok_or_else(|| bad("STAGE:MILLIS"))?;
@@ -208,6 +223,7 @@ impl EmberConfig {
             "ember.shuffle.batch_rows" => self.shuffle_batch_rows.to_string(),
             "ember.executor.timeout" => self.executor_timeout_secs.to_string(),
             "ember.cluster.executor_wait" => self.cluster_executor_wait_secs.to_string(),
+            "ember.sql.max_expression_depth" => self.sql_max_expression_depth.to_string(),
             "ember.test.delay_tasks" => self.test_delay_tasks.clone(),
             "ember.test.fail_tasks" => self.test_fail_tasks.clone(),
             _ => String::new(),

@@ -11,6 +11,7 @@
 mod dataframe;
 mod engine;
 mod map_batches;
+mod planning;
 mod remote;
 mod session;
 pub mod stream;

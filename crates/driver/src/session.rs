@@ -11,7 +11,7 @@ use datafusion::catalog::MemTable;
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::batch_fn::BatchFnRegistry;
 use ember_core::rpc::Security;
@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::dataframe::DataFrame;
 use crate::engine::{ClientApi, Engine, JobProgress};
 use crate::map_batches::EmberQueryPlanner;
+use crate::planning::{check_expression_depth, on_planning_stack};
 use crate::remote::{DriverClients, RemoteDriver};
 
 /// Where a session runs its jobs.
@@ -395,7 +396,16 @@ impl Session {
         ctx: &SessionContext,
         sql: &str,
     ) -> Result<datafusion::dataframe::DataFrame> {
-        let plan = ctx.state().create_logical_plan(sql).await?;
+        let state = ctx.state();
+        let sql_text = sql.to_string();
+        let plan = on_planning_stack(async move {
+            let max_depth = EmberConfig::from_session(state.config()).sql_max_expression_depth;
+            let dialect = state.config().options().sql_parser.dialect;
+            let statement = state.sql_to_statement(&sql_text, &dialect)?;
+            check_expression_depth(&statement, max_depth)?;
+            Ok(state.statement_to_plan(statement).await?)
+        })
+        .await?;
         if let Runner::Remote(remote) = &self.inner.runner
             && RemoteDriver::mirrors(&plan)
         {
@@ -451,7 +461,38 @@ impl Session {
         {
             state.config_mut().options_mut().execution.target_partitions = cores.max(1);
         }
-        Ok(state.create_physical_plan(plan).await?)
+        let plan = plan.clone();
+        on_planning_stack(async move { Ok(state.create_physical_plan(&plan).await?) }).await
+    }
+
+    /// Optimizes and plans `plan` for a run, with both plans as text for the SQL page,
+    /// all on the planning stack: naming and printing deep expressions recurses too.
+    async fn plan_for_run_in(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+    ) -> Result<(Arc<dyn ExecutionPlan>, String, String)> {
+        let mut state = ctx.state();
+        for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
+            state.config_mut().options_mut().set(k, v)?;
+        }
+        if let Some(cores) = self.cluster_slots()
+            && !self.inner.fixed_partitions
+        {
+            state.config_mut().options_mut().execution.target_partitions = cores.max(1);
+        }
+        let plan = plan.clone();
+        on_planning_stack(async move {
+            let optimized = state.optimize(&plan)?;
+            let physical = state
+                .query_planner()
+                .create_physical_plan(&optimized, &state)
+                .await?;
+            let logical_text = optimized.display_indent().to_string();
+            let physical_text = displayable(physical.as_ref()).indent(true).to_string();
+            Ok((physical, logical_text, physical_text))
+        })
+        .await
     }
 
     /// Runs a logical plan as an ember job and returns its rows.
@@ -488,18 +529,14 @@ impl Session {
         }
         match &self.inner.runner {
             Runner::Engine(engine) => {
-                let physical = self.create_physical_plan_in(ctx, plan).await?;
+                let (physical, logical_text, physical_text) =
+                    self.plan_for_run_in(ctx, plan).await?;
                 // The SQL page: this query's plans, and the jobs it runs.
                 let description = crate::engine::JOB_QUERY
                     .try_with(|(d, _)| d.clone())
                     .unwrap_or_else(|_| describe(plan));
-                let optimized = ctx
-                    .state()
-                    .optimize(plan)
-                    .map(|p| p.display_indent().to_string())
-                    .unwrap_or_else(|_| plan.display_indent().to_string());
                 let status = engine.status();
-                let sql = status.sql_started(description.clone(), optimized, &physical);
+                let sql = status.sql_started(description.clone(), logical_text, physical_text);
                 let result = crate::engine::JOB_QUERY
                     .scope(
                         (description, Some(sql)),

@@ -20,6 +20,12 @@ impl DataFrame {
     /// `== Stage DAG ==` (and, when extended, `== Parsed Logical Plan ==` first).
     /// Plans only; runs nothing.
     pub async fn explain(&self, mode: ExplainMode) -> Result<String> {
+        // Printing deep expressions recurses as deep as planning them.
+        let frame = self.clone();
+        crate::planning::on_planning_stack(async move { frame.explain_here(mode).await }).await
+    }
+
+    async fn explain_here(&self, mode: ExplainMode) -> Result<String> {
         let plan = self.logical_plan();
         let optimized = self.session.context().state().optimize(plan)?;
         let physical = self.session.create_physical_plan(plan).await?;

@@ -1,5 +1,6 @@
 //! The client end: a session whose jobs run on a driver process.
 
+use crate::planning::on_planning_stack;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -94,9 +95,13 @@ impl RemoteDriver {
         for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
             state.config_mut().options_mut().set(k, v)?;
         }
-        let plan = state.optimize(plan)?;
-        let codec = EmberLogicalCodec::for_plan(&plan);
-        let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &codec)?;
+        let plan = plan.clone();
+        let bytes = on_planning_stack(async move {
+            let plan = state.optimize(&plan)?;
+            let codec = EmberLogicalCodec::for_plan(&plan);
+            Ok(logical_plan_to_bytes_with_extension_codec(&plan, &codec)?)
+        })
+        .await?;
         let request = ExecutePlanRequest {
             session_id: self.session_id.clone(),
             logical_plan: bytes.to_vec(),

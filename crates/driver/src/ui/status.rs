@@ -192,7 +192,7 @@ impl AppStatus {
         &self,
         description: String,
         logical_plan: String,
-        physical: &Arc<dyn ExecutionPlan>,
+        physical_plan: String,
     ) -> u64 {
         let id = self.next_sql.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.inner.lock();
@@ -206,7 +206,7 @@ impl AppStatus {
                 status: "running",
                 jobs: vec![],
                 logical_plan,
-                physical_plan: displayable(physical.as_ref()).indent(true).to_string(),
+                physical_plan,
             },
         );
         while inner.sql.len() > KEPT {

@@ -284,3 +284,64 @@ async fn create_table_as_select_and_insert_run_as_ember_jobs() {
     assert_eq!(i64_column(&batches, 0), vec![8]);
     assert_eq!(i64_column(&batches, 1), vec![5050 + 1]);
 }
+
+/// A chain of additions is as deep as it is long; planning it used to overflow a
+/// runtime thread's stack and abort the process. Planning runs on its own deep stack;
+/// the runtime's threads have the stack the `ember` binary gives its engine threads,
+/// for the tasks that evaluate the expression (and a debug build's deep clones).
+#[test]
+fn a_long_sql_expression_is_planned_or_refused_never_a_stack_overflow() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(16 << 20)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(runtime.spawn(long_sql_expressions()))
+        .unwrap();
+}
+
+async fn long_sql_expressions() {
+    let session = session("local[2]", &[]);
+    let chain = |terms: usize| {
+        format!(
+            "SELECT a + {} AS x FROM (VALUES (1), (2)) t(a)",
+            vec!["1"; terms].join("+")
+        )
+    };
+    let batches = session
+        .sql(&chain(1500))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut sums = i64_column(&batches, 0);
+    sums.sort();
+    assert_eq!(sums, vec![1501, 1502]);
+    for terms in [2500, 10_000, 100_000] {
+        let err = session.sql(&chain(terms)).await.unwrap_err();
+        assert!(
+            err.to_string().contains("ember.sql.max_expression_depth"),
+            "{terms} terms: {err}"
+        );
+    }
+    // Deeper than the parser's own limit on nesting (parentheses), also an error.
+    let parens = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+    assert!(session.sql(&parens).await.is_err());
+    // The limit is a setting, and the session works on.
+    session
+        .sql("SET ember.sql.max_expression_depth = 100")
+        .await
+        .unwrap();
+    assert!(session.sql(&chain(150)).await.is_err());
+    let one = session
+        .sql("SELECT 1")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(one[0].num_rows(), 1);
+}
