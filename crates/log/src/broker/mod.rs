@@ -8,8 +8,9 @@
 //! with a log line; other connections go on.
 //!
 //! kafka-protocol believes the lengths inside a request, so before it decodes one,
-//! [`wire`] checks each of them against the bytes the frame has: a lying length is a
-//! bad request, not an allocation of gigabytes.
+//! [`wire`] checks each of them against the bytes the frame has (and the frame's size
+//! against `socket.request.max.bytes`): a lying length is a bad request, not an
+//! allocation of gigabytes.
 
 mod coordinator;
 mod handlers;
@@ -30,8 +31,12 @@ use crate::log::Log;
 
 pub use coordinator::Coordinator;
 
-/// Largest request frame accepted.
-const MAX_FRAME: usize = 128 << 20;
+/// Kafka's default `socket.request.max.bytes`: 100 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 << 20;
+
+/// A frame's buffer starts at most this large and grows as the frame's bytes arrive,
+/// so that a size prefix alone does not make the broker allocate the whole frame.
+const READ_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -40,6 +45,9 @@ pub struct BrokerConfig {
     pub advertised_host: Option<String>,
     pub node_id: i32,
     pub cluster_id: String,
+    /// Largest request frame accepted, in bytes (`socket.request.max.bytes`); a
+    /// larger size prefix closes the connection.
+    pub max_request_bytes: usize,
 }
 
 impl BrokerConfig {
@@ -49,6 +57,7 @@ impl BrokerConfig {
             advertised_host: None,
             node_id: 0,
             cluster_id: "ember".into(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -61,6 +70,7 @@ pub(crate) struct Shared {
     pub host: String,
     pub port: i32,
     pub cluster_id: String,
+    pub max_request_bytes: usize,
     pub traffic: Arc<Traffic>,
 }
 
@@ -115,6 +125,7 @@ impl Broker {
                 .unwrap_or_else(|| address.ip().to_string()),
             port: address.port() as i32,
             cluster_id: config.cluster_id.clone(),
+            max_request_bytes: config.max_request_bytes,
         });
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
@@ -242,16 +253,26 @@ async fn connection(shared: &Shared, stream: &mut TcpStream) -> std::result::Res
             Err(e) => return Err(io_closed("reading", e)),
         }
         let size = i32::from_be_bytes(len);
-        if size < 8 || size as usize > MAX_FRAME {
+        if size < 8 || size as usize > shared.max_request_bytes {
             return Err(Closed::Refused(format!(
-                "garbage: a frame of {size} bytes is no Kafka request (bytes {len:02x?})"
+                "garbage: a frame of {size} bytes is no Kafka request (bytes {len:02x?}; \
+                 requests are 8 to {} bytes, socket.request.max.bytes)",
+                shared.max_request_bytes
             )));
         }
-        let mut frame = vec![0u8; size as usize];
-        stream
-            .read_exact(&mut frame)
+        let size = size as usize;
+        let mut frame = Vec::with_capacity(size.min(READ_CHUNK));
+        (&mut *stream)
+            .take(size as u64)
+            .read_to_end(&mut frame)
             .await
             .map_err(|e| io_closed(&format!("reading a {size}-byte request"), e))?;
+        if frame.len() < size {
+            return Err(Closed::ByPeer(format!(
+                "the peer closed after {} of a {size}-byte request",
+                frame.len()
+            )));
+        }
         let key = i16::from_be_bytes([frame[0], frame[1]]);
         let reply = handle_frame(shared, Bytes::from(frame)).await?;
         {
@@ -297,7 +318,8 @@ fn served(api: ApiKey, version: i16) -> bool {
 /// Decodes one request frame (the bytes after its 4-byte size) as the broker does:
 /// its API and version must be ones the broker serves, and every length inside it
 /// must fit in the frame, before kafka-protocol decodes the header and the request.
-/// No I/O; for fuzzing and tests of the broker's decoding.
+/// No I/O; for fuzzing and tests of the broker's decoding. The broker itself also
+/// refuses frames over [`BrokerConfig::max_request_bytes`] before they get here.
 pub fn decode_request_frame(
     frame: Bytes,
 ) -> std::result::Result<(RequestHeader, RequestKind), String> {
