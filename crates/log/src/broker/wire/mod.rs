@@ -8,19 +8,22 @@
 //! is checked against the bytes left in the frame first:
 //!
 //! ```text
-//!  frame ──▶ validate: walk header + body by  ──ok──▶ RequestHeader::decode
-//!            requests.rs, each length ≤ bytes        RequestKind::decode
-//!            left, no bytes left over                 (allocations ≤ a constant × frame)
+//!  frame ──▶ validate: walk header + body   ──ok──▶ RequestHeader::decode
+//!            by requests.rs: each length ≤         RequestKind::decode
+//!            bytes left, strings UTF-8,            (reads exactly the walked bytes)
+//!            no bytes left over
 //!              │
-//!              └─err: "Metadata v1 request: topics: 2147483647 elements of at least
-//!                      2 bytes, 1 bytes left" ──▶ the connection is closed
+//!              └─err: "Metadata v1 request: MetadataRequest.topics: claims 2147483647
+//!                      elements of at least 2 bytes, 1 bytes left"
+//!                      ──▶ the connection is closed, with a warning
 //! ```
 //!
-//! An array passes only if its count times the smallest encoding of one element fits
-//! in what is left, so what the decoder allocates for it is bounded by the frame's
-//! size times (element size in memory / smallest element on the wire). Known tagged
-//! fields are read as their types (the decoder reads them so, with the same unchecked
-//! lengths) and must fill exactly their declared size; unknown ones are skipped by it.
+//! A request passes only if all the elements its arrays claim are there to be walked,
+//! so what the decoder allocates for an array is bounded by the frame's size times
+//! (element size in memory / smallest element on the wire); checking the count times
+//! that smallest size up front only makes the error say so at once. Known tagged
+//! fields are read as their types (the decoder reads them so, ignoring their size)
+//! and must fill exactly their declared size; unknown ones are skipped by it.
 
 mod requests;
 mod schema;
