@@ -1,5 +1,9 @@
 //! The log through its public API: produce and consume, partitioners, recovery after
-//! damage, retention, timestamps, idempotence and consumer groups.
+//! damage, retention, timestamps, idempotence and consumer groups; and the broker over
+//! TCP (`broker_wire`).
+
+#[path = "it/broker_wire.rs"]
+mod broker_wire;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -62,7 +62,7 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
     Some((range.min, max.min(range.max)))
 }
 
-const SERVED: [ApiKey; 15] = [
+pub(crate) const SERVED: [ApiKey; 15] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,

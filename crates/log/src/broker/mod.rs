@@ -6,16 +6,22 @@
 //! decoded and encoded by the `kafka-protocol` crate; record batches go to and from
 //! the log as they are. A frame that cannot be a Kafka request closes its connection,
 //! with a log line; other connections go on.
+//!
+//! kafka-protocol believes the lengths inside a request, so before it decodes one,
+//! [`wire`] checks each of them against the bytes the frame has (and the frame's size
+//! against `socket.request.max.bytes`): a lying length is a bad request, not an
+//! allocation of gigabytes.
 
 mod coordinator;
 mod handlers;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::protocol::Encodable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -25,8 +31,12 @@ use crate::log::Log;
 
 pub use coordinator::Coordinator;
 
-/// Largest request frame accepted.
-const MAX_FRAME: usize = 128 << 20;
+/// Kafka's default `socket.request.max.bytes`: 100 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 << 20;
+
+/// A frame's buffer starts at most this large and grows as the frame's bytes arrive,
+/// so that a size prefix alone does not make the broker allocate the whole frame.
+const READ_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -35,6 +45,9 @@ pub struct BrokerConfig {
     pub advertised_host: Option<String>,
     pub node_id: i32,
     pub cluster_id: String,
+    /// Largest request frame accepted, in bytes (`socket.request.max.bytes`); a
+    /// larger size prefix closes the connection.
+    pub max_request_bytes: usize,
 }
 
 impl BrokerConfig {
@@ -44,6 +57,7 @@ impl BrokerConfig {
             advertised_host: None,
             node_id: 0,
             cluster_id: "ember".into(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -56,6 +70,7 @@ pub(crate) struct Shared {
     pub host: String,
     pub port: i32,
     pub cluster_id: String,
+    pub max_request_bytes: usize,
     pub traffic: Arc<Traffic>,
 }
 
@@ -110,6 +125,7 @@ impl Broker {
                 .unwrap_or_else(|| address.ip().to_string()),
             port: address.port() as i32,
             cluster_id: config.cluster_id.clone(),
+            max_request_bytes: config.max_request_bytes,
         });
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
@@ -182,6 +198,17 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(Closed::ByPeer(why)) => tracing::debug!(%peer, reason = %why, "connection lost"),
         Err(Closed::Refused(why)) => tracing::warn!(%peer, reason = %why, "closing the connection"),
+        Err(Closed::BadRequest {
+            api,
+            version,
+            reason,
+        }) => tracing::warn!(
+            %peer,
+            ?api,
+            version,
+            %reason,
+            "closing the connection: bad request"
+        ),
     }
 }
 
@@ -191,6 +218,13 @@ enum Closed {
     ByPeer(String),
     /// This broker closed it: a bad frame, a request it cannot serve.
     Refused(String),
+    /// A request that does not hold together: a length past the end of its frame, a
+    /// null where none may be, bytes left over.
+    BadRequest {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
 }
 
 impl From<String> for Closed {
@@ -219,16 +253,26 @@ async fn connection(shared: &Shared, stream: &mut TcpStream) -> std::result::Res
             Err(e) => return Err(io_closed("reading", e)),
         }
         let size = i32::from_be_bytes(len);
-        if size < 8 || size as usize > MAX_FRAME {
+        if size < 8 || size as usize > shared.max_request_bytes {
             return Err(Closed::Refused(format!(
-                "garbage: a frame of {size} bytes is no Kafka request (bytes {len:02x?})"
+                "garbage: a frame of {size} bytes is no Kafka request (bytes {len:02x?}; \
+                 requests are 8 to {} bytes, socket.request.max.bytes)",
+                shared.max_request_bytes
             )));
         }
-        let mut frame = vec![0u8; size as usize];
-        stream
-            .read_exact(&mut frame)
+        let size = size as usize;
+        let mut frame = Vec::with_capacity(size.min(READ_CHUNK));
+        (&mut *stream)
+            .take(size as u64)
+            .read_to_end(&mut frame)
             .await
             .map_err(|e| io_closed(&format!("reading a {size}-byte request"), e))?;
+        if frame.len() < size {
+            return Err(Closed::ByPeer(format!(
+                "the peer closed after {} of a {size}-byte request",
+                frame.len()
+            )));
+        }
         let key = i16::from_be_bytes([frame[0], frame[1]]);
         let reply = handle_frame(shared, Bytes::from(frame)).await?;
         {
@@ -252,42 +296,71 @@ async fn connection(shared: &Shared, stream: &mut TcpStream) -> std::result::Res
     }
 }
 
+/// The API, version and correlation id a request frame starts with.
+fn frame_start(frame: &[u8]) -> std::result::Result<(ApiKey, i16, i32), String> {
+    let Some(start) = frame.first_chunk::<8>() else {
+        return Err(format!(
+            "garbage: a frame of {} bytes is no Kafka request",
+            frame.len()
+        ));
+    };
+    let key = i16::from_be_bytes([start[0], start[1]]);
+    let version = i16::from_be_bytes([start[2], start[3]]);
+    let correlation_id = i32::from_be_bytes([start[4], start[5], start[6], start[7]]);
+    let api = ApiKey::try_from(key).map_err(|_| format!("garbage: unknown API key {key}"))?;
+    Ok((api, version, correlation_id))
+}
+
+fn served(api: ApiKey, version: i16) -> bool {
+    handlers::supported(api).is_some_and(|(min, max)| version >= min && version <= max)
+}
+
+/// Decodes one request frame (the bytes after its 4-byte size) as the broker does:
+/// its API and version must be ones the broker serves, and every length inside it
+/// must fit in the frame, before kafka-protocol decodes the header and the request.
+/// No I/O; for fuzzing and tests of the broker's decoding. The broker itself also
+/// refuses frames over [`BrokerConfig::max_request_bytes`] before they get here.
+pub fn decode_request_frame(
+    frame: Bytes,
+) -> std::result::Result<(RequestHeader, RequestKind), String> {
+    let (api, version, _) = frame_start(&frame)?;
+    if !served(api, version) {
+        return Err(format!("{api:?} v{version} is not served"));
+    }
+    wire::decode(api, version, frame)
+}
+
 /// Decodes one request, runs it, and encodes the response (none for acks=0 produce).
 async fn handle_frame(
     shared: &Shared,
-    mut frame: Bytes,
-) -> std::result::Result<Option<BytesMut>, String> {
-    let key = i16::from_be_bytes([frame[0], frame[1]]);
-    let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    let Ok(api) = ApiKey::try_from(key) else {
-        return Err(format!("garbage: unknown API key {key}"));
-    };
-    let supported = handlers::supported(api);
-    let in_range = supported.is_some_and(|(min, max)| version >= min && version <= max);
-    if api == ApiKey::ApiVersions && !in_range {
+    frame: Bytes,
+) -> std::result::Result<Option<BytesMut>, Closed> {
+    let (api, version, correlation_id) = frame_start(&frame)?;
+    if api == ApiKey::ApiVersions && !served(api, version) {
         // Kafka's answer to a newer ApiVersions: a v0 response with the error and the
         // versions this broker has, so that the client retries with one of them.
         let response = handlers::api_versions(35);
-        return encode(api, 0, correlation_id, response.into()).map(Some);
+        return Ok(Some(encode(api, 0, correlation_id, response.into())?));
     }
-    if !in_range {
+    if !served(api, version) {
         tracing::warn!(api = ?api, version, "unsupported request");
         return match handlers::unsupported(api) {
             Some(response) => {
                 let version = version.clamp(api.valid_versions().min, api.valid_versions().max);
-                encode(api, version, correlation_id, response).map(Some)
+                Ok(Some(encode(api, version, correlation_id, response)?))
             }
-            None => Err(format!("unsupported request {api:?} v{version}")),
+            None => Err(format!("unsupported request {api:?} v{version}").into()),
         };
     }
-    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
-        .map_err(|e| format!("garbage: a bad {api:?} v{version} request header: {e}"))?;
-    let request = RequestKind::decode(api, &mut frame, version)
-        .map_err(|e| format!("garbage: a bad {api:?} v{version} request: {e}"))?;
+    let (header, request) =
+        wire::decode(api, version, frame).map_err(|reason| Closed::BadRequest {
+            api,
+            version,
+            reason,
+        })?;
     let response = handlers::handle(shared, &header, request, version).await;
     match response {
-        Some(r) => encode(api, version, header.correlation_id, r).map(Some),
+        Some(r) => Ok(Some(encode(api, version, header.correlation_id, r)?)),
         None => Ok(None),
     }
 }
