@@ -25,6 +25,7 @@ pub mod partition;
 pub mod partitioner;
 pub mod producer;
 mod segment;
+mod state;
 
 pub use config::{CleanupPolicy, Durability, LogConfig, TopicConfig};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, read_range};

@@ -358,6 +358,11 @@ impl Partition {
         Ok(None)
     }
 
+    /// The largest id of an idempotent producer whose batches the partition holds.
+    pub(crate) fn largest_producer_id(&self) -> Option<i64> {
+        self.inner.lock().producers.keys().max().copied()
+    }
+
     /// The offset the next append gets.
     pub fn end_offset(&self) -> i64 {
         self.inner.lock().next_offset

@@ -1,6 +1,9 @@
 //! The log through its public API: produce and consume, partitioners, recovery after
 //! damage, retention, timestamps, idempotence and consumer groups.
 
+#[path = "it/state_files.rs"]
+mod state_files;
+
 use std::sync::Arc;
 use std::time::Duration;
 
