@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <root>/<topic>/topic.json        partitions and settings
-//! <root>/<topic>/<partition>/      segments (see segment.rs)
+//! <root>/<topic>/<partition>/      segments (see segment.rs) and recovery-point
+//!                                  (see recovery.rs)
 //! <root>/__groups/<group>.json     consumer groups' committed offsets
 //! <root>/producer-ids              the next idempotent producer id
 //! ```
@@ -236,12 +237,13 @@ impl Log {
         Ok(id)
     }
 
-    /// Syncs pending appends and applies retention, once.
+    /// Flushes what the durability mode asks to flush by now and applies
+    /// retention, once.
     pub fn maintain(&self) -> Result<()> {
         let now = SystemTime::now();
         for topic in self.topics() {
             for p in &topic.partitions {
-                p.sync()?;
+                p.flush_due()?;
                 p.enforce_retention(now)?;
             }
         }
@@ -265,7 +267,8 @@ impl Log {
         })
     }
 
-    /// Syncs every partition (on shutdown).
+    /// Syncs every partition and records that all of it is on disk, whatever the
+    /// durability mode: the clean shutdown, after which a restart cuts nothing.
     pub fn sync(&self) -> Result<()> {
         for topic in self.topics() {
             for p in &topic.partitions {
