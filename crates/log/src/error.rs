@@ -15,6 +15,23 @@ pub enum LogError {
     /// A record batch (or segment content) that fails validation.
     #[error("corrupt record batch: {0}")]
     Corrupt(String),
+    /// A stored batch that fails its checks (CRC, length, offsets): reading it fails,
+    /// the batches around it stay readable.
+    #[error(
+        "corrupt record batch in {} at byte {position} (offsets {first_offset}..={last_offset}): {reason}",
+        file.display()
+    )]
+    CorruptSegment {
+        file: PathBuf,
+        position: u64,
+        first_offset: i64,
+        last_offset: i64,
+        reason: String,
+    },
+    /// A small state file of the log (topic settings, producer ids, group offsets)
+    /// that cannot be read: the log will not guess its content.
+    #[error("unreadable state file {}: {reason}", path.display())]
+    BadStateFile { path: PathBuf, reason: String },
     #[error("topic '{0}' does not exist")]
     UnknownTopic(String),
     #[error("topic '{topic}' has no partition {partition}")]
@@ -63,7 +80,8 @@ impl LogError {
     pub fn kafka_code(&self) -> i16 {
         match self {
             LogError::Io { .. } | LogError::Closed => 56, // KAFKA_STORAGE_ERROR
-            LogError::Corrupt(_) => 2,                    // CORRUPT_MESSAGE
+            LogError::Corrupt(_) | LogError::CorruptSegment { .. } => 2, // CORRUPT_MESSAGE
+            LogError::BadStateFile { .. } => 56,          // KAFKA_STORAGE_ERROR
             LogError::UnknownTopic(_) | LogError::UnknownPartition { .. } => 3, // UNKNOWN_TOPIC_OR_PARTITION
             LogError::TopicExists(_) => 36,   // TOPIC_ALREADY_EXISTS
             LogError::InvalidTopic(_) => 17,  // INVALID_TOPIC_EXCEPTION

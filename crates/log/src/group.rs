@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LogError, Result};
-use crate::log::write_atomically;
+use crate::state::write_atomically;
 
 /// A topic and one of its partitions.
 pub type TopicPartition = (String, i32);
@@ -137,8 +137,14 @@ impl Groups {
                 continue;
             };
             let bytes = std::fs::read(&path).map_err(|e| LogError::io(&path, e))?;
-            let stored: StoredOffsets = serde_json::from_slice(&bytes)
-                .map_err(|e| LogError::Corrupt(format!("{}: {e}", path.display())))?;
+            // A group's committed offsets are where its consumers resume: reading a
+            // damaged file as "nothing committed" would replay or skip whole
+            // partitions, so it stops the log from opening, naming the file.
+            let stored: StoredOffsets =
+                serde_json::from_slice(&bytes).map_err(|e| LogError::BadStateFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
             let mut group = Group::default();
             for o in stored.offsets {
                 group

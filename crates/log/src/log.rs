@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! <root>/<topic>/topic.json        partitions and settings
-//! <root>/<topic>/<partition>/      segments (see segment.rs)
+//! <root>/<topic>/<partition>/      segments (see segment.rs) and recovery-point
+//!                                  (see recovery.rs)
 //! <root>/__groups/<group>.json     consumer groups' committed offsets
 //! <root>/producer-ids              the next idempotent producer id
 //! ```
+//!
+//! The small files are written atomically (see state.rs). A damaged one stops the
+//! log from opening with an error that names it; a missing `producer-ids` is rebuilt
+//! from the producer ids in the stored batches.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +25,7 @@ use crate::config::{LogConfig, TopicConfig};
 use crate::error::{LogError, Result};
 use crate::group::Groups;
 use crate::partition::Partition;
+use crate::state;
 
 /// A topic: its partitions and settings.
 #[derive(Debug)]
@@ -91,31 +97,25 @@ impl Log {
         let mut topics = BTreeMap::new();
         for entry in std::fs::read_dir(&root).map_err(|e| LogError::io(&root, e))? {
             let entry = entry.map_err(|e| LogError::io(&root, e))?;
-            let meta_path = entry.path().join("topic.json");
-            if !meta_path.is_file() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("__") || !entry.path().is_dir() {
                 continue;
             }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let meta: TopicMeta = serde_json::from_slice(
-                &std::fs::read(&meta_path).map_err(|e| LogError::io(&meta_path, e))?,
-            )
-            .map_err(|e| LogError::Corrupt(format!("{}: {e}", meta_path.display())))?;
+            let Some(meta) = read_topic_meta(&entry.path())? else {
+                continue;
+            };
             let topic = open_topic(&root, &name, meta.partitions, meta.config, &config)?;
             topics.insert(name, Arc::new(topic));
         }
-        let ids_path = root.join("producer-ids");
-        let next_block = match std::fs::read_to_string(&ids_path) {
-            Ok(s) => s.trim().parse::<i64>().unwrap_or(0),
-            Err(_) => 0,
-        };
+        let next_producer_id = next_producer_id(&root.join("producer-ids"), &topics)?;
         let groups = Groups::open(&root.join("__groups"))?;
         let log = Log {
             root,
             _lock: lock,
             config,
             topics: RwLock::new(topics),
-            next_producer_id: AtomicI64::new(next_block),
-            producer_id_limit: Mutex::new(next_block),
+            next_producer_id: AtomicI64::new(next_producer_id),
+            producer_id_limit: Mutex::new(next_producer_id),
             groups,
         };
         Ok(Arc::new(log))
@@ -153,11 +153,12 @@ impl Log {
         let config = config.unwrap_or_else(|| self.config.topic_defaults.clone());
         let dir = self.root.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
+        state::sync_dir(&self.root)?;
         let meta = TopicMeta {
             partitions,
             config: config.clone(),
         };
-        write_atomically(
+        state::write_atomically(
             &dir.join("topic.json"),
             &serde_json::to_vec_pretty(&meta).expect("serializable"),
         )?;
@@ -227,18 +228,22 @@ impl Log {
         let mut limit = self.producer_id_limit.lock();
         if id >= *limit {
             let next = (id / PRODUCER_ID_BLOCK + 1) * PRODUCER_ID_BLOCK;
-            write_atomically(&self.root.join("producer-ids"), next.to_string().as_bytes())?;
+            state::write_atomically(
+                &self.root.join("producer-ids"),
+                format!("{next}\n").as_bytes(),
+            )?;
             *limit = next;
         }
         Ok(id)
     }
 
-    /// Syncs pending appends and applies retention, once.
+    /// Flushes what the durability mode asks to flush by now and applies
+    /// retention, once.
     pub fn maintain(&self) -> Result<()> {
         let now = SystemTime::now();
         for topic in self.topics() {
             for p in &topic.partitions {
-                p.sync()?;
+                p.flush_due()?;
                 p.enforce_retention(now)?;
             }
         }
@@ -262,7 +267,8 @@ impl Log {
         })
     }
 
-    /// Syncs every partition (on shutdown).
+    /// Syncs every partition and records that all of it is on disk, whatever the
+    /// durability mode: the clean shutdown, after which a restart cuts nothing.
     pub fn sync(&self) -> Result<()> {
         for topic in self.topics() {
             for p in &topic.partitions {
@@ -299,13 +305,82 @@ fn open_topic(
     })
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so that a crash
-/// leaves the old content or the new, never a mix.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| LogError::io(&tmp, e))?;
-    file.sync_all().map_err(|e| LogError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| LogError::io(path, e))
+/// A topic directory's `topic.json`, or `None` for a directory that is not a topic
+/// (or one whose creation a crash interrupted before it held any partition).
+fn read_topic_meta(dir: &Path) -> Result<Option<TopicMeta>> {
+    let path = dir.join("topic.json");
+    let Some(bytes) = state::read_optional(&path)? else {
+        let has_partitions = std::fs::read_dir(dir)
+            .map_err(|e| LogError::io(dir, e))?
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            });
+        if has_partitions {
+            return Err(LogError::BadStateFile {
+                path,
+                reason: "missing, but the directory holds partitions: restore it (partitions and \
+                         settings) or move the directory away"
+                    .to_string(),
+            });
+        }
+        return Ok(None);
+    };
+    let meta: TopicMeta = serde_json::from_slice(&bytes).map_err(|e| LogError::BadStateFile {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if meta.partitions < 1 {
+        return Err(LogError::BadStateFile {
+            path,
+            reason: format!("{} partitions", meta.partitions),
+        });
+    }
+    Ok(Some(meta))
+}
+
+/// The first producer id this process may hand out.
+///
+/// The file holds the start of the next block of ids; an id below it may have been
+/// handed out. A missing file (a log from before it existed, or one an operator
+/// removed) is rebuilt from the log: one past the largest producer id of any stored
+/// batch, so that no new producer takes the id (and sequence numbers) of one whose
+/// batches the log keeps. A file that exists but cannot be read is an error: writes
+/// are atomic, so it was damaged from outside, and the ids handed out before may
+/// exceed anything in the log (producers that had not yet written); guessing could
+/// give a live producer's id to another, whose records would then be acknowledged
+/// and dropped as duplicates. Removing the file is the way to rebuild it.
+fn next_producer_id(path: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<i64> {
+    let in_log = topics
+        .values()
+        .flat_map(|t| t.partitions.iter())
+        .filter_map(|p| p.largest_producer_id())
+        .max()
+        .map_or(0, |id| id.saturating_add(1));
+    match state::read_optional(path)? {
+        Some(bytes) => {
+            let stored = state::parse_number(path, &bytes).map_err(|e| match e {
+                LogError::BadStateFile { path, reason } => LogError::BadStateFile {
+                    reason: format!(
+                        "{reason}; remove it to rebuild the next producer id from the log"
+                    ),
+                    path,
+                },
+                other => other,
+            })?;
+            Ok(stored.max(in_log))
+        }
+        None => {
+            if in_log > 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    next_producer_id = in_log,
+                    "no producer id file: continuing after the largest producer id in the log"
+                );
+            }
+            Ok(in_log)
+        }
+    }
 }

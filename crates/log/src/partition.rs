@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use crate::batch::{self, BatchHeader};
 use crate::config::{Durability, TopicConfig};
 use crate::error::{LogError, Result};
-use crate::segment::{Segment, Truncation};
+use crate::recovery::{self, MAX_RELATIVE_OFFSET};
+use crate::segment::Segment;
+use crate::state;
 
 /// Batches remembered per producer to recognise a retried one.
 const PRODUCER_BATCHES: usize = 5;
@@ -68,8 +70,13 @@ struct Inner {
     next_offset: i64,
     log_start_offset: i64,
     producers: HashMap<i64, ProducerState>,
+    /// Appends since the last flush.
     dirty: bool,
     last_sync: Instant,
+    /// Every offset below it is on disk.
+    flushed: i64,
+    /// What `recovery-point` says (at most `flushed`).
+    recovery_point: i64,
 }
 
 pub struct Partition {
@@ -89,7 +96,8 @@ impl std::fmt::Debug for Partition {
 }
 
 impl Partition {
-    /// Opens (or creates) the partition in `dir`, recovering its last segment.
+    /// Opens (or creates) the partition in `dir`: checks every segment, cuts a torn
+    /// tail of the last one and reports any other damage (see recovery.rs).
     pub(crate) fn open(
         topic: &str,
         id: i32,
@@ -97,47 +105,8 @@ impl Partition {
         config: TopicConfig,
         durability: Durability,
     ) -> Result<Partition> {
-        std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
-        let mut bases: Vec<i64> = std::fs::read_dir(dir)
-            .map_err(|e| LogError::io(dir, e))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".log")?.parse::<i64>().ok()
-            })
-            .collect();
-        bases.sort_unstable();
-        let mut segments = BTreeMap::new();
-        for base in &bases {
-            let (segment, truncation) = Segment::open(dir, *base)?;
-            if let Some(t) = truncation {
-                report(&t, segment.last_offset.map_or(*base, |o| o + 1));
-            }
-            segments.insert(*base, segment);
-        }
-        // Segments after one that had to be cut short cannot be trusted to follow on.
-        let mut expected: Option<i64> = None;
-        let mut stale = vec![];
-        for (base, segment) in &segments {
-            if let Some(next) = expected
-                && *base != next
-            {
-                stale.push(*base);
-                continue;
-            }
-            expected = Some(segment.last_offset.map_or(*base, |o| o + 1));
-        }
-        for base in stale {
-            let segment = segments.remove(&base).expect("listed");
-            tracing::warn!(file = %segment.path().display(), "dropping a segment that does not follow the one before it");
-            segment.delete()?;
-        }
-        if segments.is_empty() {
-            segments.insert(0, Segment::create(dir, 0)?);
-        }
+        let (segments, next_offset) = recovery::recover(topic, id, dir)?;
         let log_start_offset = *segments.keys().next().expect("one segment");
-        let last = segments.values().next_back().expect("one segment");
-        let next_offset = last.last_offset.map_or(last.base_offset, |o| o + 1);
         let mut producers: HashMap<i64, ProducerState> = HashMap::new();
         for segment in segments.values() {
             for h in segment.headers()? {
@@ -166,6 +135,8 @@ impl Partition {
                 producers,
                 dirty: false,
                 last_sync: Instant::now(),
+                flushed: next_offset,
+                recovery_point: next_offset,
             }),
             end,
         })
@@ -217,6 +188,15 @@ impl Partition {
             }
         }
         let base_offset = inner.next_offset;
+        if base_offset
+            .checked_add(header.last_offset_delta as i64 + 1)
+            .is_none()
+        {
+            return Err(LogError::InvalidConfig(format!(
+                "{}-{}: offsets are exhausted at {base_offset}",
+                self.topic, self.id
+            )));
+        }
         batch::set_base_offset(batch, base_offset);
         let header = BatchHeader {
             base_offset,
@@ -226,6 +206,7 @@ impl Partition {
             let active = inner.segments.values().next_back().expect("one segment");
             active.size > 0
                 && (active.size + batch.len() as u64 > self.config.segment_bytes
+                    || header.last_offset() - active.base_offset > MAX_RELATIVE_OFFSET
                     || self.config.segment_ms.is_some_and(|ms| {
                         active
                             .modified
@@ -234,10 +215,7 @@ impl Partition {
                     }))
         };
         if roll {
-            let active = inner.segments.values().next_back().expect("one segment");
-            active.sync()?;
-            let segment = Segment::create(&self.dir, base_offset)?;
-            inner.segments.insert(base_offset, segment);
+            self.roll_locked(&mut inner)?;
         }
         let active = inner
             .segments
@@ -258,19 +236,15 @@ impl Partition {
                 base_offset,
             });
         }
+        inner.dirty = true;
         match self.durability {
-            Durability::EveryAppend => {
-                inner.segments.values().next_back().expect("one").sync()?;
+            // The batch is on disk before it is acknowledged; the recovery point
+            // follows by maintenance (see `flush_due`).
+            Durability::EveryAppend => self.sync_data(&mut inner)?,
+            Durability::Interval(every) if inner.last_sync.elapsed() >= every => {
+                self.flush(&mut inner)?;
             }
-            Durability::Interval(every) => {
-                inner.dirty = true;
-                if inner.last_sync.elapsed() >= every {
-                    inner.segments.values().next_back().expect("one").sync()?;
-                    inner.dirty = false;
-                    inner.last_sync = Instant::now();
-                }
-            }
-            Durability::Never => {}
+            Durability::Interval(_) | Durability::Never => {}
         }
         let next = inner.next_offset;
         drop(inner);
@@ -282,15 +256,62 @@ impl Partition {
         })
     }
 
-    /// Writes pending appends to disk.
+    /// Writes pending appends to disk and moves the recovery point to the end, in
+    /// every durability mode (on shutdown: a clean restart then has nothing to cut).
     pub fn sync(&self) -> Result<()> {
         let mut inner = self.inner.lock();
+        self.flush(&mut inner)
+    }
+
+    /// The periodic flush (`Log::maintain`): what [`Durability::Interval`] asks for;
+    /// under `EveryAppend` the data is on disk already and only the recovery point
+    /// catches up; nothing under [`Durability::Never`] (the OS decides).
+    pub(crate) fn flush_due(&self) -> Result<()> {
+        match self.durability {
+            Durability::Interval(_) | Durability::EveryAppend => self.sync(),
+            Durability::Never => Ok(()),
+        }
+    }
+
+    /// Syncs pending appends and records the end of the log as the recovery point:
+    /// recovery will not cut below it.
+    ///
+    /// The file is written after the data is on disk, so it never claims more. Under
+    /// `EveryAppend` it is not written at every append (an atomic write is two more
+    /// fsyncs, which made appends about three times slower) but here, by the
+    /// once-a-second maintenance and at shutdown; until then damage in the newest
+    /// acknowledged batches is treated like a torn tail. Kafka itself checkpoints
+    /// recovery points only once a minute.
+    fn flush(&self, inner: &mut Inner) -> Result<()> {
         if inner.dirty {
-            inner.segments.values().next_back().expect("one").sync()?;
-            inner.dirty = false;
-            inner.last_sync = Instant::now();
+            self.sync_data(inner)?;
+        }
+        if inner.recovery_point != inner.flushed {
+            recovery::write_recovery_point(&self.dir, inner.flushed)?;
+            inner.recovery_point = inner.flushed;
         }
         Ok(())
+    }
+
+    /// Syncs the active segment (older ones were synced when they were rolled).
+    fn sync_data(&self, inner: &mut Inner) -> Result<()> {
+        inner.segments.values().next_back().expect("one").sync()?;
+        inner.dirty = false;
+        inner.last_sync = Instant::now();
+        inner.flushed = inner.next_offset;
+        Ok(())
+    }
+
+    /// Syncs the active segment, starts a new one at the end of the log (its name
+    /// made durable), and moves the recovery point to it: only the last segment may
+    /// then hold unflushed data.
+    fn roll_locked(&self, inner: &mut Inner) -> Result<()> {
+        let next = inner.next_offset;
+        self.sync_data(inner)?;
+        let segment = Segment::create(&self.dir, next)?;
+        state::sync_dir(&self.dir)?;
+        inner.segments.insert(next, segment);
+        self.flush(inner)
     }
 
     /// Whole batches from the one holding `offset`, up to about `max_bytes`.
@@ -356,6 +377,11 @@ impl Partition {
             }
         }
         Ok(None)
+    }
+
+    /// The largest id of an idempotent producer whose batches the partition holds.
+    pub(crate) fn largest_producer_id(&self) -> Option<i64> {
+        self.inner.lock().producers.keys().max().copied()
     }
 
     /// The offset the next append gets.
@@ -432,16 +458,11 @@ impl Partition {
     /// Closes the active segment and starts a new one (for tests and tools).
     pub fn roll(&self) -> Result<()> {
         let mut inner = self.inner.lock();
-        let next = inner.next_offset;
         let active = inner.segments.values().next_back().expect("one segment");
         if active.size == 0 {
             return Ok(());
         }
-        active.sync()?;
-        inner
-            .segments
-            .insert(next, Segment::create(&self.dir, next)?);
-        Ok(())
+        self.roll_locked(&mut inner)
     }
 }
 
@@ -464,15 +485,4 @@ pub(crate) async fn wait_for_append(watches: Vec<watch::Receiver<i64>>, limit: D
     for w in waiters {
         w.abort();
     }
-}
-
-fn report(t: &Truncation, first_dropped_offset: i64) {
-    tracing::warn!(
-        file = %t.file.display(),
-        position = t.position,
-        first_dropped_offset,
-        dropped_bytes = t.dropped_bytes,
-        reason = %t.reason,
-        "recovered a segment by truncating its tail"
-    );
 }

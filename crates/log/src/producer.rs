@@ -184,6 +184,11 @@ impl Producer {
         Ok(producer)
     }
 
+    /// The idempotent producer id the log gave this producer.
+    pub fn producer_id(&self) -> i64 {
+        self.producer_id
+    }
+
     /// Queues a record; the returned delivery resolves when its batch is written.
     pub fn send(&self, record: ProducerRecord) -> Result<Delivery> {
         let topic = self.log.topic_or_create(&record.topic)?;

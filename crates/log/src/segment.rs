@@ -8,8 +8,14 @@
 //! ```
 //!
 //! The indexes only narrow a search: a read still walks batch headers from the
-//! indexed position. Reads use positioned reads on a shared file handle, so they
-//! need no lock once they know the segment's size.
+//! indexed position. They are rebuilt from the batches whenever a segment is
+//! opened, so damage to them costs nothing. Reads use positioned reads on a shared
+//! file handle, so they need no lock once they know the segment's size.
+//!
+//! Damage that recovery keeps (see recovery.rs) is a list of byte ranges: a read
+//! skips a range to reach later offsets, and fails with the range's position and
+//! offsets when it asks for one of them. Every batch a read returns has had its
+//! CRC checked again, so damage that happens after opening is caught as well.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -21,6 +27,7 @@ use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
 use crate::error::{LogError, Result};
+use crate::recovery::{self, Damage};
 
 /// Bytes of log between two offset index entries.
 const INDEX_INTERVAL: u64 = 4096;
@@ -39,6 +46,7 @@ pub(crate) struct ReadView {
     start: u64,
     /// The segment's size when the view was taken.
     end: u64,
+    damage: Arc<Vec<Damage>>,
 }
 
 pub(crate) struct Segment {
@@ -57,6 +65,8 @@ pub(crate) struct Segment {
     pub max_timestamp: i64,
     /// When the segment was created (or last modified, after a restart).
     pub modified: std::time::SystemTime,
+    /// Damaged ranges recovery kept, in order (none in a segment being appended to).
+    damage: Arc<Vec<Damage>>,
 }
 
 /// What recovery dropped from a segment's tail.
@@ -97,39 +107,51 @@ impl Segment {
             last_offset: None,
             max_timestamp: -1,
             modified: std::time::SystemTime::now(),
+            damage: Arc::default(),
         })
     }
 
     /// Opens an existing segment. Every batch is checked (CRC included) and the
-    /// indexes are rebuilt from them; a tail that is incomplete or invalid is cut
-    /// off and reported.
-    pub(crate) fn open(dir: &Path, base_offset: i64) -> Result<(Segment, Option<Truncation>)> {
+    /// indexes are rebuilt from the valid ones. Damage is kept and reported, except
+    /// in the `last` segment from the first damage at or past the `recovery_point`
+    /// on (a torn tail: cut off, and returned as a truncation).
+    pub(crate) fn open(
+        dir: &Path,
+        base_offset: i64,
+        last: bool,
+        recovery_point: Option<i64>,
+    ) -> Result<(Segment, Option<Truncation>)> {
         let path = dir.join(file_name(base_offset, "log"));
         let file = open_rw(&path, false)?;
         let meta = file.metadata().map_err(|e| LogError::io(&path, e))?;
         let mut content = vec![0; meta.len() as usize];
         file.read_exact_at(&mut content, 0)
             .map_err(|e| LogError::io(&path, e))?;
-        let (batches, bad) = batch::scan(&content);
+        let mut scan = recovery::scan_segment(&content, base_offset);
         let mut truncation = None;
-        if let Some((at, err)) = bad {
-            file.set_len(at as u64)
-                .map_err(|e| LogError::io(&path, e))?;
+        if let Some(torn) = last.then(|| scan.torn_tail(recovery_point)).flatten() {
+            let at = scan.damage[torn].start;
+            file.set_len(at).map_err(|e| LogError::io(&path, e))?;
             file.sync_all().map_err(|e| LogError::io(&path, e))?;
             truncation = Some(Truncation {
                 file: path.clone(),
-                position: at as u64,
-                dropped_bytes: content.len() as u64 - at as u64,
-                reason: err.to_string(),
+                position: at,
+                dropped_bytes: content.len() as u64 - at,
+                reason: scan.damage[torn].reason.clone(),
             });
+            scan.damage.truncate(torn);
+            scan.batches.retain(|(p, _)| *p < at);
         }
+        let size = truncation
+            .as_ref()
+            .map_or(content.len() as u64, |t| t.position);
         let mut segment = Segment {
             base_offset,
             path: Arc::new(path),
             file: Arc::new(file),
             index_file: open_rw(&dir.join(file_name(base_offset, "index")), true)?,
             time_file: open_rw(&dir.join(file_name(base_offset, "timeindex")), true)?,
-            size: 0,
+            size,
             index: vec![],
             time_index: vec![],
             since_index: 0,
@@ -138,20 +160,47 @@ impl Segment {
             modified: meta
                 .modified()
                 .unwrap_or_else(|_| std::time::SystemTime::now()),
+            damage: Arc::new(scan.damage),
         };
-        for (at, header) in &batches {
-            segment.index_batch(*at as u64, header)?;
-            segment.size = (*at + header.size) as u64;
+        for (at, header) in &scan.batches {
+            segment.index_batch(*at, header)?;
         }
         Ok((segment, truncation))
     }
 
-    /// The headers of every batch, for rebuilding producer state.
+    /// Damaged ranges kept in this segment.
+    pub(crate) fn damage(&self) -> &[Damage] {
+        &self.damage
+    }
+
+    /// Replaces the damage list (when the partition knows where open-ended damage
+    /// ends, or finds offsets no segment holds).
+    pub(crate) fn set_damage(&mut self, damage: Vec<Damage>) {
+        self.damage = Arc::new(damage);
+    }
+
+    /// One past the last offset the segment stands for: its valid batches, and its
+    /// damage when the partition knows what that holds.
+    pub(crate) fn end_offset(&self) -> i64 {
+        let batches = self.last_offset.map_or(self.base_offset, |o| o + 1);
+        self.damage
+            .iter()
+            .filter_map(|d| d.last_offset.map(|o| o + 1))
+            .fold(batches, i64::max)
+    }
+
+    /// The headers of every valid batch, for rebuilding producer state.
     pub(crate) fn headers(&self) -> Result<Vec<BatchHeader>> {
+        let view = self.view(self.base_offset);
         let mut out = vec![];
         let mut at = 0;
+        let mut damage = self.damage.iter().peekable();
         while at < self.size {
-            let header = read_header(&self.file, &self.path, at)?;
+            if let Some(d) = damage.next_if(|d| d.start == at) {
+                at = d.end;
+                continue;
+            }
+            let header = view.header(at)?;
             at += header.size as u64;
             out.push(header);
         }
@@ -219,6 +268,7 @@ impl Segment {
             path: self.path.clone(),
             start,
             end: self.size,
+            damage: self.damage.clone(),
         }
     }
 
@@ -254,55 +304,105 @@ impl Segment {
     }
 }
 
-fn read_header(file: &File, path: &Path, at: u64) -> Result<BatchHeader> {
-    let mut buf = [0u8; HEADER_LEN];
-    file.read_exact_at(&mut buf, at)
-        .map_err(|e| LogError::io(path, e))?;
-    let size = BatchHeader::size_of(&buf).unwrap_or(0);
-    if size < HEADER_LEN {
-        return Err(LogError::Corrupt(format!(
-            "{}: batch at position {at} has length {size}",
-            path.display()
-        )));
-    }
-    // The header fields, without the CRC check (the batch was checked when written
-    // or when the segment was opened).
-    let i32_at = |p: usize| i32::from_be_bytes(buf[p..p + 4].try_into().expect("4 bytes"));
-    let i64_at = |p: usize| i64::from_be_bytes(buf[p..p + 8].try_into().expect("8 bytes"));
-    Ok(BatchHeader {
-        base_offset: i64_at(0),
-        size,
-        attributes: i16::from_be_bytes([buf[21], buf[22]]),
-        last_offset_delta: i32_at(23),
-        base_timestamp: i64_at(27),
-        max_timestamp: i64_at(35),
-        producer_id: i64_at(43),
-        producer_epoch: i16::from_be_bytes([buf[51], buf[52]]),
-        base_sequence: i32_at(53),
-        record_count: i32_at(57),
-    })
-}
-
 impl ReadView {
+    /// The header of the batch at `at`, which must lie within the view.
+    fn header(&self, at: u64) -> Result<BatchHeader> {
+        let corrupt = |reason: String| LogError::CorruptSegment {
+            file: self.path.to_path_buf(),
+            position: at,
+            first_offset: -1,
+            last_offset: -1,
+            reason,
+        };
+        let mut buf = [0u8; HEADER_LEN];
+        if at + HEADER_LEN as u64 > self.end {
+            return Err(corrupt(format!(
+                "a batch header runs past the end of the segment at {}",
+                self.end
+            )));
+        }
+        self.file
+            .read_exact_at(&mut buf, at)
+            .map_err(|e| LogError::io(self.path.as_ref(), e))?;
+        let size = BatchHeader::size_of(&buf).unwrap_or(0);
+        if size < HEADER_LEN || at + size as u64 > self.end {
+            return Err(corrupt(format!("batch length {size} does not fit")));
+        }
+        // The header fields, without the CRC check (the batch was checked when
+        // written or when the segment was opened, and is again when it is read).
+        let i32_at = |p: usize| i32::from_be_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]);
+        let i64_at = |p: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[p..p + 8]);
+            i64::from_be_bytes(b)
+        };
+        let header = BatchHeader {
+            base_offset: i64_at(0),
+            size,
+            attributes: i16::from_be_bytes([buf[21], buf[22]]),
+            last_offset_delta: i32_at(23),
+            base_timestamp: i64_at(27),
+            max_timestamp: i64_at(35),
+            producer_id: i64_at(43),
+            producer_epoch: i16::from_be_bytes([buf[51], buf[52]]),
+            base_sequence: i32_at(53),
+            record_count: i32_at(57),
+        };
+        if header.last_offset_delta < 0
+            || header
+                .base_offset
+                .checked_add(header.last_offset_delta as i64)
+                .is_none()
+        {
+            return Err(corrupt(format!(
+                "batch offsets {}+{} are out of range",
+                header.base_offset, header.last_offset_delta
+            )));
+        }
+        Ok(header)
+    }
+
+    /// The error for a read that reaches damage.
+    fn damaged(&self, d: &Damage) -> LogError {
+        LogError::CorruptSegment {
+            file: self.path.to_path_buf(),
+            position: d.start,
+            first_offset: d.first_offset,
+            last_offset: d.last_offset.unwrap_or(i64::MAX),
+            reason: d.reason.clone(),
+        }
+    }
+
     /// Whole batches from the first one holding `offset`, up to `max_bytes` (at least
-    /// one batch, however large, so that a consumer always progresses).
+    /// one batch, however large, so that a consumer always progresses). Damage
+    /// before `offset` is skipped; damage holding it is an error.
     pub(crate) fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Bytes>> {
         let mut at = self.start;
+        let mut damage = self.damage[self.damage.partition_point(|d| d.start < at)..]
+            .iter()
+            .peekable();
         // Find the first batch whose last offset reaches `offset`.
         loop {
+            if let Some(d) = damage.next_if(|d| d.start == at) {
+                if d.last_offset.is_none_or(|last| last >= offset) {
+                    return Err(self.damaged(d));
+                }
+                at = d.end;
+                continue;
+            }
             if at + LOG_OVERHEAD as u64 > self.end {
                 return Ok(None);
             }
-            let header = read_header(&self.file, &self.path, at)?;
+            let header = self.header(at)?;
             if header.last_offset() >= offset {
                 break;
             }
             at += header.size as u64;
         }
-        let first = read_header(&self.file, &self.path, at)?;
+        let first = self.header(at)?;
         let mut end = at + first.size as u64;
-        while end < self.end {
-            let next = read_header(&self.file, &self.path, end)?;
+        while end < self.end && damage.peek().is_none_or(|d| d.start != end) {
+            let Ok(next) = self.header(end) else { break };
             if (end + next.size as u64 - at) as usize > max_bytes {
                 break;
             }
@@ -312,19 +412,50 @@ impl ReadView {
         self.file
             .read_exact_at(&mut buf, at)
             .map_err(|e| LogError::io(self.path.as_ref(), e))?;
+        // Check the CRCs again: the bytes may have gone bad since the segment was
+        // opened. Batches before a bad one are returned; the bad one is the error.
+        match batch::scan(&buf) {
+            (_, None) => {}
+            (_, Some((0, e))) => {
+                return Err(LogError::CorruptSegment {
+                    file: self.path.to_path_buf(),
+                    position: at,
+                    first_offset: first.base_offset,
+                    last_offset: first.last_offset(),
+                    reason: e.to_string(),
+                });
+            }
+            (_, Some((valid, _))) => buf.truncate(valid),
+        }
         Ok(Some(Bytes::from(buf)))
     }
 
     /// The first batch with a record timestamp at or after `timestamp`.
     pub(crate) fn first_batch_at(&self, timestamp: i64) -> Result<Option<Bytes>> {
         let mut at = self.start;
+        let mut damage = self.damage[self.damage.partition_point(|d| d.start < at)..]
+            .iter()
+            .peekable();
         while at + (HEADER_LEN as u64) <= self.end {
-            let header = read_header(&self.file, &self.path, at)?;
+            if let Some(d) = damage.next_if(|d| d.start == at) {
+                at = d.end;
+                continue;
+            }
+            let header = self.header(at)?;
             if header.max_timestamp >= timestamp {
                 let mut buf = vec![0; header.size];
                 self.file
                     .read_exact_at(&mut buf, at)
                     .map_err(|e| LogError::io(self.path.as_ref(), e))?;
+                if let Err(e) = BatchHeader::parse(&buf) {
+                    return Err(LogError::CorruptSegment {
+                        file: self.path.to_path_buf(),
+                        position: at,
+                        first_offset: header.base_offset,
+                        last_offset: header.last_offset(),
+                        reason: e.to_string(),
+                    });
+                }
                 return Ok(Some(Bytes::from(buf)));
             }
             at += header.size as u64;

@@ -1,9 +1,13 @@
-//! The log through its public API: produce and consume, partitioners, recovery after
-//! damage, retention, timestamps, idempotence and consumer groups; and the broker over
-//! TCP (`broker_wire`).
+//! The log through its public API: produce and consume, partitioners, retention,
+//! timestamps, idempotence and consumer groups; recovery after damage and the small
+//! state files, and the broker over TCP (`broker_wire`), in their own modules.
 
 #[path = "it/broker_wire.rs"]
 mod broker_wire;
+#[path = "it/recovery.rs"]
+mod recovery;
+#[path = "it/state_files.rs"]
+mod state_files;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,51 +125,6 @@ async fn round_robin_balances_and_offsets_are_dense() {
             .collect();
         assert_eq!(offsets, (0..100).collect::<Vec<_>>());
     }
-}
-
-#[tokio::test]
-async fn a_damaged_tail_is_cut_at_the_last_valid_batch_and_appends_go_on() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let log = log_at(dir.path());
-        log.create_topic("t", 1, None).unwrap();
-        let p = producer(&log, Arc::new(RoundRobin::default()));
-        for i in 0..50 {
-            p.send(ProducerRecord::new("t", format!("v{i}"))).unwrap();
-            if i % 10 == 9 {
-                p.flush();
-            }
-        }
-    }
-    let segment = dir.path().join("t/0/00000000000000000000.log");
-    let clean = std::fs::read(&segment).unwrap();
-    // Garbage appended: dropped, the 50 records stay.
-    let mut garbage = clean.clone();
-    garbage.extend_from_slice(b"\x00\x00\x00\x00\x00\x00\x00\x63\x00\x00\x02\x00garbage garbage");
-    std::fs::write(&segment, &garbage).unwrap();
-    {
-        let log = log_at(dir.path());
-        assert_eq!(log.partition("t", 0).unwrap().end_offset(), 50);
-        assert_eq!(
-            std::fs::metadata(&segment).unwrap().len(),
-            clean.len() as u64
-        );
-    }
-    // A flipped byte in the last batch: that batch (10 records) goes.
-    let mut flipped = clean.clone();
-    let last = flipped.len() - 3;
-    flipped[last] ^= 0xff;
-    std::fs::write(&segment, &flipped).unwrap();
-    let log = log_at(dir.path());
-    let partition = log.partition("t", 0).unwrap();
-    assert_eq!(partition.end_offset(), 40);
-    let p = producer(&log, Arc::new(RoundRobin::default()));
-    let m = p.send(ProducerRecord::new("t", "after")).unwrap();
-    p.flush();
-    assert_eq!(m.await.unwrap().offset, 40);
-    let records = consume_all(&log, "t").await;
-    assert_eq!(records.len(), 41);
-    assert_eq!(records[40].value.as_deref(), Some(&b"after"[..]));
 }
 
 #[tokio::test]
