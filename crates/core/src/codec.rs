@@ -7,10 +7,13 @@
 
 use std::sync::Arc;
 
+use arrow::compute::SortOptions;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{
+    AcrossPartitions, ConstExpr, EquivalenceProperties, PhysicalExpr, PhysicalSortExpr,
+};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning, replace_children_if_necessary};
 use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
@@ -169,6 +172,145 @@ impl EmberCodec {
             .collect()
     }
 
+    fn encode_expr(&self, e: &Arc<dyn PhysicalExpr>) -> DFResult<Vec<u8>> {
+        Ok(serialize_physical_expr(e, self)?.encode_to_vec())
+    }
+
+    fn decode_expr(
+        &self,
+        bytes: &[u8],
+        ctx: &TaskContext,
+        schema: &Schema,
+    ) -> DFResult<Arc<dyn PhysicalExpr>> {
+        let node = datafusion_proto::protobuf::PhysicalExprNode::decode(bytes)
+            .map_err(|e| decode_err("boundary expression", e))?;
+        parse_physical_expr(&node, ctx, schema, self)
+    }
+
+    /// A stage boundary's equivalence properties (see `shuffle::after_hash_exchange`).
+    fn encode_facts(&self, facts: &EquivalenceProperties) -> DFResult<proto::BoundaryFacts> {
+        let constants = facts
+            .constants()
+            .into_iter()
+            .map(|c| {
+                let (uniform, value) = match &c.across_partitions {
+                    AcrossPartitions::Heterogeneous => (false, None),
+                    AcrossPartitions::Uniform(None) => (true, None),
+                    AcrossPartitions::Uniform(Some(v)) => {
+                        let v: datafusion_proto::protobuf::ScalarValue = v.try_into()?;
+                        (true, Some(v.encode_to_vec()))
+                    }
+                };
+                Ok(proto::ConstantFact {
+                    expr: self.encode_expr(&c.expr)?,
+                    uniform,
+                    value,
+                })
+            })
+            .collect::<DFResult<_>>()?;
+        let orderings = facts
+            .oeq_class()
+            .iter()
+            .map(|ordering| {
+                let exprs = ordering
+                    .iter()
+                    .map(|s| {
+                        Ok(proto::SortFact {
+                            expr: self.encode_expr(&s.expr)?,
+                            descending: s.options.descending,
+                            nulls_first: s.options.nulls_first,
+                        })
+                    })
+                    .collect::<DFResult<_>>()?;
+                Ok(proto::OrderingFact { exprs })
+            })
+            .collect::<DFResult<_>>()?;
+        let classes = facts
+            .eq_group()
+            .iter()
+            .filter(|class| class.len() > 1)
+            .map(|class| {
+                let exprs = class
+                    .iter()
+                    .map(|e| self.encode_expr(e))
+                    .collect::<DFResult<_>>()?;
+                Ok(proto::EqualExprs { exprs })
+            })
+            .collect::<DFResult<_>>()?;
+        Ok(proto::BoundaryFacts {
+            constants,
+            orderings,
+            classes,
+        })
+    }
+
+    fn decode_facts(
+        &self,
+        facts: Option<&proto::BoundaryFacts>,
+        ctx: &TaskContext,
+        schema: SchemaRef,
+    ) -> DFResult<EquivalenceProperties> {
+        let mut out = EquivalenceProperties::new(schema.clone());
+        let Some(facts) = facts else {
+            return Ok(out);
+        };
+        for class in &facts.classes {
+            let exprs = class
+                .exprs
+                .iter()
+                .map(|e| self.decode_expr(e, ctx, &schema))
+                .collect::<DFResult<Vec<_>>>()?;
+            if let Some((first, rest)) = exprs.split_first() {
+                for e in rest {
+                    out.add_equal_conditions(first.clone(), e.clone())?;
+                }
+            }
+        }
+        let constants = facts
+            .constants
+            .iter()
+            .map(|c| {
+                let across = match (&c.value, c.uniform) {
+                    (_, false) => AcrossPartitions::Heterogeneous,
+                    (None, true) => AcrossPartitions::Uniform(None),
+                    (Some(v), true) => {
+                        let v = datafusion_proto::protobuf::ScalarValue::decode(v.as_slice())
+                            .map_err(|e| decode_err("boundary constant", e))?;
+                        AcrossPartitions::Uniform(Some(
+                            (&v).try_into()
+                                .map_err(|e| decode_err("boundary constant", format!("{e:?}")))?,
+                        ))
+                    }
+                };
+                Ok(ConstExpr::new(
+                    self.decode_expr(&c.expr, ctx, &schema)?,
+                    across,
+                ))
+            })
+            .collect::<DFResult<Vec<_>>>()?;
+        out.add_constants(constants)?;
+        let orderings = facts
+            .orderings
+            .iter()
+            .map(|o| {
+                o.exprs
+                    .iter()
+                    .map(|s| {
+                        Ok(PhysicalSortExpr::new(
+                            self.decode_expr(&s.expr, ctx, &schema)?,
+                            SortOptions {
+                                descending: s.descending,
+                                nulls_first: s.nulls_first,
+                            },
+                        ))
+                    })
+                    .collect::<DFResult<Vec<_>>>()
+            })
+            .collect::<DFResult<Vec<_>>>()?;
+        out.add_orderings(orderings);
+        Ok(out)
+    }
+
     /// Reader-side partitioning: `Hash` when there are expressions, else one reader
     /// partition per map task.
     fn decode_reader_partitioning(
@@ -271,10 +413,11 @@ impl PhysicalExtensionCodec for EmberCodec {
                 let schema = decode_schema(&u.schema)?;
                 let partitioning =
                     self.decode_reader_partitioning(u.partitioning.as_ref(), ctx, &schema)?;
+                let facts = self.decode_facts(u.facts.as_ref(), ctx, schema)?;
                 Ok(Arc::new(UnresolvedShuffleExec::new(
                     u.stage_id as usize,
-                    schema,
                     partitioning,
+                    facts,
                 )))
             }
             Some(Node::ShuffleReader(r)) => {
@@ -286,11 +429,12 @@ impl PhysicalExtensionCodec for EmberCodec {
                     .iter()
                     .map(|p| p.locations.iter().map(location_from_proto).collect())
                     .collect::<DFResult<_>>()?;
+                let facts = self.decode_facts(r.facts.as_ref(), ctx, schema)?;
                 Ok(Arc::new(ShuffleReaderExec::new(
                     r.stage_id as usize,
-                    schema,
                     partitioning,
                     partitions,
+                    facts,
                 )))
             }
             Some(Node::MapBatches(m)) => {
@@ -408,6 +552,7 @@ impl PhysicalExtensionCodec for EmberCodec {
                 schema: encode_schema(&u.schema())?,
                 partitioning: Some(self.encode_partitioning(Some(u.exchange_partitioning()))?),
                 num_partitions: u.exchange_partitioning().partition_count() as u32,
+                facts: Some(self.encode_facts(u.properties().equivalence_properties())?),
             })
         } else if let Some(r) = node.downcast_ref::<ShuffleReaderExec>() {
             Node::ShuffleReader(proto::ShuffleReaderNode {
@@ -421,6 +566,7 @@ impl PhysicalExtensionCodec for EmberCodec {
                         locations: p.iter().map(location_to_proto).collect(),
                     })
                     .collect(),
+                facts: Some(self.encode_facts(r.properties().equivalence_properties())?),
             })
         } else if let Some(k) = node.downcast_ref::<crate::kafka_scan::KafkaScanExec>() {
             Node::KafkaScan(proto::KafkaScanNode {

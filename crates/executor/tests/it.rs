@@ -1,6 +1,7 @@
 //! An executor process's service, started for real on 127.0.0.1 against a driver
 //! stand-in that records what the executor tells it.
 
+use datafusion::physical_expr::EquivalenceProperties;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,9 +256,9 @@ async fn map_output_written_by_an_executor_is_fetched_from_it() {
         .collect();
     let reader = Arc::new(ShuffleReaderExec::new(
         1,
-        values.schema(),
         Partitioning::Hash(vec![key], 3),
         partitions,
+        EquivalenceProperties::new(values.schema()),
     ));
     let dir = tempfile::tempdir().unwrap();
     let env = Arc::new(ShuffleEnv::new("reader", dir.path(), None));

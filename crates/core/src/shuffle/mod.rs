@@ -19,6 +19,7 @@
 //! stage has finished, the scheduler replaces it by a [`ShuffleReaderExec`] that knows
 //! every map output's location.
 
+mod facts;
 mod fetch;
 mod format;
 mod location;
@@ -27,6 +28,7 @@ mod store;
 mod unresolved;
 mod writer;
 
+pub use facts::{after_hash_exchange, after_passthrough};
 pub use fetch::{CHUNK_BYTES, serve_partition};
 pub use format::{ipc_write_options, read_index};
 pub use location::{MapOutput, MapOutputKey, PartitionLocation, PartitionStats, ShuffleData};

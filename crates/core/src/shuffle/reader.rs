@@ -42,12 +42,13 @@ pub struct ShuffleReaderExec {
 impl ShuffleReaderExec {
     pub fn new(
         stage_id: usize,
-        schema: SchemaRef,
         partitioning: Partitioning,
         partitions: Vec<Vec<PartitionLocation>>,
+        facts: EquivalenceProperties,
     ) -> Self {
+        let schema = facts.schema().clone();
         let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
+            facts,
             partitioning.clone(),
             EmissionType::Incremental,
             Boundedness::Bounded,

@@ -4,7 +4,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::TaskContext;
@@ -17,7 +16,10 @@ use datafusion::physical_plan::{
 
 /// Leaf standing for the output of stage `stage_id`. Its partitioning is that of the
 /// exchange: `Hash(exprs, n)` for a hash shuffle, or `UnknownPartitioning(m)` when map
-/// task `i` becomes reader partition `i` (coalesce, merge, broadcast).
+/// task `i` becomes reader partition `i` (coalesce, merge, broadcast). Its equivalence
+/// properties (`facts`) are what the exchange's output is known to satisfy, as
+/// DataFusion computed them for the exchange (see [`super::facts`]): operators above
+/// rely on them (a window partitioned by a column a filter made constant, say).
 #[derive(Debug)]
 pub struct UnresolvedShuffleExec {
     stage_id: usize,
@@ -26,9 +28,9 @@ pub struct UnresolvedShuffleExec {
 }
 
 impl UnresolvedShuffleExec {
-    pub fn new(stage_id: usize, schema: SchemaRef, partitioning: Partitioning) -> Self {
+    pub fn new(stage_id: usize, partitioning: Partitioning, facts: EquivalenceProperties) -> Self {
         let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
+            facts,
             partitioning.clone(),
             EmissionType::Incremental,
             Boundedness::Bounded,

@@ -156,9 +156,9 @@ impl Job {
             );
             let reader = ShuffleReaderExec::new(
                 u.stage_id(),
-                u.schema(),
                 u.exchange_partitioning().clone(),
                 partitions,
+                u.properties().equivalence_properties().clone(),
             );
             Ok(Transformed::yes(Arc::new(reader) as Arc<dyn ExecutionPlan>))
         })?;

@@ -41,7 +41,9 @@ use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, replace_children_if_necessary,
 };
 use ember_core::Result;
-use ember_core::shuffle::{ShuffleWriterExec, UnresolvedShuffleExec};
+use ember_core::shuffle::{
+    ShuffleWriterExec, UnresolvedShuffleExec, after_hash_exchange, after_passthrough,
+};
 use ember_core::stateful::exec::StatefulExec;
 use ember_core::stateful::join::StreamJoinExec;
 
@@ -190,9 +192,13 @@ impl Planner {
                         exchange,
                         parents,
                     )?;
-                    let schema = plan.schema();
-                    let unresolved =
-                        UnresolvedShuffleExec::new(id, schema, rep.partitioning().clone());
+                    // The shuffle never keeps the rows' order, even where the
+                    // repartition was to (`preserve_order`).
+                    let unresolved = UnresolvedShuffleExec::new(
+                        id,
+                        rep.partitioning().clone(),
+                        after_hash_exchange(&children[0]),
+                    );
                     Ok((Arc::new(unresolved), vec![id]))
                 }
                 // Round-robin (and other) repartitions only spread work inside a stage.
@@ -256,10 +262,10 @@ impl Planner {
             keys: keys.iter().map(|e| e.to_string()).collect(),
             partitions,
         };
-        let schema = input.schema();
+        let facts = after_hash_exchange(&input);
         let id = self.add_stage(input, Some(partitioning.clone()), exchange, parents)?;
         Ok((
-            Arc::new(UnresolvedShuffleExec::new(id, schema, partitioning)),
+            Arc::new(UnresolvedShuffleExec::new(id, partitioning, facts)),
             vec![id],
         ))
     }
@@ -271,10 +277,10 @@ impl Planner {
         parents: Vec<usize>,
     ) -> Result<(Arc<dyn ExecutionPlan>, Vec<usize>)> {
         let maps = input.output_partitioning().partition_count();
-        let schema = input.schema();
+        let facts = after_passthrough(&input);
         let id = self.add_stage(input, None, exchange, parents)?;
         let unresolved =
-            UnresolvedShuffleExec::new(id, schema, Partitioning::UnknownPartitioning(maps));
+            UnresolvedShuffleExec::new(id, Partitioning::UnknownPartitioning(maps), facts);
         Ok((Arc::new(unresolved), vec![id]))
     }
 

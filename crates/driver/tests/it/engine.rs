@@ -345,3 +345,32 @@ async fn long_sql_expressions() {
         .unwrap();
     assert_eq!(one[0].num_rows(), 1);
 }
+
+/// A filter `d_year = 1999` makes `d_year` a constant below a hash exchange; DataFusion
+/// plans the window above it relying on that, so the stage boundary must keep the fact
+/// (TPC-DS q47 and q57 failed an assertion in the window operator without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_over_a_column_a_filter_made_constant_runs_across_a_stage_boundary() {
+    let create = "CREATE TABLE dd AS SELECT value AS d_date_sk, 1998 + value % 3 AS d_year, \
+                  value % 12 AS d_moy, value % 5 AS a, value % 7 AS b, value % 11 AS c \
+                  FROM generate_series(1, 2000)";
+    let query = "SELECT d_year, d_moy, a, b, c, s, avg(s) OVER (PARTITION BY a, b, c, d_moy, d_year) AS m \
+                 FROM (SELECT d_year, d_moy, a, b, c, sum(d_date_sk) AS s FROM dd \
+                       WHERE d_year = 1999 GROUP BY d_year, d_moy, a, b, c) \
+                 ORDER BY a, b, c, d_moy";
+    let direct = datafusion::prelude::SessionContext::new();
+    direct.sql(create).await.unwrap().collect().await.unwrap();
+    let expected = direct.sql(query).await.unwrap().collect().await.unwrap();
+    let expected = arrow::util::pretty::pretty_format_batches(&expected)
+        .unwrap()
+        .to_string();
+    for master in ["local[1]", "local[2]", "local[3]", "local[8]"] {
+        let session = session(master, &[]);
+        session.sql(create).await.unwrap().collect().await.unwrap();
+        let got = session.sql(query).await.unwrap().collect().await.unwrap();
+        let got = arrow::util::pretty::pretty_format_batches(&got)
+            .unwrap()
+            .to_string();
+        assert_eq!(got, expected, "{master}");
+    }
+}
