@@ -5,4 +5,5 @@ mod stream;
 mod stream_join;
 mod stream_sources;
 mod stream_state;
+mod tpcds;
 mod tpch;

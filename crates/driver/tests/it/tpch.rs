@@ -28,12 +28,12 @@ fn data_dir() -> &'static Path {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Cell {
+pub(super) enum Cell {
     Float(f64),
     Text(String),
 }
 
-fn rows(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
+pub(super) fn rows(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
     let mut out = Vec::new();
     for b in batches {
         let fmts: Vec<ArrayFormatter> = b
@@ -83,7 +83,7 @@ fn same_row(a: &[Cell], b: &[Cell]) -> bool {
 }
 
 /// Compares result sets: in order when the query orders its output, as multisets otherwise.
-fn assert_same_rows(
+pub(super) fn assert_same_rows(
     query: usize,
     label: &str,
     ordered: bool,
