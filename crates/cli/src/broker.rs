@@ -35,6 +35,12 @@ pub struct BrokerArgs {
     #[arg(long, default_value_t = 1)]
     default_partitions: i32,
 
+    /// Largest request a client may send, in bytes (Kafka's socket.request.max.bytes);
+    /// a bigger frame closes its connection.
+    #[arg(long, default_value_t = ember_log::broker::DEFAULT_MAX_REQUEST_BYTES,
+          value_parser = clap::value_parser!(u64).range(1024..=(1 << 31)).map(|v| v as usize))]
+    max_request_bytes: usize,
+
     /// Serve Prometheus /metrics (bytes in and out, consumer group lag) here.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_bind: Option<SocketAddr>,
@@ -146,6 +152,7 @@ pub async fn run(args: BrokerArgs) -> Result<()> {
     let maintenance = log.spawn_maintenance(Duration::from_secs(1));
     let mut broker_config = BrokerConfig::new(args.bind);
     broker_config.advertised_host = args.advertised_host;
+    broker_config.max_request_bytes = args.max_request_bytes;
     let broker = Arc::new(Broker::start(log.clone(), broker_config).await?);
     eprintln!(
         "broker listening at {} (data in {})",

@@ -281,5 +281,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
     file.write_all(bytes).map_err(|e| io(&tmp, e))?;
     file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    // The rename is durable once the directory is: a crash after an acknowledged
+    // write must not bring the old file back.
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io(parent, e))?;
+    }
+    Ok(())
 }

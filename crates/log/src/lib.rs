@@ -42,7 +42,7 @@ pub use config::{CleanupPolicy, Durability, LogConfig, TopicConfig};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, read_range};
 pub use error::{LogError, Result};
 pub use group::{AssignmentStrategy, Groups, TopicPartition};
-pub use log::{Log, Topic, validate_topic_name};
+pub use log::{Log, MAX_PARTITIONS, Topic, validate_topic_name};
 pub use partition::{Appended, Fetched, Partition};
 pub use partitioner::{
     Custom, KeyHash, Partitioner, RoundRobin, Sticky, murmur2, partition_for_key,

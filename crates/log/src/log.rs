@@ -41,6 +41,10 @@ struct TopicMeta {
     config: TopicConfig,
 }
 
+/// Most partitions a topic may have: each is a directory with open files, so a request
+/// for two billion (a number any client can send) must be refused, not attempted.
+pub const MAX_PARTITIONS: i32 = 10_000;
+
 /// Producer ids are handed out in blocks; the file holds the first id of the next
 /// block, so ids are never reused after a restart.
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -141,9 +145,9 @@ impl Log {
         config: Option<TopicConfig>,
     ) -> Result<Arc<Topic>> {
         validate_topic_name(name)?;
-        if partitions < 1 {
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(LogError::InvalidConfig(format!(
-                "a topic needs at least one partition, got {partitions}"
+                "a topic has 1 to {MAX_PARTITIONS} partitions, not {partitions}"
             )));
         }
         let mut topics = self.topics.write();
@@ -332,10 +336,13 @@ fn read_topic_meta(dir: &Path) -> Result<Option<TopicMeta>> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    if meta.partitions < 1 {
+    if !(1..=MAX_PARTITIONS).contains(&meta.partitions) {
         return Err(LogError::BadStateFile {
             path,
-            reason: format!("{} partitions", meta.partitions),
+            reason: format!(
+                "{} partitions (a topic has 1 to {MAX_PARTITIONS})",
+                meta.partitions
+            ),
         });
     }
     Ok(Some(meta))

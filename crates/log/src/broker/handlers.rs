@@ -436,12 +436,13 @@ fn create_topics(shared: &Shared, r: CreateTopicsRequest) -> CreateTopicsRespons
             } else {
                 t.num_partitions
             };
-            if partitions < 1 {
+            if !(1..=crate::log::MAX_PARTITIONS).contains(&partitions) {
                 return result
                     .with_error_code(code::INVALID_PARTITIONS)
-                    .with_error_message(Some(StrBytes::from_static_str(
-                        "a topic needs at least one partition",
-                    )));
+                    .with_error_message(Some(StrBytes::from_string(format!(
+                        "a topic has 1 to {} partitions, not {partitions}",
+                        crate::log::MAX_PARTITIONS
+                    ))));
             }
             if t.replication_factor > 1 {
                 return result

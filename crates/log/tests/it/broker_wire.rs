@@ -178,3 +178,53 @@ async fn lengths_past_their_frame_close_only_their_connection_instead_of_abortin
         Some("more-events".to_string())
     );
 }
+
+/// A well-formed request can still ask for the absurd: CreateTopics v4 with 2^31-1
+/// partitions would have the broker create two billion partition directories.
+#[tokio::test]
+async fn a_topic_of_two_billion_partitions_is_refused_and_the_broker_serves_on() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let broker = Broker::start(log, BrokerConfig::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(broker.address).await.unwrap();
+    for (n, partitions) in [(1, i32::MAX), (2, ember_log::MAX_PARTITIONS + 1), (3, -5)] {
+        let mut body = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(19)
+            .with_request_api_version(4)
+            .with_correlation_id(n)
+            .encode(&mut body, 1)
+            .unwrap();
+        CreateTopicsRequest::default()
+            .with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(format!("huge{n}"))))
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(1),
+            ])
+            .with_timeout_ms(1000)
+            .encode(&mut body, 4)
+            .unwrap();
+        stream.write_all(&framed(&body)).await.unwrap();
+        let size = tokio::time::timeout(Duration::from_secs(10), stream.read_i32())
+            .await
+            .expect("an answer, not a broker busy creating partitions")
+            .unwrap();
+        let mut response = vec![0u8; size as usize];
+        stream.read_exact(&mut response).await.unwrap();
+        let mut response = Bytes::from(response);
+        ResponseHeader::decode(&mut response, 0).unwrap();
+        let answer = CreateTopicsResponse::decode(&mut response, 4).unwrap();
+        assert_eq!(
+            answer.topics[0].error_code, 37,
+            "INVALID_PARTITIONS for {partitions}"
+        );
+    }
+    let answer = metadata(&mut stream, 9, "events").await;
+    assert_eq!(answer.topics[0].error_code, 0);
+    assert!(!dir.path().join("huge1").exists());
+}
