@@ -4,7 +4,8 @@
     python3 benchmarks/tpcds/generate.py --sf 1 --out /tmp/tpcds-sf1
 
 Uses DuckDB's tpcds extension (dsdgen) from the Python packages duckdb==1.5.5 and
-duckdb-extension-tpcds==1.5.5 (installed with pip when missing), loaded by its path:
+duckdb-extension-tpcds==1.5.5 (installed with pip into a virtualenv under ~/.cache/ember when this Python lacks
+them), loaded by its path:
 nothing is downloaded from DuckDB's servers. Writes
 
     OUT/<table>/part-1.parquet   the 24 tables
@@ -25,17 +26,33 @@ import sys
 VERSION = "1.5.5"
 
 
-def ensure_packages():
+def have_packages():
     try:
-        import duckdb  # noqa: F401
+        import duckdb
         import duckdb_extension_tpcds  # noqa: F401
-        if duckdb.__version__ == VERSION:
-            return
+        return duckdb.__version__ == VERSION
     except ImportError:
-        pass
+        return False
+
+
+def ensure_packages():
+    """Runs this script again in a virtualenv of its own (under ~/.cache/ember) when
+    this Python lacks the packages: nothing is installed into the system's Python."""
+    if have_packages():
+        return
+    if os.environ.get("EMBER_TPCDS_VENV"):
+        sys.exit(f"duckdb=={VERSION} and duckdb-extension-tpcds=={VERSION} are missing "
+                 f"from {sys.executable} even after installing them")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    venv = os.path.join(cache, "ember", f"tpcds-venv-{VERSION}")
+    python = os.path.join(venv, "bin", "python3")
+    if not os.path.exists(python):
+        subprocess.check_call([sys.executable, "-m", "venv", venv])
     subprocess.check_call(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
          f"duckdb=={VERSION}", f"duckdb-extension-tpcds=={VERSION}"])
+    env = dict(os.environ, EMBER_TPCDS_VENV="1")
+    sys.exit(subprocess.call([python, os.path.abspath(__file__)] + sys.argv[1:], env=env))
 
 
 def extension_path():
@@ -67,11 +84,11 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     if generated(args.out, sf):
         return
+    ensure_packages()
     with open(os.path.join(args.out, ".ember-generate.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if generated(args.out, sf):
             return
-        ensure_packages()
         import duckdb
         con = duckdb.connect(config={"allow_unsigned_extensions": "true",
                                      "autoinstall_known_extensions": "false",
