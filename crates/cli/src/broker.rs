@@ -38,12 +38,24 @@ pub struct BrokerArgs {
     /// Largest request a client may send, in bytes (Kafka's socket.request.max.bytes);
     /// a bigger frame closes its connection.
     #[arg(long, default_value_t = ember_log::broker::DEFAULT_MAX_REQUEST_BYTES,
-          value_parser = clap::value_parser!(u64).range(1024..=(1 << 31)).map(|v| v as usize))]
+          value_parser = parse_request_bytes)]
     max_request_bytes: usize,
 
     /// Serve Prometheus /metrics (bytes in and out, consumer group lag) here.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_bind: Option<SocketAddr>,
+}
+
+/// A request size limit: from 1 KiB (a Metadata request must fit) to 2 GiB (a frame's
+/// size is an i32).
+fn parse_request_bytes(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1024..=i32::MAX as usize).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}': expected a byte count from 1024 to {}",
+            i32::MAX
+        )),
+    }
 }
 
 /// The broker's `/metrics`: bytes in and out, requests, and each group's lag.

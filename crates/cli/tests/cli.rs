@@ -100,6 +100,22 @@ fn a_syntax_error_is_one_line_and_fails() {
     assert!(line.contains("SELEC"), "{line}");
 }
 
+/// `ember sql -e` with 10 000 added terms aborted with a stack overflow; deeper
+/// statements than the limit are now an error, and nesting past the parser's limit too.
+#[test]
+fn a_very_long_or_deep_expression_is_a_one_line_error_not_a_crash() {
+    let chain = format!("SELECT {}", vec!["1"; 10_000].join("+"));
+    let out = sql(&["-e", &chain]);
+    let err = one_line_error(&out);
+    assert!(err.contains("ember.sql.max_expression_depth"), "{err}");
+    let parens = format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000));
+    let out = sql(&["-e", &parens]);
+    let err = one_line_error(&out);
+    assert!(err.contains("RecursionLimitExceeded"), "{err}");
+    let not = format!("SELECT {}true", "NOT ".repeat(10_000));
+    one_line_error(&sql(&["-e", &not]));
+}
+
 #[test]
 fn an_unknown_column_is_named_in_the_error() {
     let line = one_line_error(&sql(&["-e", "SELECT nope FROM (SELECT 1 AS a)"]));
