@@ -149,3 +149,290 @@ pub fn scan(buf: &[u8]) -> Scan {
     }
     (out, None)
 }
+
+/// Checks every record of a batch [`BatchHeader::parse`] accepted: each length (the
+/// record's, its key's and value's, each header's) fits in the bytes left, the header
+/// count is no more than those bytes could hold, and there are as many records as the
+/// header says. Compressed records are decompressed to be checked. A batch that passes
+/// decodes without surprises: the `kafka-protocol` decoder that consumers use reserves
+/// room for a record's headers from the count on the wire before reading them, so one
+/// forged count would abort the process that reads the batch, long after it was
+/// acknowledged. Kafka's broker validates produced records the same way.
+pub fn check_records(batch: &[u8], header: &BatchHeader) -> Result<()> {
+    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+    let mut payload = bytes::Bytes::copy_from_slice(&batch[HEADER_LEN..header.size]);
+    let count = header.record_count as usize;
+    let checked = match header.attributes & 0x07 {
+        0 => walk_records(&payload, count),
+        codec => {
+            let mut out = None;
+            let decompressed = match codec {
+                1 => Gzip::decompress(&mut payload, |b: &mut bytes::Bytes| {
+                    out = Some(walk_records(b, count));
+                    Ok(())
+                }),
+                2 => Snappy::decompress(&mut payload, |b: &mut bytes::Bytes| {
+                    out = Some(walk_records(b, count));
+                    Ok(())
+                }),
+                3 => Lz4::decompress(&mut payload, |b: &mut bytes::Bytes| {
+                    out = Some(walk_records(b, count));
+                    Ok(())
+                }),
+                4 => Zstd::decompress(&mut payload, |b: &mut bytes::Bytes| {
+                    out = Some(walk_records(b, count));
+                    Ok(())
+                }),
+                other => {
+                    return Err(LogError::Corrupt(format!(
+                        "unknown compression codec {other}"
+                    )));
+                }
+            };
+            match (decompressed, out) {
+                (Err(e), _) => Err(format!("cannot decompress the records: {e}")),
+                (Ok(()), Some(r)) => r,
+                (Ok(()), None) => Err("the records were not decompressed".into()),
+            }
+        }
+    };
+    checked.map_err(|e| LogError::Corrupt(format!("a record batch's records: {e}")))
+}
+
+/// Walks `count` records (format v2) that must fill `buf` exactly.
+fn walk_records(buf: &[u8], count: usize) -> std::result::Result<(), String> {
+    let mut at = 0;
+    for i in 0..count {
+        let len = varint(buf, &mut at).map_err(|e| format!("record {i}: length: {e}"))?;
+        let end = fits(len, buf.len() - at).map_err(|e| format!("record {i}: {e}"))?;
+        let record = &buf[at..at + end];
+        at += end;
+        check_record(record).map_err(|e| format!("record {i}: {e}"))?;
+    }
+    if at != buf.len() {
+        return Err(format!(
+            "{} bytes after the {count} records the header counts",
+            buf.len() - at
+        ));
+    }
+    Ok(())
+}
+
+fn check_record(r: &[u8]) -> std::result::Result<(), String> {
+    let mut at = 0;
+    if r.is_empty() {
+        return Err("no attributes".into());
+    }
+    at += 1;
+    varlong(r, &mut at).map_err(|e| format!("timestamp delta: {e}"))?;
+    varint(r, &mut at).map_err(|e| format!("offset delta: {e}"))?;
+    for what in ["key", "value"] {
+        let len = varint(r, &mut at).map_err(|e| format!("{what} length: {e}"))?;
+        if len != -1 {
+            at += fits(len, r.len() - at).map_err(|e| format!("{what}: {e}"))?;
+        }
+    }
+    let headers = varint(r, &mut at).map_err(|e| format!("header count: {e}"))?;
+    // A header takes at least two bytes (its key and value lengths).
+    if headers < 0 || headers as usize > (r.len() - at) / 2 {
+        return Err(format!(
+            "{headers} headers claimed, {} bytes left",
+            r.len() - at
+        ));
+    }
+    for h in 0..headers {
+        let len = varint(r, &mut at).map_err(|e| format!("header {h} key length: {e}"))?;
+        at += fits(len, r.len() - at).map_err(|e| format!("header {h} key: {e}"))?;
+        std::str::from_utf8(&r[at - len as usize..at])
+            .map_err(|_| format!("header {h} key is not UTF-8"))?;
+        let len = varint(r, &mut at).map_err(|e| format!("header {h} value length: {e}"))?;
+        if len != -1 {
+            at += fits(len, r.len() - at).map_err(|e| format!("header {h} value: {e}"))?;
+        }
+    }
+    if at != r.len() {
+        return Err(format!("{} bytes after its headers", r.len() - at));
+    }
+    Ok(())
+}
+
+/// A non-negative length that fits in `left` bytes.
+fn fits(len: i64, left: usize) -> std::result::Result<usize, String> {
+    if len < 0 || len as u64 > left as u64 {
+        return Err(format!("length {len} with {left} bytes left"));
+    }
+    Ok(len as usize)
+}
+
+fn varint(b: &[u8], at: &mut usize) -> std::result::Result<i64, String> {
+    let v = varlong(b, at)?;
+    if v < i32::MIN as i64 || v > i32::MAX as i64 {
+        return Err(format!("{v} does not fit in 32 bits"));
+    }
+    Ok(v)
+}
+
+/// A zigzag varint of up to 64 bits.
+fn varlong(b: &[u8], at: &mut usize) -> std::result::Result<i64, String> {
+    let mut raw: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let Some(&byte) = b.get(*at) else {
+            return Err("cut short".into());
+        };
+        *at += 1;
+        if shift == 63 && byte > 1 {
+            return Err("longer than 64 bits".into());
+        }
+        raw |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64));
+        }
+    }
+    Err("longer than 64 bits".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn encoded(compression: Compression) -> Vec<u8> {
+        let records: Vec<Record> = (0..50)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                // One batch: the encoder starts another where offset - sequence changes.
+                sequence: i as i32,
+                timestamp: 1_700_000_000_000 + i,
+                key: (i % 2 == 0).then(|| bytes::Bytes::from(format!("key-{i}"))),
+                value: Some(bytes::Bytes::from(vec![b'v'; i as usize])),
+                headers: [(
+                    kafka_protocol::protocol::StrBytes::from_static_str("h"),
+                    Some(bytes::Bytes::from_static(b"x")),
+                )]
+                .into_iter()
+                .collect(),
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records.iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
+        buf.to_vec()
+    }
+
+    /// An uncompressed batch of `records` (their bytes, `count` of them), with a valid CRC.
+    fn batch_of(records: &[u8], count: i32) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER_LEN];
+        b[8..12]
+            .copy_from_slice(&((HEADER_LEN - LOG_OVERHEAD + records.len()) as i32).to_be_bytes());
+        b[16] = 2;
+        b[23..27].copy_from_slice(&(count - 1).to_be_bytes());
+        b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+        b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
+        b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+        b[57..61].copy_from_slice(&count.to_be_bytes());
+        b.extend_from_slice(records);
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    fn zigzag(v: i64) -> Vec<u8> {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        let mut out = vec![];
+        loop {
+            let byte = (z & 0x7f) as u8;
+            z >>= 7;
+            if z == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    /// attributes, timestamp delta, offset delta, key "k", value "v", then `headers`.
+    fn record(header_count: i64, headers: &[u8]) -> Vec<u8> {
+        let mut body = vec![0, 0, 0];
+        body.extend(zigzag(1));
+        body.push(b'k');
+        body.extend(zigzag(1));
+        body.push(b'v');
+        body.extend(zigzag(header_count));
+        body.extend_from_slice(headers);
+        let mut r = zigzag(body.len() as i64);
+        r.extend(body);
+        r
+    }
+
+    #[test]
+    fn batches_from_the_encoder_pass_in_every_codec() {
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let b = encoded(c);
+            let h = BatchHeader::parse(&b).unwrap();
+            assert_eq!(h.size, b.len(), "{c:?}: one batch");
+            check_records(&b, &h).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        }
+    }
+
+    /// A record claiming 2^31-1 headers passed the CRC check and was acknowledged; the
+    /// first consumer or timestamp lookup to decode it then asked for ~120 GB and aborted.
+    #[test]
+    fn a_record_whose_header_count_lies_is_refused() {
+        let good = batch_of(&record(1, &[2, b'h', 2, b'x']), 1);
+        let h = BatchHeader::parse(&good).unwrap();
+        check_records(&good, &h).unwrap();
+        for (count, headers) in [
+            (i32::MAX as i64, vec![]),
+            (2, vec![2, b'h', 2, b'x']),
+            (-3, vec![]),
+            (1, vec![40, b'h', 2, b'x']),
+            (1, vec![2, b'h', 40, b'x']),
+        ] {
+            let bad = batch_of(&record(count, &headers), 1);
+            let h = BatchHeader::parse(&bad).unwrap();
+            let err = check_records(&bad, &h).unwrap_err().to_string();
+            assert!(err.contains("record 0"), "{err}");
+        }
+        // More records counted than there are, and a length past the batch.
+        let two = batch_of(&record(1, &[2, b'h', 2, b'x']), 2);
+        assert!(check_records(&two, &BatchHeader::parse(&two).unwrap()).is_err());
+        let mut long = zigzag(1000);
+        long.extend([0, 0, 0]);
+        let long = batch_of(&long, 1);
+        assert!(check_records(&long, &BatchHeader::parse(&long).unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_partition_does_not_acknowledge_a_batch_whose_records_lie() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = crate::Log::open(dir.path(), crate::LogConfig::default()).unwrap();
+        let topic = log.create_topic("t", 1, None).unwrap();
+        let mut bad = batch_of(&record(i32::MAX as i64, &[]), 1);
+        let err = topic.partitions[0].append(&mut bad).unwrap_err();
+        assert!(err.to_string().contains("headers claimed"), "{err}");
+        let mut good = encoded(Compression::Lz4);
+        topic.partitions[0].append(&mut good).unwrap();
+    }
+}

@@ -154,6 +154,7 @@ impl Partition {
                 batch.len()
             )));
         }
+        crate::batch::check_records(batch, &header)?;
         let mut inner = self.inner.lock();
         let idempotent = header.producer_id >= 0 && header.base_sequence >= 0;
         let last_seq = header.base_sequence.wrapping_add(header.last_offset_delta);
