@@ -98,7 +98,7 @@ struct LatencyReport {
     rate: usize,
     seconds: u64,
     trigger_ms: i64,
-    events: i64,
+    events: u64,
     batches: usize,
     p50_batch_ms: u64,
     p99_batch_ms: u64,
