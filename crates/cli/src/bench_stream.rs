@@ -98,7 +98,7 @@ struct LatencyReport {
     rate: usize,
     seconds: u64,
     trigger_ms: i64,
-    events: i64,
+    events: u64,
     batches: usize,
     p50_batch_ms: u64,
     p99_batch_ms: u64,
@@ -197,7 +197,7 @@ pub async fn run(args: StreamBenchArgs) -> Result<()> {
     let q = start(
         &session,
         LogSource::new(log.clone(), vec!["backlog".into()])
-            .max_offsets_per_trigger(args.max_per_batch),
+            .max_offsets_per_trigger(args.max_per_batch)?,
         Trigger::AvailableNow,
         tmp.path().join("backlog-checkpoint"),
         rows_out.clone(),
@@ -332,8 +332,8 @@ async fn join_throughput(
     }
     p.flush();
     let side = |topic: &str, schema: &str, time: &str, alias: &str| -> Result<DataFrame> {
-        let source =
-            LogSource::new(log.clone(), vec![topic.into()]).max_offsets_per_trigger(max_per_batch);
+        let source = LogSource::new(log.clone(), vec![topic.into()])
+            .max_offsets_per_trigger(max_per_batch)?;
         Ok(session
             .read_stream()
             .source(Arc::new(source))?

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ember_driver::Session;
 use ember_driver::stream::{
-    FileSource, KafkaSource, LogSource, OutputMode, Source, StartingOffsets, Trigger,
+    FileSource, KafkaSource, LogSource, OutputMode, Progress, Source, StartingOffsets, Trigger,
 };
 
 #[derive(Debug, clap::Args)]
@@ -61,9 +61,16 @@ pub struct StreamArgs {
     #[arg(long, default_value = "earliest")]
     starting_offsets: String,
 
-    /// Most records per batch, over all partitions.
-    #[arg(long, value_name = "N")]
+    /// Most records per batch, over all partitions (at least 1).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_offsets_per_trigger: Option<i64>,
+
+    /// When records the query was to read are gone (the topic deleted and
+    /// re-created, the log truncated, retention, starting offsets past the end): true
+    /// fails the query naming them; false logs it, counts it in the progress line
+    /// and reads the partition on from its earliest offset.
+    #[arg(long, default_value_t = true, value_name = "true|false", action = clap::ArgAction::Set)]
+    fail_on_data_loss: bool,
 
     #[arg(long, default_value = "local[*]")]
     master: String,
@@ -79,11 +86,19 @@ fn trigger(s: &str) -> Result<Trigger> {
                     .find(|c: char| !c.is_ascii_digit())
                     .unwrap_or(other.len()),
             );
-            let n: u64 = n.parse().with_context(|| format!("trigger '{other}'"))?;
+            let expected = || {
+                format!(
+                    "--trigger {other}: expected once, available-now, or an interval such as 1s or 500ms"
+                )
+            };
+            let n: u64 = n.parse().with_context(expected)?;
+            if n == 0 {
+                bail!("--trigger {other}: the interval must be longer than 0");
+            }
             Trigger::ProcessingTime(match unit {
                 "ms" => Duration::from_millis(n),
                 "s" | "" => Duration::from_secs(n),
-                _ => bail!("trigger '{other}': expected once, available-now, or e.g. 1s or 500ms"),
+                _ => bail!(expected()),
             })
         }
     })
@@ -91,16 +106,54 @@ fn trigger(s: &str) -> Result<Trigger> {
 
 fn source(args: &StreamArgs) -> Result<Arc<dyn Source>> {
     let starting = StartingOffsets::parse(&args.starting_offsets)?;
-    let topics = |list: &str| list.split(',').map(str::to_string).collect::<Vec<_>>();
+    if args.max_files_per_trigger == Some(0) {
+        bail!("--max-files-per-trigger 0: must be at least 1");
+    }
+    if args.table.trim().is_empty() {
+        bail!("--table: the stream needs a name");
+    }
+    let topics = |list: &str| -> Result<Vec<String>> {
+        let topics: Vec<String> = list.split(',').map(|t| t.trim().to_string()).collect();
+        if topics.iter().any(String::is_empty) {
+            bail!("--from {}: a topic name is empty", args.from);
+        }
+        Ok(topics)
+    };
+    let offsets_source = args.from.starts_with("log:") || args.from.starts_with("kafka:");
+    if !offsets_source {
+        if args.max_offsets_per_trigger.is_some() {
+            bail!(
+                "--max-offsets-per-trigger is for log: and kafka: sources (files: --max-files-per-trigger)"
+            );
+        }
+        if args.starting_offsets != "earliest" {
+            bail!("--starting-offsets is for log: and kafka: sources");
+        }
+    } else if args.max_files_per_trigger.is_some() {
+        bail!(
+            "--max-files-per-trigger is for file sources (log:, kafka:: --max-offsets-per-trigger)"
+        );
+    }
+    let max_offsets = |max: i64| {
+        if max < 1 {
+            bail!("--max-offsets-per-trigger {max}: must be at least 1 (records per batch)");
+        }
+        Ok(max)
+    };
     if let Some(rest) = args.from.strip_prefix("log:") {
         let (dir, list) = rest
             .rsplit_once(':')
             .context("--from log:DIR:TOPIC[,TOPIC..]")?;
+        if dir.is_empty() {
+            bail!("--from {}: expected log:DIR:TOPIC[,TOPIC..]", args.from);
+        }
         let log = ember_log::Log::open(dir, ember_log::LogConfig::default())
             .with_context(|| format!("opening the log in {dir}"))?;
-        let mut s = LogSource::new(log, topics(list)).starting_offsets(starting);
+        let mut s = LogSource::new(log, topics(list)?)
+            .starting_offsets(starting)
+            .fail_on_data_loss(args.fail_on_data_loss);
         if let Some(m) = args.max_offsets_per_trigger {
-            s = s.max_offsets_per_trigger(m);
+            s = s.max_offsets_per_trigger(max_offsets(m)?)?;
         }
         return Ok(Arc::new(s));
     }
@@ -108,9 +161,17 @@ fn source(args: &StreamArgs) -> Result<Arc<dyn Source>> {
         let (servers, list) = rest
             .rsplit_once(':')
             .context("--from kafka:HOST:PORT:TOPIC[,TOPIC..]")?;
-        let mut s = KafkaSource::new(servers, topics(list)).starting_offsets(starting);
+        if servers.is_empty() {
+            bail!(
+                "--from {}: expected kafka:HOST:PORT:TOPIC[,TOPIC..]",
+                args.from
+            );
+        }
+        let mut s = KafkaSource::new(servers, topics(list)?)
+            .starting_offsets(starting)
+            .fail_on_data_loss(args.fail_on_data_loss);
         if let Some(m) = args.max_offsets_per_trigger {
-            s = s.max_offsets_per_trigger(m);
+            s = s.max_offsets_per_trigger(max_offsets(m)?)?;
         }
         return Ok(Arc::new(s));
     }
@@ -138,6 +199,30 @@ fn source(args: &StreamArgs) -> Result<Arc<dyn Source>> {
     )
 }
 
+/// A batch's line: rows in and out, and what would otherwise go unseen: rows
+/// dropped as late (behind the watermark) and data lost (skipped, with
+/// `--fail-on-data-loss false`).
+fn progress_line(p: &Progress) -> String {
+    let mut line = format!(
+        "batch {}: {} rows in, {} rows out",
+        p.batch_id, p.num_input_rows, p.sink.num_output_rows
+    );
+    if p.late_rows_dropped > 0 {
+        line += &format!(", {} late rows dropped", p.late_rows_dropped);
+    }
+    let source = &p.source;
+    if source.data_loss_events > 0 {
+        line += &format!(
+            ", data loss in {} partition(s) ({} offsets known skipped), read on from the earliest offset",
+            source.data_loss_events, source.offsets_lost
+        );
+    }
+    line + &format!(
+        ", {} ms ({} rows/s)",
+        p.duration_ms.trigger_execution, p.processed_rows_per_second
+    )
+}
+
 pub async fn run(args: StreamArgs) -> Result<()> {
     let session = args
         .ui
@@ -162,10 +247,12 @@ pub async fn run(args: StreamArgs) -> Result<()> {
     let writer = match args.to.split_once(':') {
         None if args.to == "console" => writer.console(),
         None if args.to == "memory" => writer.memory(),
-        Some(("parquet", dir)) => writer.parquet(dir),
-        Some(("json", dir)) => writer.json(dir),
+        Some(("parquet", dir)) if !dir.is_empty() => writer.parquet(dir),
+        Some(("json", dir)) if !dir.is_empty() => writer.json(dir),
         Some(("kafka", rest)) => match rest.rsplit_once(':') {
-            Some((bootstrap, topic)) if !topic.is_empty() => writer.kafka(bootstrap, topic),
+            Some((bootstrap, topic)) if !bootstrap.is_empty() && !topic.is_empty() => {
+                writer.kafka(bootstrap, topic)
+            }
             _ => bail!("--to {}: expected kafka:HOST:PORT:TOPIC", args.to),
         },
         _ => bail!(
@@ -201,14 +288,7 @@ pub async fn run(args: StreamArgs) -> Result<()> {
             if p.batch_id < next {
                 continue;
             }
-            eprintln!(
-                "batch {}: {} rows in, {} rows out, {} ms ({} rows/s)",
-                p.batch_id,
-                p.num_input_rows,
-                p.sink.num_output_rows,
-                p.duration_ms.trigger_execution,
-                p.processed_rows_per_second
-            );
+            eprintln!("{}", progress_line(&p));
             next = p.batch_id + 1;
         }
         if ended {

@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 mod broker;
 mod cluster;
 mod stream;
+mod stream_offsets;
 mod ui;
 
 /// A port free on 127.0.0.1 now (the process given it binds it right away).

@@ -243,10 +243,21 @@ async fn partition_client(
     Ok(pc)
 }
 
+/// How a query is told to read on past lost data.
+const READ_ON: &str = "fail_on_data_loss(false) (ember stream --fail-on-data-loss false)";
+
 /// What a read says when retention deleted offsets `from..earliest` it needed.
 pub fn data_loss(topic: &str, partition: i32, from: i64, earliest: i64) -> String {
     format!(
-        "data loss: {topic}-{partition} offsets {from}..{earliest} were deleted (retention) before this query read them; fail_on_data_loss(false) skips them"
+        "data loss: {topic}-{partition} offsets {from}..{earliest} were deleted (retention) before this query read them; {READ_ON} skips them"
+    )
+}
+
+/// What a query says when partition `topic`-`partition` ends at `latest`, before
+/// `from`, the offset it is to read next.
+pub fn data_loss_behind(topic: &str, partition: i32, from: i64, latest: i64) -> String {
+    format!(
+        "data loss: {topic}-{partition} ends at offset {latest}, before offset {from} the query is to read next (the topic was deleted and re-created, its log truncated, or the starting offset lies past its end); {READ_ON} reads it from its earliest offset"
     )
 }
 

@@ -348,7 +348,8 @@ fn the_kafka_source_on_a_kcat_fed_broker_agrees_with_the_log_source() {
         kcat_produce(&broker, "events", &lines);
         let source =
             ember_driver::stream::KafkaSource::new(&bootstrap(&broker), vec!["events".into()])
-                .max_offsets_per_trigger(700);
+                .max_offsets_per_trigger(700)
+                .unwrap();
         rt.block_on(windowed_counts(
             Arc::new(source),
             "over_kafka",
@@ -358,7 +359,8 @@ fn the_kafka_source_on_a_kcat_fed_broker_agrees_with_the_log_source() {
     };
     let log = Log::open(&data, LogConfig::default()).unwrap();
     let source = ember_driver::stream::LogSource::new(log, vec!["events".into()])
-        .max_offsets_per_trigger(700);
+        .max_offsets_per_trigger(700)
+        .unwrap();
     let in_process = rt.block_on(windowed_counts(
         Arc::new(source),
         "in_process",
@@ -408,7 +410,8 @@ fn the_kafka_source_reads_librdkafkas_mock_cluster_exactly_once_across_restarts(
         let session = ember_driver::Session::builder().master("local[2]").build().unwrap();
         let run = || async {
             let source = ember_driver::stream::KafkaSource::new(&bootstrap, vec!["readings".into()])
-                .max_offsets_per_trigger(70);
+                .max_offsets_per_trigger(70)
+                .unwrap();
             let q = session
                 .read_stream()
                 .source(Arc::new(source))

@@ -11,7 +11,9 @@ use rskafka::client::Client;
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use tokio::sync::{Mutex, OnceCell};
 
-use super::source::{Offsets, Source, StartingOffsets, batch_end, kafka_schema};
+use super::source::{
+    DataLoss, LossCounter, Offsets, Source, StartingOffsets, batch_end, kafka_schema, resume_at,
+};
 
 /// `read_stream().kafka(bootstrap_servers, topics)`.
 pub struct KafkaSource {
@@ -20,7 +22,7 @@ pub struct KafkaSource {
     starting: StartingOffsets,
     max_offsets_per_trigger: Option<i64>,
     fail_on_data_loss: bool,
-    lost: std::sync::atomic::AtomicI64,
+    lost: LossCounter,
     /// The partitions' ends when the last batch was planned.
     planned_with: parking_lot::Mutex<Option<Offsets>>,
     /// `subscribe_pattern`, instead of `topics`.
@@ -31,6 +33,7 @@ pub struct KafkaSource {
 
 /// A client of a Kafka cluster (rskafka), made on first use, and its partition clients.
 pub(crate) struct Connection {
+    role: Role,
     bootstrap: Vec<String>,
     client: OnceCell<Client>,
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
@@ -45,14 +48,35 @@ impl std::fmt::Debug for KafkaSource {
     }
 }
 
-pub(crate) fn kafka_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> EmberError {
-    EmberError::Internal(format!("kafka source: {what}: {e}"))
+/// An error of the Kafka source, or of the Kafka sink (`role`), about `what`.
+pub(crate) fn kafka_error(
+    role: Role,
+    what: impl std::fmt::Display,
+    e: impl std::fmt::Display,
+) -> EmberError {
+    EmberError::Internal(format!("kafka {}: {what}: {e}", role.name()))
+}
+
+/// What a [`Connection`] is for, which its errors say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Source,
+    Sink,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Sink => "sink",
+        }
+    }
 }
 
 impl KafkaSource {
     pub fn new(bootstrap_servers: &str, topics: Vec<String>) -> Self {
         KafkaSource {
-            connection: Connection::new(bootstrap_servers),
+            connection: Connection::new(bootstrap_servers, Role::Source),
             topics,
             starting: StartingOffsets::Earliest,
             max_offsets_per_trigger: None,
@@ -69,13 +93,14 @@ impl KafkaSource {
         self
     }
 
-    pub fn max_offsets_per_trigger(mut self, max: i64) -> Self {
-        self.max_offsets_per_trigger = Some(max.max(1));
-        self
+    /// At most `max` records per batch, over all partitions; `max` must be positive.
+    pub fn max_offsets_per_trigger(mut self, max: i64) -> Result<Self> {
+        self.max_offsets_per_trigger = Some(super::source::positive_max_offsets(max)?);
+        Ok(self)
     }
 
-    /// When offsets a batch should read are gone (retention), fail (default) or
-    /// skip to what is left.
+    /// When offsets a batch should read are gone (see [`Source::resume`]), fail (the
+    /// default, naming them) or read on from the earliest offset and count them.
     pub fn fail_on_data_loss(mut self, fail: bool) -> Self {
         self.fail_on_data_loss = fail;
         self
@@ -139,13 +164,14 @@ impl KafkaSource {
             .await?
             .get_offset(at)
             .await
-            .map_err(|e| kafka_error(format!("offsets of {topic}-{partition}"), e))
+            .map_err(|e| kafka_error(Role::Source, format!("offsets of {topic}-{partition}"), e))
     }
 }
 
 impl Connection {
-    pub(crate) fn new(bootstrap_servers: &str) -> Connection {
+    pub(crate) fn new(bootstrap_servers: &str, role: Role) -> Connection {
         Connection {
+            role,
             bootstrap: bootstrap_servers
                 .split(',')
                 .map(|s| s.trim().to_string())
@@ -166,7 +192,7 @@ impl Connection {
                 ember_core::kafka_scan::client_builder(self.bootstrap.clone())
                     .build()
                     .await
-                    .map_err(|e| kafka_error(self.bootstrap.join(","), e))
+                    .map_err(|e| kafka_error(self.role, self.bootstrap.join(","), e))
             })
             .await
     }
@@ -178,7 +204,7 @@ impl Connection {
             .await?
             .list_topics()
             .await
-            .map_err(|e| kafka_error("listing topics", e))?
+            .map_err(|e| kafka_error(self.role, "listing topics", e))?
             .into_iter()
             .map(|t| t.name)
             .collect())
@@ -191,7 +217,7 @@ impl Connection {
             .await?
             .list_topics()
             .await
-            .map_err(|e| kafka_error("listing topics", e))?;
+            .map_err(|e| kafka_error(self.role, "listing topics", e))?;
         let found = topics.iter().find(|t| t.name == topic).ok_or_else(|| {
             EmberError::Config(format!(
                 "kafka: topic '{topic}' does not exist on {}",
@@ -218,7 +244,7 @@ impl Connection {
             .await?
             .partition_client(topic, partition, UnknownTopicHandling::Error)
             .await
-            .map_err(|e| kafka_error(format!("{topic}-{partition}"), e))?;
+            .map_err(|e| kafka_error(self.role, format!("{topic}-{partition}"), e))?;
         let client = Arc::new(client);
         clients.insert(key, client.clone());
         Ok(client)
@@ -266,6 +292,24 @@ impl Source for KafkaSource {
         self.planned_with.lock().clone()
     }
 
+    async fn resume(&self, start: &Offsets) -> Result<Offsets> {
+        let mut resumed = start.clone();
+        for (t, p, from) in start.iter() {
+            let earliest = self.offset(t, p, OffsetAt::Earliest).await?;
+            let latest = self.offset(t, p, OffsetAt::Latest).await?;
+            let at = resume_at(
+                t,
+                p,
+                from,
+                (earliest, latest),
+                self.fail_on_data_loss,
+                &self.lost,
+            )?;
+            resumed.set(t, p, at);
+        }
+        Ok(resumed)
+    }
+
     async fn available(&self) -> Result<Offsets> {
         let mut end = Offsets::default();
         for (t, p) in self.topic_partitions().await? {
@@ -290,8 +334,9 @@ impl Source for KafkaSource {
                 self.fail_on_data_loss,
             )
             .await?;
-            self.lost
-                .fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
+            if skipped > 0 {
+                self.lost.add(skipped as u64);
+            }
             batches.push(batch);
         }
         Ok(batches)
@@ -304,8 +349,8 @@ impl Source for KafkaSource {
         }
     }
 
-    fn offsets_lost(&self) -> i64 {
-        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    fn data_loss(&self) -> DataLoss {
+        self.lost.get()
     }
 
     async fn scan_table(
@@ -333,10 +378,7 @@ impl Source for KafkaSource {
                     earliest,
                     "skipping offsets lost to retention"
                 );
-                self.lost.fetch_add(
-                    earliest.min(to) - from,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                self.lost.add((earliest.min(to) - from) as u64);
                 from = earliest.min(to);
             }
             if from < to {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use ember_core::{EmberError, Result};
 use ember_log::{Log, Producer, ProducerConfig, ProducerRecord, partition_for_key};
 
-use super::kafka::{Connection, kafka_error};
+use super::kafka::{Connection, Role, kafka_error};
 use super::sink::Sink;
 
 /// One row as a record.
@@ -148,7 +148,7 @@ pub struct KafkaSink {
 impl KafkaSink {
     pub fn new(bootstrap_servers: &str, topic: &str) -> KafkaSink {
         KafkaSink {
-            connection: Connection::new(bootstrap_servers),
+            connection: Connection::new(bootstrap_servers, Role::Sink),
             topic: topic.to_string(),
             next: AtomicU32::new(0),
         }
@@ -203,7 +203,11 @@ impl Sink for KafkaSink {
                     )
                     .await
                     .map_err(|e| {
-                        kafka_error(format!("producing to {}-{partition}", self.topic), e)
+                        kafka_error(
+                            Role::Sink,
+                            format!("producing to {}-{partition}", self.topic),
+                            e,
+                        )
                     })?;
             }
         }

@@ -45,7 +45,7 @@ pub struct Progress {
     pub batch_id: u64,
     /// When the batch was planned, ms since the epoch.
     pub timestamp_ms: i64,
-    pub num_input_rows: i64,
+    pub num_input_rows: u64,
     pub input_rows_per_second: f64,
     pub processed_rows_per_second: f64,
     pub duration_ms: Durations,
@@ -80,10 +80,15 @@ pub struct SourceProgress {
     pub description: String,
     pub start_offset: Offsets,
     pub end_offset: Offsets,
-    pub num_input_rows: i64,
-    /// Offsets of this batch's range that retention had deleted, skipped
-    /// (`fail_on_data_loss(false)`).
-    pub offsets_lost: i64,
+    pub num_input_rows: u64,
+    /// Offsets retention had deleted before they were read, skipped since the last
+    /// batch (`fail_on_data_loss(false)`).
+    pub offsets_lost: u64,
+    /// Partitions found to have lost data since the last batch (records deleted
+    /// before they were read, or the partition behind the query's offset: its topic
+    /// deleted and re-created, its log truncated), each read on from its earliest
+    /// offset (`fail_on_data_loss(false)`).
+    pub data_loss_events: u64,
     /// Records the source held beyond this batch when it ended (the consumer lag);
     /// none for a source without an end (rate).
     pub lag_rows: Option<i64>,
@@ -362,6 +367,7 @@ impl DataStreamWriter {
             state_dir,
             watermark: Mutex::new(None),
             progress_to: self.progress_to.clone(),
+            loss_reported: Mutex::new(source.data_loss()),
             query,
         };
         let ended = shared.clone();

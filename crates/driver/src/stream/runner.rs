@@ -22,7 +22,7 @@ use super::query::{
     same,
 };
 use super::sink::Sink;
-use super::source::{CombinedSource, Offsets, Source};
+use super::source::{CombinedSource, DataLoss, Offsets, Source};
 use super::stateful::{QueryPlan, StatefulNode};
 use crate::dataframe::DataFrame;
 use ember_core::stateful::store::BatchStats;
@@ -75,6 +75,8 @@ pub(super) struct Runner {
     /// The watermark the next batch uses.
     pub(super) watermark: Mutex<Option<i64>>,
     pub(super) progress_to: Option<Arc<super::InfluxWriter>>,
+    /// The source's data loss the last progress report counted.
+    pub(super) loss_reported: Mutex<DataLoss>,
 }
 
 fn now_ms() -> i64 {
@@ -131,9 +133,12 @@ impl Runner {
             }
             self.checkpoint.renew().await?;
             let started = Instant::now();
+            // Where the source's partitions stand now may be behind `start` (a topic
+            // deleted and re-created): an error, or a new start, counted as data loss.
+            start = self.source.resume(&start).await?;
             let mut end = self.source.latest(&start).await?;
             if let Some(target) = &target {
-                end = end.capped_at(target);
+                end = end.capped_at(target, &start);
             }
             let latest_ms = started.elapsed().as_millis() as u64;
             let due = self.no_data_batch_due(used_watermark);
@@ -203,9 +208,15 @@ impl Runner {
         let add = Instant::now();
         let (num_input_rows, written, late, state_progress, (next_watermark, side_max), lost) =
             async {
-                let lost_before = self.source.offsets_lost();
                 let (batch_plan, num_input_rows) = self.batch_plan(range).await?;
-                let lost = self.source.offsets_lost() - lost_before;
+                // What `resume` found before this batch and the reads found since.
+                let lost = {
+                    let now = self.source.data_loss();
+                    let mut reported = self.loss_reported.lock();
+                    let lost = now - *reported;
+                    *reported = now;
+                    lost
+                };
                 // A stateful operator runs in the same job, one task per state partition.
                 let config = self.stateful_config(range.batch_id, range.watermark_ms);
                 let plan = match &config {
@@ -278,7 +289,7 @@ impl Runner {
             Some(a) => Ok(a),
             None => self.source.available().await,
         };
-        let lag_rows = available.ok().map(|a| range.end.rows_until(&a).max(0));
+        let lag_rows = available.ok().map(|a| range.end.lag_until(&a));
         let progress = Progress {
             id: self.shared.id.clone(),
             run_id: self.shared.run_id.clone(),
@@ -300,7 +311,8 @@ impl Runner {
                 start_offset: range.start.clone(),
                 end_offset: range.end.clone(),
                 num_input_rows,
-                offsets_lost: lost,
+                offsets_lost: lost.offsets,
+                data_loss_events: lost.events,
                 lag_rows,
             },
             sink: SinkProgress {
@@ -315,6 +327,8 @@ impl Runner {
             batch = range.batch_id,
             input_rows = num_input_rows,
             output_rows = written,
+            late_rows = late,
+            data_loss_events = lost.events,
             ms = total.as_millis() as u64,
             "batch committed"
         );
@@ -374,7 +388,7 @@ impl Runner {
 
     /// The batch plan over the range's rows: each stream's scans read its part of
     /// the range. Also the rows in the range.
-    async fn batch_plan(&self, range: &BatchRange) -> Result<(LogicalPlan, i64)> {
+    async fn batch_plan(&self, range: &BatchRange) -> Result<(LogicalPlan, u64)> {
         if self.streams.len() <= 1 {
             let (table, rows) = batch_table(&self.source, &range.start, &range.end).await?;
             return Ok((swap_provider(&self.query.batch, &is_stream, table)?, rows));
@@ -406,7 +420,7 @@ impl Runner {
     }
 }
 
-fn rate(rows: i64, over: Duration) -> f64 {
+fn rate(rows: u64, over: Duration) -> f64 {
     let s = over.as_secs_f64();
     if s <= 0.0 {
         0.0
@@ -464,12 +478,14 @@ async fn batch_table(
     source: &Arc<dyn Source>,
     start: &Offsets,
     end: &Offsets,
-) -> Result<(Arc<dyn TableProvider>, i64)> {
+) -> Result<(Arc<dyn TableProvider>, u64)> {
+    // Checked before anything is read: a range that goes back is a bug, not rows.
+    let in_range = start.rows_until(end)?;
     if let Some(table) = source.scan_table(start, end).await? {
-        return Ok((table, start.rows_until(end)));
+        return Ok((table, in_range));
     }
     let input = source.read(start, end).await?;
-    let rows = input.iter().map(|b| b.num_rows() as i64).sum();
+    let rows = input.iter().map(|b| b.num_rows() as u64).sum();
     Ok((
         Arc::new(MemTable::try_new(source.schema(), vec![input])?),
         rows,

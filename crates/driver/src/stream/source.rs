@@ -32,22 +32,42 @@ impl Offsets {
             .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t.as_str(), *p, *o)))
     }
 
-    /// Each offset no further than `limit`'s for the same partition.
-    pub fn capped_at(mut self, limit: &Offsets) -> Offsets {
+    /// Each offset no further than `limit`'s for the same partition, nor before
+    /// `floor`'s (a batch never ends before it starts).
+    pub fn capped_at(mut self, limit: &Offsets, floor: &Offsets) -> Offsets {
         for (t, ps) in self.0.iter_mut() {
             for (p, o) in ps.iter_mut() {
                 if let Some(l) = limit.get(t, *p) {
-                    *o = (*o).min(l);
+                    *o = (*o).min(l.max(floor.get(t, *p).unwrap_or(l)));
                 }
             }
         }
         self
     }
 
-    /// Rows between `self` (start) and `end`.
-    pub fn rows_until(&self, end: &Offsets) -> i64 {
-        end.iter()
-            .map(|(t, p, o)| o - self.get(t, p).unwrap_or(o))
+    /// Rows between `self` (start) and `end`. A range never goes back: a partition
+    /// whose end lies before its start is an error naming it (sources report lost
+    /// offsets in [`Source::resume`] before a batch is planned).
+    pub fn rows_until(&self, end: &Offsets) -> Result<u64> {
+        let mut rows = 0u64;
+        for (t, p, to) in end.iter() {
+            let from = self.get(t, p).unwrap_or(to);
+            let n = u64::try_from(to - from).map_err(|_| {
+                EmberError::Internal(format!(
+                    "the range of {t}-{p} goes back, from offset {from} to {to}"
+                ))
+            })?;
+            rows += n;
+        }
+        Ok(rows)
+    }
+
+    /// Records after `self` up to `available`, per partition never below zero
+    /// (the consumer lag).
+    pub fn lag_until(&self, available: &Offsets) -> i64 {
+        available
+            .iter()
+            .map(|(t, p, a)| (a - self.get(t, p).unwrap_or(a)).max(0))
             .sum()
     }
 }
@@ -134,10 +154,19 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     async fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>>;
     /// For progress reports.
     fn describe(&self) -> String;
-    /// Offsets skipped so far because retention deleted them before they were read
-    /// (with `fail_on_data_loss(false)`).
-    fn offsets_lost(&self) -> i64 {
-        0
+    /// Where the next batch starts: `start`, checked against what the source holds.
+    /// A partition that ends before its offset in `start` (its topic deleted and
+    /// re-created, its log truncated, a starting offset past its end), or whose
+    /// earliest offset lies beyond it (retention deleted records before they were
+    /// read) has lost data: an error naming it, or with `fail_on_data_loss(false)` the
+    /// partition is read again from its earliest offset, logged and counted
+    /// ([`data_loss`](Self::data_loss)).
+    async fn resume(&self, start: &Offsets) -> Result<Offsets> {
+        Ok(start.clone())
+    }
+    /// Data lost so far and skipped (with `fail_on_data_loss(false)`).
+    fn data_loss(&self) -> DataLoss {
+        DataLoss::default()
     }
     /// A table whose scan reads `[start, end)` in the tasks themselves (one task per
     /// partition range), instead of [`read`](Self::read) in the driver; none when the
@@ -153,6 +182,95 @@ pub trait Source: Send + Sync + std::fmt::Debug {
 }
 
 pub use ember_core::kafka_scan::kafka_schema;
+
+/// Data a source found lost and skipped, so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DataLoss {
+    /// Times a partition was found behind where the query stood, or with records
+    /// deleted before they were read.
+    pub events: u64,
+    /// Offsets known to be skipped (those retention deleted; a partition that went
+    /// back, deleted and re-created, says nothing of how many records it lost).
+    pub offsets: u64,
+}
+
+impl std::ops::Sub for DataLoss {
+    type Output = DataLoss;
+    fn sub(self, before: DataLoss) -> DataLoss {
+        DataLoss {
+            events: self.events - before.events,
+            offsets: self.offsets - before.offsets,
+        }
+    }
+}
+
+/// Counts a source's [`DataLoss`], shared with the reads that find it.
+#[derive(Debug, Default)]
+pub(crate) struct LossCounter {
+    events: std::sync::atomic::AtomicU64,
+    offsets: std::sync::atomic::AtomicU64,
+}
+
+impl LossCounter {
+    pub(crate) fn add(&self, offsets: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.events.fetch_add(1, Relaxed);
+        self.offsets.fetch_add(offsets, Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> DataLoss {
+        use std::sync::atomic::Ordering::Relaxed;
+        DataLoss {
+            events: self.events.load(Relaxed),
+            offsets: self.offsets.load(Relaxed),
+        }
+    }
+}
+
+/// Where partition `topic`-`partition` is read from next, the query standing at
+/// `from` and the partition holding `earliest..latest`: `from`, or when records
+/// were lost, an error (`fail`) or, logged and counted in `lost`, `earliest`.
+pub(crate) fn resume_at(
+    topic: &str,
+    partition: i32,
+    from: i64,
+    (earliest, latest): (i64, i64),
+    fail: bool,
+    lost: &LossCounter,
+) -> Result<i64> {
+    if from > latest {
+        if fail {
+            return Err(EmberError::Internal(
+                ember_core::kafka_scan::data_loss_behind(topic, partition, from, latest),
+            ));
+        }
+        tracing::warn!(
+            topic,
+            partition,
+            from,
+            latest,
+            earliest,
+            "data loss: the partition ends before the query's offset (deleted and re-created, or truncated); reading it from its earliest offset"
+        );
+        lost.add(0);
+        return Ok(earliest);
+    }
+    if from < earliest {
+        if fail {
+            return Err(data_lost(topic, partition, from, earliest));
+        }
+        tracing::warn!(
+            topic,
+            partition,
+            from,
+            earliest,
+            "data loss: skipping offsets deleted (retention) before they were read"
+        );
+        lost.add((earliest - from) as u64);
+        return Ok(earliest);
+    }
+    Ok(from)
+}
 
 /// Records as a batch of [`kafka_schema`].
 pub fn records_to_batch(records: &[ConsumerRecord]) -> Result<RecordBatch> {
@@ -180,7 +298,7 @@ pub struct LogSource {
     starting: StartingOffsets,
     max_offsets_per_trigger: Option<i64>,
     fail_on_data_loss: bool,
-    lost: Arc<std::sync::atomic::AtomicI64>,
+    lost: Arc<LossCounter>,
 }
 
 impl LogSource {
@@ -195,8 +313,9 @@ impl LogSource {
         }
     }
 
-    /// When offsets a batch should read are gone (retention), fail (the default,
-    /// naming them) or skip to what is left and count them (`offsets_lost`).
+    /// When offsets a batch should read are gone (see [`Source::resume`]), fail (the
+    /// default, naming them) or read on from the earliest offset and count them
+    /// ([`Source::data_loss`]).
     pub fn fail_on_data_loss(mut self, fail: bool) -> Self {
         self.fail_on_data_loss = fail;
         self
@@ -207,9 +326,10 @@ impl LogSource {
         self
     }
 
-    pub fn max_offsets_per_trigger(mut self, max: i64) -> Self {
-        self.max_offsets_per_trigger = Some(max.max(1));
-        self
+    /// At most `max` records per batch, over all partitions; `max` must be positive.
+    pub fn max_offsets_per_trigger(mut self, max: i64) -> Result<Self> {
+        self.max_offsets_per_trigger = Some(positive_max_offsets(max)?);
+        Ok(self)
     }
 
     fn partitions(&self) -> Result<Vec<(String, i32)>> {
@@ -223,6 +343,16 @@ impl LogSource {
         }
         Ok(out)
     }
+}
+
+/// `max_offsets_per_trigger`, which must be at least 1.
+pub(crate) fn positive_max_offsets(max: i64) -> Result<i64> {
+    if max < 1 {
+        return Err(EmberError::Config(format!(
+            "max_offsets_per_trigger {max}: must be at least 1 (records per batch)"
+        )));
+    }
+    Ok(max)
 }
 
 fn log_error(e: ember_log::LogError) -> EmberError {
@@ -240,8 +370,8 @@ pub(crate) fn batch_end(ranges: Vec<(String, i32, i64, i64)>, max: Option<i64>) 
         .sum();
     let mut end = Offsets::default();
     for (t, p, from, latest) in ranges {
-        // A log that is shorter than where the query stands (deleted and made again)
-        // holds nothing new for it: the query never moves back.
+        // A partition that went back since `resume` looked (deleted and made again)
+        // holds nothing new for this batch; the next batch's `resume` reports it.
         let latest = latest.max(from);
         let to = match max {
             Some(max) if waiting > max => {
@@ -285,6 +415,20 @@ impl Source for LogSource {
         Ok(batch_end(ranges, self.max_offsets_per_trigger))
     }
 
+    async fn resume(&self, start: &Offsets) -> Result<Offsets> {
+        let mut resumed = start.clone();
+        for (t, p, from) in start.iter() {
+            // A partition gone with its topic is not data loss here: the read fails.
+            let Ok(partition) = self.log.partition(t, p) else {
+                continue;
+            };
+            let bounds = (partition.start_offset(), partition.end_offset());
+            let at = resume_at(t, p, from, bounds, self.fail_on_data_loss, &self.lost)?;
+            resumed.set(t, p, at);
+        }
+        Ok(resumed)
+    }
+
     async fn available(&self) -> Result<Offsets> {
         let mut end = Offsets::default();
         for (t, p) in self.partitions()? {
@@ -309,8 +453,8 @@ impl Source for LogSource {
         format!("log[{}]", self.topics.join(","))
     }
 
-    fn offsets_lost(&self) -> i64 {
-        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    fn data_loss(&self) -> DataLoss {
+        self.lost.get()
     }
 }
 
@@ -320,7 +464,7 @@ fn read_log(
     log: &Log,
     start: &Offsets,
     end: &Offsets,
-    lost: Option<&std::sync::atomic::AtomicI64>,
+    lost: Option<&LossCounter>,
 ) -> Result<Vec<RecordBatch>> {
     let mut batches = vec![];
     for (t, p, to) in end.iter() {
@@ -340,10 +484,7 @@ fn read_log(
                 to = log_start,
                 "skipping offsets lost to retention"
             );
-            lost.fetch_add(
-                log_start.min(to) - from,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            lost.add((log_start.min(to) - from) as u64);
             from = log_start;
             if from >= to {
                 continue;
@@ -446,7 +587,21 @@ impl Source for CombinedSource {
             .join(" + ")
     }
 
-    fn offsets_lost(&self) -> i64 {
-        self.parts.iter().map(|s| s.offsets_lost()).sum()
+    async fn resume(&self, start: &Offsets) -> Result<Offsets> {
+        let mut parts = vec![];
+        for (i, s) in self.parts.iter().enumerate() {
+            parts.push(s.resume(&Self::part(start, i)).await?);
+        }
+        Ok(Self::merge(parts))
+    }
+
+    fn data_loss(&self) -> DataLoss {
+        self.parts.iter().fold(DataLoss::default(), |sum, s| {
+            let l = s.data_loss();
+            DataLoss {
+                events: sum.events + l.events,
+                offsets: sum.offsets + l.offsets,
+            }
+        })
     }
 }

@@ -99,7 +99,13 @@ async fn a_filtered_stream_reaches_a_memory_table_once_across_restarts() {
     assert_eq!(count(&session2, "SELECT count(*) FROM evens").await, 150);
     let p = second.last_progress().unwrap();
     assert_eq!(p.batch_id, 1);
-    assert_eq!(p.source.start_offset.rows_until(&p.source.end_offset), 300);
+    assert_eq!(
+        p.source
+            .start_offset
+            .rows_until(&p.source.end_offset)
+            .unwrap(),
+        300
+    );
 }
 
 #[tokio::test]

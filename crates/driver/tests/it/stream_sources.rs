@@ -27,7 +27,8 @@ async fn the_kafka_source_reads_an_ember_broker_over_the_wire() {
     let checkpoint = dir.path().join("checkpoint");
     let run = |name: &'static str| {
         let source = ember_driver::stream::KafkaSource::new(&bootstrap, vec!["events".into()])
-            .max_offsets_per_trigger(50);
+            .max_offsets_per_trigger(50)
+            .unwrap();
         let df = session
             .read_stream()
             .source(Arc::new(source))
@@ -226,12 +227,14 @@ async fn offsets_lost_to_retention_fail_the_query_or_are_skipped_and_counted() {
             Arc::new(
                 ember_driver::stream::KafkaSource::new(&bootstrap, vec!["events".into()])
                     .max_offsets_per_trigger(10)
+                    .unwrap()
                     .fail_on_data_loss(fail),
             )
         } else {
             Arc::new(
                 LogSource::new(log.clone(), vec!["events".into()])
                     .max_offsets_per_trigger(10)
+                    .unwrap()
                     .fail_on_data_loss(fail),
             )
         };
@@ -272,12 +275,12 @@ async fn offsets_lost_to_retention_fail_the_query_or_are_skipped_and_counted() {
         );
         let q = start(kafka, false, Trigger::AvailableNow).await.unwrap();
         q.await_termination(None).await.unwrap();
-        let lost: i64 = q
+        let lost: u64 = q
             .recent_progress()
             .iter()
             .map(|p| p.source.offsets_lost)
             .sum();
-        assert_eq!(lost, earliest - 10, "kafka: {kafka}");
+        assert_eq!(lost, (earliest - 10) as u64, "kafka: {kafka}");
         // The restarted query's memory table holds what it read: all that was left.
         let table = if kafka {
             "kafka_lenient"
