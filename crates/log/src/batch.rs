@@ -13,6 +13,10 @@
 //! 57 recordCount i32 | 61 records...
 //! ```
 
+use bytes::Bytes;
+use kafka_protocol::compression::{self as cmpr, Decompressor};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
+
 use crate::error::{LogError, Result};
 
 /// Bytes before the records.
@@ -130,6 +134,50 @@ pub fn set_base_offset(buf: &mut [u8], offset: i64) {
     buf[0..8].copy_from_slice(&offset.to_be_bytes());
 }
 
+/// The fewest bytes a record takes (v2): length, attributes, timestamp and offset
+/// deltas, key and value lengths, header count, one byte each at least.
+const MIN_RECORD_BYTES: usize = 7;
+
+/// Decodes the records of the batch at the start of `buf` and moves `buf` past it:
+/// what consumers, streaming reads and `ListOffsets` by timestamp do with a batch the
+/// log holds. `what` names the batch's partition in errors.
+///
+/// The decoder reserves room for as many records as the header claims, and for as
+/// many headers as a record claims, before it reads them, so a batch with a valid CRC
+/// claiming 2^31-1 of either would abort the process; the records are checked
+/// against the (decompressed) bytes first, as [`check_records`] checks them on append.
+pub fn decode_records(buf: &mut Bytes, what: &str) -> Result<Vec<Record>> {
+    let claimed = match buf.get(57..61) {
+        Some(b) => i32::from_be_bytes(b.try_into().expect("4 bytes")),
+        None => 0,
+    };
+    let decompress = |records: &mut Bytes, compression: Compression| {
+        use bytes::Buf;
+        let take_all = |b: &mut Bytes| Ok(b.copy_to_bytes(b.remaining()));
+        let bytes = match compression {
+            Compression::None => cmpr::None::decompress(records, take_all),
+            Compression::Gzip => cmpr::Gzip::decompress(records, take_all),
+            Compression::Snappy => cmpr::Snappy::decompress(records, take_all),
+            Compression::Lz4 => cmpr::Lz4::decompress(records, take_all),
+            Compression::Zstd => cmpr::Zstd::decompress(records, take_all),
+        }?;
+        if claimed.max(0) as usize > bytes.len() / MIN_RECORD_BYTES {
+            let message = format!(
+                "the batch claims {claimed} records in {} bytes of records",
+                bytes.len()
+            );
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message).into());
+        }
+        // Each record's header count too: the decoder reserves room for it first.
+        walk_records(&bytes, claimed.max(0) as usize)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        Ok(bytes)
+    };
+    let set = RecordBatchDecoder::decode_with_custom_compression(buf, Some(decompress))
+        .map_err(|e| LogError::Corrupt(format!("decoding {what}: {e}")))?;
+    Ok(set.records)
+}
+
 /// The batches a scan found (with where each starts), and where and why it stopped
 /// early, if it did.
 pub type Scan = (Vec<(usize, BatchHeader)>, Option<(usize, LogError)>);
@@ -159,27 +207,27 @@ pub fn scan(buf: &[u8]) -> Scan {
 /// forged count would abort the process that reads the batch, long after it was
 /// acknowledged. Kafka's broker validates produced records the same way.
 pub fn check_records(batch: &[u8], header: &BatchHeader) -> Result<()> {
-    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
-    let mut payload = bytes::Bytes::copy_from_slice(&batch[HEADER_LEN..header.size]);
+    use cmpr::{Gzip, Lz4, Snappy, Zstd};
+    let mut payload = Bytes::copy_from_slice(&batch[HEADER_LEN..header.size]);
     let count = header.record_count as usize;
     let checked = match header.attributes & 0x07 {
         0 => walk_records(&payload, count),
         codec => {
             let mut out = None;
             let decompressed = match codec {
-                1 => Gzip::decompress(&mut payload, |b: &mut bytes::Bytes| {
+                1 => Gzip::decompress(&mut payload, |b: &mut Bytes| {
                     out = Some(walk_records(b, count));
                     Ok(())
                 }),
-                2 => Snappy::decompress(&mut payload, |b: &mut bytes::Bytes| {
+                2 => Snappy::decompress(&mut payload, |b: &mut Bytes| {
                     out = Some(walk_records(b, count));
                     Ok(())
                 }),
-                3 => Lz4::decompress(&mut payload, |b: &mut bytes::Bytes| {
+                3 => Lz4::decompress(&mut payload, |b: &mut Bytes| {
                     out = Some(walk_records(b, count));
                     Ok(())
                 }),
-                4 => Zstd::decompress(&mut payload, |b: &mut bytes::Bytes| {
+                4 => Zstd::decompress(&mut payload, |b: &mut Bytes| {
                     out = Some(walk_records(b, count));
                     Ok(())
                 }),
@@ -434,5 +482,61 @@ mod tests {
         assert!(err.to_string().contains("headers claimed"), "{err}");
         let mut good = encoded(Compression::Lz4);
         topic.partitions[0].append(&mut good).unwrap();
+    }
+
+    fn batch(n: usize, compression: Compression) -> Vec<u8> {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: i as i32,
+                timestamp: 1,
+                key: None,
+                value: Some(Bytes::from(format!("value {i}"))),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records.iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .expect("encodes");
+        buf.to_vec()
+    }
+
+    /// Found by the fuzzer (target record_batch): a batch with a valid CRC whose
+    /// header claims 2^31-1 records passed every check of the log, and decoding it
+    /// (a consumer, a streaming read, `ListOffsets` by timestamp) aborted the process
+    /// on a 300 GB allocation.
+    #[test]
+    fn a_batch_claiming_more_records_than_its_bytes_hold_is_an_error_not_an_abort() {
+        for compression in [Compression::None, Compression::Zstd] {
+            let mut bytes = batch(3, compression);
+            assert_eq!(
+                decode_records(&mut Bytes::from(bytes.clone()), "t-0")
+                    .unwrap()
+                    .len(),
+                3
+            );
+            bytes[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+            let crc = crc32c::crc32c(&bytes[21..]);
+            bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+            BatchHeader::parse(&bytes).expect("a valid header");
+            let err = decode_records(&mut Bytes::from(bytes), "t-0")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("claims 2147483647 records"), "{err}");
+        }
     }
 }

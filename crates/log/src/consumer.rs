@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
+use kafka_protocol::records::TimestampType;
 
 use crate::error::{LogError, Result};
 use crate::group::{AssignmentStrategy, TopicPartition};
@@ -351,9 +351,8 @@ fn decode_records(
     let mut out = vec![];
     let mut next = from;
     while !bytes.is_empty() {
-        let set = RecordBatchDecoder::decode(&mut bytes)
-            .map_err(|e| LogError::Corrupt(format!("decoding {}-{}: {e}", tp.0, tp.1)))?;
-        for r in set.records {
+        let records = crate::batch::decode_records(&mut bytes, &format!("{}-{}", tp.0, tp.1))?;
+        for r in records {
             if r.offset >= to {
                 return Ok((out, next));
             }

@@ -371,9 +371,8 @@ impl Partition {
                 continue;
             };
             let mut buf = batch.clone();
-            let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
-                .map_err(|e| LogError::Corrupt(format!("decoding a batch: {e}")))?;
-            if let Some(r) = set.records.iter().find(|r| r.timestamp >= timestamp) {
+            let records = crate::batch::decode_records(&mut buf, "a batch")?;
+            if let Some(r) = records.iter().find(|r| r.timestamp >= timestamp) {
                 return Ok(Some((r.offset, r.timestamp)));
             }
         }

@@ -42,6 +42,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use ember_core::Result;
 use ember_log::Log;
 
+// The checkpoint's file contents, for the fuzzer; the checkpoint itself is internal.
+pub use checkpoint::{BatchRange, Commit};
 pub use files::{FileKind, FileSource};
 pub use influx::{InfluxConfig, InfluxSink, InfluxWriter};
 pub use kafka::{KafkaRangeTable, KafkaSource};
