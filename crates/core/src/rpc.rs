@@ -88,23 +88,36 @@ impl Liveness {
         request
     }
 
-    /// Why a call failed, when its connection died of a peer that stopped answering:
-    /// `"<what> at <url> stopped answering (no HTTP/2 keepalive ack in 20s)"`.
+    /// Why a call failed, when its connection died under it rather than the peer
+    /// replying with an error: `"<what> at <url> stopped answering (no HTTP/2
+    /// keepalive ack in 20s) or closed the connection: <detail>"`. hyper ends a
+    /// connection whose pings go unanswered like one the peer closed, so the two read
+    /// the same to the call; either way the peer is gone.
     pub fn stopped_answering(&self, status: &Status, what: &str, url: &str) -> Option<String> {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
+        // A status the peer sent has no source; one made of a transport error has.
+        let mut source = std::error::Error::source(status);
+        let transport = source.is_some();
+        let mut text = status.message().to_string();
         while let Some(e) = source {
-            // hyper's keepalive failure: "http2 error" caused by "operation timed out".
-            let text = e.to_string();
-            let timed_out = text.contains("timed out") || text.contains("keep-alive");
-            if timed_out {
-                return Some(format!(
-                    "{what} at {url} stopped answering (no HTTP/2 keepalive ack in {:?})",
-                    self.keepalive_timeout
-                ));
-            }
+            text.push_str(&format!(": {e}"));
             source = e.source();
         }
-        None
+        let broken = [
+            "timed out",
+            "reading a body",
+            "connection closed",
+            "broken pipe",
+            "reset",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle));
+        (transport && broken).then(|| {
+            format!(
+                "{what} at {url} stopped answering (no HTTP/2 keepalive ack in {}s) or closed the connection: {}",
+                self.keepalive_timeout.as_secs(),
+                status.message()
+            )
+        })
     }
 }
 
