@@ -239,16 +239,20 @@ impl EmberConfig {
                 }
             }
             "rpc.keepalive_interval" => {
-                self.rpc_keepalive_interval_secs = positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
+                self.rpc_keepalive_interval_secs =
+                    positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
             }
             "rpc.keepalive_timeout" => {
-                self.rpc_keepalive_timeout_secs = positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
+                self.rpc_keepalive_timeout_secs =
+                    positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
             }
             "rpc.connect_timeout" => {
-                self.rpc_connect_timeout_secs = positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
+                self.rpc_connect_timeout_secs =
+                    positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
             }
             "rpc.request_timeout" => {
-                self.rpc_request_timeout_secs = positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
+                self.rpc_request_timeout_secs =
+                    positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
             }
             "test.delay_tasks" => {
                 if !value.is_empty() {

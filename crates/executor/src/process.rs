@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use datafusion::execution::runtime_env::RuntimeEnv;
 use ember_core::codec::EmberCodec;
+use ember_core::convert::task_id_to_proto;
 use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::executor_service_server::ExecutorServiceServer;
 use ember_core::proto::{DecommissionRequest, HeartbeatRequest, RegisterExecutorRequest};
-use ember_core::convert::task_id_to_proto;
 use ember_core::rpc::{AuthChannel, Liveness, MAX_MESSAGE_BYTES, Security};
 use ember_core::shuffle::ShuffleEnv;
 use ember_core::task::TaskEnv;

@@ -5,10 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ember_core::EmberConfig;
 use ember_core::cancel::CancelFlag;
 use ember_core::convert::{
     task_definition_from_proto, task_id_from_proto, task_id_to_proto, task_status_to_proto,
 };
+use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::executor_service_server::ExecutorService;
 use ember_core::proto::{
     CancelTasksRequest, CancelTasksResponse, FetchPartitionChunk, FetchPartitionRequest,
@@ -16,8 +18,6 @@ use ember_core::proto::{
     ReportTaskStatusRequest, StopRequest, StopResponse, TaskFailure, TaskStatus, task_failure,
     task_status,
 };
-use ember_core::EmberConfig;
-use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::rpc::{AuthChannel, Liveness};
 use ember_core::shuffle::serve_partition;
 use ember_core::task::{TaskDefinition, TaskEnv, TaskId, run_task, session_config_from_pairs};
@@ -100,7 +100,9 @@ async fn report(
     let mut backoff = REPORT_BACKOFF_MIN;
     for tried in 0.. {
         let sent = if ember.injected_report_failure(id.stage, tried) {
-            Err(Status::unavailable("report failure injected (ember.test.fail_reports)"))
+            Err(Status::unavailable(
+                "report failure injected (ember.test.fail_reports)",
+            ))
         } else {
             driver
                 .report_task_status(liveness.unary(report.clone()))

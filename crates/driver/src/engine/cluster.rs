@@ -297,9 +297,11 @@ impl ClusterExecutors {
             e.probing = true;
             let (this, id, mut client) = (self.clone(), id.clone(), e.client.clone());
             tokio::spawn(async move {
-                let ping = client.cancel_tasks(this.security.liveness().unary(CancelTasksRequest {
-                tasks: vec![],
-            }));
+                let ping = client.cancel_tasks(
+                    this.security
+                        .liveness()
+                        .unary(CancelTasksRequest { tasks: vec![] }),
+                );
                 let answer = tokio::time::timeout(PROBE_AFTER, ping).await;
                 if let Ok(Err(status)) = &answer
                     && status.code() == tonic::Code::Unavailable
