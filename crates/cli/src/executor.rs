@@ -1,6 +1,8 @@
 //! `ember executor`: an executor process of a cluster.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use ember_core::EmberConfig;
+use ember_core::rpc::Liveness;
 use ember_executor::{ExecutorConfig, Registry, parse_size};
 
 use crate::security::SecurityArgs;
@@ -40,6 +42,25 @@ pub struct ExecutorArgs {
 
     #[command(flatten)]
     security: SecurityArgs,
+
+    /// Set an `ember.rpc.*` key for this process's connections, e.g.
+    /// ember.rpc.keepalive_timeout=20 (repeatable; other settings come with each task).
+    #[arg(short = 'c', long = "config", value_name = "KEY=VALUE", value_parser = crate::sql::parse_config_arg)]
+    config: Vec<(String, String)>,
+}
+
+/// The process's connection settings: the defaults and its `-c ember.rpc.*` flags.
+fn liveness(config: &[(String, String)]) -> Result<Liveness> {
+    let mut ember = EmberConfig::default();
+    for (key, value) in config {
+        if !key.starts_with("ember.rpc.") {
+            bail!(
+                "{key}: an executor takes only ember.rpc.* keys; a job's other settings come with its tasks"
+            );
+        }
+        ember.set_key(key, value)?;
+    }
+    Ok(Liveness::from_config(&ember))
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -55,7 +76,10 @@ pub async fn run(args: ExecutorArgs) -> Result<()> {
     config.bind = args.bind;
     config.metrics_bind = args.metrics_bind;
     config.advertise_host = args.advertise_host;
-    config.security = args.security.security()?;
+    config.security = args
+        .security
+        .security()?
+        .with_liveness(liveness(&args.config)?);
     eprintln!(
         "executor starting ({} cores), driver {}",
         args.cores, args.driver

@@ -41,12 +41,30 @@ pub struct EmberConfig {
     pub cluster_executor_wait_secs: u64,
     /// Deepest nesting of expressions a SQL statement may have (`ember.sql.max_expression_depth`).
     pub sql_max_expression_depth: usize,
+    /// Seconds between HTTP/2 keepalive pings on every gRPC connection
+    /// (`ember.rpc.keepalive_interval`).
+    pub rpc_keepalive_interval_secs: u64,
+    /// Seconds a ping may go unanswered before its peer counts as gone
+    /// (`ember.rpc.keepalive_timeout`).
+    pub rpc_keepalive_timeout_secs: u64,
+    /// Seconds to establish a connection (`ember.rpc.connect_timeout`).
+    pub rpc_connect_timeout_secs: u64,
+    /// Seconds a short control call (heartbeat, status report, registration, task
+    /// launch) may take (`ember.rpc.request_timeout`).
+    pub rpc_request_timeout_secs: u64,
     /// Delay injection for tests (`ember.test.delay_tasks`): `STAGE:MILLIS` makes every
     /// task of stage STAGE wait that long before it runs.
     pub test_delay_tasks: String,
     /// Failure injection for tests (`ember.test.fail_tasks`): `STAGE:N` makes every task
     /// of stage STAGE fail its first N attempts, `STAGE:always` makes them always fail.
     pub test_fail_tasks: String,
+    /// Report-loss injection for tests (`ember.test.fail_reports`): `STAGE:N` makes the
+    /// first N attempts to report each task of stage STAGE fail on the executor.
+    pub test_fail_reports: String,
+    /// Report-loss injection for tests (`ember.test.forget_tasks`): `STAGE:N` makes an
+    /// executor drop the report of the first N attempts of each task of stage STAGE
+    /// and forget the task, as if its report were lost for good.
+    pub test_forget_tasks: String,
 }
 
 impl Default for EmberConfig {
@@ -60,8 +78,14 @@ impl Default for EmberConfig {
             executor_timeout_secs: 0,
             cluster_executor_wait_secs: 0,
             sql_max_expression_depth: 0,
+            rpc_keepalive_interval_secs: 0,
+            rpc_keepalive_timeout_secs: 0,
+            rpc_connect_timeout_secs: 0,
+            rpc_request_timeout_secs: 0,
             test_delay_tasks: String::new(),
             test_fail_tasks: String::new(),
+            test_fail_reports: String::new(),
+            test_forget_tasks: String::new(),
         };
         for (key, default, _) in Self::KEYS {
             c.set_key(key, default).expect("built-in defaults parse");
@@ -114,6 +138,26 @@ impl EmberConfig {
             "Deepest nesting of expressions in a SQL statement (1+1+...+1 nests one level per +); deeper statements are refused with an error.",
         ),
         (
+            "ember.rpc.keepalive_interval",
+            "10",
+            "Seconds between HTTP/2 keepalive pings on every gRPC connection (clients, driver, executors, shuffle fetches).",
+        ),
+        (
+            "ember.rpc.keepalive_timeout",
+            "20",
+            "Seconds a keepalive ping may go unanswered before the peer counts as gone and its calls fail; a slow query is not cut off while its peer answers pings.",
+        ),
+        (
+            "ember.rpc.connect_timeout",
+            "10",
+            "Seconds to establish a gRPC connection.",
+        ),
+        (
+            "ember.rpc.request_timeout",
+            "30",
+            "Seconds a short control call (heartbeat, task status report, registration, task launch) may take; long calls (query results, shuffle fetches) have no deadline.",
+        ),
+        (
             "ember.test.delay_tasks",
             "",
             "Delay injection for tests: STAGE:MILLIS makes each task of stage STAGE wait that long before it runs.",
@@ -122,6 +166,16 @@ impl EmberConfig {
             "ember.test.fail_tasks",
             "",
             "Failure injection for tests: STAGE:N fails the first N attempts of each task of stage STAGE; STAGE:always always fails.",
+        ),
+        (
+            "ember.test.fail_reports",
+            "",
+            "Failure injection for tests: STAGE:N makes an executor's first N attempts to report each task of stage STAGE fail (it retries).",
+        ),
+        (
+            "ember.test.forget_tasks",
+            "",
+            "Failure injection for tests: STAGE:N makes an executor drop the report of the first N attempts of each task of stage STAGE and forget the task.",
         ),
     ];
 
@@ -184,6 +238,22 @@ impl EmberConfig {
                     return Err(bad("a positive integer"));
                 }
             }
+            "rpc.keepalive_interval" => {
+                self.rpc_keepalive_interval_secs =
+                    positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
+            }
+            "rpc.keepalive_timeout" => {
+                self.rpc_keepalive_timeout_secs =
+                    positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
+            }
+            "rpc.connect_timeout" => {
+                self.rpc_connect_timeout_secs =
+                    positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
+            }
+            "rpc.request_timeout" => {
+                self.rpc_request_timeout_secs =
+                    positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
+            }
             "test.delay_tasks" => {
                 if !value.is_empty() {
                     parse_stage_spec(value).ok_or_else(|| bad("STAGE:MILLIS"))?;
@@ -195,6 +265,18 @@ impl EmberConfig {
                     parse_fail_tasks(value).ok_or_else(|| bad("STAGE:N or STAGE:always"))?;
                 }
                 self.test_fail_tasks = value.to_string()
+            }
+            "test.fail_reports" => {
+                if !value.is_empty() {
+                    parse_stage_spec(value).ok_or_else(|| bad("STAGE:N"))?;
+                }
+                self.test_fail_reports = value.to_string()
+            }
+            "test.forget_tasks" => {
+                if !value.is_empty() {
+                    parse_stage_spec(value).ok_or_else(|| bad("STAGE:N"))?;
+                }
+                self.test_forget_tasks = value.to_string()
             }
             _ => {
                 return Err(DataFusionError::Configuration(format!(
@@ -224,8 +306,14 @@ impl EmberConfig {
             "ember.executor.timeout" => self.executor_timeout_secs.to_string(),
             "ember.cluster.executor_wait" => self.cluster_executor_wait_secs.to_string(),
             "ember.sql.max_expression_depth" => self.sql_max_expression_depth.to_string(),
+            "ember.rpc.keepalive_interval" => self.rpc_keepalive_interval_secs.to_string(),
+            "ember.rpc.keepalive_timeout" => self.rpc_keepalive_timeout_secs.to_string(),
+            "ember.rpc.connect_timeout" => self.rpc_connect_timeout_secs.to_string(),
+            "ember.rpc.request_timeout" => self.rpc_request_timeout_secs.to_string(),
             "ember.test.delay_tasks" => self.test_delay_tasks.clone(),
             "ember.test.fail_tasks" => self.test_fail_tasks.clone(),
+            "ember.test.fail_reports" => self.test_fail_reports.clone(),
+            "ember.test.forget_tasks" => self.test_forget_tasks.clone(),
             _ => String::new(),
         }
     }
@@ -236,6 +324,17 @@ impl EmberConfig {
             Some((s, n)) => s == stage && attempt < n,
             None => false,
         }
+    }
+
+    /// Whether the report hook wants this try (0, 1, ...) to report a task of this
+    /// stage to fail.
+    pub fn injected_report_failure(&self, stage: usize, tried: usize) -> bool {
+        matches!(parse_stage_spec(&self.test_fail_reports), Some((s, n)) if s == stage && tried < n)
+    }
+
+    /// Whether the report hook wants this attempt of a task of this stage forgotten.
+    pub fn injected_forgotten(&self, stage: usize, attempt: usize) -> bool {
+        matches!(parse_stage_spec(&self.test_forget_tasks), Some((s, n)) if s == stage && attempt < n)
     }
 
     /// How long the delay hook holds a task of this stage before it runs.
@@ -254,6 +353,11 @@ impl EmberConfig {
         }
         out
     }
+}
+
+/// A whole number of seconds, at least 1.
+fn positive_secs(value: &str) -> Option<u64> {
+    value.trim().parse().ok().filter(|s| *s > 0)
 }
 
 /// `STAGE:N` -> (stage, N).

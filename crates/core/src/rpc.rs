@@ -8,9 +8,17 @@
 //! encrypted and checks the server's certificate. The same [`Security`] value builds
 //! both ends, so the driver, the executors and the shuffle fetches cannot disagree on
 //! the rules.
+//!
+//! It also carries the [`Liveness`] rules (`ember.rpc.*`): every connection, both
+//! ways, sends HTTP/2 keepalive pings, so a peer that stops answering (a frozen or
+//! partitioned process: its socket stays open, it just never replies) fails its calls
+//! within `keepalive_interval + keepalive_timeout` instead of hanging them forever. A
+//! long call whose peer answers pings is never cut off: only short control calls
+//! ([`Liveness::unary`]) get a deadline.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
@@ -22,7 +30,7 @@ use tonic::{Request, Status};
 
 use crate::proto::driver_service_client::DriverServiceClient;
 use crate::proto::executor_service_client::ExecutorServiceClient;
-use crate::{EmberError, Result};
+use crate::{EmberConfig, EmberError, Result};
 
 /// Largest gRPC message any ember process sends or accepts (plans, result batches).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -38,6 +46,79 @@ pub type AuthChannel = InterceptedService<Channel, ClientAuth>;
 pub struct Security {
     secret: Option<Arc<str>>,
     tls: Option<Tls>,
+    liveness: Liveness,
+}
+
+/// How ember's connections notice a peer that stopped answering (`ember.rpc.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Between HTTP/2 keepalive pings, and the TCP keepalive interval.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection, and its calls, fail.
+    pub keepalive_timeout: Duration,
+    /// To establish a connection.
+    pub connect_timeout: Duration,
+    /// Deadline of short control calls (see [`Liveness::unary`]).
+    pub request_timeout: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness::from_config(&EmberConfig::default())
+    }
+}
+
+impl Liveness {
+    /// The `ember.rpc.*` settings of `config`.
+    pub fn from_config(config: &EmberConfig) -> Liveness {
+        Liveness {
+            keepalive_interval: Duration::from_secs(config.rpc_keepalive_interval_secs),
+            keepalive_timeout: Duration::from_secs(config.rpc_keepalive_timeout_secs),
+            connect_timeout: Duration::from_secs(config.rpc_connect_timeout_secs),
+            request_timeout: Duration::from_secs(config.rpc_request_timeout_secs),
+        }
+    }
+
+    /// A short control call (heartbeat, status report, registration, task launch):
+    /// it fails with `DeadlineExceeded` after the request timeout. Never for calls
+    /// that last as long as a query (result streams, shuffle fetches).
+    pub fn unary<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.request_timeout);
+        request
+    }
+
+    /// Why a call failed, when its connection died under it rather than the peer
+    /// replying with an error: `"<what> at <url> stopped answering (no HTTP/2
+    /// keepalive ack in 20s) or closed the connection: <detail>"`. hyper ends a
+    /// connection whose pings go unanswered like one the peer closed, so the two read
+    /// the same to the call; either way the peer is gone.
+    pub fn stopped_answering(&self, status: &Status, what: &str, url: &str) -> Option<String> {
+        // A status the peer sent has no source; one made of a transport error has.
+        let mut source = std::error::Error::source(status);
+        let transport = source.is_some();
+        let mut text = status.message().to_string();
+        while let Some(e) = source {
+            text.push_str(&format!(": {e}"));
+            source = e.source();
+        }
+        let broken = [
+            "timed out",
+            "reading a body",
+            "connection closed",
+            "broken pipe",
+            "reset",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle));
+        (transport && broken).then(|| {
+            format!(
+                "{what} at {url} stopped answering (no HTTP/2 keepalive ack in {}s) or closed the connection: {}",
+                self.keepalive_timeout.as_secs(),
+                status.message()
+            )
+        })
+    }
 }
 
 /// TLS material: what a server presents, and what a client trusts.
@@ -95,6 +176,7 @@ impl Security {
         Ok(Security {
             secret: Some(secret.into()),
             tls: None,
+            liveness: Liveness::default(),
         })
     }
 
@@ -140,6 +222,16 @@ impl Security {
         Ok(self)
     }
 
+    /// Uses `liveness` on every connection this value builds, both ends.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Security {
+        self.liveness = liveness;
+        self
+    }
+
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
     pub fn has_secret(&self) -> bool {
         self.secret.is_some()
     }
@@ -154,8 +246,15 @@ impl Security {
     }
 
     fn endpoint(&self, url: &str) -> Result<Endpoint> {
+        let l = &self.liveness;
         let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| EmberError::Config(format!("bad address '{url}': {e}")))?;
+            .map_err(|e| EmberError::Config(format!("bad address '{url}': {e}")))?
+            .connect_timeout(l.connect_timeout)
+            .tcp_keepalive(Some(l.keepalive_interval))
+            .http2_keep_alive_interval(l.keepalive_interval)
+            .keep_alive_timeout(l.keepalive_timeout)
+            // Also between calls: a client waiting for its next call learns early.
+            .keep_alive_while_idle(true);
         match &self.tls {
             Some(tls) if url.starts_with("https://") => endpoint
                 .tls_config(ClientTlsConfig::new().ca_certificate(tls.trusted.clone()))
@@ -186,7 +285,13 @@ impl Security {
     /// A gRPC server builder, with TLS when the cluster uses it; a process that
     /// serves a TLS cluster needs its own certificate.
     pub fn server(&self) -> Result<Server> {
-        let builder = Server::builder();
+        let l = &self.liveness;
+        // The server pings too: a client or executor that froze mid-call is dropped,
+        // and with it its call (a client's query is cancelled).
+        let builder = Server::builder()
+            .tcp_keepalive(Some(l.keepalive_interval))
+            .http2_keepalive_interval(Some(l.keepalive_interval))
+            .http2_keepalive_timeout(Some(l.keepalive_timeout));
         match &self.tls {
             Some(Tls {
                 identity: Some(identity),

@@ -14,7 +14,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::batch_fn::BatchFnRegistry;
-use ember_core::rpc::Security;
+use ember_core::rpc::{Liveness, Security};
 use ember_core::task::{FunctionSet, FunctionSource, REQUIRED_DATAFUSION_SETTINGS, apply_settings};
 use ember_core::{EmberConfig, EmberError, Result};
 use tokio::sync::watch;
@@ -164,7 +164,8 @@ impl SessionBuilder {
         let security = match self.security {
             Some(s) => s,
             None => Security::from_file_or_env(None)?,
-        };
+        }
+        .with_liveness(Liveness::from_config(&ember));
         let ui_secret = security.secret().map(str::to_string);
         let runner = match &master {
             Master::Local { slots } => {

@@ -5,14 +5,15 @@ use std::time::{Duration, Instant};
 
 use datafusion::execution::runtime_env::RuntimeEnv;
 use ember_core::codec::EmberCodec;
+use ember_core::convert::task_id_to_proto;
 use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::executor_service_server::ExecutorServiceServer;
 use ember_core::proto::{DecommissionRequest, HeartbeatRequest, RegisterExecutorRequest};
-use ember_core::rpc::{AuthChannel, MAX_MESSAGE_BYTES, Security};
+use ember_core::rpc::{AuthChannel, Liveness, MAX_MESSAGE_BYTES, Security};
 use ember_core::shuffle::ShuffleEnv;
 use ember_core::task::TaskEnv;
 use ember_core::{EmberError, PROTOCOL_VERSION, Result};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 
@@ -33,6 +34,9 @@ pub struct RunningExecutor {
     driver: DriverServiceClient<AuthChannel>,
     running: RunningTasks,
     drain_timeout: Duration,
+    /// Set when the service has stopped: task reports still being retried give up.
+    ended: watch::Sender<bool>,
+    liveness: Liveness,
     /// The `/metrics` server, when configured.
     metrics_server: Option<(std::net::SocketAddr, JoinHandle<()>)>,
 }
@@ -77,10 +81,12 @@ impl RunningExecutor {
     /// job still needs them, and the service stops.
     pub async fn decommission(&self, reason: &str) {
         let mut driver = self.driver.clone();
-        let request = |finished| DecommissionRequest {
-            executor_id: self.executor_id.clone(),
-            finished,
-            reason: reason.to_string(),
+        let request = |finished| {
+            self.liveness.unary(DecommissionRequest {
+                executor_id: self.executor_id.clone(),
+                finished,
+                reason: reason.to_string(),
+            })
         };
         if let Err(e) = driver.decommission(request(false)).await {
             tracing::warn!(error = %e, "could not tell the driver this executor is leaving");
@@ -115,6 +121,7 @@ impl RunningExecutor {
     async fn stopped(&self) -> Result<()> {
         let served = (&mut *self.server.lock().await).await;
         self.heartbeat.abort();
+        self.ended.send_replace(true);
         match served {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(EmberError::Internal(format!(
@@ -181,8 +188,9 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         batch_functions: registry.batch_fns.names(),
         udfs: registry.user_functions(),
     };
+    let liveness = *security.liveness();
     let reply = driver
-        .register_executor(registration.clone())
+        .register_executor(liveness.unary(registration.clone()))
         .await
         .map_err(|e| {
             EmberError::Config(format!(
@@ -212,6 +220,7 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         runtime: Arc::new(RuntimeEnv::default()),
     };
     let stop = Arc::new(Notify::new());
+    let (ended, ended_rx) = watch::channel(false);
     let running: RunningTasks = Arc::default();
     let metrics = Arc::new(crate::metrics::ExecutorMetrics::default());
     let metrics_server = match config.metrics_bind {
@@ -235,6 +244,8 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         running: running.clone(),
         stop: stop.clone(),
         metrics,
+        liveness,
+        ended: ended_rx,
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let shutdown = stop.clone();
@@ -256,13 +267,16 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         async move {
             loop {
                 tokio::time::sleep(interval).await;
+                let held: Vec<_> = running.lock().keys().map(task_id_to_proto).collect();
                 let beat = HeartbeatRequest {
                     executor_id: executor_id.clone(),
-                    running_tasks: running.lock().len() as u32,
+                    running_tasks: held.len() as u32,
+                    running: held,
                 };
-                match driver.heartbeat(beat).await {
+                match driver.heartbeat(liveness.unary(beat)).await {
                     Ok(r) if r.get_ref().reregister => {
-                        if let Err(e) = driver.register_executor(registration.clone()).await {
+                        let again = liveness.unary(registration.clone());
+                        if let Err(e) = driver.register_executor(again).await {
                             tracing::warn!(error = %e, "re-registering with the driver failed");
                         }
                     }
@@ -281,6 +295,8 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         driver,
         running,
         drain_timeout: config.drain_timeout,
+        ended,
+        liveness,
         metrics_server,
     })
 }

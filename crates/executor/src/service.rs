@@ -3,11 +3,14 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use ember_core::EmberConfig;
 use ember_core::cancel::CancelFlag;
 use ember_core::convert::{
     task_definition_from_proto, task_id_from_proto, task_id_to_proto, task_status_to_proto,
 };
+use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::executor_service_server::ExecutorService;
 use ember_core::proto::{
     CancelTasksRequest, CancelTasksResponse, FetchPartitionChunk, FetchPartitionRequest,
@@ -15,12 +18,12 @@ use ember_core::proto::{
     ReportTaskStatusRequest, StopRequest, StopResponse, TaskFailure, TaskStatus, task_failure,
     task_status,
 };
-use ember_core::rpc::AuthChannel;
+use ember_core::rpc::{AuthChannel, Liveness};
 use ember_core::shuffle::serve_partition;
-use ember_core::task::{TaskDefinition, TaskEnv, TaskId, run_task};
+use ember_core::task::{TaskDefinition, TaskEnv, TaskId, run_task, session_config_from_pairs};
 use futures::Stream;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tonic::{Request, Response, Status};
 
 /// The tasks running on this executor, each with the flag that stops it.
@@ -28,11 +31,19 @@ pub(crate) type RunningTasks = Arc<Mutex<HashMap<TaskId, CancelFlag>>>;
 
 pub(crate) struct ExecutorServer {
     pub(crate) env: TaskEnv,
-    pub(crate) driver: ember_core::proto::driver_service_client::DriverServiceClient<AuthChannel>,
+    pub(crate) driver: DriverServiceClient<AuthChannel>,
     pub(crate) running: RunningTasks,
     pub(crate) stop: Arc<Notify>,
     pub(crate) metrics: Arc<crate::metrics::ExecutorMetrics>,
+    /// Deadlines of the control calls to the driver.
+    pub(crate) liveness: Liveness,
+    /// Turns true when the executor has stopped: reports still being retried give up.
+    pub(crate) ended: watch::Receiver<bool>,
 }
+
+/// First and longest wait between tries of a task status report.
+const REPORT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const REPORT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl ExecutorServer {
     fn launch(&self, def: TaskDefinition) {
@@ -41,8 +52,10 @@ impl ExecutorServer {
         self.running.lock().insert(id, flag.clone());
         let env = self.env.clone();
         let running = self.running.clone();
-        let mut driver = self.driver.clone();
+        let driver = self.driver.clone();
         let metrics = self.metrics.clone();
+        let liveness = self.liveness;
+        let ended = self.ended.clone();
         tokio::spawn(async move {
             let status = run_task(&def, &env, &flag).await;
             metrics.task_ended(&status);
@@ -55,15 +68,66 @@ impl ExecutorServer {
                     reason: Some(task_failure::Reason::Execution(String::new())),
                 })),
             });
-            let report = ReportTaskStatusRequest {
-                statuses: vec![message],
-            };
-            if let Err(e) = driver.report_task_status(report).await {
-                tracing::warn!(task = %id, error = %e, "could not report task status to the driver");
+            let ember = session_config_from_pairs(&def.config)
+                .map(|c| EmberConfig::from_session(&c))
+                .unwrap_or_default();
+            if ember.injected_forgotten(id.stage, id.attempt) {
+                tracing::warn!(task = %id, "dropping the report and forgetting the task (ember.test.forget_tasks)");
+            } else {
+                report(driver, liveness, ended, &ember, id, message).await;
             }
-            // Only now: an executor draining for shutdown waits for the reports too.
+            // Only now: until the driver has the report, heartbeats list the task (so
+            // the driver does not give up on it) and a draining executor waits for it.
             running.lock().remove(&id);
         });
+    }
+}
+
+/// Reports a task's status until the driver accepts it, backing off between tries,
+/// for as long as this executor is registered (`ended` turns true when it stops). The
+/// driver ignores a report it already has, so a retried one that did arrive is safe.
+async fn report(
+    mut driver: DriverServiceClient<AuthChannel>,
+    liveness: Liveness,
+    mut ended: watch::Receiver<bool>,
+    ember: &EmberConfig,
+    id: TaskId,
+    status: TaskStatus,
+) {
+    let report = ReportTaskStatusRequest {
+        statuses: vec![status],
+    };
+    let mut backoff = REPORT_BACKOFF_MIN;
+    for tried in 0.. {
+        let sent = if ember.injected_report_failure(id.stage, tried) {
+            Err(Status::unavailable(
+                "report failure injected (ember.test.fail_reports)",
+            ))
+        } else {
+            driver
+                .report_task_status(liveness.unary(report.clone()))
+                .await
+                .map(|_| ())
+        };
+        match sent {
+            Ok(()) => {
+                if tried > 0 {
+                    tracing::info!(task = %id, tries = tried + 1, "reported the task status to the driver");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e.message(), tries = tried + 1, retry_in = ?backoff, "could not report the task status to the driver; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = ended.wait_for(|ended| *ended) => {
+                tracing::warn!(task = %id, "executor stopped before the driver had the task's report");
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(REPORT_BACKOFF_MAX);
     }
 }
 

@@ -9,6 +9,8 @@ use super::free_port;
 
 use ember_core::rpc::Security;
 
+mod liveness;
+
 /// Waits until `path` has more than `before` lines matching every one of `needles`.
 pub(crate) fn wait_for_log(path: &Path, needles: &[&str], before: usize, secs: u64) -> usize {
     let started = Instant::now();

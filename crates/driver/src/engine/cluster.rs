@@ -5,7 +5,7 @@
 //! [`DriverServer`] is the driver's gRPC service, through which executors register
 //! and report task statuses (turned into scheduler events).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +14,9 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use ember_core::PROTOCOL_VERSION;
 use ember_core::convert::ipc_stream;
-use ember_core::convert::{task_definition_to_proto, task_id_to_proto, task_status_from_proto};
+use ember_core::convert::{
+    task_definition_to_proto, task_id_from_proto, task_id_to_proto, task_status_from_proto,
+};
 use ember_core::proto::driver_service_server::DriverService;
 use ember_core::proto::executor_service_client::ExecutorServiceClient;
 use ember_core::proto::{
@@ -53,11 +55,25 @@ struct RemoteExecutor {
 #[derive(Default)]
 struct ClusterState {
     executors: BTreeMap<String, RemoteExecutor>,
-    /// Which executor runs each launched task.
-    running: HashMap<TaskId, String>,
+    /// Where each launched task runs.
+    running: HashMap<TaskId, RunningTask>,
     /// The executors lost most recently, for the UI.
     lost: std::collections::VecDeque<ExecutorView>,
 }
+
+/// A launched task the driver has no report of yet.
+struct RunningTask {
+    executor: String,
+    launched: Instant,
+    /// Consecutive heartbeats of its executor that did not list it.
+    missed: u32,
+}
+
+/// A task its executor's heartbeats stopped listing has lost its report: it is failed
+/// over after this many heartbeats in a row without it, and no sooner than
+/// [`LAUNCH_GRACE`] after its launch (whose request may still be on its way).
+const MISSED_HEARTBEATS: u32 = 2;
+const LAUNCH_GRACE: Duration = Duration::from_secs(2);
 
 /// An executor as the UI and the REST API show it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -206,6 +222,42 @@ impl ClusterExecutors {
         }
     }
 
+    /// Compares the tasks an executor's heartbeat lists with those the driver believes
+    /// run there: a task missing from [`MISSED_HEARTBEATS`] heartbeats in a row ended
+    /// without a report reaching the driver (the executor gave up on it, or restarted),
+    /// so it fails as if its executor were lost, and is retried. The executor keeps a
+    /// task listed until the driver has its report, so a report in flight is no loss.
+    fn check_running(&self, executor: &str, listed: &[TaskId]) {
+        let listed: HashSet<&TaskId> = listed.iter().collect();
+        let mut state = self.state.lock();
+        let mut missing = vec![];
+        for (id, task) in state
+            .running
+            .iter_mut()
+            .filter(|(_, t)| t.executor == executor)
+        {
+            if listed.contains(id) {
+                task.missed = 0;
+                continue;
+            }
+            task.missed += 1;
+            if task.missed >= MISSED_HEARTBEATS && task.launched.elapsed() >= LAUNCH_GRACE {
+                missing.push(*id);
+            }
+        }
+        drop(state);
+        for id in missing {
+            tracing::warn!(executor, task = %id, "the executor no longer has a task the driver launched there; running it again");
+            self.lost(
+                id,
+                executor.to_string(),
+                format!(
+                    "executor {executor} no longer has {id} (missing from {MISSED_HEARTBEATS} heartbeats in a row): its report was lost"
+                ),
+            );
+        }
+    }
+
     /// Every registered executor, then the ones lost lately.
     pub(crate) fn views(&self) -> Vec<ExecutorView> {
         let state = self.state.lock();
@@ -245,7 +297,11 @@ impl ClusterExecutors {
             e.probing = true;
             let (this, id, mut client) = (self.clone(), id.clone(), e.client.clone());
             tokio::spawn(async move {
-                let ping = client.cancel_tasks(CancelTasksRequest { tasks: vec![] });
+                let ping = client.cancel_tasks(
+                    this.security
+                        .liveness()
+                        .unary(CancelTasksRequest { tasks: vec![] }),
+                );
                 let answer = tokio::time::timeout(PROBE_AFTER, ping).await;
                 if let Ok(Err(status)) = &answer
                     && status.code() == tonic::Code::Unavailable
@@ -268,7 +324,7 @@ impl ClusterExecutors {
         let running: Vec<TaskId> = state
             .running
             .iter()
-            .filter(|(_, e)| e.as_str() == executor)
+            .filter(|(_, t)| t.executor == executor)
             .map(|(id, _)| *id)
             .collect();
         for id in &running {
@@ -299,10 +355,10 @@ impl ClusterExecutors {
     /// scheduler has been told), so the report must not free a slot twice.
     fn task_reported(&self, id: &TaskId) -> bool {
         let mut state = self.state.lock();
-        let Some(executor) = state.running.remove(id) else {
+        let Some(task) = state.running.remove(id) else {
             return false;
         };
-        if let Some(e) = state.executors.get_mut(&executor) {
+        if let Some(e) = state.executors.get_mut(&task.executor) {
             e.busy = e.busy.saturating_sub(1);
         }
         true
@@ -338,7 +394,12 @@ impl TaskLauncher for Arc<ClusterExecutors> {
                     (name.clone(), e.client.clone())
                 });
             if let Some((name, _)) = &best {
-                state.running.insert(id, name.clone());
+                let task = RunningTask {
+                    executor: name.clone(),
+                    launched: Instant::now(),
+                    missed: 0,
+                };
+                state.running.insert(id, task);
             }
             best
         };
@@ -351,9 +412,9 @@ impl TaskLauncher for Arc<ClusterExecutors> {
         };
         let this = self.clone();
         tokio::spawn(async move {
-            let request = LaunchTasksRequest {
+            let request = this.security.liveness().unary(LaunchTasksRequest {
                 tasks: vec![task_definition_to_proto(&task)],
-            };
+            });
             if let Err(e) = client.launch_tasks(request).await {
                 // An executor that cannot take a task is treated as gone; the task
                 // (with the others it ran) is retried elsewhere.
@@ -366,17 +427,18 @@ impl TaskLauncher for Arc<ClusterExecutors> {
     fn cancel_job(&self, job: u64) {
         let state = self.state.lock();
         let mut by_executor: HashMap<&str, Vec<_>> = HashMap::new();
-        for (id, executor) in state.running.iter().filter(|(id, _)| id.job == job) {
+        for (id, task) in state.running.iter().filter(|(id, _)| id.job == job) {
             by_executor
-                .entry(executor)
+                .entry(&task.executor)
                 .or_default()
                 .push(task_id_to_proto(id));
         }
         for (executor, tasks) in by_executor {
             if let Some(e) = state.executors.get(executor) {
                 let mut client = e.client.clone();
+                let request = self.security.liveness().unary(CancelTasksRequest { tasks });
                 tokio::spawn(async move {
-                    let _ = client.cancel_tasks(CancelTasksRequest { tasks }).await;
+                    let _ = client.cancel_tasks(request).await;
                 });
             }
         }
@@ -385,8 +447,12 @@ impl TaskLauncher for Arc<ClusterExecutors> {
     fn remove_job(&self, job: u64) {
         for e in self.state.lock().executors.values() {
             let mut client = e.client.clone();
+            let request = self
+                .security
+                .liveness()
+                .unary(RemoveJobRequest { job_id: job });
             tokio::spawn(async move {
-                let _ = client.remove_job(RemoveJobRequest { job_id: job }).await;
+                let _ = client.remove_job(request).await;
             });
         }
     }
@@ -438,7 +504,17 @@ impl DriverService for DriverServer {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let reregister = !self.cluster.touch(&request.get_ref().executor_id);
+        let beat = request.into_inner();
+        let reregister = !self.cluster.touch(&beat.executor_id);
+        // An executor of an older build sends only the count: nothing to compare.
+        if !reregister && beat.running.len() == beat.running_tasks as usize {
+            let listed = beat
+                .running
+                .iter()
+                .map(task_id_from_proto)
+                .collect::<Vec<_>>();
+            self.cluster.check_running(&beat.executor_id, &listed);
+        }
         Ok(Response::new(HeartbeatResponse { reregister }))
     }
 

@@ -15,7 +15,7 @@ use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::{
     ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest, GetJobRequest, KeyValue,
 };
-use ember_core::rpc::{AuthChannel, Security};
+use ember_core::rpc::{AuthChannel, Liveness, Security};
 use ember_core::task::REQUIRED_DATAFUSION_SETTINGS;
 use ember_core::{EmberError, Result};
 use tokio::sync::watch;
@@ -28,6 +28,8 @@ use crate::engine::{JobProgress, StageProgress};
 pub(crate) struct RemoteDriver {
     url: String,
     client: DriverServiceClient<AuthChannel>,
+    /// How the connection notices a driver that stopped answering.
+    liveness: Liveness,
     session_id: String,
     /// Bytes the driver's jobs for this session wrote to the shuffle.
     shuffle_bytes: AtomicU64,
@@ -42,6 +44,7 @@ impl RemoteDriver {
         Ok(RemoteDriver {
             url: url.to_string(),
             client: security.driver_client(channel),
+            liveness: *security.liveness(),
             session_id: session_id.to_string(),
             shuffle_bytes: AtomicU64::new(0),
             progress: watch::channel(JobProgress::default()).0,
@@ -166,10 +169,12 @@ impl RemoteDriver {
     fn watch_progress(&self, job: u64) -> tokio::task::JoinHandle<()> {
         let mut client = self.client.clone();
         let progress = self.progress.clone();
+        let liveness = self.liveness;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let Ok(status) = client.get_job(GetJobRequest { job_id: job }).await else {
+                let request = liveness.unary(GetJobRequest { job_id: job });
+                let Ok(status) = client.get_job(request).await else {
                     continue;
                 };
                 let stages: Vec<StageProgress> = status
@@ -190,9 +195,13 @@ impl RemoteDriver {
     }
 
     fn error(&self, status: tonic::Status) -> EmberError {
+        let message = self
+            .liveness
+            .stopped_answering(&status, "the driver", &self.url)
+            .unwrap_or_else(|| status.message().to_string());
         EmberError::Remote {
             address: self.url.clone(),
-            message: status.message().to_string(),
+            message,
         }
     }
 }
