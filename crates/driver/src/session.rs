@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::dataframe::DataFrame;
 use crate::engine::{ClientApi, Engine, JobProgress};
 use crate::map_batches::EmberQueryPlanner;
-use crate::planning::{check_expression_depth, on_planning_stack};
+use crate::planning::{check_expression_depth, on_planning_stack, parse_statement};
 use crate::remote::{DriverClients, RemoteDriver};
 
 /// Where a session runs its jobs.
@@ -401,8 +401,7 @@ impl Session {
         let sql_text = sql.to_string();
         let plan = on_planning_stack(async move {
             let max_depth = EmberConfig::from_session(state.config()).sql_max_expression_depth;
-            let dialect = state.config().options().sql_parser.dialect;
-            let statement = state.sql_to_statement(&sql_text, &dialect)?;
+            let statement = parse_statement(&state, &sql_text)?;
             check_expression_depth(&statement, max_depth)?;
             Ok(state.statement_to_plan(statement).await?)
         })

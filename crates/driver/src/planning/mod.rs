@@ -12,12 +12,16 @@
 //! - [`on_planning_stack`] runs parsing, logical planning and physical planning on a
 //!   thread whose stack is sized for the deepest expression that check lets through.
 
+mod parse_budget;
+
 use std::future::Future;
 use std::ops::ControlFlow;
 
 use datafusion::error::DataFusionError;
-use datafusion::sql::parser::{CopyToSource, Statement};
+use datafusion::execution::SessionState;
+use datafusion::sql::parser::{CopyToSource, DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::ast::{Expr, Visit, Visitor};
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use ember_core::{EmberError, Result};
 
 /// Stack of a planning thread. Only the pages a plan touches are ever mapped: the size
@@ -44,6 +48,42 @@ where
         .map_err(|e| EmberError::Internal(format!("cannot start a planning thread: {e}")))?;
     rx.await
         .map_err(|_| EmberError::Internal("planning a statement panicked".into()))?
+}
+
+/// Parses one statement as `SessionState::sql_to_statement` does, with the session's
+/// dialect and recursion limit, within a [`parse_budget::ParseBudget`].
+pub(crate) fn parse_statement(state: &SessionState, sql: &str) -> Result<Statement> {
+    let options = &state.config().options().sql_parser;
+    let name = options.dialect;
+    let dialect = dialect_from_str(name)
+        .ok_or_else(|| EmberError::Config(format!("unsupported SQL dialect: {name}")))?;
+    let budget = parse_budget::ParseBudget::new(dialect, sql);
+    let parsed = DFParserBuilder::new(sql)
+        .with_dialect(&budget)
+        .with_recursion_limit(options.recursion_limit.get())
+        .build()
+        .and_then(|mut p| p.parse_statements());
+    let mut statements = match parsed {
+        Ok(s) => s,
+        Err(DataFusionError::SQL(..)) if budget.exhausted() => {
+            return Err(EmberError::DataFusion(DataFusionError::Plan(format!(
+                "the statement is too costly to parse: it made the parser try more than {} \
+                 expressions for its {} bytes (nested NOT ( or CAST( around a syntax error \
+                 make the parser backtrack); fix the syntax error or simplify the statement",
+                budget.budget(),
+                sql.len()
+            ))));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if statements.len() > 1 {
+        return Err(EmberError::NotSupported(
+            "one SQL statement at a time: this text holds several".into(),
+        ));
+    }
+    statements.pop_front().ok_or_else(|| {
+        EmberError::DataFusion(DataFusionError::Plan("no SQL statement was given".into()))
+    })
 }
 
 /// Refuses a statement whose expressions nest deeper than `max_depth`.
@@ -116,6 +156,34 @@ mod tests {
             err.to_string().contains("ember.sql.max_expression_depth"),
             "{err}"
         );
+    }
+
+    /// Found by the fuzzer (target sql): 26 nested `NOT (` around a syntax error
+    /// parsed for minutes, the parser trying each `NOT` twice at every level.
+    #[test]
+    fn a_statement_that_makes_the_parser_backtrack_is_refused_at_once() {
+        let state = datafusion::prelude::SessionContext::new().state();
+        for sql in [
+            format!("SELECT 1 WHERE {}1", "NOT (".repeat(40)),
+            format!("SELECT {}1 +{}", "NOT (".repeat(40), ")".repeat(40)),
+            format!("SELECT {}x AS", "CAST(".repeat(40)),
+        ] {
+            let started = std::time::Instant::now();
+            let err = parse_statement(&state, &sql).unwrap_err().to_string();
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{sql}"
+            );
+            assert!(
+                err.contains("too costly to parse") || err.contains("RecursionLimitExceeded"),
+                "{sql}: {err}"
+            );
+        }
+        // What the budget lets through: long statements that parse in one pass.
+        let long = format!("SELECT {} AS x", vec!["NOT (a = 1)"; 1000].join(" AND "));
+        parse_statement(&state, &long).unwrap();
+        let nested = format!("SELECT {}1{}", "NOT (".repeat(20), ")".repeat(20));
+        parse_statement(&state, &nested).unwrap();
     }
 
     #[test]
