@@ -391,6 +391,21 @@ impl Session {
         Ok(DataFrame::new(self.clone(), df).described(sql))
     }
 
+    /// Parses one SQL statement as [`sql`](Self::sql) does (the session's dialect, the
+    /// parser's recursion limit, its work budget and `ember.sql.max_expression_depth`)
+    /// without planning or running it. On a thread with the planner's stack.
+    pub async fn parse(&self, sql: &str) -> Result<datafusion::sql::parser::Statement> {
+        let state = self.inner.ctx.state();
+        let sql = sql.to_string();
+        on_planning_stack(async move {
+            let max_depth = EmberConfig::from_session(state.config()).sql_max_expression_depth;
+            let statement = parse_statement(&state, &sql)?;
+            check_expression_depth(&statement, max_depth)?;
+            Ok(statement)
+        })
+        .await
+    }
+
     /// Runs SQL in `ctx`: this session's context, or a client's on a driver.
     pub(crate) async fn sql_in(
         &self,

@@ -157,7 +157,11 @@ pub fn decode_records(buf: &mut Bytes, what: &str) -> Result<Vec<Record>> {
         let bytes = match compression {
             Compression::None => cmpr::None::decompress(records, take_all),
             Compression::Gzip => cmpr::Gzip::decompress(records, take_all),
-            Compression::Snappy => cmpr::Snappy::decompress(records, take_all),
+            Compression::Snappy => {
+                snappy_claims_fit(records)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                cmpr::Snappy::decompress(records, take_all)
+            }
             Compression::Lz4 => cmpr::Lz4::decompress(records, take_all),
             Compression::Zstd => cmpr::Zstd::decompress(records, take_all),
         }?;
@@ -210,6 +214,10 @@ pub fn check_records(batch: &[u8], header: &BatchHeader) -> Result<()> {
     use cmpr::{Gzip, Lz4, Snappy, Zstd};
     let mut payload = Bytes::copy_from_slice(&batch[HEADER_LEN..header.size]);
     let count = header.record_count as usize;
+    if header.attributes & 0x07 == 2 {
+        snappy_claims_fit(&payload)
+            .map_err(|e| LogError::Corrupt(format!("a record batch's records: {e}")))?;
+    }
     let checked = match header.attributes & 0x07 {
         0 => walk_records(&payload, count),
         codec => {
@@ -245,6 +253,52 @@ pub fn check_records(batch: &[u8], header: &BatchHeader) -> Result<()> {
         }
     };
     checked.map_err(|e| LogError::Corrupt(format!("a record batch's records: {e}")))
+}
+
+/// Most bytes a snappy block can expand to per byte of it (a 3-byte copy writes at
+/// most 64 bytes), with room to spare.
+const SNAPPY_MAX_RATIO: u64 = 32;
+
+/// Checks the uncompressed lengths a snappy payload claims (raw, or Kafka's xerial
+/// framing: a magic header, then blocks each with its length) against what its bytes
+/// could expand to: the decompressor allocates the claimed length, up to 4 GiB, before
+/// it reads a byte.
+fn snappy_claims_fit(payload: &[u8]) -> std::result::Result<(), String> {
+    // What the decompressor takes for Kafka's framing; anything else is raw snappy.
+    const XERIAL: &[u8] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+    let block_fits = |block: &[u8]| -> std::result::Result<(), String> {
+        let mut claimed: u64 = 0;
+        for (i, byte) in block.iter().take(5).enumerate() {
+            claimed |= ((byte & 0x7f) as u64) << (7 * i);
+            if byte & 0x80 == 0 {
+                let most = (block.len() as u64).saturating_mul(SNAPPY_MAX_RATIO);
+                return if claimed > most {
+                    Err(format!(
+                        "a snappy block of {} bytes claims {claimed} bytes uncompressed",
+                        block.len()
+                    ))
+                } else {
+                    Ok(())
+                };
+            }
+        }
+        Err("a snappy block's length is cut short".into())
+    };
+    let Some(mut rest) = payload.strip_prefix(XERIAL) else {
+        return block_fits(payload);
+    };
+    while !rest.is_empty() {
+        let Some(size) = rest.get(..4) else {
+            return Err("a snappy block's size is cut short".into());
+        };
+        let size = u32::from_be_bytes(size.try_into().expect("4 bytes")) as usize;
+        let Some(block) = rest.get(4..4 + size) else {
+            return Err(format!("a snappy block of {size} bytes is cut short"));
+        };
+        block_fits(block)?;
+        rest = &rest[4 + size..];
+    }
+    Ok(())
 }
 
 /// Walks `count` records (format v2) that must fill `buf` exactly.
@@ -538,5 +592,40 @@ mod tests {
                 .to_string();
             assert!(err.contains("claims 2147483647 records"), "{err}");
         }
+    }
+
+    /// Found by the fuzzer (target record_batch): a snappy payload whose header claims
+    /// 2^31 bytes uncompressed made the decompressor allocate them before reading one.
+    #[test]
+    fn a_snappy_payload_claiming_gigabytes_is_an_error_before_any_allocation() {
+        // Raw snappy: the claimed length is the leading varint.
+        let raw = [0xff, 0xff, 0xff, 0xff, 0x07, 0x00, 0x01];
+        assert!(snappy_claims_fit(&raw).unwrap_err().contains("claims"));
+        let mut framed = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01".to_vec();
+        framed.extend(7u32.to_be_bytes());
+        framed.extend(raw);
+        assert!(snappy_claims_fit(&framed).unwrap_err().contains("claims"));
+        // Real snappy batches pass, and decode.
+        let good = batch(20, Compression::Snappy);
+        let h = BatchHeader::parse(&good).unwrap();
+        check_records(&good, &h).unwrap();
+        assert_eq!(
+            decode_records(&mut Bytes::from(good), "t-0").unwrap().len(),
+            20
+        );
+        // A batch whose snappy records lie about their size is refused on both paths.
+        let mut bad = good_header_with(&framed);
+        let h = BatchHeader::parse(&bad).unwrap();
+        assert!(check_records(&bad, &h).is_err());
+        assert!(decode_records(&mut Bytes::from(std::mem::take(&mut bad)), "t-0").is_err());
+    }
+
+    /// A batch header (snappy, one record) over `records`, with a valid CRC.
+    fn good_header_with(records: &[u8]) -> Vec<u8> {
+        let mut b = batch_of(records, 1);
+        b[21..23].copy_from_slice(&2i16.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
     }
 }

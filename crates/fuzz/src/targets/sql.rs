@@ -137,7 +137,7 @@ impl Runner for Sql {
         let text = String::from_utf8_lossy(input).into_owned();
         // `SELECT .. INTO` creates a table from the query's result: it would run it.
         if !is_query(&text) || text.to_ascii_uppercase().contains("INTO") {
-            return parse_only(&self.session, text);
+            return parse_only(&self.runtime, &self.session, text);
         }
         let session = self.session.clone();
         self.runtime.block_on(async move {
@@ -151,26 +151,24 @@ impl Runner for Sql {
     }
 }
 
-/// Parses a statement that is not a query, as the session would before planning it.
-fn parse_only(session: &Session, text: String) -> std::result::Result<String, String> {
-    let state = session.context().state();
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(move || {
-            let dialect = state.config().options().sql_parser.dialect;
-            state
-                .sql_to_statement(&text, &dialect)
-                .map(|s| {
-                    format!(
-                        "parsed {}",
-                        s.to_string().split(' ').next().unwrap_or_default()
-                    )
-                })
-                .map_err(|e| e.to_string())
-        })
-        .map_err(|e| e.to_string())?
-        .join()
-        .map_err(|_| "the parsing thread panicked".to_string())?
+/// Parses a statement that is not a query, as the session does before planning it.
+fn parse_only(
+    runtime: &tokio::runtime::Runtime,
+    session: &Session,
+    text: String,
+) -> std::result::Result<String, String> {
+    runtime.block_on(async {
+        session
+            .parse(&text)
+            .await
+            .map(|s| {
+                format!(
+                    "parsed {}",
+                    s.to_string().split(' ').next().unwrap_or_default()
+                )
+            })
+            .map_err(|e| e.to_string())
+    })
 }
 
 fn seeds() -> Result<Vec<Vec<u8>>> {
