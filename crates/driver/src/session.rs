@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::datasource::provider_as_source;
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -466,8 +466,15 @@ impl Session {
         ctx: &SessionContext,
         plan: &LogicalPlan,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let state = self.planning_state(ctx)?;
+        let plan = plan.clone();
+        on_planning_stack(async move { Ok(state.create_physical_plan(&plan).await?) }).await
+    }
+
+    /// `ctx`'s state as ember plans with it: the settings its stages need (`SET` may
+    /// have changed them since the session started), and as many partitions as slots.
+    fn planning_state(&self, ctx: &SessionContext) -> Result<SessionState> {
         let mut state = ctx.state();
-        // `SET` may have changed them since the session started.
         for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
             state.config_mut().options_mut().set(k, v)?;
         }
@@ -476,8 +483,7 @@ impl Session {
         {
             state.config_mut().options_mut().execution.target_partitions = cores.max(1);
         }
-        let plan = plan.clone();
-        on_planning_stack(async move { Ok(state.create_physical_plan(&plan).await?) }).await
+        Ok(state)
     }
 
     /// Optimizes and plans `plan` for a run, with both plans as text for the SQL page,
@@ -487,15 +493,7 @@ impl Session {
         ctx: &SessionContext,
         plan: &LogicalPlan,
     ) -> Result<(Arc<dyn ExecutionPlan>, String, String)> {
-        let mut state = ctx.state();
-        for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
-            state.config_mut().options_mut().set(k, v)?;
-        }
-        if let Some(cores) = self.cluster_slots()
-            && !self.inner.fixed_partitions
-        {
-            state.config_mut().options_mut().execution.target_partitions = cores.max(1);
-        }
+        let state = self.planning_state(ctx)?;
         let plan = plan.clone();
         on_planning_stack(async move {
             let optimized = state.optimize(&plan)?;
