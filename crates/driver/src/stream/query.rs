@@ -498,10 +498,17 @@ impl StreamingQuery {
                 return self.await_termination(None).await.map(|_| ());
             }
             let committed = self.shared.committed.lock().clone();
-            if let Some(committed) = committed
-                && self.source.latest(&committed).await? == committed
-            {
-                return Ok(());
+            if let Some(committed) = committed {
+                // A partition that now ends before the committed offset lost data: the
+                // next batch reads it again (or fails), so the query is not done yet,
+                // though no batch would start past `committed` in it.
+                let available = self.source.available().await?;
+                let went_back = committed
+                    .iter()
+                    .any(|(t, p, o)| available.get(t, p).is_some_and(|end| end < o));
+                if !went_back && self.source.latest(&committed).await? == committed {
+                    return Ok(());
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
