@@ -140,6 +140,7 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
     use arrow::record_batch::RecordBatch;
     use datafusion::execution::TaskContext;
+    use datafusion::physical_expr::EquivalenceProperties;
     use datafusion::physical_plan::{ExecutionPlan, Partitioning};
     use datafusion::prelude::SessionConfig;
     use futures::Stream;
@@ -254,9 +255,9 @@ mod tests {
         };
         let reader = Arc::new(ShuffleReaderExec::new(
             1,
-            schema(),
             Partitioning::UnknownPartitioning(2),
             vec![vec![location(0)], vec![location(1)]],
+            EquivalenceProperties::new(schema()),
         ));
         let local_dir = tempfile::tempdir().unwrap();
         let env = Arc::new(ShuffleEnv::new("local", local_dir.path(), None));
@@ -331,7 +332,6 @@ mod tests {
         );
         let reader = Arc::new(ShuffleReaderExec::new(
             4,
-            schema(),
             Partitioning::UnknownPartitioning(1),
             vec![vec![PartitionLocation {
                 map_partition: 3,
@@ -345,6 +345,7 @@ mod tests {
                     rows: 5,
                 },
             }]],
+            EquivalenceProperties::new(schema()),
         ));
         use futures::TryStreamExt;
         let err = reader
