@@ -705,3 +705,53 @@ impl PhysicalExtensionCodec for EmberCodec {
             .map_err(|e| DataFusionError::Internal(format!("ember codec: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fuzz finding plan/0fa5aa8fe1e44120: an Avro scan makes datafusion-proto panic
+    /// (ember builds it without the `avro` feature); decode_plan turns the panic into
+    /// an error instead of losing the executor.
+    #[test]
+    fn plan_0fa5aa8fe1e44120_an_avro_scan_is_an_error_not_a_panic() {
+        let bytes: &[u8] = &[
+            0x8a, 0x01, 0x3b, 0x0a, 0x1f, 0x8a, 0x02, 0x1c, 0x0a, 0x0d, 0x0a, 0x0b, 0x0a, 0x05,
+            0x76, 0x61, 0x6c, 0x75, 0x65, 0x12, 0x02, 0x52, 0x00, 0x10, 0x80, 0x40, 0x22, 0x08,
+            0x08, 0x01, 0x10, 0x64, 0x18, 0x01, 0x20, 0x01, 0x0a, 0x18, 0x22, 0x16, 0x0a, 0x07,
+            0xda, 0x01, 0x04, 0x0a, 0x00, 0x10, 0x01, 0x12, 0x04, 0x12, 0x02, 0x38, 0x2a, 0x1a,
+            0x05, 0x76, 0x61, 0x6c, 0x75, 0x65,
+        ];
+        let e = decode_plan(bytes, &TaskContext::default(), &EmberCodec::default())
+            .err()
+            .expect("an error");
+        assert!(e.to_string().contains("the plan decoder failed"), "{e}");
+    }
+
+    /// A memory scan whose IPC data claims 2 GiB of metadata in its first bytes is an
+    /// error naming the partition, before datafusion-proto reads it.
+    #[test]
+    fn in_memory_data_of_a_plan_is_checked_before_datafusion_proto_reads_it() {
+        use datafusion_proto::protobuf::{
+            MemoryScanExecNode, PhysicalPlanNode, physical_plan_node::PhysicalPlanType,
+        };
+        let node = PhysicalPlanNode {
+            physical_plan_type: Some(PhysicalPlanType::MemoryScan(MemoryScanExecNode {
+                partitions: vec![vec![], vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]],
+                ..Default::default()
+            })),
+        };
+        let e = decode_plan(
+            &node.encode_to_vec(),
+            &TaskContext::default(),
+            &EmberCodec::default(),
+        )
+        .err()
+        .expect("an error");
+        let e = e.to_string();
+        assert!(
+            e.contains("plan partition 1: IPC message 0 at byte 0"),
+            "{e}"
+        );
+    }
+}
