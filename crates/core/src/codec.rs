@@ -723,8 +723,7 @@ mod tests {
             0x05, 0x76, 0x61, 0x6c, 0x75, 0x65,
         ];
         let e = decode_plan(bytes, &TaskContext::default(), &EmberCodec::default())
-            .err()
-            .expect("an error");
+            .expect_err("an error");
         assert!(e.to_string().contains("the plan decoder failed"), "{e}");
     }
 
@@ -746,8 +745,7 @@ mod tests {
             &TaskContext::default(),
             &EmberCodec::default(),
         )
-        .err()
-        .expect("an error");
+        .expect_err("an error");
         let e = e.to_string();
         assert!(
             e.contains("plan partition 1: IPC message 0 at byte 0"),
