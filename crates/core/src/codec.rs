@@ -99,17 +99,103 @@ pub fn encode_plan(plan: Arc<dyn ExecutionPlan>, codec: &EmberCodec) -> Result<b
 }
 
 /// Deserializes a physical plan; UDFs are resolved through `ctx`'s function registry.
+///
+/// The in-memory data of the plan's memory scans (Arrow IPC inside the plan, which
+/// datafusion-proto decodes with arrow-ipc's own reader) is first read with the checks
+/// of [`crate::ipc`]; the decoding itself runs inside `catch_unwind`, so a plan that
+/// still makes a dependency panic is an error rather than a lost executor. (Arrow IPC
+/// of nested literals inside expressions is only covered by the latter.)
 pub fn decode_plan(
     bytes: &[u8],
     ctx: &TaskContext,
     codec: &EmberCodec,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    physical_plan_from_bytes_with_extension_codec(bytes, ctx, codec).map_err(|e| {
-        EmberError::Decode {
-            what: "stage plan",
-            message: e.to_string(),
+    let decode_error = |message: String| EmberError::Decode {
+        what: "stage plan",
+        message,
+    };
+    let node = datafusion_proto::protobuf::PhysicalPlanNode::decode(bytes)
+        .map_err(|e| decode_error(e.to_string()))?;
+    check_memory_scans(&node, "plan")?;
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        physical_plan_from_bytes_with_extension_codec(bytes, ctx, codec)
+    }));
+    match decoded {
+        Ok(plan) => plan.map_err(|e| decode_error(e.to_string())),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(decode_error(format!("the plan decoder failed: {message}")))
         }
-    })
+    }
+}
+
+/// Reads the IPC data of every memory scan in `node` and below with the checks of
+/// [`crate::ipc::read_stream`]; `path` names the node in errors (`plan.input.left`).
+fn check_memory_scans(
+    node: &datafusion_proto::protobuf::PhysicalPlanNode,
+    path: &str,
+) -> Result<()> {
+    use datafusion_proto::protobuf::physical_plan_node::PhysicalPlanType as P;
+    let Some(plan) = &node.physical_plan_type else {
+        return Ok(());
+    };
+    type Node = datafusion_proto::protobuf::PhysicalPlanNode;
+    fn one<'a>(name: &'static str, child: &'a Option<Box<Node>>) -> Vec<(&'static str, &'a Node)> {
+        child.iter().map(|c| (name, c.as_ref())).collect()
+    }
+    fn all<'a>(name: &'static str, children: &'a [Node]) -> Vec<(&'static str, &'a Node)> {
+        children.iter().map(|c| (name, c)).collect()
+    }
+    let children = match plan {
+        P::MemoryScan(scan) => {
+            for (i, partition) in scan.partitions.iter().enumerate() {
+                if !partition.is_empty() {
+                    crate::ipc::read_stream(partition, "in-memory data of a stage plan")
+                        .map_err(|e| crate::ipc::at(e, format!("{path} partition {i}")))?;
+                }
+            }
+            vec![]
+        }
+        P::Projection(n) => one("input", &n.input),
+        P::GlobalLimit(n) => one("input", &n.input),
+        P::LocalLimit(n) => one("input", &n.input),
+        P::Aggregate(n) => one("input", &n.input),
+        P::Sort(n) => one("input", &n.input),
+        #[allow(deprecated)]
+        P::CoalesceBatches(n) => one("input", &n.input),
+        P::Filter(n) => one("input", &n.input),
+        P::Merge(n) => one("input", &n.input),
+        P::Repartition(n) => one("input", &n.input),
+        P::Window(n) => one("input", &n.input),
+        P::SortPreservingMerge(n) => one("input", &n.input),
+        P::Analyze(n) => one("input", &n.input),
+        P::JsonSink(n) => one("input", &n.input),
+        P::CsvSink(n) => one("input", &n.input),
+        P::ParquetSink(n) => one("input", &n.input),
+        P::Unnest(n) => one("input", &n.input),
+        P::Cooperative(n) => one("input", &n.input),
+        P::AsyncFunc(n) => one("input", &n.input),
+        P::Buffer(n) => one("input", &n.input),
+        P::HashJoin(n) => [one("left", &n.left), one("right", &n.right)].concat(),
+        P::CrossJoin(n) => [one("left", &n.left), one("right", &n.right)].concat(),
+        P::NestedLoopJoin(n) => [one("left", &n.left), one("right", &n.right)].concat(),
+        P::SymmetricHashJoin(n) => [one("left", &n.left), one("right", &n.right)].concat(),
+        P::SortMergeJoin(n) => [one("left", &n.left), one("right", &n.right)].concat(),
+        P::ScalarSubquery(n) => [one("input", &n.input), all("subquery", &n.subqueries)].concat(),
+        P::Extension(n) => all("input", &n.inputs),
+        P::Union(n) => all("input", &n.inputs),
+        P::Interleave(n) => all("input", &n.inputs),
+        // Leaves without in-memory data.
+        _ => vec![],
+    };
+    for (name, child) in children {
+        check_memory_scans(child, &format!("{path}.{name}"))?;
+    }
+    Ok(())
 }
 
 fn decode_err(what: &str, e: impl std::fmt::Display) -> DataFusionError {
@@ -617,5 +703,53 @@ impl PhysicalExtensionCodec for EmberCodec {
         proto::ExtensionNode { node: Some(msg) }
             .encode(buf)
             .map_err(|e| DataFusionError::Internal(format!("ember codec: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fuzz finding plan/0fa5aa8fe1e44120: an Avro scan makes datafusion-proto panic
+    /// (ember builds it without the `avro` feature); decode_plan turns the panic into
+    /// an error instead of losing the executor.
+    #[test]
+    fn plan_0fa5aa8fe1e44120_an_avro_scan_is_an_error_not_a_panic() {
+        let bytes: &[u8] = &[
+            0x8a, 0x01, 0x3b, 0x0a, 0x1f, 0x8a, 0x02, 0x1c, 0x0a, 0x0d, 0x0a, 0x0b, 0x0a, 0x05,
+            0x76, 0x61, 0x6c, 0x75, 0x65, 0x12, 0x02, 0x52, 0x00, 0x10, 0x80, 0x40, 0x22, 0x08,
+            0x08, 0x01, 0x10, 0x64, 0x18, 0x01, 0x20, 0x01, 0x0a, 0x18, 0x22, 0x16, 0x0a, 0x07,
+            0xda, 0x01, 0x04, 0x0a, 0x00, 0x10, 0x01, 0x12, 0x04, 0x12, 0x02, 0x38, 0x2a, 0x1a,
+            0x05, 0x76, 0x61, 0x6c, 0x75, 0x65,
+        ];
+        let e = decode_plan(bytes, &TaskContext::default(), &EmberCodec::default())
+            .expect_err("an error");
+        assert!(e.to_string().contains("the plan decoder failed"), "{e}");
+    }
+
+    /// A memory scan whose IPC data claims 2 GiB of metadata in its first bytes is an
+    /// error naming the partition, before datafusion-proto reads it.
+    #[test]
+    fn in_memory_data_of_a_plan_is_checked_before_datafusion_proto_reads_it() {
+        use datafusion_proto::protobuf::{
+            MemoryScanExecNode, PhysicalPlanNode, physical_plan_node::PhysicalPlanType,
+        };
+        let node = PhysicalPlanNode {
+            physical_plan_type: Some(PhysicalPlanType::MemoryScan(MemoryScanExecNode {
+                partitions: vec![vec![], vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]],
+                ..Default::default()
+            })),
+        };
+        let e = decode_plan(
+            &node.encode_to_vec(),
+            &TaskContext::default(),
+            &EmberCodec::default(),
+        )
+        .expect_err("an error");
+        let e = e.to_string();
+        assert!(
+            e.contains("plan partition 1: IPC message 0 at byte 0"),
+            "{e}"
+        );
     }
 }

@@ -14,6 +14,7 @@
 //! - [`stateful`]: streaming aggregation and deduplication as tasks, one per state
 //!   partition, and the versioned state store they keep in the checkpoint.
 //! - [`storage`]: checkpoint directories, local or in an object store (WebDAV, S3).
+//! - [`ipc`]: the one hardened decoder of Arrow IPC streams from outside the process.
 //! - [`batch_fn`]: named RecordBatch functions (`map_batches`), the MapReduce-style
 //!   escape hatch.
 //! - [`proto`]: the generated gRPC code of `proto/ember.proto`; [`convert`] turns task
@@ -26,6 +27,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod event_time;
+pub mod ipc;
 pub mod json;
 pub mod kafka_scan;
 pub mod metrics;

@@ -77,6 +77,10 @@ impl Stats {
 
 /// Inputs kept beyond the seeds, at most.
 const CORPUS_CAP: usize = 4096;
+/// What ember's errors say when ember caught a dependency's panic itself
+/// (`ember_core::codec::decode_plan`).
+const CAUGHT_BY_EMBER: &[&str] = &["the plan decoder failed: "];
+
 /// Distinct findings written per target, at most.
 const FINDINGS_CAP: usize = 20;
 
@@ -279,12 +283,16 @@ pub fn fuzz(target: &Target, opts: &Options) -> Result<Stats> {
         ARMED.store(false, Ordering::SeqCst);
         stats.executions += 1;
         let panics = std::mem::take(&mut *PANICS.lock().unwrap_or_else(|e| e.into_inner()));
+        // A panic ember itself caught and turned into an error that says so (a
+        // dependency's decoder behind `catch_unwind`) is an outcome, not a finding.
+        let caught_by_ember =
+            matches!(&result, Ok(Err(m)) if CAUGHT_BY_EMBER.iter().any(|c| m.contains(c)));
         let outcome = match result {
             Ok(Ok(label)) => format!("ok: {label}"),
             Ok(Err(message)) => format!("error: {message}"),
             Err(_) => "panic".into(),
         };
-        if let Some(report) = panics.first() {
+        if let Some(report) = panics.first().filter(|_| !caught_by_ember) {
             // One input per place of panic: the rest are likely the same bug.
             let signature = report.lines().next().unwrap_or_default().to_string();
             if signatures.insert(signature) && stats.findings.len() < FINDINGS_CAP {

@@ -1,11 +1,10 @@
 //! Record batches as Arrow IPC stream bytes (task results crossing the network).
 
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 
-use crate::error::{EmberError, Result};
+use crate::error::Result;
 
 /// One IPC stream holding `batches` (empty bytes for no batches).
 pub fn batches_to_ipc(batches: &[RecordBatch]) -> Result<Vec<u8>> {
@@ -27,17 +26,11 @@ pub fn ipc_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>
     Ok(out)
 }
 
-/// The schema and batches of an IPC stream written by [`ipc_stream`]; `what` names
-/// it in errors.
+/// The schema and batches of an IPC stream written by [`ipc_stream`] (in another
+/// process: read with the checks of [`crate::ipc::read_stream`]); `what` names it in
+/// errors.
 pub fn read_ipc_stream(bytes: &[u8], what: &'static str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let decode = |e: arrow::error::ArrowError| EmberError::Decode {
-        what,
-        message: e.to_string(),
-    };
-    let reader = StreamReader::try_new(bytes, None).map_err(decode)?;
-    let schema = reader.schema();
-    let batches = reader.map(|b| b.map_err(decode)).collect::<Result<_>>()?;
-    Ok((schema, batches))
+    crate::ipc::read_stream(bytes, what)
 }
 
 /// The batches of an IPC stream written by [`batches_to_ipc`].
@@ -45,12 +38,5 @@ pub fn batches_from_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
-    let decode = |e: arrow::error::ArrowError| EmberError::Decode {
-        what: "task result (Arrow IPC)",
-        message: e.to_string(),
-    };
-    StreamReader::try_new(bytes, None)
-        .map_err(decode)?
-        .map(|b| b.map_err(decode))
-        .collect()
+    Ok(crate::ipc::read_stream(bytes, "task result (Arrow IPC)")?.1)
 }

@@ -4,15 +4,14 @@
 //! one complete Arrow IPC stream (schema, batches, end-of-stream marker), possibly
 //! empty. Beside it, `map-<partition>-<token>.data.index` holds N+1 little-endian u64
 //! offsets, so partition `p` is the byte range `[off[p], off[p+1])`. A reader seeks to the
-//! range and reads it with an ordinary IPC `StreamReader`.
+//! range and reads it with [`crate::ipc::StreamReader`], which checks it as outside bytes.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::CompressionType;
-use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow::record_batch::RecordBatch;
 
@@ -168,17 +167,19 @@ pub fn read_index(data_path: &Path) -> Result<Vec<(u64, u64)>> {
         .collect())
 }
 
-/// Opens one output partition of a data file as a stream of batches.
+/// Opens one output partition of a data file as a stream of batches (checked as
+/// bytes from outside: the file and its index may be damaged).
 pub(crate) fn open_partition(
     data_path: &Path,
     offset: u64,
     length: u64,
-) -> Result<StreamReader<BufReader<std::io::Take<File>>>> {
+) -> Result<crate::ipc::StreamReader<BufReader<File>>> {
     let io = |e| EmberError::io(data_path.display(), e);
     let mut file = File::open(data_path).map_err(io)?;
     file.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let reader = BufReader::with_capacity(1 << 16, file.take(length));
-    Ok(StreamReader::try_new(reader, None)?)
+    let reader = BufReader::with_capacity(1 << 16, file);
+    crate::ipc::StreamReader::try_new(reader, length, "a shuffle partition")
+        .map_err(|e| crate::ipc::at(e, data_path.display()))
 }
 
 #[cfg(test)]

@@ -18,8 +18,6 @@ use datafusion::physical_plan::{
 
 use std::io::BufReader;
 
-use arrow::ipc::reader::StreamReader;
-
 use super::fetch::RemoteRange;
 use super::format::open_partition;
 use super::location::{PartitionLocation, ShuffleData};
@@ -195,8 +193,12 @@ impl ExecutionPlan for ShuffleReaderExec {
                         };
                         let address = &loc.executor_address;
                         let remote = RemoteRange::open(&runtime, &env, address.clone(), request);
-                        let reader = StreamReader::try_new(BufReader::new(remote), None)
-                            .map_err(|e| fetch_failed(stage, loc, format!("{address}: {e}")))?;
+                        let reader = crate::ipc::StreamReader::try_new(
+                            BufReader::new(remote),
+                            loc.stats.length,
+                            "a fetched shuffle partition",
+                        )
+                        .map_err(|e| fetch_failed(stage, loc, format!("{address}: {e}")))?;
                         Box::new(reader.map(move |b| {
                             b.map_err(|e| fetch_failed(stage, loc, format!("{address}: {e}")))
                         }))

@@ -196,13 +196,18 @@ impl StateStore {
             let Some(bytes) = self.part(partition).read_head(&name, 64 << 10).await? else {
                 continue;
             };
+            let place = format!("{}/{name}", self.part(partition));
             let bad = |m: String| EmberError::Decode {
                 what: "a streaming state file",
-                message: format!("{}/{name}: {m}", self.part(partition)),
+                message: format!("{place}: {m}"),
             };
-            let reader =
-                arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-                    .map_err(|e| bad(e.to_string()))?;
+            // Only the schema message is read: the head may end inside a batch.
+            let reader = crate::ipc::StreamReader::try_new(
+                bytes.as_slice(),
+                bytes.len() as u64,
+                "a streaming state file",
+            )
+            .map_err(|e| crate::ipc::at(e, &place))?;
             let json = reader
                 .schema()
                 .metadata()
@@ -281,11 +286,10 @@ fn decode(bytes: Vec<u8>, path: &str) -> Result<Vec<Change>> {
         what: "a streaming state file",
         message: format!("{path}: {m}"),
     };
-    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(|e| bad(e.to_string()))?;
+    let (_, batches) = crate::ipc::read_stream(&bytes, "a streaming state file")
+        .map_err(|e| crate::ipc::at(e, path))?;
     let mut out = vec![];
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(e.to_string()))?;
+    for batch in batches {
         if batch.num_columns() != 2
             || batch.column(0).data_type() != &DataType::Binary
             || batch.column(1).data_type() != &DataType::Binary
