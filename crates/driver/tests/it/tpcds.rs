@@ -1,7 +1,7 @@
-//! TPC-DS: the 99 queries at SF 0.01 through ember's stages and shuffles, checked row by
-//! row against DataFusion run directly on the same files. The data and the queries come
-//! from `benchmarks/tpcds/generate.py` (DuckDB's dsdgen and dsqgen, from Python
-//! packages it installs when missing).
+//! TPC-DS: the 99 queries (at SF 0.01 unless `$EMBER_TPCDS_SF` says otherwise) through
+//! ember's stages and shuffles, checked row by row against DataFusion run directly on
+//! the same files. The data and the queries come from `benchmarks/tpcds/generate.py`
+//! (DuckDB's dsdgen and dsqgen, from Python packages it installs when missing).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,19 +12,24 @@ use ember_driver::Session;
 
 use super::tpch::assert_same_rows;
 
-const SF: &str = "0.01";
+/// The scale factor: 0.01, or `$EMBER_TPCDS_SF` (`EMBER_TPCDS_SF=1 cargo test --release
+/// -p ember-driver --test it -- tpcds` checks all 99 queries at SF 1).
+fn scale_factor() -> String {
+    std::env::var("EMBER_TPCDS_SF").unwrap_or_else(|_| "0.01".into())
+}
 
-/// The SF 0.01 data and queries, generated once per test process (the script takes a
-/// lock, so test processes racing into the folder take turns).
+/// The data and queries, generated once per test process (the script takes a lock,
+/// so test processes racing into the folder take turns).
 fn data_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ember-it-tpcds-sf{SF}"));
+        let sf = scale_factor();
+        let dir = std::env::temp_dir().join(format!("ember-it-tpcds-sf{sf}"));
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benchmarks/tpcds/generate.py");
         let out = Command::new("python3")
             .arg(&script)
-            .args(["--sf", SF, "--out"])
+            .args(["--sf", &sf, "--out"])
             .arg(&dir)
             .output()
             .expect("python3 runs benchmarks/tpcds/generate.py");
