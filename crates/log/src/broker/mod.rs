@@ -193,16 +193,24 @@ impl Drop for Broker {
     }
 }
 
+/// The log target of refused and malformed requests (as `ember_core::rpc::AUDIT_TARGET`).
+const AUDIT: &str = "ember::audit";
+
 async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     match connection(&shared, &mut stream).await {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(Closed::ByPeer(why)) => tracing::debug!(%peer, reason = %why, "connection lost"),
-        Err(Closed::Refused(why)) => tracing::warn!(%peer, reason = %why, "closing the connection"),
+        // On the audit target, which `ember`'s default log level shows: a peer that
+        // sends what no client would is worth an operator's eye.
+        Err(Closed::Refused(why)) => {
+            tracing::warn!(target: AUDIT, %peer, reason = %why, "closing the connection")
+        }
         Err(Closed::BadRequest {
             api,
             version,
             reason,
         }) => tracing::warn!(
+            target: AUDIT,
             %peer,
             ?api,
             version,
