@@ -152,19 +152,8 @@ pub fn decode_records(buf: &mut Bytes, what: &str) -> Result<Vec<Record>> {
         None => 0,
     };
     let decompress = |records: &mut Bytes, compression: Compression| {
-        use bytes::Buf;
-        let take_all = |b: &mut Bytes| Ok(b.copy_to_bytes(b.remaining()));
-        let bytes = match compression {
-            Compression::None => cmpr::None::decompress(records, take_all),
-            Compression::Gzip => cmpr::Gzip::decompress(records, take_all),
-            Compression::Snappy => {
-                snappy_claims_fit(records)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                cmpr::Snappy::decompress(records, take_all)
-            }
-            Compression::Lz4 => cmpr::Lz4::decompress(records, take_all),
-            Compression::Zstd => cmpr::Zstd::decompress(records, take_all),
-        }?;
+        let bytes = decompressed(records, compression)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         if claimed.max(0) as usize > bytes.len() / MIN_RECORD_BYTES {
             let message = format!(
                 "the batch claims {claimed} records in {} bytes of records",
@@ -211,48 +200,48 @@ pub fn scan(buf: &[u8]) -> Scan {
 /// forged count would abort the process that reads the batch, long after it was
 /// acknowledged. Kafka's broker validates produced records the same way.
 pub fn check_records(batch: &[u8], header: &BatchHeader) -> Result<()> {
-    use cmpr::{Gzip, Lz4, Snappy, Zstd};
-    let mut payload = Bytes::copy_from_slice(&batch[HEADER_LEN..header.size]);
+    let records = &batch[HEADER_LEN..header.size];
     let count = header.record_count as usize;
-    if header.attributes & 0x07 == 2 {
-        snappy_claims_fit(&payload)
-            .map_err(|e| LogError::Corrupt(format!("a record batch's records: {e}")))?;
-    }
-    let checked = match header.attributes & 0x07 {
-        0 => walk_records(&payload, count),
-        codec => {
-            let mut out = None;
-            let decompressed = match codec {
-                1 => Gzip::decompress(&mut payload, |b: &mut Bytes| {
-                    out = Some(walk_records(b, count));
-                    Ok(())
-                }),
-                2 => Snappy::decompress(&mut payload, |b: &mut Bytes| {
-                    out = Some(walk_records(b, count));
-                    Ok(())
-                }),
-                3 => Lz4::decompress(&mut payload, |b: &mut Bytes| {
-                    out = Some(walk_records(b, count));
-                    Ok(())
-                }),
-                4 => Zstd::decompress(&mut payload, |b: &mut Bytes| {
-                    out = Some(walk_records(b, count));
-                    Ok(())
-                }),
-                other => {
-                    return Err(LogError::Corrupt(format!(
-                        "unknown compression codec {other}"
-                    )));
-                }
-            };
-            match (decompressed, out) {
-                (Err(e), _) => Err(format!("cannot decompress the records: {e}")),
-                (Ok(()), Some(r)) => r,
-                (Ok(()), None) => Err("the records were not decompressed".into()),
-            }
+    let compression = match header.attributes & 0x07 {
+        0 => None,
+        1 => Some(Compression::Gzip),
+        2 => Some(Compression::Snappy),
+        3 => Some(Compression::Lz4),
+        4 => Some(Compression::Zstd),
+        other => {
+            return Err(LogError::Corrupt(format!(
+                "unknown compression codec {other}"
+            )));
         }
     };
+    let checked = match compression {
+        // Uncompressed records are checked where they lie, without a copy.
+        None => walk_records(records, count),
+        Some(c) => decompressed(&mut Bytes::copy_from_slice(records), c)
+            .and_then(|bytes| walk_records(&bytes, count)),
+    };
     checked.map_err(|e| LogError::Corrupt(format!("a record batch's records: {e}")))
+}
+
+/// A batch's records, decompressed: what the append check and the read path share.
+/// Snappy's claimed length is checked first (see [`snappy_claims_fit`]).
+fn decompressed(
+    records: &mut Bytes,
+    compression: Compression,
+) -> std::result::Result<Bytes, String> {
+    use bytes::Buf;
+    let take_all = |b: &mut Bytes| Ok(b.copy_to_bytes(b.remaining()));
+    let bytes = match compression {
+        Compression::None => cmpr::None::decompress(records, take_all),
+        Compression::Gzip => cmpr::Gzip::decompress(records, take_all),
+        Compression::Snappy => {
+            snappy_claims_fit(records)?;
+            cmpr::Snappy::decompress(records, take_all)
+        }
+        Compression::Lz4 => cmpr::Lz4::decompress(records, take_all),
+        Compression::Zstd => cmpr::Zstd::decompress(records, take_all),
+    };
+    bytes.map_err(|e| format!("cannot decompress the records: {e}"))
 }
 
 /// Most bytes a snappy block can expand to per byte of it (a 3-byte copy writes at
