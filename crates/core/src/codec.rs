@@ -564,10 +564,19 @@ impl PhysicalExtensionCodec for EmberCodec {
             Some(Node::Stateful(n)) => {
                 let config = serde_json::from_str(&n.config)
                     .map_err(|e| decode_err("stateful operator", e))?;
+                let aggregates = if n.aggregates.is_empty() {
+                    crate::stateful::Aggregates::default()
+                } else {
+                    let carrier =
+                        physical_plan_from_bytes_with_extension_codec(&n.aggregates, ctx, self)?;
+                    crate::stateful::Aggregates::from_carrier(&carrier)
+                        .map_err(|e| decode_err("stateful operator", e))?
+                };
                 Ok(Arc::new(
                     crate::stateful::exec::StatefulExec::try_new(
                         one_input()?,
                         config,
+                        aggregates,
                         decode_schema(&n.schema)?,
                     )
                     .map_err(|e| decode_err("stateful operator", e))?,
@@ -674,6 +683,15 @@ impl PhysicalExtensionCodec for EmberCodec {
                 config: serde_json::to_string(st.config())
                     .map_err(|e| DataFusionError::Internal(format!("ember codec: {e}")))?,
                 schema: encode_schema(&st.schema())?,
+                aggregates: if st.aggregates().is_empty() {
+                    vec![]
+                } else {
+                    let carrier = st
+                        .aggregates()
+                        .carrier(st.input().schema())
+                        .map_err(|e| DataFusionError::Internal(format!("ember codec: {e}")))?;
+                    physical_plan_to_bytes_with_extension_codec(carrier, self)?.to_vec()
+                },
             })
         } else if let Some(j) = node.downcast_ref::<crate::stateful::join::StreamJoinExec>() {
             let expr = |e: &Arc<dyn PhysicalExpr>| {

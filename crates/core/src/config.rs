@@ -41,6 +41,12 @@ pub struct EmberConfig {
     pub cluster_executor_wait_secs: u64,
     /// Deepest nesting of expressions a SQL statement may have (`ember.sql.max_expression_depth`).
     pub sql_max_expression_depth: usize,
+    /// Partitions of a keyed stateful streaming operator's state
+    /// (`ember.streaming.state.partitions`); fixed per checkpoint.
+    pub streaming_state_partitions: usize,
+    /// Every how many batches a state partition's version is a snapshot rather than
+    /// a delta (`ember.streaming.state.snapshot_interval`).
+    pub streaming_state_snapshot_interval: u64,
     /// Seconds between HTTP/2 keepalive pings on every gRPC connection
     /// (`ember.rpc.keepalive_interval`).
     pub rpc_keepalive_interval_secs: u64,
@@ -78,6 +84,8 @@ impl Default for EmberConfig {
             executor_timeout_secs: 0,
             cluster_executor_wait_secs: 0,
             sql_max_expression_depth: 0,
+            streaming_state_partitions: 0,
+            streaming_state_snapshot_interval: 0,
             rpc_keepalive_interval_secs: 0,
             rpc_keepalive_timeout_secs: 0,
             rpc_connect_timeout_secs: 0,
@@ -136,6 +144,16 @@ impl EmberConfig {
             "ember.sql.max_expression_depth",
             "2000",
             "Deepest nesting of expressions in a SQL statement (1+1+...+1 nests one level per +); deeper statements are refused with an error.",
+        ),
+        (
+            "ember.streaming.state.partitions",
+            "4",
+            "Partitions of a keyed stateful streaming operator's state (aggregation, deduplication, stream-stream join). Recorded in the checkpoint when a query first starts; restarting it with another value is an error.",
+        ),
+        (
+            "ember.streaming.state.snapshot_interval",
+            "10",
+            "Every how many batches a state partition is written whole (a snapshot) instead of as the batch's changes.",
         ),
         (
             "ember.rpc.keepalive_interval",
@@ -238,6 +256,20 @@ impl EmberConfig {
                     return Err(bad("a positive integer"));
                 }
             }
+            "streaming.state.partitions" => {
+                self.streaming_state_partitions =
+                    value.parse().map_err(|_| bad("a positive integer"))?;
+                if self.streaming_state_partitions == 0 {
+                    return Err(bad("a positive integer"));
+                }
+            }
+            "streaming.state.snapshot_interval" => {
+                self.streaming_state_snapshot_interval =
+                    value.parse().map_err(|_| bad("a positive integer"))?;
+                if self.streaming_state_snapshot_interval == 0 {
+                    return Err(bad("a positive integer"));
+                }
+            }
             "rpc.keepalive_interval" => {
                 self.rpc_keepalive_interval_secs =
                     positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
@@ -306,6 +338,10 @@ impl EmberConfig {
             "ember.executor.timeout" => self.executor_timeout_secs.to_string(),
             "ember.cluster.executor_wait" => self.cluster_executor_wait_secs.to_string(),
             "ember.sql.max_expression_depth" => self.sql_max_expression_depth.to_string(),
+            "ember.streaming.state.partitions" => self.streaming_state_partitions.to_string(),
+            "ember.streaming.state.snapshot_interval" => {
+                self.streaming_state_snapshot_interval.to_string()
+            }
             "ember.rpc.keepalive_interval" => self.rpc_keepalive_interval_secs.to_string(),
             "ember.rpc.keepalive_timeout" => self.rpc_keepalive_timeout_secs.to_string(),
             "ember.rpc.connect_timeout" => self.rpc_connect_timeout_secs.to_string(),

@@ -1,37 +1,123 @@
-//! Streaming aggregation: partial aggregates per group (window and keys), folded
-//! batch by batch, emitted per output mode, evicted once the watermark closes them.
+//! Streaming aggregation on DataFusion's own accumulators: each group (window and
+//! keys) keeps its aggregates' intermediate state — what `GroupsAccumulator::state`
+//! gives and `merge_batch` takes back — so every aggregate function the session
+//! knows (decimals of any precision, `stddev`, `approx_distinct`, `array_agg`,
+//! `count(DISTINCT ..)`, user-defined ones) folds over a stream exactly as it does
+//! over the same rows in a batch.
+//!
+//! ```text
+//!  a batch's on-time rows ─▶ their groups (a sliding window's row is in several,
+//!  session windows merged first) ─▶ one accumulator per aggregate over the touched
+//!  groups: merge_batch(their saved states) + update_batch(the rows) ─▶ state()
+//!  saved per group ─▶ emitted groups: merge_batch(states) ─▶ evaluate()
+//! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array, new_empty_array};
+use arrow::compute::{cast, take};
+use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::RowConverter;
-use serde::{Deserialize, Serialize};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
+use prost::Message;
 
 use super::{OutputMode, Processed, Rows, converter, key_rows, row_bytes};
 use crate::event_time::{WindowKind, event_times, window_array};
 use crate::{EmberError, Result};
 
-/// An aggregate function a streaming aggregation folds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum AggKind {
-    CountRows,
-    Count,
-    Sum,
-    Min,
-    Max,
-    Avg,
+/// The aggregate functions of a streaming aggregation, as DataFusion planned them
+/// over the operator's input columns, with their `FILTER` clauses.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregates {
+    pub exprs: Vec<Arc<AggregateFunctionExpr>>,
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
 }
 
-#[derive(Debug, Clone)]
-pub(super) struct AggFn {
-    kind: AggKind,
-    /// Whether the argument is folded as f64 (floats, decimals) or i64.
-    float: bool,
+impl Aggregates {
+    /// The aggregates as a plan the plan codec carries: an `AggregateExec` without
+    /// groups over an empty scan of the operator's input.
+    pub fn carrier(&self, input: SchemaRef) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(AggregateExec::try_new(
+            AggregateMode::Single,
+            PhysicalGroupBy::new_single(vec![]),
+            self.exprs.clone(),
+            self.filters.clone(),
+            Arc::new(EmptyExec::new(input.clone())),
+            input,
+        )?))
+    }
+
+    /// The aggregates a [`Aggregates::carrier`] plan holds.
+    pub fn from_carrier(plan: &Arc<dyn ExecutionPlan>) -> Result<Aggregates> {
+        let agg = plan
+            .downcast_ref::<AggregateExec>()
+            .ok_or_else(|| EmberError::Decode {
+                what: "a streaming aggregation's functions",
+                message: format!("an {} where an AggregateExec carries them", plan.name()),
+            })?;
+        Ok(Aggregates {
+            exprs: agg.aggr_expr().to_vec(),
+            filters: agg.filter_expr().to_vec(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.exprs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exprs.is_empty()
+    }
+}
+
+/// One aggregate function of the operator.
+#[derive(Debug)]
+struct AggFn {
+    expr: Arc<AggregateFunctionExpr>,
+    /// What `update_batch` takes: its arguments, then its ordering's expressions
+    /// (as DataFusion's own aggregation passes them).
+    args: Vec<Arc<dyn PhysicalExpr>>,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    /// Its intermediate state's fields, from `first` on in a group's state.
+    state: Vec<FieldRef>,
+    first: usize,
     output: DataType,
+}
+
+impl AggFn {
+    fn accumulator(&self) -> Result<Box<dyn GroupsAccumulator>> {
+        if self.expr.groups_accumulator_supported() {
+            return Ok(self.expr.create_groups_accumulator()?);
+        }
+        let expr = self.expr.clone();
+        Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+            expr.create_accumulator()
+        })))
+    }
+
+    /// The state arrays of `states` (one group each), for `merge_batch`.
+    fn state_arrays(&self, states: &[&GroupState]) -> Result<Vec<ArrayRef>> {
+        self.state
+            .iter()
+            .enumerate()
+            .map(|(f, field)| {
+                if states.is_empty() {
+                    return Ok(new_empty_array(field.data_type()));
+                }
+                Ok(ScalarValue::iter_to_array(
+                    states.iter().map(|s| s[self.first + f].clone()),
+                )?)
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -40,32 +126,56 @@ pub struct AggregateOp {
     /// Where the window goes among the group columns.
     window_position: Option<usize>,
     key_types: Vec<DataType>,
-    pub(super) aggs: Vec<AggFn>,
+    aggs: Vec<AggFn>,
+    /// The number of state values per group, over all aggregates.
+    width: usize,
 }
+
+/// A group's intermediate state: each aggregate's state fields, one after another.
+pub(crate) type GroupState = Box<[ScalarValue]>;
 
 impl AggregateOp {
     /// The operator `config` describes, over the batch plan's `input` columns
-    /// (the event time if any, the window time if any, the keys, the arguments),
-    /// emitting `output`'s columns (the groups, then the aggregates).
+    /// (the event time if any, the window time if any, the keys, the aggregates'
+    /// inputs), emitting `output`'s columns (the groups, then the aggregates).
     pub(super) fn new(
         window: Option<WindowKind>,
         window_position: Option<usize>,
         keys: usize,
-        aggs: &[(AggKind, bool)],
+        aggregates: &Aggregates,
         first: usize,
         input: &Schema,
         output: &Schema,
     ) -> Result<AggregateOp> {
         let offset = first + usize::from(window.is_some());
         let groups = keys + usize::from(window.is_some());
-        if input.fields().len() < offset + keys || output.fields().len() != groups + aggs.len() {
+        if input.fields().len() < offset + keys
+            || output.fields().len() != groups + aggregates.len()
+            || aggregates.filters.len() != aggregates.len()
+        {
             return Err(EmberError::Decode {
                 what: "a streaming aggregation",
                 message: format!(
                     "{keys} keys and {} aggregates do not fit input ({input}) and output ({output})",
-                    aggs.len()
+                    aggregates.len()
                 ),
             });
+        }
+        let mut aggs = vec![];
+        let mut width = 0;
+        for (j, (expr, filter)) in aggregates.exprs.iter().zip(&aggregates.filters).enumerate() {
+            let state = expr.state_fields()?;
+            let mut args = expr.expressions();
+            args.extend(expr.order_bys().iter().map(|o| o.expr.clone()));
+            aggs.push(AggFn {
+                expr: expr.clone(),
+                args,
+                filter: filter.clone(),
+                first: width,
+                output: output.field(groups + j).data_type().clone(),
+                state,
+            });
+            width += aggs[j].state.len();
         }
         Ok(AggregateOp {
             window,
@@ -73,143 +183,73 @@ impl AggregateOp {
             key_types: (0..keys)
                 .map(|i| input.field(offset + i).data_type().clone())
                 .collect(),
-            aggs: aggs
-                .iter()
-                .enumerate()
-                .map(|(j, (kind, float))| AggFn {
-                    kind: *kind,
-                    float: *float,
-                    output: output.field(groups + j).data_type().clone(),
-                })
-                .collect(),
+            aggs,
+            width,
         })
     }
-}
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Acc {
-    n: i64,
-    i: i64,
-    f: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Partial {
-    rows: i64,
-    accs: Vec<Acc>,
-}
-
-/// An argument column, ready to fold.
-enum Values {
-    None,
-    Int(Int64Array),
-    Float(Float64Array),
-    /// Counted only: non-null or not.
-    Any(ArrayRef),
-}
-
-impl Partial {
-    fn new(n: usize) -> Partial {
-        Partial {
-            rows: 0,
-            accs: vec![Acc::default(); n],
+    /// A group's state as stored: a format byte, then each value as datafusion-proto
+    /// encodes a scalar, length-delimited.
+    pub(super) fn encode(state: &[ScalarValue]) -> Result<Vec<u8>> {
+        let mut out = vec![STATE_FORMAT];
+        for value in state {
+            datafusion_proto::protobuf::ScalarValue::try_from(value)
+                .map_err(|e| EmberError::Internal(format!("encoding an aggregate state: {e}")))?
+                .encode_length_delimited(&mut out)
+                .map_err(|e| EmberError::Internal(format!("encoding an aggregate state: {e}")))?;
         }
+        Ok(out)
     }
 
-    fn add(&mut self, fns: &[AggFn], values: &[Values], row: usize) {
-        self.rows += 1;
-        for ((acc, f), v) in self.accs.iter_mut().zip(fns).zip(values) {
-            let (i, x) = match v {
-                Values::None => continue,
-                Values::Any(a) => {
-                    acc.n += i64::from(a.is_valid(row));
-                    continue;
+    pub(super) fn decode(&self, bytes: &[u8]) -> Result<GroupState> {
+        let bad = |message: String| EmberError::Decode {
+            what: "a streaming aggregation's state",
+            message,
+        };
+        let Some((&format, mut rest)) = bytes.split_first() else {
+            return Err(bad("an empty entry".into()));
+        };
+        if format != STATE_FORMAT {
+            return Err(bad(format!(
+                "an entry in format {format}, not {STATE_FORMAT} (the accumulators' states)"
+            )));
+        }
+        let mut values = Vec::with_capacity(self.width);
+        while !rest.is_empty() {
+            let proto = datafusion_proto::protobuf::ScalarValue::decode_length_delimited(&mut rest)
+                .map_err(|e| bad(format!("value {}: {e}", values.len())))?;
+            values.push(
+                ScalarValue::try_from(&proto)
+                    .map_err(|e| bad(format!("value {}: {e}", values.len())))?,
+            );
+        }
+        if values.len() != self.width {
+            return Err(bad(format!(
+                "{} values, expected {} for these aggregates",
+                values.len(),
+                self.width
+            )));
+        }
+        for f in &self.aggs {
+            for (i, field) in f.state.iter().enumerate() {
+                let value = &values[f.first + i];
+                if &value.data_type() != field.data_type() {
+                    return Err(bad(format!(
+                        "{}'s state field {} is a {}, expected {}",
+                        f.expr.name(),
+                        field.name(),
+                        value.data_type(),
+                        field.data_type()
+                    )));
                 }
-                Values::Int(a) if a.is_valid(row) => (a.value(row), a.value(row) as f64),
-                Values::Float(a) if a.is_valid(row) => (0, a.value(row)),
-                _ => continue,
-            };
-            let first = acc.n == 0;
-            acc.n += 1;
-            match f.kind {
-                AggKind::Sum | AggKind::Avg => {
-                    acc.i = acc.i.wrapping_add(i);
-                    acc.f += x;
-                }
-                AggKind::Min => {
-                    acc.i = if first { i } else { acc.i.min(i) };
-                    acc.f = if first { x } else { acc.f.min(x) };
-                }
-                AggKind::Max => {
-                    acc.i = if first { i } else { acc.i.max(i) };
-                    acc.f = if first { x } else { acc.f.max(x) };
-                }
-                AggKind::Count | AggKind::CountRows => {}
             }
         }
-    }
-
-    fn merge(&mut self, fns: &[AggFn], other: &Partial) {
-        self.rows += other.rows;
-        for ((acc, f), o) in self.accs.iter_mut().zip(fns).zip(&other.accs) {
-            if o.n == 0 {
-                continue;
-            }
-            let first = acc.n == 0;
-            acc.n += o.n;
-            match f.kind {
-                AggKind::Sum | AggKind::Avg => {
-                    acc.i = acc.i.wrapping_add(o.i);
-                    acc.f += o.f;
-                }
-                AggKind::Min => {
-                    acc.i = if first { o.i } else { acc.i.min(o.i) };
-                    acc.f = if first { o.f } else { acc.f.min(o.f) };
-                }
-                AggKind::Max => {
-                    acc.i = if first { o.i } else { acc.i.max(o.i) };
-                    acc.f = if first { o.f } else { acc.f.max(o.f) };
-                }
-                AggKind::Count | AggKind::CountRows => {}
-            }
-        }
-    }
-
-    pub(super) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 24 * self.accs.len());
-        out.extend_from_slice(&self.rows.to_le_bytes());
-        for a in &self.accs {
-            out.extend_from_slice(&a.n.to_le_bytes());
-            out.extend_from_slice(&a.i.to_le_bytes());
-            out.extend_from_slice(&a.f.to_le_bytes());
-        }
-        out
-    }
-
-    pub(super) fn decode(bytes: &[u8], n: usize) -> Result<Partial> {
-        if bytes.len() != 8 + 24 * n {
-            return Err(EmberError::Decode {
-                what: "a streaming aggregation's state",
-                message: format!(
-                    "an entry of {} bytes, expected {} for {n} aggregates",
-                    bytes.len(),
-                    8 + 24 * n
-                ),
-            });
-        }
-        let word = |at: usize| <[u8; 8]>::try_from(&bytes[at..at + 8]).expect("8 bytes");
-        Ok(Partial {
-            rows: i64::from_le_bytes(word(0)),
-            accs: (0..n)
-                .map(|k| Acc {
-                    n: i64::from_le_bytes(word(8 + 24 * k)),
-                    i: i64::from_le_bytes(word(16 + 24 * k)),
-                    f: f64::from_le_bytes(word(24 + 24 * k)),
-                })
-                .collect(),
-        })
+        Ok(values.into_boxed_slice())
     }
 }
+
+/// The format byte of a group's stored state.
+const STATE_FORMAT: u8 = 1;
 
 /// Window bounds as bytes that sort like the numbers.
 fn ordered(x: i64) -> [u8; 8] {
@@ -222,15 +262,51 @@ fn unordered(b: &[u8]) -> i64 {
 
 /// A group's key: window start and end (0 without a window), then the key columns
 /// in arrow's row format.
-fn group_key(buf: &mut Vec<u8>, start: i64, end: i64, key: &[u8]) {
-    buf.clear();
+fn group_key(start: i64, end: i64, key: &[u8]) -> Box<[u8]> {
+    let mut buf = Vec::with_capacity(16 + key.len());
     buf.extend_from_slice(&ordered(start));
     buf.extend_from_slice(&ordered(end));
     buf.extend_from_slice(key);
+    buf.into_boxed_slice()
 }
 
 pub(super) fn split_key(key: &[u8]) -> (i64, i64, &[u8]) {
     (unordered(&key[..8]), unordered(&key[8..16]), &key[16..])
+}
+
+/// The groups a batch touches, in the order first seen, and which rows go to which.
+#[derive(Default)]
+struct Assignment {
+    groups: Vec<Box<[u8]>>,
+    index: HashMap<Box<[u8]>, usize>,
+    /// Per input batch: row numbers, and each one's group (a row may repeat).
+    rows: Vec<(Vec<u32>, Vec<usize>)>,
+}
+
+impl Assignment {
+    fn group(&mut self, key: Box<[u8]>) -> usize {
+        if let Some(&g) = self.index.get(&key) {
+            return g;
+        }
+        self.groups.push(key.clone());
+        self.index.insert(key, self.groups.len() - 1);
+        self.groups.len() - 1
+    }
+
+    fn add(&mut self, batch: usize, row: usize, key: Box<[u8]>) {
+        let g = self.group(key);
+        let (rows, groups) = &mut self.rows[batch];
+        rows.push(row as u32);
+        groups.push(g);
+    }
+}
+
+/// A session window's row, placed once the batch's sessions are merged.
+struct SessionRow {
+    batch: usize,
+    row: usize,
+    time: i64,
+    key: Box<[u8]>,
 }
 
 impl AggregateOp {
@@ -239,7 +315,7 @@ impl AggregateOp {
     /// is emitted by the batch after it, which runs without new data if none comes).
     pub(super) fn fold(
         &self,
-        groups: &mut HashMap<Box<[u8]>, Partial>,
+        groups: &mut HashMap<Box<[u8]>, GroupState>,
         sessions: &mut HashMap<Box<[u8]>, BTreeMap<i64, i64>>,
         rows: &Rows,
         watermark: Option<i64>,
@@ -247,104 +323,78 @@ impl AggregateOp {
         output: &SchemaRef,
     ) -> Result<Processed> {
         let converter = converter(&self.key_types)?;
-        let n = self.aggs.len();
         let mut touched: HashSet<Box<[u8]>> = HashSet::new();
-        let mut buf = Vec::with_capacity(64);
+        let mut assigned = Assignment {
+            rows: vec![Default::default(); rows.input.len()],
+            ..Default::default()
+        };
+        let mut session_rows = vec![];
         let window_col = rows.first;
         let keys_from = rows.first + usize::from(self.window.is_some());
-        let args_from = keys_from + self.key_types.len();
         for (b, batch) in rows.input.iter().enumerate() {
             let keys = key_rows(&converter, batch, keys_from, self.key_types.len())?;
             let times = match self.window {
                 Some(_) => Some(event_times(batch.column(window_col))?),
                 None => None,
             };
-            let mut next_arg = args_from;
-            let values: Vec<Values> = self
-                .aggs
-                .iter()
-                .map(|f| {
-                    if f.kind == AggKind::CountRows {
-                        return Ok(Values::None);
-                    }
-                    let column = batch.column(next_arg).clone();
-                    next_arg += 1;
-                    Ok(match (f.kind, f.float) {
-                        (AggKind::Count, _) => Values::Any(column),
-                        (_, true) => Values::Float(
-                            cast(&column, &DataType::Float64)?
-                                .as_primitive::<Float64Type>()
-                                .clone(),
-                        ),
-                        (_, false) => Values::Int(
-                            cast(&column, &DataType::Int64)?
-                                .as_primitive::<Int64Type>()
-                                .clone(),
-                        ),
-                    })
-                })
-                .collect::<Result<_>>()?;
             for r in 0..batch.num_rows() {
                 if !rows.on_time(b, r) {
                     continue;
                 }
                 let key = row_bytes(&keys, r);
-                let mut fold = |buf: &Vec<u8>, touched: &mut HashSet<Box<[u8]>>| {
-                    match groups.get_mut(buf.as_slice()) {
-                        Some(p) => p.add(&self.aggs, &values, r),
-                        None => {
-                            let mut p = Partial::new(n);
-                            p.add(&self.aggs, &values, r);
-                            groups.insert(buf.as_slice().into(), p);
-                        }
-                    }
-                    if !touched.contains(buf.as_slice()) {
-                        touched.insert(buf.as_slice().into());
-                    }
-                };
                 match (self.window, &times) {
-                    (None, _) => {
-                        group_key(&mut buf, 0, 0, key);
-                        fold(&buf, &mut touched);
-                    }
+                    (None, _) => assigned.add(b, r, group_key(0, 0, key)),
                     (Some(_), Some(t)) if t.is_null(r) => {}
                     (Some(WindowKind::Sliding { length, slide }), Some(t)) => {
                         let t = t.value(r);
                         let mut start = t - t.rem_euclid(slide);
                         while start + length > t {
-                            group_key(&mut buf, start, start + length, key);
-                            fold(&buf, &mut touched);
+                            assigned.add(b, r, group_key(start, start + length, key));
                             start -= slide;
                         }
                     }
                     (Some(WindowKind::Session { gap }), Some(t)) => {
-                        let t = t.value(r);
-                        let mut p = Partial::new(n);
-                        p.add(&self.aggs, &values, r);
-                        let (mut start, mut end) = (t, t + gap);
-                        let index = sessions.entry(key.into()).or_default();
-                        // Merge every session this row's [t, t + gap) overlaps.
-                        while let Some((&s, &e)) = index.range(..end).next_back() {
-                            if e <= start {
-                                break;
-                            }
-                            index.remove(&s);
-                            group_key(&mut buf, s, e, key);
-                            if let Some(old) = groups.remove(buf.as_slice()) {
-                                p.merge(&self.aggs, &old);
-                            }
-                            touched.insert(buf.as_slice().into());
-                            start = start.min(s);
-                            end = end.max(e);
-                        }
-                        index.insert(start, end);
-                        group_key(&mut buf, start, end, key);
-                        groups.insert(buf.as_slice().into(), p);
-                        touched.insert(buf.as_slice().into());
+                        let time = t.value(r);
+                        merge_session(sessions, key, time, gap, &mut touched);
+                        session_rows.push(SessionRow {
+                            batch: b,
+                            row: r,
+                            time,
+                            key: key.into(),
+                        });
                     }
                     (Some(_), None) => unreachable!("times read with a window"),
                 }
             }
+        }
+        // Each session row goes to the session its time ended up in; a session that
+        // a merge absorbed gives its state to the one that took it in.
+        let mut absorbed = vec![];
+        for s in session_rows {
+            let (start, end) = session_of(sessions, &s.key, s.time);
+            assigned.add(s.batch, s.row, group_key(start, end, &s.key));
+        }
+        for old in &touched {
+            if assigned.index.contains_key(old) {
+                continue;
+            }
+            if let Some(state) = groups.remove(old) {
+                let (start, _, key) = split_key(old);
+                let (s, e) = session_of(sessions, key, start);
+                absorbed.push((assigned.group(group_key(s, e, key)), state));
+            }
+        }
+        let mut before: Vec<(usize, GroupState)> = assigned
+            .groups
+            .iter()
+            .enumerate()
+            .filter_map(|(g, k)| groups.remove(k).map(|state| (g, state)))
+            .collect();
+        before.extend(absorbed);
+        let states = self.accumulate(&assigned, &before, rows.input)?;
+        for (k, state) in assigned.groups.iter().zip(states) {
+            groups.insert(k.clone(), state);
+            touched.insert(k.clone());
         }
         // What the batch's watermark closes.
         let closed =
@@ -387,10 +437,10 @@ impl AggregateOp {
         let changes = touched
             .into_iter()
             .map(|k| {
-                let v = groups.get(&k).map(Partial::encode);
-                (k, v)
+                let v = groups.get(&k).map(|s| AggregateOp::encode(s)).transpose()?;
+                Ok((k, v))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Processed {
             rows: out_rows,
             late_rows: 0,
@@ -402,11 +452,77 @@ impl AggregateOp {
         })
     }
 
+    /// The new state of each assigned group: its state `before` (several for a
+    /// session that absorbed others) merged with its rows of `input`.
+    fn accumulate(
+        &self,
+        assigned: &Assignment,
+        before: &[(usize, GroupState)],
+        input: &[RecordBatch],
+    ) -> Result<Vec<GroupState>> {
+        let n = assigned.groups.len();
+        let mut states: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(self.width); n];
+        let before_groups: Vec<usize> = before.iter().map(|(g, _)| *g).collect();
+        let before_states: Vec<&GroupState> = before.iter().map(|(_, s)| s).collect();
+        for f in &self.aggs {
+            let mut acc = f.accumulator()?;
+            if !before.is_empty() {
+                acc.merge_batch(&f.state_arrays(&before_states)?, &before_groups, n)?;
+            }
+            for (batch, (rows, groups)) in input.iter().zip(&assigned.rows) {
+                if rows.is_empty() {
+                    continue;
+                }
+                let whole = rows.len() == batch.num_rows()
+                    && rows.iter().enumerate().all(|(i, r)| *r as usize == i);
+                let indices = UInt32Array::from(rows.clone());
+                let pick = |array: ArrayRef| -> Result<ArrayRef> {
+                    Ok(if whole {
+                        array
+                    } else {
+                        take(&array, &indices, None)?
+                    })
+                };
+                let values = f
+                    .args
+                    .iter()
+                    .map(|e| pick(e.evaluate(batch)?.into_array(batch.num_rows())?))
+                    .collect::<Result<Vec<_>>>()?;
+                let filter = match &f.filter {
+                    Some(e) => {
+                        let mask = pick(e.evaluate(batch)?.into_array(batch.num_rows())?)?;
+                        Some(
+                            mask.as_any()
+                                .downcast_ref::<BooleanArray>()
+                                .cloned()
+                                .ok_or_else(|| {
+                                    EmberError::Internal(format!(
+                                        "{}'s FILTER gave a {}, not booleans",
+                                        f.expr.name(),
+                                        mask.data_type()
+                                    ))
+                                })?,
+                        )
+                    }
+                    None => None,
+                };
+                acc.update_batch(&values, groups, filter.as_ref(), n)?;
+            }
+            let arrays = acc.state(EmitTo::All)?;
+            for (g, state) in states.iter_mut().enumerate() {
+                for array in &arrays {
+                    state.push(ScalarValue::try_from_array(array, g)?);
+                }
+            }
+        }
+        Ok(states.into_iter().map(Vec::into_boxed_slice).collect())
+    }
+
     /// The emitted groups as the aggregation's output rows.
     fn rows(
         &self,
         emit: &[&[u8]],
-        groups: &HashMap<Box<[u8]>, Partial>,
+        groups: &HashMap<Box<[u8]>, GroupState>,
         converter: &Option<RowConverter>,
         output: &SchemaRef,
     ) -> Result<RecordBatch> {
@@ -434,26 +550,15 @@ impl AggregateOp {
                 columns.push(keys.pop().expect("one array per key"));
             }
         }
-        let partials: Vec<&Partial> = emit.iter().map(|k| &groups[*k]).collect();
-        for (j, f) in self.aggs.iter().enumerate() {
-            let acc = |p: &Partial| p.accs[j];
-            let array: ArrayRef = match (f.kind, f.float) {
-                (AggKind::CountRows, _) => Arc::new(Int64Array::from_iter_values(
-                    partials.iter().map(|p| p.rows),
-                )),
-                (AggKind::Count, _) => Arc::new(Int64Array::from_iter_values(
-                    partials.iter().map(|p| acc(p).n),
-                )),
-                (AggKind::Avg, _) => Arc::new(Float64Array::from_iter(partials.iter().map(|p| {
-                    let a = acc(p);
-                    (a.n > 0).then(|| if f.float { a.f } else { a.i as f64 } / a.n as f64)
-                }))),
-                (_, true) => Arc::new(Float64Array::from_iter(
-                    partials.iter().map(|p| (acc(p).n > 0).then(|| acc(p).f)),
-                )),
-                (_, false) => Arc::new(Int64Array::from_iter(
-                    partials.iter().map(|p| (acc(p).n > 0).then(|| acc(p).i)),
-                )),
+        let states: Vec<&GroupState> = emit.iter().map(|k| &groups[*k]).collect();
+        let all: Vec<usize> = (0..states.len()).collect();
+        for f in &self.aggs {
+            let array = if states.is_empty() {
+                new_empty_array(&f.output)
+            } else {
+                let mut acc = f.accumulator()?;
+                acc.merge_batch(&f.state_arrays(&states)?, &all, states.len())?;
+                acc.evaluate(EmitTo::All)?
             };
             columns.push(if array.data_type() == &f.output {
                 array
@@ -467,4 +572,40 @@ impl AggregateOp {
             &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(emit.len())),
         )?)
     }
+}
+
+/// Adds a row at `time` to `key`'s sessions: `[time, time + gap)` merges with every
+/// session it overlaps. The sessions merged away are added to `touched`.
+fn merge_session(
+    sessions: &mut HashMap<Box<[u8]>, BTreeMap<i64, i64>>,
+    key: &[u8],
+    time: i64,
+    gap: i64,
+    touched: &mut HashSet<Box<[u8]>>,
+) {
+    let (mut start, mut end) = (time, time + gap);
+    let index = sessions.entry(key.into()).or_default();
+    while let Some((&s, &e)) = index.range(..end).next_back() {
+        if e <= start {
+            break;
+        }
+        index.remove(&s);
+        touched.insert(group_key(s, e, key));
+        start = start.min(s);
+        end = end.max(e);
+    }
+    index.insert(start, end);
+}
+
+/// The session of `key` that holds `time`.
+fn session_of(
+    sessions: &HashMap<Box<[u8]>, BTreeMap<i64, i64>>,
+    key: &[u8],
+    time: i64,
+) -> (i64, i64) {
+    sessions
+        .get(key)
+        .and_then(|index| index.range(..=time).next_back())
+        .map(|(&s, &e)| (s, e))
+        .expect("a session holds every time merged into it")
 }

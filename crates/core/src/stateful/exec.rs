@@ -25,7 +25,7 @@ use datafusion::physical_plan::{
 use parking_lot::Mutex;
 
 use super::store::{BatchStats, Change, Entries};
-use super::{Op, OpState, StatefulConfig};
+use super::{Aggregates, Op, OpState, StatefulConfig};
 use crate::Result;
 
 /// Partitions kept in memory per process, at most.
@@ -87,20 +87,24 @@ fn put_cached(operator: &str, partition: usize, version: u64, state: OpState) {
 pub struct StatefulExec {
     input: Arc<dyn ExecutionPlan>,
     config: StatefulConfig,
+    /// An aggregation's functions (none for other operators).
+    aggregates: Aggregates,
     op: Arc<Op>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
 
 impl StatefulExec {
-    /// `schema` is the operator's output.
+    /// `schema` is the operator's output; `aggregates` an aggregation's functions
+    /// over `input` (none for other operators).
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
         config: StatefulConfig,
+        aggregates: Aggregates,
         schema: SchemaRef,
     ) -> Result<StatefulExec> {
         config.check()?;
-        let op = Op::new(&config, &input.schema(), &schema)?;
+        let op = Op::new(&config, &aggregates, &input.schema(), &schema)?;
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(config.partitions),
@@ -110,6 +114,7 @@ impl StatefulExec {
         Ok(StatefulExec {
             input,
             config,
+            aggregates,
             op: Arc::new(op),
             schema,
             properties: Arc::new(properties),
@@ -118,6 +123,14 @@ impl StatefulExec {
 
     pub fn config(&self) -> &StatefulConfig {
         &self.config
+    }
+
+    pub fn aggregates(&self) -> &Aggregates {
+        &self.aggregates
+    }
+
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
     }
 
     /// The operator's key columns in `input`'s schema, to hash its rows by.
@@ -251,6 +264,7 @@ impl ExecutionPlan for StatefulExec {
         Ok(Arc::new(StatefulExec {
             input,
             config: self.config.clone(),
+            aggregates: self.aggregates.clone(),
             op: self.op.clone(),
             schema: self.schema.clone(),
             properties: self.properties.clone(),

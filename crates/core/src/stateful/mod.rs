@@ -19,8 +19,9 @@
 //! without new data when none comes.
 //!
 //! - [`store`]: the versioned, partitioned store.
-//! - `aggregate.rs`: `count`, `sum`, `min`, `max` and `avg` by keys and at most one
-//!   tumbling, sliding or session window.
+//! - `aggregate.rs`: any aggregate function, on DataFusion's accumulators (their
+//!   intermediate state per group), by keys and at most one tumbling, sliding or
+//!   session window.
 //! - `dedup.rs`: the first row of each key passes.
 //! - [`exec`]: [`StatefulExec`](exec::StatefulExec), the physical operator, and its
 //!   in-memory cache of partitions.
@@ -42,8 +43,8 @@ pub mod exec;
 pub mod join;
 pub mod store;
 
-pub use aggregate::AggKind;
-use aggregate::{AggregateOp, Partial, split_key};
+pub use aggregate::Aggregates;
+use aggregate::{AggregateOp, GroupState, split_key};
 use dedup::DedupOp;
 use store::{Change, Entries, Snapshot};
 
@@ -59,12 +60,13 @@ pub enum OutputMode {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OpConfig {
     /// Group by `keys` plain keys and at most one window (at `window_position` among
-    /// the group columns), folding `aggs` (function, whether folded as floats).
+    /// the group columns), folding `aggregates` functions (the operator carries
+    /// them as DataFusion planned them: [`Aggregates`]).
     Aggregate {
         window: Option<WindowKind>,
         window_position: Option<usize>,
         keys: usize,
-        aggs: Vec<(AggKind, bool)>,
+        aggregates: usize,
     },
     /// The first row of each key passes: the input is the row's `columns`, then
     /// `keys` key columns.
@@ -140,12 +142,19 @@ pub struct StatefulConfig {
 }
 
 impl StatefulConfig {
-    /// How keys are spread over the partitions, recorded with the state.
+    /// How keys are spread over the partitions (and, for an aggregation, what a
+    /// group's state is), recorded with the state.
     pub fn layout(&self) -> String {
-        format!(
+        let layout = format!(
             "hash of the key columns over {} partitions",
             self.partitions
-        )
+        );
+        match self.op {
+            OpConfig::Aggregate { .. } => {
+                format!("{layout}; groups keep DataFusion accumulator states")
+            }
+            _ => layout,
+        }
     }
 
     /// A configuration that came over the wire says what a task can run.
@@ -185,7 +194,7 @@ pub(crate) enum Op {
 /// An operator's state in memory.
 pub(crate) enum OpState {
     Aggregate {
-        groups: HashMap<Box<[u8]>, Partial>,
+        groups: HashMap<Box<[u8]>, GroupState>,
         /// Session windows: each key's sessions, start → end.
         sessions: HashMap<Box<[u8]>, BTreeMap<i64, i64>>,
     },
@@ -217,19 +226,37 @@ fn converter(types: &[DataType]) -> Result<Option<RowConverter>> {
 }
 
 impl Op {
-    pub(crate) fn new(config: &StatefulConfig, input: &Schema, output: &Schema) -> Result<Op> {
+    pub(crate) fn new(
+        config: &StatefulConfig,
+        aggregates: &Aggregates,
+        input: &Schema,
+        output: &Schema,
+    ) -> Result<Op> {
         let first = usize::from(config.event_time);
+        let expected = match config.op {
+            OpConfig::Aggregate { aggregates, .. } => aggregates,
+            _ => 0,
+        };
+        if aggregates.len() != expected {
+            return Err(EmberError::Decode {
+                what: "a stateful operator",
+                message: format!(
+                    "{} aggregate functions where its configuration names {expected}",
+                    aggregates.len()
+                ),
+            });
+        }
         Ok(match &config.op {
             OpConfig::Aggregate {
                 window,
                 window_position,
                 keys,
-                aggs,
+                ..
             } => Op::Aggregate(AggregateOp::new(
                 *window,
                 *window_position,
                 *keys,
-                aggs,
+                aggregates,
                 first,
                 input,
                 output,
@@ -262,7 +289,7 @@ impl Op {
                     if matches!(op.window, Some(WindowKind::Session { .. })) {
                         sessions.entry(key.into()).or_default().insert(start, end);
                     }
-                    groups.insert(k, Partial::decode(&v, op.aggs.len())?);
+                    groups.insert(k, op.decode(&v)?);
                 }
                 Ok(OpState::Aggregate { groups, sessions })
             }
@@ -285,8 +312,8 @@ impl Op {
         Ok(match state {
             OpState::Aggregate { groups, .. } => groups
                 .iter()
-                .map(|(k, p)| (k.clone(), p.encode()))
-                .collect(),
+                .map(|(k, s)| Ok((k.clone(), AggregateOp::encode(s)?)))
+                .collect::<Result<_>>()?,
             OpState::Dedup { seen } => seen
                 .iter()
                 .map(|(k, t)| (k.clone(), t.to_le_bytes().to_vec()))

@@ -104,7 +104,7 @@ impl StateStore {
         match self.dir.read("_layout").await? {
             Some(found) if String::from_utf8_lossy(&found).trim() == layout => Ok(()),
             Some(found) => Err(EmberError::Config(format!(
-                "{}/_layout: the state was written as '{}', and this query keeps it as '{layout}'; start the query from a new checkpoint",
+                "{}/_layout: the state was written as '{}', and this query keeps it as '{layout}' (a checkpoint fixes its ember.streaming.state.partitions, and how groups keep their state); start the query from a new checkpoint, or with the settings it was started with",
                 self.dir,
                 String::from_utf8_lossy(&found).trim()
             ))),

@@ -17,6 +17,7 @@ use datafusion::logical_expr::{
     ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use prost::Message;
 use ember_core::convert::{ipc_stream, read_ipc_stream};
 
 use crate::engine::is_builtin;
@@ -114,9 +115,13 @@ fn frames(mut buf: &[u8]) -> DFResult<Vec<&[u8]>> {
     Ok(out)
 }
 
-/// A stateful node: its configuration (JSON), its schema, and the qualifier of its
-/// columns (empty for none).
-fn encode_stateful(st: &StatefulNode, buf: &mut Vec<u8>) -> DFResult<()> {
+/// A stateful node: its configuration (JSON), its schema, the qualifier of its
+/// columns (empty for none), and an aggregation's functions.
+fn encode_stateful(
+    st: &StatefulNode,
+    buf: &mut Vec<u8>,
+    codec: &dyn LogicalExtensionCodec,
+) -> DFResult<()> {
     buf.push(TAG_STATEFUL);
     let config = serde_json::to_vec(&st.config).map_err(|e| bad(&e.to_string()))?;
     put_frame(buf, &config);
@@ -128,13 +133,26 @@ fn encode_stateful(st: &StatefulNode, buf: &mut Vec<u8>) -> DFResult<()> {
         .and_then(|(q, _)| q.map(|q| q.to_string()))
         .unwrap_or_default();
     put_frame(buf, qualifier.as_bytes());
+    let aggregates = datafusion_proto::protobuf::LogicalExprList {
+        expr: datafusion_proto::logical_plan::to_proto::serialize_exprs(&st.aggregates, codec)?,
+    };
+    put_frame(buf, &aggregates.encode_to_vec());
     Ok(())
 }
 
-fn decode_stateful(buf: &[u8], inputs: &[LogicalPlan]) -> DFResult<Extension> {
-    let [config, schema, qualifier] = frames(buf)?[..] else {
+fn decode_stateful(
+    buf: &[u8],
+    inputs: &[LogicalPlan],
+    ctx: &TaskContext,
+    codec: &dyn LogicalExtensionCodec,
+) -> DFResult<Extension> {
+    let [config, schema, qualifier, aggregates] = frames(buf)?[..] else {
         return Err(bad("a stateful node"));
     };
+    let aggregates = datafusion_proto::protobuf::LogicalExprList::decode(aggregates)
+        .map_err(|_| bad("a stateful node's aggregates"))?;
+    let aggregates =
+        datafusion_proto::logical_plan::from_proto::parse_exprs(&aggregates.expr, ctx, codec)?;
     let config =
         serde_json::from_slice(config).map_err(|_| bad("a stateful node's configuration"))?;
     let schema = read_schema(schema)?.as_ref().clone();
@@ -151,6 +169,7 @@ fn decode_stateful(buf: &[u8], inputs: &[LogicalPlan]) -> DFResult<Extension> {
     Ok(Extension {
         node: Arc::new(StatefulNode {
             input,
+            aggregates,
             config,
             schema: Arc::new(schema),
         }),
@@ -174,11 +193,11 @@ impl LogicalExtensionCodec for EmberLogicalCodec {
         &self,
         buf: &[u8],
         inputs: &[LogicalPlan],
-        _ctx: &TaskContext,
+        ctx: &TaskContext,
     ) -> DFResult<Extension> {
         let (tag, rest) = buf.split_first().ok_or_else(|| bad("an empty extension"))?;
         if *tag == TAG_STATEFUL {
-            return decode_stateful(rest, inputs);
+            return decode_stateful(rest, inputs, ctx, self);
         }
         if *tag != TAG_MAP_BATCHES {
             return Err(bad(&format!("extension tag {tag}")));
@@ -203,7 +222,7 @@ impl LogicalExtensionCodec for EmberLogicalCodec {
 
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> DFResult<()> {
         if let Some(st) = node.node.as_any().downcast_ref::<StatefulNode>() {
-            return encode_stateful(st, buf);
+            return encode_stateful(st, buf, self);
         }
         let Some(m) = node.node.as_any().downcast_ref::<MapBatchesNode>() else {
             return Err(DataFusionError::NotImplemented(format!(

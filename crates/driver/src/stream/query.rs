@@ -298,7 +298,10 @@ impl DataStreamWriter {
         if let Some(sink) = self.formatted_sink()? {
             self.sink = Some(sink);
         }
-        let query = plan_query(self.df.logical_plan(), self.mode)?;
+        let config = ember_core::config::EmberConfig::from_session(
+            self.df.session().context().state().config(),
+        );
+        let query = plan_query(self.df.logical_plan(), self.mode, &config)?;
         let streams = stream_sources(&query.batch)?;
         let joins = matches!(
             query.stateful.as_ref().map(|s| &s.op),

@@ -11,8 +11,9 @@
 //! A stream-stream join (`../join.rs`) keeps its rows in the query's process instead.
 //!
 //! Operators (`aggregate.rs`, `dedup.rs` plan them; `ember_core::stateful` runs them):
-//! - **aggregation** (`group_by(..).agg(..)`, SQL `GROUP BY`) with `count`, `sum`, `min`,
-//!   `max`, `avg`, grouped by plain keys and at most one event-time window:
+//! - **aggregation** (`group_by(..).agg(..)`, SQL `GROUP BY`) with any aggregate
+//!   function the session knows (DataFusion's accumulators keep each group's state),
+//!   grouped by plain keys and at most one event-time window:
 //!   `window(ts, len)` (tumbling), `window(ts, len, slide)` (sliding: a row counts in
 //!   every window that holds it) or `session_window(ts, gap)` (a key's rows closer than
 //!   `gap` form one session);
@@ -35,6 +36,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Expr, Extension, Filter, LogicalPlan, lit};
 use ember_core::event_time::{WATERMARK, parse_duration};
+use ember_core::config::EmberConfig;
 use ember_core::stateful::{OpConfig, StatefulConfig};
 use ember_core::{EmberError, Result};
 
@@ -82,17 +84,16 @@ pub struct QueryPlan {
 pub struct StatefulPlan {
     /// The operator, run by the tasks of a [`StatefulNode`] over the batch plan.
     pub op: OpConfig,
+    /// Partitions of a keyed operator's state, and every how many versions one is a
+    /// snapshot (`ember.streaming.state.*`).
+    pub partitions: usize,
+    pub snapshot_every: u64,
     /// Whether the operator's input starts with the watermark's event time.
     pub event_time: bool,
     /// A stream-stream join's watermark delays, left and right: the query's
     /// watermark is the smaller of the sides'.
     pub join_delays: Option<[i64; 2]>,
 }
-
-/// Partitions of a stateful operator's state (one without keys), and how often a
-/// version is a snapshot.
-const STATE_PARTITIONS: usize = 4;
-const SNAPSHOT_EVERY: u64 = 10;
 
 impl StatefulPlan {
     /// The operator's configuration; a batch adds where the state is, the query's
@@ -104,11 +105,11 @@ impl StatefulPlan {
             mode,
             state_dir: String::new(),
             partitions: if self.op.keyed(self.event_time) {
-                STATE_PARTITIONS
+                self.partitions
             } else {
                 1
             },
-            snapshot_every: SNAPSHOT_EVERY,
+            snapshot_every: self.snapshot_every,
             query_id: String::new(),
             batch_id: 0,
             watermark_ms: None,
@@ -235,8 +236,13 @@ fn take_watermarks(plan: &LogicalPlan) -> Result<(LogicalPlan, Vec<Watermark>)> 
 }
 
 /// Cuts a streaming query's plan at its stateful operator and checks that the output
-/// mode suits it (Spark's rules).
-pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
+/// mode suits it (Spark's rules); `config` gives the state's partitions and
+/// snapshot interval.
+pub fn plan_query(
+    plan: &LogicalPlan,
+    mode: OutputMode,
+    config: &EmberConfig,
+) -> Result<QueryPlan> {
     let join_marks = join_watermarks(plan)?;
     let (plan, mut marks) = take_watermarks(plan)?;
     if join_marks.is_none() && marks.len() > 1 {
@@ -302,9 +308,11 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
             "sorting a stream needs an aggregation and Complete output mode, and must come after the aggregation",
         ));
     }
+    let mut aggregates = vec![];
     let (input, op, event_time, join_delays) = match &node {
         LogicalPlan::Aggregate(agg) => {
-            let (batch, op, event_time) = aggregate::plan(agg, watermark.as_ref())?;
+            let (batch, op, event_time, functions) = aggregate::plan(agg, watermark.as_ref())?;
+            aggregates = functions;
             let windowed = op.windowed();
             match mode {
                 OutputMode::Append if watermark.is_none() || !windowed => {
@@ -341,12 +349,15 @@ pub fn plan_query(plan: &LogicalPlan, mode: OutputMode) -> Result<QueryPlan> {
     // reads it unchanged. Each batch gives it its configuration.
     let stateful = StatefulPlan {
         op,
+        partitions: config.streaming_state_partitions,
+        snapshot_every: config.streaming_state_snapshot_interval,
         event_time,
         join_delays,
     };
     let template = LogicalPlan::Extension(Extension {
         node: Arc::new(StatefulNode {
             input,
+            aggregates,
             config: stateful.config(mode),
             schema: node.schema().clone(),
         }),

@@ -13,23 +13,29 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec};
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use ember_core::stateful::exec::StatefulExec;
 use ember_core::stateful::join::{StreamJoinExec, joined_filter};
-use ember_core::stateful::{OpConfig, StatefulConfig};
+use ember_core::stateful::{Aggregates, OpConfig, StatefulConfig};
 
 /// One batch of a streaming aggregation or deduplication over `input` (the batch
 /// plan), emitting `schema`.
 #[derive(Debug, Clone)]
 pub(crate) struct StatefulNode {
     pub input: LogicalPlan,
+    /// An aggregation's functions over `input`'s columns (none for other operators).
+    pub aggregates: Vec<Expr>,
     pub config: StatefulConfig,
     pub schema: DFSchemaRef,
 }
 
 impl PartialEq for StatefulNode {
     fn eq(&self, other: &Self) -> bool {
-        self.config == other.config && self.input == other.input && self.schema == other.schema
+        self.config == other.config
+            && self.input == other.input
+            && self.aggregates == other.aggregates
+            && self.schema == other.schema
     }
 }
 
@@ -45,6 +51,7 @@ impl Hash for StatefulNode {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.config.hash(state);
         self.input.hash(state);
+        self.aggregates.hash(state);
     }
 }
 
@@ -83,6 +90,7 @@ impl UserDefinedLogicalNodeCore for StatefulNode {
             .ok_or_else(|| DataFusionError::Internal("Stateful takes one input".into()))?;
         Ok(StatefulNode {
             input,
+            aggregates: self.aggregates.clone(),
             config: self.config.clone(),
             schema: self.schema.clone(),
         })
@@ -101,8 +109,8 @@ impl ExtensionPlanner for StatefulPlanner {
         node: &dyn UserDefinedLogicalNode,
         _logical_inputs: &[&LogicalPlan],
         physical_inputs: &[Arc<dyn ExecutionPlan>],
-        _session: &dyn datafusion::catalog::Session,
-        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+        session: &dyn datafusion::catalog::Session,
+        planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
     ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
         let Some(node) = node.as_any().downcast_ref::<StatefulNode>() else {
             return Ok(None);
@@ -121,7 +129,20 @@ impl ExtensionPlanner for StatefulPlanner {
                 schema,
             )?)));
         }
-        let exec = StatefulExec::try_new(input, node.config.clone(), schema)
+        let mut aggregates = Aggregates::default();
+        for e in &node.aggregates {
+            let lowered = LoweredAggregateBuilder::new(
+                e,
+                node.input.schema(),
+                &input.schema(),
+                session.execution_props(),
+                planning_ctx,
+            )
+            .build()?;
+            aggregates.exprs.push(lowered.aggregate);
+            aggregates.filters.push(lowered.filter);
+        }
+        let exec = StatefulExec::try_new(input, node.config.clone(), aggregates, schema)
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         Ok(Some(Arc::new(exec)))
     }
