@@ -461,6 +461,9 @@ impl AggregateOp {
         input: &[RecordBatch],
     ) -> Result<Vec<GroupState>> {
         let n = assigned.groups.len();
+        if n == 0 {
+            return Ok(vec![]);
+        }
         let mut states: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(self.width); n];
         let before_groups: Vec<usize> = before.iter().map(|(g, _)| *g).collect();
         let before_states: Vec<&GroupState> = before.iter().map(|(_, s)| s).collect();

@@ -17,8 +17,8 @@ use datafusion::logical_expr::{
     ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
-use prost::Message;
 use ember_core::convert::{ipc_stream, read_ipc_stream};
+use prost::Message;
 
 use crate::engine::is_builtin;
 use crate::map_batches::MapBatchesNode;

@@ -6,7 +6,7 @@ mod io;
 mod joins;
 mod sources;
 mod transforms;
-mod udfs;
+pub(crate) mod udfs;
 
 use std::sync::Arc;
 

@@ -2,6 +2,7 @@
 mod dataframe;
 mod engine;
 mod stream;
+mod stream_aggregates;
 mod stream_data_loss;
 mod stream_join;
 mod stream_sources;

@@ -35,8 +35,8 @@ use datafusion::common::{Column, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Expr, Extension, Filter, LogicalPlan, lit};
-use ember_core::event_time::{WATERMARK, parse_duration};
 use ember_core::config::EmberConfig;
+use ember_core::event_time::{WATERMARK, parse_duration};
 use ember_core::stateful::{OpConfig, StatefulConfig};
 use ember_core::{EmberError, Result};
 
@@ -238,11 +238,7 @@ fn take_watermarks(plan: &LogicalPlan) -> Result<(LogicalPlan, Vec<Watermark>)> 
 /// Cuts a streaming query's plan at its stateful operator and checks that the output
 /// mode suits it (Spark's rules); `config` gives the state's partitions and
 /// snapshot interval.
-pub fn plan_query(
-    plan: &LogicalPlan,
-    mode: OutputMode,
-    config: &EmberConfig,
-) -> Result<QueryPlan> {
+pub fn plan_query(plan: &LogicalPlan, mode: OutputMode, config: &EmberConfig) -> Result<QueryPlan> {
     let join_marks = join_watermarks(plan)?;
     let (plan, mut marks) = take_watermarks(plan)?;
     if join_marks.is_none() && marks.len() > 1 {

@@ -11,9 +11,9 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{
     Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec};
-use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use ember_core::stateful::exec::StatefulExec;
 use ember_core::stateful::join::{StreamJoinExec, joined_filter};

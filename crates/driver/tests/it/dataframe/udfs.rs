@@ -70,7 +70,7 @@ impl Accumulator for SumSquares {
     }
 }
 
-fn sum_squares() -> datafusion::logical_expr::AggregateUDF {
+pub(crate) fn sum_squares() -> datafusion::logical_expr::AggregateUDF {
     create_udaf(
         "sum_squares",
         vec![DataType::Int64],
