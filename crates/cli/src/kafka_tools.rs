@@ -96,7 +96,7 @@ pub struct ConsumeArgs {
 }
 
 async fn client(b: &Bootstrap) -> Result<Client> {
-    ember_core::kafka_scan::client_builder(vec![b.bootstrap_server.clone()])
+    ember_exec::kafka_scan::client_builder(vec![b.bootstrap_server.clone()])
         .build()
         .await
         .with_context(|| format!("connecting to {}", b.bootstrap_server))

@@ -1,27 +1,23 @@
-//! ember-core: what the driver and the executors share.
+//! ember-core: the vocabulary the driver, the executors and the execution layer
+//! (`ember-exec`) share. Nothing here runs a plan.
 //!
 //! - [`config`]: the typed `ember.*` configuration (a DataFusion config extension).
 //! - [`error`]: the crate's error type; errors that cross the scheduler say whether
 //!   they are retryable.
-//! - [`shuffle`]: the exchange operators that cut a physical plan into stages
-//!   (`ShuffleWriterExec`, `UnresolvedShuffleExec`, `ShuffleReaderExec`) and the
-//!   on-disk / in-memory shuffle storage they use.
-//! - [`codec`]: the `datafusion-proto` extension codec, so every stage plan travels as
-//!   bytes, in local mode as in a cluster.
-//! - [`task`]: task identities, definitions and typed results, and [`task::run_task`],
-//!   which decodes and runs one task wherever it is executed.
-//! - [`cancel`]: stopping a killed task at its next batch.
-//! - [`stateful`]: streaming aggregation and deduplication as tasks, one per state
-//!   partition, and the versioned state store they keep in the checkpoint.
-//! - [`storage`]: checkpoint directories, local or in an object store (WebDAV, S3).
+//! - [`task`]: task identities, definitions and typed results, and the DataFusion
+//!   settings every stage runs with.
+//! - [`shuffle`]: where map output lives, as map tasks report it and readers get it.
+//! - [`codec`]: plan bytes: a physical plan into `datafusion-proto` bytes and back,
+//!   never panicking on bad ones (the extension codec of ember's operators is
+//!   `ember_exec::codec`).
 //! - [`ipc`]: the one hardened decoder of Arrow IPC streams from outside the process.
-//! - [`batch_fn`]: named RecordBatch functions (`map_batches`), the MapReduce-style
-//!   escape hatch.
 //! - [`proto`]: the generated gRPC code of `proto/ember.proto`; [`convert`] turns task
-//!   definitions and results into its messages and back.
+//!   definitions and results into its messages and back; [`rpc`]: authentication,
+//!   TLS and liveness of every gRPC connection.
+//! - [`event_time`] and [`json`]: ember's own SQL functions (windows, watermarks,
+//!   parsing JSON and CSV values), present in every session and on every executor.
+//! - [`metrics`]: the Prometheus exposition format.
 
-pub mod batch_fn;
-pub mod cancel;
 pub mod codec;
 pub mod config;
 pub mod convert;
@@ -29,13 +25,10 @@ pub mod error;
 pub mod event_time;
 pub mod ipc;
 pub mod json;
-pub mod kafka_scan;
 pub mod metrics;
 pub mod proto;
 pub mod rpc;
 pub mod shuffle;
-pub mod stateful;
-pub mod storage;
 pub mod task;
 
 pub use config::EmberConfig;

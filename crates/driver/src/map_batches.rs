@@ -14,7 +14,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use ember_core::batch_fn::{BatchFn, BatchFnRegistry, MapBatchesExec};
+use ember_exec::batch_fn::{BatchFn, BatchFnRegistry, MapBatchesExec};
 
 /// Logical node: apply batch function `name` to every batch of `input`.
 #[derive(Debug, Clone)]

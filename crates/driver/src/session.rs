@@ -13,10 +13,10 @@ use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember_core::batch_fn::BatchFnRegistry;
 use ember_core::rpc::{Liveness, Security};
-use ember_core::task::{FunctionSet, FunctionSource, REQUIRED_DATAFUSION_SETTINGS, apply_settings};
 use ember_core::{EmberConfig, EmberError, Result};
+use ember_exec::batch_fn::BatchFnRegistry;
+use ember_exec::task::{FunctionSet, FunctionSource, REQUIRED_DATAFUSION_SETTINGS, apply_settings};
 use tokio::sync::watch;
 
 use crate::dataframe::DataFrame;

@@ -12,8 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use ember_core::metrics::{Exposition, Histogram, resident_bytes};
 use ember_core::rpc::{Audit, http_secret_check};
-use ember_core::task::{TaskOutput, TaskStatus};
 use ember_core::{EmberError, Result};
+use ember_exec::task::{TaskOutput, TaskStatus};
 
 use crate::service::RunningTasks;
 

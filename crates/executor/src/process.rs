@@ -4,15 +4,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::execution::runtime_env::RuntimeEnv;
-use ember_core::codec::EmberCodec;
 use ember_core::convert::task_id_to_proto;
 use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::executor_service_server::ExecutorServiceServer;
 use ember_core::proto::{DecommissionRequest, HeartbeatRequest, RegisterExecutorRequest};
 use ember_core::rpc::{AuthChannel, Liveness, MAX_MESSAGE_BYTES, Security};
-use ember_core::shuffle::ShuffleEnv;
-use ember_core::task::TaskEnv;
 use ember_core::{EmberError, PROTOCOL_VERSION, Result};
+use ember_exec::codec::EmberCodec;
+use ember_exec::shuffle::ShuffleEnv;
+use ember_exec::task::TaskEnv;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;

@@ -7,8 +7,8 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::SessionContext;
-use ember_core::batch_fn::{BatchFn, BatchFnRegistry};
-use ember_core::task::{FunctionSet, FunctionSource};
+use ember_exec::batch_fn::{BatchFn, BatchFnRegistry};
+use ember_exec::task::{FunctionSet, FunctionSource};
 
 /// User functions for an executor process:
 ///

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_core::EmberConfig;
-use ember_core::cancel::CancelFlag;
 use ember_core::convert::{
     task_definition_from_proto, task_id_from_proto, task_id_to_proto, task_status_to_proto,
 };
@@ -19,8 +18,9 @@ use ember_core::proto::{
     task_status,
 };
 use ember_core::rpc::{AuthChannel, Liveness};
-use ember_core::shuffle::serve_partition;
-use ember_core::task::{TaskDefinition, TaskEnv, TaskId, run_task, session_config_from_pairs};
+use ember_exec::cancel::CancelFlag;
+use ember_exec::shuffle::serve_partition;
+use ember_exec::task::{TaskDefinition, TaskEnv, TaskId, run_task, session_config_from_pairs};
 use futures::Stream;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};

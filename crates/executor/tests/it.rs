@@ -9,16 +9,16 @@ use arrow::array::Int64Array;
 use arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::SessionContext;
-use ember_core::codec::{EmberCodec, encode_plan};
 use ember_core::convert::{task_definition_to_proto, task_status_from_proto};
 use ember_core::proto::driver_service_server::{DriverService, DriverServiceServer};
 use ember_core::proto::executor_service_client::ExecutorServiceClient;
 use ember_core::proto::*;
-use ember_core::shuffle::{
+use ember_core::{EmberConfig, PROTOCOL_VERSION};
+use ember_exec::codec::{EmberCodec, encode_plan};
+use ember_exec::shuffle::{
     PartitionLocation, ShuffleData, ShuffleEnv, ShuffleReaderExec, ShuffleWriterExec,
 };
-use ember_core::task::{TaskDefinition, TaskId, TaskOutput, TaskStatus as EmberStatus};
-use ember_core::{EmberConfig, PROTOCOL_VERSION};
+use ember_exec::task::{TaskDefinition, TaskId, TaskOutput, TaskStatus as EmberStatus};
 use ember_executor::ExecutorConfig;
 use futures::TryStreamExt;
 use tokio::sync::mpsc;

@@ -78,7 +78,7 @@ impl Stats {
 /// Inputs kept beyond the seeds, at most.
 const CORPUS_CAP: usize = 4096;
 /// What ember's errors say when ember caught a dependency's panic itself
-/// (`ember_core::codec::decode_plan`).
+/// (`ember_exec::codec::decode_plan`).
 const CAUGHT_BY_EMBER: &[&str] = &["the plan decoder failed: "];
 
 /// Distinct findings written per target, at most.

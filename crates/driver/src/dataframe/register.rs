@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
-use ember_core::batch_fn::BatchFn;
+use ember_exec::batch_fn::BatchFn;
 
 use crate::session::Session;
 

@@ -26,7 +26,7 @@ use ember_core::proto::{
     RegisterExecutorResponse, RemoveJobRequest, ReportTaskStatusRequest, ReportTaskStatusResponse,
 };
 use ember_core::rpc::{AuthChannel, Security};
-use ember_core::task::{FailureReason, TaskDefinition, TaskFailure, TaskId, TaskStatus};
+use ember_exec::task::{FailureReason, TaskDefinition, TaskFailure, TaskId, TaskStatus};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};

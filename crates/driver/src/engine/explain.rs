@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use datafusion::physical_plan::ExecutionPlan;
-use ember_core::shuffle::UnresolvedShuffleExec;
+use ember_exec::shuffle::UnresolvedShuffleExec;
 
 use super::planner::StageGraph;
 

@@ -9,7 +9,7 @@ use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::prelude::SessionContext;
-use ember_core::batch_fn::MapBatchesExec;
+use ember_exec::batch_fn::MapBatchesExec;
 
 /// DataFusion's built-in function names and ember's own (`from_json`, `window`, ...):
 /// every executor has these.

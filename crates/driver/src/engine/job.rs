@@ -6,8 +6,8 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::physical_plan::ExecutionPlan;
-use ember_core::shuffle::{MapOutput, PartitionLocation, ShuffleReaderExec, UnresolvedShuffleExec};
 use ember_core::{EmberConfig, EmberError, Result};
+use ember_exec::shuffle::{MapOutput, PartitionLocation, ShuffleReaderExec, UnresolvedShuffleExec};
 use tokio::sync::oneshot;
 
 use super::planner::StageGraph;

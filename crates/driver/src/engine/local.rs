@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ember_core::cancel::CancelFlag;
-use ember_core::task::{
+use ember_exec::cancel::CancelFlag;
+use ember_exec::task::{
     FailureReason, TaskDefinition, TaskEnv, TaskFailure, TaskId, TaskOutput, TaskStatus, run_task,
 };
 use parking_lot::Mutex;

@@ -23,12 +23,12 @@ use arrow::record_batch::RecordBatch;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
-use ember_core::batch_fn::BatchFnRegistry;
-use ember_core::codec::EmberCodec;
 use ember_core::rpc::{MAX_MESSAGE_BYTES, Security};
-use ember_core::shuffle::{MemoryShuffleStore, ShuffleEnv};
-use ember_core::task::{FunctionSource, TaskEnv};
 use ember_core::{EmberConfig, EmberError, Result};
+use ember_exec::batch_fn::BatchFnRegistry;
+use ember_exec::codec::EmberCodec;
+use ember_exec::shuffle::{MemoryShuffleStore, ShuffleEnv};
+use ember_exec::task::{FunctionSource, TaskEnv};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 

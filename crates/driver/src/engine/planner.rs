@@ -41,11 +41,11 @@ use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, replace_children_if_necessary,
 };
 use ember_core::Result;
-use ember_core::shuffle::{
+use ember_exec::shuffle::{
     ShuffleWriterExec, UnresolvedShuffleExec, after_hash_exchange, after_passthrough,
 };
-use ember_core::stateful::exec::StatefulExec;
-use ember_core::stateful::join::StreamJoinExec;
+use ember_exec::stateful::exec::StatefulExec;
+use ember_exec::stateful::join::StreamJoinExec;
 
 /// How a stage's output reaches its consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]

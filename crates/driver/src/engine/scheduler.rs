@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use ember_core::EmberError;
-use ember_core::codec::{EmberCodec, encode_plan};
-use ember_core::task::{
+use ember_exec::codec::{EmberCodec, encode_plan};
+use ember_exec::task::{
     FailureReason, TaskDefinition, TaskFailure, TaskId, TaskOutput, TaskStatus,
 };
 use tokio::sync::{mpsc, watch};

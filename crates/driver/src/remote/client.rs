@@ -16,8 +16,8 @@ use ember_core::proto::{
     ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest, GetJobRequest, KeyValue,
 };
 use ember_core::rpc::{AuthChannel, Liveness, Security};
-use ember_core::task::REQUIRED_DATAFUSION_SETTINGS;
 use ember_core::{EmberError, Result};
+use ember_exec::task::REQUIRED_DATAFUSION_SETTINGS;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::Streaming;

@@ -4,11 +4,11 @@
 //! <dir>/metadata        {"id": ...}: the query's identity, kept across restarts
 //! <dir>/offsets/<n>     batch n's ranges, written before it runs
 //! <dir>/commits/<n>     written once the sink has batch n, with the next watermark
-//! <dir>/state/<op>/...  stateful operators' state (`ember_core::stateful::store`)
+//! <dir>/state/<op>/...  stateful operators' state (`ember_exec::stateful::store`)
 //! <dir>/lock            held while a query runs from this directory
 //! ```
 //!
-//! The directory is local or in an object store (`ember_core::storage`). Locally
+//! The directory is local or in an object store (`ember_exec::storage`). Locally
 //! the lock is an flock, released when the process ends however it ends. In an
 //! object store it is a lease the running query renews: a query whose lease is
 //! younger than [`LEASE`] holds the directory.
@@ -18,8 +18,8 @@
 use std::fs::File;
 use std::time::Duration;
 
-use ember_core::storage::Dir;
 use ember_core::{EmberError, Result};
+use ember_exec::storage::Dir;
 use serde::{Deserialize, Serialize};
 
 use super::source::Offsets;
@@ -214,7 +214,7 @@ impl Checkpoint {
             .await
     }
 
-    /// Where stateful operators keep their state (`ember_core::stateful::store`).
+    /// Where stateful operators keep their state (`ember_exec::stateful::store`).
     pub fn state_dir(&self, operator: usize) -> Dir {
         self.dir.join("state").join(&operator.to_string())
     }

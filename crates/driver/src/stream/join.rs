@@ -1,6 +1,6 @@
 //! Planning stream-stream inner joins, as Spark runs them: each side's rows are kept
 //! as state until no future row of the other side can match them. The tasks of
-//! `ember_core::stateful::join` run them, one per state partition.
+//! `ember_exec::stateful::join` run them, one per state partition.
 //!
 //! ```text
 //!  batch n:  new left ⋈ (kept right + new right)   ∪   kept left ⋈ new right
@@ -17,8 +17,8 @@
 use datafusion::common::{Column, ScalarValue};
 use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
 use datafusion::optimizer::{OptimizerContext, OptimizerRule};
-use ember_core::stateful::OpConfig;
 use ember_core::{EmberError, Result};
+use ember_exec::stateful::OpConfig;
 
 use super::stateful::Watermark;
 

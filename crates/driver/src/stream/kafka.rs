@@ -189,7 +189,7 @@ impl Connection {
     async fn client(&self) -> Result<&Client> {
         self.client
             .get_or_try_init(|| async {
-                ember_core::kafka_scan::client_builder(self.bootstrap.clone())
+                ember_exec::kafka_scan::client_builder(self.bootstrap.clone())
                     .build()
                     .await
                     .map_err(|e| kafka_error(self.role, self.bootstrap.join(","), e))
@@ -322,13 +322,13 @@ impl Source for KafkaSource {
         let mut batches = vec![];
         for (topic, partition, to) in end.iter() {
             let from = start.get(topic, partition).unwrap_or(to);
-            let range = ember_core::kafka_scan::KafkaRange {
+            let range = ember_exec::kafka_scan::KafkaRange {
                 topic: topic.to_string(),
                 partition,
                 from,
                 to,
             };
-            let (batch, skipped) = ember_core::kafka_scan::fetch_range(
+            let (batch, skipped) = ember_exec::kafka_scan::fetch_range(
                 self.connection.bootstrap.clone(),
                 range,
                 self.fail_on_data_loss,
@@ -382,7 +382,7 @@ impl Source for KafkaSource {
                 from = earliest.min(to);
             }
             if from < to {
-                ranges.push(ember_core::kafka_scan::KafkaRange {
+                ranges.push(ember_exec::kafka_scan::KafkaRange {
                     topic: t.to_string(),
                     partition: p,
                     from,
@@ -399,12 +399,12 @@ impl Source for KafkaSource {
 }
 
 /// A batch's offset ranges of a Kafka source as a table: its scan is a
-/// [`KafkaScanExec`](ember_core::kafka_scan::KafkaScanExec), one task per partition
+/// [`KafkaScanExec`](ember_exec::kafka_scan::KafkaScanExec), one task per partition
 /// range, which reads the broker wherever it runs (an executor, in a cluster).
 #[derive(Debug, Clone)]
 pub struct KafkaRangeTable {
     pub bootstrap: Vec<String>,
-    pub ranges: Vec<ember_core::kafka_scan::KafkaRange>,
+    pub ranges: Vec<ember_exec::kafka_scan::KafkaRange>,
     pub fail_on_data_loss: bool,
 }
 
@@ -427,7 +427,7 @@ impl datafusion::catalog::TableProvider for KafkaRangeTable {
     ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         use datafusion::physical_plan::projection::ProjectionExec;
         let scan: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
-            Arc::new(ember_core::kafka_scan::KafkaScanExec::new(
+            Arc::new(ember_exec::kafka_scan::KafkaScanExec::new(
                 self.bootstrap.clone(),
                 self.ranges.clone(),
                 self.fail_on_data_loss,
@@ -474,7 +474,7 @@ impl KafkaRangeTable {
             .as_array()?
             .iter()
             .map(|r| {
-                Some(ember_core::kafka_scan::KafkaRange {
+                Some(ember_exec::kafka_scan::KafkaRange {
                     topic: r[0].as_str()?.to_string(),
                     partition: r[1].as_i64()? as i32,
                     from: r[2].as_i64()?,

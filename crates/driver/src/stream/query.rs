@@ -21,7 +21,7 @@ use super::sink::{ConsoleSink, FileFormat, FileSink, ForeachBatchSink, MemorySin
 use super::source::{CombinedSource, Offsets, Source};
 use super::stateful::plan_query;
 use crate::dataframe::DataFrame;
-use ember_core::stateful::OpConfig;
+use ember_exec::stateful::OpConfig;
 
 /// When the next micro-batch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub enum Trigger {
     AvailableNow,
 }
 
-pub use ember_core::stateful::OutputMode;
+pub use ember_exec::stateful::OutputMode;
 
 /// One batch's progress report, like Spark's `StreamingQueryProgress`.
 #[derive(Debug, Clone, Serialize)]
@@ -282,7 +282,7 @@ impl DataStreamWriter {
 
     /// The checkpoint directory: where progress survives restarts (required). A
     /// path, or the URL of a directory in an object store: `http(s)://..` (WebDAV)
-    /// or `s3://bucket/path` (see `ember_core::storage`).
+    /// or `s3://bucket/path` (see `ember_exec::storage`).
     pub fn checkpoint(mut self, dir: impl Into<PathBuf>) -> Self {
         self.checkpoint = Some(dir.into());
         self

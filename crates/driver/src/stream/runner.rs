@@ -25,8 +25,8 @@ use super::sink::Sink;
 use super::source::{CombinedSource, DataLoss, Offsets, Source};
 use super::stateful::{QueryPlan, StatefulNode};
 use crate::dataframe::DataFrame;
-use ember_core::stateful::store::BatchStats;
-use ember_core::stateful::{OpConfig, StatefulConfig};
+use ember_exec::stateful::store::BatchStats;
+use ember_exec::stateful::{OpConfig, StatefulConfig};
 
 pub(super) struct Shared {
     pub(super) id: String,
@@ -71,7 +71,7 @@ pub(super) struct Runner {
     /// A stream-stream join: each side's largest event time so far.
     pub(super) side_max: Mutex<Vec<Option<i64>>>,
     /// Where stateful operators keep their state (`state/0` of the checkpoint).
-    pub(super) state_dir: ember_core::storage::Dir,
+    pub(super) state_dir: ember_exec::storage::Dir,
     /// The watermark the next batch uses.
     pub(super) watermark: Mutex<Option<i64>>,
     pub(super) progress_to: Option<Arc<super::InfluxWriter>>,

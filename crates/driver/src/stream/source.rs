@@ -181,7 +181,7 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     }
 }
 
-pub use ember_core::kafka_scan::kafka_schema;
+pub use ember_exec::kafka_scan::kafka_schema;
 
 /// Data a source found lost and skipped, so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -241,7 +241,7 @@ pub(crate) fn resume_at(
     if from > latest {
         if fail {
             return Err(EmberError::Internal(
-                ember_core::kafka_scan::data_loss_behind(topic, partition, from, latest),
+                ember_exec::kafka_scan::data_loss_behind(topic, partition, from, latest),
             ));
         }
         tracing::warn!(
@@ -274,9 +274,9 @@ pub(crate) fn resume_at(
 
 /// Records as a batch of [`kafka_schema`].
 pub fn records_to_batch(records: &[ConsumerRecord]) -> Result<RecordBatch> {
-    let mut rows = ember_core::kafka_scan::KafkaRows::default();
+    let mut rows = ember_exec::kafka_scan::KafkaRows::default();
     for r in records {
-        rows.push(ember_core::kafka_scan::KafkaRecord {
+        rows.push(ember_exec::kafka_scan::KafkaRecord {
             key: r.key.as_deref(),
             value: r.value.as_deref(),
             topic: &r.topic,
@@ -498,7 +498,7 @@ fn read_log(
 
 /// The error of a read that needs offsets retention deleted.
 pub(super) fn data_lost(topic: &str, partition: i32, from: i64, earliest: i64) -> EmberError {
-    EmberError::Internal(ember_core::kafka_scan::data_loss(
+    EmberError::Internal(ember_exec::kafka_scan::data_loss(
         topic, partition, from, earliest,
     ))
 }

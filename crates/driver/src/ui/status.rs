@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::physical_plan::{ExecutionPlan, displayable};
-use ember_core::task::{TaskId, TaskStatus};
+use ember_exec::task::{TaskId, TaskStatus};
 use parking_lot::Mutex;
 use serde::Serialize;
 

@@ -11,9 +11,9 @@ use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::physical_plan::displayable;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember_core::batch_fn::BatchFnRegistry;
-use ember_core::codec::{EmberCodec, decode_plan, encode_plan};
 use ember_driver::{Session, tpch};
+use ember_exec::batch_fn::BatchFnRegistry;
+use ember_exec::codec::{EmberCodec, decode_plan, encode_plan};
 
 const SF: f64 = 0.1;
 

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionContext;
-use ember_core::batch_fn::BatchFnRegistry;
-use ember_core::codec::{EmberCodec, decode_plan, encode_plan};
 use ember_core::convert::{task_definition_from_proto, task_definition_to_proto};
 use ember_core::proto;
-use ember_core::task::{FunctionSet, TaskDefinition, TaskId, session_config_from_pairs};
+use ember_exec::batch_fn::BatchFnRegistry;
+use ember_exec::codec::{EmberCodec, decode_plan, encode_plan};
+use ember_exec::task::{FunctionSet, TaskDefinition, TaskId, session_config_from_pairs};
 use prost::Message;
 
 use super::{KIB, Runner, Target, runtime, setup};
@@ -163,7 +163,7 @@ fn task_seeds() -> Result<Vec<Vec<u8>>> {
     for (i, plan) in plans.into_iter().enumerate() {
         let mut config = vec![("ember.task.max_failures".to_string(), "2".to_string())];
         config.extend(
-            ember_core::task::REQUIRED_DATAFUSION_SETTINGS
+            ember_exec::task::REQUIRED_DATAFUSION_SETTINGS
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );

@@ -10,9 +10,9 @@
 
 use std::sync::Arc;
 
-use ember_core::stateful::store::{BatchStats, StateStore};
-use ember_core::storage::Dir;
 use ember_driver::stream::{BatchRange, Commit, METADATA_DIR, Offsets, committed_files};
+use ember_exec::stateful::store::{BatchStats, StateStore};
+use ember_exec::storage::Dir;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 

@@ -10,8 +10,8 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use arrow::record_batch::RecordBatch;
 use ember_core::convert::{task_status_from_proto, task_status_to_proto};
 use ember_core::proto;
-use ember_core::shuffle::{MapOutput, MapOutputKey, PartitionStats, ShuffleData};
-use ember_core::task::{FailureReason, TaskFailure, TaskId, TaskMetrics, TaskOutput, TaskStatus};
+use ember_exec::shuffle::{MapOutput, MapOutputKey, PartitionStats, ShuffleData};
+use ember_exec::task::{FailureReason, TaskFailure, TaskId, TaskMetrics, TaskOutput, TaskStatus};
 use prost::Message;
 
 use super::{KIB, Runner, Target, setup};

@@ -1,5 +1,5 @@
 //! Planning a streaming aggregation: the aggregate functions stay DataFusion's own,
-//! rewritten over the batch plan's projected columns; `ember_core::stateful` keeps
+//! rewritten over the batch plan's projected columns; `ember_exec::stateful` keeps
 //! their accumulators' states per group, batch by batch.
 
 use datafusion::common::Column;
@@ -10,7 +10,7 @@ use datafusion::optimizer::analyzer::AnalyzerRule;
 use datafusion::optimizer::analyzer::type_coercion::TypeCoercion;
 use ember_core::Result;
 use ember_core::event_time::{SESSION_WINDOW, WINDOW, window_kind};
-use ember_core::stateful::OpConfig;
+use ember_exec::stateful::OpConfig;
 
 use super::{Watermark, event_time_expr, literals, refuse, unalias};
 

@@ -3,7 +3,7 @@
 
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, LogicalPlanBuilder};
 use ember_core::Result;
-use ember_core::stateful::OpConfig;
+use ember_exec::stateful::OpConfig;
 
 use super::{Watermark, event_time_expr, refuse, unalias};
 

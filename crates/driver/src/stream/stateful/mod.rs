@@ -4,13 +4,13 @@
 //!  each batch, one job:
 //!  stream rows ─▶ plan below the operator ─▶ the operator's input columns
 //!    ─▶ hash exchange on its keys ─▶ StatefulNode: one task per state partition
-//!       (`ember_core::stateful`: load, drop late rows, fold, emit, evict, write)
+//!       (`ember_exec::stateful`: load, drop late rows, fold, emit, evict, write)
 //!    ─▶ plan above the operator ─▶ sink
 //! ```
 //!
 //! A stream-stream join (`../join.rs`) keeps its rows in the query's process instead.
 //!
-//! Operators (`aggregate.rs`, `dedup.rs` plan them; `ember_core::stateful` runs them):
+//! Operators (`aggregate.rs`, `dedup.rs` plan them; `ember_exec::stateful` runs them):
 //! - **aggregation** (`group_by(..).agg(..)`, SQL `GROUP BY`) with any aggregate
 //!   function the session knows (DataFusion's accumulators keep each group's state),
 //!   grouped by plain keys and at most one event-time window:
@@ -37,8 +37,8 @@ use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Expr, Extension, Filter, LogicalPlan, lit};
 use ember_core::config::EmberConfig;
 use ember_core::event_time::{WATERMARK, parse_duration};
-use ember_core::stateful::{OpConfig, StatefulConfig};
 use ember_core::{EmberError, Result};
+use ember_exec::stateful::{OpConfig, StatefulConfig};
 
 mod aggregate;
 mod dedup;

@@ -15,9 +15,9 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec};
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
-use ember_core::stateful::exec::StatefulExec;
-use ember_core::stateful::join::{StreamJoinExec, joined_filter};
-use ember_core::stateful::{Aggregates, OpConfig, StatefulConfig};
+use ember_exec::stateful::exec::StatefulExec;
+use ember_exec::stateful::join::{StreamJoinExec, joined_filter};
+use ember_exec::stateful::{Aggregates, OpConfig, StatefulConfig};
 
 /// One batch of a streaming aggregation or deduplication over `input` (the batch
 /// plan), emitting `schema`.

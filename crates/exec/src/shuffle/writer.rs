@@ -21,10 +21,10 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 use super::format::{PartSource, SpillWriter, assemble_data_file, ipc_write_options};
-use super::location::{MapOutput, MapOutputKey, PartitionStats, ShuffleData};
 use super::store::ShuffleEnv;
 use crate::config::EmberConfig;
 use crate::error::{EmberError, Result};
+use ember_core::shuffle::{MapOutput, MapOutputKey, PartitionStats, ShuffleData};
 
 /// Runs its input for one partition and splits the rows into the exchange's output
 /// partitions: by hash of `partitioning`'s expressions, or not at all (`None`: the

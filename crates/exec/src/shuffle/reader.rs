@@ -20,10 +20,10 @@ use std::io::BufReader;
 
 use super::fetch::RemoteRange;
 use super::format::open_partition;
-use super::location::{PartitionLocation, ShuffleData};
 use super::store::ShuffleEnv;
 use crate::error::EmberError;
 use crate::proto::FetchPartitionRequest;
+use ember_core::shuffle::{PartitionLocation, ShuffleData};
 
 /// Reads reduce partition `p` as the concatenation of `partitions[p]`: the pieces of
 /// every map output that belong to it. Memory outputs are shared (no copy); files on

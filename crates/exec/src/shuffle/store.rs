@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 
-use super::location::MapOutputKey;
 use crate::rpc::Security;
+use ember_core::shuffle::MapOutputKey;
 
 /// Everything a shuffle operator needs from the executor it runs on. Installed as a
 /// `SessionConfig` extension of every task's `TaskContext`.

@@ -22,16 +22,17 @@
 mod facts;
 mod fetch;
 mod format;
-mod location;
 mod reader;
 mod store;
 mod unresolved;
 mod writer;
 
+pub use ember_core::shuffle::{
+    MapOutput, MapOutputKey, PartitionLocation, PartitionStats, ShuffleData,
+};
 pub use facts::{after_hash_exchange, after_passthrough};
 pub use fetch::{CHUNK_BYTES, serve_partition};
 pub use format::{ipc_write_options, read_index};
-pub use location::{MapOutput, MapOutputKey, PartitionLocation, PartitionStats, ShuffleData};
 pub use reader::ShuffleReaderExec;
 pub use store::{MemoryShuffleStore, ShuffleEnv};
 pub use unresolved::UnresolvedShuffleExec;

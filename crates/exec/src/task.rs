@@ -1,0 +1,165 @@
+//! Running tasks: [`run_task`] decodes and runs one task on whichever executor got it
+//! (an in-process slot or a remote process), in the [`TaskEnv`] that executor
+//! provides. The task vocabulary (ids, definitions, statuses) is `ember_core::task`,
+//! re-exported here.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::execution::TaskContext;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, WindowUDF};
+use futures::TryStreamExt;
+use tracing::Instrument;
+
+pub use ember_core::task::*;
+
+use crate::cancel::{CancelFlag, make_cancellable};
+use crate::codec::{EmberCodec, decode_plan};
+use crate::config::EmberConfig;
+use crate::error::{EmberError, Result};
+use crate::shuffle::{ShuffleEnv, ShuffleWriterExec};
+
+/// The functions a task may call, by name.
+#[derive(Debug, Clone, Default)]
+pub struct FunctionSet {
+    pub scalar: HashMap<String, Arc<ScalarUDF>>,
+    pub higher_order: HashMap<String, Arc<HigherOrderUDF>>,
+    pub aggregate: HashMap<String, Arc<AggregateUDF>>,
+    pub window: HashMap<String, Arc<WindowUDF>>,
+}
+
+impl FunctionSet {
+    /// The functions registered in a DataFusion session.
+    pub fn of(state: &datafusion::execution::SessionState) -> FunctionSet {
+        FunctionSet {
+            scalar: state.scalar_functions().clone(),
+            higher_order: state.higher_order_functions().clone(),
+            aggregate: state.aggregate_functions().clone(),
+            window: state.window_functions().clone(),
+        }
+    }
+}
+
+/// Where an executor gets its functions from (a session in local mode, the user's
+/// registry in an executor process).
+pub trait FunctionSource: Send + Sync + fmt::Debug {
+    fn functions(&self) -> FunctionSet;
+}
+
+/// What an executor provides to every task it runs.
+#[derive(Debug, Clone)]
+pub struct TaskEnv {
+    pub executor_id: String,
+    pub shuffle: Arc<ShuffleEnv>,
+    pub codec: EmberCodec,
+    pub functions: Arc<dyn FunctionSource>,
+    pub runtime: Arc<RuntimeEnv>,
+}
+
+/// Decodes and runs one task; never panics on a bad plan, reports a typed failure.
+/// Setting `cancel` stops the task at its next batch with a `Killed` failure.
+pub async fn run_task(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> TaskStatus {
+    let id = def.id;
+    let span = tracing::info_span!("task", job = id.job, stage = id.stage, task = id.partition, attempt = id.attempt, executor = %env.executor_id);
+    let started = Instant::now();
+    let result = run(def, env, cancel).instrument(span).await;
+    let result = match result {
+        Ok(output) => {
+            let (rows, bytes) = match &output {
+                TaskOutput::Map(m) => (m.total_rows(), m.total_bytes()),
+                TaskOutput::Result(b) => (
+                    b.iter().map(|b| b.num_rows() as u64).sum(),
+                    b.iter().map(|b| b.get_array_memory_size() as u64).sum(),
+                ),
+            };
+            let metrics = TaskMetrics {
+                output_rows: rows,
+                output_bytes: bytes,
+                elapsed: started.elapsed(),
+            };
+            Ok((output, metrics))
+        }
+        Err(e) => Err(failure_of(&e)),
+    };
+    TaskStatus {
+        id,
+        executor_id: env.executor_id.clone(),
+        result,
+    }
+}
+
+async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result<TaskOutput> {
+    let id = def.id;
+    let config = session_config_from_pairs(&def.config)?.with_extension(env.shuffle.clone());
+    let ember = EmberConfig::from_session(&config);
+    if ember.injected_failure(id.stage, id.attempt) {
+        return Err(EmberError::Injected {
+            stage: id.stage,
+            partition: id.partition,
+            attempt: id.attempt,
+        });
+    }
+    if let Some(delay) = ember.injected_delay(id.stage) {
+        // Killable like the task itself would be.
+        let until = Instant::now() + delay;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            if cancel.is_cancelled() {
+                return Err(EmberError::Killed);
+            }
+            tokio::time::sleep(left.min(std::time::Duration::from_millis(50))).await;
+        }
+    }
+    let functions = env.functions.functions();
+    let ctx = Arc::new(TaskContext::new(
+        Some(id.to_string()),
+        def.session_id.clone(),
+        config,
+        functions.scalar,
+        functions.higher_order,
+        functions.aggregate,
+        functions.window,
+        env.runtime.clone(),
+    ));
+    let plan = make_cancellable(decode_plan(&def.plan, &ctx, &env.codec)?, cancel)?;
+    if let Some(writer) = plan.downcast_ref::<ShuffleWriterExec>() {
+        return Ok(TaskOutput::Map(writer.write(id.partition, ctx).await?));
+    }
+    let mut stream = plan.execute(id.partition, ctx)?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.try_next().await? {
+        batches.push(batch);
+        // Yield now and then so that a killed task stops at the next batch.
+        tokio::task::consume_budget().await;
+    }
+    Ok(TaskOutput::Result(batches))
+}
+
+fn failure_of(e: &EmberError) -> TaskFailure {
+    let inner = match e {
+        EmberError::DataFusion(df) => find_ember_error(df).unwrap_or(e),
+        other => other,
+    };
+    let reason = match inner {
+        EmberError::FetchFailed {
+            executor,
+            map_stage,
+            map_partition,
+            ..
+        } => FailureReason::FetchFailed {
+            executor: executor.clone(),
+            map_stage: *map_stage,
+            map_partition: *map_partition,
+        },
+        EmberError::Io { .. } => FailureReason::Io,
+        EmberError::Cancelled { .. } | EmberError::Killed => FailureReason::Killed,
+        _ => FailureReason::Execution,
+    };
+    TaskFailure {
+        reason,
+        message: e.one_line(),
+        retryable: e.is_retryable() || inner.is_retryable(),
+    }
+}
