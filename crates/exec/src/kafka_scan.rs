@@ -203,44 +203,49 @@ pub fn client_builder(bootstrap: Vec<String>) -> ClientBuilder {
 /// Partition clients by (brokers, topic, partition), with when each was last used:
 /// a streaming query's tasks read the same partitions batch after batch, and a new
 /// client would connect and fetch metadata each time. A client idle for [`IDLE`]
-/// (its query stopped, say) is dropped with its connection.
-type PartitionClients = std::sync::Mutex<
-    std::collections::HashMap<(Vec<String>, String, i32), (Arc<PartitionClient>, Instant)>,
->;
-
-static CLIENTS: std::sync::LazyLock<PartitionClients> = std::sync::LazyLock::new(Default::default);
+/// (its query stopped, say) is dropped with its connection; all of them with their
+/// owner (an executor's [`crate::task::TaskCaches`], a Kafka source).
+#[derive(Debug, Default)]
+pub struct KafkaClients {
+    clients: std::sync::Mutex<
+        std::collections::HashMap<(Vec<String>, String, i32), (Arc<PartitionClient>, Instant)>,
+    >,
+}
 
 const IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
-async fn partition_client(
-    bootstrap: &[String],
-    topic: &str,
-    partition: i32,
-) -> DFResult<Arc<PartitionClient>> {
-    let key = (bootstrap.to_vec(), topic.to_string(), partition);
-    {
-        let mut clients = CLIENTS.lock().expect("not poisoned");
-        clients.retain(|_, (_, used)| used.elapsed() < IDLE);
-        if let Some((c, used)) = clients.get_mut(&key) {
-            *used = Instant::now();
-            return Ok(c.clone());
+impl KafkaClients {
+    async fn partition_client(
+        &self,
+        bootstrap: &[String],
+        topic: &str,
+        partition: i32,
+    ) -> DFResult<Arc<PartitionClient>> {
+        let key = (bootstrap.to_vec(), topic.to_string(), partition);
+        {
+            let mut clients = self.clients.lock().expect("not poisoned");
+            clients.retain(|_, (_, used)| used.elapsed() < IDLE);
+            if let Some((c, used)) = clients.get_mut(&key) {
+                *used = Instant::now();
+                return Ok(c.clone());
+            }
         }
-    }
-    let client = client_builder(bootstrap.to_vec())
-        .build()
-        .await
-        .map_err(|e| kafka_err(bootstrap.join(","), e))?;
-    let pc = Arc::new(
-        client
-            .partition_client(topic.to_string(), partition, UnknownTopicHandling::Error)
+        let client = client_builder(bootstrap.to_vec())
+            .build()
             .await
-            .map_err(|e| kafka_err(format!("{topic}-{partition}"), e))?,
-    );
-    CLIENTS
-        .lock()
-        .expect("not poisoned")
-        .insert(key, (pc.clone(), Instant::now()));
-    Ok(pc)
+            .map_err(|e| kafka_err(bootstrap.join(","), e))?;
+        let pc = Arc::new(
+            client
+                .partition_client(topic.to_string(), partition, UnknownTopicHandling::Error)
+                .await
+                .map_err(|e| kafka_err(format!("{topic}-{partition}"), e))?,
+        );
+        self.clients
+            .lock()
+            .expect("not poisoned")
+            .insert(key, (pc.clone(), Instant::now()));
+        Ok(pc)
+    }
 }
 
 /// How a query is told to read on past lost data.
@@ -264,6 +269,7 @@ pub fn data_loss_behind(topic: &str, partition: i32, from: i64, latest: i64) -> 
 /// Fetches a range's records, and how many offsets of it retention had deleted
 /// (skipped when `fail` is false; an error naming them otherwise).
 pub async fn fetch_range(
+    clients: &KafkaClients,
     bootstrap: Vec<String>,
     range: KafkaRange,
     fail: bool,
@@ -278,7 +284,9 @@ pub async fn fetch_range(
     if from >= to {
         return Ok((rows.finish()?, 0));
     }
-    let pc = partition_client(&bootstrap, &topic, partition).await?;
+    let pc = clients
+        .partition_client(&bootstrap, &topic, partition)
+        .await?;
     let earliest = pc
         .get_offset(OffsetAt::Earliest)
         .await
@@ -367,13 +375,16 @@ impl ExecutionPlan for KafkaScanExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
         let range = self.ranges.get(partition).cloned();
         let (bootstrap, fail) = (self.bootstrap.clone(), self.fail_on_data_loss);
+        let caches = crate::task::TaskCaches::of(&context);
         let batch = async move {
             match range {
-                Some(range) => fetch_range(bootstrap, range, fail).await.map(|(b, _)| b),
+                Some(range) => fetch_range(&caches.kafka, bootstrap, range, fail)
+                    .await
+                    .map(|(b, _)| b),
                 None => Ok(RecordBatch::new_empty(kafka_schema())),
             }
         };

@@ -10,14 +10,13 @@
 //! A file is written whole or not at all: locally through a temporary file, synced and
 //! renamed; in an object store by one PUT.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
+use datafusion::execution::object_store::ObjectStoreRegistry;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use parking_lot::Mutex;
 
 use crate::{EmberError, Result};
 
@@ -48,20 +47,11 @@ impl fmt::Debug for Dir {
     }
 }
 
-/// One client per server (scheme, host and port, or bucket), shared by the
-/// directories of a process.
-static STORES: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn store_for(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
-    let key = format!(
-        "{}://{}:{}",
-        url.scheme(),
-        url.host_str().unwrap_or(""),
-        url.port_or_known_default().unwrap_or(0)
-    );
-    if let Some(store) = STORES.lock().get(&key) {
-        return Ok(store.clone());
+/// The client of `url`'s server (scheme, host and port, or bucket): the one in the
+/// runtime's registry, or a new one put there for the directories after it.
+fn store_for(url: &url::Url, stores: &dyn ObjectStoreRegistry) -> Result<Arc<dyn ObjectStore>> {
+    if let Ok(store) = stores.get_store(url) {
+        return Ok(store);
     }
     let bad =
         |e: object_store::Error| EmberError::Config(format!("the checkpoint location {url}: {e}"));
@@ -90,13 +80,15 @@ fn store_for(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
             )));
         }
     };
-    STORES.lock().insert(key, store.clone());
+    stores.register_store(url, store.clone());
     Ok(store)
 }
 
 impl Dir {
-    /// A path, or a URL of a supported store.
-    pub fn parse(location: &str) -> Result<Dir> {
+    /// A path, or a URL of a supported store, whose client comes from (or goes
+    /// into) `stores`: DataFusion's registry in the runtime of the session or
+    /// executor, the one place tables, checkpoints and state get their stores from.
+    pub fn parse(location: &str, stores: &dyn ObjectStoreRegistry) -> Result<Dir> {
         let Some((scheme, _)) = location.split_once("://") else {
             return Ok(Dir::Local(PathBuf::from(location)));
         };
@@ -111,7 +103,7 @@ impl Dir {
         let path = ObjectPath::from_url_path(url.path())
             .map_err(|e| EmberError::Config(format!("the location {location}: {e}")))?;
         Ok(Dir::Store {
-            store: store_for(&url)?,
+            store: store_for(&url, stores)?,
             path,
             url: location.trim_end_matches('/').to_string(),
         })

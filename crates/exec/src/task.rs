@@ -20,7 +20,9 @@ use crate::cancel::{CancelFlag, make_cancellable};
 use crate::codec::{EmberCodec, decode_plan};
 use crate::config::EmberConfig;
 use crate::error::{EmberError, Result};
+use crate::kafka_scan::KafkaClients;
 use crate::shuffle::{ShuffleEnv, ShuffleWriterExec};
+use crate::stateful::exec::StateCache;
 
 /// The functions a task may call, by name.
 #[derive(Debug, Clone, Default)]
@@ -56,7 +58,31 @@ pub struct TaskEnv {
     pub shuffle: Arc<ShuffleEnv>,
     pub codec: EmberCodec,
     pub functions: Arc<dyn FunctionSource>,
+    /// DataFusion's runtime: memory, disk, and the object store registry every
+    /// table, checkpoint and state store of the tasks gets its clients from.
     pub runtime: Arc<RuntimeEnv>,
+    pub caches: Arc<TaskCaches>,
+}
+
+/// The clients and state an executor keeps between its tasks, created and dropped
+/// with its [`TaskEnv`]: nothing of it outlives the executor (or the local session).
+#[derive(Debug, Default)]
+pub struct TaskCaches {
+    /// Kafka partition clients of streaming batches' scans.
+    pub kafka: KafkaClients,
+    /// State partitions of stateful operators, for the next batch's task here.
+    pub state: StateCache,
+}
+
+impl TaskCaches {
+    /// The caches of the executor running a task (empty ones, used once, for a plan
+    /// run outside [`run_task`]).
+    pub fn of(context: &TaskContext) -> Arc<TaskCaches> {
+        context
+            .session_config()
+            .get_extension::<TaskCaches>()
+            .unwrap_or_default()
+    }
 }
 
 /// Decodes and runs one task; never panics on a bad plan, reports a typed failure.
@@ -93,7 +119,9 @@ pub async fn run_task(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) 
 
 async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result<TaskOutput> {
     let id = def.id;
-    let config = session_config_from_pairs(&def.config)?.with_extension(env.shuffle.clone());
+    let config = session_config_from_pairs(&def.config)?
+        .with_extension(env.shuffle.clone())
+        .with_extension(env.caches.clone());
     let ember = EmberConfig::from_session(&config);
     if ember.injected_failure(id.stage, id.attempt) {
         return Err(EmberError::Injected {

@@ -218,6 +218,7 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         codec: EmberCodec::new(registry.batch_fns.clone()),
         functions: registry.function_source(),
         runtime: Arc::new(RuntimeEnv::default()),
+        caches: Arc::default(),
     };
     let stop = Arc::new(Notify::new());
     let (ended, ended_rx) = watch::channel(false);

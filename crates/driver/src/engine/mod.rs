@@ -214,6 +214,7 @@ impl Engine {
             codec: codec.clone(),
             functions,
             runtime,
+            caches: Arc::default(),
         };
         let (events, rx) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(JobProgress::default());

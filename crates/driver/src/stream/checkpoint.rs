@@ -113,8 +113,11 @@ fn decode<T: serde::de::DeserializeOwned>(
 impl Checkpoint {
     /// Opens (or creates) the directory and takes its lock: a second query on the
     /// same directory fails here.
-    pub async fn open(location: &str) -> Result<Checkpoint> {
-        let dir = Dir::parse(location)?.absolute()?;
+    pub async fn open(
+        location: &str,
+        stores: &dyn datafusion::execution::object_store::ObjectStoreRegistry,
+    ) -> Result<Checkpoint> {
+        let dir = Dir::parse(location, stores)?.absolute()?;
         for sub in ["offsets", "commits", "state"] {
             dir.join(sub).create().await?;
         }

@@ -29,6 +29,8 @@ pub struct KafkaSource {
     pattern: Option<regex::Regex>,
     /// `assign`: these partitions only.
     assigned: Option<Vec<(String, i32)>>,
+    /// The partition clients of the batches this process reads itself.
+    clients: ember_exec::kafka_scan::KafkaClients,
 }
 
 /// A client of a Kafka cluster (rskafka), made on first use, and its partition clients.
@@ -85,6 +87,7 @@ impl KafkaSource {
             planned_with: Default::default(),
             pattern: None,
             assigned: None,
+            clients: Default::default(),
         }
     }
 
@@ -329,6 +332,7 @@ impl Source for KafkaSource {
                 to,
             };
             let (batch, skipped) = ember_exec::kafka_scan::fetch_range(
+                &self.clients,
                 self.connection.bootstrap.clone(),
                 range,
                 self.fail_on_data_loss,

@@ -332,7 +332,12 @@ impl DataStreamWriter {
         let dir = self.checkpoint.ok_or_else(|| {
             EmberError::Config("a streaming query needs a checkpoint directory".into())
         })?;
-        let checkpoint = Checkpoint::open(&dir.to_string_lossy()).await?;
+        let runtime = self.df.session().context().runtime_env();
+        let checkpoint = Checkpoint::open(
+            &dir.to_string_lossy(),
+            runtime.object_store_registry.as_ref(),
+        )
+        .await?;
         let shared = Arc::new(Shared {
             id: checkpoint.id.clone(),
             run_id: format!(

@@ -102,7 +102,11 @@ impl Runner {
             *self.side_max.lock() = commit.max_event_times.clone();
         }
         if let Some(config) = self.stateful_config(0, None) {
-            config.store()?.check_layout(&config.layout()).await?;
+            let runtime = self.df.session().context().runtime_env();
+            config
+                .store(runtime.object_store_registry.as_ref())?
+                .check_layout(&config.layout())
+                .await?;
         }
         // The watermark the last batch run used: when the query's has moved on since,
         // a batch without new data emits and evicts what the new one closes.
@@ -235,7 +239,8 @@ impl Runner {
                 let mut next_watermark = range.watermark_ms;
                 let mut side_max = self.side_max.lock().clone();
                 if let (Some(config), Some(st)) = (&config, &self.query.stateful) {
-                    let stats = batch_stats(config).await?;
+                    let runtime = self.df.session().context().runtime_env();
+                    let stats = batch_stats(config, runtime.object_store_registry.as_ref()).await?;
                     late = stats.late_rows;
                     state_progress = StateProgress {
                         rows_total: stats.rows_total,
@@ -430,8 +435,11 @@ fn rate(rows: u64, over: Duration) -> f64 {
 }
 
 /// What the tasks of a batch's stateful operator reported, summed.
-async fn batch_stats(config: &StatefulConfig) -> Result<BatchStats> {
-    let store = config.store()?;
+async fn batch_stats(
+    config: &StatefulConfig,
+    stores: &dyn datafusion::execution::object_store::ObjectStoreRegistry,
+) -> Result<BatchStats> {
+    let store = config.store(stores)?;
     let mut sum = BatchStats::default();
     for p in 0..config.partitions {
         let s = store.stats(p, config.batch_id).await?;

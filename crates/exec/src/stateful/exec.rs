@@ -1,14 +1,14 @@
 //! `StatefulExec`: one task per state partition folds the partition's rows of a batch
 //! into its state, loaded by whichever process runs the task.
 //!
-//! A process keeps the partitions its tasks wrote in memory, by state directory and
-//! version: the next batch's task for a partition, if it lands here, starts from
+//! An executor keeps the partitions its tasks wrote in memory (its [`StateCache`]),
+//! by state directory and version: the next batch's task for a partition, if it lands here, starts from
 //! them instead of reading the store. A task that finds another version (a first
 //! task here, a batch run again, a partition last run elsewhere) reads the store.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -27,8 +27,9 @@ use parking_lot::Mutex;
 use super::store::{BatchStats, Change, Entries};
 use super::{Aggregates, Op, OpState, StatefulConfig};
 use crate::Result;
+use crate::task::TaskCaches;
 
-/// Partitions kept in memory per process, at most.
+/// Partitions kept in memory per executor, at most.
 const CACHED_PARTITIONS: usize = 256;
 
 struct Cached {
@@ -37,48 +38,64 @@ struct Cached {
     used: u64,
 }
 
-/// The partitions a process holds: (query and state directory, partition) → the
-/// partition after a version; and a counter that orders their uses.
+/// The state partitions an executor holds between batches: (query and state
+/// directory, partition) → the partition after a version; and a counter that orders
+/// their uses. Owned by the executor's [`crate::task::TaskCaches`].
 #[derive(Default)]
-struct Cache {
+pub struct StateCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
     uses: u64,
     partitions: HashMap<(String, usize), Cached>,
 }
 
-static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
-
-/// The partition's state after `version`, if this process holds it; taken out, so a
-/// task that fails leaves nothing stale behind.
-fn take_cached(operator: &str, partition: usize, version: u64) -> Option<OpState> {
-    let mut cache = CACHE.lock();
-    let key = (operator.to_string(), partition);
-    match cache.partitions.remove(&key) {
-        Some(c) if c.version == version => Some(c.state),
-        _ => None,
+impl fmt::Debug for StateCache {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "StateCache({} partitions)",
+            self.inner.lock().partitions.len()
+        )
     }
 }
 
-fn put_cached(operator: &str, partition: usize, version: u64, state: OpState) {
-    let mut cache = CACHE.lock();
-    cache.uses += 1;
-    let used = cache.uses;
-    if cache.partitions.len() >= CACHED_PARTITIONS
-        && let Some(oldest) = cache
-            .partitions
-            .iter()
-            .min_by_key(|(_, c)| c.used)
-            .map(|(k, _)| k.clone())
-    {
-        cache.partitions.remove(&oldest);
+impl StateCache {
+    /// The partition's state after `version`, if this executor holds it; taken out,
+    /// so a task that fails leaves nothing stale behind.
+    fn take(&self, operator: &str, partition: usize, version: u64) -> Option<OpState> {
+        let mut cache = self.inner.lock();
+        let key = (operator.to_string(), partition);
+        match cache.partitions.remove(&key) {
+            Some(c) if c.version == version => Some(c.state),
+            _ => None,
+        }
     }
-    cache.partitions.insert(
-        (operator.to_string(), partition),
-        Cached {
-            version,
-            state,
-            used,
-        },
-    );
+
+    fn put(&self, operator: &str, partition: usize, version: u64, state: OpState) {
+        let mut cache = self.inner.lock();
+        cache.uses += 1;
+        let used = cache.uses;
+        if cache.partitions.len() >= CACHED_PARTITIONS
+            && let Some(oldest) = cache
+                .partitions
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(k, _)| k.clone())
+        {
+            cache.partitions.remove(&oldest);
+        }
+        cache.partitions.insert(
+            (operator.to_string(), partition),
+            Cached {
+                version,
+                state,
+                used,
+            },
+        );
+    }
 }
 
 /// A stateful operator over its input, hash-partitioned on the operator's keys (or
@@ -161,31 +178,36 @@ impl DisplayAs for StatefulExec {
     }
 }
 
-/// A partition's state after the batch before this one: the one this process holds,
-/// or read from the store and decoded by `load`.
+/// A partition's state after the batch before this one: the one this executor
+/// holds, or read from the store and decoded by `load`.
 pub(super) async fn state_before(
     config: &StatefulConfig,
+    context: &TaskContext,
     partition: usize,
     load: impl FnOnce(Entries) -> Result<OpState>,
 ) -> Result<OpState> {
     let previous = config.batch_id.checked_sub(1);
-    if let Some(state) = previous.and_then(|v| take_cached(&config.cache_key(), partition, v)) {
+    let caches = TaskCaches::of(context);
+    if let Some(state) = previous.and_then(|v| caches.state.take(&config.cache_key(), partition, v))
+    {
         return Ok(state);
     }
-    load(config.store()?.load_partition(partition, previous).await?)
+    let store = config.store(context.runtime_env().object_store_registry.as_ref())?;
+    load(store.load_partition(partition, previous).await?)
 }
 
 /// Writes a partition's version for this batch (its `changes`, or a snapshot when
 /// one is due), and keeps the state in this process for the next batch.
 pub(super) async fn save(
     config: &StatefulConfig,
+    context: &TaskContext,
     partition: usize,
     state: OpState,
     changes: Vec<Change>,
     stats: &BatchStats,
 ) -> Result<()> {
     config
-        .store()?
+        .store(context.runtime_env().object_store_registry.as_ref())?
         .write_partition(
             partition,
             config.batch_id,
@@ -194,7 +216,9 @@ pub(super) async fn save(
             stats,
         )
         .await?;
-    put_cached(&config.cache_key(), partition, config.batch_id, state);
+    TaskCaches::of(context)
+        .state
+        .put(&config.cache_key(), partition, config.batch_id, state);
     Ok(())
 }
 
@@ -202,12 +226,13 @@ pub(super) async fn save(
 /// returns the rows it emits.
 async fn run_partition(
     config: &StatefulConfig,
+    context: &TaskContext,
     op: &Op,
     partition: usize,
     input: &[RecordBatch],
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
-    let mut state = state_before(config, partition, |entries| op.load(entries)).await?;
+    let mut state = state_before(config, context, partition, |entries| op.load(entries)).await?;
     let out = op.process(&mut state, input, config, schema)?;
     let stats = BatchStats {
         late_rows: out.late_rows,
@@ -217,7 +242,7 @@ async fn run_partition(
         rows_updated: out.rows_updated,
         rows_removed: out.rows_removed,
     };
-    save(config, partition, state, out.changes, &stats).await?;
+    save(config, context, partition, state, out.changes, &stats).await?;
     Ok(out.rows)
 }
 
@@ -283,11 +308,11 @@ impl ExecutionPlan for StatefulExec {
                 partition + 1
             )));
         }
-        let input = self.input.execute(partition, context)?;
+        let input = self.input.execute(partition, context.clone())?;
         let (config, op, schema) = (self.config.clone(), self.op.clone(), self.schema.clone());
         let rows = async move {
             let batches = datafusion::physical_plan::common::collect(input).await?;
-            run_partition(&config, &op, partition, &batches, &schema)
+            run_partition(&config, &context, &op, partition, &batches, &schema)
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))
         };

@@ -373,6 +373,7 @@ impl StreamJoinExec {
     /// matched), and writes the partition's new version.
     async fn run_partition(
         &self,
+        context: &TaskContext,
         partition: usize,
         left: Vec<RecordBatch>,
         right: Vec<RecordBatch>,
@@ -387,7 +388,7 @@ impl StreamJoinExec {
         else {
             return Err(EmberError::Internal("a join's configuration".into()));
         };
-        let state = super::exec::state_before(config, partition, load).await?;
+        let state = super::exec::state_before(config, context, partition, load).await?;
         let OpState::Join(mut kept) = state else {
             return Err(EmberError::Internal("a join's state".into()));
         };
@@ -496,7 +497,15 @@ impl StreamJoinExec {
             rows_updated: added,
             rows_removed: removed,
         };
-        super::exec::save(config, partition, OpState::Join(kept), changes, &stats).await?;
+        super::exec::save(
+            config,
+            context,
+            partition,
+            OpState::Join(kept),
+            changes,
+            &stats,
+        )
+        .await?;
         Ok(arrow::compute::concat_batches(&self.schema, &out)?)
     }
 
@@ -736,12 +745,12 @@ impl ExecutionPlan for StreamJoinExec {
             )));
         }
         let left = self.left.execute(partition, context.clone())?;
-        let right = self.right.execute(partition, context)?;
+        let right = self.right.execute(partition, context.clone())?;
         let this = self.clone();
         let rows = async move {
             let left = datafusion::physical_plan::common::collect(left).await?;
             let right = datafusion::physical_plan::common::collect(right).await?;
-            this.run_partition(partition, left, right)
+            this.run_partition(&context, partition, left, right)
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))
         };

@@ -32,6 +32,7 @@ use arrow::array::Array;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
+use datafusion::execution::object_store::ObjectStoreRegistry;
 use serde::{Deserialize, Serialize};
 
 use crate::event_time::{WindowKind, event_times};
@@ -176,9 +177,11 @@ impl StatefulConfig {
         format!("{} {}", self.query_id, self.state_dir)
     }
 
-    pub fn store(&self) -> Result<store::StateStore> {
+    /// The operator's state store; an object store's client comes from (or goes
+    /// into) `stores`, the runtime's registry.
+    pub fn store(&self, stores: &dyn ObjectStoreRegistry) -> Result<store::StateStore> {
         Ok(store::StateStore::new(
-            crate::storage::Dir::parse(&self.state_dir)?,
+            crate::storage::Dir::parse(&self.state_dir, stores)?,
             self.snapshot_every,
         ))
     }
