@@ -207,10 +207,12 @@ pub fn client_builder(bootstrap: Vec<String>) -> ClientBuilder {
 /// owner (an executor's [`crate::task::TaskCaches`], a Kafka source).
 #[derive(Debug, Default)]
 pub struct KafkaClients {
-    clients: std::sync::Mutex<
-        std::collections::HashMap<(Vec<String>, String, i32), (Arc<PartitionClient>, Instant)>,
-    >,
+    clients:
+        std::sync::Mutex<std::collections::HashMap<PartitionKey, (Arc<PartitionClient>, Instant)>>,
 }
+
+/// Brokers, topic, partition.
+type PartitionKey = (Vec<String>, String, i32);
 
 const IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
