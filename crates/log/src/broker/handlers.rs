@@ -1,6 +1,7 @@
 //! One function per Kafka request the broker serves.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -140,7 +141,7 @@ fn name(s: &str) -> TopicName {
 
 /// Runs a decoded request; `None` for a produce with acks=0 (no response).
 pub(crate) async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     header: &RequestHeader,
     request: RequestKind,
     version: i16,
@@ -151,7 +152,16 @@ pub(crate) async fn handle(
         RequestKind::Metadata(r) => metadata(shared, r, version).into(),
         RequestKind::Produce(r) => {
             let acks = r.acks;
-            let response = produce(shared, r);
+            // Appends write (and may fsync) under their partition's lock: on a
+            // blocking thread, so the runtime's threads keep serving other requests.
+            let owner = shared.clone();
+            let response = match tokio::task::spawn_blocking(move || produce(&owner, r)).await {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::error!(error = %e, "a produce request's appends failed");
+                    ProduceResponse::default()
+                }
+            };
             if acks == 0 {
                 return None;
             }

@@ -129,14 +129,18 @@ impl Broker {
         });
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
+        // The accept loop owns its connections: when it ends (stop, or the broker
+        // dropped), dropping the set aborts every connection still open.
         let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     _ = stopped.notified() => return,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            tokio::spawn(serve_connection(shared.clone(), stream, peer));
+                            while connections.try_join_next().is_some() {}
+                            connections.spawn(serve_connection(shared.clone(), stream, peer));
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "accepting a connection failed");
@@ -252,7 +256,10 @@ fn io_closed(what: &str, e: std::io::Error) -> Closed {
 }
 
 /// Serves requests until the peer closes; an error says why the connection ends.
-async fn connection(shared: &Shared, stream: &mut TcpStream) -> std::result::Result<(), Closed> {
+async fn connection(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+) -> std::result::Result<(), Closed> {
     let mut len = [0u8; 4];
     loop {
         match stream.read_exact(&mut len).await {
@@ -340,7 +347,7 @@ pub fn decode_request_frame(
 
 /// Decodes one request, runs it, and encodes the response (none for acks=0 produce).
 async fn handle_frame(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     frame: Bytes,
 ) -> std::result::Result<Option<BytesMut>, Closed> {
     let (api, version, correlation_id) = frame_start(&frame)?;

@@ -228,3 +228,23 @@ async fn a_topic_of_two_billion_partitions_is_refused_and_the_broker_serves_on()
     assert_eq!(answer.topics[0].error_code, 0);
     assert!(!dir.path().join("huge1").exists());
 }
+
+/// A stopped broker takes its open connections with it: a client connected before
+/// `stop` sees the connection closed, not a broker that still answers.
+#[tokio::test]
+async fn stopping_the_broker_closes_its_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let broker = Broker::start(log, BrokerConfig::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(broker.address).await.unwrap();
+    let answer = metadata(&mut stream, 1, "events").await;
+    assert_eq!(answer.topics[0].error_code, 0);
+    broker.stop();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+        .await
+        .expect("the connection closes when the broker stops");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
