@@ -278,6 +278,32 @@ async fn map_output_written_by_an_executor_is_fetched_from_it() {
     }
     assert_eq!(ints(&all), vec![1, 2, 3, 4, 5, 6]);
 
+    // One reduce partition made of several remote pieces: they are fetched ahead,
+    // concurrently, and read in order.
+    let pieces: Vec<PartitionLocation> = (0..3)
+        .map(|r| PartitionLocation {
+            map_partition: r,
+            reduce_partition: r,
+            executor_id: map.executor_id.clone(),
+            executor_address: map.executor_address.clone(),
+            data: map.data.clone(),
+            stats: map.partitions[r],
+        })
+        .collect();
+    let merged = ShuffleReaderExec::new(
+        1,
+        Partitioning::UnknownPartitioning(1),
+        vec![pieces],
+        EquivalenceProperties::new(values.schema()),
+    );
+    let batches: Vec<RecordBatch> = merged
+        .execute(0, ctx.clone())
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(ints(&batches), ints(&all));
+
     // RemoveJob deletes the job's shuffle files.
     let ShuffleData::File(path) = &map.data else {
         unreachable!()

@@ -73,6 +73,65 @@ impl ShuffleReaderExec {
     }
 }
 
+/// Bytes of remote map output a reduce task asks for ahead of reading them (Spark's
+/// `spark.reducer.maxSizeInFlight`).
+const FETCH_BYTES_IN_FLIGHT: u64 = 48 << 20;
+
+/// The remote fetches of one reduce task opened ahead of their turn, in order.
+struct FetchesAhead {
+    budget: u64,
+    in_flight: u64,
+    /// How many of the remote pieces have been opened.
+    opened: usize,
+    open: std::collections::HashMap<usize, (RemoteRange, u64)>,
+    /// Bytes of pieces taken and still being read.
+    reading: std::collections::HashMap<usize, u64>,
+}
+
+impl FetchesAhead {
+    fn new(budget: u64) -> Self {
+        FetchesAhead {
+            budget,
+            in_flight: 0,
+            opened: 0,
+            open: Default::default(),
+            reading: Default::default(),
+        }
+    }
+
+    /// Opens the next pieces of `remote` (location indexes, in reading order) while
+    /// their bytes fit the budget, and always one when none is in flight.
+    fn open_within_budget(
+        &mut self,
+        remote: &[usize],
+        bytes_of: impl Fn(usize) -> u64,
+        mut open: impl FnMut(usize) -> RemoteRange,
+    ) {
+        while let Some(&next) = remote.get(self.opened) {
+            let bytes = bytes_of(next);
+            if self.in_flight > 0 && self.in_flight + bytes > self.budget {
+                return;
+            }
+            self.in_flight += bytes;
+            self.open.insert(next, (open(next), bytes));
+            self.opened += 1;
+        }
+    }
+
+    fn take(&mut self, index: usize) -> Option<RemoteRange> {
+        let (range, bytes) = self.open.remove(&index)?;
+        self.reading.insert(index, bytes);
+        Some(range)
+    }
+
+    /// Piece `index` has been read: its bytes leave the budget.
+    fn done(&mut self, index: usize) {
+        if let Some(bytes) = self.reading.remove(&index) {
+            self.in_flight -= bytes;
+        }
+    }
+}
+
 /// A map output on this host is read from its file; another host's is fetched.
 fn is_local(env: &ShuffleEnv, loc: &PartitionLocation) -> bool {
     loc.executor_address.is_empty()
@@ -157,10 +216,48 @@ impl ExecutionPlan for ShuffleReaderExec {
         let mut builder = RecordBatchReceiverStream::builder(self.schema.clone(), 4);
         let tx = builder.tx();
         builder.spawn_blocking(move || {
-            for loc in &locations {
+            let request = |loc: &PartitionLocation, path: &std::path::Path| FetchPartitionRequest {
+                job_id: 0,
+                stage_id: stage as u32,
+                map_partition: loc.map_partition as u32,
+                reduce_partition: loc.reduce_partition as u32,
+                path: path.display().to_string(),
+                offset: loc.stats.offset,
+                length: loc.stats.length,
+            };
+            // Remote pieces are fetched ahead, concurrently, while their requested
+            // bytes stay within the budget (at least one at a time); their chunks wait
+            // in bounded channels until read, in order.
+            let remote: Vec<usize> = (0..locations.len())
+                .filter(|&i| {
+                    let loc = &locations[i];
+                    loc.stats.rows > 0
+                        && matches!(loc.data, ShuffleData::File(_))
+                        && !is_local(&env, loc)
+                })
+                .collect();
+            let mut fetches = FetchesAhead::new(FETCH_BYTES_IN_FLIGHT);
+            for (i, loc) in locations.iter().enumerate() {
                 if loc.stats.rows == 0 {
                     continue;
                 }
+                fetches.open_within_budget(
+                    &remote,
+                    |j| locations[j].stats.length,
+                    |j| {
+                        let loc = &locations[j];
+                        let path = match &loc.data {
+                            ShuffleData::File(path) => path.as_path(),
+                            ShuffleData::Memory(_) => std::path::Path::new(""),
+                        };
+                        RemoteRange::open(
+                            &runtime,
+                            &env,
+                            loc.executor_address.clone(),
+                            request(loc, path),
+                        )
+                    },
+                );
                 let batches: Box<dyn Iterator<Item = DFResult<RecordBatch>>> = match &loc.data {
                     ShuffleData::Memory(key) => {
                         let batches = env
@@ -181,18 +278,11 @@ impl ExecutionPlan for ShuffleReaderExec {
                             })
                         }))
                     }
-                    ShuffleData::File(path) => {
-                        let request = FetchPartitionRequest {
-                            job_id: 0,
-                            stage_id: stage as u32,
-                            map_partition: loc.map_partition as u32,
-                            reduce_partition: loc.reduce_partition as u32,
-                            path: path.display().to_string(),
-                            offset: loc.stats.offset,
-                            length: loc.stats.length,
-                        };
+                    ShuffleData::File(_) => {
+                        let remote = fetches.take(i).ok_or_else(|| {
+                            DataFusionError::Internal(format!("fetch {i} was not opened"))
+                        })?;
                         let address = &loc.executor_address;
-                        let remote = RemoteRange::open(&runtime, &env, address.clone(), request);
                         let reader = crate::ipc::StreamReader::try_new(
                             BufReader::new(remote),
                             loc.stats.length,
@@ -209,6 +299,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                         return Ok(()); // the consumer went away
                     }
                 }
+                fetches.done(i);
             }
             Ok(())
         });
