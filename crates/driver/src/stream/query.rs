@@ -375,6 +375,7 @@ impl DataStreamWriter {
             state_dir,
             watermark: Mutex::new(None),
             progress_to: self.progress_to.clone(),
+            reports: Default::default(),
             loss_reported: Mutex::new(source.data_loss()),
             query,
         };

@@ -75,6 +75,8 @@ pub(super) struct Runner {
     /// The watermark the next batch uses.
     pub(super) watermark: Mutex<Option<i64>>,
     pub(super) progress_to: Option<Arc<super::InfluxWriter>>,
+    /// Progress reports on their way to InfluxDB: cut off with the query.
+    pub(super) reports: Mutex<tokio::task::JoinSet<()>>,
     /// The source's data loss the last progress report counted.
     pub(super) loss_reported: Mutex<DataLoss>,
 }
@@ -339,7 +341,9 @@ impl Runner {
         );
         if let Some(writer) = &self.progress_to {
             let (writer, progress) = (writer.clone(), progress.clone());
-            tokio::spawn(async move {
+            let mut reports = self.reports.lock();
+            while reports.try_join_next().is_some() {}
+            reports.spawn(async move {
                 if let Err(e) = writer.write_progress(&progress).await {
                     tracing::warn!(error = %e, "could not report progress to influxdb");
                 }
