@@ -264,10 +264,15 @@ fn unordered(b: &[u8]) -> i64 {
 /// in arrow's row format.
 fn group_key(start: i64, end: i64, key: &[u8]) -> Box<[u8]> {
     let mut buf = Vec::with_capacity(16 + key.len());
+    write_group_key(&mut buf, start, end, key);
+    buf.into_boxed_slice()
+}
+
+fn write_group_key(buf: &mut Vec<u8>, start: i64, end: i64, key: &[u8]) {
+    buf.clear();
     buf.extend_from_slice(&ordered(start));
     buf.extend_from_slice(&ordered(end));
     buf.extend_from_slice(key);
-    buf.into_boxed_slice()
 }
 
 pub(super) fn split_key(key: &[u8]) -> (i64, i64, &[u8]) {
@@ -281,6 +286,8 @@ struct Assignment {
     index: HashMap<Box<[u8]>, usize>,
     /// Per input batch: row numbers, and each one's group (a row may repeat).
     rows: Vec<(Vec<u32>, Vec<usize>)>,
+    /// The key being looked up, so that a row of a known group allocates nothing.
+    scratch: Vec<u8>,
 }
 
 impl Assignment {
@@ -293,11 +300,22 @@ impl Assignment {
         self.groups.len() - 1
     }
 
-    fn add(&mut self, batch: usize, row: usize, key: Box<[u8]>) {
-        let g = self.group(key);
+    /// Adds a row to the group of window `start`..`end` and `key`.
+    fn add_to(&mut self, batch: usize, row: usize, start: i64, end: i64, key: &[u8]) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        write_group_key(&mut scratch, start, end, key);
+        let g = match self.index.get(scratch.as_slice()) {
+            Some(&g) => g,
+            None => self.group(scratch.as_slice().into()),
+        };
+        self.scratch = scratch;
+        self.push(batch, row, g);
+    }
+
+    fn push(&mut self, batch: usize, row: usize, group: usize) {
         let (rows, groups) = &mut self.rows[batch];
         rows.push(row as u32);
-        groups.push(g);
+        groups.push(group);
     }
 }
 
@@ -343,13 +361,13 @@ impl AggregateOp {
                 }
                 let key = row_bytes(&keys, r);
                 match (self.window, &times) {
-                    (None, _) => assigned.add(b, r, group_key(0, 0, key)),
+                    (None, _) => assigned.add_to(b, r, 0, 0, key),
                     (Some(_), Some(t)) if t.is_null(r) => {}
                     (Some(WindowKind::Sliding { length, slide }), Some(t)) => {
                         let t = t.value(r);
                         let mut start = t - t.rem_euclid(slide);
                         while start + length > t {
-                            assigned.add(b, r, group_key(start, start + length, key));
+                            assigned.add_to(b, r, start, start + length, key);
                             start -= slide;
                         }
                     }
@@ -372,7 +390,7 @@ impl AggregateOp {
         let mut absorbed = vec![];
         for s in session_rows {
             let (start, end) = session_of(sessions, &s.key, s.time);
-            assigned.add(s.batch, s.row, group_key(start, end, &s.key));
+            assigned.add_to(s.batch, s.row, start, end, &s.key);
         }
         for old in &touched {
             if assigned.index.contains_key(old) {
