@@ -576,3 +576,7 @@ fn stage_name(plan: &Arc<dyn ExecutionPlan>) -> String {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;
