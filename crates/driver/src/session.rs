@@ -175,8 +175,10 @@ impl SessionBuilder {
         let bus = ListenerBus::new();
         let status = Arc::new(AppStatus::new());
         bus.add(status.clone());
+        // A client of a remote driver runs no jobs: the driver logs them.
         let event_log = match ember.eventlog_dir.as_str() {
             "" => None,
+            _ if matches!(master, Master::Remote { .. }) => None,
             dir => {
                 let writer = Arc::new(EventLogWriter::start(std::path::Path::new(dir))?);
                 bus.add(writer.clone());
