@@ -1,9 +1,11 @@
 //! The event log, as Spark's: with `ember.eventlog.dir` set, every event of the
 //! application goes to `<dir>/<app-id>.jsonl.inprogress`, one JSON object a line,
-//! renamed to `<app-id>.jsonl` when the session stops. Each line is written and
-//! flushed on its own (by a writer thread, off the scheduler's loop), so a crash
-//! loses at most the line being written. `ember history` reads the logs back with
-//! [`read_log`], skipping (and naming) any line it cannot parse.
+//! renamed to `<app-id>.jsonl` when the session stops. A writer thread, off the
+//! scheduler's loop, writes and flushes each line on its own as it takes it, so the
+//! file is always whole lines but for, after a crash, a last one cut short (and a
+//! crash loses only the events still queued for the writer, which keeps up line by
+//! line). `ember history` reads the logs back with [`read_log`], skipping (and
+//! naming) any line it cannot parse.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
