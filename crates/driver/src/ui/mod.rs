@@ -21,6 +21,7 @@
 //! password, or `?token=<secret>` (for a browser).
 
 pub(crate) mod history;
+mod info;
 pub(crate) mod status;
 
 use std::net::SocketAddr;
