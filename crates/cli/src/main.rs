@@ -2,7 +2,7 @@
 //!
 //! `main` parses flags, installs the log subscriber, starts the tokio runtimes and
 //! hands the subcommand to its module: `sql` (one-shot statements or the `shell`),
-//! `gen`, `bench`, `config`. Results go to stdout; logs, progress and errors to
+//! `gen`, `bench`, `config`, `history`. Results go to stdout; logs, progress and errors to
 //! stderr.
 
 mod bench;
@@ -12,6 +12,7 @@ mod broker;
 mod datagen;
 mod driver;
 mod executor;
+mod history;
 mod kafka_tools;
 mod output;
 mod progress;
@@ -71,6 +72,8 @@ enum Command {
     Driver(driver::DriverArgs),
     /// Run an executor process that registers with a driver and runs its tasks.
     Executor(executor::ExecutorArgs),
+    /// Serve the web UI and REST API of finished applications from their event logs.
+    History(history::HistoryArgs),
 }
 
 fn main() -> ExitCode {
@@ -143,6 +146,9 @@ fn run(command: Command) -> Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Executor(args) => engine
             .block_on(executor::run(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::History(args) => engine
+            .block_on(history::run(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Config => {
             println!("{}", ember_core::EmberConfig::markdown_table());

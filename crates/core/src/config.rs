@@ -58,6 +58,9 @@ pub struct EmberConfig {
     /// Seconds a short control call (heartbeat, status report, registration, task
     /// launch) may take (`ember.rpc.request_timeout`).
     pub rpc_request_timeout_secs: u64,
+    /// Where the driver writes each application's event log, `<dir>/<app-id>.jsonl`
+    /// (`ember.eventlog.dir`); empty for none.
+    pub eventlog_dir: String,
     /// Delay injection for tests (`ember.test.delay_tasks`): `STAGE:MILLIS` makes every
     /// task of stage STAGE wait that long before it runs.
     pub test_delay_tasks: String,
@@ -90,6 +93,7 @@ impl Default for EmberConfig {
             rpc_keepalive_timeout_secs: 0,
             rpc_connect_timeout_secs: 0,
             rpc_request_timeout_secs: 0,
+            eventlog_dir: String::new(),
             test_delay_tasks: String::new(),
             test_fail_tasks: String::new(),
             test_fail_reports: String::new(),
@@ -174,6 +178,11 @@ impl EmberConfig {
             "ember.rpc.request_timeout",
             "30",
             "Seconds a short control call (heartbeat, task status report, registration, task launch) may take; long calls (query results, shuffle fetches) have no deadline.",
+        ),
+        (
+            "ember.eventlog.dir",
+            "",
+            "Directory where a driver writes each application's events as JSON lines, <dir>/<app-id>.jsonl (.inprogress until the session stops); `ember history --dir` serves their UI. Empty: no event log.",
         ),
         (
             "ember.test.delay_tasks",
@@ -286,6 +295,7 @@ impl EmberConfig {
                 self.rpc_request_timeout_secs =
                     positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
             }
+            "eventlog.dir" => self.eventlog_dir = value.to_string(),
             "test.delay_tasks" => {
                 if !value.is_empty() {
                     parse_stage_spec(value).ok_or_else(|| bad("STAGE:MILLIS"))?;
@@ -346,6 +356,7 @@ impl EmberConfig {
             "ember.rpc.keepalive_timeout" => self.rpc_keepalive_timeout_secs.to_string(),
             "ember.rpc.connect_timeout" => self.rpc_connect_timeout_secs.to_string(),
             "ember.rpc.request_timeout" => self.rpc_request_timeout_secs.to_string(),
+            "ember.eventlog.dir" => self.eventlog_dir.clone(),
             "ember.test.delay_tasks" => self.test_delay_tasks.clone(),
             "ember.test.fail_tasks" => self.test_fail_tasks.clone(),
             "ember.test.fail_reports" => self.test_fail_reports.clone(),

@@ -21,9 +21,12 @@ use tokio::sync::watch;
 
 use crate::dataframe::DataFrame;
 use crate::engine::{ClientApi, Engine, JobProgress};
+use crate::events::log::EventLogWriter;
+use crate::events::{AppEvent, ListenerBus};
 use crate::map_batches::EmberQueryPlanner;
 use crate::planning::{check_expression_depth, on_planning_stack, parse_statement};
 use crate::remote::{DriverClients, RemoteDriver};
+use crate::ui::status::AppStatus;
 
 /// Where a session runs its jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +170,22 @@ impl SessionBuilder {
         }
         .with_liveness(Liveness::from_config(&ember));
         let ui_secret = security.secret().map(str::to_string);
+        // The listeners of the application's events, registered before the engine
+        // posts its first one.
+        let bus = ListenerBus::new();
+        let status = Arc::new(AppStatus::new());
+        bus.add(status.clone());
+        // A client of a remote driver runs no jobs: the driver logs them.
+        let event_log = match ember.eventlog_dir.as_str() {
+            "" => None,
+            _ if matches!(master, Master::Remote { .. }) => None,
+            dir => {
+                let writer = Arc::new(EventLogWriter::start(std::path::Path::new(dir))?);
+                bus.add(writer.clone());
+                Some(writer)
+            }
+        };
+        let app = (bus.clone(), self.app_name.as_str());
         let runner = match &master {
             Master::Local { slots } => {
                 let functions: Arc<dyn FunctionSource> =
@@ -177,6 +196,7 @@ impl SessionBuilder {
                     batch_fns.clone(),
                     functions,
                     ctx.runtime_env(),
+                    app,
                 )?)
             }
             Master::Driver { bind } => Runner::Engine(Engine::start_driver(
@@ -184,6 +204,7 @@ impl SessionBuilder {
                 &ember,
                 batch_fns.clone(),
                 security,
+                app,
             )?),
             Master::Remote { url } => {
                 let url = url.replacen("http", security.scheme(), 1);
@@ -201,13 +222,7 @@ impl SessionBuilder {
                     None => crate::ui::Executors::Local { slots },
                 };
                 // A session without its UI still works: say why and go on.
-                match crate::ui::serve(
-                    bind,
-                    engine.status().clone(),
-                    executors,
-                    &self.app_name,
-                    ui_secret,
-                ) {
+                match crate::ui::serve(bind, status.clone(), executors, ui_secret) {
                     Ok(server) => Some(server),
                     Err(e) => {
                         tracing::warn!(error = %e, "the web UI could not start");
@@ -219,6 +234,9 @@ impl SessionBuilder {
         };
         let inner = Arc::new(SessionInner {
             ui,
+            status,
+            event_log,
+            stopped: std::sync::atomic::AtomicBool::new(false),
             ctx,
             runner,
             batch_fns,
@@ -296,6 +314,12 @@ pub struct Session {
 pub(crate) struct SessionInner {
     /// The web UI's server, while the session lives.
     ui: Option<crate::ui::UiServer>,
+    /// The UI store: what the UI shows, built from the application's events.
+    status: Arc<AppStatus>,
+    /// Where the events are logged (`ember.eventlog.dir`).
+    event_log: Option<Arc<EventLogWriter>>,
+    /// `AppEnded` was posted and the event log closed.
+    stopped: std::sync::atomic::AtomicBool,
     pub(crate) ctx: SessionContext,
     pub(crate) runner: Runner,
     pub(crate) batch_fns: Arc<BatchFnRegistry>,
@@ -305,6 +329,28 @@ pub(crate) struct SessionInner {
     fixed_partitions: bool,
     /// Client sessions of a driver, kept alive here.
     clients: std::sync::OnceLock<Arc<dyn ClientApi>>,
+}
+
+impl SessionInner {
+    fn stop(&self) {
+        if self.stopped.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        if let Runner::Engine(engine) = &self.runner {
+            engine.bus().post(AppEvent::AppEnded {
+                time_ms: crate::events::now_ms(),
+            });
+        }
+        if let Some(log) = &self.event_log {
+            log.close();
+        }
+    }
+}
+
+impl Drop for SessionInner {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -332,8 +378,21 @@ impl Session {
     }
 
     /// What the UI shows (local and driver sessions).
-    pub(crate) fn app_status(&self) -> Option<&Arc<crate::ui::status::AppStatus>> {
-        self.engine().map(Engine::status)
+    pub(crate) fn app_status(&self) -> Option<&Arc<AppStatus>> {
+        self.engine().map(|_| &self.inner.status)
+    }
+
+    /// Where the application's events go (local and driver sessions).
+    pub(crate) fn bus(&self) -> Option<&Arc<ListenerBus>> {
+        self.engine().map(Engine::bus)
+    }
+
+    /// Ends the application: posts its end and, with `ember.eventlog.dir` set,
+    /// writes out its event log and gives it its final name (`<app-id>.jsonl`).
+    /// Jobs can still run afterwards, unlogged. Dropping the last handle does the
+    /// same.
+    pub fn stop(&self) {
+        self.inner.stop();
     }
 
     /// Where executors register, when this session is a cluster's driver.
@@ -548,15 +607,14 @@ impl Session {
                 let description = crate::engine::JOB_QUERY
                     .try_with(|(d, _)| d.clone())
                     .unwrap_or_else(|_| describe(plan));
-                let status = engine.status();
-                let sql = status.sql_started(description.clone(), logical_text, physical_text);
+                let sql = engine.sql_started(description.clone(), logical_text, physical_text);
                 let result = crate::engine::JOB_QUERY
                     .scope(
                         (description, Some(sql)),
                         engine.run(physical, &ctx.copied_config(), &ctx.session_id()),
                     )
                     .await;
-                status.sql_ended(sql, result.is_ok());
+                engine.sql_ended(sql, result.is_ok());
                 result
             }
             Runner::Remote(remote) => remote.collect(ctx, plan).await,

@@ -599,3 +599,70 @@ fn a_batch_written_twice_to_influxdb_leaves_its_points_once() {
     assert_eq!(r["results"][0]["series"][0]["values"][0][1], 3, "{r}");
     assert_eq!(r["results"][0]["series"][0]["values"][0][2], 6.0, "{r}");
 }
+
+/// Kills the child process it holds when dropped (a failed assertion included).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ember_history_serves_the_jobs_of_an_ember_sql_run_from_its_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("events");
+    let out = crate::ember(&[
+        "sql",
+        "--master",
+        "local[2]",
+        "--no-ui",
+        "--config",
+        &format!("ember.eventlog.dir={}", logs.display()),
+        "-e",
+        "SELECT value % 3 AS k, count(*) FROM generate_series(1, 100) GROUP BY k",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let names: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        names[0].ends_with(".jsonl"),
+        "finished logs lose .inprogress: {names:?}"
+    );
+
+    let port = crate::free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["history", "--dir", logs.to_str().unwrap(), "--ui-port"])
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "ember history did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let apps = get_json(addr, "/api/v1/applications");
+    assert_eq!(apps.as_array().unwrap().len(), 1, "{apps}");
+    assert_eq!(apps[0]["completed"], true, "{apps}");
+    let id = apps[0]["id"].as_str().unwrap();
+    assert_eq!(format!("{id}.jsonl"), names[0]);
+    let jobs = get_json(addr, &format!("/api/v1/applications/{id}/jobs"));
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    assert_eq!(jobs[0]["status"], "succeeded");
+    assert!(jobs[0]["stages"].as_array().unwrap().len() >= 2, "{jobs}");
+    assert_eq!(jobs[0]["completed_tasks"], jobs[0]["num_tasks"], "{jobs}");
+    let sql = get_json(addr, &format!("/history/{id}/api/v1/sql"));
+    assert_eq!(sql[0]["status"], "succeeded", "{sql}");
+}

@@ -1,7 +1,9 @@
 //! Cluster mode's executors: processes that register with the driver over gRPC.
 //!
-//! [`ClusterExecutors`] is the scheduler's [`TaskLauncher`] for them: it places each
-//! task on the registered executor with the most free slots and sends `LaunchTasks`;
+//! [`ClusterExecutors`] is the scheduler's [`TaskLauncher`] for them, and the one
+//! owner of their slots: it places each task on the registered executor with the
+//! most free slots and sends `LaunchTasks` (or hands the task back, to wait, when
+//! every slot is taken). It posts executor events (added, decommissioned, lost);
 //! [`DriverServer`] is the driver's gRPC service, through which executors register
 //! and report task statuses (turned into scheduler events).
 
@@ -33,6 +35,7 @@ use tonic::{Request, Response, Status};
 
 use super::scheduler::{Event, TaskLauncher};
 use super::{ClientApi, ClientSlot, JOB_OBSERVER, JobRecords};
+use crate::events::{AppEvent, ExecutorStatus, ExecutorView, JobStatus as JobState, ListenerBus};
 
 struct RemoteExecutor {
     client: ExecutorServiceClient<AuthChannel>,
@@ -75,22 +78,8 @@ struct RunningTask {
 const MISSED_HEARTBEATS: u32 = 2;
 const LAUNCH_GRACE: Duration = Duration::from_secs(2);
 
-/// An executor as the UI and the REST API show it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ExecutorView {
-    pub id: String,
-    pub address: String,
-    pub cores: usize,
-    pub memory_bytes: u64,
-    pub active_tasks: usize,
-    pub registered_ms: i64,
-    pub last_heartbeat_ms: i64,
-    pub status: &'static str,
-    pub lost_reason: Option<String>,
-}
-
 fn epoch_ms() -> i64 {
-    crate::ui::status::now_ms()
+    crate::events::now_ms()
 }
 
 /// Heartbeats this late make the driver check the executor's connection.
@@ -99,17 +88,25 @@ const PROBE_AFTER: Duration = Duration::from_secs(3);
 pub(crate) struct ClusterExecutors {
     state: Mutex<ClusterState>,
     events: mpsc::UnboundedSender<Event>,
+    /// Cores of the registered executors that take tasks (to know whether any are
+    /// there; free slots are counted per executor, under `state`).
     cores: AtomicUsize,
     security: Security,
+    bus: Arc<ListenerBus>,
 }
 
 impl ClusterExecutors {
-    pub(crate) fn new(events: mpsc::UnboundedSender<Event>, security: Security) -> Self {
+    pub(crate) fn new(
+        events: mpsc::UnboundedSender<Event>,
+        security: Security,
+        bus: Arc<ListenerBus>,
+    ) -> Self {
         ClusterExecutors {
             state: Mutex::default(),
             events,
             cores: AtomicUsize::new(0),
             security,
+            bus,
         }
     }
 
@@ -156,7 +153,12 @@ impl ClusterExecutors {
         drop(state);
         self.cores.fetch_sub(cores, Ordering::AcqRel);
         tracing::info!(executor, reason, "executor leaving: no new tasks go to it");
-        let _ = self.events.send(Event::SlotsRemoved(cores));
+        self.bus.post(AppEvent::ExecutorDecommissioned {
+            executor: executor.to_string(),
+            reason: reason.to_string(),
+            time_ms: epoch_ms(),
+        });
+        let _ = self.events.send(Event::SlotsChanged);
     }
 
     /// Task slots of all registered executors.
@@ -207,6 +209,14 @@ impl ClusterExecutors {
             },
         );
         self.cores.fetch_add(req.cores as usize, Ordering::AcqRel);
+        drop(state);
+        self.bus.post(AppEvent::ExecutorAdded {
+            executor: req.executor_id.clone(),
+            address: req.address.clone(),
+            cores: req.cores as usize,
+            memory_bytes: req.memory_bytes,
+            time_ms: epoch_ms(),
+        });
         Ok(req.cores as usize)
     }
 
@@ -331,7 +341,7 @@ impl ClusterExecutors {
             state.running.remove(id);
         }
         let mut view = view_of(executor, &lost);
-        view.status = "lost";
+        view.status = ExecutorStatus::Lost;
         view.active_tasks = 0;
         view.lost_reason = Some(why.to_string());
         state.lost.push_back(view);
@@ -343,9 +353,13 @@ impl ClusterExecutors {
         let cores = if lost.draining { 0 } else { lost.cores };
         self.cores.fetch_sub(cores, Ordering::AcqRel);
         tracing::warn!(executor, reason = why, "executor lost");
+        self.bus.post(AppEvent::ExecutorLost {
+            executor: executor.to_string(),
+            reason: why.to_string(),
+            time_ms: epoch_ms(),
+        });
         let _ = self.events.send(Event::ExecutorLost {
             executor: executor.to_string(),
-            cores,
             running,
         });
     }
@@ -380,7 +394,7 @@ impl ClusterExecutors {
 }
 
 impl TaskLauncher for Arc<ClusterExecutors> {
-    fn launch(&self, task: TaskDefinition) {
+    fn launch(&self, task: TaskDefinition) -> Result<(), Box<TaskDefinition>> {
         let id = task.id;
         let chosen = {
             let mut state = self.state.lock();
@@ -404,11 +418,7 @@ impl TaskLauncher for Arc<ClusterExecutors> {
             best
         };
         let Some((executor, mut client)) = chosen else {
-            return self.lost(
-                id,
-                String::new(),
-                format!("no executor has a free slot for {id}"),
-            );
+            return Err(Box::new(task));
         };
         let this = self.clone();
         tokio::spawn(async move {
@@ -422,6 +432,7 @@ impl TaskLauncher for Arc<ClusterExecutors> {
                 this.lose(&executor, &why);
             }
         });
+        Ok(())
     }
 
     fn cancel_job(&self, job: u64) {
@@ -482,7 +493,7 @@ impl DriverService for DriverServer {
             Ok(slots) => {
                 tracing::info!(executor = %req.executor_id, address = %req.address, cores = req.cores, "executor registered");
                 if slots > 0 {
-                    let _ = self.events.send(Event::SlotsAdded(slots));
+                    let _ = self.events.send(Event::SlotsChanged);
                 }
                 RegisterExecutorResponse {
                     accepted: true,
@@ -597,7 +608,7 @@ impl DriverService for DriverServer {
             .collect();
         Ok(Response::new(JobStatus {
             job_id: job,
-            state: record.state.to_string(),
+            state: record.state.as_str().to_string(),
             error: record.error,
             stages,
         }))
@@ -608,7 +619,10 @@ impl DriverService for DriverServer {
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
         let job = request.get_ref().job_id;
-        let cancelled = self.jobs.get(job).is_some_and(|r| r.state == "running");
+        let cancelled = self
+            .jobs
+            .get(job)
+            .is_some_and(|r| r.state == JobState::Running);
         if cancelled {
             tracing::info!(job, "cancelled by its client");
             let _ = self.events.send(Event::Cancel { job });
@@ -743,9 +757,9 @@ fn view_of(id: &str, e: &RemoteExecutor) -> ExecutorView {
         registered_ms: e.registered_ms,
         last_heartbeat_ms: e.last_seen_ms,
         status: if e.draining {
-            "decommissioning"
+            ExecutorStatus::Decommissioning
         } else {
-            "active"
+            ExecutorStatus::Active
         },
         lost_reason: None,
     }

@@ -1,5 +1,6 @@
 //! Local mode's executors: N in-process slots running tasks on the session's runtime,
-//! through the same task definitions (encoded plans) as a cluster.
+//! through the same task definitions (encoded plans) as a cluster. It owns the slots:
+//! a task is placed while fewer than N run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use super::scheduler::{Event, TaskLauncher};
 
 pub(crate) struct LocalExecutors {
     env: TaskEnv,
+    slots: usize,
     events: mpsc::UnboundedSender<Event>,
     /// Running tasks and the switch that kills each.
     running: Arc<Mutex<HashMap<TaskId, oneshot::Sender<()>>>>,
@@ -24,11 +26,13 @@ pub(crate) struct LocalExecutors {
 impl LocalExecutors {
     pub(crate) fn new(
         env: TaskEnv,
+        slots: usize,
         events: mpsc::UnboundedSender<Event>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         LocalExecutors {
             env,
+            slots,
             events,
             running: Arc::default(),
             runtime,
@@ -49,8 +53,14 @@ fn failed(id: TaskId, executor_id: String, reason: FailureReason, message: Strin
 }
 
 impl TaskLauncher for LocalExecutors {
-    fn launch(&self, task: TaskDefinition) {
+    fn launch(&self, task: TaskDefinition) -> Result<(), Box<TaskDefinition>> {
         let id = task.id;
+        // Held until the task is in `running`: two launches cannot both take the
+        // last slot.
+        let mut running = self.running.lock();
+        if running.len() >= self.slots {
+            return Err(Box::new(task));
+        }
         let env = self.env.clone();
         let shuffle = env.shuffle.clone();
         let executor_id = env.executor_id.clone();
@@ -60,7 +70,8 @@ impl TaskLauncher for LocalExecutors {
             .runtime
             .spawn(async move { run_task(&task, &env, &flag).await });
         let (kill, mut killed) = oneshot::channel();
-        self.running.lock().insert(id, kill);
+        running.insert(id, kill);
+        drop(running);
         let running = self.running.clone();
         let events = self.events.clone();
         let runtime = self.runtime.clone();
@@ -88,6 +99,7 @@ impl TaskLauncher for LocalExecutors {
             running.lock().remove(&id);
             let _ = events.send(Event::TaskFinished(Box::new(status)));
         });
+        Ok(())
     }
 
     fn cancel_job(&self, job: u64) {

@@ -3,6 +3,12 @@
 //! `Engine::run` cuts a physical plan into a [`StageGraph`](planner::StageGraph),
 //! submits it to the scheduler's event loop and waits for the result. Dropping the
 //! returned future (Ctrl-C in the shell) cancels the job.
+//!
+//! The engine knows nothing of the UI. The scheduler (`scheduler.rs`) and the
+//! cluster registry (`cluster.rs`) post typed events ([`crate::events::AppEvent`]) to
+//! the session's [`ListenerBus`]; the UI store, the event log and [`JobRecords`]
+//! (what `GetJob` answers) listen there. Executor slots have one owner: the launcher
+//! (`local.rs` in-process, `cluster.rs` for executor processes).
 
 mod cluster;
 mod explain;
@@ -32,15 +38,15 @@ use ember_exec::task::{FunctionSource, TaskEnv};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub(crate) use cluster::ClusterExecutors;
 use cluster::DriverServer;
-pub(crate) use cluster::{ClusterExecutors, ExecutorView};
 use ember_core::proto::driver_service_server::DriverServiceServer;
 use job::Job;
 use local::LocalExecutors;
 use planner::StageGraph;
 use scheduler::{Event, Scheduler};
 
-use crate::ui::status::AppStatus;
+use crate::events::{AppEvent, JobStatus, Listener, ListenerBus, now_ms};
 
 /// One running stage, as progress bars show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +74,8 @@ pub(crate) struct Engine {
     /// Cluster mode: the registered executors and the driver's gRPC service.
     cluster: Option<ClusterParts>,
     jobs: Arc<JobRecords>,
-    status: Arc<AppStatus>,
+    bus: Arc<ListenerBus>,
+    next_sql: AtomicU64,
 }
 
 struct ClusterParts {
@@ -123,7 +130,7 @@ tokio::task_local! {
 /// What became of a job, for `GetJob`.
 #[derive(Debug, Clone)]
 pub(crate) struct JobRecord {
-    pub state: &'static str,
+    pub state: JobStatus,
     pub error: String,
     /// Bytes its map tasks wrote to the shuffle.
     pub shuffle_bytes: u64,
@@ -139,7 +146,7 @@ pub(crate) struct JobRecords {
 impl JobRecords {
     const KEPT: usize = 1000;
 
-    fn set(&self, job: u64, state: &'static str, error: String) {
+    fn set(&self, job: u64, state: JobStatus, error: String) {
         let mut jobs = self.jobs.lock();
         let shuffle_bytes = jobs.get(&job).map_or(0, |r| r.shuffle_bytes);
         jobs.insert(
@@ -156,7 +163,7 @@ impl JobRecords {
     }
 
     /// A map task of `job` wrote `bytes` to the shuffle.
-    pub(crate) fn add_shuffle_bytes(&self, job: u64, bytes: u64) {
+    fn add_shuffle_bytes(&self, job: u64, bytes: u64) {
         self.shuffle_bytes.fetch_add(bytes, Ordering::Relaxed);
         if let Some(r) = self.jobs.lock().get_mut(&job) {
             r.shuffle_bytes += bytes;
@@ -172,6 +179,32 @@ impl JobRecords {
     }
 }
 
+/// Job records follow the scheduler's events: a job's end, a map task's bytes. (A job
+/// is recorded as running by [`Engine::run`] itself, before the scheduler hears of
+/// it, so that a client asking at once finds it.)
+impl Listener for JobRecords {
+    fn on_event(&self, event: &AppEvent) {
+        match event {
+            AppEvent::JobEnded {
+                job, status, error, ..
+            } => {
+                let error = match status {
+                    JobStatus::Failed => error.clone().unwrap_or_default(),
+                    _ => String::new(),
+                };
+                self.set(*job, *status, error);
+            }
+            AppEvent::TaskEnded {
+                task,
+                map: true,
+                metrics: Some(m),
+                ..
+            } => self.add_shuffle_bytes(task.job, m.bytes_out),
+            _ => {}
+        }
+    }
+}
+
 /// Sends `Cancel` if the caller stops waiting for its job.
 struct CancelOnDrop<'a> {
     events: &'a mpsc::UnboundedSender<Event>,
@@ -184,19 +217,21 @@ impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
             let _ = self.events.send(Event::Cancel { job: self.job });
-            self.jobs.set(self.job, "cancelled", String::new());
+            self.jobs.set(self.job, JobStatus::Cancelled, String::new());
         }
     }
 }
 
 impl Engine {
     /// Starts the scheduler with `slots` in-process executor slots.
+    /// Events go to `bus`, the first being `AppStarted` (named `app_name`).
     pub(crate) fn start_local(
         slots: usize,
         config: &EmberConfig,
         batch_fns: Arc<BatchFnRegistry>,
         functions: Arc<dyn FunctionSource>,
         runtime: Arc<RuntimeEnv>,
+        (bus, app_name): (Arc<ListenerBus>, &str),
     ) -> Result<Engine> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             EmberError::Config("an ember Session must be built inside a tokio runtime".into())
@@ -218,17 +253,23 @@ impl Engine {
         };
         let (events, rx) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(JobProgress::default());
-        let launcher = Arc::new(LocalExecutors::new(env, events.clone(), handle.clone()));
-        let jobs = Arc::new(JobRecords::default());
-        let status = Arc::new(AppStatus::new(&format!("local[{slots}]")));
-        let scheduler = Scheduler::new(
-            launcher,
+        let launcher = Arc::new(LocalExecutors::new(
+            env,
             slots,
-            codec,
-            progress_tx,
-            jobs.clone(),
-            status.clone(),
-        );
+            events.clone(),
+            handle.clone(),
+        ));
+        let jobs = Arc::new(JobRecords::default());
+        bus.add(jobs.clone());
+        app_started(&bus, app_name, &format!("local[{slots}]"));
+        bus.post(AppEvent::ExecutorAdded {
+            executor: "local".into(),
+            address: "in process".into(),
+            cores: slots,
+            memory_bytes: 0,
+            time_ms: now_ms(),
+        });
+        let scheduler = Scheduler::new(launcher, codec, progress_tx, bus.clone());
         let event_loop = handle.spawn(scheduler.run(rx));
         Ok(Engine {
             events,
@@ -238,7 +279,8 @@ impl Engine {
             _work_dir: Some(work_dir),
             cluster: None,
             jobs,
-            status,
+            bus,
+            next_sql: AtomicU64::new(1),
         })
     }
 
@@ -249,6 +291,7 @@ impl Engine {
         config: &EmberConfig,
         batch_fns: Arc<BatchFnRegistry>,
         security: Security,
+        (bus, app_name): (Arc<ListenerBus>, &str),
     ) -> Result<Engine> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             EmberError::Config("an ember Session must be built inside a tokio runtime".into())
@@ -263,16 +306,19 @@ impl Engine {
             tokio::net::TcpListener::from_std(listener).map_err(|e| EmberError::io(bind, e))?;
         let (events, rx) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(JobProgress::default());
-        let executors = Arc::new(ClusterExecutors::new(events.clone(), security.clone()));
+        let executors = Arc::new(ClusterExecutors::new(
+            events.clone(),
+            security.clone(),
+            bus.clone(),
+        ));
         let jobs = Arc::new(JobRecords::default());
-        let status = Arc::new(AppStatus::new(&format!("driver://{local}")));
+        bus.add(jobs.clone());
+        app_started(&bus, app_name, &format!("driver://{local}"));
         let scheduler = Scheduler::new(
             Arc::new(executors.clone()),
-            0,
             EmberCodec::new(batch_fns),
             progress_tx,
-            jobs.clone(),
-            status.clone(),
+            bus.clone(),
         );
         let event_loop = handle.spawn(scheduler.run(rx));
         let timeout = std::time::Duration::from_secs(config.executor_timeout_secs);
@@ -334,7 +380,8 @@ impl Engine {
             event_loop,
             _work_dir: None,
             jobs,
-            status,
+            bus,
+            next_sql: AtomicU64::new(1),
             cluster: Some(ClusterParts {
                 executors,
                 clients,
@@ -416,10 +463,11 @@ impl Engine {
             query,
             reply,
         );
+        // Recorded first: the scheduler may end the job before `send` returns.
+        self.jobs.set(job_id, JobStatus::Running, String::new());
         self.events
             .send(Event::Submit(Box::new(job)))
             .map_err(|_| EmberError::Internal("the scheduler has stopped".into()))?;
-        self.jobs.set(job_id, "running", String::new());
         let _ = JOB_OBSERVER.try_with(|observer| observer.send(job_id));
         let mut guard = CancelOnDrop {
             events: &self.events,
@@ -431,11 +479,6 @@ impl Engine {
             .await
             .map_err(|_| EmberError::Internal("the scheduler dropped the job".into()))?;
         guard.armed = false;
-        match &result {
-            Ok(_) => self.jobs.set(job_id, "succeeded", String::new()),
-            Err(EmberError::Cancelled { .. }) => self.jobs.set(job_id, "cancelled", String::new()),
-            Err(e) => self.jobs.set(job_id, "failed", e.one_line()),
-        }
         result
     }
 
@@ -443,15 +486,56 @@ impl Engine {
         self.progress.clone()
     }
 
-    /// What the UI shows.
-    pub(crate) fn status(&self) -> &Arc<AppStatus> {
-        &self.status
+    /// Where the application's events go.
+    pub(crate) fn bus(&self) -> &Arc<ListenerBus> {
+        &self.bus
+    }
+
+    /// A query starts: posts its plans (the UI's SQL page) and returns its id.
+    pub(crate) fn sql_started(
+        &self,
+        description: String,
+        logical_plan: String,
+        physical_plan: String,
+    ) -> u64 {
+        let id = self.next_sql.fetch_add(1, Ordering::Relaxed);
+        self.bus.post(AppEvent::SqlStarted {
+            id,
+            description,
+            logical_plan,
+            physical_plan,
+            time_ms: now_ms(),
+        });
+        id
+    }
+
+    pub(crate) fn sql_ended(&self, id: u64, ok: bool) {
+        let status = if ok {
+            crate::events::SqlStatus::Succeeded
+        } else {
+            crate::events::SqlStatus::Failed
+        };
+        self.bus.post(AppEvent::SqlEnded {
+            id,
+            status,
+            time_ms: now_ms(),
+        });
     }
 
     /// The registered executors, in cluster mode.
     pub(crate) fn executors(&self) -> Option<&Arc<ClusterExecutors>> {
         self.cluster.as_ref().map(|c| &c.executors)
     }
+}
+
+/// Posts the application's first event.
+fn app_started(bus: &ListenerBus, name: &str, master: &str) {
+    bus.post(AppEvent::AppStarted {
+        app_id: crate::events::new_app_id(),
+        name: name.to_string(),
+        master: master.to_string(),
+        time_ms: now_ms(),
+    });
 }
 
 /// The stage DAG a plan would run as.

@@ -16,11 +16,23 @@
 //! retryable; otherwise, or past that, the job fails with the task's error as the cause.
 //! Every report names its stage attempt and task attempt; reports of superseded
 //! attempts are ignored.
+//!
+//! The scheduler decides; it does not count executor slots. The [`TaskLauncher`]
+//! (in-process slots or the cluster registry) is their one owner: a task it cannot
+//! place stays at the head of the queue until a slot frees (a task report, a new
+//! executor), and no attempt is spent on it. What happens is posted to the
+//! application's [`ListenerBus`] as typed [`AppEvent`]s (job, stage, task); the UI,
+//! job records and the event log listen there.
+//!
+//! [`Scheduler::handle`] takes one [`Event`] and makes every decision it implies,
+//! with no timers and no I/O of its own: the unit tests below drive it with a fake
+//! launcher.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::{ExecutionPlan, displayable};
 use ember_core::EmberError;
 use ember_exec::codec::{EmberCodec, encode_plan};
 use ember_exec::task::{
@@ -29,21 +41,18 @@ use ember_exec::task::{
 use tokio::sync::{mpsc, watch};
 
 use super::job::{Job, StageStatus, TaskState};
-use super::{JobProgress, JobRecords, StageProgress};
-use crate::ui::status::{AppStatus, PlannedStage};
+use super::{JobProgress, StageProgress};
+use crate::events::{AppEvent, JobStatus, ListenerBus, StagePlan, now_ms};
 
 pub(crate) enum Event {
     Submit(Box<Job>),
-    /// An executor registered with this many task slots.
-    SlotsAdded(usize),
-    /// An executor is leaving: launch nothing more on its slots (its running tasks
-    /// still report when they finish).
-    SlotsRemoved(usize),
+    /// Executor slots came or went (an executor registered, or is leaving): queued
+    /// tasks may be placed now. The launcher knows how many there are.
+    SlotsChanged,
     /// An executor stopped answering: its slots are gone, its running tasks failed,
     /// and the map outputs it held must be recomputed.
     ExecutorLost {
         executor: String,
-        cores: usize,
         running: Vec<TaskId>,
     },
     /// No executor has been left for the grace period: running jobs cannot finish.
@@ -58,8 +67,10 @@ pub(crate) enum Event {
 
 /// Where tasks run: in-process slots (local mode) or executor processes.
 pub(crate) trait TaskLauncher: Send + Sync + 'static {
-    /// Starts a task; it must report exactly one `Event::TaskFinished`.
-    fn launch(&self, task: TaskDefinition);
+    /// Starts a task on a free slot; it must then report exactly one
+    /// `Event::TaskFinished`. With no free slot the task comes back, unlaunched (and
+    /// the launcher posts an event when a slot frees).
+    fn launch(&self, task: TaskDefinition) -> Result<(), Box<TaskDefinition>>;
     /// Kills the job's running tasks (they still report, as `Killed`).
     fn cancel_job(&self, job: u64);
     /// Frees the job's shuffle data.
@@ -70,60 +81,55 @@ pub(crate) struct Scheduler {
     jobs: BTreeMap<u64, Job>,
     /// (job, stage, partition) waiting for a slot, in submission order (FIFO).
     queue: VecDeque<(u64, usize, usize)>,
-    /// Slots minus running tasks; negative while a leaving executor's tasks finish.
-    free_slots: isize,
+    /// Owns the slots: places tasks, or hands them back when none is free.
     launcher: Arc<dyn TaskLauncher>,
     codec: EmberCodec,
     progress: watch::Sender<JobProgress>,
-    records: Arc<JobRecords>,
-    status: Arc<AppStatus>,
+    bus: Arc<ListenerBus>,
 }
 
 impl Scheduler {
     pub(crate) fn new(
         launcher: Arc<dyn TaskLauncher>,
-        slots: usize,
         codec: EmberCodec,
         progress: watch::Sender<JobProgress>,
-        records: Arc<JobRecords>,
-        status: Arc<AppStatus>,
+        bus: Arc<ListenerBus>,
     ) -> Self {
         Scheduler {
             jobs: BTreeMap::new(),
             queue: VecDeque::new(),
-            free_slots: slots as isize,
             launcher,
             codec,
             progress,
-            records,
-            status,
+            bus,
         }
     }
 
     pub(crate) async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
         while let Some(event) = events.recv().await {
-            match event {
-                Event::Submit(job) => self.submit(*job),
-                Event::TaskFinished(status) => self.task_finished(*status),
-                Event::Cancel { job } => self.fail_job(job, EmberError::Cancelled { job }),
-                Event::SlotsAdded(n) => self.free_slots += n as isize,
-                Event::SlotsRemoved(n) => self.free_slots -= n as isize,
-                Event::ExecutorLost {
-                    executor,
-                    cores,
-                    running,
-                } => self.executor_lost(&executor, cores, running),
-                Event::NoExecutors { message } => {
-                    let jobs: Vec<u64> = self.jobs.keys().copied().collect();
-                    for job in jobs {
-                        let cause = message.clone();
-                        self.fail_job(job, EmberError::JobFailed { job, cause });
-                    }
+            self.handle(event);
+        }
+    }
+
+    /// Takes one event and makes every decision it implies: stages started or
+    /// re-run, tasks launched, jobs ended.
+    pub(crate) fn handle(&mut self, event: Event) {
+        match event {
+            Event::Submit(job) => self.submit(*job),
+            Event::TaskFinished(status) => self.task_finished(*status),
+            Event::Cancel { job } => self.fail_job(job, EmberError::Cancelled { job }),
+            Event::SlotsChanged => {}
+            Event::ExecutorLost { executor, running } => self.executor_lost(&executor, running),
+            Event::NoExecutors { message } => {
+                let jobs: Vec<u64> = self.jobs.keys().copied().collect();
+                for job in jobs {
+                    let cause = message.clone();
+                    self.fail_job(job, EmberError::JobFailed { job, cause });
                 }
             }
-            self.launch_tasks();
-            self.publish_progress();
         }
+        self.launch_tasks();
+        self.publish_progress();
     }
 
     fn submit(&mut self, job: Job) {
@@ -133,16 +139,22 @@ impl Scheduler {
             .graph
             .stages
             .values()
-            .map(|s| PlannedStage {
+            .map(|s| StagePlan {
                 id: s.id,
-                plan: s.plan.clone(),
+                name: stage_name(&s.plan),
+                plan: displayable(s.plan.as_ref()).indent(true).to_string(),
                 parents: s.parents.clone(),
                 tasks: s.tasks,
                 exchange: (s.id != job.graph.final_stage).then(|| s.output.to_string()),
             })
             .collect();
-        self.status
-            .job_submitted(id, job.description.clone(), job.sql, stages);
+        self.bus.post(AppEvent::JobSubmitted {
+            job: id,
+            description: job.description.clone(),
+            sql: job.sql,
+            stages,
+            time_ms: now_ms(),
+        });
         self.jobs.insert(id, job);
         self.start_ready_stages(id);
     }
@@ -169,7 +181,12 @@ impl Scheduler {
                 let state = job.stages.get_mut(&stage).expect("stage exists");
                 state.plan_bytes = Some(bytes);
                 state.status = StageStatus::Running;
-                self.status.stage_started(job_id, stage, state.attempt);
+                self.bus.post(AppEvent::StageSubmitted {
+                    job: job_id,
+                    stage,
+                    attempt: state.attempt,
+                    time_ms: now_ms(),
+                });
                 tracing::info!(
                     job = job_id,
                     stage,
@@ -184,7 +201,12 @@ impl Scheduler {
                 }
                 if state.tasks.is_empty() || state.done() == state.tasks.len() {
                     state.status = StageStatus::Done;
-                    self.status.stage_done(job_id, stage);
+                    self.bus.post(AppEvent::StageCompleted {
+                        job: job_id,
+                        stage,
+                        attempt: state.attempt,
+                        time_ms: now_ms(),
+                    });
                     if stage == job.graph.final_stage {
                         return self.finish_job(job_id);
                     }
@@ -193,15 +215,15 @@ impl Scheduler {
         }
     }
 
+    /// Places queued tasks, in order, until the launcher has no free slot.
     fn launch_tasks(&mut self) {
-        while self.free_slots > 0 {
-            let Some((job_id, stage, p)) = self.queue.pop_front() else {
-                return;
-            };
+        while let Some((job_id, stage, p)) = self.queue.pop_front() {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
-            let state = job.stages.get_mut(&stage).expect("stage exists");
+            let Some(state) = job.stages.get_mut(&stage) else {
+                continue;
+            };
             if state.status != StageStatus::Running || state.tasks[p] != TaskState::Pending {
                 continue;
             }
@@ -209,8 +231,6 @@ impl Scheduler {
                 continue;
             };
             let attempt = state.failures[p];
-            state.tasks[p] = TaskState::Running { attempt };
-            self.free_slots -= 1;
             let id = TaskId {
                 job: job_id,
                 stage,
@@ -218,18 +238,26 @@ impl Scheduler {
                 partition: p,
                 attempt,
             };
-            self.status.task_started(&id);
-            self.launcher.launch(TaskDefinition {
+            let task = TaskDefinition {
                 id,
                 plan,
                 config: job.config.clone(),
                 session_id: job.session_id.clone(),
+            };
+            if self.launcher.launch(task).is_err() {
+                // No free slot: the task waits, first in line, for one.
+                self.queue.push_front((job_id, stage, p));
+                return;
+            }
+            state.tasks[p] = TaskState::Running { attempt };
+            self.bus.post(AppEvent::TaskStarted {
+                task: id.into(),
+                time_ms: now_ms(),
             });
         }
     }
 
     fn task_finished(&mut self, status: TaskStatus) {
-        self.free_slots += 1;
         let id = status.id;
         let Some(job) = self.jobs.get_mut(&id.job) else {
             // The job ended while this task ran: free whatever it left behind.
@@ -250,16 +278,15 @@ impl Scheduler {
             tracing::debug!(task = %id, "ignoring report of a superseded attempt");
             return;
         }
-        self.status.task_finished(
+        self.bus.post(AppEvent::task_ended(
             &status,
             matches!(status.result, Ok((TaskOutput::Map(_), _))),
-        );
+        ));
         match status.result {
             Ok((output, metrics)) => {
                 tracing::debug!(task = %id, rows = metrics.output_rows, elapsed_ms = metrics.elapsed.as_millis() as u64, "task succeeded");
                 match output {
                     TaskOutput::Map(m) => {
-                        self.records.add_shuffle_bytes(id.job, metrics.output_bytes);
                         state.outputs[id.partition] = Some(m);
                     }
                     TaskOutput::Result(batches) => {
@@ -269,7 +296,12 @@ impl Scheduler {
                 state.tasks[id.partition] = TaskState::Done;
                 if state.done() == state.tasks.len() {
                     state.status = StageStatus::Done;
-                    self.status.stage_done(id.job, id.stage);
+                    self.bus.post(AppEvent::StageCompleted {
+                        job: id.job,
+                        stage: id.stage,
+                        attempt: state.attempt,
+                        time_ms: now_ms(),
+                    });
                     tracing::info!(job = id.job, stage = id.stage, "stage finished");
                     if id.stage == job.graph.final_stage {
                         self.finish_job(id.job);
@@ -347,8 +379,8 @@ impl Scheduler {
     /// Fails the lost executor's running tasks (they are retried elsewhere) and
     /// forgets every map output it held: stages that lost output run those map tasks
     /// again (lineage) before their readers go on.
-    fn executor_lost(&mut self, executor: &str, cores: usize, running: Vec<TaskId>) {
-        tracing::warn!(executor, cores, tasks = running.len(), "executor lost");
+    fn executor_lost(&mut self, executor: &str, running: Vec<TaskId>) {
+        tracing::warn!(executor, tasks = running.len(), "executor lost");
         self.forget_outputs(executor);
         for id in running {
             self.task_finished(TaskStatus {
@@ -361,7 +393,6 @@ impl Scheduler {
                 }),
             });
         }
-        self.free_slots -= cores as isize;
         self.reconcile_all(&format!("executor {executor} was lost"));
     }
 
@@ -461,7 +492,12 @@ impl Scheduler {
             .flatten()
             .collect();
         tracing::info!(job = job_id, batches = batches.len(), "job finished");
-        self.status.job_ended(job_id, "succeeded", None);
+        self.bus.post(AppEvent::JobEnded {
+            job: job_id,
+            status: JobStatus::Succeeded,
+            error: None,
+            time_ms: now_ms(),
+        });
         if let Some(reply) = job.reply.take() {
             let _ = reply.send(Ok(batches));
         }
@@ -480,12 +516,16 @@ impl Scheduler {
             return;
         };
         tracing::warn!(job = job_id, error = %error, "job failed");
-        let outcome = match error {
-            EmberError::Cancelled { .. } => "cancelled",
-            _ => "failed",
+        let status = match error {
+            EmberError::Cancelled { .. } => JobStatus::Cancelled,
+            _ => JobStatus::Failed,
         };
-        self.status
-            .job_ended(job_id, outcome, Some(error.one_line()));
+        self.bus.post(AppEvent::JobEnded {
+            job: job_id,
+            status,
+            error: Some(error.one_line()),
+            time_ms: now_ms(),
+        });
         self.launcher.cancel_job(job_id);
         if let Some(reply) = job.reply.take() {
             let _ = reply.send(Err(error));
@@ -520,3 +560,23 @@ impl Scheduler {
         });
     }
 }
+
+/// The operator that names a stage: the first below the shuffle writer.
+fn stage_name(plan: &Arc<dyn ExecutionPlan>) -> String {
+    let mut node = plan.clone();
+    loop {
+        let name = node.name().to_string();
+        let skip = matches!(
+            name.as_str(),
+            "ShuffleWriterExec" | "CoalesceBatchesExec" | "CoalescePartitionsExec"
+        );
+        match node.children().first() {
+            Some(child) if skip => node = (*child).clone(),
+            _ => return name,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

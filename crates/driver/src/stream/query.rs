@@ -11,7 +11,7 @@ use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::LogicalPlan;
 use ember_core::{EmberError, Result};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::StreamTable;
@@ -21,6 +21,7 @@ use super::sink::{ConsoleSink, FileFormat, FileSink, ForeachBatchSink, MemorySin
 use super::source::{CombinedSource, Offsets, Source};
 use super::stateful::plan_query;
 use crate::dataframe::DataFrame;
+use crate::events::{AppEvent, now_ms};
 use ember_exec::stateful::OpConfig;
 
 /// When the next micro-batch starts.
@@ -37,7 +38,7 @@ pub enum Trigger {
 pub use ember_exec::stateful::OutputMode;
 
 /// One batch's progress report, like Spark's `StreamingQueryProgress`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub id: String,
     pub run_id: String,
@@ -59,14 +60,14 @@ pub struct Progress {
 }
 
 /// A stateful operator's state after a batch.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct StateProgress {
     pub rows_total: usize,
     pub rows_updated: usize,
     pub rows_removed: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Durations {
     pub latest_offset: u64,
     pub wal_commit: u64,
@@ -75,7 +76,7 @@ pub struct Durations {
     pub trigger_execution: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceProgress {
     pub description: String,
     pub start_offset: Offsets,
@@ -94,7 +95,7 @@ pub struct SourceProgress {
     pub lag_rows: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SinkProgress {
     pub description: String,
     pub num_output_rows: usize,
@@ -360,6 +361,15 @@ impl DataStreamWriter {
         if let Some(status) = self.df.session().app_status() {
             status.add_stream(shared.clone());
         }
+        let bus = self.df.session().bus().cloned();
+        if let Some(bus) = &bus {
+            bus.post(AppEvent::StreamingQueryStarted {
+                id: shared.id.clone(),
+                run_id: shared.run_id.clone(),
+                name: shared.name.clone(),
+                time_ms: now_ms(),
+            });
+        }
         let (done_tx, done) = watch::channel(None);
         let state_dir = checkpoint.state_dir(0);
         let runner = Runner {
@@ -378,11 +388,19 @@ impl DataStreamWriter {
             reports: Default::default(),
             loss_reported: Mutex::new(source.data_loss()),
             query,
+            bus: bus.clone(),
         };
         let ended = shared.clone();
         let task = tokio::spawn(async move {
             let outcome = runner.run().await;
             ended.finished.store(true, Ordering::Release);
+            if let Some(bus) = &bus {
+                bus.post(AppEvent::StreamingQueryEnded {
+                    id: ended.id.clone(),
+                    run_id: ended.run_id.clone(),
+                    time_ms: now_ms(),
+                });
+            }
             if let Err(e) = &outcome {
                 tracing::warn!(error = %e, "streaming query failed");
             }

@@ -42,15 +42,15 @@ pub(super) struct Shared {
 }
 
 impl crate::ui::StreamView for Shared {
-    fn view(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id,
-            "run_id": self.run_id,
-            "name": self.name,
-            "active": !self.finished.load(Ordering::Acquire),
-            "status": *self.status.lock(),
-            "recent_progress": *self.progress.lock(),
-        })
+    fn view(&self) -> crate::ui::status::StreamInfo {
+        crate::ui::status::StreamInfo {
+            id: self.id.clone(),
+            run_id: self.run_id.clone(),
+            name: self.name.clone(),
+            active: !self.finished.load(Ordering::Acquire),
+            status: self.status.lock().clone(),
+            recent_progress: self.progress.lock().iter().cloned().collect(),
+        }
     }
 }
 
@@ -79,6 +79,8 @@ pub(super) struct Runner {
     pub(super) reports: Mutex<tokio::task::JoinSet<()>>,
     /// The source's data loss the last progress report counted.
     pub(super) loss_reported: Mutex<DataLoss>,
+    /// Where each committed batch's progress is posted (the UI, the event log).
+    pub(super) bus: Option<Arc<crate::events::ListenerBus>>,
 }
 
 fn now_ms() -> i64 {
@@ -347,6 +349,11 @@ impl Runner {
                 if let Err(e) = writer.write_progress(&progress).await {
                     tracing::warn!(error = %e, "could not report progress to influxdb");
                 }
+            });
+        }
+        if let Some(bus) = &self.bus {
+            bus.post(crate::events::AppEvent::StreamingBatchCommitted {
+                progress: Box::new(progress.clone()),
             });
         }
         let mut recent = self.shared.progress.lock();

@@ -12,10 +12,16 @@
 //!  GET /metrics                Prometheus text format
 //! ```
 //!
+//! Everything it shows comes from the UI store ([`status::AppStatus`]), a listener of
+//! the application's events. `ember history` ([`history`]) serves the same pages
+//! for finished applications by replaying their event logs into the same store.
+//!
 //! It binds 127.0.0.1 unless told otherwise. With a cluster secret, every request
 //! must carry it: `Authorization: Bearer <secret>`, basic auth with the secret as
 //! password, or `?token=<secret>` (for a browser).
 
+pub(crate) mod history;
+mod info;
 pub(crate) mod status;
 
 use std::net::SocketAddr;
@@ -32,8 +38,10 @@ use ember_core::rpc::{Audit, http_secret_check};
 use ember_core::{EmberError, Result};
 use serde_json::{Value, json};
 
-use crate::engine::ExecutorView;
-use status::AppStatus;
+use crate::stream::Progress;
+
+use crate::events::{ExecutorStatus, ExecutorView};
+use status::{AppStatus, StreamInfo};
 
 const INDEX: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -42,7 +50,7 @@ const APP_CSS: &str = include_str!("assets/app.css");
 /// A streaming query, as the UI and `/metrics` read it.
 pub(crate) trait StreamView: Send + Sync {
     /// `{id, run_id, name, active, status, recent_progress}`.
-    fn view(&self) -> Value;
+    fn view(&self) -> StreamInfo;
 }
 
 /// Where the executors' view comes from.
@@ -52,13 +60,14 @@ pub(crate) enum Executors {
         slots: usize,
     },
     Cluster(Arc<crate::engine::ClusterExecutors>),
+    /// A replayed application's, as its events told.
+    Replayed,
 }
 
 #[derive(Clone)]
 struct Ui {
     status: Arc<AppStatus>,
     executors: Arc<Executors>,
-    app_name: String,
     secret: Option<Arc<str>>,
     audit: Audit,
 }
@@ -81,13 +90,26 @@ pub(crate) fn serve(
     bind: &str,
     status: Arc<AppStatus>,
     executors: Executors,
-    app_name: &str,
     secret: Option<String>,
 ) -> Result<UiServer> {
+    let with_secret = secret.is_some();
+    let ui = Ui {
+        status,
+        executors: Arc::new(executors),
+        secret: secret.map(Arc::from),
+        audit: Audit::new("the web UI"),
+    };
+    let app = app_router(ui.clone()).layer(axum::middleware::from_fn_with_state(ui, authorize));
+    start_server(bind, app, with_secret)
+}
+
+/// Binds `bind` (trying the next ports when its port is busy, unless it is 0) and
+/// serves `app` there.
+fn start_server(bind: &str, app: Router, with_secret: bool) -> Result<UiServer> {
     let addr: SocketAddr = bind.parse().map_err(|e| {
         EmberError::Config(format!("UI address '{bind}': {e} (expected HOST:PORT)"))
     })?;
-    if !addr.ip().is_loopback() && secret.is_none() {
+    if !addr.ip().is_loopback() && !with_secret {
         tracing::warn!(%addr, "the UI is open to the network without a secret");
     }
     let mut listener = None;
@@ -120,34 +142,6 @@ pub(crate) fn serve(
     let listener =
         tokio::net::TcpListener::from_std(listener).map_err(|e| EmberError::io(bind, e))?;
     let address = listener.local_addr().map_err(|e| EmberError::io(bind, e))?;
-    let ui = Ui {
-        status,
-        executors: Arc::new(executors),
-        app_name: app_name.to_string(),
-        secret: secret.map(Arc::from),
-        audit: Audit::new("the web UI"),
-    };
-    let app = Router::new()
-        .route("/", get(|| async { html(INDEX) }))
-        .route(
-            "/static/app.js",
-            get(|| async { asset(APP_JS, "text/javascript") }),
-        )
-        .route(
-            "/static/app.css",
-            get(|| async { asset(APP_CSS, "text/css") }),
-        )
-        .route("/api/v1/applications", get(applications))
-        .route("/api/v1/jobs", get(jobs))
-        .route("/api/v1/jobs/{id}", get(job))
-        .route("/api/v1/stages", get(stages))
-        .route("/api/v1/stages/{job}/{stage}", get(stage))
-        .route("/api/v1/executors", get(executors_api))
-        .route("/api/v1/sql", get(sql))
-        .route("/api/v1/streaming", get(streaming))
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(ui.clone(), authorize))
-        .with_state(ui);
     let task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
@@ -156,6 +150,44 @@ pub(crate) fn serve(
     });
     tracing::info!(%address, "UI listening");
     Ok(UiServer { address, task })
+}
+
+/// One application's UI: its page, assets, REST API and metrics.
+fn app_router(ui: Ui) -> Router {
+    Router::new()
+        .route("/", get(|| async { html(INDEX) }))
+        .route("/metrics", get(metrics))
+        .with_state(ui.clone())
+        .merge(assets())
+        .nest("/api/v1", api_router(ui))
+}
+
+/// The embedded script and style sheet.
+fn assets() -> Router {
+    Router::new()
+        .route(
+            "/static/app.js",
+            get(|| async { asset(APP_JS, "text/javascript") }),
+        )
+        .route(
+            "/static/app.css",
+            get(|| async { asset(APP_CSS, "text/css") }),
+        )
+}
+
+/// One application's REST API, relative to `/api/v1` (in the history server, also
+/// to `/api/v1/applications/{id}`, as Spark's).
+fn api_router(ui: Ui) -> Router {
+    Router::new()
+        .route("/applications", get(applications))
+        .route("/jobs", get(jobs))
+        .route("/jobs/{id}", get(job))
+        .route("/stages", get(stages))
+        .route("/stages/{job}/{stage}", get(stage))
+        .route("/executors", get(executors_api))
+        .route("/sql", get(sql))
+        .route("/streaming", get(streaming))
+        .with_state(ui)
 }
 
 fn html(body: &'static str) -> Response {
@@ -197,11 +229,12 @@ fn not_found(what: String) -> Response {
 }
 
 async fn applications(State(ui): State<Ui>) -> Response {
+    let app = ui.status.app();
     axum::Json(json!([{
-        "id": ui.status.app_id,
-        "name": ui.app_name,
-        "master": ui.status.master,
-        "start_ms": ui.status.started_ms,
+        "id": app.id,
+        "name": app.name,
+        "master": app.master,
+        "start_ms": app.start_ms,
     }]))
     .into_response()
 }
@@ -241,15 +274,16 @@ type PerExecutor = (&'static str, &'static str, fn(&ExecutorView) -> f64);
 fn executor_views(ui: &Ui) -> Vec<ExecutorView> {
     match ui.executors.as_ref() {
         Executors::Cluster(c) => c.views(),
+        Executors::Replayed => ui.status.executors(),
         Executors::Local { slots } => vec![ExecutorView {
             id: "local".into(),
             address: "in process".into(),
             cores: *slots,
             memory_bytes: resident_bytes().unwrap_or(0),
             active_tasks: ui.status.running_tasks(),
-            registered_ms: ui.status.started_ms,
+            registered_ms: ui.status.app().start_ms,
             last_heartbeat_ms: status::now_ms(),
-            status: "active",
+            status: ExecutorStatus::Active,
             lost_reason: None,
         }],
     }
@@ -334,7 +368,10 @@ async fn metrics(State(ui): State<Ui>) -> Response {
         &[(&[], c.output_rows.load(Relaxed) as f64)],
     );
     let executors = executor_views(&ui);
-    let active: Vec<&ExecutorView> = executors.iter().filter(|x| x.status != "lost").collect();
+    let active: Vec<&ExecutorView> = executors
+        .iter()
+        .filter(|x| x.status != ExecutorStatus::Lost)
+        .collect();
     e.gauge(
         "ember_executors",
         "Executors by state.",
@@ -389,82 +426,65 @@ async fn metrics(State(ui): State<Ui>) -> Response {
 }
 
 /// Per streaming query: rates, batch duration, watermark lag and state, from its
-/// latest progress.
-fn streaming_metrics(e: &mut Exposition, streams: &[Value]) {
-    let mut rows: Vec<(String, &Value, usize, i64)> = vec![];
-    for s in streams {
-        let name = s["name"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| s["id"].as_str().unwrap_or("").to_string());
-        let recent = s["recent_progress"].as_array();
-        let total: i64 = recent
-            .map(|r| {
-                r.iter()
-                    .map(|p| p["num_input_rows"].as_i64().unwrap_or(0))
-                    .sum()
-            })
-            .unwrap_or(0);
-        if let Some(last) = recent.and_then(|r| r.last()) {
-            rows.push((name, last, recent.map_or(0, Vec::len), total));
-        }
-    }
-    let family = |e: &mut Exposition, name: &str, help: &str, f: &dyn Fn(&Value) -> Option<f64>| {
-        let samples: Vec<(Vec<(&str, &str)>, f64)> = rows
-            .iter()
-            .filter_map(|(q, p, _, _)| f(p).map(|v| (vec![("query", q.as_str())], v)))
-            .collect();
-        let refs: Vec<(&[(&str, &str)], f64)> =
-            samples.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-        e.gauge(name, help, &refs);
-    };
+/// latest progress (typed: a renamed field is a compile error, not an empty metric).
+fn streaming_metrics(e: &mut Exposition, streams: &[StreamInfo]) {
+    let latest: Vec<(String, &Progress)> = streams
+        .iter()
+        .filter_map(|s| {
+            let name = s.name.clone().unwrap_or_else(|| s.id.clone());
+            s.recent_progress.last().map(|p| (name, p))
+        })
+        .collect();
+    let family =
+        |e: &mut Exposition, name: &str, help: &str, f: &dyn Fn(&Progress) -> Option<f64>| {
+            let samples: Vec<(Vec<(&str, &str)>, f64)> = latest
+                .iter()
+                .filter_map(|(q, p)| f(p).map(|v| (vec![("query", q.as_str())], v)))
+                .collect();
+            let refs: Vec<(&[(&str, &str)], f64)> =
+                samples.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+            e.gauge(name, help, &refs);
+        };
     family(
         e,
         "ember_streaming_input_rows_per_second",
         "Rows per second arriving, in the latest batch.",
-        &|p| p["input_rows_per_second"].as_f64(),
+        &|p| Some(p.input_rows_per_second),
     );
     family(
         e,
         "ember_streaming_processed_rows_per_second",
         "Rows per second processed, in the latest batch.",
-        &|p| p["processed_rows_per_second"].as_f64(),
+        &|p| Some(p.processed_rows_per_second),
     );
     family(
         e,
         "ember_streaming_batch_duration_seconds",
         "Duration of the latest batch.",
-        &|p| {
-            p["duration_ms"]["trigger_execution"]
-                .as_f64()
-                .map(|ms| ms / 1000.0)
-        },
+        &|p| Some(p.duration_ms.trigger_execution as f64 / 1000.0),
     );
     family(
         e,
         "ember_streaming_watermark_lag_seconds",
         "How far the watermark is behind the batch's time.",
-        &|p| {
-            let w = p["watermark_ms"].as_f64()?;
-            Some((p["timestamp_ms"].as_f64()? - w) / 1000.0)
-        },
+        &|p| p.watermark_ms.map(|w| (p.timestamp_ms - w) as f64 / 1000.0),
     );
     family(
         e,
         "ember_streaming_state_rows",
         "Rows in the query's state.",
-        &|p| p["state"]["rows_total"].as_f64(),
+        &|p| Some(p.state.rows_total as f64),
     );
     family(
         e,
         "ember_streaming_source_lag_rows",
         "Records the source held beyond the latest batch (consumer lag).",
-        &|p| p["source"]["lag_rows"].as_f64(),
+        &|p| p.source.lag_rows.map(|l| l as f64),
     );
     family(
         e,
         "ember_streaming_last_batch_id",
         "Id of the latest batch.",
-        &|p| p["batch_id"].as_f64(),
+        &|p| Some(p.batch_id as f64),
     );
 }

@@ -1,120 +1,25 @@
-//! What the web UI, the REST API and `/metrics` show: the recent jobs, their stages
-//! and tasks, the SQL queries, the executors, and counters since the start. The
-//! scheduler and the session report here as things happen; readers take snapshots.
+//! The UI store: what the web UI, the REST API and `/metrics` show — the recent jobs,
+//! their stages and tasks, the SQL queries, the executors, the streaming queries and
+//! counters since the start. It is a [`Listener`]: it builds all of it from the
+//! application's events, live (registered on the session's bus) or replayed from an
+//! event log (`ember history`). Readers take snapshots.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use datafusion::physical_plan::{ExecutionPlan, displayable};
-use ember_exec::task::{TaskId, TaskStatus};
 use parking_lot::Mutex;
-use serde::Serialize;
 
 use ember_core::metrics::Histogram;
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use crate::events::now_ms;
+use crate::events::{
+    AppEvent, ExecutorStatus, ExecutorView, JobStatus, Listener, SqlStatus, StagePlan, StageStatus,
+    TaskStatus,
+};
+use crate::stream::Status as StreamStatus;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct JobInfo {
-    pub id: u64,
-    pub description: String,
-    pub status: &'static str,
-    pub submitted_ms: i64,
-    pub completed_ms: Option<i64>,
-    pub duration_ms: Option<i64>,
-    pub stages: Vec<usize>,
-    pub num_tasks: usize,
-    pub completed_tasks: usize,
-    pub failed_tasks: usize,
-    pub shuffle_bytes: u64,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskInfo {
-    pub partition: usize,
-    pub attempt: usize,
-    pub executor: Option<String>,
-    pub status: &'static str,
-    pub start_ms: i64,
-    pub duration_ms: Option<i64>,
-    pub rows_out: u64,
-    pub bytes_out: u64,
-    pub error: Option<String>,
-}
-
-impl TaskInfo {
-    fn started(id: &TaskId, start_ms: i64) -> TaskInfo {
-        TaskInfo {
-            partition: id.partition,
-            attempt: id.attempt,
-            executor: None,
-            status: "running",
-            start_ms,
-            duration_ms: None,
-            rows_out: 0,
-            bytes_out: 0,
-            error: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StageInfo {
-    pub job: u64,
-    pub id: usize,
-    pub attempt: usize,
-    pub name: String,
-    pub status: &'static str,
-    pub partitions: usize,
-    pub parents: Vec<usize>,
-    pub exchange: Option<String>,
-    pub tasks_total: usize,
-    pub tasks_done: usize,
-    pub tasks_running: usize,
-    pub tasks_failed: usize,
-    /// Rows read from the shuffle: what the parent stages wrote.
-    pub rows_in: u64,
-    pub rows_out: u64,
-    pub bytes_out: u64,
-    pub shuffle_write_bytes: u64,
-    pub shuffle_read_bytes: u64,
-    pub submitted_ms: Option<i64>,
-    pub completed_ms: Option<i64>,
-    pub duration_ms: Option<i64>,
-    /// Shared, so that listing stages copies no plans and no tasks.
-    #[serde(skip)]
-    pub plan: Arc<str>,
-    #[serde(skip)]
-    pub tasks: Arc<Vec<TaskInfo>>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SqlInfo {
-    pub id: u64,
-    pub description: String,
-    pub submitted_ms: i64,
-    pub duration_ms: Option<i64>,
-    pub status: &'static str,
-    pub jobs: Vec<u64>,
-    pub logical_plan: String,
-    pub physical_plan: String,
-}
-
-/// A stage of a job as the scheduler plans it.
-pub(crate) struct PlannedStage {
-    pub id: usize,
-    pub plan: Arc<dyn ExecutionPlan>,
-    pub parents: Vec<usize>,
-    pub tasks: usize,
-    /// Where its output goes: `hash(4)`, `single`, ... (none for the final stage).
-    pub exchange: Option<String>,
-}
+pub use super::info::{AppInfo, JobInfo, SqlInfo, StageInfo, StreamInfo, TaskInfo};
 
 /// Counters and histograms since the start, for `/metrics`.
 #[derive(Default)]
@@ -132,191 +37,243 @@ pub(crate) struct Counters {
 
 #[derive(Default)]
 struct Inner {
+    app: AppInfo,
     jobs: BTreeMap<u64, JobInfo>,
     stages: BTreeMap<(u64, usize), StageInfo>,
     sql: BTreeMap<u64, SqlInfo>,
     /// Tasks each executor finished and failed.
     by_executor: BTreeMap<String, (u64, u64)>,
+    /// Executors as their events told (what a replay shows).
+    executors: BTreeMap<String, ExecutorView>,
+    /// Streaming queries as their events told, by run id.
+    streams: BTreeMap<String, StreamInfo>,
     order: VecDeque<u64>,
 }
 
-/// The application's live status.
+/// The application's status, built from its events.
+#[derive(Default)]
 pub struct AppStatus {
-    /// Streaming queries started in this application.
-    streams: Mutex<Vec<Arc<dyn super::StreamView>>>,
-    pub(crate) app_id: String,
-    pub(crate) master: String,
-    pub(crate) started_ms: i64,
+    /// Streaming queries running in this process, whose status is read live.
+    live_streams: Mutex<Vec<Arc<dyn super::StreamView>>>,
     pub(crate) counters: Counters,
     inner: Mutex<Inner>,
-    next_sql: AtomicU64,
 }
 
-/// Jobs (with their stages) and SQL queries kept for the UI.
+/// Jobs (with their stages), SQL queries and streaming queries kept for the UI.
 const KEPT: usize = 500;
+/// Streaming queries kept.
+const KEPT_STREAMS: usize = 50;
+/// Progress reports kept per streaming query.
+const KEPT_PROGRESS: usize = 100;
 
-/// The operator that names a stage: the first below the shuffle writer.
-fn stage_name(plan: &Arc<dyn ExecutionPlan>) -> String {
-    let mut node = plan.clone();
-    loop {
-        let name = node.name().to_string();
-        let skip = matches!(
-            name.as_str(),
-            "ShuffleWriterExec" | "CoalesceBatchesExec" | "CoalescePartitionsExec"
-        );
-        match node.children().first() {
-            Some(child) if skip => node = (*child).clone(),
-            _ => return name,
-        }
+impl Listener for AppStatus {
+    fn on_event(&self, event: &AppEvent) {
+        self.apply(event);
     }
 }
 
 impl AppStatus {
-    pub(crate) fn new(master: &str) -> AppStatus {
-        let started_ms = now_ms();
-        AppStatus {
-            streams: Mutex::new(vec![]),
-            app_id: format!("app-{started_ms}-{:04}", std::process::id() % 10_000),
-            master: master.to_string(),
-            started_ms,
-            counters: Counters::default(),
-            inner: Mutex::new(Inner::default()),
-            next_sql: AtomicU64::new(1),
-        }
+    pub(crate) fn new() -> AppStatus {
+        AppStatus::default()
     }
 
-    // ----- what the session and the scheduler report
-
-    /// A query starts: its plans, for the SQL page; returns its id.
-    pub(crate) fn sql_started(
-        &self,
-        description: String,
-        logical_plan: String,
-        physical_plan: String,
-    ) -> u64 {
-        let id = self.next_sql.fetch_add(1, Ordering::Relaxed);
+    /// Folds one event into the state.
+    pub(crate) fn apply(&self, event: &AppEvent) {
         let mut inner = self.inner.lock();
-        inner.sql.insert(
-            id,
-            SqlInfo {
+        match event {
+            AppEvent::AppStarted {
+                app_id,
+                name,
+                master,
+                time_ms,
+            } => {
+                inner.app = AppInfo {
+                    id: app_id.clone(),
+                    name: name.clone(),
+                    master: master.clone(),
+                    start_ms: *time_ms,
+                    end_ms: None,
+                }
+            }
+            AppEvent::AppEnded { time_ms } => {
+                inner.app.end_ms = Some(*time_ms);
+                for s in inner.streams.values_mut() {
+                    s.active = false;
+                }
+            }
+            AppEvent::SqlStarted {
                 id,
                 description,
-                submitted_ms: now_ms(),
-                duration_ms: None,
-                status: "running",
-                jobs: vec![],
                 logical_plan,
                 physical_plan,
-            },
-        );
-        while inner.sql.len() > KEPT {
-            inner.sql.pop_first();
-        }
-        id
-    }
-
-    pub(crate) fn sql_ended(&self, id: u64, ok: bool) {
-        if let Some(q) = self.inner.lock().sql.get_mut(&id) {
-            q.status = if ok { "succeeded" } else { "failed" };
-            q.duration_ms = Some(now_ms() - q.submitted_ms);
-        }
-    }
-
-    pub(crate) fn job_submitted(
-        &self,
-        job: u64,
-        description: String,
-        sql: Option<u64>,
-        stages: Vec<PlannedStage>,
-    ) {
-        let mut inner = self.inner.lock();
-        let now = now_ms();
-        let num_tasks = stages.iter().map(|s| s.tasks).sum();
-        let ids = stages.iter().map(|s| s.id).collect();
-        for s in stages {
-            inner.stages.insert(
-                (job, s.id),
-                StageInfo {
-                    job,
-                    id: s.id,
-                    attempt: 0,
-                    name: stage_name(&s.plan),
-                    status: "waiting",
-                    partitions: s.tasks,
-                    parents: s.parents,
-                    exchange: s.exchange,
-                    tasks_total: s.tasks,
-                    tasks_done: 0,
-                    tasks_running: 0,
-                    tasks_failed: 0,
-                    rows_in: 0,
-                    rows_out: 0,
-                    bytes_out: 0,
-                    shuffle_write_bytes: 0,
-                    shuffle_read_bytes: 0,
-                    submitted_ms: None,
-                    completed_ms: None,
-                    duration_ms: None,
-                    plan: displayable(s.plan.as_ref()).indent(true).to_string().into(),
-                    tasks: Arc::default(),
-                },
-            );
-        }
-        inner.jobs.insert(
-            job,
-            JobInfo {
-                id: job,
+                time_ms,
+            } => {
+                inner.sql.insert(
+                    *id,
+                    SqlInfo {
+                        id: *id,
+                        description: description.clone(),
+                        submitted_ms: *time_ms,
+                        duration_ms: None,
+                        status: SqlStatus::Running,
+                        jobs: vec![],
+                        logical_plan: logical_plan.clone(),
+                        physical_plan: physical_plan.clone(),
+                    },
+                );
+                while inner.sql.len() > KEPT {
+                    inner.sql.pop_first();
+                }
+            }
+            AppEvent::SqlEnded {
+                id,
+                status,
+                time_ms,
+            } => {
+                if let Some(q) = inner.sql.get_mut(id) {
+                    q.status = *status;
+                    q.duration_ms = Some(time_ms - q.submitted_ms);
+                }
+            }
+            AppEvent::JobSubmitted {
+                job,
                 description,
-                status: "running",
-                submitted_ms: now,
-                completed_ms: None,
-                duration_ms: None,
-                stages: ids,
-                num_tasks,
-                completed_tasks: 0,
-                failed_tasks: 0,
-                shuffle_bytes: 0,
-                error: None,
-            },
-        );
-        if let Some(q) = sql.and_then(|s| inner.sql.get_mut(&s)) {
-            q.jobs.push(job);
-        }
-        inner.order.push_back(job);
-        while inner.order.len() > KEPT {
-            let old = inner.order.pop_front().expect("not empty");
-            inner.jobs.remove(&old);
-            inner.stages.retain(|(j, _), _| *j != old);
+                sql,
+                stages,
+                time_ms,
+            } => job_submitted(&mut inner, *job, description, *sql, stages, *time_ms),
+            AppEvent::JobEnded {
+                job,
+                status,
+                error,
+                time_ms,
+            } => self.job_ended(&mut inner, *job, *status, error.clone(), *time_ms),
+            AppEvent::StageSubmitted {
+                job,
+                stage,
+                attempt,
+                time_ms,
+            } => {
+                if let Some(s) = inner.stages.get_mut(&(*job, *stage)) {
+                    s.status = StageStatus::Running;
+                    s.attempt = *attempt;
+                    s.submitted_ms.get_or_insert(*time_ms);
+                    s.completed_ms = None;
+                }
+            }
+            AppEvent::StageCompleted {
+                job,
+                stage,
+                time_ms,
+                ..
+            } => {
+                if let Some(s) = inner.stages.get_mut(&(*job, *stage)) {
+                    s.status = StageStatus::Done;
+                    s.completed_ms = Some(*time_ms);
+                    s.duration_ms = s.submitted_ms.map(|t| time_ms - t);
+                    self.counters
+                        .stages_completed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            AppEvent::TaskStarted { task, time_ms } => {
+                if let Some(s) = inner.stages.get_mut(&(task.job, task.stage)) {
+                    s.tasks_running += 1;
+                    Arc::make_mut(&mut s.tasks).push(TaskInfo::started(task, *time_ms));
+                }
+            }
+            AppEvent::TaskEnded { .. } => self.task_ended(&mut inner, event),
+            AppEvent::ExecutorAdded {
+                executor,
+                address,
+                cores,
+                memory_bytes,
+                time_ms,
+            } => {
+                inner.executors.insert(
+                    executor.clone(),
+                    ExecutorView {
+                        id: executor.clone(),
+                        address: address.clone(),
+                        cores: *cores,
+                        memory_bytes: *memory_bytes,
+                        active_tasks: 0,
+                        registered_ms: *time_ms,
+                        last_heartbeat_ms: *time_ms,
+                        status: ExecutorStatus::Active,
+                        lost_reason: None,
+                    },
+                );
+            }
+            AppEvent::ExecutorDecommissioned { executor, .. } => {
+                if let Some(e) = inner.executors.get_mut(executor) {
+                    e.status = ExecutorStatus::Decommissioning;
+                }
+            }
+            AppEvent::ExecutorLost {
+                executor,
+                reason,
+                time_ms,
+            } => {
+                if let Some(e) = inner.executors.get_mut(executor) {
+                    e.status = ExecutorStatus::Lost;
+                    e.lost_reason = Some(reason.clone());
+                    e.last_heartbeat_ms = *time_ms;
+                }
+            }
+            AppEvent::StreamingQueryStarted {
+                id, run_id, name, ..
+            } => {
+                inner.streams.insert(
+                    run_id.clone(),
+                    StreamInfo {
+                        id: id.clone(),
+                        run_id: run_id.clone(),
+                        name: name.clone(),
+                        active: true,
+                        status: StreamStatus {
+                            message: "Running".into(),
+                            is_trigger_active: false,
+                            is_data_available: false,
+                        },
+                        recent_progress: vec![],
+                    },
+                );
+                while inner.streams.len() > KEPT_STREAMS {
+                    inner.streams.pop_first();
+                }
+            }
+            AppEvent::StreamingBatchCommitted { progress } => {
+                if let Some(s) = inner.streams.get_mut(&progress.run_id) {
+                    if s.recent_progress.len() == KEPT_PROGRESS {
+                        s.recent_progress.remove(0);
+                    }
+                    s.recent_progress.push((**progress).clone());
+                }
+            }
+            AppEvent::StreamingQueryEnded { run_id, .. } => {
+                if let Some(s) = inner.streams.get_mut(run_id) {
+                    s.active = false;
+                    s.status.message = "Stopped".into();
+                }
+            }
         }
     }
 
-    pub(crate) fn stage_started(&self, job: u64, stage: usize, attempt: usize) {
-        if let Some(s) = self.inner.lock().stages.get_mut(&(job, stage)) {
-            s.status = "running";
-            s.attempt = attempt;
-            s.submitted_ms.get_or_insert_with(now_ms);
-            s.completed_ms = None;
-        }
-    }
-
-    pub(crate) fn task_started(&self, id: &TaskId) {
-        if let Some(s) = self.inner.lock().stages.get_mut(&(id.job, id.stage)) {
-            s.tasks_running += 1;
-            Arc::make_mut(&mut s.tasks).push(TaskInfo::started(id, now_ms()));
-        }
-    }
-
-    /// A task's report; `map` says its output went to the shuffle.
-    pub(crate) fn task_finished(&self, status: &TaskStatus, map: bool) {
-        let id = status.id;
-        let now = now_ms();
-        let mut inner = self.inner.lock();
-        let ok = status.result.is_ok();
-        let entry = inner
-            .by_executor
-            .entry(status.executor_id.clone())
-            .or_default();
-        if ok {
+    fn task_ended(&self, inner: &mut Inner, event: &AppEvent) {
+        let AppEvent::TaskEnded {
+            task: id,
+            executor,
+            map,
+            metrics,
+            failure,
+            time_ms,
+        } = event
+        else {
+            return;
+        };
+        let entry = inner.by_executor.entry(executor.clone()).or_default();
+        if metrics.is_some() {
             entry.0 += 1;
         } else {
             entry.1 += 1;
@@ -332,54 +289,53 @@ impl AppStatus {
         let task = match at {
             Some(i) => &mut tasks[i],
             None => {
-                tasks.push(TaskInfo::started(&id, now));
+                tasks.push(TaskInfo::started(id, *time_ms));
                 tasks.last_mut().expect("pushed")
             }
         };
-        task.executor = Some(status.executor_id.clone());
-        match &status.result {
-            Ok((_, metrics)) => {
-                task.status = "succeeded";
-                task.duration_ms = Some(metrics.elapsed.as_millis() as i64);
-                task.rows_out = metrics.output_rows;
-                task.bytes_out = metrics.output_bytes;
-                s.tasks_done += 1;
-                s.rows_out += metrics.output_rows;
-                s.bytes_out += metrics.output_bytes;
+        task.executor = Some(executor.clone());
+        if let Some(m) = metrics {
+            task.status = TaskStatus::Succeeded;
+            task.duration_ms = Some(m.elapsed_ms as i64);
+            task.rows_out = m.rows_out;
+            task.bytes_out = m.bytes_out;
+            s.tasks_done += 1;
+            s.rows_out += m.rows_out;
+            s.bytes_out += m.bytes_out;
+            self.counters
+                .tasks_succeeded
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .output_rows
+                .fetch_add(m.rows_out, Ordering::Relaxed);
+            self.counters
+                .task_seconds
+                .observe(m.elapsed_ms as f64 / 1000.0);
+            if *map {
+                s.shuffle_write_bytes += m.bytes_out;
                 self.counters
-                    .tasks_succeeded
-                    .fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .output_rows
-                    .fetch_add(metrics.output_rows, Ordering::Relaxed);
-                self.counters
-                    .task_seconds
-                    .observe(metrics.elapsed.as_secs_f64());
-                if map {
-                    s.shuffle_write_bytes += metrics.output_bytes;
-                    self.counters
-                        .shuffle_bytes
-                        .fetch_add(metrics.output_bytes, Ordering::Relaxed);
-                }
+                    .shuffle_bytes
+                    .fetch_add(m.bytes_out, Ordering::Relaxed);
             }
-            Err(failure) => {
-                task.status = "failed";
-                task.duration_ms = Some(now - task.start_ms);
-                task.error = Some(format!("{:?}: {}", failure.reason, failure.message));
-                s.tasks_failed += 1;
-                self.counters.tasks_failed.fetch_add(1, Ordering::Relaxed);
-            }
+        } else {
+            task.status = TaskStatus::Failed;
+            task.duration_ms = Some(time_ms - task.start_ms);
+            task.error = failure
+                .as_ref()
+                .map(|f| format!("{}: {}", f.reason, f.message));
+            s.tasks_failed += 1;
+            self.counters.tasks_failed.fetch_add(1, Ordering::Relaxed);
         }
         let parents = s.parents.clone();
         if let Some(job) = inner.jobs.get_mut(&id.job) {
-            match &status.result {
-                Ok((_, m)) => {
+            match metrics {
+                Some(m) => {
                     job.completed_tasks += 1;
-                    if map {
-                        job.shuffle_bytes += m.output_bytes;
+                    if *map {
+                        job.shuffle_bytes += m.bytes_out;
                     }
                 }
-                Err(_) => job.failed_tasks += 1,
+                None => job.failed_tasks += 1,
             }
         }
         // What this stage reads is what its parents wrote.
@@ -395,62 +351,83 @@ impl AppStatus {
         }
     }
 
-    pub(crate) fn stage_done(&self, job: u64, stage: usize) {
-        if let Some(s) = self.inner.lock().stages.get_mut(&(job, stage)) {
-            s.status = "done";
-            let now = now_ms();
-            s.completed_ms = Some(now);
-            s.duration_ms = s.submitted_ms.map(|t| now - t);
-            self.counters
-                .stages_completed
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// A job ended: `succeeded`, `failed` or `cancelled`.
-    pub(crate) fn job_ended(&self, job: u64, status: &'static str, error: Option<String>) {
+    fn job_ended(
+        &self,
+        inner: &mut Inner,
+        job: u64,
+        status: JobStatus,
+        error: Option<String>,
+        time_ms: i64,
+    ) {
         let counter = match status {
-            "succeeded" => &self.counters.jobs_succeeded,
-            "cancelled" => &self.counters.jobs_cancelled,
-            _ => &self.counters.jobs_failed,
+            JobStatus::Succeeded => &self.counters.jobs_succeeded,
+            JobStatus::Cancelled => &self.counters.jobs_cancelled,
+            JobStatus::Failed | JobStatus::Running => &self.counters.jobs_failed,
         };
-        let mut inner = self.inner.lock();
         let Some(j) = inner.jobs.get_mut(&job) else {
             return;
         };
-        if j.status != "running" {
+        if j.status != JobStatus::Running {
             return;
         }
         counter.fetch_add(1, Ordering::Relaxed);
-        let now = now_ms();
         j.status = status;
-        j.completed_ms = Some(now);
-        j.duration_ms = Some(now - j.submitted_ms);
+        j.completed_ms = Some(time_ms);
+        j.duration_ms = Some(time_ms - j.submitted_ms);
         j.error = error;
         let stages = j.stages.clone();
-        if status != "succeeded" {
+        if status != JobStatus::Succeeded {
             for s in stages {
                 if let Some(s) = inner.stages.get_mut(&(job, s))
-                    && s.status == "running"
+                    && s.status == StageStatus::Running
                 {
-                    s.status = "failed";
+                    s.status = StageStatus::Failed;
                 }
             }
         }
     }
 
-    /// A streaming query started; the 50 latest are kept.
+    /// A streaming query runs in this process: its status is read from it live.
     pub(crate) fn add_stream(&self, stream: Arc<dyn super::StreamView>) {
-        let mut streams = self.streams.lock();
+        let mut streams = self.live_streams.lock();
         streams.push(stream);
-        let excess = streams.len().saturating_sub(50);
+        let excess = streams.len().saturating_sub(KEPT_STREAMS);
         streams.drain(..excess);
     }
 
     // ----- what readers see
 
-    pub fn streams(&self) -> Vec<serde_json::Value> {
-        self.streams.lock().iter().rev().map(|s| s.view()).collect()
+    pub fn app(&self) -> AppInfo {
+        self.inner.lock().app.clone()
+    }
+
+    /// The streaming queries, newest first: those running here read live, the
+    /// others (a replay's) as their events told.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        let live: Vec<StreamInfo> = self
+            .live_streams
+            .lock()
+            .iter()
+            .rev()
+            .map(|s| s.view())
+            .collect();
+        let inner = self.inner.lock();
+        let replayed = inner
+            .streams
+            .values()
+            .rev()
+            .filter(|s| !live.iter().any(|l| l.run_id == s.run_id))
+            .cloned()
+            .collect::<Vec<_>>();
+        live.into_iter().chain(replayed).collect()
+    }
+
+    /// The executors as their events told, lost ones last.
+    pub fn executors(&self) -> Vec<ExecutorView> {
+        let inner = self.inner.lock();
+        let mut views: Vec<ExecutorView> = inner.executors.values().cloned().collect();
+        views.sort_by_key(|e| e.status == ExecutorStatus::Lost);
+        views
     }
 
     pub fn jobs(&self) -> Vec<JobInfo> {
@@ -506,7 +483,76 @@ impl AppStatus {
             .lock()
             .jobs
             .values()
-            .filter(|j| j.status == "running")
+            .filter(|j| j.status == JobStatus::Running)
             .count()
+    }
+}
+
+fn job_submitted(
+    inner: &mut Inner,
+    job: u64,
+    description: &str,
+    sql: Option<u64>,
+    stages: &[StagePlan],
+    time_ms: i64,
+) {
+    let num_tasks = stages.iter().map(|s| s.tasks).sum();
+    let ids = stages.iter().map(|s| s.id).collect();
+    for s in stages {
+        inner.stages.insert(
+            (job, s.id),
+            StageInfo {
+                job,
+                id: s.id,
+                attempt: 0,
+                name: s.name.clone(),
+                status: StageStatus::Waiting,
+                partitions: s.tasks,
+                parents: s.parents.clone(),
+                exchange: s.exchange.clone(),
+                tasks_total: s.tasks,
+                tasks_done: 0,
+                tasks_running: 0,
+                tasks_failed: 0,
+                rows_in: 0,
+                rows_out: 0,
+                bytes_out: 0,
+                shuffle_write_bytes: 0,
+                shuffle_read_bytes: 0,
+                submitted_ms: None,
+                completed_ms: None,
+                duration_ms: None,
+                plan: s.plan.as_str().into(),
+                tasks: Arc::default(),
+            },
+        );
+    }
+    inner.jobs.insert(
+        job,
+        JobInfo {
+            id: job,
+            description: description.to_string(),
+            status: JobStatus::Running,
+            submitted_ms: time_ms,
+            completed_ms: None,
+            duration_ms: None,
+            stages: ids,
+            num_tasks,
+            completed_tasks: 0,
+            failed_tasks: 0,
+            shuffle_bytes: 0,
+            error: None,
+        },
+    );
+    if let Some(q) = sql.and_then(|s| inner.sql.get_mut(&s)) {
+        q.jobs.push(job);
+    }
+    inner.order.push_back(job);
+    while inner.order.len() > KEPT {
+        let Some(old) = inner.order.pop_front() else {
+            break;
+        };
+        inner.jobs.remove(&old);
+        inner.stages.retain(|(j, _), _| *j != old);
     }
 }

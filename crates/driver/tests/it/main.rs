@@ -1,6 +1,7 @@
 //! ember-driver integration tests: one binary, one module per area.
 mod dataframe;
 mod engine;
+mod history;
 mod stream;
 mod stream_aggregates;
 mod stream_data_loss;

@@ -120,8 +120,10 @@
   const tdn = (html) => td(html, 'n');
 
   // ---- REST access ----
+  /** Where this application's API is: the root, or under /history/<app> in `ember history`. */
+  const BASE = (location.pathname.match(/^\/history\/[^/]+/) || [''])[0];
   /** API path plus ?token=... when the page was opened with one. */
-  const apiUrl = (path) => (TOKEN ? path + '?token=' + encodeURIComponent(TOKEN) : path);
+  const apiUrl = (path) => (TOKEN ? BASE + path + '?token=' + encodeURIComponent(TOKEN) : BASE + path);
   /** GET JSON; throws an Error with a readable message on any failure. */
   async function api(path) {
     const ctl = new AbortController();
