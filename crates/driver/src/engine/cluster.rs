@@ -93,9 +93,24 @@ pub(crate) struct ClusterExecutors {
     cores: AtomicUsize,
     security: Security,
     bus: Arc<ListenerBus>,
+    /// The calls to executors in flight (launches, cancels, probes, job removals):
+    /// aborted by [`ClusterExecutors::shutdown`] when the engine stops.
+    calls: Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl ClusterExecutors {
+    /// Runs a call to an executor as a task this registry owns.
+    fn call(&self, call: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut calls = self.calls.lock();
+        while calls.try_join_next().is_some() {}
+        calls.spawn(call);
+    }
+
+    /// Aborts the calls still in flight (the engine is going away).
+    pub(crate) fn shutdown(&self) {
+        self.calls.lock().abort_all();
+    }
+
     pub(crate) fn new(
         events: mpsc::UnboundedSender<Event>,
         security: Security,
@@ -107,6 +122,7 @@ impl ClusterExecutors {
             cores: AtomicUsize::new(0),
             security,
             bus,
+            calls: Mutex::default(),
         }
     }
 
@@ -306,7 +322,7 @@ impl ClusterExecutors {
             }
             e.probing = true;
             let (this, id, mut client) = (self.clone(), id.clone(), e.client.clone());
-            tokio::spawn(async move {
+            self.call(async move {
                 let ping = client.cancel_tasks(
                     this.security
                         .liveness()
@@ -421,7 +437,7 @@ impl TaskLauncher for Arc<ClusterExecutors> {
             return Err(Box::new(task));
         };
         let this = self.clone();
-        tokio::spawn(async move {
+        self.call(async move {
             let request = this.security.liveness().unary(LaunchTasksRequest {
                 tasks: vec![task_definition_to_proto(&task)],
             });
@@ -448,7 +464,7 @@ impl TaskLauncher for Arc<ClusterExecutors> {
             if let Some(e) = state.executors.get(executor) {
                 let mut client = e.client.clone();
                 let request = self.security.liveness().unary(CancelTasksRequest { tasks });
-                tokio::spawn(async move {
+                self.call(async move {
                     let _ = client.cancel_tasks(request).await;
                 });
             }
@@ -462,7 +478,7 @@ impl TaskLauncher for Arc<ClusterExecutors> {
                 .security
                 .liveness()
                 .unary(RemoveJobRequest { job_id: job });
-            tokio::spawn(async move {
+            self.call(async move {
                 let _ = client.remove_job(request).await;
             });
         }

@@ -93,6 +93,7 @@ impl Drop for Engine {
         if let Some(c) = &self.cluster {
             c.server.abort();
             c.monitor.abort();
+            c.executors.shutdown();
         }
     }
 }
