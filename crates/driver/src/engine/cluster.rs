@@ -35,7 +35,9 @@ use tonic::{Request, Response, Status};
 
 use super::scheduler::{Event, TaskLauncher};
 use super::{ClientApi, ClientSlot, JOB_OBSERVER, JobRecords};
-use crate::events::{AppEvent, ExecutorStatus, ExecutorView, JobStatus as JobState, ListenerBus};
+use crate::events::{
+    AppEvent, ExecutorStatus, ExecutorView, JobStatus as JobState, ListenerBus, LiveExecutors,
+};
 
 struct RemoteExecutor {
     client: ExecutorServiceClient<AuthChannel>,
@@ -284,17 +286,6 @@ impl ClusterExecutors {
         }
     }
 
-    /// Every registered executor, then the ones lost lately.
-    pub(crate) fn views(&self) -> Vec<ExecutorView> {
-        let state = self.state.lock();
-        state
-            .executors
-            .iter()
-            .map(|(id, e)| view_of(id, e))
-            .chain(state.lost.iter().rev().cloned())
-            .collect()
-    }
-
     /// Forgets executors silent for longer than `timeout`, and those that, a few
     /// heartbeats late, no longer accept connections (a killed process).
     pub(crate) fn expire(self: &Arc<Self>, timeout: Duration) {
@@ -482,6 +473,18 @@ impl TaskLauncher for Arc<ClusterExecutors> {
                 let _ = client.remove_job(request).await;
             });
         }
+    }
+}
+
+impl LiveExecutors for ClusterExecutors {
+    fn views(&self) -> Vec<ExecutorView> {
+        let state = self.state.lock();
+        state
+            .executors
+            .iter()
+            .map(|(id, e)| view_of(id, e))
+            .chain(state.lost.iter().rev().cloned())
+            .collect()
     }
 }
 

@@ -113,6 +113,13 @@ pub struct ExecutorView {
     pub lost_reason: Option<String>,
 }
 
+/// The executors as they are now, heartbeats and memory included (what changes too
+/// often to be an event): the cluster registry answers it for the live UI.
+pub(crate) trait LiveExecutors: Send + Sync {
+    /// Every registered executor, then the ones lost lately.
+    fn views(&self) -> Vec<ExecutorView>;
+}
+
 /// `(job, stage, stage_attempt, partition, attempt)` of a task attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRef {

@@ -59,7 +59,7 @@ pub(crate) enum Executors {
     Local {
         slots: usize,
     },
-    Cluster(Arc<crate::engine::ClusterExecutors>),
+    Cluster(Arc<dyn crate::events::LiveExecutors>),
     /// A replayed application's, as its events told.
     Replayed,
 }

@@ -279,3 +279,43 @@ async fn a_restart_with_another_state_partition_count_is_refused() {
     );
     assert_eq!(run("3").await.unwrap(), vec!["150"]);
 }
+
+/// An aggregation's checkpoint written before groups kept accumulator states is
+/// refused with a message that says why, instead of misreading its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregation_checkpoint_in_the_old_state_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    stream.add_data(rows(0, 30)).unwrap();
+    let run = || {
+        let stream = stream.clone();
+        let checkpoint = dir.path().join("cp");
+        async move {
+            let s = Session::builder().master("local[1]").build().unwrap();
+            s.read_stream().register("s", stream).unwrap();
+            s.sql("SELECT k, sum(amount) AS total FROM s GROUP BY k")
+                .await
+                .unwrap()
+                .write_stream()
+                .query_name("totals")
+                .memory()
+                .output_mode(OutputMode::Update)
+                .checkpoint(checkpoint)
+                .trigger(Trigger::AvailableNow)
+                .start()
+                .await?
+                .await_termination(None)
+                .await
+        }
+    };
+    run().await.unwrap();
+    let layout = dir.path().join("cp/state/0/_layout");
+    assert!(layout.exists(), "{}", layout.display());
+    // What an older ember recorded: 24 bytes of i64/f64 sums per aggregate.
+    std::fs::write(&layout, "hash of the key columns over 4 partitions").unwrap();
+    let err = run().await.unwrap_err().to_string();
+    assert!(
+        err.contains("accumulator states") && err.contains("new checkpoint"),
+        "{err}"
+    );
+}
