@@ -20,8 +20,9 @@ use ember_exec::task::{FunctionSet, FunctionSource, REQUIRED_DATAFUSION_SETTINGS
 use tokio::sync::watch;
 
 use crate::dataframe::DataFrame;
-use crate::engine::{ClientApi, Engine, JobProgress};
+use crate::engine::{ClientApi, Engine};
 use crate::events::log::EventLogWriter;
+use crate::events::progress::JobProgress;
 use crate::events::{AppEvent, ListenerBus};
 use crate::map_batches::EmberQueryPlanner;
 use crate::planning::{check_expression_depth, on_planning_stack, parse_statement};

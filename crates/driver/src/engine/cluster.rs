@@ -495,7 +495,7 @@ pub(crate) struct DriverServer {
     pub(crate) clients: ClientSlot,
     pub(crate) jobs: Arc<JobRecords>,
     /// The running stages, for clients' progress bars.
-    pub(crate) progress: tokio::sync::watch::Receiver<super::JobProgress>,
+    pub(crate) progress: tokio::sync::watch::Receiver<crate::events::progress::JobProgress>,
 }
 
 type ResultStream =

@@ -6,8 +6,9 @@
 //!
 //! The engine knows nothing of the UI. The scheduler (`scheduler.rs`) and the
 //! cluster registry (`cluster.rs`) post typed events ([`crate::events::AppEvent`]) to
-//! the session's [`ListenerBus`]; the UI store, the event log and [`JobRecords`]
-//! (what `GetJob` answers) listen there. Executor slots have one owner: the launcher
+//! the session's [`ListenerBus`]; the UI store, the event log, the job records (what
+//! `GetJob` answers) and the progress bars' view listen there (`crate::events`).
+//! Executor slots have one owner: the launcher
 //! (`local.rs` in-process, `cluster.rs` for executor processes).
 
 mod cluster;
@@ -20,7 +21,6 @@ mod local;
 mod planner;
 mod scheduler;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -35,7 +35,6 @@ use ember_exec::batch_fn::BatchFnRegistry;
 use ember_exec::codec::EmberCodec;
 use ember_exec::shuffle::{MemoryShuffleStore, ShuffleEnv};
 use ember_exec::task::{FunctionSource, TaskEnv};
-use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) use cluster::ClusterExecutors;
@@ -46,23 +45,9 @@ use local::LocalExecutors;
 use planner::StageGraph;
 use scheduler::{Event, Scheduler};
 
-use crate::events::{AppEvent, JobStatus, Listener, ListenerBus, now_ms};
-
-/// One running stage, as progress bars show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageProgress {
-    pub job: u64,
-    pub stage: usize,
-    pub total: usize,
-    pub running: usize,
-    pub done: usize,
-}
-
-/// Every running stage of every job.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct JobProgress {
-    pub stages: Vec<StageProgress>,
-}
+use crate::events::progress::{JobProgress, ProgressListener};
+pub(crate) use crate::events::records::JobRecords;
+use crate::events::{AppEvent, JobStatus, ListenerBus, now_ms};
 
 pub(crate) struct Engine {
     events: mpsc::UnboundedSender<Event>,
@@ -128,84 +113,6 @@ tokio::task_local! {
     pub(crate) static JOB_QUERY: (String, Option<u64>);
 }
 
-/// What became of a job, for `GetJob`.
-#[derive(Debug, Clone)]
-pub(crate) struct JobRecord {
-    pub state: JobStatus,
-    pub error: String,
-    /// Bytes its map tasks wrote to the shuffle.
-    pub shuffle_bytes: u64,
-}
-
-/// The most recent jobs' states, and the bytes shuffled by every job so far.
-#[derive(Default)]
-pub(crate) struct JobRecords {
-    jobs: Mutex<BTreeMap<u64, JobRecord>>,
-    shuffle_bytes: AtomicU64,
-}
-
-impl JobRecords {
-    const KEPT: usize = 1000;
-
-    fn set(&self, job: u64, state: JobStatus, error: String) {
-        let mut jobs = self.jobs.lock();
-        let shuffle_bytes = jobs.get(&job).map_or(0, |r| r.shuffle_bytes);
-        jobs.insert(
-            job,
-            JobRecord {
-                state,
-                error,
-                shuffle_bytes,
-            },
-        );
-        while jobs.len() > Self::KEPT {
-            jobs.pop_first();
-        }
-    }
-
-    /// A map task of `job` wrote `bytes` to the shuffle.
-    fn add_shuffle_bytes(&self, job: u64, bytes: u64) {
-        self.shuffle_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(r) = self.jobs.lock().get_mut(&job) {
-            r.shuffle_bytes += bytes;
-        }
-    }
-
-    pub(crate) fn get(&self, job: u64) -> Option<JobRecord> {
-        self.jobs.lock().get(&job).cloned()
-    }
-
-    pub(crate) fn total_shuffle_bytes(&self) -> u64 {
-        self.shuffle_bytes.load(Ordering::Relaxed)
-    }
-}
-
-/// Job records follow the scheduler's events: a job's end, a map task's bytes. (A job
-/// is recorded as running by [`Engine::run`] itself, before the scheduler hears of
-/// it, so that a client asking at once finds it.)
-impl Listener for JobRecords {
-    fn on_event(&self, event: &AppEvent) {
-        match event {
-            AppEvent::JobEnded {
-                job, status, error, ..
-            } => {
-                let error = match status {
-                    JobStatus::Failed => error.clone().unwrap_or_default(),
-                    _ => String::new(),
-                };
-                self.set(*job, *status, error);
-            }
-            AppEvent::TaskEnded {
-                task,
-                map: true,
-                metrics: Some(m),
-                ..
-            } => self.add_shuffle_bytes(task.job, m.bytes_out),
-            _ => {}
-        }
-    }
-}
-
 /// Sends `Cancel` if the caller stops waiting for its job.
 struct CancelOnDrop<'a> {
     events: &'a mpsc::UnboundedSender<Event>,
@@ -253,7 +160,8 @@ impl Engine {
             caches: Arc::default(),
         };
         let (events, rx) = mpsc::unbounded_channel();
-        let (progress_tx, progress) = watch::channel(JobProgress::default());
+        let progress = Arc::new(ProgressListener::default());
+        bus.add(progress.clone());
         let launcher = Arc::new(LocalExecutors::new(
             env,
             slots,
@@ -270,11 +178,11 @@ impl Engine {
             memory_bytes: 0,
             time_ms: now_ms(),
         });
-        let scheduler = Scheduler::new(launcher, codec, progress_tx, bus.clone());
+        let scheduler = Scheduler::new(launcher, codec, bus.clone());
         let event_loop = handle.spawn(scheduler.run(rx));
         Ok(Engine {
             events,
-            progress,
+            progress: progress.subscribe(),
             next_job: AtomicU64::new(1),
             event_loop,
             _work_dir: Some(work_dir),
@@ -306,7 +214,8 @@ impl Engine {
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| EmberError::io(bind, e))?;
         let (events, rx) = mpsc::unbounded_channel();
-        let (progress_tx, progress) = watch::channel(JobProgress::default());
+        let progress = Arc::new(ProgressListener::default());
+        bus.add(progress.clone());
         let executors = Arc::new(ClusterExecutors::new(
             events.clone(),
             security.clone(),
@@ -318,7 +227,6 @@ impl Engine {
         let scheduler = Scheduler::new(
             Arc::new(executors.clone()),
             EmberCodec::new(batch_fns),
-            progress_tx,
             bus.clone(),
         );
         let event_loop = handle.spawn(scheduler.run(rx));
@@ -360,7 +268,7 @@ impl Engine {
             events: events.clone(),
             clients: clients.clone(),
             jobs: jobs.clone(),
-            progress: progress.clone(),
+            progress: progress.subscribe(),
         };
         let server = handle.spawn(
             security
@@ -376,7 +284,7 @@ impl Engine {
         tracing::info!(address = %local, "driver listening for executors");
         Ok(Engine {
             events,
-            progress,
+            progress: progress.subscribe(),
             next_job: AtomicU64::new(1),
             event_loop,
             _work_dir: None,

@@ -38,10 +38,9 @@ use ember_exec::codec::{EmberCodec, encode_plan};
 use ember_exec::task::{
     FailureReason, TaskDefinition, TaskFailure, TaskId, TaskOutput, TaskStatus,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::job::{Job, StageStatus, TaskState};
-use super::{JobProgress, StageProgress};
 use crate::events::{AppEvent, JobStatus, ListenerBus, StagePlan, now_ms};
 
 pub(crate) enum Event {
@@ -84,7 +83,6 @@ pub(crate) struct Scheduler {
     /// Owns the slots: places tasks, or hands them back when none is free.
     launcher: Arc<dyn TaskLauncher>,
     codec: EmberCodec,
-    progress: watch::Sender<JobProgress>,
     bus: Arc<ListenerBus>,
 }
 
@@ -92,7 +90,6 @@ impl Scheduler {
     pub(crate) fn new(
         launcher: Arc<dyn TaskLauncher>,
         codec: EmberCodec,
-        progress: watch::Sender<JobProgress>,
         bus: Arc<ListenerBus>,
     ) -> Self {
         Scheduler {
@@ -100,7 +97,6 @@ impl Scheduler {
             queue: VecDeque::new(),
             launcher,
             codec,
-            progress,
             bus,
         }
     }
@@ -129,7 +125,6 @@ impl Scheduler {
             }
         }
         self.launch_tasks();
-        self.publish_progress();
     }
 
     fn submit(&mut self, job: Job) {
@@ -185,6 +180,8 @@ impl Scheduler {
                     job: job_id,
                     stage,
                     attempt: state.attempt,
+                    done: state.done(),
+                    running: state.running(),
                     time_ms: now_ms(),
                 });
                 tracing::info!(
@@ -453,6 +450,7 @@ impl Scheduler {
         for stage in job.graph.stages.values() {
             let state = job.stages.get_mut(&stage.id).expect("stage exists");
             let parent_missing = stage.parents.iter().any(|p| incomplete.contains(p));
+            let before = state.status;
             match state.status {
                 StageStatus::Running if parent_missing => {
                     state.attempt += 1;
@@ -473,6 +471,14 @@ impl Scheduler {
                     state.status = StageStatus::Waiting;
                 }
                 _ => {}
+            }
+            if before != StageStatus::Waiting && state.status == StageStatus::Waiting {
+                self.bus.post(AppEvent::StageWaiting {
+                    job: job_id,
+                    stage: stage.id,
+                    attempt: state.attempt,
+                    time_ms: now_ms(),
+                });
             }
         }
         if let Some(stage) = exhausted {
@@ -531,33 +537,6 @@ impl Scheduler {
             let _ = reply.send(Err(error));
         }
         self.job_ended(job_id);
-    }
-
-    fn publish_progress(&self) {
-        let stages: Vec<StageProgress> = self
-            .jobs
-            .values()
-            .flat_map(|job| {
-                job.stages
-                    .iter()
-                    .filter(|(_, s)| s.status == StageStatus::Running)
-                    .map(|(id, s)| StageProgress {
-                        job: job.id,
-                        stage: *id,
-                        total: s.tasks.len(),
-                        running: s.running(),
-                        done: s.done(),
-                    })
-            })
-            .collect();
-        self.progress.send_if_modified(|p| {
-            if p.stages == stages {
-                false
-            } else {
-                p.stages = stages;
-                true
-            }
-        });
     }
 }
 

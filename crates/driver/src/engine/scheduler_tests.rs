@@ -17,11 +17,12 @@ use ember_exec::task::{
     FailureReason, TaskDefinition, TaskFailure, TaskId, TaskMetrics, TaskOutput, TaskStatus,
 };
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::*;
 use crate::engine::job::Job;
 use crate::engine::planner::StageGraph;
+use crate::events::progress::ProgressListener;
 use crate::events::{AppEvent, Listener, ListenerBus};
 
 #[derive(Default)]
@@ -64,6 +65,7 @@ struct Harness {
     scheduler: Scheduler,
     launcher: Arc<FakeLauncher>,
     events: Arc<Recorder>,
+    progress: Arc<ProgressListener>,
     reply: oneshot::Receiver<Result<Vec<RecordBatch>>>,
     map_stage: usize,
     final_stage: usize,
@@ -104,13 +106,10 @@ async fn harness(slots: usize, settings: &[(&str, &str)]) -> Harness {
     let bus = ListenerBus::new();
     let events = Arc::new(Recorder::default());
     bus.add(events.clone());
+    let progress = Arc::new(ProgressListener::default());
+    bus.add(progress.clone());
     let codec = EmberCodec::in_process(Arc::default(), Arc::default());
-    let mut scheduler = Scheduler::new(
-        launcher.clone(),
-        codec,
-        watch::channel(JobProgress::default()).0,
-        bus,
-    );
+    let mut scheduler = Scheduler::new(launcher.clone(), codec, bus);
     let (tx, reply) = oneshot::channel();
     let job = Job::new(
         1,
@@ -126,6 +125,7 @@ async fn harness(slots: usize, settings: &[(&str, &str)]) -> Harness {
         scheduler,
         launcher,
         events,
+        progress,
         reply,
         map_stage,
         final_stage,
@@ -196,6 +196,17 @@ impl Harness {
             .iter()
             .filter(|e| matches!(e, AppEvent::TaskEnded { .. }))
             .count()
+    }
+
+    /// The progress bars' view, from the events: (stage, total, running, done).
+    fn progress(&self) -> Vec<(usize, usize, usize, usize)> {
+        self.progress
+            .subscribe()
+            .borrow()
+            .stages
+            .iter()
+            .map(|s| (s.stage, s.total, s.running, s.done))
+            .collect()
     }
 
     fn outcome(&mut self) -> Option<Result<Vec<RecordBatch>>> {
@@ -408,4 +419,43 @@ async fn a_cancelled_job_replies_cancelled_and_later_reports_are_ignored() {
     h.fail(maps[0], "e1", FailureReason::Killed, false);
     assert_eq!(h.task_ends(), ends);
     assert!(h.launched().is_empty());
+}
+
+#[tokio::test]
+async fn progress_bars_follow_the_events_through_a_lost_map_output() {
+    let mut h = harness(4, &[]).await;
+    let (map, reduce) = (h.map_stage, h.final_stage);
+    let maps = h.launched();
+    assert_eq!(h.progress(), [(map, 2, 2, 0)]);
+    h.succeed(maps[0], "e1");
+    assert_eq!(h.progress(), [(map, 2, 1, 1)]);
+    h.succeed(maps[1], "e2");
+    let reduces = h.launched();
+    assert_eq!(h.progress(), [(reduce, 2, 2, 0)]);
+    h.fail(
+        reduces[0],
+        "e2",
+        FailureReason::FetchFailed {
+            executor: "e1".into(),
+            map_stage: map,
+            map_partition: 0,
+        },
+        true,
+    );
+    // The reader waits; the map stage runs its lost task again, one output kept.
+    let rerun = h.launched();
+    assert_eq!(h.progress(), [(map, 2, 1, 1)]);
+    h.succeed(reduces[1], "e2");
+    assert_eq!(
+        h.progress(),
+        [(map, 2, 1, 1)],
+        "a stale report moves nothing"
+    );
+    h.succeed(rerun[0], "e3");
+    let again = h.launched();
+    assert_eq!(h.progress(), [(reduce, 2, 2, 0)]);
+    h.succeed(again[0], "e3");
+    assert_eq!(h.progress(), [(reduce, 2, 1, 1)]);
+    h.succeed(again[1], "e3");
+    assert!(h.progress().is_empty(), "nothing runs once the job ended");
 }

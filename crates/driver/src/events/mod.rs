@@ -5,9 +5,10 @@
 //!
 //! ```text
 //!  scheduler ─┐                    ┌─▶ UI store (ui::status): REST API, /metrics
-//!  registry  ─┼─▶ ListenerBus::post ┼─▶ job records (GetJob / CancelJob)
-//!  session   ─┤   (one at a time,   └─▶ event log (log.rs): <dir>/<app>.jsonl
-//!  streaming ─┘    in post order)
+//!  registry  ─┼─▶ ListenerBus::post ┼─▶ job records (records.rs): GetJob / CancelJob
+//!  session   ─┤   (one at a time,   ├─▶ progress (progress.rs): the running stages'
+//!  streaming ─┘    in post order)   │   task counts, for progress bars
+//!                                   └─▶ event log (log.rs): <dir>/<app>.jsonl
 //! ```
 //!
 //! Delivery is synchronous and serialized: every listener sees every event in the
@@ -20,6 +21,8 @@
 //! `ember history` replays them into the same UI store.
 
 pub(crate) mod log;
+pub mod progress;
+pub(crate) mod records;
 
 use std::sync::Arc;
 
@@ -213,8 +216,22 @@ pub enum AppEvent {
         error: Option<String>,
         time_ms: i64,
     },
-    /// A stage (attempt) starts: its parents are done, its tasks are queued.
+    /// A stage (attempt) starts: its parents are done, its tasks are queued. `done`
+    /// of its tasks have their output already, `running` still run (from before it
+    /// went back to waiting).
     StageSubmitted {
+        job: u64,
+        stage: usize,
+        attempt: usize,
+        #[serde(default)]
+        done: usize,
+        #[serde(default)]
+        running: usize,
+        time_ms: i64,
+    },
+    /// A stage goes back to waiting: map output it reads, or some of its own, was
+    /// lost and is being recomputed from lineage.
+    StageWaiting {
         job: u64,
         stage: usize,
         attempt: usize,

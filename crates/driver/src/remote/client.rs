@@ -23,7 +23,7 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 
 use super::codec::EmberLogicalCodec;
-use crate::engine::{JobProgress, StageProgress};
+use crate::events::progress::{JobProgress, StageProgress};
 
 pub(crate) struct RemoteDriver {
     url: String,

@@ -153,12 +153,18 @@ impl AppStatus {
                 stage,
                 attempt,
                 time_ms,
+                ..
             } => {
                 if let Some(s) = inner.stages.get_mut(&(*job, *stage)) {
                     s.status = StageStatus::Running;
                     s.attempt = *attempt;
                     s.submitted_ms.get_or_insert(*time_ms);
                     s.completed_ms = None;
+                }
+            }
+            AppEvent::StageWaiting { job, stage, .. } => {
+                if let Some(s) = inner.stages.get_mut(&(*job, *stage)) {
+                    s.status = StageStatus::Waiting;
                 }
             }
             AppEvent::StageCompleted {
