@@ -263,9 +263,14 @@ pub(crate) fn new_context(
     batch_fns: &Arc<BatchFnRegistry>,
     cluster_driver: bool,
 ) -> SessionContext {
-    let state = SessionStateBuilder::new()
+    let mut state = SessionStateBuilder::new()
         .with_config(config)
-        .with_default_features()
+        .with_default_features();
+    match ember_exec::storage::EmberStores::runtime() {
+        Ok(runtime) => state = state.with_runtime_env(runtime),
+        Err(e) => tracing::warn!(error = %e, "tables at object store URLs are unavailable"),
+    }
+    let state = state
         .with_query_planner(Arc::new(EmberQueryPlanner::new(
             batch_fns.clone(),
             cluster_driver,
@@ -644,8 +649,10 @@ impl Session {
             &self.inner.batch_fns,
             matches!(self.inner.master, Master::Driver { .. }),
         );
+        // Its own catalog; the driver's runtime (its object stores among it).
         let state = SessionStateBuilder::new_from_existing(ctx.state())
             .with_session_id(session_id.to_string())
+            .with_runtime_env(self.inner.ctx.runtime_env())
             .build();
         SessionContext::new_with_state(state)
     }

@@ -7,6 +7,10 @@
 //! | `http://host:port/path`, `https://..` | a WebDAV server (`rclone serve webdav`, Apache's mod_dav) |
 //! | `s3://bucket/path` | Amazon S3 or a server that speaks its API; configured from the `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`) |
 //!
+//! Every runtime ember builds resolves these through [`EmberStores`], DataFusion's
+//! object store registry with ad-hoc discovery, so a table at such a URL reads as a
+//! checkpoint does, on the driver and the executors alike.
+//!
 //! A file is written whole or not at all: locally through a temporary file, synced and
 //! renamed; in an object store by one PUT.
 
@@ -14,7 +18,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -53,9 +59,16 @@ fn store_for(url: &url::Url, stores: &dyn ObjectStoreRegistry) -> Result<Arc<dyn
     if let Ok(store) = stores.get_store(url) {
         return Ok(store);
     }
-    let bad =
-        |e: object_store::Error| EmberError::Config(format!("the checkpoint location {url}: {e}"));
-    let store: Arc<dyn ObjectStore> = match url.scheme() {
+    let store = build_store(url)?;
+    stores.register_store(url, store.clone());
+    Ok(store)
+}
+
+/// A new client for `url`'s server: WebDAV over `http(s)://`, or S3 (`s3://bucket`,
+/// configured from the `AWS_*` environment variables).
+fn build_store(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
+    let bad = |e: object_store::Error| EmberError::Config(format!("the location {url}: {e}"));
+    Ok(match url.scheme() {
         "http" | "https" => {
             let origin = url.origin().ascii_serialization();
             Arc::new(
@@ -79,9 +92,48 @@ fn store_for(url: &url::Url, stores: &dyn ObjectStoreRegistry) -> Result<Arc<dyn
                 "the location {url}: the scheme '{other}' is not supported (a path, file://, http(s):// for WebDAV, or s3://)"
             )));
         }
-    };
-    stores.register_store(url, store.clone());
-    Ok(store)
+    })
+}
+
+/// The object stores of a session or an executor: DataFusion's registry, which also
+/// makes the client of an `http(s)://` or `s3://` location the first time one is
+/// asked for. Every runtime ember builds has one, so tables, checkpoints and state
+/// find their store the same way in every process.
+#[derive(Debug, Default)]
+pub struct EmberStores {
+    known: DefaultObjectStoreRegistry,
+}
+
+impl EmberStores {
+    /// A DataFusion runtime whose object stores come from a new [`EmberStores`].
+    pub fn runtime() -> Result<Arc<RuntimeEnv>> {
+        Ok(RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::new(EmberStores::default()))
+            .build_arc()?)
+    }
+}
+
+impl ObjectStoreRegistry for EmberStores {
+    fn register_store(
+        &self,
+        url: &url::Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.known.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &url::Url) -> DFResult<Arc<dyn ObjectStore>> {
+        self.known.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &url::Url) -> DFResult<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.known.get_store(url) {
+            return Ok(store);
+        }
+        let store = build_store(url).map_err(|e| DataFusionError::Configuration(e.to_string()))?;
+        self.known.register_store(url, store.clone());
+        Ok(store)
+    }
 }
 
 impl Dir {

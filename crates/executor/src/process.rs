@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::execution::runtime_env::RuntimeEnv;
 use ember_core::convert::task_id_to_proto;
 use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::executor_service_server::ExecutorServiceServer;
@@ -217,7 +216,7 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         ),
         codec: EmberCodec::new(registry.batch_fns.clone()),
         functions: registry.function_source(),
-        runtime: Arc::new(RuntimeEnv::default()),
+        runtime: ember_exec::storage::EmberStores::runtime()?,
         caches: Arc::default(),
     };
     let stop = Arc::new(Notify::new());

@@ -2,6 +2,7 @@
 mod dataframe;
 mod engine;
 mod history;
+mod object_store;
 mod stream;
 mod stream_aggregates;
 mod stream_data_loss;

@@ -392,9 +392,9 @@ async fn drop_duplicates_forgets_keys_the_watermark_passed() {
 }
 
 /// `rclone serve webdav` over a directory, on a free port of 127.0.0.1.
-struct WebDav {
+pub(crate) struct WebDav {
     child: std::process::Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for WebDav {
@@ -404,7 +404,7 @@ impl Drop for WebDav {
     }
 }
 
-fn serve_webdav(root: &std::path::Path) -> WebDav {
+pub(crate) fn serve_webdav(root: &std::path::Path) -> WebDav {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
