@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use object_store::path::Path as ObjectPath;
@@ -106,9 +107,14 @@ pub struct EmberStores {
 
 impl EmberStores {
     /// A DataFusion runtime whose object stores come from a new [`EmberStores`].
+    ///
+    /// It keeps no listings of directories: DataFusion's cache of them never expires
+    /// by default, so a read of a directory an earlier write or another process has
+    /// added to since would miss the new files (Spark lists on every read too).
     pub fn runtime() -> Result<Arc<RuntimeEnv>> {
         Ok(RuntimeEnvBuilder::new()
             .with_object_store_registry(Arc::new(EmberStores::default()))
+            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
             .build_arc()?)
     }
 }
@@ -277,6 +283,42 @@ impl Dir {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(self.error(name, e)),
             },
+        }
+    }
+
+    /// Deletes everything under it (and, locally, the directory or file itself); a
+    /// location that does not exist is no error.
+    pub async fn remove_all(&self) -> Result<()> {
+        match self {
+            Dir::Local(p) => {
+                let removed = match std::fs::metadata(p) {
+                    Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(p),
+                    Ok(_) => std::fs::remove_file(p),
+                    Err(e) => Err(e),
+                };
+                match removed {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(EmberError::io(p.display(), e))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Dir::Store { store, path, .. } => {
+                use futures::TryStreamExt;
+                let objects: Vec<object_store::ObjectMeta> =
+                    match store.list(Some(path)).try_collect().await {
+                        Ok(objects) => objects,
+                        Err(object_store::Error::NotFound { .. }) => return Ok(()),
+                        Err(e) => return Err(self.error("", e)),
+                    };
+                for object in objects {
+                    match store.delete(&object.location).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(self.error(object.location.as_ref(), e)),
+                    }
+                }
+                Ok(())
+            }
         }
     }
 

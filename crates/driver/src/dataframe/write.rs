@@ -13,6 +13,7 @@ use std::sync::Arc;
 use datafusion::common::config::{CsvOptions, JsonOptions, TableParquetOptions};
 use datafusion::dataframe::DataFrameWriteOptions;
 use ember_core::{EmberError, Result};
+use ember_exec::storage::Dir;
 
 use super::DataFrame;
 use super::create::mem_table;
@@ -121,7 +122,13 @@ impl DataFrameWriter {
         for column in &self.partition_by {
             schema.qualified_field_with_unqualified_name(column)?;
         }
-        let exists = has_data(path).await?;
+        // A path, or a directory in an object store (through the session's registry).
+        let stores = self.df.session().context().runtime_env();
+        let target = Dir::parse(path, stores.object_store_registry.as_ref())?;
+        let exists = match &target {
+            Dir::Local(_) => has_data(path).await?,
+            Dir::Store { .. } => !target.list().await?.is_empty(),
+        };
         match self.mode {
             SaveMode::ErrorIfExists if exists => {
                 return Err(EmberError::io(
@@ -140,11 +147,13 @@ impl DataFrameWriter {
         // Compute before deleting anything: the frame may read the path it overwrites.
         let batches = self.df.collect().await?;
         if self.mode == SaveMode::Overwrite {
-            remove(path).await?;
+            target.remove_all().await?;
         }
-        tokio::fs::create_dir_all(path)
-            .await
-            .map_err(|e| EmberError::io(path, e))?;
+        if let Dir::Local(_) = target {
+            tokio::fs::create_dir_all(path)
+                .await
+                .map_err(|e| EmberError::io(path, e))?;
+        }
 
         let session = self.df.session();
         let schema = batches
@@ -217,17 +226,4 @@ async fn has_data(path: &str) -> Result<bool> {
         .await
         .map_err(|e| EmberError::io(path, e))?
         .is_some())
-}
-
-/// Removes a file or directory tree; a missing path is fine.
-async fn remove(path: &str) -> Result<()> {
-    let result = match tokio::fs::metadata(path).await {
-        Ok(meta) if meta.is_dir() => tokio::fs::remove_dir_all(path).await,
-        Ok(_) => tokio::fs::remove_file(path).await,
-        Err(e) => Err(e),
-    };
-    match result {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(EmberError::io(path, e)),
-        _ => Ok(()),
-    }
 }

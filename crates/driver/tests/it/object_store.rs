@@ -82,3 +82,73 @@ async fn a_parquet_table_in_an_object_store_reads_like_a_local_one() {
         .to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+/// `write()` to a directory in an object store honours the save modes, and what it
+/// wrote reads back from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_written_to_an_object_store_reads_back_and_keeps_the_save_modes() {
+    use ember_driver::SaveMode;
+    let root = tempfile::tempdir().unwrap();
+    let dav = serve_webdav(root.path());
+    let session = Session::builder().master("local[2]").build().unwrap();
+    let out = format!("{}/out/", dav.url);
+    let rows = |n: i64| {
+        let session = session.clone();
+        async move {
+            session
+                .sql(&format!(
+                    "SELECT x, x % 3 AS k FROM (SELECT unnest(range({n})) AS x)"
+                ))
+                .await
+        }
+    };
+    rows(100)
+        .await
+        .unwrap()
+        .write()
+        .parquet(&out)
+        .await
+        .unwrap();
+    assert!(root.path().join("out").read_dir().unwrap().next().is_some());
+    let count = |session: &Session| {
+        let out = out.clone();
+        let session = session.clone();
+        async move {
+            session
+                .read()
+                .parquet(&out)
+                .await
+                .unwrap()
+                .count()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(&session).await, 100);
+    let again = rows(10)
+        .await
+        .unwrap()
+        .write()
+        .parquet(&out)
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("already exists"), "{again}");
+    rows(10)
+        .await
+        .unwrap()
+        .write()
+        .mode(SaveMode::Append)
+        .parquet(&out)
+        .await
+        .unwrap();
+    assert_eq!(count(&session).await, 110);
+    rows(7)
+        .await
+        .unwrap()
+        .write()
+        .mode(SaveMode::Overwrite)
+        .parquet(&out)
+        .await
+        .unwrap();
+    assert_eq!(count(&session).await, 7);
+}
