@@ -485,23 +485,30 @@ impl AggregateOp {
         let mut states: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(self.width); n];
         let before_groups: Vec<usize> = before.iter().map(|(g, _)| *g).collect();
         let before_states: Vec<&GroupState> = before.iter().map(|(_, s)| s).collect();
+        // Per batch, once for every aggregate: which rows to take (none when the
+        // batch's rows go in order, each once).
+        let picks: Vec<Option<UInt32Array>> = input
+            .iter()
+            .zip(&assigned.rows)
+            .map(|(batch, (rows, _))| {
+                let whole = rows.len() == batch.num_rows()
+                    && rows.iter().enumerate().all(|(i, r)| *r as usize == i);
+                (!whole).then(|| UInt32Array::from(rows.clone()))
+            })
+            .collect();
         for f in &self.aggs {
             let mut acc = f.accumulator()?;
             if !before.is_empty() {
                 acc.merge_batch(&f.state_arrays(&before_states)?, &before_groups, n)?;
             }
-            for (batch, (rows, groups)) in input.iter().zip(&assigned.rows) {
+            for ((batch, (rows, groups)), indices) in input.iter().zip(&assigned.rows).zip(&picks) {
                 if rows.is_empty() {
                     continue;
                 }
-                let whole = rows.len() == batch.num_rows()
-                    && rows.iter().enumerate().all(|(i, r)| *r as usize == i);
-                let indices = UInt32Array::from(rows.clone());
                 let pick = |array: ArrayRef| -> Result<ArrayRef> {
-                    Ok(if whole {
-                        array
-                    } else {
-                        take(&array, &indices, None)?
+                    Ok(match indices {
+                        None => array,
+                        Some(indices) => take(&array, indices, None)?,
                     })
                 };
                 let values = f
