@@ -19,43 +19,160 @@ pub enum Format {
     Json,
 }
 
-/// Writes one statement's result. Statements without columns (DDL, `SET`) print
-/// nothing.
+/// Rows an aligned table is printed in at a time: each piece is aligned on its own,
+/// so a result prints as it arrives rather than once it is whole.
+const TABLE_CHUNK_ROWS: usize = 1000;
+
+/// Writes one statement's result as its batches arrive, in any [`Format`].
+/// Statements without columns (DDL, `SET`) print nothing.
+pub struct ResultWriter<W: Write> {
+    schema: SchemaRef,
+    rows: usize,
+    sink: Sink<W>,
+}
+
+enum Sink<W: Write> {
+    /// Statements without columns.
+    Nothing,
+    Table {
+        out: W,
+        pending: Vec<RecordBatch>,
+        pending_rows: usize,
+        printed_header: bool,
+    },
+    Csv {
+        out: W,
+    },
+    Json(arrow::json::ArrayWriter<W>),
+}
+
+impl<W: Write> ResultWriter<W> {
+    pub fn new(out: W, format: Format, schema: SchemaRef) -> Result<Self> {
+        let sink = if schema.fields().is_empty() {
+            Sink::Nothing
+        } else {
+            match format {
+                Format::Table => Sink::Table {
+                    out,
+                    pending: vec![],
+                    pending_rows: 0,
+                    printed_header: false,
+                },
+                Format::Csv => {
+                    let mut out = out;
+                    // An empty result still gets its header line.
+                    arrow::csv::WriterBuilder::new()
+                        .with_header(true)
+                        .build(&mut out)
+                        .write(&RecordBatch::new_empty(schema.clone()))?;
+                    Sink::Csv { out }
+                }
+                Format::Json => Sink::Json(arrow::json::ArrayWriter::new(out)),
+            }
+        };
+        Ok(ResultWriter {
+            schema,
+            rows: 0,
+            sink,
+        })
+    }
+
+    /// Writes (or, for a table, may hold back until a piece is full) one batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows();
+        match &mut self.sink {
+            Sink::Nothing => {}
+            Sink::Table {
+                pending,
+                pending_rows,
+                ..
+            } => {
+                pending.push(batch.clone());
+                *pending_rows += batch.num_rows();
+                if *pending_rows >= TABLE_CHUNK_ROWS {
+                    self.print_table_piece()?;
+                }
+            }
+            Sink::Csv { out } => {
+                arrow::csv::WriterBuilder::new()
+                    .with_header(false)
+                    .build(&mut *out)
+                    .write(batch)?;
+                out.flush()?;
+            }
+            Sink::Json(writer) => {
+                writer.write(batch)?;
+                writer.get_mut().flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is held back and the format's ending; returns the rows written.
+    pub fn finish(mut self) -> Result<usize> {
+        match &mut self.sink {
+            Sink::Nothing => {}
+            Sink::Table {
+                pending,
+                printed_header,
+                ..
+            } => {
+                if !pending.is_empty() || !*printed_header {
+                    self.print_table_piece()?;
+                }
+            }
+            Sink::Csv { out } => out.flush()?,
+            Sink::Json(writer) => {
+                writer.finish()?;
+                let out = writer.get_mut();
+                writeln!(out)?;
+                out.flush()?;
+            }
+        }
+        Ok(self.rows)
+    }
+
+    /// Prints the held rows as an aligned table; after the first piece without the
+    /// header.
+    fn print_table_piece(&mut self) -> Result<()> {
+        let Sink::Table {
+            out,
+            pending,
+            pending_rows,
+            printed_header,
+        } = &mut self.sink
+        else {
+            return Ok(());
+        };
+        let table = arrow::util::pretty::pretty_format_batches_with_schema(
+            self.schema.clone(),
+            pending,
+        )?
+        .to_string();
+        let skip = if *printed_header { 3 } else { 0 };
+        for line in table.lines().skip(skip) {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+        pending.clear();
+        *pending_rows = 0;
+        *printed_header = true;
+        Ok(())
+    }
+}
+
+/// Writes one statement's whole result.
 pub fn write_result(
     out: &mut impl Write,
     format: Format,
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<()> {
-    if schema.fields().is_empty() {
-        return Ok(());
+    let mut writer = ResultWriter::new(out, format, schema.clone())?;
+    for batch in batches {
+        writer.write(batch)?;
     }
-    match format {
-        Format::Table => {
-            let table =
-                arrow::util::pretty::pretty_format_batches_with_schema(schema.clone(), batches)?;
-            writeln!(out, "{table}")?;
-        }
-        Format::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut *out);
-            // An empty result still gets its header line.
-            writer.write(&RecordBatch::new_empty(schema.clone()))?;
-            for batch in batches {
-                writer.write(batch)?;
-            }
-        }
-        Format::Json => {
-            let mut writer = arrow::json::ArrayWriter::new(&mut *out);
-            for batch in batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-            writeln!(out)?;
-        }
-    }
-    out.flush()?;
+    writer.finish()?;
     Ok(())
 }
 
@@ -129,6 +246,14 @@ mod tests {
             "[{\"n\":1,\"s\":\"a,b\"},{\"n\":2}]\n"
         );
         assert_eq!(render(Format::Json, &[]), "[]\n");
+    }
+
+    #[test]
+    fn a_long_table_prints_in_pieces_with_one_header() {
+        let many: Vec<RecordBatch> = (0..1500).map(|_| batch()).collect();
+        let text = render(Format::Table, &many);
+        assert_eq!(text.matches("| n | s ").count(), 1, "one header");
+        assert_eq!(text.lines().filter(|l| l.starts_with("| 1 ")).count(), 1500);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use ember_driver::{Session, tpch};
 
-use crate::output::{Format, one_line, summary, write_result};
+use crate::output::{Format, ResultWriter, one_line, summary, write_result};
+use futures::StreamExt;
 use crate::progress::ProgressBar;
 use crate::statements::split_script;
 use crate::{shell, tables};
@@ -227,15 +228,20 @@ impl Runner {
         let start = Instant::now();
         let df = self.session.sql(sql).await?;
         let schema = df.schema();
-        let batches = {
-            let _bar = ProgressBar::start(&self.session);
-            df.collect().await?
-        };
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let mut out = std::io::stdout().lock();
-        write_result(&mut out, self.format, &schema, &batches)?;
+        // The bars show until the first rows arrive; rows print as they come.
+        let mut bar = Some(ProgressBar::start(&self.session));
+        let mut rows = df.execute_stream().await?;
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        let mut writer = ResultWriter::new(out, self.format, schema)?;
+        while let Some(batch) = rows.next().await {
+            let batch = batch.map_err(ember_driver::EmberError::from)?;
+            bar.take();
+            writer.write(&batch)?;
+        }
+        drop(bar);
+        let rows = writer.finish()?;
         if self.format == Format::Table {
-            writeln!(out, "{}", summary(rows, start.elapsed()))?;
+            println!("{}", summary(rows, start.elapsed()));
         }
         Ok(())
     }

@@ -20,6 +20,7 @@
 mod dataframe;
 mod engine;
 pub mod events;
+mod execute;
 mod map_batches;
 mod planning;
 mod remote;

@@ -6,12 +6,11 @@
 
 use std::sync::Arc;
 
-use arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder};
-use datafusion::physical_plan::{ExecutionPlan, displayable};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::rpc::{Liveness, Security};
 use ember_core::{EmberConfig, EmberError, Result};
@@ -314,7 +313,7 @@ impl FunctionSource for SessionFunctions {
 /// A handle to a running ember session; cheap to clone, shareable across threads.
 #[derive(Clone)]
 pub struct Session {
-    inner: Arc<SessionInner>,
+    pub(crate) inner: Arc<SessionInner>,
 }
 
 pub(crate) struct SessionInner {
@@ -538,7 +537,7 @@ impl Session {
 
     /// `ctx`'s state as ember plans with it: the settings its stages need (`SET` may
     /// have changed them since the session started), and as many partitions as slots.
-    fn planning_state(&self, ctx: &SessionContext) -> Result<SessionState> {
+    pub(crate) fn planning_state(&self, ctx: &SessionContext) -> Result<SessionState> {
         let mut state = ctx.state();
         for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
             state.config_mut().options_mut().set(k, v)?;
@@ -549,82 +548,6 @@ impl Session {
             state.config_mut().options_mut().execution.target_partitions = cores.max(1);
         }
         Ok(state)
-    }
-
-    /// Optimizes and plans `plan` for a run, with both plans as text for the SQL page,
-    /// all on the planning stack: naming and printing deep expressions recurses too.
-    async fn plan_for_run_in(
-        &self,
-        ctx: &SessionContext,
-        plan: &LogicalPlan,
-    ) -> Result<(Arc<dyn ExecutionPlan>, String, String)> {
-        let state = self.planning_state(ctx)?;
-        let plan = plan.clone();
-        on_planning_stack(async move {
-            let optimized = state.optimize(&plan)?;
-            let physical = state
-                .query_planner()
-                .create_physical_plan(&optimized, &state)
-                .await?;
-            let logical_text = optimized.display_indent().to_string();
-            let physical_text = displayable(physical.as_ref()).indent(true).to_string();
-            Ok((physical, logical_text, physical_text))
-        })
-        .await
-    }
-
-    /// Runs a logical plan as an ember job and returns its rows.
-    pub async fn collect_plan(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
-        self.collect_plan_in(&self.inner.ctx, plan).await
-    }
-
-    /// [`collect_plan`](Self::collect_plan), named `description` in the UI (the SQL
-    /// text, say).
-    pub(crate) async fn collect_described(
-        &self,
-        plan: &LogicalPlan,
-        description: Option<&str>,
-    ) -> Result<Vec<RecordBatch>> {
-        let description = description
-            .map(str::to_string)
-            .unwrap_or_else(|| describe(plan));
-        crate::engine::JOB_QUERY
-            .scope((description, None), self.collect_plan(plan))
-            .await
-    }
-
-    /// Runs a logical plan of `ctx` (this session's, or a client's on a driver).
-    pub(crate) async fn collect_plan_in(
-        &self,
-        ctx: &SessionContext,
-        plan: &LogicalPlan,
-    ) -> Result<Vec<RecordBatch>> {
-        // What DDL leaves behind: nothing to run.
-        if let LogicalPlan::EmptyRelation(e) = plan
-            && !e.produce_one_row
-        {
-            return Ok(vec![]);
-        }
-        match &self.inner.runner {
-            Runner::Engine(engine) => {
-                let (physical, logical_text, physical_text) =
-                    self.plan_for_run_in(ctx, plan).await?;
-                // The SQL page: this query's plans, and the jobs it runs.
-                let description = crate::engine::JOB_QUERY
-                    .try_with(|(d, _)| d.clone())
-                    .unwrap_or_else(|_| describe(plan));
-                let sql = engine.sql_started(description.clone(), logical_text, physical_text);
-                let result = crate::engine::JOB_QUERY
-                    .scope(
-                        (description, Some(sql)),
-                        engine.run(physical, &ctx.copied_config(), &ctx.session_id()),
-                    )
-                    .await;
-                engine.sql_ended(sql, result.is_ok());
-                result
-            }
-            Runner::Remote(remote) => remote.collect(ctx, plan).await,
-        }
     }
 
     /// The stage plans ember would run for a logical plan, children first (the final
@@ -660,15 +583,4 @@ impl Session {
     pub(crate) fn from_inner(inner: Arc<SessionInner>) -> Session {
         Session { inner }
     }
-}
-
-/// A plan's name in the UI when no SQL text names it: its top operator.
-fn describe(plan: &LogicalPlan) -> String {
-    plan.display_indent()
-        .to_string()
-        .lines()
-        .next()
-        .unwrap_or("query")
-        .trim()
-        .to_string()
 }

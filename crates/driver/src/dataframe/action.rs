@@ -6,6 +6,7 @@ use arrow::compute::concat_batches;
 use arrow::record_batch::RecordBatch;
 use datafusion::functions_aggregate::count::count_all;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use datafusion::physical_plan::SendableRecordBatchStream;
 use ember_core::{EmberError, Result};
 
 use super::DataFrame;
@@ -13,8 +14,17 @@ use super::DataFrame;
 impl DataFrame {
     /// Runs the plan and returns every row.
     pub async fn collect(&self) -> Result<Vec<RecordBatch>> {
+        let stream = self.execute_stream().await?;
+        Ok(datafusion::physical_plan::common::collect(stream).await?)
+    }
+
+    /// Runs the plan and streams its rows as the job's tasks finish, partition by
+    /// partition in order (Spark's `toLocalIterator`): the rows never have to fit in
+    /// memory at once, and the first arrive before the last task ends. Dropping the
+    /// stream cancels the job.
+    pub async fn execute_stream(&self) -> Result<SendableRecordBatchStream> {
         self.session
-            .collect_described(self.logical_plan(), self.description.as_deref())
+            .execute_described(self.logical_plan(), self.description.as_deref())
             .await
     }
 

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::StreamExt;
 use ember_core::PROTOCOL_VERSION;
 use ember_core::convert::ipc_stream;
 use ember_core::convert::{
@@ -659,14 +660,16 @@ impl DriverServer {
     }
 }
 
-/// Most rows of a result sent in one message, so that no message nears the limit.
+/// Most bytes of rows sent in one message, so that no message nears the limit.
 const RESULT_MESSAGE_BYTES: usize = 4 << 20;
 
-/// Runs a client's query and streams its job ids, then its rows (Arrow IPC), back. A
-/// client that goes away cancels the query: its future, and so its job, is dropped.
+/// Runs a client's query and streams its job ids, then its rows (Arrow IPC) as the
+/// result reader hands them on: first a message with the schema alone, then the
+/// batches, each cut to messages of bounded size. A client that goes away cancels
+/// the query: its stream, and so its job, is dropped.
 fn stream_results<F>(jobs: Arc<JobRecords>, work: F) -> ResultStream
 where
-    F: std::future::Future<Output = ember_core::Result<(SchemaRef, Vec<RecordBatch>)>>
+    F: std::future::Future<Output = ember_core::Result<SendableRecordBatchStream>>
         + Send
         + 'static,
 {
@@ -676,81 +679,91 @@ where
         let work = JOB_OBSERVER.scope(jobs_tx, work);
         tokio::pin!(work);
         let mut job_id = 0;
-        let result = loop {
+        let notice = async |job_id: u64| {
+            let started = ExecuteResponse {
+                job_id,
+                arrow_ipc: vec![],
+                shuffle_bytes: 0,
+            };
+            tx.send(Ok(started)).await.is_ok()
+        };
+        let started = loop {
             tokio::select! {
                 result = &mut work => break result,
                 Some(job) = jobs_rx.recv() => {
                     job_id = job;
-                    let started = ExecuteResponse { job_id, arrow_ipc: vec![], shuffle_bytes: 0 };
-                    if tx.send(Ok(started)).await.is_err() {
+                    if !notice(job_id).await {
                         return;
                     }
                 }
                 _ = tx.closed() => return,
             }
         };
-        let messages = result.and_then(|(schema, batches)| {
-            let shuffle_bytes = jobs.get(job_id).map_or(0, |r| r.shuffle_bytes);
-            result_messages(job_id, shuffle_bytes, &schema, &batches)
-        });
-        match messages {
-            Ok(messages) => {
-                for m in messages {
-                    if tx.send(Ok(m)).await.is_err() {
-                        return;
-                    }
-                }
+        // Jobs submitted before the stream was handed over (the last is the one
+        // read from).
+        while let Ok(job) = jobs_rx.try_recv() {
+            job_id = job;
+            if !notice(job_id).await {
+                return;
             }
+        }
+        let mut rows = match started {
+            Ok(rows) => rows,
             Err(e) => {
                 let _ = tx.send(Err(status_of(&e))).await;
+                return;
+            }
+        };
+        let schema = rows.schema();
+        let message = |batches: &[RecordBatch]| {
+            let shuffle_bytes = jobs.get(job_id).map_or(0, |r| r.shuffle_bytes);
+            Ok::<_, ember_core::EmberError>(ExecuteResponse {
+                job_id,
+                arrow_ipc: ipc_stream(&schema, batches)?,
+                shuffle_bytes,
+            })
+        };
+        let send = async |m: ember_core::Result<ExecuteResponse>| {
+            let m = m.map_err(|e| status_of(&e));
+            let failed = m.is_err();
+            tx.send(m).await.is_ok() && !failed
+        };
+        if !send(message(&[])).await {
+            return;
+        }
+        loop {
+            let batch = tokio::select! {
+                batch = rows.next() => batch,
+                _ = tx.closed() => return,
+            };
+            let batch = match batch {
+                None => return,
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => {
+                    let _ = send(Err(e.into())).await;
+                    return;
+                }
+            };
+            for piece in message_slices(&batch) {
+                if !send(message(&[piece])).await {
+                    return;
+                }
             }
         }
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// The rows as IPC streams of bounded size; always at least one, which carries the
-/// schema of an empty result.
-fn result_messages(
-    job_id: u64,
-    shuffle_bytes: u64,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> ember_core::Result<Vec<ExecuteResponse>> {
-    let mut out = vec![];
-    let mut pending: Vec<RecordBatch> = vec![];
-    let mut pending_bytes = 0;
-    let flush = |pending: &mut Vec<RecordBatch>, out: &mut Vec<ExecuteResponse>| {
-        let arrow_ipc = ipc_stream(schema, pending)?;
-        pending.clear();
-        out.push(ExecuteResponse {
-            job_id,
-            arrow_ipc,
-            shuffle_bytes,
-        });
-        Ok::<(), ember_core::EmberError>(())
-    };
-    for batch in batches {
-        let rows = batch.num_rows().max(1);
-        let bytes = batch.get_array_memory_size().max(1);
-        let rows_per_message = (rows * RESULT_MESSAGE_BYTES / bytes).clamp(1, rows);
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let len = rows_per_message.min(batch.num_rows() - offset);
-            let slice = batch.slice(offset, len);
-            pending_bytes += slice.get_array_memory_size();
-            pending.push(slice);
-            offset += len;
-            if pending_bytes >= RESULT_MESSAGE_BYTES {
-                flush(&mut pending, &mut out)?;
-                pending_bytes = 0;
-            }
-        }
-    }
-    if !pending.is_empty() || out.is_empty() {
-        flush(&mut pending, &mut out)?;
-    }
-    Ok(out)
+/// A batch cut into slices of at most [`RESULT_MESSAGE_BYTES`] each (at least one
+/// row each).
+fn message_slices(batch: &RecordBatch) -> Vec<RecordBatch> {
+    let rows = batch.num_rows().max(1);
+    let bytes = batch.get_array_memory_size().max(1);
+    let rows_per_message = (rows * RESULT_MESSAGE_BYTES / bytes).clamp(1, rows);
+    (0..batch.num_rows())
+        .step_by(rows_per_message)
+        .map(|offset| batch.slice(offset, rows_per_message.min(batch.num_rows() - offset)))
+        .collect()
 }
 
 /// A driver-side error as the client will see it.

@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::physical_plan::ExecutionPlan;
 use ember_core::{EmberConfig, EmberError, Result};
-use ember_exec::shuffle::{MapOutput, PartitionLocation, ShuffleReaderExec, UnresolvedShuffleExec};
-use tokio::sync::oneshot;
+use ember_exec::shuffle::{
+    MapOutput, PartitionLocation, ShuffleReaderExec, ShuffleWriterExec, UnresolvedShuffleExec,
+};
+use tokio::sync::mpsc;
 
 use super::planner::StageGraph;
 
@@ -78,9 +79,22 @@ pub(crate) struct Job {
     /// What the UI calls the job, and the SQL query it runs for.
     pub description: String,
     pub sql: Option<u64>,
-    /// Final-stage results by partition.
-    pub results: BTreeMap<usize, Vec<RecordBatch>>,
-    pub reply: Option<oneshot::Sender<Result<Vec<RecordBatch>>>>,
+    /// Where the final stage's outputs are announced as they are stored, and the
+    /// job's failure; the reader on the other end fetches them in order.
+    pub results: mpsc::UnboundedSender<ResultEvent>,
+    /// Final-stage partitions the reader has fetched whole: not recomputed when their
+    /// executor is lost.
+    pub fetched: Vec<bool>,
+}
+
+/// What the scheduler tells a job's result reader.
+#[derive(Debug)]
+pub(crate) enum ResultEvent {
+    /// Final-stage partition `partition` is stored at `output` (again, after a
+    /// re-run: the newest location wins).
+    Ready { partition: usize, output: MapOutput },
+    /// The job failed or was cancelled; nothing more comes.
+    Failed(EmberError),
 }
 
 impl Job {
@@ -91,8 +105,9 @@ impl Job {
         ember: EmberConfig,
         session_id: String,
         (description, sql): (String, Option<u64>),
-        reply: oneshot::Sender<Result<Vec<RecordBatch>>>,
+        results: mpsc::UnboundedSender<ResultEvent>,
     ) -> Job {
+        let partitions = graph.stages[&graph.final_stage].tasks;
         let stages = graph
             .stages
             .values()
@@ -107,13 +122,21 @@ impl Job {
             session_id,
             description,
             sql,
-            results: BTreeMap::new(),
-            reply: Some(reply),
+            results,
+            fetched: vec![false; partitions],
         }
     }
 
-    /// Stages whose parents are all done and that have not started.
+    /// Stages whose parents are all done, that have not started, and whose output
+    /// some stage still needs (a map output lost after every reader of it finished
+    /// is only recomputed if a reader runs again).
     pub(crate) fn ready_stages(&self) -> Vec<usize> {
+        let needed = |id: usize| {
+            id == self.graph.final_stage
+                || self.graph.stages.values().any(|child| {
+                    child.parents.contains(&id) && self.stages[&child.id].status != StageStatus::Done
+                })
+        };
         self.graph
             .stages
             .values()
@@ -123,12 +146,15 @@ impl Job {
                     .iter()
                     .all(|p| self.stages[p].status == StageStatus::Done)
             })
+            .filter(|s| needed(s.id))
             .map(|s| s.id)
             .collect()
     }
 
     /// The stage plan with every unresolved shuffle replaced by a reader of its
-    /// parent's current map outputs.
+    /// parent's current map outputs. The final stage's output is stored on its
+    /// executors, as one partition per task, for the result reader to fetch: no
+    /// result has to fit in a report.
     pub(crate) fn resolve(&self, stage: usize) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self.graph.stages[&stage].plan.clone();
         let resolved = plan.transform_up(|node| {
@@ -162,6 +188,10 @@ impl Job {
             );
             Ok(Transformed::yes(Arc::new(reader) as Arc<dyn ExecutionPlan>))
         })?;
+        if stage == self.graph.final_stage {
+            let writer = ShuffleWriterExec::try_new(self.id, stage, resolved.data, None)?;
+            return Ok(Arc::new(writer));
+        }
         Ok(resolved.data)
     }
 }
@@ -170,14 +200,7 @@ impl Job {
 /// output partition `p` of every map task; otherwise reader partition `i` is map task
 /// `i`'s whole output.
 fn locations(outputs: &[&MapOutput], hash: bool, partitions: usize) -> Vec<Vec<PartitionLocation>> {
-    let loc = |m: usize, out: &MapOutput, r: usize| PartitionLocation {
-        map_partition: m,
-        reduce_partition: r,
-        executor_id: out.executor_id.clone(),
-        executor_address: out.executor_address.clone(),
-        data: out.data.clone(),
-        stats: out.partitions.get(r).copied().unwrap_or_default(),
-    };
+    let loc = location;
     if hash {
         (0..partitions)
             .map(|r| {
@@ -194,5 +217,17 @@ fn locations(outputs: &[&MapOutput], hash: bool, partitions: usize) -> Vec<Vec<P
             .enumerate()
             .map(|(m, o)| vec![loc(m, o, 0)])
             .collect()
+    }
+}
+
+/// Output partition `r` of map task `m`, stored at `out`.
+pub(crate) fn location(m: usize, out: &MapOutput, r: usize) -> PartitionLocation {
+    PartitionLocation {
+        map_partition: m,
+        reduce_partition: r,
+        executor_id: out.executor_id.clone(),
+        executor_address: out.executor_address.clone(),
+        data: out.data.clone(),
+        stats: out.partitions.get(r).copied().unwrap_or_default(),
     }
 }

@@ -19,15 +19,14 @@ pub(crate) use functions::is_builtin;
 mod job;
 mod local;
 mod planner;
+mod results;
 mod scheduler;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::SessionConfig;
 use ember_core::rpc::{MAX_MESSAGE_BYTES, Security};
 use ember_core::{EmberConfig, EmberError, Result};
@@ -35,7 +34,7 @@ use ember_exec::batch_fn::BatchFnRegistry;
 use ember_exec::codec::EmberCodec;
 use ember_exec::shuffle::{MemoryShuffleStore, ShuffleEnv};
 use ember_exec::task::{FunctionSource, TaskEnv};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 pub(crate) use cluster::ClusterExecutors;
 use cluster::DriverServer;
@@ -61,6 +60,8 @@ pub(crate) struct Engine {
     jobs: Arc<JobRecords>,
     bus: Arc<ListenerBus>,
     next_sql: AtomicU64,
+    /// Where the result reader fetches final-stage outputs through.
+    results: Arc<ShuffleEnv>,
 }
 
 struct ClusterParts {
@@ -87,18 +88,15 @@ impl Drop for Engine {
 /// session that owns the engine implements it once it exists.
 #[tonic::async_trait]
 pub(crate) trait ClientApi: Send + Sync {
-    /// Runs SQL in the client's session on the driver (DDL included).
-    async fn execute_sql(
-        &self,
-        session_id: &str,
-        sql: &str,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>)>;
+    /// Runs SQL in the client's session on the driver (DDL included); its rows are
+    /// streamed as they are read.
+    async fn execute_sql(&self, session_id: &str, sql: &str) -> Result<SendableRecordBatchStream>;
     /// Runs a logical plan encoded with datafusion-proto and ember's logical codec.
     async fn execute_plan(
         &self,
         session_id: &str,
         plan: &[u8],
-    ) -> Result<(SchemaRef, Vec<RecordBatch>)>;
+    ) -> Result<SendableRecordBatchStream>;
 }
 
 /// Set by the session after it is built (the engine starts first).
@@ -111,23 +109,6 @@ tokio::task_local! {
     /// The query (its description and SQL page id) the jobs submitted from the task
     /// it is set in run for.
     pub(crate) static JOB_QUERY: (String, Option<u64>);
-}
-
-/// Sends `Cancel` if the caller stops waiting for its job.
-struct CancelOnDrop<'a> {
-    events: &'a mpsc::UnboundedSender<Event>,
-    jobs: &'a JobRecords,
-    job: u64,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.events.send(Event::Cancel { job: self.job });
-            self.jobs.set(self.job, JobStatus::Cancelled, String::new());
-        }
-    }
 }
 
 impl Engine {
@@ -151,9 +132,10 @@ impl Engine {
         let memory = (config.shuffle_memory_budget > 0)
             .then(|| Arc::new(MemoryShuffleStore::new(config.shuffle_memory_budget)));
         let codec = EmberCodec::in_process(batch_fns, Arc::default());
+        let shuffle = Arc::new(ShuffleEnv::new("local", work_dir.path(), memory));
         let env = TaskEnv {
             executor_id: "local".into(),
-            shuffle: Arc::new(ShuffleEnv::new("local", work_dir.path(), memory)),
+            shuffle: shuffle.clone(),
             codec: codec.clone(),
             functions,
             runtime,
@@ -190,6 +172,7 @@ impl Engine {
             jobs,
             bus,
             next_sql: AtomicU64::new(1),
+            results: shuffle,
         })
     }
 
@@ -291,6 +274,10 @@ impl Engine {
             jobs,
             bus,
             next_sql: AtomicU64::new(1),
+            results: Arc::new(
+                ShuffleEnv::new("driver", std::env::temp_dir(), None)
+                    .with_security(security.clone()),
+            ),
             cluster: Some(ClusterParts {
                 executors,
                 clients,
@@ -323,13 +310,15 @@ impl Engine {
         self.cluster.as_ref().map(|c| c.address.as_str())
     }
 
-    /// Runs a physical plan as a job: stages, shuffles, tasks on executor slots.
-    pub(crate) async fn run(
+    /// Submits a physical plan as a job and streams its rows, partition by partition,
+    /// as its final-stage tasks store them. Dropping the stream (Ctrl-C in the shell)
+    /// cancels the job.
+    pub(crate) async fn run_stream(
         &self,
         plan: Arc<dyn ExecutionPlan>,
         config: &SessionConfig,
         session_id: &str,
-    ) -> Result<Vec<RecordBatch>> {
+    ) -> Result<SendableRecordBatchStream> {
         if let Some(c) = &self.cluster {
             let wait = std::time::Duration::from_secs(
                 EmberConfig::from_session(config).cluster_executor_wait_secs,
@@ -352,14 +341,16 @@ impl Engine {
                 .map_err(EmberError::Config)?;
         }
         let job_id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let schema = plan.schema();
         let graph = StageGraph::plan(job_id, plan)?;
+        let (stage, partitions) = (graph.final_stage, graph.stages[&graph.final_stage].tasks);
         let pairs: Vec<(String, String)> = config
             .options()
             .entries()
             .into_iter()
             .filter_map(|e| e.value.map(|v| (e.key, v)))
             .collect();
-        let (reply, result) = oneshot::channel();
+        let (results_tx, results) = mpsc::unbounded_channel();
         let query = JOB_QUERY
             .try_with(|q| q.clone())
             .unwrap_or_else(|_| ("a job".into(), None));
@@ -370,7 +361,7 @@ impl Engine {
             EmberConfig::from_session(config),
             session_id.to_string(),
             query,
-            reply,
+            results_tx,
         );
         // Recorded first: the scheduler may end the job before `send` returns.
         self.jobs.set(job_id, JobStatus::Running, String::new());
@@ -378,17 +369,17 @@ impl Engine {
             .send(Event::Submit(Box::new(job)))
             .map_err(|_| EmberError::Internal("the scheduler has stopped".into()))?;
         let _ = JOB_OBSERVER.try_with(|observer| observer.send(job_id));
-        let mut guard = CancelOnDrop {
-            events: &self.events,
-            jobs: &self.jobs,
+        let reader = results::ResultReader {
             job: job_id,
-            armed: true,
+            stage,
+            partitions,
+            schema,
+            shuffle: self.results.clone(),
+            results,
+            events: self.events.clone(),
+            jobs: self.jobs.clone(),
         };
-        let result = result
-            .await
-            .map_err(|_| EmberError::Internal("the scheduler dropped the job".into()))?;
-        guard.armed = false;
-        result
+        Ok(reader.stream())
     }
 
     pub(crate) fn progress(&self) -> watch::Receiver<JobProgress> {

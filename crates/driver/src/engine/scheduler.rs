@@ -9,7 +9,8 @@
 //!                                                       │ all tasks Done
 //!                                                       ▼
 //!                                       Done ──▶ children become ready;
-//!                                                final stage Done ──▶ reply
+//!                      final-stage outputs ──▶ the result reader (`results.rs`),
+//!                             which fetches them in order; all read ──▶ job ends
 //! ```
 //!
 //! A failed task is retried up to `ember.task.max_failures` times when its error is
@@ -31,7 +32,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use ember_core::EmberError;
 use ember_exec::codec::{EmberCodec, encode_plan};
@@ -40,7 +40,7 @@ use ember_exec::task::{
 };
 use tokio::sync::mpsc;
 
-use super::job::{Job, StageStatus, TaskState};
+use super::job::{Job, ResultEvent, StageStatus, TaskState};
 use crate::events::{AppEvent, JobStatus, ListenerBus, StagePlan, now_ms};
 
 pub(crate) enum Event {
@@ -60,6 +60,23 @@ pub(crate) enum Event {
     },
     TaskFinished(Box<TaskStatus>),
     Cancel {
+        job: u64,
+    },
+    /// The result reader has read final-stage partition `partition` whole.
+    ResultFetched {
+        job: u64,
+        partition: usize,
+    },
+    /// The result reader could not fetch final-stage partition `partition` from
+    /// `executor`: it is recomputed (with every output that executor held).
+    ResultLost {
+        job: u64,
+        partition: usize,
+        executor: String,
+        message: String,
+    },
+    /// The result reader has read every partition: the job has succeeded.
+    ResultsRead {
         job: u64,
     },
 }
@@ -114,6 +131,22 @@ impl Scheduler {
             Event::Submit(job) => self.submit(*job),
             Event::TaskFinished(status) => self.task_finished(*status),
             Event::Cancel { job } => self.fail_job(job, EmberError::Cancelled { job }),
+            Event::ResultFetched { job, partition } => {
+                if let Some(flag) = self
+                    .jobs
+                    .get_mut(&job)
+                    .and_then(|j| j.fetched.get_mut(partition))
+                {
+                    *flag = true;
+                }
+            }
+            Event::ResultLost {
+                job,
+                partition,
+                executor,
+                message,
+            } => self.result_lost(job, partition, &executor, &message),
+            Event::ResultsRead { job } => self.finish_job(job),
             Event::SlotsChanged => {}
             Event::ExecutorLost { executor, running } => self.executor_lost(&executor, running),
             Event::NoExecutors { message } => {
@@ -204,9 +237,6 @@ impl Scheduler {
                         attempt: state.attempt,
                         time_ms: now_ms(),
                     });
-                    if stage == job.graph.final_stage {
-                        return self.finish_job(job_id);
-                    }
                 }
             }
         }
@@ -275,21 +305,26 @@ impl Scheduler {
             tracing::debug!(task = %id, "ignoring report of a superseded attempt");
             return;
         }
+        let is_final = id.stage == job.graph.final_stage;
+        // The final stage's stored output is the result, not shuffle data.
         self.bus.post(AppEvent::task_ended(
             &status,
-            matches!(status.result, Ok((TaskOutput::Map(_), _))),
+            !is_final && matches!(status.result, Ok((TaskOutput::Map(_), _))),
         ));
         match status.result {
             Ok((output, metrics)) => {
                 tracing::debug!(task = %id, rows = metrics.output_rows, elapsed_ms = metrics.elapsed.as_millis() as u64, "task succeeded");
-                match output {
-                    TaskOutput::Map(m) => {
-                        state.outputs[id.partition] = Some(m);
-                    }
-                    TaskOutput::Result(batches) => {
-                        job.results.insert(id.partition, batches);
-                    }
+                let TaskOutput::Map(m) = output else {
+                    let cause = format!("task {id} returned rows instead of storing them");
+                    return self.fail_job(id.job, EmberError::Internal(cause));
+                };
+                if is_final {
+                    let _ = job.results.send(ResultEvent::Ready {
+                        partition: id.partition,
+                        output: m.clone(),
+                    });
                 }
+                state.outputs[id.partition] = Some(m);
                 state.tasks[id.partition] = TaskState::Done;
                 if state.done() == state.tasks.len() {
                     state.status = StageStatus::Done;
@@ -300,9 +335,9 @@ impl Scheduler {
                         time_ms: now_ms(),
                     });
                     tracing::info!(job = id.job, stage = id.stage, "stage finished");
-                    if id.stage == job.graph.final_stage {
-                        self.finish_job(id.job);
-                    } else {
+                    // The job ends when its reader has fetched the final stage's
+                    // outputs (`ResultsRead`).
+                    if !is_final {
                         self.start_ready_stages(id.job);
                     }
                 }
@@ -373,6 +408,30 @@ impl Scheduler {
         self.reconcile_all(message);
     }
 
+    /// The result reader could not fetch a final-stage output: like a reader task's
+    /// fetch failure, that output and every other the executor holds are recomputed.
+    fn result_lost(&mut self, job_id: u64, partition: usize, executor: &str, message: &str) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        tracing::warn!(
+            job = job_id,
+            partition,
+            executor,
+            error = message,
+            "result output lost; recomputing it from lineage"
+        );
+        let final_stage = job.graph.final_stage;
+        if let Some(state) = job.stages.get_mut(&final_stage)
+            && state.tasks.get(partition) == Some(&TaskState::Done)
+        {
+            state.outputs[partition] = None;
+            state.tasks[partition] = TaskState::Pending;
+        }
+        self.forget_outputs(executor);
+        self.reconcile_all(message);
+    }
+
     /// Fails the lost executor's running tasks (they are retried elsewhere) and
     /// forgets every map output it held: stages that lost output run those map tasks
     /// again (lineage) before their readers go on.
@@ -397,12 +456,15 @@ impl Scheduler {
     fn forget_outputs(&mut self, executor: &str) {
         for job in self.jobs.values_mut() {
             for (stage, state) in job.stages.iter_mut() {
+                // Result partitions already read are not needed again.
+                let read = |m: usize| *stage == job.graph.final_stage && job.fetched[m];
                 let lost: Vec<usize> = state
                     .outputs
                     .iter()
                     .enumerate()
                     .filter(|(_, o)| o.as_ref().is_some_and(|o| o.executor_id == executor))
                     .map(|(m, _)| m)
+                    .filter(|&m| !read(m))
                     .collect();
                 if lost.is_empty() {
                     continue;
@@ -490,23 +552,16 @@ impl Scheduler {
     }
 
     fn finish_job(&mut self, job_id: u64) {
-        let Some(mut job) = self.jobs.remove(&job_id) else {
+        if self.jobs.remove(&job_id).is_none() {
             return;
-        };
-        let batches: Vec<RecordBatch> = std::mem::take(&mut job.results)
-            .into_values()
-            .flatten()
-            .collect();
-        tracing::info!(job = job_id, batches = batches.len(), "job finished");
+        }
+        tracing::info!(job = job_id, "job finished");
         self.bus.post(AppEvent::JobEnded {
             job: job_id,
             status: JobStatus::Succeeded,
             error: None,
             time_ms: now_ms(),
         });
-        if let Some(reply) = job.reply.take() {
-            let _ = reply.send(Ok(batches));
-        }
         self.job_ended(job_id);
     }
 
@@ -518,7 +573,7 @@ impl Scheduler {
     }
 
     fn fail_job(&mut self, job_id: u64, error: EmberError) {
-        let Some(mut job) = self.jobs.remove(&job_id) else {
+        let Some(job) = self.jobs.remove(&job_id) else {
             return;
         };
         tracing::warn!(job = job_id, error = %error, "job failed");
@@ -533,9 +588,7 @@ impl Scheduler {
             time_ms: now_ms(),
         });
         self.launcher.cancel_job(job_id);
-        if let Some(reply) = job.reply.take() {
-            let _ = reply.send(Err(error));
-        }
+        let _ = job.results.send(ResultEvent::Failed(error));
         self.job_ended(job_id);
     }
 }

@@ -17,13 +17,13 @@ use ember_exec::task::{
     FailureReason, TaskDefinition, TaskFailure, TaskId, TaskMetrics, TaskOutput, TaskStatus,
 };
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 use super::*;
-use crate::engine::job::Job;
+use crate::engine::job::{Job, ResultEvent};
 use crate::engine::planner::StageGraph;
 use crate::events::progress::ProgressListener;
-use crate::events::{AppEvent, Listener, ListenerBus};
+use crate::events::{AppEvent, JobStatus, Listener, ListenerBus};
 
 #[derive(Default)]
 struct FakeLauncher {
@@ -66,7 +66,9 @@ struct Harness {
     launcher: Arc<FakeLauncher>,
     events: Arc<Recorder>,
     progress: Arc<ProgressListener>,
-    reply: oneshot::Receiver<Result<Vec<RecordBatch>>>,
+    results: mpsc::UnboundedReceiver<ResultEvent>,
+    /// Final-stage partitions announced so far, and where.
+    ready: Vec<(usize, String)>,
     map_stage: usize,
     final_stage: usize,
 }
@@ -110,7 +112,7 @@ async fn harness(slots: usize, settings: &[(&str, &str)]) -> Harness {
     bus.add(progress.clone());
     let codec = EmberCodec::in_process(Arc::default(), Arc::default());
     let mut scheduler = Scheduler::new(launcher.clone(), codec, bus);
-    let (tx, reply) = oneshot::channel();
+    let (tx, results) = mpsc::unbounded_channel();
     let job = Job::new(
         1,
         graph,
@@ -126,7 +128,8 @@ async fn harness(slots: usize, settings: &[(&str, &str)]) -> Harness {
         launcher,
         events,
         progress,
-        reply,
+        results,
+        ready: vec![],
         map_stage,
         final_stage,
     }
@@ -155,16 +158,12 @@ impl Harness {
     }
 
     fn succeed(&mut self, id: TaskId, executor: &str) {
-        let output = if id.stage == self.final_stage {
-            TaskOutput::Result(vec![])
-        } else {
-            TaskOutput::Map(MapOutput {
-                executor_id: executor.into(),
-                executor_address: String::new(),
-                data: ShuffleData::File(format!("/shuffle/{executor}/{}", id.partition).into()),
-                partitions: vec![],
-            })
-        };
+        let output = TaskOutput::Map(MapOutput {
+            executor_id: executor.into(),
+            executor_address: String::new(),
+            data: ShuffleData::File(format!("/shuffle/{executor}/{}", id.partition).into()),
+            partitions: vec![],
+        });
         self.report(id, executor, Ok(output));
     }
 
@@ -209,8 +208,29 @@ impl Harness {
             .collect()
     }
 
-    fn outcome(&mut self) -> Option<Result<Vec<RecordBatch>>> {
-        self.reply.try_recv().ok()
+    /// What the result reader has been told: the job's failure, or `Ok` once every
+    /// final-stage partition is stored (`None` while some are not).
+    fn outcome(&mut self) -> Option<Result<()>> {
+        while let Ok(event) = self.results.try_recv() {
+            match event {
+                ResultEvent::Ready { partition, output } => {
+                    self.ready.push((partition, output.executor_id))
+                }
+                ResultEvent::Failed(e) => return Some(Err(e)),
+            }
+        }
+        let mut stored: Vec<usize> = self.ready.iter().map(|(p, _)| *p).collect();
+        stored.sort();
+        stored.dedup();
+        (stored.len() == 2).then_some(Ok(()))
+    }
+
+    /// The job's end, if the bus has heard of it.
+    fn job_ended(&self) -> Option<JobStatus> {
+        self.events.0.lock().iter().find_map(|e| match e {
+            AppEvent::JobEnded { status, .. } => Some(*status),
+            _ => None,
+        })
     }
 }
 
@@ -458,4 +478,68 @@ async fn progress_bars_follow_the_events_through_a_lost_map_output() {
     assert_eq!(h.progress(), [(reduce, 2, 1, 1)]);
     h.succeed(again[1], "e3");
     assert!(h.progress().is_empty(), "nothing runs once the job ended");
+}
+
+#[tokio::test]
+async fn results_are_announced_as_stored_and_the_job_ends_when_they_are_read() {
+    let mut h = harness(4, &[]).await;
+    let maps = h.launched();
+    h.succeed(maps[0], "e1");
+    h.succeed(maps[1], "e2");
+    let reduces = h.launched();
+    h.succeed(reduces[1], "e2");
+    assert!(h.outcome().is_none());
+    assert_eq!(h.ready, [(1, "e2".to_string())], "partition 1 is readable first");
+    h.succeed(reduces[0], "e1");
+    assert!(matches!(h.outcome(), Some(Ok(()))));
+    assert_eq!(h.job_ended(), None, "the job runs until its reader is done");
+    h.scheduler.handle(Event::ResultsRead { job: 1 });
+    assert_eq!(h.job_ended(), Some(JobStatus::Succeeded));
+}
+
+#[tokio::test]
+async fn a_lost_result_is_recomputed_from_lineage_unless_it_was_read() {
+    let mut h = harness(4, &[]).await;
+    let maps = h.launched();
+    h.succeed(maps[0], "e1");
+    h.succeed(maps[1], "e2");
+    let reduces = h.launched();
+    h.succeed(reduces[0], "e1");
+    h.succeed(reduces[1], "e2");
+    assert!(matches!(h.outcome(), Some(Ok(()))));
+    h.scheduler.handle(Event::ResultFetched {
+        job: 1,
+        partition: 0,
+    });
+    // e1 held map output 0 and result 0: the result was read, and no stage reads
+    // the map output any more, so nothing runs.
+    h.scheduler.handle(Event::ExecutorLost {
+        executor: "e1".into(),
+        running: vec![],
+    });
+    assert!(h.launched().is_empty(), "nothing needed was lost");
+    // Result 1 cannot be fetched from e2: it runs again, after the map outputs it
+    // reads (both gone now) are recomputed.
+    h.scheduler.handle(Event::ResultLost {
+        job: 1,
+        partition: 1,
+        executor: "e2".into(),
+        message: "e2 is gone".into(),
+    });
+    let mut rerun = parts(&h.launched());
+    rerun.sort();
+    assert_eq!(rerun, [(h.map_stage, 0, 0, 0), (h.map_stage, 0, 1, 0)]);
+    h.succeed(maps[0], "e3");
+    h.succeed(maps[1], "e3");
+    let again = h.launched();
+    assert_eq!(
+        parts(&again),
+        [(h.final_stage, 0, 1, 0)],
+        "only the lost result partition runs again"
+    );
+    h.succeed(again[0], "e3");
+    h.outcome();
+    assert_eq!(h.ready.last(), Some(&(1, "e3".to_string())));
+    h.scheduler.handle(Event::ResultsRead { job: 1 });
+    assert_eq!(h.job_ended(), Some(JobStatus::Succeeded));
 }

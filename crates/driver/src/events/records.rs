@@ -43,6 +43,16 @@ impl JobRecords {
         }
     }
 
+    /// Records a running job as cancelled (its caller stopped waiting; the
+    /// scheduler's `JobEnded` follows). A job that has already ended keeps its state.
+    pub(crate) fn cancel_if_running(&self, job: u64) {
+        if let Some(r) = self.jobs.lock().get_mut(&job)
+            && r.state == JobStatus::Running
+        {
+            r.state = JobStatus::Cancelled;
+        }
+    }
+
     /// A map task of `job` wrote `bytes` to the shuffle.
     fn add_shuffle_bytes(&self, job: u64, bytes: u64) {
         self.shuffle_bytes.fetch_add(bytes, Ordering::Relaxed);

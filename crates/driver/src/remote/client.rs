@@ -1,12 +1,16 @@
 //! The client end: a session whose jobs run on a driver process.
 
 use crate::planning::on_planning_stack;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::bytes::logical_plan_to_bytes_with_extension_codec;
 use ember_core::EmberConfig;
@@ -32,7 +36,7 @@ pub(crate) struct RemoteDriver {
     liveness: Liveness,
     session_id: String,
     /// Bytes the driver's jobs for this session wrote to the shuffle.
-    shuffle_bytes: AtomicU64,
+    shuffle_bytes: Arc<AtomicU64>,
     /// The running stages of this client's jobs, polled from the driver.
     progress: watch::Sender<JobProgress>,
 }
@@ -46,7 +50,7 @@ impl RemoteDriver {
             client: security.driver_client(channel),
             liveness: *security.liveness(),
             session_id: session_id.to_string(),
-            shuffle_bytes: AtomicU64::new(0),
+            shuffle_bytes: Arc::default(),
             progress: watch::channel(JobProgress::default()).0,
         })
     }
@@ -75,22 +79,22 @@ impl RemoteDriver {
             .await
             .map_err(|e| self.error(e))?
             .into_inner();
-        self.read(stream).await
+        let stream = self.read(stream).await?;
+        let schema = stream.schema();
+        let batches = datafusion::physical_plan::common::collect(stream).await?;
+        Ok((schema, batches))
     }
 
-    /// Runs `plan` on the driver. Queries of the catalog alone (`SHOW TABLES`,
+    /// Runs `plan` on the driver and streams its rows back as the driver's result
+    /// reader fetches them. Queries of the catalog alone (`SHOW TABLES`,
     /// `information_schema`) describe this client's session, so they run here.
-    pub(crate) async fn collect(
+    pub(crate) async fn execute_stream(
         &self,
         ctx: &SessionContext,
         plan: &LogicalPlan,
-    ) -> Result<Vec<RecordBatch>> {
+    ) -> Result<SendableRecordBatchStream> {
         if reads_only_catalog(plan) {
-            return Ok(ctx
-                .execute_logical_plan(plan.clone())
-                .await?
-                .collect()
-                .await?);
+            return Ok(ctx.execute_logical_plan(plan.clone()).await?.execute_stream().await?);
         }
         // Optimized here: the optimizer turns subqueries into joins, and
         // datafusion-proto cannot encode subquery expressions.
@@ -117,43 +121,44 @@ impl RemoteDriver {
             .await
             .map_err(|e| self.error(e))?
             .into_inner();
-        Ok(self.read(stream).await?.1)
+        self.read(stream).await
     }
 
-    /// Reads a result stream: job notices (no rows), then IPC messages. Dropping the
-    /// future drops the stream, and the driver cancels the job.
-    async fn read(
-        &self,
-        mut stream: Streaming<ExecuteResponse>,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let mut schema = None;
-        let mut batches = vec![];
-        let mut shuffled = 0;
-        // While a job runs, its stages' progress is polled for the progress bars.
-        let mut watcher = ProgressWatch {
-            task: None,
-            progress: self.progress.clone(),
+    /// Reads a result stream: job notices (no rows), then IPC messages, the first
+    /// of which carries the schema and comes as soon as the query runs. Returns once
+    /// the schema is known; the rows follow as they arrive. Dropping the stream drops
+    /// the call, and the driver cancels the job.
+    async fn read(&self, stream: Streaming<ExecuteResponse>) -> Result<SendableRecordBatchStream> {
+        let mut result = RemoteResult {
+            stream,
+            pending: VecDeque::new(),
+            url: self.url.clone(),
+            liveness: self.liveness,
+            client: self.client.clone(),
+            // While a job runs, its stages' progress is polled for the progress bars.
+            watcher: ProgressWatch {
+                task: None,
+                progress: self.progress.clone(),
+            },
+            shuffled: 0,
+            shuffle_total: self.shuffle_bytes.clone(),
         };
-        while let Some(message) = stream.next().await {
-            let message = message.map_err(|e| self.error(e))?;
-            if message.arrow_ipc.is_empty() {
-                tracing::debug!(job = message.job_id, driver = %self.url, "job started");
-                if let Some(old) = watcher.task.replace(self.watch_progress(message.job_id)) {
-                    old.abort();
-                }
-                continue;
+        let schema = match result.message().await {
+            Some(Ok(schema)) => schema,
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(EmberError::Remote {
+                    address: self.url.clone(),
+                    message: "the result ended before its schema".into(),
+                });
             }
-            shuffled = message.shuffle_bytes;
-            let (s, b) = read_ipc_stream(&message.arrow_ipc, "a result from the driver")?;
-            schema.get_or_insert(s);
-            batches.extend(b);
-        }
-        self.shuffle_bytes.fetch_add(shuffled, Ordering::Relaxed);
-        let schema = schema.ok_or_else(|| EmberError::Remote {
-            address: self.url.clone(),
-            message: "the result ended before its schema".into(),
-        })?;
-        Ok((schema, batches))
+        };
+        let rows = futures::stream::unfold(result, |mut r| async move {
+            r.next_batch()
+                .await
+                .map(|b| (b.map_err(|e| DataFusionError::External(Box::new(e))), r))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)))
     }
 
     pub(crate) fn shuffle_bytes(&self) -> u64 {
@@ -165,43 +170,84 @@ impl RemoteDriver {
         self.progress.subscribe()
     }
 
-    /// Polls the driver for `job`'s running stages every 200 ms until aborted.
-    fn watch_progress(&self, job: u64) -> tokio::task::JoinHandle<()> {
-        let mut client = self.client.clone();
-        let progress = self.progress.clone();
-        let liveness = self.liveness;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let request = liveness.unary(GetJobRequest { job_id: job });
-                let Ok(status) = client.get_job(request).await else {
-                    continue;
-                };
-                let stages: Vec<StageProgress> = status
-                    .get_ref()
-                    .stages
-                    .iter()
-                    .map(|s| StageProgress {
-                        job,
-                        stage: s.stage as usize,
-                        total: s.total as usize,
-                        running: s.running as usize,
-                        done: s.done as usize,
-                    })
-                    .collect();
-                progress.send_modify(|p| p.stages = stages);
+    fn error(&self, status: tonic::Status) -> EmberError {
+        driver_error(&self.liveness, &self.url, status)
+    }
+}
+
+/// A driver's error status as the client reports it.
+fn driver_error(liveness: &Liveness, url: &str, status: tonic::Status) -> EmberError {
+    let message = liveness
+        .stopped_answering(&status, "the driver", url)
+        .unwrap_or_else(|| status.message().to_string());
+    EmberError::Remote {
+        address: url.to_string(),
+        message,
+    }
+}
+
+/// One result stream from the driver, read message by message.
+struct RemoteResult {
+    stream: Streaming<ExecuteResponse>,
+    /// Rows of the last message not handed on yet.
+    pending: VecDeque<RecordBatch>,
+    url: String,
+    liveness: Liveness,
+    client: DriverServiceClient<AuthChannel>,
+    watcher: ProgressWatch,
+    /// Bytes the query's jobs shuffled so far (each message carries the total).
+    shuffled: u64,
+    shuffle_total: Arc<AtomicU64>,
+}
+
+impl RemoteResult {
+    /// Reads up to the next message with rows (or schema) and returns its schema;
+    /// `None` at the end of the stream.
+    async fn message(&mut self) -> Option<Result<SchemaRef>> {
+        loop {
+            let message = match self.stream.next().await? {
+                Ok(m) => m,
+                Err(status) => return Some(Err(driver_error(&self.liveness, &self.url, status))),
+            };
+            if message.arrow_ipc.is_empty() {
+                tracing::debug!(job = message.job_id, driver = %self.url, "job started");
+                let watch = watch_progress(
+                    self.client.clone(),
+                    self.watcher.progress.clone(),
+                    self.liveness,
+                    message.job_id,
+                );
+                if let Some(old) = self.watcher.task.replace(watch) {
+                    old.abort();
+                }
+                continue;
             }
-        })
+            self.shuffled = message.shuffle_bytes;
+            return Some(
+                read_ipc_stream(&message.arrow_ipc, "a result from the driver").map(
+                    |(schema, batches)| {
+                        self.pending.extend(batches);
+                        schema
+                    },
+                ),
+            );
+        }
     }
 
-    fn error(&self, status: tonic::Status) -> EmberError {
-        let message = self
-            .liveness
-            .stopped_answering(&status, "the driver", &self.url)
-            .unwrap_or_else(|| status.message().to_string());
-        EmberError::Remote {
-            address: self.url.clone(),
-            message,
+    async fn next_batch(&mut self) -> Option<Result<RecordBatch>> {
+        loop {
+            if let Some(batch) = self.pending.pop_front() {
+                return Some(Ok(batch));
+            }
+            match self.message().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(Err(e)),
+                None => {
+                    self.shuffle_total.fetch_add(self.shuffled, Ordering::Relaxed);
+                    self.shuffled = 0;
+                    return None;
+                }
+            }
         }
     }
 }
@@ -241,6 +287,37 @@ fn reads_only_catalog(plan: &LogicalPlan) -> bool {
         Ok(TreeNodeRecursion::Continue)
     });
     catalog > 0 && other == 0
+}
+
+/// Polls the driver for `job`'s running stages every 200 ms until aborted.
+fn watch_progress(
+    mut client: DriverServiceClient<AuthChannel>,
+    progress: watch::Sender<JobProgress>,
+    liveness: Liveness,
+    job: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let request = liveness.unary(GetJobRequest { job_id: job });
+            let Ok(status) = client.get_job(request).await else {
+                continue;
+            };
+            let stages: Vec<StageProgress> = status
+                .get_ref()
+                .stages
+                .iter()
+                .map(|s| StageProgress {
+                    job,
+                    stage: s.stage as usize,
+                    total: s.total as usize,
+                    running: s.running as usize,
+                    done: s.done as usize,
+                })
+                .collect();
+            progress.send_modify(|p| p.stages = stages);
+        }
+    })
 }
 
 /// Stops the progress poller when the read ends, and clears the bars.

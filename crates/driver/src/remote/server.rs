@@ -5,13 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::Transformed;
 use datafusion::datasource::listing::ListingTable;
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::logical_plan_from_bytes_with_extension_codec;
 use ember_core::{EmberError, Result};
@@ -110,19 +109,17 @@ impl ClientApi for DriverClients {
         &self,
         session_id: &str,
         sql: &str,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    ) -> Result<SendableRecordBatchStream> {
         let (session, ctx) = self.session(session_id)?;
         let df = session.sql_in(&ctx, sql).await?;
-        let schema = SchemaRef::new(df.schema().as_arrow().clone());
-        let batches = session.collect_plan_in(&ctx, df.logical_plan()).await?;
-        Ok((schema, batches))
+        session.execute_stream_in(&ctx, df.logical_plan()).await
     }
 
     async fn execute_plan(
         &self,
         session_id: &str,
         plan: &[u8],
-    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    ) -> Result<SendableRecordBatchStream> {
         let (session, ctx) = self.session(session_id)?;
         let own = ctx
             .state()
@@ -138,8 +135,6 @@ impl ClientApi for DriverClients {
                 message: e.to_string(),
             })?;
         let plan = self.reuse_tables(plan)?;
-        let schema = SchemaRef::new(plan.schema().as_arrow().clone());
-        let batches = session.collect_plan_in(&ctx, &plan).await?;
-        Ok((schema, batches))
+        session.execute_stream_in(&ctx, &plan).await
     }
 }

@@ -1,0 +1,200 @@
+//! Running a logical plan as an ember job: planned on the driver (or sent to one),
+//! its rows streamed back as the final stage's tasks store them.
+//!
+//! Every action goes through [`Session::execute_stream_in`]; `collect` reads the
+//! whole stream. The SQL page hears of the query when it starts, and of its end
+//! when the stream ends (or is dropped, which cancels the job).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::error::Result as DFResult;
+use datafusion::execution::RecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::EmptyRecordBatchStream;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, displayable};
+use datafusion::prelude::SessionContext;
+use ember_core::Result;
+use futures::Stream;
+
+use crate::planning::on_planning_stack;
+use crate::session::{Runner, Session};
+
+impl Session {
+    /// Runs a logical plan as an ember job and returns its rows.
+    pub async fn collect_plan(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
+        self.collect_plan_in(&self.inner.ctx, plan).await
+    }
+
+    /// Runs a logical plan as an ember job and streams its rows, in partition order,
+    /// as its tasks finish. Dropping the stream cancels the job.
+    pub async fn execute_stream_plan(&self, plan: &LogicalPlan) -> Result<SendableRecordBatchStream> {
+        self.execute_stream_in(&self.inner.ctx, plan).await
+    }
+
+    /// [`execute_stream_plan`](Self::execute_stream_plan), named `description` in
+    /// the UI (the SQL text, say).
+    pub(crate) async fn execute_described(
+        &self,
+        plan: &LogicalPlan,
+        description: Option<&str>,
+    ) -> Result<SendableRecordBatchStream> {
+        let description = description
+            .map(str::to_string)
+            .unwrap_or_else(|| describe(plan));
+        crate::engine::JOB_QUERY
+            .scope((description, None), self.execute_stream_plan(plan))
+            .await
+    }
+
+    /// [`collect_plan`](Self::collect_plan), named `description` in the UI.
+    pub(crate) async fn collect_described(
+        &self,
+        plan: &LogicalPlan,
+        description: Option<&str>,
+    ) -> Result<Vec<RecordBatch>> {
+        let stream = self.execute_described(plan, description).await?;
+        Ok(datafusion::physical_plan::common::collect(stream).await?)
+    }
+
+    /// Runs a logical plan of `ctx` (this session's, or a client's on a driver) and
+    /// returns every row.
+    pub(crate) async fn collect_plan_in(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+    ) -> Result<Vec<RecordBatch>> {
+        let stream = self.execute_stream_in(ctx, plan).await?;
+        Ok(datafusion::physical_plan::common::collect(stream).await?)
+    }
+
+    /// Runs a logical plan of `ctx` and streams its rows.
+    pub(crate) async fn execute_stream_in(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+    ) -> Result<SendableRecordBatchStream> {
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        // What DDL leaves behind: nothing to run.
+        if let LogicalPlan::EmptyRelation(e) = plan
+            && !e.produce_one_row
+        {
+            return Ok(Box::pin(EmptyRecordBatchStream::new(schema)));
+        }
+        match &self.inner.runner {
+            Runner::Engine(engine) => {
+                let (physical, logical_text, physical_text) =
+                    self.plan_for_run_in(ctx, plan).await?;
+                // The SQL page: this query's plans, and the jobs it runs.
+                let description = crate::engine::JOB_QUERY
+                    .try_with(|(d, _)| d.clone())
+                    .unwrap_or_else(|_| describe(plan));
+                let sql = engine.sql_started(description.clone(), logical_text, physical_text);
+                let started = crate::engine::JOB_QUERY
+                    .scope(
+                        (description, Some(sql)),
+                        engine.run_stream(physical, &ctx.copied_config(), &ctx.session_id()),
+                    )
+                    .await;
+                let stream = match started {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        engine.sql_ended(sql, false);
+                        return Err(e);
+                    }
+                };
+                let session = self.clone();
+                Ok(Box::pin(OnEnd::new(stream, move |ok| {
+                    if let Runner::Engine(engine) = &session.inner.runner {
+                        engine.sql_ended(sql, ok);
+                    }
+                })))
+            }
+            Runner::Remote(remote) => remote.execute_stream(ctx, plan).await,
+        }
+    }
+
+    /// Optimizes and plans `plan` for a run, with both plans as text for the SQL page,
+    /// all on the planning stack: naming and printing deep expressions recurses too.
+    async fn plan_for_run_in(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+    ) -> Result<(Arc<dyn ExecutionPlan>, String, String)> {
+        let state = self.planning_state(ctx)?;
+        let plan = plan.clone();
+        on_planning_stack(async move {
+            let optimized = state.optimize(&plan)?;
+            let physical = state
+                .query_planner()
+                .create_physical_plan(&optimized, &state)
+                .await?;
+            let logical_text = optimized.display_indent().to_string();
+            let physical_text = displayable(physical.as_ref()).indent(true).to_string();
+            Ok((physical, logical_text, physical_text))
+        })
+        .await
+    }
+}
+
+/// A plan's name in the UI when no SQL text names it: its top operator.
+fn describe(plan: &LogicalPlan) -> String {
+    plan.display_indent()
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or("query")
+        .trim()
+        .to_string()
+}
+
+/// A stream that calls `on_end` once: `true` when it ends after its last batch,
+/// `false` at its first error or when dropped before its end.
+pub(crate) struct OnEnd {
+    inner: SendableRecordBatchStream,
+    on_end: Option<Box<dyn FnOnce(bool) + Send>>,
+}
+
+impl OnEnd {
+    pub(crate) fn new(inner: SendableRecordBatchStream, on_end: impl FnOnce(bool) + Send + 'static) -> Self {
+        OnEnd {
+            inner,
+            on_end: Some(Box::new(on_end)),
+        }
+    }
+
+    fn end(&mut self, ok: bool) {
+        if let Some(f) = self.on_end.take() {
+            f(ok);
+        }
+    }
+}
+
+impl Stream for OnEnd {
+    type Item = DFResult<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        match &polled {
+            Poll::Ready(None) => self.end(true),
+            Poll::Ready(Some(Err(_))) => self.end(false),
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl RecordBatchStream for OnEnd {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
+impl Drop for OnEnd {
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}
