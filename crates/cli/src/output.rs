@@ -144,11 +144,9 @@ impl<W: Write> ResultWriter<W> {
         else {
             return Ok(());
         };
-        let table = arrow::util::pretty::pretty_format_batches_with_schema(
-            self.schema.clone(),
-            pending,
-        )?
-        .to_string();
+        let table =
+            arrow::util::pretty::pretty_format_batches_with_schema(self.schema.clone(), pending)?
+                .to_string();
         let skip = if *printed_header { 3 } else { 0 };
         for line in table.lines().skip(skip) {
             writeln!(out, "{line}")?;

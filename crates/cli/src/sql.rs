@@ -12,10 +12,10 @@ use arrow::datatypes::{DataType, Field, Schema};
 use ember_driver::{Session, tpch};
 
 use crate::output::{Format, ResultWriter, one_line, summary, write_result};
-use futures::StreamExt;
 use crate::progress::ProgressBar;
 use crate::statements::split_script;
 use crate::{shell, tables};
+use futures::StreamExt;
 
 #[derive(Debug, clap::Args)]
 pub struct SqlArgs {

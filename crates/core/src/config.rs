@@ -62,7 +62,8 @@ pub struct EmberConfig {
     /// (`ember.eventlog.dir`); empty for none.
     pub eventlog_dir: String,
     /// Delay injection for tests (`ember.test.delay_tasks`): `STAGE:MILLIS` makes every
-    /// task of stage STAGE wait that long before it runs.
+    /// task of stage STAGE wait that long before it runs; `STAGE.PARTITION:MILLIS`
+    /// only that task.
     pub test_delay_tasks: String,
     /// Failure injection for tests (`ember.test.fail_tasks`): `STAGE:N` makes every task
     /// of stage STAGE fail its first N attempts, `STAGE:always` makes them always fail.
@@ -187,7 +188,7 @@ impl EmberConfig {
         (
             "ember.test.delay_tasks",
             "",
-            "Delay injection for tests: STAGE:MILLIS makes each task of stage STAGE wait that long before it runs.",
+            "Delay injection for tests: STAGE:MILLIS makes each task of stage STAGE wait that long before it runs; STAGE.PARTITION:MILLIS only that task.",
         ),
         (
             "ember.test.fail_tasks",
@@ -298,7 +299,7 @@ impl EmberConfig {
             "eventlog.dir" => self.eventlog_dir = value.to_string(),
             "test.delay_tasks" => {
                 if !value.is_empty() {
-                    parse_stage_spec(value).ok_or_else(|| bad("STAGE:MILLIS"))?;
+                    parse_delay_spec(value).ok_or_else(|| bad("STAGE[.PARTITION]:MILLIS"))?;
                 }
                 self.test_delay_tasks = value.to_string()
             }
@@ -385,11 +386,10 @@ impl EmberConfig {
     }
 
     /// How long the delay hook holds a task of this stage before it runs.
-    pub fn injected_delay(&self, stage: usize) -> Option<std::time::Duration> {
-        match parse_stage_spec(&self.test_delay_tasks) {
-            Some((s, ms)) if s == stage => Some(std::time::Duration::from_millis(ms as u64)),
-            _ => None,
-        }
+    pub fn injected_delay(&self, stage: usize, partition: usize) -> Option<std::time::Duration> {
+        let (s, p, ms) = parse_delay_spec(&self.test_delay_tasks)?;
+        (s == stage && p.is_none_or(|p| p == partition))
+            .then(|| std::time::Duration::from_millis(ms))
     }
 
     /// The README's configuration table, in Markdown.
@@ -405,6 +405,20 @@ impl EmberConfig {
 /// A whole number of seconds, at least 1.
 fn positive_secs(value: &str) -> Option<u64> {
     value.trim().parse().ok().filter(|s| *s > 0)
+}
+
+/// `STAGE[.PARTITION]:MILLIS` -> (stage, partition, millis).
+fn parse_delay_spec(spec: &str) -> Option<(usize, Option<usize>, u64)> {
+    let (task, ms) = spec.split_once(':')?;
+    let (stage, partition) = match task.split_once('.') {
+        Some((s, p)) => (s, Some(p.trim().parse().ok()?)),
+        None => (task, None),
+    };
+    Some((
+        stage.trim().parse().ok()?,
+        partition,
+        ms.trim().parse().ok()?,
+    ))
 }
 
 /// `STAGE:N` -> (stage, N).

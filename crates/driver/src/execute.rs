@@ -31,7 +31,10 @@ impl Session {
 
     /// Runs a logical plan as an ember job and streams its rows, in partition order,
     /// as its tasks finish. Dropping the stream cancels the job.
-    pub async fn execute_stream_plan(&self, plan: &LogicalPlan) -> Result<SendableRecordBatchStream> {
+    pub async fn execute_stream_plan(
+        &self,
+        plan: &LogicalPlan,
+    ) -> Result<SendableRecordBatchStream> {
         self.execute_stream_in(&self.inner.ctx, plan).await
     }
 
@@ -159,7 +162,10 @@ pub(crate) struct OnEnd {
 }
 
 impl OnEnd {
-    pub(crate) fn new(inner: SendableRecordBatchStream, on_end: impl FnOnce(bool) + Send + 'static) -> Self {
+    pub(crate) fn new(
+        inner: SendableRecordBatchStream,
+        on_end: impl FnOnce(bool) + Send + 'static,
+    ) -> Self {
         OnEnd {
             inner,
             on_end: Some(Box::new(on_end)),

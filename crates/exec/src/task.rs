@@ -130,7 +130,7 @@ async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result
             attempt: id.attempt,
         });
     }
-    if let Some(delay) = ember.injected_delay(id.stage) {
+    if let Some(delay) = ember.injected_delay(id.stage, id.partition) {
         // Killable like the task itself would be.
         let until = Instant::now() + delay;
         while let Some(left) = until.checked_duration_since(Instant::now()) {

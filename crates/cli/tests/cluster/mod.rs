@@ -14,6 +14,7 @@ mod liveness;
 mod object_store;
 mod progress;
 mod recovery;
+mod results;
 mod secret;
 mod tls;
 

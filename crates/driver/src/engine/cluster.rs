@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::SendableRecordBatchStream;
-use futures::StreamExt;
 use ember_core::PROTOCOL_VERSION;
 use ember_core::convert::ipc_stream;
 use ember_core::convert::{
@@ -30,6 +29,7 @@ use ember_core::proto::{
 };
 use ember_core::rpc::{AuthChannel, Security};
 use ember_exec::task::{FailureReason, TaskDefinition, TaskFailure, TaskId, TaskStatus};
+use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -669,9 +669,7 @@ const RESULT_MESSAGE_BYTES: usize = 4 << 20;
 /// the query: its stream, and so its job, is dropped.
 fn stream_results<F>(jobs: Arc<JobRecords>, work: F) -> ResultStream
 where
-    F: std::future::Future<Output = ember_core::Result<SendableRecordBatchStream>>
-        + Send
-        + 'static,
+    F: std::future::Future<Output = ember_core::Result<SendableRecordBatchStream>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Result<ExecuteResponse, Status>>(4);
     tokio::spawn(async move {

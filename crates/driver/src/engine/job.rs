@@ -134,7 +134,8 @@ impl Job {
         let needed = |id: usize| {
             id == self.graph.final_stage
                 || self.graph.stages.values().any(|child| {
-                    child.parents.contains(&id) && self.stages[&child.id].status != StageStatus::Done
+                    child.parents.contains(&id)
+                        && self.stages[&child.id].status != StageStatus::Done
                 })
         };
         self.graph

@@ -69,16 +69,20 @@ impl ResultReader {
     }
 
     async fn read_all(mut self, tx: &mpsc::Sender<DFResult<RecordBatch>>) -> DFResult<()> {
-        let ctx = Arc::new(TaskContext::default().with_session_config(
-            SessionConfig::new().with_extension(self.shuffle.clone()),
-        ));
+        let ctx = Arc::new(
+            TaskContext::default()
+                .with_session_config(SessionConfig::new().with_extension(self.shuffle.clone())),
+        );
         let mut ready: BTreeMap<usize, MapOutput> = BTreeMap::new();
         for partition in 0..self.partitions {
             // Rows of this partition already handed on, and times it was lost.
             let (mut sent, mut losses) = (0usize, 0usize);
             loop {
                 let output = self.wait_for(partition, &mut ready).await?;
-                match self.read_partition(partition, &output, &ctx, &mut sent, tx).await {
+                match self
+                    .read_partition(partition, &output, &ctx, &mut sent, tx)
+                    .await
+                {
                     Ok(true) => {}
                     Ok(false) => return Ok(()), // the caller went away
                     Err(e) => {

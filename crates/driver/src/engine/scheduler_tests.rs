@@ -489,7 +489,11 @@ async fn results_are_announced_as_stored_and_the_job_ends_when_they_are_read() {
     let reduces = h.launched();
     h.succeed(reduces[1], "e2");
     assert!(h.outcome().is_none());
-    assert_eq!(h.ready, [(1, "e2".to_string())], "partition 1 is readable first");
+    assert_eq!(
+        h.ready,
+        [(1, "e2".to_string())],
+        "partition 1 is readable first"
+    );
     h.succeed(reduces[0], "e1");
     assert!(matches!(h.outcome(), Some(Ok(()))));
     assert_eq!(h.job_ended(), None, "the job runs until its reader is done");

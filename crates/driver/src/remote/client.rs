@@ -94,7 +94,11 @@ impl RemoteDriver {
         plan: &LogicalPlan,
     ) -> Result<SendableRecordBatchStream> {
         if reads_only_catalog(plan) {
-            return Ok(ctx.execute_logical_plan(plan.clone()).await?.execute_stream().await?);
+            return Ok(ctx
+                .execute_logical_plan(plan.clone())
+                .await?
+                .execute_stream()
+                .await?);
         }
         // Optimized here: the optimizer turns subqueries into joins, and
         // datafusion-proto cannot encode subquery expressions.
@@ -243,7 +247,8 @@ impl RemoteResult {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Some(Err(e)),
                 None => {
-                    self.shuffle_total.fetch_add(self.shuffled, Ordering::Relaxed);
+                    self.shuffle_total
+                        .fetch_add(self.shuffled, Ordering::Relaxed);
                     self.shuffled = 0;
                     return None;
                 }

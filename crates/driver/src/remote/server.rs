@@ -105,11 +105,7 @@ impl DriverClients {
 
 #[tonic::async_trait]
 impl ClientApi for DriverClients {
-    async fn execute_sql(
-        &self,
-        session_id: &str,
-        sql: &str,
-    ) -> Result<SendableRecordBatchStream> {
+    async fn execute_sql(&self, session_id: &str, sql: &str) -> Result<SendableRecordBatchStream> {
         let (session, ctx) = self.session(session_id)?;
         let df = session.sql_in(&ctx, sql).await?;
         session.execute_stream_in(&ctx, df.logical_plan()).await
