@@ -27,6 +27,8 @@ pub enum BenchCommand {
     Log(crate::bench_log::LogBenchArgs),
     /// Streaming: the IoT query's throughput and batch durations.
     Stream(crate::bench_stream::StreamBenchArgs),
+    /// A large result: every row of a TPC-H table streamed to this process.
+    Result(crate::bench_result::ResultBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +114,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         }
         BenchCommand::Log(args) => crate::bench_log::run(args).await,
         BenchCommand::Stream(args) => crate::bench_stream::run(args).await,
+        BenchCommand::Result(args) => crate::bench_result::run(args).await,
     }
 }
 
@@ -203,10 +206,11 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
         data: dir.display().to_string(),
         total: Total::of(&results, baseline.is_some()),
         queries: results,
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
-fn default_data_dir(sf: f64) -> Result<PathBuf> {
+pub(crate) fn default_data_dir(sf: f64) -> Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set; pass --data DIR")?;
     Ok(PathBuf::from(home)
         .join(".cache/ember")
@@ -225,6 +229,21 @@ struct Report {
     data: String,
     queries: Vec<QueryResult>,
     total: Total,
+    /// This process's peak resident memory (`VmHWM`): ember's driver (and, in local
+    /// mode, its executor), and the in-process baseline.
+    peak_rss_bytes: u64,
+}
+
+/// This process's peak resident memory (`VmHWM` of `/proc/self/status`); 0 where
+/// there is no such file.
+pub(crate) fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+            kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 #[derive(Debug, Serialize)]

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_log;
+mod bench_result;
 mod bench_stream;
 mod broker;
 mod datagen;

@@ -61,6 +61,9 @@ pub struct EmberConfig {
     /// Where the driver writes each application's event log, `<dir>/<app-id>.jsonl`
     /// (`ember.eventlog.dir`); empty for none.
     pub eventlog_dir: String,
+    /// Memory of local mode's executor (`ember.executor.memory`): its task slots
+    /// share a memory pool sized from it; 0 for half this machine's memory.
+    pub executor_memory: u64,
     /// Delay injection for tests (`ember.test.delay_tasks`): `STAGE:MILLIS` makes every
     /// task of stage STAGE wait that long before it runs; `STAGE.PARTITION:MILLIS`
     /// only that task.
@@ -95,6 +98,7 @@ impl Default for EmberConfig {
             rpc_connect_timeout_secs: 0,
             rpc_request_timeout_secs: 0,
             eventlog_dir: String::new(),
+            executor_memory: 0,
             test_delay_tasks: String::new(),
             test_fail_tasks: String::new(),
             test_fail_reports: String::new(),
@@ -184,6 +188,11 @@ impl EmberConfig {
             "ember.eventlog.dir",
             "",
             "Directory where a driver writes each application's events as JSON lines, <dir>/<app-id>.jsonl (.inprogress until the session stops); `ember history --dir` serves their UI. Empty: no event log.",
+        ),
+        (
+            "ember.executor.memory",
+            "0",
+            "Local mode: the memory of the in-process executor, such as 8g; its task slots share a memory pool of 70% of it, and sorts, aggregations and joins spill to disk past their share. 0: half this machine's memory. (Executor processes take `ember executor --memory`.)",
         ),
         (
             "ember.test.delay_tasks",
@@ -297,6 +306,12 @@ impl EmberConfig {
                     positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
             }
             "eventlog.dir" => self.eventlog_dir = value.to_string(),
+            "executor.memory" => {
+                self.executor_memory = match value.trim() {
+                    "" | "0" => 0,
+                    v => parse_size(v).ok_or_else(|| bad("a size such as 4g or 512m"))?,
+                }
+            }
             "test.delay_tasks" => {
                 if !value.is_empty() {
                     parse_delay_spec(value).ok_or_else(|| bad("STAGE[.PARTITION]:MILLIS"))?;
@@ -358,6 +373,7 @@ impl EmberConfig {
             "ember.rpc.connect_timeout" => self.rpc_connect_timeout_secs.to_string(),
             "ember.rpc.request_timeout" => self.rpc_request_timeout_secs.to_string(),
             "ember.eventlog.dir" => self.eventlog_dir.clone(),
+            "ember.executor.memory" => self.executor_memory.to_string(),
             "ember.test.delay_tasks" => self.test_delay_tasks.clone(),
             "ember.test.fail_tasks" => self.test_fail_tasks.clone(),
             "ember.test.fail_reports" => self.test_fail_reports.clone(),
@@ -400,6 +416,25 @@ impl EmberConfig {
         }
         out
     }
+}
+
+/// Parses sizes such as `4g`, `512m`, `1024k` or a plain byte count.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s.as_str(), ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let scale: u64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 /// A whole number of seconds, at least 1.

@@ -71,6 +71,9 @@ pub enum FailureReason {
     Io,
     ExecutorLost,
     Killed,
+    /// An operator that cannot spill asked for more than the executor's memory pool
+    /// had left.
+    ResourcesExhausted,
 }
 
 #[derive(Debug, Clone)]

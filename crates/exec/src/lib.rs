@@ -12,6 +12,8 @@
 //!   tasks, one per state partition, and the versioned state store they keep in the
 //!   checkpoint.
 //! - [`kafka_scan`]: a streaming batch's Kafka offset ranges, read by the tasks.
+//! - [`memory`]: an executor's one memory pool (sized from its memory) and spill
+//!   directory, shared by its task slots.
 //! - [`storage`]: checkpoint directories, local or in an object store (WebDAV, S3).
 //! - [`batch_fn`]: named RecordBatch functions (`map_batches`), the MapReduce-style
 //!   escape hatch.
@@ -23,6 +25,7 @@ pub mod batch_fn;
 pub mod cancel;
 pub mod codec;
 pub mod kafka_scan;
+pub mod memory;
 pub mod shuffle;
 pub mod stateful;
 pub mod storage;

@@ -170,7 +170,14 @@ fn failure_of(e: &EmberError) -> TaskFailure {
         EmberError::DataFusion(df) => find_ember_error(df).unwrap_or(e),
         other => other,
     };
+    let exhausted = |df: &datafusion::error::DataFusionError| {
+        matches!(
+            df.find_root(),
+            datafusion::error::DataFusionError::ResourcesExhausted(_)
+        )
+    };
     let reason = match inner {
+        EmberError::DataFusion(df) if exhausted(df) => FailureReason::ResourcesExhausted,
         EmberError::FetchFailed {
             executor,
             map_stage,
@@ -185,9 +192,12 @@ fn failure_of(e: &EmberError) -> TaskFailure {
         EmberError::Cancelled { .. } | EmberError::Killed => FailureReason::Killed,
         _ => FailureReason::Execution,
     };
+    // Memory the other tasks of the executor held may be free on the next attempt.
+    let retryable =
+        e.is_retryable() || inner.is_retryable() || reason == FailureReason::ResourcesExhausted;
     TaskFailure {
         reason,
         message: e.one_line(),
-        retryable: e.is_retryable() || inner.is_retryable(),
+        retryable,
     }
 }

@@ -52,24 +52,7 @@ impl ExecutorConfig {
     }
 }
 
-/// Parses sizes such as `4g`, `512m`, `1024k` or a plain byte count.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s.as_str(), ""),
-    };
-    let n: u64 = digits.parse().ok()?;
-    let scale: u64 = match unit.trim_end_matches('b') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(scale)
-}
+pub use ember_core::config::parse_size;
 
 #[cfg(test)]
 mod tests {

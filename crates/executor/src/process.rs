@@ -10,6 +10,7 @@ use ember_core::proto::{DecommissionRequest, HeartbeatRequest, RegisterExecutorR
 use ember_core::rpc::{AuthChannel, Liveness, MAX_MESSAGE_BYTES, Security};
 use ember_core::{EmberError, PROTOCOL_VERSION, Result};
 use ember_exec::codec::EmberCodec;
+use ember_exec::memory::MemoryLimits;
 use ember_exec::shuffle::ShuffleEnv;
 use ember_exec::task::TaskEnv;
 use tokio::sync::{Notify, watch};
@@ -216,7 +217,11 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         ),
         codec: EmberCodec::new(registry.batch_fns.clone()),
         functions: registry.function_source(),
-        runtime: ember_exec::storage::EmberStores::runtime()?,
+        runtime: MemoryLimits {
+            memory_bytes: Some(config.memory_bytes),
+            spill_dir: Some(config.work_dir.join("spill")),
+        }
+        .runtime(&*ember_exec::storage::EmberStores::runtime()?)?,
         caches: Arc::default(),
     };
     let stop = Arc::new(Notify::new());

@@ -106,6 +106,7 @@ pub fn task_status_from_proto(status: proto::TaskStatus) -> Result<TaskStatus> {
                 Reason::Io(_) => FailureReason::Io,
                 Reason::ExecutorLost(_) => FailureReason::ExecutorLost,
                 Reason::Killed(_) => FailureReason::Killed,
+                Reason::ResourcesExhausted(_) => FailureReason::ResourcesExhausted,
             };
             Err(TaskFailure {
                 reason,

@@ -95,6 +95,7 @@ pub fn task_status_to_proto(status: &TaskStatus) -> Result<proto::TaskStatus> {
                 FailureReason::Io => Reason::Io(String::new()),
                 FailureReason::ExecutorLost => Reason::ExecutorLost(String::new()),
                 FailureReason::Killed => Reason::Killed(String::new()),
+                FailureReason::ResourcesExhausted => Reason::ResourcesExhausted(String::new()),
             };
             proto::task_status::Result::Failed(proto::TaskFailure {
                 message: f.message.clone(),

@@ -443,10 +443,10 @@ impl TaskLauncher for Arc<ClusterExecutors> {
         Ok(())
     }
 
-    fn cancel_job(&self, job: u64) {
+    fn cancel_tasks(&self, matching: &dyn Fn(&TaskId) -> bool) {
         let state = self.state.lock();
         let mut by_executor: HashMap<&str, Vec<_>> = HashMap::new();
-        for (id, task) in state.running.iter().filter(|(id, _)| id.job == job) {
+        for (id, task) in state.running.iter().filter(|(id, _)| matching(id)) {
             by_executor
                 .entry(&task.executor)
                 .or_default()

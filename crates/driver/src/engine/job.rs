@@ -40,6 +40,8 @@ pub(crate) struct StageState {
     pub outputs: Vec<Option<MapOutput>>,
     /// The resolved, encoded plan of the current attempt.
     pub plan_bytes: Option<bytes::Bytes>,
+    /// Its hash joins ran out of memory: it runs with sort-merge joins instead.
+    pub sort_merge: bool,
 }
 
 impl StageState {
@@ -51,6 +53,7 @@ impl StageState {
             failures: vec![0; tasks],
             outputs: vec![None; tasks],
             plan_bytes: None,
+            sort_merge: false,
         }
     }
 
@@ -189,11 +192,15 @@ impl Job {
             );
             Ok(Transformed::yes(Arc::new(reader) as Arc<dyn ExecutionPlan>))
         })?;
+        let mut resolved = resolved.data;
+        if self.stages[&stage].sort_merge {
+            resolved = super::fallback::sort_merge_joins(resolved)?;
+        }
         if stage == self.graph.final_stage {
-            let writer = ShuffleWriterExec::try_new(self.id, stage, resolved.data, None)?;
+            let writer = ShuffleWriterExec::try_new(self.id, stage, resolved, None)?;
             return Ok(Arc::new(writer));
         }
-        Ok(resolved.data)
+        Ok(resolved)
     }
 }
 

@@ -102,9 +102,9 @@ impl TaskLauncher for LocalExecutors {
         Ok(())
     }
 
-    fn cancel_job(&self, job: u64) {
+    fn cancel_tasks(&self, matching: &dyn Fn(&TaskId) -> bool) {
         let mut running = self.running.lock();
-        let ids: Vec<TaskId> = running.keys().filter(|id| id.job == job).copied().collect();
+        let ids: Vec<TaskId> = running.keys().filter(|id| matching(id)).copied().collect();
         for id in ids {
             if let Some(kill) = running.remove(&id) {
                 let _ = kill.send(());

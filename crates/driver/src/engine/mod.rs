@@ -13,6 +13,7 @@
 
 mod cluster;
 mod explain;
+mod fallback;
 mod functions;
 
 pub(crate) use functions::is_builtin;
@@ -32,6 +33,7 @@ use ember_core::rpc::{MAX_MESSAGE_BYTES, Security};
 use ember_core::{EmberConfig, EmberError, Result};
 use ember_exec::batch_fn::BatchFnRegistry;
 use ember_exec::codec::EmberCodec;
+use ember_exec::memory::{MemoryLimits, physical_memory};
 use ember_exec::shuffle::{MemoryShuffleStore, ShuffleEnv};
 use ember_exec::task::{FunctionSource, TaskEnv};
 use tokio::sync::{mpsc, watch};
@@ -129,9 +131,23 @@ impl Engine {
             .prefix("ember-local-")
             .tempdir()
             .map_err(|e| EmberError::io(std::env::temp_dir().display(), e))?;
-        let memory = (config.shuffle_memory_budget > 0)
-            .then(|| Arc::new(MemoryShuffleStore::new(config.shuffle_memory_budget)));
         let codec = EmberCodec::in_process(batch_fns, Arc::default());
+        // One memory pool for the slots, as an executor process has; spills go to
+        // the work dir, removed with it.
+        let limits = MemoryLimits {
+            memory_bytes: match config.executor_memory {
+                0 => physical_memory().map(|m| m / 2),
+                m => Some(m),
+            },
+            spill_dir: Some(work_dir.path().join("spill")),
+        };
+        let runtime = limits.runtime(&runtime)?;
+        let memory = (config.shuffle_memory_budget > 0).then(|| {
+            Arc::new(
+                MemoryShuffleStore::new(config.shuffle_memory_budget)
+                    .with_pool(&runtime.memory_pool),
+            )
+        });
         let shuffle = Arc::new(ShuffleEnv::new("local", work_dir.path(), memory));
         let env = TaskEnv {
             executor_id: "local".into(),
@@ -157,7 +173,7 @@ impl Engine {
             executor: "local".into(),
             address: "in process".into(),
             cores: slots,
-            memory_bytes: 0,
+            memory_bytes: limits.memory_bytes.unwrap_or(0),
             time_ms: now_ms(),
         });
         let scheduler = Scheduler::new(launcher, codec, bus.clone());

@@ -87,8 +87,8 @@ pub(crate) trait TaskLauncher: Send + Sync + 'static {
     /// `Event::TaskFinished`. With no free slot the task comes back, unlaunched (and
     /// the launcher posts an event when a slot frees).
     fn launch(&self, task: TaskDefinition) -> Result<(), Box<TaskDefinition>>;
-    /// Kills the job's running tasks (they still report, as `Killed`).
-    fn cancel_job(&self, job: u64);
+    /// Kills the running tasks `matching` picks (they still report, as `Killed`).
+    fn cancel_tasks(&self, matching: &dyn Fn(&TaskId) -> bool);
     /// Frees the job's shuffle data.
     fn remove_job(&self, job: u64);
 }
@@ -358,6 +358,12 @@ impl Scheduler {
                         &failure.message,
                     );
                 }
+                if failure.reason == FailureReason::ResourcesExhausted
+                    && !state.sort_merge
+                    && super::fallback::has_partitioned_hash_join(&job.graph.stages[&id.stage].plan)
+                {
+                    return self.run_with_sort_merge_joins(id, &failure.message);
+                }
                 state.failures[id.partition] += 1;
                 let failures = state.failures[id.partition];
                 if failure.retryable && failures < job.ember.task_max_failures {
@@ -406,6 +412,59 @@ impl Scheduler {
         }
         self.forget_outputs(executor);
         self.reconcile_all(message);
+    }
+
+    /// A task of a stage with hash joins ran out of memory: the stage's plan is
+    /// re-encoded with sort-merge joins (which spill), and the task runs again, its
+    /// failure not counted. Its other running tasks go on; their hash joins may fit.
+    fn run_with_sort_merge_joins(&mut self, id: TaskId, message: &str) {
+        let Some(job) = self.jobs.get_mut(&id.job) else {
+            return;
+        };
+        tracing::warn!(
+            task = %id,
+            error = message,
+            "a hash join's build side does not fit in memory; the stage runs with sort-merge joins"
+        );
+        let Some(state) = job.stages.get_mut(&id.stage) else {
+            return;
+        };
+        state.sort_merge = true;
+        // The stage's other running tasks hold hash tables too: they are killed, and
+        // their reports (of the old attempt) ignored.
+        let old_attempt = state.attempt;
+        state.attempt += 1;
+        for t in &mut state.tasks {
+            if matches!(t, TaskState::Running { .. }) {
+                *t = TaskState::Pending;
+            }
+        }
+        state.tasks[id.partition] = TaskState::Pending;
+        self.launcher.cancel_tasks(&|t| {
+            t.job == id.job && t.stage == id.stage && t.stage_attempt == old_attempt
+        });
+        let encoded = job
+            .resolve(id.stage)
+            .and_then(|plan| encode_plan(plan, &self.codec));
+        let bytes = match encoded {
+            Ok(b) => b,
+            Err(e) => return self.fail_job(id.job, e),
+        };
+        let state = job.stages.get_mut(&id.stage).expect("stage exists");
+        state.plan_bytes = Some(bytes);
+        self.bus.post(AppEvent::StageSubmitted {
+            job: id.job,
+            stage: id.stage,
+            attempt: state.attempt,
+            done: state.done(),
+            running: 0,
+            time_ms: now_ms(),
+        });
+        for (p, t) in state.tasks.iter().enumerate() {
+            if *t == TaskState::Pending {
+                self.queue.push_back((id.job, id.stage, p));
+            }
+        }
     }
 
     /// The result reader could not fetch a final-stage output: like a reader task's
@@ -587,7 +646,7 @@ impl Scheduler {
             error: Some(error.one_line()),
             time_ms: now_ms(),
         });
-        self.launcher.cancel_job(job_id);
+        self.launcher.cancel_tasks(&|t| t.job == job_id);
         let _ = job.results.send(ResultEvent::Failed(error));
         self.job_ended(job_id);
     }

@@ -45,8 +45,14 @@ impl TaskLauncher for FakeLauncher {
         Ok(())
     }
 
-    fn cancel_job(&self, job: u64) {
-        self.cancelled.lock().push(job);
+    fn cancel_tasks(&self, matching: &dyn Fn(&TaskId) -> bool) {
+        let running = self.running.lock();
+        let mut cancelled = self.cancelled.lock();
+        for id in running.iter().filter(|id| matching(id)) {
+            if !cancelled.contains(&id.job) {
+                cancelled.push(id.job);
+            }
+        }
     }
 
     fn remove_job(&self, _job: u64) {}

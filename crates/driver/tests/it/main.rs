@@ -2,6 +2,7 @@
 mod dataframe;
 mod engine;
 mod history;
+mod memory;
 mod object_store;
 mod stream;
 mod stream_aggregates;

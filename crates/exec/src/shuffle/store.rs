@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use arrow::record_batch::RecordBatch;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use parking_lot::Mutex;
 
 use crate::rpc::Security;
@@ -96,12 +97,15 @@ fn remove_dir_quietly(dir: &Path) {
     }
 }
 
-/// Map outputs kept in memory, bounded by a byte budget shared by all running tasks.
+/// Map outputs kept in memory, bounded by a byte budget shared by all running tasks,
+/// and drawn from the executor's memory pool when it has one: what the store holds
+/// is memory the operators do not get.
 #[derive(Debug)]
 pub struct MemoryShuffleStore {
     budget: usize,
     used: AtomicUsize,
     outputs: Mutex<HashMap<MapOutputKey, StoredOutput>>,
+    pool: Mutex<Option<MemoryReservation>>,
 }
 
 #[derive(Debug)]
@@ -116,22 +120,44 @@ impl MemoryShuffleStore {
             budget,
             used: AtomicUsize::new(0),
             outputs: Mutex::new(HashMap::new()),
+            pool: Mutex::new(None),
         }
     }
 
-    /// Reserves `bytes` of the budget; false when it would go over.
+    /// Draws what the store holds from `pool` from now on.
+    pub fn with_pool(self, pool: &Arc<dyn MemoryPool>) -> Self {
+        *self.pool.lock() = Some(MemoryConsumer::new("ShuffleMemoryStore").register(pool));
+        self
+    }
+
+    /// Reserves `bytes` of the budget (and of the pool); false when either would go
+    /// over.
     pub fn try_reserve(&self, bytes: usize) -> bool {
-        self.used
+        let reserved = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 let next = used.checked_add(bytes)?;
                 (next <= self.budget).then_some(next)
             })
-            .is_ok()
+            .is_ok();
+        if !reserved {
+            return false;
+        }
+        if let Some(pool) = self.pool.lock().as_mut()
+            && pool.try_grow(bytes).is_err()
+        {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Gives back a reservation that was not turned into a stored output.
     pub fn release(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(pool) = self.pool.lock().as_mut() {
+            pool.shrink(bytes.min(pool.size()));
+        }
     }
 
     pub fn used(&self) -> usize {
@@ -196,5 +222,19 @@ mod tests {
         store.remove_job(7);
         assert_eq!(store.used(), 0);
         assert!(store.get(&key, 0).is_none());
+    }
+
+    #[test]
+    fn the_store_draws_from_the_executor_pool() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(
+            datafusion::execution::memory_pool::GreedyMemoryPool::new(100),
+        );
+        let store = MemoryShuffleStore::new(1000).with_pool(&pool);
+        assert!(store.try_reserve(80));
+        assert_eq!(pool.reserved(), 80);
+        assert!(!store.try_reserve(30), "the pool has 20 bytes left");
+        assert_eq!(store.used(), 80, "a refused reservation takes nothing");
+        store.release(80);
+        assert_eq!(pool.reserved(), 0);
     }
 }

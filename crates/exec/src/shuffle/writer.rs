@@ -10,6 +10,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::Time;
@@ -120,7 +121,13 @@ impl ShuffleWriterExec {
             map_partition,
             token: env.next_token(),
         };
-        let mut out = PartitionedOutput::new(&env, key, schema.clone(), n, &config)?;
+        // Buffers bound for a file count against the executor's pool: a task whose
+        // share is used spills its partitions early.
+        let reservation =
+            MemoryConsumer::new(format!("ShuffleWriter[{}.{map_partition}]", self.stage_id))
+                .with_can_spill(true)
+                .register(ctx.memory_pool());
+        let mut out = PartitionedOutput::new(&env, key, schema.clone(), n, &config, reservation)?;
         let mut stream = self.input.execute(map_partition, ctx)?;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -162,6 +169,8 @@ struct PartitionedOutput<'a> {
     buffered: usize,
     spills: Option<Vec<Option<SpillWriter>>>,
     options: arrow::ipc::writer::IpcWriteOptions,
+    /// `buffered`, as drawn from the executor's memory pool.
+    pool: MemoryReservation,
 }
 
 impl<'a> PartitionedOutput<'a> {
@@ -171,6 +180,7 @@ impl<'a> PartitionedOutput<'a> {
         schema: SchemaRef,
         n: usize,
         config: &EmberConfig,
+        pool: MemoryReservation,
     ) -> Result<Self> {
         let coalescers = (0..n)
             .map(|_| BatchCoalescer::new(schema.clone(), config.shuffle_batch_rows))
@@ -186,6 +196,7 @@ impl<'a> PartitionedOutput<'a> {
             buffered: 0,
             spills: None,
             options: ipc_write_options(config.shuffle_compression)?,
+            pool,
         })
     }
 
@@ -207,7 +218,9 @@ impl<'a> PartitionedOutput<'a> {
                     true
                 }
                 Some(_) => false,
-                None if self.buffered + size <= TASK_BUFFER_BYTES => {
+                None if self.buffered + size <= TASK_BUFFER_BYTES
+                    && self.pool.try_grow(size).is_ok() =>
+                {
                     self.buffered += size;
                     true
                 }
@@ -245,6 +258,7 @@ impl<'a> PartitionedOutput<'a> {
         }
         self.reserved = 0;
         self.buffered = 0;
+        self.pool.free();
         Ok(())
     }
 
@@ -430,6 +444,13 @@ mod tests {
     use super::*;
     use crate::shuffle::MemoryShuffleStore;
 
+    /// A reservation from an unbounded pool.
+    fn reservation() -> MemoryReservation {
+        let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
+            Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default());
+        MemoryConsumer::new("test").register(&pool)
+    }
+
     fn output_env(budget: usize) -> (ShuffleEnv, Arc<MemoryShuffleStore>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(MemoryShuffleStore::new(budget));
@@ -463,7 +484,8 @@ mod tests {
             shuffle_batch_rows: 10,
             ..Default::default()
         };
-        let mut out = PartitionedOutput::new(&env, key(), schema.clone(), 2, &config).unwrap();
+        let mut out =
+            PartitionedOutput::new(&env, key(), schema.clone(), 2, &config, reservation()).unwrap();
         out.push(0, batch(&schema, 100)).unwrap();
         assert!(store.used() > 0);
         drop(out);
@@ -479,7 +501,8 @@ mod tests {
             shuffle_batch_rows: 10,
             ..Default::default()
         };
-        let mut out = PartitionedOutput::new(&env, key(), schema.clone(), 3, &config).unwrap();
+        let mut out =
+            PartitionedOutput::new(&env, key(), schema.clone(), 3, &config, reservation()).unwrap();
         for p in 0..3 {
             out.push(p, batch(&schema, 25)).unwrap();
         }
@@ -506,7 +529,8 @@ mod tests {
             shuffle_batch_rows: 10,
             ..Default::default()
         };
-        let mut out = PartitionedOutput::new(&env, key(), schema.clone(), 3, &config).unwrap();
+        let mut out =
+            PartitionedOutput::new(&env, key(), schema.clone(), 3, &config, reservation()).unwrap();
         out.push(0, batch(&schema, 25)).unwrap();
         out.push(2, batch(&schema, 5)).unwrap();
         let output = out.finish().unwrap();
