@@ -31,6 +31,8 @@ struct FakeLauncher {
     running: Mutex<Vec<TaskId>>,
     /// Launched since the test last looked.
     launched: Mutex<Vec<TaskId>>,
+    /// Every task ever launched.
+    history: Mutex<Vec<TaskId>>,
     cancelled: Mutex<Vec<u64>>,
 }
 
@@ -42,13 +44,15 @@ impl TaskLauncher for FakeLauncher {
         }
         running.push(task.id);
         self.launched.lock().push(task.id);
+        self.history.lock().push(task.id);
         Ok(())
     }
 
+    /// Records the jobs with a launched task `matching` picks.
     fn cancel_tasks(&self, matching: &dyn Fn(&TaskId) -> bool) {
-        let running = self.running.lock();
+        let history = self.history.lock();
         let mut cancelled = self.cancelled.lock();
-        for id in running.iter().filter(|id| matching(id)) {
+        for id in history.iter().filter(|id| matching(id)) {
             if !cancelled.contains(&id.job) {
                 cancelled.push(id.job);
             }
