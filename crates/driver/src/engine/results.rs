@@ -111,7 +111,12 @@ impl ResultReader {
                 break;
             }
         }
-        let _ = self.events.send(Event::ResultsRead { job: self.job });
+        let (ended, ack) = tokio::sync::oneshot::channel();
+        let _ = self.events.send(Event::ResultsRead {
+            job: self.job,
+            ended,
+        });
+        let _ = ack.await;
         Ok(())
     }
 

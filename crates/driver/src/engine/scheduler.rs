@@ -75,9 +75,12 @@ pub(crate) enum Event {
         executor: String,
         message: String,
     },
-    /// The result reader has read every partition: the job has succeeded.
+    /// The result reader has read every partition: the job has succeeded. `ended`
+    /// is told once the job's end has been posted, so that the caller sees the end
+    /// of its rows after the job's (a program may stop right then).
     ResultsRead {
         job: u64,
+        ended: tokio::sync::oneshot::Sender<()>,
     },
 }
 
@@ -146,7 +149,10 @@ impl Scheduler {
                 executor,
                 message,
             } => self.result_lost(job, partition, &executor, &message),
-            Event::ResultsRead { job } => self.finish_job(job),
+            Event::ResultsRead { job, ended } => {
+                self.finish_job(job);
+                let _ = ended.send(());
+            }
             Event::SlotsChanged => {}
             Event::ExecutorLost { executor, running } => self.executor_lost(&executor, running),
             Event::NoExecutors { message } => {

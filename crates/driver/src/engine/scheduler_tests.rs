@@ -507,7 +507,10 @@ async fn results_are_announced_as_stored_and_the_job_ends_when_they_are_read() {
     h.succeed(reduces[0], "e1");
     assert!(matches!(h.outcome(), Some(Ok(()))));
     assert_eq!(h.job_ended(), None, "the job runs until its reader is done");
-    h.scheduler.handle(Event::ResultsRead { job: 1 });
+    h.scheduler.handle(Event::ResultsRead {
+        job: 1,
+        ended: tokio::sync::oneshot::channel().0,
+    });
     assert_eq!(h.job_ended(), Some(JobStatus::Succeeded));
 }
 
@@ -554,6 +557,9 @@ async fn a_lost_result_is_recomputed_from_lineage_unless_it_was_read() {
     h.succeed(again[0], "e3");
     h.outcome();
     assert_eq!(h.ready.last(), Some(&(1, "e3".to_string())));
-    h.scheduler.handle(Event::ResultsRead { job: 1 });
+    h.scheduler.handle(Event::ResultsRead {
+        job: 1,
+        ended: tokio::sync::oneshot::channel().0,
+    });
     assert_eq!(h.job_ended(), Some(JobStatus::Succeeded));
 }
