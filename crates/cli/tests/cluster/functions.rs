@@ -56,17 +56,7 @@ fn a_programs_functions_run_on_its_executors_and_a_lacking_executor_is_refused()
         let work = tempfile::tempdir().unwrap();
         let port = free_port();
         let driver_log = work.path().join("driver.log");
-        let _driver = Processes(vec![
-            Command::new(env!("CARGO_BIN_EXE_ember"))
-                .args(["--log-level", "info", "driver", "--bind"])
-                .arg(format!("127.0.0.1:{port}"))
-                .env_remove("EMBER_SECRET")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&driver_log).unwrap())
-                .spawn()
-                .expect("ember driver starts"),
-        ]);
-        wait_for_log(&driver_log, &["driver listening"], 0, 30);
+        let _driver = start_driver(port, &driver_log, &[]);
         let driver_url = format!("http://127.0.0.1:{port}");
 
         // This test program is an executor with its own functions.

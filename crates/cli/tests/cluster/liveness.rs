@@ -4,8 +4,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{
-    Processes, cluster_runtime, free_port, sorted_lines, start_executors_with, tpch_sf01,
-    wait_for_log, wait_for_slots,
+    Processes, cluster_runtime, free_port, sorted_lines, start_driver, start_executors_with,
+    tpch_sf01, wait_for_log, wait_for_slots,
 };
 
 /// Short keepalives, so a frozen peer is noticed in about 3 s.
@@ -38,17 +38,7 @@ fn regression_a_client_errors_naming_the_driver_when_the_driver_stops_answering(
     let work = tempfile::tempdir().unwrap();
     let port = free_port();
     let driver_log = work.path().join("driver.log");
-    let driver = Processes(vec![
-        Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args(["--log-level", "info", "driver", "--bind"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(FAST_KEEPALIVE)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&driver_log).unwrap())
-            .spawn()
-            .expect("ember driver starts"),
-    ]);
-    wait_for_log(&driver_log, &["driver listening"], 0, 30);
+    let driver = start_driver(port, &driver_log, &FAST_KEEPALIVE);
     let driver_url = format!("http://127.0.0.1:{port}");
     let _executors = start_executors_with(&driver_url, work.path(), 1, &FAST_KEEPALIVE);
     wait_for_log(&driver_log, &["executor registered"], 0, 30);

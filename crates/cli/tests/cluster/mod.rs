@@ -56,6 +56,24 @@ impl Drop for Processes {
     }
 }
 
+/// Starts `ember driver` on 127.0.0.1:`port` with `extra` flags, its log (info) in
+/// `log`, and waits until it listens.
+pub(crate) fn start_driver(port: u16, log: &Path, extra: &[&str]) -> Processes {
+    let driver = Processes(vec![
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["--log-level", "info", "driver", "--bind"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env_remove("EMBER_SECRET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("ember driver starts"),
+    ]);
+    wait_for_log(log, &["driver listening"], 0, 30);
+    driver
+}
+
 pub(crate) fn start_executors(address: &str, work: &Path, n: usize) -> Processes {
     start_executors_with(address, work, n, &[])
 }

@@ -21,16 +21,7 @@ fn regression_a_result_partition_larger_than_a_message_streams_to_the_client() {
     let work = tempfile::tempdir().unwrap();
     let port = free_port();
     let driver_log = work.path().join("driver.log");
-    let driver = Processes(vec![
-        Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args(["--log-level", "info", "driver", "--bind"])
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&driver_log).unwrap())
-            .spawn()
-            .expect("ember driver starts"),
-    ]);
-    wait_for_log(&driver_log, &["driver listening"], 0, 30);
+    let driver = start_driver(port, &driver_log, &[]);
     let _executors = start_executors(&format!("http://127.0.0.1:{port}"), work.path(), 2);
     wait_for_log(&driver_log, &["executor registered"], 1, 30);
 

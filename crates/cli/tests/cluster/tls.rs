@@ -39,16 +39,7 @@ fn a_tls_cluster_serves_a_cli_client_and_refuses_plain_connections() {
     ];
     let port = free_port();
     let driver_log = work.path().join("driver.log");
-    let _driver = Processes(vec![
-        Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args(["--log-level", "info", "driver", "--bind"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(tls)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&driver_log).unwrap())
-            .spawn()
-            .expect("ember driver starts"),
-    ]);
+    let _driver = start_driver(port, &driver_log, &tls);
     wait_for_log(&driver_log, &["driver listening at https://"], 0, 30);
     let _executors =
         start_executors_with(&format!("https://127.0.0.1:{port}"), work.path(), 2, &tls);
