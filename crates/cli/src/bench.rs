@@ -61,6 +61,11 @@ pub struct TpchArgs {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
 
+    /// For a driver:// master (this process drives executors started against it):
+    /// the executors to wait for before the first query.
+    #[arg(long, default_value_t = 1)]
+    executors: usize,
+
     /// For an ember:// master: the cluster's secret and TLS.
     #[command(flatten)]
     security: crate::security::SecurityArgs,
@@ -151,6 +156,7 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
         builder = builder.config(key, value);
     }
     let session = builder.build()?;
+    wait_for_executors(&session, args.executors).await;
     tpch::register_tables(session.context(), &dir).await?;
     let baseline = match &args.baseline {
         Baseline::Datafusion => {
@@ -207,6 +213,7 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
         total: Total::of(&results, baseline.is_some()),
         queries: results,
         peak_rss_bytes: peak_rss_bytes(),
+        executor_peak_rss_bytes: executor_peaks(&session).await,
     })
 }
 
@@ -232,19 +239,35 @@ struct Report {
     /// This process's peak resident memory (`VmHWM`): ember's driver (and, in local
     /// mode, its executor), and the in-process baseline.
     peak_rss_bytes: u64,
+    /// With a driver:// master, each executor process's peak, from its heartbeats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    executor_peak_rss_bytes: Option<std::collections::BTreeMap<String, u64>>,
 }
 
-/// This process's peak resident memory (`VmHWM` of `/proc/self/status`); 0 where
-/// there is no such file.
-pub(crate) fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
-            kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
-        })
-        .map_or(0, |kb| kb * 1024)
+/// A driver's executors' peak resident memory, by executor id, after their next
+/// heartbeats (one a second) have told the last of it.
+pub(crate) async fn executor_peaks(
+    session: &Session,
+) -> Option<std::collections::BTreeMap<String, u64>> {
+    session.driver_address()?;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    session
+        .executor_peak_rss()
+        .map(|peaks| peaks.into_iter().collect())
 }
+
+/// With this process as a cluster's driver: waits until `n` executors' slots have
+/// registered (at least one slot each).
+pub(crate) async fn wait_for_executors(session: &Session, n: usize) {
+    if let Some(address) = session.driver_address() {
+        eprintln!("waiting for {n} executor(s): ember executor --driver {address}");
+        while session.cluster_slots().unwrap_or(0) < n {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+pub(crate) use ember_core::metrics::peak_rss_bytes;
 
 #[derive(Debug, Serialize)]
 struct QueryResult {

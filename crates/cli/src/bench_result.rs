@@ -58,6 +58,9 @@ struct Report {
     rows_per_s: f64,
     /// This process's peak resident memory (`VmHWM`).
     peak_rss_bytes: u64,
+    /// With a driver:// master, each executor process's peak, from its heartbeats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    executor_peak_rss_bytes: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 pub async fn run(args: ResultBenchArgs) -> Result<()> {
@@ -74,15 +77,7 @@ pub async fn run(args: ResultBenchArgs) -> Result<()> {
         builder = builder.config(key, value);
     }
     let session = builder.build()?;
-    if let Some(address) = session.driver_address() {
-        eprintln!(
-            "waiting for {} executor(s): ember executor --driver {address}",
-            args.executors
-        );
-        while session.cluster_slots().unwrap_or(0) < args.executors {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    }
+    crate::bench::wait_for_executors(&session, args.executors).await;
     tpch::register_tables(session.context(), &dir).await?;
     let started = Instant::now();
     let mut stream = session
@@ -109,6 +104,7 @@ pub async fn run(args: ResultBenchArgs) -> Result<()> {
         total_s: total,
         rows_per_s: (rows as f64 / total.max(1e-9)).round(),
         peak_rss_bytes: crate::bench::peak_rss_bytes(),
+        executor_peak_rss_bytes: crate::bench::executor_peaks(&session).await,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -36,10 +36,17 @@ pub fn parse_table_arg(arg: &str) -> Result<(String, String), String> {
 }
 
 /// Registers `path` as table `name`. A file's format comes from its extension; a
-/// directory's from the extension of the files in it (all must share it).
+/// directory's from the extension of the files in it (all must share it). `path` may
+/// be a URL of an object store (`s3://bucket/dir/`, `http(s)://` WebDAV) as well as a
+/// local path or `file://` URL.
 pub async fn register(ctx: &SessionContext, name: &str, path: &str) -> Result<()> {
+    let path = path.strip_prefix("file://").unwrap_or(path);
     let p = Path::new(path);
-    let (format, ext, url) = if p.is_dir() {
+    let (format, ext, url) = if path.contains("://") {
+        store_format(ctx, path)
+            .await
+            .with_context(|| format!("table {name}"))?
+    } else if p.is_dir() {
         let (format, ext) = directory_format(p).with_context(|| format!("table {name}"))?;
         // A trailing slash makes DataFusion list the directory.
         (format, ext, format!("{}/", path.trim_end_matches('/')))
@@ -72,35 +79,59 @@ fn one_line(e: &datafusion::error::DataFusionError) -> String {
     e.to_string().replace('\n', " ")
 }
 
+/// The format of a file or directory in an object store, and the URL to register
+/// (a directory's with a trailing slash).
+async fn store_format(
+    ctx: &SessionContext,
+    url: &str,
+) -> Result<(FileFormat, &'static str, String)> {
+    if let Some((format, ext)) = FileFormat::from_path(Path::new(url)) {
+        return Ok((format, ext, url.to_string()));
+    }
+    let runtime = ctx.runtime_env();
+    let dir = ember_exec::storage::Dir::parse(url, runtime.object_store_registry.as_ref())?;
+    let names = dir.list().await.with_context(|| format!("listing {url}"))?;
+    let (format, ext) = files_format(url, names.iter().map(std::path::PathBuf::from))?;
+    Ok((format, ext, format!("{}/", url.trim_end_matches('/'))))
+}
+
 /// The format of the data files in `dir` (hidden files and markers such as
 /// `_SUCCESS` are ignored, as DataFusion ignores them).
 fn directory_format(dir: &Path) -> Result<(FileFormat, &'static str)> {
-    let mut found = None;
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut files = vec![];
     for entry in entries {
         let path = entry?.path();
+        if !path.is_dir() {
+            files.push(path);
+        }
+    }
+    files_format(&dir.display().to_string(), files.into_iter())
+}
+
+/// The one format of `files` (the files of directory `dir`).
+fn files_format(
+    dir: &str,
+    files: impl Iterator<Item = std::path::PathBuf>,
+) -> Result<(FileFormat, &'static str)> {
+    let mut found = None;
+    for path in files {
         let hidden = path
             .file_name()
             .and_then(|n| n.to_str())
             .is_none_or(|n| n.starts_with('.') || n.starts_with('_'));
-        if hidden || path.is_dir() {
+        if hidden {
             continue;
         }
         match (FileFormat::from_path(&path), found) {
             (Some(f), None) => found = Some(f),
             (Some(f), Some(seen)) if f != seen => bail!(
-                "{} mixes {} and {} files; register one format per table",
-                dir.display(),
+                "{dir} mixes {} and {} files; register one format per table",
                 seen.1,
                 f.1
             ),
             _ => {}
         }
     }
-    found.with_context(|| {
-        format!(
-            "{} has no .parquet, .csv, .json or .ndjson files",
-            dir.display()
-        )
-    })
+    found.with_context(|| format!("{dir} has no .parquet, .csv, .json or .ndjson files"))
 }

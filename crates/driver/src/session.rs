@@ -405,6 +405,21 @@ impl Session {
         self.engine().and_then(Engine::driver_address)
     }
 
+    /// A cluster driver's executors and their processes' peak resident memory, from
+    /// their heartbeats (`None` in local mode or for a client).
+    pub fn executor_peak_rss(&self) -> Option<Vec<(String, u64)>> {
+        match &self.inner.runner {
+            Runner::Engine(engine) => engine.executors().map(|e| {
+                use crate::events::LiveExecutors;
+                e.views()
+                    .into_iter()
+                    .map(|v| (v.id, v.peak_rss_bytes))
+                    .collect()
+            }),
+            Runner::Remote(_) => None,
+        }
+    }
+
     /// Task slots of the executors registered so far, when this session is a driver.
     pub fn cluster_slots(&self) -> Option<usize> {
         self.engine().and_then(Engine::cluster_slots)

@@ -65,6 +65,19 @@ fn store_for(url: &url::Url, stores: &dyn ObjectStoreRegistry) -> Result<Arc<dyn
     Ok(store)
 }
 
+/// How long connecting to an object store's server may take.
+const CONNECT_TIMEOUT: &str = "5s";
+
+/// Retries of a failed object store request: a few, within 15 s, so that an
+/// unreachable server fails the query soon (the default retries for 3 minutes).
+fn bounded_retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(15),
+        ..Default::default()
+    }
+}
+
 /// A new client for `url`'s server: WebDAV over `http(s)://`, or S3 (`s3://bucket`,
 /// configured from the `AWS_*` environment variables).
 fn build_store(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
@@ -76,8 +89,14 @@ fn build_store(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
                 object_store::http::HttpBuilder::new()
                     .with_url(origin)
                     .with_client_options(
-                        object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"),
+                        object_store::ClientOptions::new()
+                            .with_allow_http(url.scheme() == "http")
+                            .with_config(
+                                object_store::ClientConfigKey::ConnectTimeout,
+                                CONNECT_TIMEOUT,
+                            ),
                     )
+                    .with_retry(bounded_retries())
                     .build()
                     .map_err(bad)?,
             )
@@ -85,6 +104,13 @@ fn build_store(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
         "s3" | "s3a" => Arc::new(
             object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url.as_str())
+                .with_retry(bounded_retries())
+                .with_config(
+                    object_store::aws::AmazonS3ConfigKey::Client(
+                        object_store::ClientConfigKey::ConnectTimeout,
+                    ),
+                    CONNECT_TIMEOUT,
+                )
                 .build()
                 .map_err(bad)?,
         ),

@@ -277,6 +277,7 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
                     executor_id: executor_id.clone(),
                     running_tasks: held.len() as u32,
                     running: held,
+                    peak_rss_bytes: ember_core::metrics::peak_rss_bytes(),
                 };
                 match driver.heartbeat(liveness.unary(beat)).await {
                     Ok(r) if r.get_ref().reregister => {

@@ -15,6 +15,7 @@ mod object_store;
 mod progress;
 mod recovery;
 mod results;
+mod s3;
 mod secret;
 mod tls;
 
@@ -59,11 +60,22 @@ impl Drop for Processes {
 /// Starts `ember driver` on 127.0.0.1:`port` with `extra` flags, its log (info) in
 /// `log`, and waits until it listens.
 pub(crate) fn start_driver(port: u16, log: &Path, extra: &[&str]) -> Processes {
+    start_driver_env(port, log, extra, &[])
+}
+
+/// [`start_driver`] with environment variables `env` set for the driver.
+pub(crate) fn start_driver_env(
+    port: u16,
+    log: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Processes {
     let driver = Processes(vec![
         Command::new(env!("CARGO_BIN_EXE_ember"))
             .args(["--log-level", "info", "driver", "--bind"])
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("EMBER_SECRET")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -80,6 +92,17 @@ pub(crate) fn start_executors(address: &str, work: &Path, n: usize) -> Processes
 
 /// Starts `n` executors with `extra` flags (e.g. a secret file).
 fn start_executors_with(address: &str, work: &Path, n: usize, extra: &[&str]) -> Processes {
+    start_executors_env(address, work, n, extra, &[])
+}
+
+/// [`start_executors_with`] with environment variables `env` set for the executors.
+fn start_executors_env(
+    address: &str,
+    work: &Path,
+    n: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Processes {
     Processes(
         (0..n)
             .map(|i| {
@@ -94,6 +117,7 @@ fn start_executors_with(address: &str, work: &Path, n: usize, extra: &[&str]) ->
                     ])
                     .arg(work.join(format!("exec-{i}")))
                     .args(extra)
+                    .envs(env.iter().copied())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()

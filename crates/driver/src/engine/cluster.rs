@@ -44,6 +44,8 @@ struct RemoteExecutor {
     client: ExecutorServiceClient<AuthChannel>,
     address: String,
     memory_bytes: u64,
+    /// The process's peak resident memory, as its last heartbeat said.
+    peak_rss_bytes: u64,
     registered_ms: i64,
     last_seen_ms: i64,
     cores: usize,
@@ -216,6 +218,7 @@ impl ClusterExecutors {
                 client,
                 address: req.address.clone(),
                 memory_bytes: req.memory_bytes,
+                peak_rss_bytes: 0,
                 registered_ms: epoch_ms(),
                 last_seen_ms: epoch_ms(),
                 cores: req.cores as usize,
@@ -240,6 +243,13 @@ impl ClusterExecutors {
     }
 
     /// Records a sign of life; false for an executor this driver does not know.
+    /// An executor's heartbeat told its peak resident memory.
+    fn peak_rss(&self, executor_id: &str, bytes: u64) {
+        if let Some(e) = self.state.lock().executors.get_mut(executor_id) {
+            e.peak_rss_bytes = e.peak_rss_bytes.max(bytes);
+        }
+    }
+
     fn touch(&self, executor_id: &str) -> bool {
         match self.state.lock().executors.get_mut(executor_id) {
             Some(e) => {
@@ -537,6 +547,8 @@ impl DriverService for DriverServer {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let beat = request.into_inner();
         let reregister = !self.cluster.touch(&beat.executor_id);
+        self.cluster
+            .peak_rss(&beat.executor_id, beat.peak_rss_bytes);
         // An executor of an older build sends only the count: nothing to compare.
         if !reregister && beat.running.len() == beat.running_tasks as usize {
             let listed = beat
@@ -783,6 +795,7 @@ fn view_of(id: &str, e: &RemoteExecutor) -> ExecutorView {
         address: e.address.clone(),
         cores: e.cores,
         memory_bytes: e.memory_bytes,
+        peak_rss_bytes: e.peak_rss_bytes,
         active_tasks: e.busy,
         registered_ms: e.registered_ms,
         last_heartbeat_ms: e.last_seen_ms,

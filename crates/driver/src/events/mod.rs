@@ -109,6 +109,10 @@ pub struct ExecutorView {
     pub address: String,
     pub cores: usize,
     pub memory_bytes: u64,
+    /// The executor process's peak resident memory, from its heartbeats (0 before
+    /// the first, or in local mode).
+    #[serde(default)]
+    pub peak_rss_bytes: u64,
     pub active_tasks: usize,
     pub registered_ms: i64,
     pub last_heartbeat_ms: i64,

@@ -288,6 +288,54 @@ impl LogicalExtensionCodec for EmberLogicalCodec {
         Ok(())
     }
 
+    /// `COPY ... TO` and `CREATE EXTERNAL TABLE` formats: a tag byte, then the
+    /// options as DataFusion's codec for that format writes them.
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> DFResult<Arc<dyn datafusion::datasource::file_format::FileFormatFactory>> {
+        use datafusion_proto::logical_plan::file_formats as f;
+        match buf.split_first() {
+            Some((b'P', rest)) => f::ParquetLogicalExtensionCodec.try_decode_file_format(rest, ctx),
+            Some((b'C', rest)) => f::CsvLogicalExtensionCodec.try_decode_file_format(rest, ctx),
+            Some((b'J', rest)) => f::JsonLogicalExtensionCodec.try_decode_file_format(rest, ctx),
+            Some((b'A', rest)) => f::ArrowLogicalExtensionCodec.try_decode_file_format(rest, ctx),
+            _ => Err(DataFusionError::NotImplemented(
+                "a file format ember does not know (expected Parquet, CSV, JSON or Arrow)".into(),
+            )),
+        }
+    }
+
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn datafusion::datasource::file_format::FileFormatFactory>,
+    ) -> DFResult<()> {
+        use datafusion::datasource::file_format::{
+            arrow::ArrowFormatFactory, csv::CsvFormatFactory, json::JsonFormatFactory,
+            parquet::ParquetFormatFactory,
+        };
+        use datafusion_proto::logical_plan::file_formats as f;
+        let codec: (u8, &dyn LogicalExtensionCodec) =
+            if node.downcast_ref::<ParquetFormatFactory>().is_some() {
+                (b'P', &f::ParquetLogicalExtensionCodec)
+            } else if node.downcast_ref::<CsvFormatFactory>().is_some() {
+                (b'C', &f::CsvLogicalExtensionCodec)
+            } else if node.downcast_ref::<JsonFormatFactory>().is_some() {
+                (b'J', &f::JsonLogicalExtensionCodec)
+            } else if node.downcast_ref::<ArrowFormatFactory>().is_some() {
+                (b'A', &f::ArrowLogicalExtensionCodec)
+            } else {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "sending the file format {} to a driver (Parquet, CSV, JSON and Arrow can be)",
+                    node.get_ext()
+                )));
+            };
+        buf.push(codec.0);
+        codec.1.try_encode_file_format(buf, node)
+    }
+
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DFResult<Arc<ScalarUDF>> {
         if let Some(f) = self.functions.get(name) {
             return Ok(f.clone());

@@ -280,6 +280,7 @@ fn executor_views(ui: &Ui) -> Vec<ExecutorView> {
             address: "in process".into(),
             cores: *slots,
             memory_bytes: resident_bytes().unwrap_or(0),
+            peak_rss_bytes: ember_core::metrics::peak_rss_bytes(),
             active_tasks: ui.status.running_tasks(),
             registered_ms: ui.status.app().start_ms,
             last_heartbeat_ms: status::now_ms(),

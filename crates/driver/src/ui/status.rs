@@ -203,6 +203,7 @@ impl AppStatus {
                         address: address.clone(),
                         cores: *cores,
                         memory_bytes: *memory_bytes,
+                        peak_rss_bytes: 0,
                         active_tasks: 0,
                         registered_ms: *time_ms,
                         last_heartbeat_ms: *time_ms,

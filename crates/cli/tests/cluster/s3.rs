@@ -1,0 +1,214 @@
+//! Tables in an S3-compatible store: `s3s-fs`, a real S3 server on 127.0.0.1 that
+//! checks request signatures (`.ci/run` installs it). A client writes a table through
+//! a cluster (an executor writes the files), reads it back through the cluster (the
+//! executors read them), and gets clear errors for a missing bucket, a wrong key and
+//! an unreachable endpoint.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use super::*;
+
+const ACCESS_KEY: &str = "ember-test";
+const SECRET_KEY: &str = "ember-test-secret";
+
+/// The `s3s-fs` binary: on the PATH or where `cargo install` puts it.
+fn s3s_fs() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("s3s-fs"));
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin/s3s-fs"));
+    on_path.chain(cargo_home).find(|p| p.is_file()).expect(
+        "s3s-fs, an S3 server for the tests: cargo install s3s-fs@0.14.1 --features binary --locked (.ci/run does)",
+    )
+}
+
+/// A running S3 server whose bucket `ember` exists.
+struct S3 {
+    _server: Processes,
+    endpoint: String,
+    _root: tempfile::TempDir,
+}
+
+fn serve_s3() -> S3 {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("ember")).unwrap();
+    let port = free_port();
+    let server = Processes(vec![
+        Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts"),
+    ]);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "s3s-fs did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    S3 {
+        _server: server,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        _root: root,
+    }
+}
+
+/// The environment every process reads its S3 client's settings from.
+fn s3_env<'a>(endpoint: &'a str, secret: &'a str) -> [(&'static str, &'a str); 5] {
+    [
+        ("AWS_ENDPOINT", endpoint),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ]
+}
+
+/// `ember sql` against `master` with `env`, the statements in `args`.
+fn sql(master: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["sql", "--master", master, "--format", "csv"])
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("EMBER_SECRET")
+        .output()
+        .expect("ember sql runs")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn error(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_table_in_s3_is_written_and_read_back_through_a_cluster() {
+    let s3 = serve_s3();
+    let env = s3_env(&s3.endpoint, SECRET_KEY);
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let driver_log = work.path().join("driver.log");
+    let _driver = start_driver_env(port, &driver_log, &[], &env);
+    let url = format!("http://127.0.0.1:{port}");
+    let _executors = start_executors_env(&url, work.path(), 2, &[], &env);
+    wait_for_log(&driver_log, &["executor registered"], 1, 30);
+    let master = format!("ember://127.0.0.1:{port}");
+
+    // The job's last task writes the files into the bucket.
+    let written = sql(
+        &master,
+        &env,
+        &[
+            "-e",
+            "COPY (SELECT a AS x, 'n' || CAST(a AS VARCHAR) AS name FROM (SELECT unnest(range(1000)) AS a)) \
+             TO 's3://ember/t/' STORED AS PARQUET",
+        ],
+    );
+    assert_eq!(stdout(&written).trim(), "count\n1000");
+    // Registered by URL, read by the executors.
+    let read = sql(
+        &master,
+        &env,
+        &[
+            "--table",
+            "t=s3://ember/t/",
+            "-e",
+            "SELECT count(*) AS n, sum(x) AS s, max(name) AS m FROM t",
+        ],
+    );
+    assert_eq!(stdout(&read).trim(), "n,s,m\n1000,499500,n999");
+    // The same through CREATE EXTERNAL TABLE.
+    let read = sql(
+        &master,
+        &env,
+        &[
+            "-e",
+            "CREATE EXTERNAL TABLE u STORED AS PARQUET LOCATION 's3://ember/t/'",
+            "-e",
+            "SELECT count(*) AS n FROM u WHERE x >= 500",
+        ],
+    );
+    assert_eq!(stdout(&read).trim(), "n\n500");
+}
+
+#[test]
+fn a_missing_bucket_a_wrong_key_and_an_unreachable_endpoint_are_clear_errors() {
+    let s3 = serve_s3();
+    let env = s3_env(&s3.endpoint, SECRET_KEY);
+    let wrote = sql(
+        "local[1]",
+        &env,
+        &[
+            "-e",
+            "COPY (SELECT 1 AS x) TO 's3://ember/one/' STORED AS PARQUET",
+        ],
+    );
+    stdout(&wrote);
+
+    let missing = error(&sql(
+        "local[1]",
+        &env,
+        &["--table", "t=s3://no-such-bucket/t/", "-e", "SELECT 1"],
+    ));
+    assert!(missing.contains("NoSuchBucket"), "{missing}");
+    assert!(
+        missing.contains("s3://no-such-bucket/t"),
+        "names the location: {missing}"
+    );
+
+    let wrong = s3_env(&s3.endpoint, "not-the-secret");
+    let denied = error(&sql(
+        "local[1]",
+        &wrong,
+        &[
+            "--table",
+            "t=s3://ember/one/",
+            "-e",
+            "SELECT count(*) FROM t",
+        ],
+    ));
+    assert!(denied.contains("SignatureDoesNotMatch"), "{denied}");
+
+    let nowhere = s3_env("http://127.0.0.1:1", SECRET_KEY);
+    let started = Instant::now();
+    let unreachable = error(&sql(
+        "local[1]",
+        &nowhere,
+        &[
+            "--table",
+            "t=s3://ember/one/",
+            "-e",
+            "SELECT count(*) FROM t",
+        ],
+    ));
+    assert!(
+        unreachable.contains("127.0.0.1:1"),
+        "names the endpoint: {unreachable}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "an unreachable endpoint fails within its bounded retries, not after minutes"
+    );
+}
