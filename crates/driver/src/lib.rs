@@ -34,6 +34,7 @@ pub use dataframe::{
     functions, lit,
 };
 pub use ember_core::{EmberConfig, EmberError, Result};
+pub use engine::{CachedFrameView, StorageLevel};
 pub use events::progress::{JobProgress, StageProgress};
 pub use events::{AppEvent, Listener, ListenerBus};
 pub use session::{Master, Session, SessionBuilder};

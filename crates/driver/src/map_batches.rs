@@ -179,7 +179,37 @@ impl QueryPlanner for EmberQueryPlanner {
                 cluster_driver: self.cluster_driver,
             }),
             Arc::new(crate::stream::StatefulPlanner),
+            Arc::new(CachePlanner),
         ]);
         planner.create_physical_plan(logical_plan, session).await
+    }
+}
+
+/// Plans a persisted frame's [`CacheNode`](crate::dataframe::CacheNode) as the
+/// `CacheExec` the stage planner cuts at.
+#[derive(Debug)]
+struct CachePlanner;
+
+#[async_trait]
+impl ExtensionPlanner for CachePlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn datafusion::catalog::Session,
+        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+    ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<crate::dataframe::CacheNode>() else {
+            return Ok(None);
+        };
+        let input = physical_inputs
+            .first()
+            .cloned()
+            .ok_or_else(|| DataFusionError::Internal("Cache takes one input".into()))?;
+        Ok(Some(Arc::new(crate::engine::CacheExec::new(
+            node.id, node.level, input,
+        ))))
     }
 }

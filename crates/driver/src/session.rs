@@ -244,6 +244,7 @@ impl SessionBuilder {
             app_name: self.app_name,
             fixed_partitions,
             clients: std::sync::OnceLock::new(),
+            next_cache: std::sync::atomic::AtomicU64::new(1),
         });
         if let Runner::Engine(engine) = &inner.runner {
             let clients: Arc<dyn ClientApi> = Arc::new(DriverClients::new(&inner));
@@ -334,6 +335,8 @@ pub(crate) struct SessionInner {
     fixed_partitions: bool,
     /// Client sessions of a driver, kept alive here.
     clients: std::sync::OnceLock<Arc<dyn ClientApi>>,
+    /// The id of the next persisted frame.
+    next_cache: std::sync::atomic::AtomicU64,
 }
 
 impl SessionInner {
@@ -403,6 +406,28 @@ impl Session {
     /// Where executors register, when this session is a cluster's driver.
     pub fn driver_address(&self) -> Option<&str> {
         self.engine().and_then(Engine::driver_address)
+    }
+
+    /// The persisted frames (`DataFrame::persist`) and where their partitions are
+    /// kept: what the UI's Storage page shows.
+    pub fn storage(&self) -> Vec<crate::CachedFrameView> {
+        self.caches().map(|c| c.views()).unwrap_or_default()
+    }
+
+    pub(crate) fn caches(&self) -> Option<&Arc<crate::engine::CacheRegistry>> {
+        self.engine().map(Engine::caches)
+    }
+
+    pub(crate) fn next_cache_id(&self) -> u64 {
+        self.inner
+            .next_cache
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn uncache(&self, id: u64) {
+        if let Some(engine) = self.engine() {
+            engine.uncache(id);
+        }
     }
 
     /// A cluster driver's executors and their processes' peak resident memory, from
@@ -575,7 +600,7 @@ impl Session {
     /// The stage DAG ember would run for a logical plan, as text.
     pub async fn explain_stages(&self, plan: &LogicalPlan) -> Result<String> {
         let physical = self.create_physical_plan(plan).await?;
-        crate::engine::explain(physical)
+        crate::engine::explain(physical, self.caches().map(|c| c.as_ref()))
     }
 
     /// A new client session on this driver: same configuration and engine, its own

@@ -9,6 +9,7 @@ use super::free_port;
 
 use ember_core::rpc::Security;
 
+mod cache;
 mod functions;
 mod liveness;
 mod object_store;

@@ -62,16 +62,4 @@ impl DataFrame {
             .unwrap_or_else(|| self.schema());
         Ok(concat_batches(&schema, &batches)?)
     }
-
-    /// Runs the plan once and returns a frame over the result, held in memory, so
-    /// later actions on it do not recompute it. Unlike Spark's lazy `cache()`, this
-    /// computes now.
-    pub async fn cache(&self) -> Result<DataFrame> {
-        let batches = self.collect().await?;
-        let schema = batches
-            .first()
-            .map(|b| b.schema())
-            .unwrap_or_else(|| self.schema());
-        self.session.dataframe_from_batches(schema, batches)
-    }
 }

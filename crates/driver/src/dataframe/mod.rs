@@ -22,6 +22,7 @@
 //! the transformation is called, as in Spark's analyzer, not when the action runs.
 
 mod action;
+mod cache;
 mod create;
 mod explain;
 pub mod functions;
@@ -42,6 +43,7 @@ use ember_core::Result;
 
 use crate::session::Session;
 
+pub(crate) use cache::CacheNode;
 pub use explain::ExplainMode;
 pub use functions::{col, lit};
 pub use group::GroupedData;

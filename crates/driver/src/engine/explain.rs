@@ -6,11 +6,13 @@ use std::sync::Arc;
 use datafusion::physical_plan::ExecutionPlan;
 use ember_exec::shuffle::UnresolvedShuffleExec;
 
+use super::cache::CacheRegistry;
 use super::planner::StageGraph;
 
 /// One block per stage, children first: id, task count, parents, output exchange, and
-/// the stage plan's operators.
-pub(crate) fn stage_dag(graph: &StageGraph) -> String {
+/// the stage plan's operators. A cache stage whose partitions are all kept (in
+/// `caches`) says so: the job reads them instead of running it.
+pub(crate) fn stage_dag(graph: &StageGraph, caches: Option<&CacheRegistry>) -> String {
     let mut out = String::new();
     for stage in graph.stages.values() {
         let parents = if stage.parents.is_empty() {
@@ -20,9 +22,21 @@ pub(crate) fn stage_dag(graph: &StageGraph) -> String {
             format!(", reads stages [{}]", ids.join(", "))
         };
         let tasks = if stage.tasks == 1 { "task" } else { "tasks" };
+        let kept = match (stage.cache(), caches) {
+            (Some(id), Some(caches)) => {
+                let outputs = caches.outputs(id, stage.tasks);
+                let kept = outputs.iter().flatten().count();
+                if stage.tasks > 0 && kept == stage.tasks {
+                    " (cached: read, not run)".to_string()
+                } else {
+                    format!(" ({kept} of {} partitions cached)", stage.tasks)
+                }
+            }
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "Stage {}: {} {tasks}{parents} -> {}",
+            "Stage {}: {} {tasks}{parents} -> {}{kept}",
             stage.id, stage.tasks, stage.output
         );
         operators(&stage.plan, 1, &mut out);

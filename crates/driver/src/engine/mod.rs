@@ -11,6 +11,7 @@
 //! Executor slots have one owner: the launcher
 //! (`local.rs` in-process, `cluster.rs` for executor processes).
 
+mod cache;
 mod cluster;
 mod explain;
 mod fallback;
@@ -38,6 +39,8 @@ use ember_exec::shuffle::{MemoryShuffleStore, ShuffleEnv};
 use ember_exec::task::{FunctionSource, TaskEnv};
 use tokio::sync::{mpsc, watch};
 
+pub(crate) use cache::{CacheExec, CacheRegistry};
+pub use cache::{CachedFrameView, StorageLevel};
 pub(crate) use cluster::ClusterExecutors;
 use cluster::DriverServer;
 use ember_core::proto::driver_service_server::DriverServiceServer;
@@ -64,6 +67,8 @@ pub(crate) struct Engine {
     next_sql: AtomicU64,
     /// Where the result reader fetches final-stage outputs through.
     results: Arc<ShuffleEnv>,
+    /// The persisted frames and their kept partitions.
+    caches: Arc<CacheRegistry>,
 }
 
 struct ClusterParts {
@@ -176,7 +181,8 @@ impl Engine {
             memory_bytes: limits.memory_bytes.unwrap_or(0),
             time_ms: now_ms(),
         });
-        let scheduler = Scheduler::new(launcher, codec, bus.clone());
+        let caches = Arc::new(CacheRegistry::default());
+        let scheduler = Scheduler::new(launcher, codec, bus.clone(), caches.clone());
         let event_loop = handle.spawn(scheduler.run(rx));
         Ok(Engine {
             events,
@@ -189,6 +195,7 @@ impl Engine {
             bus,
             next_sql: AtomicU64::new(1),
             results: shuffle,
+            caches,
         })
     }
 
@@ -223,10 +230,12 @@ impl Engine {
         let jobs = Arc::new(JobRecords::default());
         bus.add(jobs.clone());
         app_started(&bus, app_name, &format!("driver://{local}"));
+        let caches = Arc::new(CacheRegistry::default());
         let scheduler = Scheduler::new(
             Arc::new(executors.clone()),
             EmberCodec::new(batch_fns),
             bus.clone(),
+            caches.clone(),
         );
         let event_loop = handle.spawn(scheduler.run(rx));
         let timeout = std::time::Duration::from_secs(config.executor_timeout_secs);
@@ -294,6 +303,7 @@ impl Engine {
                 ShuffleEnv::new("driver", std::env::temp_dir(), None)
                     .with_security(security.clone()),
             ),
+            caches,
             cluster: Some(ClusterParts {
                 executors,
                 clients,
@@ -398,6 +408,16 @@ impl Engine {
         Ok(reader.stream())
     }
 
+    /// The persisted frames and their kept partitions.
+    pub(crate) fn caches(&self) -> &Arc<CacheRegistry> {
+        &self.caches
+    }
+
+    /// Forgets a persisted frame and removes its kept partitions everywhere.
+    pub(crate) fn uncache(&self, cache: u64) {
+        let _ = self.events.send(Event::Uncache { cache });
+    }
+
     pub(crate) fn progress(&self) -> watch::Receiver<JobProgress> {
         self.progress.clone()
     }
@@ -455,8 +475,11 @@ fn app_started(bus: &ListenerBus, name: &str, master: &str) {
 }
 
 /// The stage DAG a plan would run as.
-pub(crate) fn explain(plan: Arc<dyn ExecutionPlan>) -> Result<String> {
-    Ok(explain::stage_dag(&StageGraph::plan(0, plan)?))
+pub(crate) fn explain(
+    plan: Arc<dyn ExecutionPlan>,
+    caches: Option<&CacheRegistry>,
+) -> Result<String> {
+    Ok(explain::stage_dag(&StageGraph::plan(0, plan)?, caches))
 }
 
 /// The stage plans of a physical plan, children first.

@@ -41,6 +41,8 @@ use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, replace_children_if_necessary,
 };
 use ember_core::Result;
+
+use super::cache::{CacheExec, cache_job};
 use ember_exec::shuffle::{
     ShuffleWriterExec, UnresolvedShuffleExec, after_hash_exchange, after_passthrough,
 };
@@ -63,6 +65,8 @@ pub(crate) enum Exchange {
     Broadcast,
     /// The job's result, returned to the caller.
     Result,
+    /// A persisted frame's partitions, kept for later jobs.
+    Cache { id: u64 },
 }
 
 impl std::fmt::Display for Exchange {
@@ -75,6 +79,7 @@ impl std::fmt::Display for Exchange {
             Exchange::Merge => f.write_str("merge"),
             Exchange::Broadcast => f.write_str("broadcast"),
             Exchange::Result => f.write_str("result"),
+            Exchange::Cache { id } => write!(f, "cache({id})"),
         }
     }
 }
@@ -90,6 +95,16 @@ pub(crate) struct Stage {
     /// One task per partition.
     pub tasks: usize,
     pub output: Exchange,
+}
+
+impl Stage {
+    /// The persisted frame this stage computes, if it is a cache stage.
+    pub(crate) fn cache(&self) -> Option<u64> {
+        match self.output {
+            Exchange::Cache { id } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// The stages of one job; the final stage has the highest id.
@@ -177,6 +192,27 @@ impl Planner {
             ids.sort_unstable();
             ids.dedup();
             return Ok((replace_children_if_necessary(plan, inputs)?, ids));
+        }
+        if let Some(cache) = plan.downcast_ref::<CacheExec>() {
+            // Its input is a stage of its own, written where no job's end removes it.
+            let input = children[0].clone();
+            let maps = input.output_partitioning().partition_count();
+            let facts = after_passthrough(&input);
+            let id = self.stages.len() + 1;
+            let writer = ShuffleWriterExec::try_new(cache_job(cache.id), 0, input, None)?;
+            self.stages.insert(
+                id,
+                Stage {
+                    id,
+                    plan: Arc::new(writer),
+                    parents,
+                    tasks: maps,
+                    output: Exchange::Cache { id: cache.id },
+                },
+            );
+            let unresolved =
+                UnresolvedShuffleExec::new(id, Partitioning::UnknownPartitioning(maps), facts);
+            return Ok((Arc::new(unresolved), vec![id]));
         }
         if let Some(rep) = plan.downcast_ref::<RepartitionExec>() {
             return match rep.partitioning() {

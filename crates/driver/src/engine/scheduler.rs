@@ -40,7 +40,9 @@ use ember_exec::task::{
 };
 use tokio::sync::mpsc;
 
+use super::cache::CacheRegistry;
 use super::job::{Job, ResultEvent, StageStatus, TaskState};
+use super::planner::StageGraph;
 use crate::events::{AppEvent, JobStatus, ListenerBus, StagePlan, now_ms};
 
 pub(crate) enum Event {
@@ -75,6 +77,10 @@ pub(crate) enum Event {
         executor: String,
         message: String,
     },
+    /// A persisted frame is forgotten: its kept partitions are removed everywhere.
+    Uncache {
+        cache: u64,
+    },
     /// The result reader has read every partition: the job has succeeded. `ended`
     /// is told once the job's end has been posted, so that the caller sees the end
     /// of its rows after the job's (a program may stop right then).
@@ -104,6 +110,8 @@ pub(crate) struct Scheduler {
     launcher: Arc<dyn TaskLauncher>,
     codec: EmberCodec,
     bus: Arc<ListenerBus>,
+    /// The persisted frames' kept partitions.
+    caches: Arc<CacheRegistry>,
 }
 
 impl Scheduler {
@@ -111,6 +119,7 @@ impl Scheduler {
         launcher: Arc<dyn TaskLauncher>,
         codec: EmberCodec,
         bus: Arc<ListenerBus>,
+        caches: Arc<CacheRegistry>,
     ) -> Self {
         Scheduler {
             jobs: BTreeMap::new(),
@@ -118,6 +127,7 @@ impl Scheduler {
             launcher,
             codec,
             bus,
+            caches,
         }
     }
 
@@ -149,6 +159,10 @@ impl Scheduler {
                 executor,
                 message,
             } => self.result_lost(job, partition, &executor, &message),
+            Event::Uncache { cache } => {
+                self.caches.remove(cache);
+                self.launcher.remove_job(super::cache::cache_job(cache));
+            }
             Event::ResultsRead { job, ended } => {
                 self.finish_job(job);
                 let _ = ended.send(());
@@ -189,8 +203,36 @@ impl Scheduler {
             stages,
             time_ms: now_ms(),
         });
+        let mut job = job;
+        self.reuse_cached(&mut job);
         self.jobs.insert(id, job);
         self.start_ready_stages(id);
+    }
+
+    /// A job's cache stages start with the partitions kept from earlier jobs done: a
+    /// whole cached frame is not computed again.
+    fn reuse_cached(&self, job: &mut Job) {
+        for stage in job.graph.stages.values() {
+            let Some(cache) = stage.cache() else {
+                continue;
+            };
+            let state = job.stages.get_mut(&stage.id).expect("stage exists");
+            for (p, output) in self
+                .caches
+                .outputs(cache, stage.tasks)
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(output) = output {
+                    state.outputs[p] = Some(output);
+                    state.tasks[p] = TaskState::Done;
+                }
+            }
+            if stage.tasks > 0 && state.done() == stage.tasks {
+                tracing::info!(job = job.id, stage = stage.id, cache, "cached frame reused");
+                state.status = StageStatus::Done;
+            }
+        }
     }
 
     /// Starts every stage whose parents are done: resolves its shuffle reads, encodes
@@ -324,6 +366,10 @@ impl Scheduler {
                     let cause = format!("task {id} returned rows instead of storing them");
                     return self.fail_job(id.job, EmberError::Internal(cause));
                 };
+                if let Some(cache) = job.graph.stages[&id.stage].cache() {
+                    self.caches
+                        .record(cache, state.tasks.len(), id.partition, &m);
+                }
                 if is_final {
                     let _ = job.results.send(ResultEvent::Ready {
                         partition: id.partition,
@@ -518,7 +564,9 @@ impl Scheduler {
     }
 
     /// Marks every map output `executor` holds as missing: its task is pending again.
+    /// Cached partitions it held are forgotten too.
     fn forget_outputs(&mut self, executor: &str) {
+        self.caches.forget_executor(executor);
         for job in self.jobs.values_mut() {
             for (stage, state) in job.stages.iter_mut() {
                 // Result partitions already read are not needed again.
@@ -617,9 +665,9 @@ impl Scheduler {
     }
 
     fn finish_job(&mut self, job_id: u64) {
-        if self.jobs.remove(&job_id).is_none() {
+        let Some(job) = self.jobs.remove(&job_id) else {
             return;
-        }
+        };
         tracing::info!(job = job_id, "job finished");
         self.bus.post(AppEvent::JobEnded {
             job: job_id,
@@ -627,11 +675,17 @@ impl Scheduler {
             error: None,
             time_ms: now_ms(),
         });
-        self.job_ended(job_id);
+        self.job_ended(job_id, &job.graph);
     }
 
-    fn job_ended(&mut self, job_id: u64) {
+    fn job_ended(&mut self, job_id: u64, graph: &StageGraph) {
         self.launcher.remove_job(job_id);
+        // A frame unpersisted while this job computed it: what the job kept goes.
+        for cache in graph.stages.values().filter_map(|s| s.cache()) {
+            if !self.caches.contains(cache) {
+                self.launcher.remove_job(super::cache::cache_job(cache));
+            }
+        }
         if self.jobs.is_empty() {
             self.codec.clear_in_process();
         }
@@ -654,7 +708,7 @@ impl Scheduler {
         });
         self.launcher.cancel_tasks(&|t| t.job == job_id);
         let _ = job.results.send(ResultEvent::Failed(error));
-        self.job_ended(job_id);
+        self.job_ended(job_id, &job.graph);
     }
 }
 

@@ -121,7 +121,7 @@ async fn harness(slots: usize, settings: &[(&str, &str)]) -> Harness {
     let progress = Arc::new(ProgressListener::default());
     bus.add(progress.clone());
     let codec = EmberCodec::in_process(Arc::default(), Arc::default());
-    let mut scheduler = Scheduler::new(launcher.clone(), codec, bus);
+    let mut scheduler = Scheduler::new(launcher.clone(), codec, bus, Arc::default());
     let (tx, results) = mpsc::unbounded_channel();
     let job = Job::new(
         1,

@@ -277,20 +277,32 @@ async fn repartition_and_coalesce_keep_every_row() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cache_returns_the_same_rows_from_memory() -> Result<()> {
+async fn a_cached_frame_is_computed_once_and_then_read() -> Result<()> {
     let s = session()?;
     let df = s
         .range(0, 100, 1)?
         .filter((col("id") % lit(7)).eq(lit(0)))?;
-    let cached = df.cache().await?;
+    let cached = df.cache()?;
+    let dag = s.explain_stages(cached.logical_plan()).await?;
+    assert!(dag.contains("cache(") && dag.contains("0 of"), "{dag}");
     assert_eq!(
         sorted_rows(&cached.collect().await?)?,
         sorted_rows(&df.collect().await?)?
     );
+    // The kept partitions are read: the cache stage does not run again.
+    let dag = s.explain_stages(cached.logical_plan()).await?;
+    assert!(dag.contains("cached: read, not run"), "{dag}");
     assert_eq!(cached.count().await?, 15);
-    // The cached frame scans the stored result; the filter is not run again.
-    let plan = cached.logical_plan().display_indent().to_string();
-    assert!(!plan.contains("Filter"), "{plan}");
+    let storage = s.storage();
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert_eq!(storage[0].rows, 15);
+    assert_eq!(storage[0].cached_partitions, storage[0].partitions);
+    // Frames built on it read it too; filters stay above it.
+    let evens = cached.filter((col("id") % lit(2)).eq(lit(0)))?;
+    assert_eq!(evens.count().await?, 8);
+    let plain = cached.unpersist()?;
+    assert!(s.storage().is_empty());
+    assert_eq!(plain.count().await?, 15);
     Ok(())
 }
 
