@@ -222,7 +222,8 @@ impl SessionBuilder {
                     None => crate::ui::Executors::Local { slots },
                 };
                 // A session without its UI still works: say why and go on.
-                match crate::ui::serve(bind, status.clone(), executors, ui_secret) {
+                let storage = Some(engine.caches().clone());
+                match crate::ui::serve(bind, status.clone(), executors, storage, ui_secret) {
                     Ok(server) => Some(server),
                     Err(e) => {
                         tracing::warn!(error = %e, "the web UI could not start");
@@ -245,6 +246,7 @@ impl SessionBuilder {
             fixed_partitions,
             clients: std::sync::OnceLock::new(),
             next_cache: std::sync::atomic::AtomicU64::new(1),
+            cached_tables: CachedTables::default(),
         });
         if let Runner::Engine(engine) = &inner.runner {
             let clients: Arc<dyn ClientApi> = Arc::new(DriverClients::new(&inner));
@@ -337,7 +339,15 @@ pub(crate) struct SessionInner {
     clients: std::sync::OnceLock<Arc<dyn ClientApi>>,
     /// The id of the next persisted frame.
     next_cache: std::sync::atomic::AtomicU64,
+    /// Tables `CACHE TABLE` cached: their frame, and the table they replaced.
+    cached_tables: CachedTables,
 }
+
+/// Tables `CACHE TABLE` cached, by name: the cached frame's id, and the table provider
+/// it stands in for (none for `CACHE TABLE t AS query`).
+pub(crate) type CachedTables = parking_lot::Mutex<
+    std::collections::HashMap<String, (u64, Option<Arc<dyn datafusion::catalog::TableProvider>>)>,
+>;
 
 impl SessionInner {
     fn stop(&self) {
@@ -418,6 +428,10 @@ impl Session {
         self.engine().map(Engine::caches)
     }
 
+    pub(crate) fn cached_tables(&self) -> &CachedTables {
+        &self.inner.cached_tables
+    }
+
     pub(crate) fn next_cache_id(&self) -> u64 {
         self.inner
             .next_cache
@@ -491,6 +505,13 @@ impl Session {
     /// `CREATE EXTERNAL TABLE` or `SET` takes effect now (on the driver too, for a
     /// client session).
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        if let Some(statement) = crate::dataframe::CacheStatement::parse(sql) {
+            Box::pin(self.cache_statement(statement?)).await?;
+            // What DDL leaves: no rows, no columns.
+            let empty = datafusion::logical_expr::LogicalPlanBuilder::empty(false).build()?;
+            let empty = datafusion::dataframe::DataFrame::new(self.inner.ctx.state(), empty);
+            return Ok(DataFrame::new(self.clone(), empty).described(sql));
+        }
         let df = self.sql_in(&self.inner.ctx, sql).await?;
         Ok(DataFrame::new(self.clone(), df).described(sql))
     }

@@ -183,6 +183,39 @@ fn the_rest_api_and_metrics_follow_a_tpch_query() {
 }
 
 #[test]
+fn the_storage_api_lists_cached_frames_and_their_partitions() {
+    runtime().block_on(async {
+        let session = tpch_session("127.0.0.1:0").await;
+        let ui = session.ui_address().expect("the UI listens");
+        let empty = tokio::task::spawn_blocking(move || get_json(ui, "/api/v1/storage"))
+            .await
+            .unwrap();
+        assert_eq!(empty, serde_json::json!([]));
+        let frame = session
+            .sql("SELECT n_name, n_regionkey FROM nation")
+            .await
+            .unwrap()
+            .cache()
+            .unwrap();
+        assert_eq!(frame.count().await.unwrap(), 25);
+        let frames = tokio::task::spawn_blocking(move || get_json(ui, "/api/v1/storage"))
+            .await
+            .unwrap();
+        let f = &frames[0];
+        assert_eq!(f["rows"], 25, "{frames}");
+        assert_eq!(f["storage_level"], "MemoryAndDisk", "{frames}");
+        assert_eq!(f["cached_partitions"], f["partitions"], "{frames}");
+        assert_eq!(f["executors"], serde_json::json!(["local"]), "{frames}");
+        assert!(f["memory_bytes"].as_u64().unwrap() > 0, "{frames}");
+        frame.unpersist().unwrap();
+        let after = tokio::task::spawn_blocking(move || get_json(ui, "/api/v1/storage"))
+            .await
+            .unwrap();
+        assert_eq!(after, serde_json::json!([]));
+    });
+}
+
+#[test]
 fn with_a_secret_the_ui_asks_for_it() {
     runtime().block_on(async {
         let session = Session::builder()

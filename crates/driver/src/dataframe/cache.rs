@@ -135,3 +135,171 @@ impl DataFrame {
         Ok(self.with_plan(node.input.clone()))
     }
 }
+
+/// `CACHE [LAZY] TABLE name [[AS] query]` or `UNCACHE TABLE [IF EXISTS] name`, which
+/// DataFusion's parser does not know.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CacheStatement<'a> {
+    Cache {
+        name: &'a str,
+        lazy: bool,
+        query: Option<&'a str>,
+    },
+    Uncache {
+        name: &'a str,
+        if_exists: bool,
+    },
+}
+
+impl<'a> CacheStatement<'a> {
+    /// The statement `sql` is, if it is one of these.
+    pub(crate) fn parse(sql: &'a str) -> Option<Result<CacheStatement<'a>>> {
+        let sql = sql.trim().trim_end_matches(';').trim_end();
+        let mut rest = sql;
+        let mut word = || {
+            let trimmed = rest.trim_start();
+            let end = trimmed.find(char::is_whitespace).unwrap_or(trimmed.len());
+            let (w, r) = trimmed.split_at(end);
+            rest = r;
+            w
+        };
+        let first = word();
+        let is = |w: &str, k: &str| w.eq_ignore_ascii_case(k);
+        if is(first, "CACHE") {
+            let mut next = word();
+            let lazy = is(next, "LAZY");
+            if lazy {
+                next = word();
+            }
+            if !is(next, "TABLE") {
+                return Some(Err(usage()));
+            }
+            let name = word();
+            if name.is_empty() {
+                return Some(Err(usage()));
+            }
+            let mut query = rest.trim();
+            if query.len() >= 3 && query[..3].eq_ignore_ascii_case("AS ") {
+                query = query[3..].trim();
+            }
+            let query = (!query.is_empty()).then_some(query);
+            return Some(Ok(CacheStatement::Cache { name, lazy, query }));
+        }
+        if is(first, "UNCACHE") {
+            if !is(word(), "TABLE") {
+                return Some(Err(usage()));
+            }
+            let mut name = word();
+            let if_exists = is(name, "IF");
+            if if_exists {
+                if !is(word(), "EXISTS") {
+                    return Some(Err(usage()));
+                }
+                name = word();
+            }
+            if name.is_empty() || !rest.trim().is_empty() {
+                return Some(Err(usage()));
+            }
+            return Some(Ok(CacheStatement::Uncache { name, if_exists }));
+        }
+        None
+    }
+}
+
+fn usage() -> EmberError {
+    EmberError::Config(
+        "expected CACHE [LAZY] TABLE name [AS query] or UNCACHE TABLE [IF EXISTS] name".into(),
+    )
+}
+
+impl crate::Session {
+    /// Runs a `CACHE TABLE` / `UNCACHE TABLE` statement. `CACHE TABLE t` keeps table
+    /// t's rows (or, with `AS query`, the query's, as a new view t) on the executors and
+    /// computes them now unless `LAZY`; `UNCACHE TABLE t` forgets them, t reading its
+    /// source again.
+    pub(crate) async fn cache_statement(&self, statement: CacheStatement<'_>) -> Result<()> {
+        let ctx = self.context();
+        match statement {
+            CacheStatement::Cache { name, lazy, query } => {
+                let source = match query {
+                    Some(q) => self.sql(q).await?,
+                    None => self.table(name).await?,
+                };
+                let cached = source.cache()?;
+                let previous = match query {
+                    Some(_) => None,
+                    None => ctx.table_provider(name).await.ok(),
+                };
+                ctx.deregister_table(name)?;
+                ctx.register_table(name, cached.df.clone().into_view())?;
+                let id = cache_id(cached.logical_plan()).expect("a cached plan");
+                self.cached_tables()
+                    .lock()
+                    .insert(name.to_string(), (id, previous));
+                if !lazy {
+                    cached.count().await?;
+                }
+                Ok(())
+            }
+            CacheStatement::Uncache { name, if_exists } => {
+                let entry = self.cached_tables().lock().remove(name);
+                let Some((id, previous)) = entry else {
+                    if if_exists {
+                        return Ok(());
+                    }
+                    return Err(EmberError::Config(format!("table {name} is not cached")));
+                };
+                self.uncache(id);
+                ctx.deregister_table(name)?;
+                if let Some(provider) = previous {
+                    ctx.register_table(name, provider)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The persisted frame a plan is (its top node), if any.
+fn cache_id(plan: &LogicalPlan) -> Option<u64> {
+    let LogicalPlan::Extension(e) = plan else {
+        return None;
+    };
+    e.node.as_any().downcast_ref::<CacheNode>().map(|n| n.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CacheStatement;
+
+    #[test]
+    fn cache_statements_parse() {
+        let parse = |s| CacheStatement::parse(s).map(|r| r.unwrap());
+        assert_eq!(
+            parse("cache table t"),
+            Some(CacheStatement::Cache {
+                name: "t",
+                lazy: false,
+                query: None
+            })
+        );
+        assert_eq!(
+            parse("CACHE LAZY TABLE big AS SELECT * FROM t WHERE x > 1;"),
+            Some(CacheStatement::Cache {
+                name: "big",
+                lazy: true,
+                query: Some("SELECT * FROM t WHERE x > 1")
+            })
+        );
+        assert_eq!(
+            parse("UNCACHE TABLE IF EXISTS t"),
+            Some(CacheStatement::Uncache {
+                name: "t",
+                if_exists: true
+            })
+        );
+        assert_eq!(parse("SELECT 1"), None);
+        assert!(CacheStatement::parse("CACHE t").unwrap().is_err());
+        assert!(CacheStatement::parse("UNCACHE TABLE a b").unwrap().is_err());
+    }
+}

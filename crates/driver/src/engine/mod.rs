@@ -413,8 +413,9 @@ impl Engine {
         &self.caches
     }
 
-    /// Forgets a persisted frame and removes its kept partitions everywhere.
+    /// Forgets a persisted frame (at once) and removes its kept partitions everywhere.
     pub(crate) fn uncache(&self, cache: u64) {
+        self.caches.remove(cache);
         let _ = self.events.send(Event::Uncache { cache });
     }
 

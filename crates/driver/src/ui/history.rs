@@ -48,6 +48,7 @@ pub fn serve_history(dir: &Path, bind: &str) -> Result<UiServer> {
         let ui = Ui {
             status: r.status.clone(),
             executors: Arc::new(Executors::Replayed),
+            storage: None,
             secret: None,
             audit: Audit::new("the history server"),
         };

@@ -68,6 +68,8 @@ pub(crate) enum Executors {
 struct Ui {
     status: Arc<AppStatus>,
     executors: Arc<Executors>,
+    /// The live application's cached frames (none for a replayed one).
+    storage: Option<Arc<crate::engine::CacheRegistry>>,
     secret: Option<Arc<str>>,
     audit: Audit,
 }
@@ -90,12 +92,14 @@ pub(crate) fn serve(
     bind: &str,
     status: Arc<AppStatus>,
     executors: Executors,
+    storage: Option<Arc<crate::engine::CacheRegistry>>,
     secret: Option<String>,
 ) -> Result<UiServer> {
     let with_secret = secret.is_some();
     let ui = Ui {
         status,
         executors: Arc::new(executors),
+        storage,
         secret: secret.map(Arc::from),
         audit: Audit::new("the web UI"),
     };
@@ -185,6 +189,7 @@ fn api_router(ui: Ui) -> Router {
         .route("/stages", get(stages))
         .route("/stages/{job}/{stage}", get(stage))
         .route("/executors", get(executors_api))
+        .route("/storage", get(storage_api))
         .route("/sql", get(sql))
         .route("/streaming", get(streaming))
         .with_state(ui)
@@ -291,6 +296,12 @@ fn executor_views(ui: &Ui) -> Vec<ExecutorView> {
 }
 
 /// The executors with the tasks each finished and failed.
+/// The cached frames: partitions kept of all, memory and disk used, and where.
+async fn storage_api(State(ui): State<Ui>) -> Response {
+    let frames = ui.storage.as_ref().map(|s| s.views()).unwrap_or_default();
+    axum::Json(frames).into_response()
+}
+
 async fn executors_api(State(ui): State<Ui>) -> Response {
     let views: Vec<Value> = executor_views(&ui)
         .into_iter()

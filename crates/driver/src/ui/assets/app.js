@@ -326,6 +326,20 @@
         rows, 'No executors.');
   }
 
+  // ---- page: storage (cached frames) ----
+  async function storagePage() {
+    const frames = arr(await api('/api/v1/storage'));
+    const rows = frames.map((f) => '<tr>' + td(esc(f.id)) +
+      td(`<span title="${esc(f.name)}">${esc(trunc(f.name, 80))}</span>`, 'desc') +
+      td(esc(String(f.storage_level).replace(/([a-z])([A-Z])/g, '$1 $2').toLowerCase())) +
+      tdn(`${fmtNum(f.cached_partitions)} / ${fmtNum(f.partitions)}`) + tdn(fmtNum(f.rows)) +
+      tdn(fmtBytes(f.memory_bytes)) + tdn(fmtBytes(f.disk_bytes)) +
+      td(esc(arr(f.executors).join(', ') || DASH)) + '</tr>');
+    return title('Storage', `${frames.length} cached frame${frames.length === 1 ? '' : 's'}`) +
+      table(['Id#', 'Frame', 'Storage level', 'Cached partitions#', 'Rows#', 'Memory#', 'Disk#', 'Executors'],
+        rows, 'No cached frames: DataFrame::cache() or persist() keeps one once an action computes it.');
+  }
+
   // ---- page: SQL queries (expandable plans) ----
   async function sqlPage() {
     const qs = arr(await api('/api/v1/sql'));
@@ -421,6 +435,7 @@
     jobs: (a) => (a.length ? jobPage(a[0]) : jobsPage()),
     stages: (a) => (a.length >= 2 ? stagePage(a[0], a[1]) : stagesPage()),
     executors: executorsPage,
+    storage: storagePage,
     sql: sqlPage,
     streaming: streamingPage,
   };

@@ -334,3 +334,48 @@ async fn map_batches_applies_the_registered_function() -> Result<()> {
     assert!(error_of(s.range(0, 1, 1)?.map_batches("triple")).contains("'triple'"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_table_keeps_a_table_and_uncache_table_forgets_it() -> Result<()> {
+    let s = session()?;
+    s.sql("CREATE TABLE t AS SELECT value AS x FROM generate_series(1, 50)")
+        .await?
+        .collect()
+        .await?;
+    s.sql("CACHE TABLE t").await?.collect().await?;
+    let storage = s.storage();
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert_eq!(storage[0].rows, 50, "computed now: {storage:?}");
+    let sum = s.sql("SELECT sum(x) FROM t").await?.collect().await?;
+    assert_eq!(sorted_rows(&sum)?, table(&[&["1275"]]));
+    s.sql("CACHE LAZY TABLE odd AS SELECT x FROM t WHERE x % 2 = 1")
+        .await?
+        .collect()
+        .await?;
+    assert_eq!(s.storage().len(), 2);
+    assert_eq!(
+        s.storage()[1].cached_partitions,
+        0,
+        "lazy: not computed yet"
+    );
+    assert_eq!(s.sql("SELECT * FROM odd").await?.count().await?, 25);
+    s.sql("UNCACHE TABLE t").await?.collect().await?;
+    s.sql("UNCACHE TABLE IF EXISTS nothing")
+        .await?
+        .collect()
+        .await?;
+    assert_eq!(s.storage().len(), 1);
+    let sum = s.sql("SELECT sum(x) FROM t").await?.collect().await?;
+    assert_eq!(
+        sorted_rows(&sum)?,
+        table(&[&["1275"]]),
+        "the table reads its source again"
+    );
+    let err = s
+        .sql("UNCACHE TABLE t")
+        .await
+        .err()
+        .expect("t is not cached");
+    assert!(err.to_string().contains("not cached"), "{err}");
+    Ok(())
+}
