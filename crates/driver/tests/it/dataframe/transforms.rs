@@ -371,11 +371,9 @@ async fn cache_table_keeps_a_table_and_uncache_table_forgets_it() -> Result<()> 
         table(&[&["1275"]]),
         "the table reads its source again"
     );
-    let err = s
-        .sql("UNCACHE TABLE t")
-        .await
-        .err()
-        .expect("t is not cached");
+    let Err(err) = s.sql("UNCACHE TABLE t").await else {
+        panic!("t is not cached any more");
+    };
     assert!(err.to_string().contains("not cached"), "{err}");
     Ok(())
 }
