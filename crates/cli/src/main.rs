@@ -78,6 +78,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let (Command::Sql(args), Some(matches)) =
@@ -178,4 +179,21 @@ fn init_logging(level: Option<&str>) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// glibc gives each thread that allocates its own heap ("arena"), up to 8 per core,
+/// and keeps what is freed in each: a process whose tasks run on many threads in turn
+/// grows far past what it uses at once (an executor with `--memory 1g` reached 1.9 GiB
+/// over six TPC-H SF 10 queries, 1.2 GiB with two arenas). One arena per core, unless
+/// `MALLOC_ARENA_MAX` says otherwise. Before any thread starts.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(2);
+        // SAFETY: mallopt only sets an allocator parameter; no thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
 }
