@@ -6,19 +6,9 @@ use super::*;
 #[test]
 fn a_cached_frame_is_reused_and_survives_losing_an_executor() {
     cluster_runtime().block_on(async {
-        let data = tpch_sf01();
-        let driver = ember_driver::Session::builder()
-            .master("driver://127.0.0.1:0")
-            .config("ember.executor.timeout", "3")
-            .build()
-            .unwrap();
-        ember_driver::tpch::register_tables(driver.context(), &data)
-            .await
-            .unwrap();
-        let address = driver.driver_address().unwrap().to_string();
         let work = tempfile::tempdir().unwrap();
-        let mut executors = start_executors(&address, work.path(), 2);
-        wait_for_slots(&driver, 2, 60, "executors did not register").await;
+        let (driver, mut executors) =
+            tpch_cluster(&[("ember.executor.timeout", "3")], 2, &[], work.path()).await;
 
         let frame = driver
             .sql(

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Processes, cluster_runtime, free_port, sorted_lines, start_driver, start_executors_with,
-    tpch_sf01, wait_for_log, wait_for_slots,
+    tpch_cluster, wait_for_log, wait_for_slots,
 };
 
 /// Short keepalives, so a frozen peer is noticed in about 3 s.
@@ -91,22 +91,14 @@ fn regression_a_client_errors_naming_the_driver_when_the_driver_stops_answering(
 #[test]
 fn regression_a_query_completes_when_an_executor_stops_answering_midway() {
     cluster_runtime().block_on(async {
-        let data = tpch_sf01();
-        let driver = ember_driver::Session::builder()
-            .master("driver://127.0.0.1:0")
-            .config("ember.executor.timeout", "3")
-            .config("ember.rpc.keepalive_interval", "1")
-            .config("ember.rpc.keepalive_timeout", "2")
-            .config("ember.rpc.request_timeout", "3")
-            .build()
-            .unwrap();
-        ember_driver::tpch::register_tables(driver.context(), &data)
-            .await
-            .unwrap();
-        let address = driver.driver_address().unwrap().to_string();
+        let config = [
+            ("ember.executor.timeout", "3"),
+            ("ember.rpc.keepalive_interval", "1"),
+            ("ember.rpc.keepalive_timeout", "2"),
+            ("ember.rpc.request_timeout", "3"),
+        ];
         let work = tempfile::tempdir().unwrap();
-        let executors = start_executors_with(&address, work.path(), 2, &FAST_KEEPALIVE);
-        wait_for_slots(&driver, 2, 60, "executors did not register").await;
+        let (driver, executors) = tpch_cluster(&config, 2, &FAST_KEEPALIVE, work.path()).await;
 
         let sql = ember_driver::tpch::query(18).unwrap();
         let expected = driver.sql(&sql).await.unwrap().collect().await.unwrap();

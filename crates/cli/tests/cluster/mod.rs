@@ -153,6 +153,29 @@ fn tpch_sf01() -> std::path::PathBuf {
     data
 }
 
+/// A driver in this process with `config`, TPC-H SF 0.1 registered, and `n` executor
+/// processes (started with `extra` flags) registered with it.
+async fn tpch_cluster(
+    config: &[(&str, &str)],
+    n: usize,
+    extra: &[&str],
+    work: &Path,
+) -> (ember_driver::Session, Processes) {
+    let data = tpch_sf01();
+    let mut builder = ember_driver::Session::builder().master("driver://127.0.0.1:0");
+    for (k, v) in config {
+        builder = builder.config(*k, *v);
+    }
+    let driver = builder.build().unwrap();
+    ember_driver::tpch::register_tables(driver.context(), &data)
+        .await
+        .unwrap();
+    let address = driver.driver_address().unwrap().to_string();
+    let executors = start_executors_with(&address, work, n, extra);
+    wait_for_slots(&driver, n, 60, "executors did not register").await;
+    (driver, executors)
+}
+
 /// Waits until the driver has `slots` executor slots, failing with `what` after `secs`.
 async fn wait_for_slots(driver: &ember_driver::Session, slots: usize, secs: u64, what: &str) {
     let waiting = std::time::Instant::now();

@@ -5,20 +5,14 @@ use super::*;
 #[test]
 fn a_query_survives_losing_an_executor_midway() {
     cluster_runtime().block_on(async {
-        let data = tpch_sf01();
-        let driver = ember_driver::Session::builder()
-            .master("driver://127.0.0.1:0")
-            .config("ember.executor.timeout", "3")
-            .config("ember.cluster.executor_wait", "5")
-            .build()
-            .unwrap();
-        ember_driver::tpch::register_tables(driver.context(), &data)
-            .await
-            .unwrap();
-        let address = driver.driver_address().unwrap().to_string();
         let work = tempfile::tempdir().unwrap();
-        let mut executors = start_executors(&address, work.path(), 3);
-        wait_for_slots(&driver, 3, 60, "executors did not register").await;
+        let config = [
+            ("ember.executor.timeout", "3"),
+            ("ember.cluster.executor_wait", "5"),
+        ];
+        let (driver, mut executors) = tpch_cluster(&config, 3, &[], work.path()).await;
+        let address = driver.driver_address().unwrap().to_string();
+        let data = tpch_sf01();
 
         let sql = ember_driver::tpch::query(18).unwrap();
         // Stage 2's tasks wait a second, so every executor is running one when the
