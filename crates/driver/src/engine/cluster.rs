@@ -4,41 +4,27 @@
 //! owner of their slots: it places each task on the registered executor with the
 //! most free slots and sends `LaunchTasks` (or hands the task back, to wait, when
 //! every slot is taken). It posts executor events (added, decommissioned, lost);
-//! [`DriverServer`] is the driver's gRPC service, through which executors register
-//! and report task statuses (turned into scheduler events).
+//! the driver's gRPC service (`service.rs`) hands it executors' registrations,
+//! heartbeats and task reports.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::record_batch::RecordBatch;
-use datafusion::physical_plan::SendableRecordBatchStream;
 use ember_core::PROTOCOL_VERSION;
-use ember_core::convert::ipc_stream;
-use ember_core::convert::{
-    task_definition_to_proto, task_id_from_proto, task_id_to_proto, task_status_from_proto,
-};
-use ember_core::proto::driver_service_server::DriverService;
+use ember_core::convert::{task_definition_to_proto, task_id_to_proto};
 use ember_core::proto::executor_service_client::ExecutorServiceClient;
 use ember_core::proto::{
-    CancelJobRequest, CancelJobResponse, CancelTasksRequest, DecommissionRequest,
-    DecommissionResponse, ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest, GetJobRequest,
-    HeartbeatRequest, HeartbeatResponse, JobStatus, LaunchTasksRequest, RegisterExecutorRequest,
-    RegisterExecutorResponse, RemoveJobRequest, ReportTaskStatusRequest, ReportTaskStatusResponse,
+    CancelTasksRequest, LaunchTasksRequest, RegisterExecutorRequest, RemoveJobRequest,
 };
 use ember_core::rpc::{AuthChannel, Security};
 use ember_exec::task::{FailureReason, TaskDefinition, TaskFailure, TaskId, TaskStatus};
-use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
 
 use super::scheduler::{Event, TaskLauncher};
-use super::{ClientApi, ClientSlot, JOB_OBSERVER, JobRecords};
-use crate::events::{
-    AppEvent, ExecutorStatus, ExecutorView, JobStatus as JobState, ListenerBus, LiveExecutors,
-};
+use crate::events::{AppEvent, ExecutorStatus, ExecutorView, ListenerBus, LiveExecutors};
 
 struct RemoteExecutor {
     client: ExecutorServiceClient<AuthChannel>,
@@ -158,7 +144,7 @@ impl ClusterExecutors {
     }
 
     /// An executor leaving on purpose: first no new tasks, then gone.
-    fn decommission(&self, executor: &str, finished: bool, reason: &str) {
+    pub(super) fn decommission(&self, executor: &str, finished: bool, reason: &str) {
         if finished {
             return self.lose(executor, &format!("decommissioned ({reason})"));
         }
@@ -188,7 +174,7 @@ impl ClusterExecutors {
     }
 
     /// Adds an executor; returns the slots it brings.
-    fn register(&self, req: &RegisterExecutorRequest) -> Result<usize, String> {
+    pub(super) fn register(&self, req: &RegisterExecutorRequest) -> Result<usize, String> {
         if req.protocol_version != PROTOCOL_VERSION {
             return Err(format!(
                 "protocol version {} is not this driver's {PROTOCOL_VERSION}",
@@ -244,13 +230,13 @@ impl ClusterExecutors {
 
     /// Records a sign of life; false for an executor this driver does not know.
     /// An executor's heartbeat told its peak resident memory.
-    fn peak_rss(&self, executor_id: &str, bytes: u64) {
+    pub(super) fn peak_rss(&self, executor_id: &str, bytes: u64) {
         if let Some(e) = self.state.lock().executors.get_mut(executor_id) {
             e.peak_rss_bytes = e.peak_rss_bytes.max(bytes);
         }
     }
 
-    fn touch(&self, executor_id: &str) -> bool {
+    pub(super) fn touch(&self, executor_id: &str) -> bool {
         match self.state.lock().executors.get_mut(executor_id) {
             Some(e) => {
                 e.last_seen = Instant::now();
@@ -266,7 +252,7 @@ impl ClusterExecutors {
     /// without a report reaching the driver (the executor gave up on it, or restarted),
     /// so it fails as if its executor were lost, and is retried. The executor keeps a
     /// task listed until the driver has its report, so a report in flight is no loss.
-    fn check_running(&self, executor: &str, listed: &[TaskId]) {
+    pub(super) fn check_running(&self, executor: &str, listed: &[TaskId]) {
         let listed: HashSet<&TaskId> = listed.iter().collect();
         let mut state = self.state.lock();
         let mut missing = vec![];
@@ -385,7 +371,7 @@ impl ClusterExecutors {
     /// A task's report arrived: its slot on the executor is free again. False when the
     /// task was not running any more (its executor was already given up on, and the
     /// scheduler has been told), so the report must not free a slot twice.
-    fn task_reported(&self, id: &TaskId) -> bool {
+    pub(super) fn task_reported(&self, id: &TaskId) -> bool {
         let mut state = self.state.lock();
         let Some(task) = state.running.remove(id) else {
             return false;
@@ -496,296 +482,6 @@ impl LiveExecutors for ClusterExecutors {
             .map(|(id, e)| view_of(id, e))
             .chain(state.lost.iter().rev().cloned())
             .collect()
-    }
-}
-
-/// The driver's gRPC service.
-pub(crate) struct DriverServer {
-    pub(crate) cluster: Arc<ClusterExecutors>,
-    pub(crate) events: mpsc::UnboundedSender<Event>,
-    pub(crate) clients: ClientSlot,
-    pub(crate) jobs: Arc<JobRecords>,
-    /// The running stages, for clients' progress bars.
-    pub(crate) progress: tokio::sync::watch::Receiver<crate::events::progress::JobProgress>,
-}
-
-type ResultStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExecuteResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl DriverService for DriverServer {
-    async fn register_executor(
-        &self,
-        request: Request<RegisterExecutorRequest>,
-    ) -> Result<Response<RegisterExecutorResponse>, Status> {
-        let req = request.into_inner();
-        let reply = match self.cluster.register(&req) {
-            Ok(slots) => {
-                tracing::info!(executor = %req.executor_id, address = %req.address, cores = req.cores, "executor registered");
-                if slots > 0 {
-                    let _ = self.events.send(Event::SlotsChanged);
-                }
-                RegisterExecutorResponse {
-                    accepted: true,
-                    message: String::new(),
-                }
-            }
-            Err(message) => {
-                tracing::warn!(executor = %req.executor_id, %message, "executor refused");
-                RegisterExecutorResponse {
-                    accepted: false,
-                    message,
-                }
-            }
-        };
-        Ok(Response::new(reply))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatResponse>, Status> {
-        let beat = request.into_inner();
-        let reregister = !self.cluster.touch(&beat.executor_id);
-        self.cluster
-            .peak_rss(&beat.executor_id, beat.peak_rss_bytes);
-        // An executor of an older build sends only the count: nothing to compare.
-        if !reregister && beat.running.len() == beat.running_tasks as usize {
-            let listed = beat
-                .running
-                .iter()
-                .map(task_id_from_proto)
-                .collect::<Vec<_>>();
-            self.cluster.check_running(&beat.executor_id, &listed);
-        }
-        Ok(Response::new(HeartbeatResponse { reregister }))
-    }
-
-    async fn report_task_status(
-        &self,
-        request: Request<ReportTaskStatusRequest>,
-    ) -> Result<Response<ReportTaskStatusResponse>, Status> {
-        for status in request.into_inner().statuses {
-            let status = task_status_from_proto(status)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            self.cluster.touch(&status.executor_id);
-            if self.cluster.task_reported(&status.id) {
-                let _ = self.events.send(Event::TaskFinished(Box::new(status)));
-            } else {
-                tracing::debug!(task = %status.id, "ignoring the report of a task already failed over");
-            }
-        }
-        Ok(Response::new(ReportTaskStatusResponse {}))
-    }
-
-    async fn decommission(
-        &self,
-        request: Request<DecommissionRequest>,
-    ) -> Result<Response<DecommissionResponse>, Status> {
-        let req = request.into_inner();
-        self.cluster
-            .decommission(&req.executor_id, req.finished, &req.reason);
-        Ok(Response::new(DecommissionResponse {}))
-    }
-
-    type ExecuteSqlStream = ResultStream;
-
-    async fn execute_sql(
-        &self,
-        request: Request<ExecuteSqlRequest>,
-    ) -> Result<Response<ResultStream>, Status> {
-        let api = self.client_api()?;
-        let req = request.into_inner();
-        Ok(Response::new(stream_results(
-            self.jobs.clone(),
-            async move { api.execute_sql(&req.session_id, &req.sql).await },
-        )))
-    }
-
-    type ExecutePlanStream = ResultStream;
-
-    async fn execute_plan(
-        &self,
-        request: Request<ExecutePlanRequest>,
-    ) -> Result<Response<ResultStream>, Status> {
-        let api = self.client_api()?;
-        let req = request.into_inner();
-        Ok(Response::new(stream_results(
-            self.jobs.clone(),
-            async move { api.execute_plan(&req.session_id, &req.logical_plan).await },
-        )))
-    }
-
-    async fn get_job(
-        &self,
-        request: Request<GetJobRequest>,
-    ) -> Result<Response<JobStatus>, Status> {
-        let job = request.get_ref().job_id;
-        let record = self
-            .jobs
-            .get(job)
-            .ok_or_else(|| Status::not_found(format!("no job {job} on this driver")))?;
-        let stages = self
-            .progress
-            .borrow()
-            .stages
-            .iter()
-            .filter(|s| s.job == job)
-            .map(|s| ember_core::proto::StageProgressInfo {
-                stage: s.stage as u32,
-                total: s.total as u32,
-                running: s.running as u32,
-                done: s.done as u32,
-            })
-            .collect();
-        Ok(Response::new(JobStatus {
-            job_id: job,
-            state: record.state.as_str().to_string(),
-            error: record.error,
-            stages,
-        }))
-    }
-
-    async fn cancel_job(
-        &self,
-        request: Request<CancelJobRequest>,
-    ) -> Result<Response<CancelJobResponse>, Status> {
-        let job = request.get_ref().job_id;
-        let cancelled = self
-            .jobs
-            .get(job)
-            .is_some_and(|r| r.state == JobState::Running);
-        if cancelled {
-            tracing::info!(job, "cancelled by its client");
-            let _ = self.events.send(Event::Cancel { job });
-        }
-        Ok(Response::new(CancelJobResponse { cancelled }))
-    }
-}
-
-impl DriverServer {
-    fn client_api(&self) -> Result<Arc<dyn ClientApi>, Status> {
-        self.clients
-            .get()
-            .and_then(|api| api.upgrade())
-            .ok_or_else(|| Status::unavailable("this driver does not serve client sessions"))
-    }
-}
-
-/// Most bytes of rows sent in one message, so that no message nears the limit.
-const RESULT_MESSAGE_BYTES: usize = 4 << 20;
-
-/// Runs a client's query and streams its job ids, then its rows (Arrow IPC) as the
-/// result reader hands them on: first a message with the schema alone, then the
-/// batches, each cut to messages of bounded size. A client that goes away cancels
-/// the query: its stream, and so its job, is dropped.
-fn stream_results<F>(jobs: Arc<JobRecords>, work: F) -> ResultStream
-where
-    F: std::future::Future<Output = ember_core::Result<SendableRecordBatchStream>> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel::<Result<ExecuteResponse, Status>>(4);
-    tokio::spawn(async move {
-        let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
-        let work = JOB_OBSERVER.scope(jobs_tx, work);
-        tokio::pin!(work);
-        let mut job_id = 0;
-        let notice = async |job_id: u64| {
-            let started = ExecuteResponse {
-                job_id,
-                arrow_ipc: vec![],
-                shuffle_bytes: 0,
-            };
-            tx.send(Ok(started)).await.is_ok()
-        };
-        let started = loop {
-            tokio::select! {
-                result = &mut work => break result,
-                Some(job) = jobs_rx.recv() => {
-                    job_id = job;
-                    if !notice(job_id).await {
-                        return;
-                    }
-                }
-                _ = tx.closed() => return,
-            }
-        };
-        // Jobs submitted before the stream was handed over (the last is the one
-        // read from).
-        while let Ok(job) = jobs_rx.try_recv() {
-            job_id = job;
-            if !notice(job_id).await {
-                return;
-            }
-        }
-        let mut rows = match started {
-            Ok(rows) => rows,
-            Err(e) => {
-                let _ = tx.send(Err(status_of(&e))).await;
-                return;
-            }
-        };
-        let schema = rows.schema();
-        let message = |batches: &[RecordBatch]| {
-            let shuffle_bytes = jobs.get(job_id).map_or(0, |r| r.shuffle_bytes);
-            Ok::<_, ember_core::EmberError>(ExecuteResponse {
-                job_id,
-                arrow_ipc: ipc_stream(&schema, batches)?,
-                shuffle_bytes,
-            })
-        };
-        let send = async |m: ember_core::Result<ExecuteResponse>| {
-            let m = m.map_err(|e| status_of(&e));
-            let failed = m.is_err();
-            tx.send(m).await.is_ok() && !failed
-        };
-        if !send(message(&[])).await {
-            return;
-        }
-        loop {
-            let batch = tokio::select! {
-                batch = rows.next() => batch,
-                _ = tx.closed() => return,
-            };
-            let batch = match batch {
-                None => return,
-                Some(Ok(batch)) => batch,
-                Some(Err(e)) => {
-                    let _ = send(Err(e.into())).await;
-                    return;
-                }
-            };
-            for piece in message_slices(&batch) {
-                if !send(message(&[piece])).await {
-                    return;
-                }
-            }
-        }
-    });
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
-/// A batch cut into slices of at most [`RESULT_MESSAGE_BYTES`] each (at least one
-/// row each).
-fn message_slices(batch: &RecordBatch) -> Vec<RecordBatch> {
-    let rows = batch.num_rows().max(1);
-    let bytes = batch.get_array_memory_size().max(1);
-    let rows_per_message = (rows * RESULT_MESSAGE_BYTES / bytes).clamp(1, rows);
-    (0..batch.num_rows())
-        .step_by(rows_per_message)
-        .map(|offset| batch.slice(offset, rows_per_message.min(batch.num_rows() - offset)))
-        .collect()
-}
-
-/// A driver-side error as the client will see it.
-fn status_of(e: &ember_core::EmberError) -> Status {
-    use ember_core::EmberError as E;
-    let message = e.one_line();
-    match e {
-        E::DataFusion(_) | E::Config(_) | E::Decode { .. } | E::NotSupported(_) => {
-            Status::invalid_argument(message)
-        }
-        E::Cancelled { .. } => Status::cancelled(message),
-        _ => Status::internal(message),
     }
 }
 

@@ -23,6 +23,7 @@ mod local;
 mod planner;
 mod results;
 mod scheduler;
+mod service;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -42,12 +43,12 @@ use tokio::sync::{mpsc, watch};
 pub(crate) use cache::{CacheExec, CacheRegistry};
 pub use cache::{CachedFrameView, StorageLevel};
 pub(crate) use cluster::ClusterExecutors;
-use cluster::DriverServer;
 use ember_core::proto::driver_service_server::DriverServiceServer;
 use job::Job;
 use local::LocalExecutors;
 use planner::StageGraph;
 use scheduler::{Event, Scheduler};
+use service::DriverServer;
 
 use crate::events::progress::{JobProgress, ProgressListener};
 pub(crate) use crate::events::records::JobRecords;
