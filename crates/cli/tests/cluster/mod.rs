@@ -153,26 +153,36 @@ fn tpch_sf01() -> std::path::PathBuf {
     data
 }
 
-/// A driver in this process with `config`, TPC-H SF 0.1 registered, and `n` executor
-/// processes (started with `extra` flags) registered with it.
+/// A driver in this process with `config`, and `n` executor processes (started with
+/// `extra` flags, their work dirs in `work`) registered with it.
+async fn driver_cluster(
+    config: &[(&str, &str)],
+    n: usize,
+    extra: &[&str],
+    work: &Path,
+) -> (ember_driver::Session, Processes) {
+    let mut builder = ember_driver::Session::builder().master("driver://127.0.0.1:0");
+    for (k, v) in config {
+        builder = builder.config(*k, *v);
+    }
+    let driver = builder.build().unwrap();
+    let address = driver.driver_address().unwrap().to_string();
+    let executors = start_executors_with(&address, work, n, extra);
+    wait_for_slots(&driver, n, 60, "executors did not register").await;
+    (driver, executors)
+}
+
+/// [`driver_cluster`] with TPC-H SF 0.1 registered on the driver.
 async fn tpch_cluster(
     config: &[(&str, &str)],
     n: usize,
     extra: &[&str],
     work: &Path,
 ) -> (ember_driver::Session, Processes) {
-    let data = tpch_sf01();
-    let mut builder = ember_driver::Session::builder().master("driver://127.0.0.1:0");
-    for (k, v) in config {
-        builder = builder.config(*k, *v);
-    }
-    let driver = builder.build().unwrap();
-    ember_driver::tpch::register_tables(driver.context(), &data)
+    let (driver, executors) = driver_cluster(config, n, extra, work).await;
+    ember_driver::tpch::register_tables(driver.context(), &tpch_sf01())
         .await
         .unwrap();
-    let address = driver.driver_address().unwrap().to_string();
-    let executors = start_executors_with(&address, work, n, extra);
-    wait_for_slots(&driver, n, 60, "executors did not register").await;
     (driver, executors)
 }
 

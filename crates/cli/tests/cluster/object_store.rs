@@ -49,14 +49,8 @@ fn executors_read_a_table_from_an_object_store() {
     }
     let (_server, url) = serve_webdav(root.path());
     cluster_runtime().block_on(async {
-        let driver = ember_driver::Session::builder()
-            .master("driver://127.0.0.1:0")
-            .build()
-            .unwrap();
-        let address = driver.driver_address().unwrap().to_string();
         let work = tempfile::tempdir().unwrap();
-        let _executors = start_executors(&address, work.path(), 2);
-        wait_for_slots(&driver, 2, 60, "the executors did not register").await;
+        let (driver, _executors) = driver_cluster(&[], 2, &[], work.path()).await;
         driver
             .sql(&format!(
                 "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{url}/t/'"

@@ -5,14 +5,9 @@ use super::*;
 #[test]
 fn a_client_sees_the_stage_progress_of_its_jobs_on_the_driver() {
     cluster_runtime().block_on(async {
-        let driver = ember_driver::Session::builder()
-            .master("driver://127.0.0.1:0")
-            .build()
-            .unwrap();
-        let address = driver.driver_address().unwrap().to_string();
         let work = tempfile::tempdir().unwrap();
-        let _executors = start_executors(&address, work.path(), 1);
-        wait_for_slots(&driver, 1, 60, "the executor did not register").await;
+        let (driver, _executors) = driver_cluster(&[], 1, &[], work.path()).await;
+        let address = driver.driver_address().unwrap().to_string();
         let port = address.rsplit(':').next().unwrap();
         let client = ember_driver::Session::builder()
             .master(format!("ember://127.0.0.1:{port}"))
