@@ -180,21 +180,32 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
     let mut results = Vec::new();
     for (n, sql) in &sql {
         let shuffled_before = session.shuffle_bytes();
-        let ember = measure(limits, || async {
+        let (ember, ember_answer) = measure(limits, || async {
             Ok(session.sql(sql).await?.collect().await?)
         })
         .await;
         // The warm-up run and the timed ones each shuffle the same data.
         let shuffle_bytes =
             (session.shuffle_bytes() - shuffled_before) / (limits.iterations as u64 + 1);
-        let other = match &baseline {
-            Some(engine) => Some(measure(limits, || engine.collect(sql)).await),
-            None => None,
+        let (other, difference) = match &baseline {
+            Some(engine) => {
+                let (other, answer) = measure(limits, || engine.collect(sql)).await;
+                let difference = match (&ember_answer, &answer) {
+                    (Some(e), Some(b)) => ember_driver::answers::difference(
+                        ember_driver::answers::is_ordered(sql),
+                        e,
+                        b,
+                    )?,
+                    _ => None,
+                };
+                (Some(other), difference)
+            }
+            None => (None, None),
         };
-        let result = QueryResult::new(*n, ember, other, shuffle_bytes);
+        let result = QueryResult::new(*n, ember, other, shuffle_bytes, difference);
         eprintln!("{}", result.describe());
-        if result.rows_match == Some(false) {
-            eprintln!("warning: q{n}: ember and the baseline returned different row counts");
+        if let Some(diff) = &result.answer_differs {
+            eprintln!("warning: q{n}: ember's answer differs from the baseline's: {diff}");
         }
         results.push(result);
     }
@@ -280,9 +291,10 @@ struct QueryResult {
     /// ember's median over the baseline's.
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio: Option<f64>,
-    /// Present (and false) only when the engines disagree on the row count.
+    /// Present only when the engines' answers differ: how (the row count, or the
+    /// first row that differs, floating-point values within a relative 1e-6).
     #[serde(skip_serializing_if = "Option::is_none")]
-    rows_match: Option<bool>,
+    answer_differs: Option<String>,
 }
 
 impl QueryResult {
@@ -291,11 +303,11 @@ impl QueryResult {
         ember: Measured,
         baseline: Option<Measured>,
         shuffle_bytes: u64,
+        answer_differs: Option<String>,
     ) -> QueryResult {
-        let (mut ratio_, mut rows_match) = (None, None);
+        let mut ratio_ = None;
         if let (Measured::Timing(e), Some(Measured::Timing(d))) = (&ember, &baseline) {
             ratio_ = ratio(e.median_s, d.median_s);
-            rows_match = (e.rows != d.rows).then_some(false);
         }
         QueryResult {
             query,
@@ -303,7 +315,7 @@ impl QueryResult {
             baseline,
             shuffle_bytes,
             ratio: ratio_,
-            rows_match,
+            answer_differs,
         }
     }
 
@@ -387,21 +399,25 @@ struct Limits {
     timeout: Duration,
 }
 
-/// Runs `run` once to warm up, then `iterations` timed times.
-async fn measure<F, Fut>(limits: Limits, run: F) -> Measured
+/// Runs `run` once to warm up, then `iterations` timed times; with the timings, the
+/// warm-up's answer.
+async fn measure<F, Fut>(limits: Limits, run: F) -> (Measured, Option<Vec<RecordBatch>>)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Vec<RecordBatch>>>,
 {
     match try_measure(limits, run).await {
-        Ok(timing) => Measured::Timing(timing),
-        Err(e) => Measured::Failed {
-            error: one_line(&e),
-        },
+        Ok((timing, answer)) => (Measured::Timing(timing), Some(answer)),
+        Err(e) => (
+            Measured::Failed {
+                error: one_line(&e),
+            },
+            None,
+        ),
     }
 }
 
-async fn try_measure<F, Fut>(limits: Limits, run: F) -> Result<Timing>
+async fn try_measure<F, Fut>(limits: Limits, run: F) -> Result<(Timing, Vec<RecordBatch>)>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Vec<RecordBatch>>>,
@@ -412,14 +428,15 @@ where
             .await
             .map_err(|_| anyhow::anyhow!("timed out after {}s", limits.timeout.as_secs()))?
     };
-    let rows = run_once().await?.iter().map(|b| b.num_rows()).sum();
+    let answer = run_once().await?;
+    let rows = answer.iter().map(|b| b.num_rows()).sum();
     let mut times = Vec::with_capacity(limits.iterations);
     for _ in 0..limits.iterations {
         let start = Instant::now();
         run_once().await?;
         times.push(start.elapsed());
     }
-    Ok(Timing {
+    let timing = Timing {
         min_s: round(
             times
                 .iter()
@@ -430,7 +447,8 @@ where
         ),
         median_s: round(median(&mut times).as_secs_f64()),
         rows,
-    })
+    };
+    Ok((timing, answer))
 }
 
 fn median(times: &mut [Duration]) -> Duration {

@@ -15,7 +15,8 @@ use ember_driver::stream::{
 pub struct StreamArgs {
     /// The source: log:DIR:TOPIC[,TOPIC..] (the embedded log in DIR),
     /// kafka:HOST:PORT:TOPIC[,TOPIC..] (any Kafka-protocol broker), or new files in a
-    /// directory: json:DIR, csv:DIR (with a header line) or parquet:DIR.
+    /// directory: json:DIR, csv:DIR (with a header line) or parquet:DIR, where DIR is a
+    /// path or an object store's URL (s3://bucket/path, http(s):// WebDAV, file://).
     #[arg(long, value_name = "SOURCE")]
     from: String,
 
@@ -36,7 +37,8 @@ pub struct StreamArgs {
     #[arg(long)]
     sql: String,
 
-    /// The sink: console, memory, parquet:DIR, json:DIR or kafka:HOST:PORT:TOPIC.
+    /// The sink: console, memory, parquet:DIR, json:DIR (a path or an object store's
+    /// URL, as for --from) or kafka:HOST:PORT:TOPIC.
     #[arg(long, default_value = "console", value_name = "SINK")]
     to: String,
 
@@ -104,7 +106,7 @@ fn trigger(s: &str) -> Result<Trigger> {
     })
 }
 
-fn source(args: &StreamArgs) -> Result<Arc<dyn Source>> {
+async fn source(session: &Session, args: &StreamArgs) -> Result<Arc<dyn Source>> {
     let starting = StartingOffsets::parse(&args.starting_offsets)?;
     if args.max_files_per_trigger == Some(0) {
         bail!("--max-files-per-trigger 0: must be at least 1");
@@ -183,10 +185,11 @@ fn source(args: &StreamArgs) -> Result<Arc<dyn Source>> {
                 .as_deref()
                 .context("--from json:/csv: needs --schema")
         };
+        let dir = session.dir(dir)?;
         let mut s = match kind {
             "json" => FileSource::json(dir, schema()?)?,
             "csv" => FileSource::csv(dir, schema()?, true)?,
-            _ => FileSource::parquet(dir)?,
+            _ => FileSource::parquet(dir).await?,
         };
         if let Some(n) = args.max_files_per_trigger {
             s = s.max_files_per_trigger(n);
@@ -237,7 +240,7 @@ pub async fn run(args: StreamArgs) -> Result<()> {
     }
     session
         .read_stream()
-        .register(&args.table, source(&args)?)?;
+        .register(&args.table, source(&session, &args).await?)?;
     let df = session.sql(&args.sql).await?;
     let writer = df
         .write_stream()

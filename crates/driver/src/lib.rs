@@ -15,8 +15,9 @@
 //! - `stream`: micro-batch streaming queries; each committed batch's progress is an
 //!   event too.
 //! - [`tpch`]: TPC-H data generation (Parquet), table registration and the 22 queries,
-//!   for examples, tests and `ember bench`.
+//!   for examples, tests and `ember bench`; [`answers`] compares two engines' answers.
 
+pub mod answers;
 mod dataframe;
 mod engine;
 pub mod events;

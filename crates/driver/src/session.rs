@@ -489,6 +489,15 @@ impl Session {
         &self.inner.ctx
     }
 
+    /// A path (made absolute) or a directory of an object store (`s3://bucket/path`,
+    /// `http(s)://`, `file://`), through this session's object stores: the one
+    /// registry its tables, writes, checkpoints and file streams all use.
+    pub fn dir(&self, location: &str) -> Result<ember_exec::storage::Dir> {
+        let runtime = self.inner.ctx.runtime_env();
+        ember_exec::storage::Dir::parse(location, runtime.object_store_registry.as_ref())?
+            .absolute()
+    }
+
     pub fn batch_fns(&self) -> &Arc<BatchFnRegistry> {
         &self.inner.batch_fns
     }

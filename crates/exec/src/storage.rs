@@ -296,7 +296,8 @@ impl Dir {
         }
     }
 
-    /// Deletes a file; one that does not exist is no error.
+    /// Deletes a file, named relative to it (`a=1/x.parquet` names one in a
+    /// subdirectory); one that does not exist is no error.
     pub async fn delete(&self, name: &str) -> Result<()> {
         match self {
             Dir::Local(p) => match std::fs::remove_file(p.join(name)) {
@@ -305,10 +306,13 @@ impl Dir {
                 }
                 _ => Ok(()),
             },
-            Dir::Store { store, path, .. } => match store.delete(&path.clone().join(name)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(self.error(name, e)),
-            },
+            Dir::Store { store, path, .. } => {
+                let object = name.split('/').fold(path.clone(), |p, part| p.join(part));
+                match store.delete(&object).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(self.error(name, e)),
+                }
+            }
         }
     }
 
@@ -348,6 +352,101 @@ impl Dir {
         }
     }
 
+    /// The files directly in it, with when each was last written (none if it does
+    /// not exist).
+    pub async fn list_files(&self) -> Result<Vec<FileEntry>> {
+        match self {
+            Dir::Local(p) => {
+                let io = |e| EmberError::io(p.display(), e);
+                let entries = match std::fs::read_dir(p) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+                    Err(e) => return Err(io(e)),
+                };
+                let mut files = vec![];
+                for entry in entries {
+                    let entry = entry.map_err(io)?;
+                    let meta = entry.metadata().map_err(io)?;
+                    if let (true, Some(name)) = (meta.is_file(), entry.file_name().to_str()) {
+                        files.push(FileEntry {
+                            name: name.to_string(),
+                            modified: meta.modified().map_err(io)?,
+                            size: meta.len(),
+                        });
+                    }
+                }
+                Ok(files)
+            }
+            Dir::Store { store, path, .. } => {
+                let listed = match store.list_with_delimiter(Some(path)).await {
+                    Ok(l) => l,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(vec![]),
+                    Err(e) => return Err(self.error("", e)),
+                };
+                Ok(listed
+                    .objects
+                    .into_iter()
+                    .filter_map(|o| {
+                        Some(FileEntry {
+                            name: o.location.filename()?.to_string(),
+                            modified: o.last_modified.into(),
+                            size: o.size,
+                        })
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Every file under it, at any depth, as paths relative to it (`a=1/x.parquet`).
+    pub async fn files_under(&self) -> Result<Vec<String>> {
+        match self {
+            Dir::Local(root) => {
+                let mut files = vec![];
+                let mut dirs = vec![root.clone()];
+                while let Some(dir) = dirs.pop() {
+                    let entries = match std::fs::read_dir(&dir) {
+                        Ok(e) => e,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(EmberError::io(dir.display(), e)),
+                    };
+                    for entry in entries {
+                        let entry = entry.map_err(|e| EmberError::io(dir.display(), e))?;
+                        let path = entry.path();
+                        if path.is_dir() {
+                            dirs.push(path);
+                        } else if let Ok(relative) = path.strip_prefix(root) {
+                            files.push(relative.to_string_lossy().into_owned());
+                        }
+                    }
+                }
+                Ok(files)
+            }
+            Dir::Store { store, path, .. } => {
+                use futures::TryStreamExt;
+                let objects: Vec<object_store::ObjectMeta> =
+                    match store.list(Some(path)).try_collect().await {
+                        Ok(objects) => objects,
+                        Err(object_store::Error::NotFound { .. }) => return Ok(vec![]),
+                        Err(e) => return Err(self.error("", e)),
+                    };
+                Ok(objects
+                    .iter()
+                    .filter_map(|o| {
+                        let parts: Vec<_> = o.location.prefix_match(path)?.collect();
+                        Some(
+                            parts
+                                .iter()
+                                .map(|p| p.as_ref())
+                                .collect::<Vec<_>>()
+                                .join("/"),
+                        )
+                    })
+                    .collect())
+            }
+        }
+    }
+
     /// The names of the files and directories in it (none if it does not exist).
     pub async fn list(&self) -> Result<Vec<String>> {
         match self {
@@ -382,6 +481,15 @@ impl Dir {
             }
         }
     }
+}
+
+/// A file of a [`Dir`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    pub name: String,
+    /// When it was last written.
+    pub modified: std::time::SystemTime,
+    pub size: u64,
 }
 
 /// Writes through a temporary file and a rename: a crash leaves the old file or the

@@ -2,7 +2,8 @@
 //! checks request signatures (`.ci/run` installs it). A client writes a table through
 //! a cluster (an executor writes the files), reads it back through the cluster (the
 //! executors read them), and gets clear errors for a missing bucket, a wrong key and
-//! an unreachable endpoint.
+//! an unreachable endpoint; a streaming query reads new files from a bucket and
+//! writes its batches into one, exactly once.
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -211,4 +212,78 @@ fn a_missing_bucket_a_wrong_key_and_an_unreachable_endpoint_are_clear_errors() {
         started.elapsed() < Duration::from_secs(30),
         "an unreachable endpoint fails within its bounded retries, not after minutes"
     );
+}
+
+/// `ember stream` against `master` with `env`: new JSON files under `from` (an S3
+/// directory) into Parquet files under `to`, checkpointed in `checkpoint`.
+fn stream(master: &str, env: &[(&str, &str)], from: &str, to: &str, checkpoint: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["stream", "--master", master, "--trigger", "available-now"])
+        .args(["--from", &format!("json:{from}")])
+        .args(["--schema", "device STRING, t DOUBLE", "--table", "readings"])
+        .args(["--sql", "SELECT device, t * 2 AS t2 FROM readings"])
+        .args(["--to", &format!("parquet:{to}"), "--checkpoint", checkpoint])
+        .envs(env.iter().copied())
+        .env_remove("EMBER_SECRET")
+        .output()
+        .expect("ember stream runs")
+}
+
+#[test]
+fn a_stream_reads_new_files_from_s3_and_writes_each_batch_into_s3_once() {
+    let s3 = serve_s3();
+    let env = s3_env(&s3.endpoint, SECRET_KEY);
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let driver_log = work.path().join("driver.log");
+    let _driver = start_driver_env(port, &driver_log, &[], &env);
+    let url = format!("http://127.0.0.1:{port}");
+    let _executors = start_executors_env(&url, work.path(), 2, &[], &env);
+    wait_for_log(&driver_log, &["executor registered"], 1, 30);
+    let master = format!("ember://127.0.0.1:{port}");
+
+    // Objects of the bucket, put through the server's own directory (whole files,
+    // as an upload puts them).
+    let bucket = s3._root.path().join("ember");
+    std::fs::create_dir_all(bucket.join("in")).unwrap();
+    let put = |name: &str, lines: &[&str]| {
+        std::fs::write(bucket.join("in").join(name), lines.join("\n")).unwrap();
+        std::thread::sleep(Duration::from_millis(20)); // distinct modification times
+    };
+    put(
+        "a.json",
+        &[r#"{"device":"a","t":1.5}"#, r#"{"device":"b","t":2.5}"#],
+    );
+    let (from, to, checkpoint) = ("s3://ember/in", "s3://ember/out", "s3://ember/cp");
+    let first = stream(&master, &env, from, to, checkpoint);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    // A restart reads only the new file, and writes only its batch.
+    put("b.json", &[r#"{"device":"c","t":3.5}"#]);
+    let second = stream(&master, &env, from, to, checkpoint);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    let read = sql(
+        &master,
+        &env,
+        &[
+            "--table",
+            "out=s3://ember/out/",
+            "-e",
+            "SELECT device, t2 FROM out ORDER BY device",
+        ],
+    );
+    assert_eq!(stdout(&read).trim(), "device,t2\na,3.0\nb,5.0\nc,7.0");
+    let logged = std::fs::read_dir(bucket.join("out/_ember_metadata"))
+        .unwrap()
+        .count();
+    assert_eq!(logged, 2, "one committed batch per run");
 }

@@ -98,6 +98,11 @@ impl DataFrameReader {
             opts.file_extension = "";
         }
         opts.schema = self.schema.as_deref();
+        if let Some(files) = self.committed_files(path, kind).await? {
+            opts.file_extension = "";
+            let df = self.session.context().read_json(files, opts).await?;
+            return Ok(DataFrame::new(self.session.clone(), df));
+        }
         let df = self.session.context().read_json(path, opts).await?;
         Ok(DataFrame::new(self.session.clone(), df))
     }
@@ -111,22 +116,30 @@ impl DataFrameReader {
             opts.file_extension = "";
         }
         opts.schema = self.schema.as_deref();
-        // A streaming file sink's directory: only the files of committed batches.
-        if kind == PathKind::Directory
-            && let Some(files) = crate::stream::committed_files(std::path::Path::new(path))?
-        {
+        if let Some(files) = self.committed_files(path, kind).await? {
             opts.file_extension = "";
-            let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-            if files.is_empty() {
-                return Err(EmberError::Config(format!(
-                    "{path} holds no committed streaming output yet"
-                )));
-            }
             let df = self.session.context().read_parquet(files, opts).await?;
             return Ok(DataFrame::new(self.session.clone(), df));
         }
         let df = self.session.context().read_parquet(path, opts).await?;
         Ok(DataFrame::new(self.session.clone(), df))
+    }
+}
+
+impl DataFrameReader {
+    /// When `path` is a streaming file sink's directory (local or in an object
+    /// store), the files of its committed batches: only those are its rows.
+    async fn committed_files(&self, path: &str, kind: PathKind) -> Result<Option<Vec<String>>> {
+        if kind == PathKind::File || path.contains(['*', '?', '[']) {
+            return Ok(None);
+        }
+        let dir = self.session.dir(path)?;
+        match crate::stream::committed_files(&dir).await? {
+            Some(files) if files.is_empty() => Err(EmberError::Config(format!(
+                "{path} holds no committed streaming output yet"
+            ))),
+            files => Ok(files),
+        }
     }
 }
 

@@ -1,22 +1,27 @@
 //! `df.write()`: the `DataFrameWriter` for Parquet, CSV and JSON lines.
 //!
-//! The rows are computed by an ember job ([`DataFrame::collect`]); the collected
-//! batches are then written by DataFusion's file writers from an in-memory table.
-//! The output path is a directory of files named `<write id>_<n>.<ext>`, so appends
-//! never overwrite earlier files; with `partition_by` it holds hive-style
-//! `col=value/` subdirectories and the partition columns are not stored in the files.
-//! Paths are local file system paths.
+//! A write is an ember job whose last stage writes the files, on an executor (as
+//! `COPY .. TO` does): the rows never pass through the driver. The output path (a
+//! local path, or `s3://bucket/path`, `http(s)://` WebDAV, `file://`) is a directory
+//! of files named `<write id>_<n>.<ext>`, so appends never overwrite earlier files;
+//! with `partition_by` it holds hive-style `col=value/` subdirectories and the
+//! partition columns are not stored in the files.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::sync::Arc;
 
 use datafusion::common::config::{CsvOptions, JsonOptions, TableParquetOptions};
-use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::datasource::file_format::FileFormatFactory;
+use datafusion::datasource::file_format::csv::CsvFormatFactory;
+use datafusion::datasource::file_format::format_as_file_type;
+use datafusion::datasource::file_format::json::JsonFormatFactory;
+use datafusion::datasource::file_format::parquet::ParquetFormatFactory;
+use datafusion::logical_expr::LogicalPlanBuilder;
 use ember_core::{EmberError, Result};
 use ember_exec::storage::Dir;
 
 use super::DataFrame;
-use super::create::mem_table;
 use super::options::Options;
 
 /// What to do when the output path already holds data, as in Spark.
@@ -123,8 +128,7 @@ impl DataFrameWriter {
             schema.qualified_field_with_unqualified_name(column)?;
         }
         // A path, or a directory in an object store (through the session's registry).
-        let stores = self.df.session().context().runtime_env();
-        let target = Dir::parse(path, stores.object_store_registry.as_ref())?;
+        let target = self.df.session().dir(path)?;
         let exists = match &target {
             Dir::Local(_) => has_data(path).await?,
             Dir::Store { .. } => !target.list().await?.is_empty(),
@@ -144,43 +148,44 @@ impl DataFrameWriter {
             _ => {}
         }
 
-        // Compute before deleting anything: the frame may read the path it overwrites.
-        let batches = self.df.collect().await?;
-        if self.mode == SaveMode::Overwrite {
-            target.remove_all().await?;
-        }
+        // What an overwrite replaces is listed before the job runs, and deleted
+        // only after it has written the new files: the frame may read the path it
+        // overwrites, and a failed job leaves the old files.
+        let replaced = match (&target, self.mode) {
+            (Dir::Local(file), SaveMode::Overwrite) if file.is_file() => {
+                target.remove_all().await?;
+                vec![]
+            }
+            (_, SaveMode::Overwrite) => target.files_under().await?,
+            _ => vec![],
+        };
         if let Dir::Local(_) = target {
             tokio::fs::create_dir_all(path)
                 .await
                 .map_err(|e| EmberError::io(path, e))?;
         }
-
-        let session = self.df.session();
-        let schema = batches
-            .first()
-            .map(|b| b.schema())
-            .unwrap_or_else(|| self.df.schema());
-        let slots = session.context().copied_config().target_partitions();
-        let rows = session
-            .context()
-            .read_table(Arc::new(mem_table(schema, batches, slots)?))?;
-        let write_options = DataFrameWriteOptions::new()
-            .with_single_file_output(false)
-            .with_partition_by(self.partition_by.clone());
-        match format {
-            Format::Parquet => {
-                rows.write_parquet(path, write_options, Some(self.parquet_options()))
-                    .await?
-            }
-            Format::Csv => {
-                rows.write_csv(path, write_options, Some(self.csv_options()?))
-                    .await?
-            }
-            Format::Json => {
-                rows.write_json(path, write_options, Some(JsonOptions::default()))
-                    .await?
-            }
+        let format: Arc<dyn FileFormatFactory> = match format {
+            Format::Parquet => Arc::new(ParquetFormatFactory::new_with_options(
+                self.parquet_options(),
+            )),
+            Format::Csv => Arc::new(CsvFormatFactory::new_with_options(self.csv_options()?)),
+            Format::Json => Arc::new(JsonFormatFactory::new_with_options(JsonOptions::default())),
         };
+        // A directory of files named `<write id>_<n>.<ext>`, however the path ends.
+        let sink_options = HashMap::from([("single_file_output".to_string(), "false".to_string())]);
+        let plan = LogicalPlanBuilder::copy_to(
+            self.df.df.logical_plan().clone(),
+            // Local paths absolute: the files are written where the tasks run.
+            target.to_string(),
+            format_as_file_type(format),
+            sink_options,
+            self.partition_by.clone(),
+        )?
+        .build()?;
+        self.df.session().collect_plan(&plan).await?;
+        for file in &replaced {
+            target.delete(file).await?;
+        }
         Ok(())
     }
 

@@ -1,20 +1,21 @@
 //! A directory of files as a stream: `read_stream().json(dir, schema)`, `.csv(..)`,
 //! `.parquet(dir)`. Each batch reads the files that appeared since the last one, at
-//! most `max_files_per_trigger`, oldest first.
+//! most `max_files_per_trigger`, oldest first. The directory is a path or a directory
+//! of an object store (`s3://bucket/path`, `http(s)://` WebDAV, `file://`).
 //!
 //! The source's offset is `files/0`: how many of the directory's files, ordered by
 //! modification time then name, the query has read. Writers should move complete
-//! files into the directory (a file written in place could be read half-written);
-//! names starting with `.` or `_` are skipped, as Spark does.
+//! files into the directory (a file written in place could be read half-written;
+//! an object store's PUT is whole); names starting with `.` or `_` are skipped, as
+//! Spark does.
 
-use std::fs::File;
-use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::io::Cursor;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use ember_core::{EmberError, Result};
+use ember_exec::storage::Dir;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::source::{Offsets, Source};
@@ -34,51 +35,46 @@ pub enum FileKind {
 
 #[derive(Debug)]
 pub struct FileSource {
-    dir: PathBuf,
+    dir: Dir,
     kind: FileKind,
     schema: SchemaRef,
     max_files_per_trigger: Option<usize>,
 }
 
-fn io(path: &Path, e: std::io::Error) -> EmberError {
-    EmberError::io(path.display(), e)
-}
-
 impl FileSource {
     /// JSON-lines files with `schema` (`"device STRING, ts TIMESTAMP, t DOUBLE"`).
-    pub fn json(dir: impl Into<PathBuf>, schema: &str) -> Result<FileSource> {
-        Self::with_schema(dir.into(), FileKind::Json, schema)
+    pub fn json(dir: Dir, schema: &str) -> Result<FileSource> {
+        Self::with_schema(dir, FileKind::Json, schema)
     }
 
     /// CSV files with `schema`, in its column order.
-    pub fn csv(dir: impl Into<PathBuf>, schema: &str, header: bool) -> Result<FileSource> {
-        Self::with_schema(dir.into(), FileKind::Csv { header }, schema)
+    pub fn csv(dir: Dir, schema: &str, header: bool) -> Result<FileSource> {
+        Self::with_schema(dir, FileKind::Csv { header }, schema)
     }
 
     /// Parquet files; the schema is the first file's.
-    pub fn parquet(dir: impl Into<PathBuf>) -> Result<FileSource> {
-        let dir = dir.into();
+    pub async fn parquet(dir: Dir) -> Result<FileSource> {
         let mut source = FileSource {
             dir,
             kind: FileKind::Parquet,
             schema: Arc::new(arrow::datatypes::Schema::empty()),
             max_files_per_trigger: None,
         };
-        let first = source.files()?.into_iter().next().ok_or_else(|| {
+        let first = source.files().await?.into_iter().next().ok_or_else(|| {
             EmberError::Config(format!(
                 "the Parquet file stream {} has no file yet to take its schema from",
-                source.dir.display()
+                source.dir
             ))
         })?;
-        let file = File::open(&first).map_err(|e| io(&first, e))?;
-        source.schema = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| bad_file(&first, e))?
+        let bytes = source.read_bytes(&first).await?;
+        source.schema = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| source.bad_file(&first, e))?
             .schema()
             .clone();
         Ok(source)
     }
 
-    fn with_schema(dir: PathBuf, kind: FileKind, schema: &str) -> Result<FileSource> {
+    fn with_schema(dir: Dir, kind: FileKind, schema: &str) -> Result<FileSource> {
         let fields = ember_core::json::parse_schema(schema)?;
         Ok(FileSource {
             dir,
@@ -94,54 +90,57 @@ impl FileSource {
         self
     }
 
-    /// The directory's data files, oldest first.
-    fn files(&self) -> Result<Vec<PathBuf>> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))?;
-        let mut files = vec![];
-        for entry in entries {
-            let entry = entry.map_err(|e| io(&self.dir, e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') || name.starts_with('_') {
-                continue;
-            }
-            let meta = entry.metadata().map_err(|e| io(&entry.path(), e))?;
-            if !meta.is_file() {
-                continue;
-            }
-            let modified = meta.modified().map_err(|e| io(&entry.path(), e))?;
-            files.push((modified, name.into_owned(), entry.path()));
-        }
+    /// The names of the directory's data files, oldest first.
+    async fn files(&self) -> Result<Vec<String>> {
+        let mut files: Vec<_> = self
+            .dir
+            .list_files()
+            .await?
+            .into_iter()
+            .filter(|f| !f.name.starts_with('.') && !f.name.starts_with('_'))
+            .map(|f| (f.modified, f.name))
+            .collect();
         files.sort();
-        Ok(files.into_iter().map(|(_, _, path)| path).collect())
+        Ok(files.into_iter().map(|(_, name)| name).collect())
     }
 
-    fn read_file(&self, path: &Path) -> Result<Vec<RecordBatch>> {
-        let file = File::open(path).map_err(|e| io(path, e))?;
+    async fn read_bytes(&self, name: &str) -> Result<bytes::Bytes> {
+        match self.dir.read(name).await? {
+            Some(bytes) => Ok(bytes.into()),
+            None => Err(EmberError::Internal(format!(
+                "file stream {}: the file {name} was removed before it was read",
+                self.dir
+            ))),
+        }
+    }
+
+    async fn read_file(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        let bytes = self.read_bytes(name).await?;
+        let bad = |e: &dyn std::fmt::Display| self.bad_file(name, e);
         let batches: Vec<RecordBatch> = match self.kind {
-            FileKind::Parquet => ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| bad_file(path, e))?
+            FileKind::Parquet => ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .map_err(|e| bad(&e))?
                 .build()
-                .map_err(|e| bad_file(path, e))?
+                .map_err(|e| bad(&e))?
                 .collect::<std::result::Result<_, _>>()
-                .map_err(|e| bad_file(path, e))?,
+                .map_err(|e| bad(&e))?,
             FileKind::Json => arrow::json::ReaderBuilder::new(self.schema.clone())
-                .build(BufReader::new(file))
-                .map_err(|e| bad_file(path, e))?
+                .build(Cursor::new(bytes))
+                .map_err(|e| bad(&e))?
                 .collect::<std::result::Result<_, _>>()
-                .map_err(|e| bad_file(path, e))?,
+                .map_err(|e| bad(&e))?,
             FileKind::Csv { header } => arrow::csv::ReaderBuilder::new(self.schema.clone())
                 .with_header(header)
-                .build(file)
-                .map_err(|e| bad_file(path, e))?
+                .build(Cursor::new(bytes))
+                .map_err(|e| bad(&e))?
                 .collect::<std::result::Result<_, _>>()
-                .map_err(|e| bad_file(path, e))?,
+                .map_err(|e| bad(&e))?,
         };
         for b in &batches {
             if b.schema().fields() != self.schema.fields() {
                 return Err(EmberError::Config(format!(
                     "file stream: {} has columns ({}), not the stream's ({})",
-                    path.display(),
+                    self.dir.join(name),
                     b.schema(),
                     self.schema
                 )));
@@ -149,12 +148,12 @@ impl FileSource {
         }
         Ok(batches)
     }
-}
 
-fn bad_file(path: &Path, e: impl std::fmt::Display) -> EmberError {
-    EmberError::Decode {
-        what: "a file of a file stream",
-        message: format!("{}: {e}", path.display()),
+    fn bad_file(&self, name: &str, e: impl std::fmt::Display) -> EmberError {
+        EmberError::Decode {
+            what: "a file of a file stream",
+            message: format!("{}: {e}", self.dir.join(name)),
+        }
     }
 }
 
@@ -176,7 +175,7 @@ impl Source for FileSource {
 
     async fn latest(&self, start: &Offsets) -> Result<Offsets> {
         let from = start.get(FILES, 0).unwrap_or(0).max(0) as usize;
-        let there = self.files()?.len().max(from);
+        let there = self.files().await?.len().max(from);
         Ok(at(match self.max_files_per_trigger {
             Some(max) => there.min(from + max),
             None => there,
@@ -184,28 +183,28 @@ impl Source for FileSource {
     }
 
     async fn available(&self) -> Result<Offsets> {
-        Ok(at(self.files()?.len()))
+        Ok(at(self.files().await?.len()))
     }
 
     async fn read(&self, start: &Offsets, end: &Offsets) -> Result<Vec<RecordBatch>> {
         let from = start.get(FILES, 0).unwrap_or(0).max(0) as usize;
         let to = end.get(FILES, 0).unwrap_or(0).max(0) as usize;
-        let files = self.files()?;
+        let files = self.files().await?;
         if to > files.len() {
             return Err(EmberError::Internal(format!(
                 "file stream {}: the batch reads files {from}..{to}, but only {} are there (were files removed?)",
-                self.dir.display(),
+                self.dir,
                 files.len()
             )));
         }
         let mut batches = vec![];
-        for path in &files[from..to] {
-            batches.extend(self.read_file(path)?);
+        for name in &files[from..to] {
+            batches.extend(self.read_file(name).await?);
         }
         Ok(batches)
     }
 
     fn describe(&self) -> String {
-        format!("files[{}]", self.dir.display())
+        format!("files[{}]", self.dir)
     }
 }

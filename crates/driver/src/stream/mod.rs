@@ -19,6 +19,7 @@
 //! feeds a query from the program (tests, examples).
 
 mod checkpoint;
+mod file_sink;
 mod files;
 mod influx;
 mod join;
@@ -44,6 +45,7 @@ use ember_log::Log;
 
 // The checkpoint's file contents, for the fuzzer; the checkpoint itself is internal.
 pub use checkpoint::{BatchRange, Commit};
+pub use file_sink::{FileFormat, FileSink, METADATA_DIR, committed_files};
 pub use files::{FileKind, FileSource};
 pub use influx::{InfluxConfig, InfluxSink, InfluxWriter};
 pub use kafka::{KafkaRangeTable, KafkaSource};
@@ -54,7 +56,7 @@ pub use query::{
     Status, StreamingQuery, Trigger,
 };
 pub use rate::RateSource;
-pub use sink::{FileFormat, FileSink, METADATA_DIR, Sink, committed_files};
+pub use sink::Sink;
 pub use source::{LogSource, Offsets, Source, StartingOffsets, kafka_schema};
 pub use stateful::Watermark;
 pub(crate) use stateful::{StatefulNode, StatefulPlanner};
@@ -119,20 +121,23 @@ impl DataStreamReader {
         self.source(Arc::new(KafkaSource::new(bootstrap_servers, topics)))
     }
 
-    /// New JSON-lines files in `dir`, with `schema` (`"a STRING, b DOUBLE"`); see
-    /// [`FileSource`] for `max_files_per_trigger`.
+    /// New JSON-lines files in `dir` (a path or an object store's directory), with
+    /// `schema` (`"a STRING, b DOUBLE"`); see [`FileSource`] for `max_files_per_trigger`.
     pub fn json(self, dir: &str, schema: &str) -> Result<DataFrame> {
+        let dir = self.session.dir(dir)?;
         self.source(Arc::new(FileSource::json(dir, schema)?))
     }
 
     /// New CSV files in `dir` (with a header line), with `schema`.
     pub fn csv(self, dir: &str, schema: &str) -> Result<DataFrame> {
+        let dir = self.session.dir(dir)?;
         self.source(Arc::new(FileSource::csv(dir, schema, true)?))
     }
 
     /// New Parquet files in `dir` (the schema is the first file's).
-    pub fn parquet(self, dir: &str) -> Result<DataFrame> {
-        self.source(Arc::new(FileSource::parquet(dir)?))
+    pub async fn parquet(self, dir: &str) -> Result<DataFrame> {
+        let dir = self.session.dir(dir)?;
+        self.source(Arc::new(FileSource::parquet(dir).await?))
     }
 
     /// Spark's rate source: `timestamp` and `value` columns, `rows_per_second` rows a

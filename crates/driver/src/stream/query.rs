@@ -16,8 +16,9 @@ use tokio::sync::watch;
 
 use super::StreamTable;
 use super::checkpoint::Checkpoint;
+use super::file_sink::{FileFormat, FileSink};
 use super::runner::{Runner, Shared};
-use super::sink::{ConsoleSink, FileFormat, FileSink, ForeachBatchSink, MemorySink, Sink};
+use super::sink::{ConsoleSink, ForeachBatchSink, MemorySink, Sink};
 use super::source::{CombinedSource, Offsets, Source};
 use super::stateful::plan_query;
 use crate::dataframe::DataFrame;
@@ -153,18 +154,24 @@ impl DataStreamWriter {
         self
     }
 
-    /// Parquet files under `dir`, exactly once per batch (see [`FileSink`]).
-    pub fn parquet(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.memory = false;
-        self.sink = Some(Arc::new(FileSink::new(dir, FileFormat::Parquet)));
-        self
+    /// Parquet files under `dir`, exactly once per batch (see [`FileSink`]): a
+    /// path, or a directory in an object store (`s3://bucket/path`, `http(s)://`,
+    /// `file://`).
+    pub fn parquet(self, dir: impl Into<PathBuf>) -> Self {
+        self.files("parquet", dir.into())
     }
 
-    /// JSON-lines files under `dir`, exactly once per batch.
-    pub fn json(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.memory = false;
-        self.sink = Some(Arc::new(FileSink::new(dir, FileFormat::Json)));
-        self
+    /// JSON-lines files under `dir` (a path or an object store's URL), exactly once
+    /// per batch.
+    pub fn json(self, dir: impl Into<PathBuf>) -> Self {
+        self.files("json", dir.into())
+    }
+
+    /// The file sink of `format`, resolved at `start()` through the session's
+    /// object stores.
+    fn files(self, format: &str, dir: PathBuf) -> Self {
+        self.format(format)
+            .option("path", dir.to_string_lossy().into_owned())
     }
 
     /// Records to `topic` of the embedded log (see [`LogSink`](super::LogSink)).
@@ -252,8 +259,14 @@ impl DataStreamWriter {
             "influxdb" => Arc::new(super::InfluxSink::new(super::InfluxConfig::from_options(
                 &self.options,
             )?)?),
-            "parquet" => Arc::new(FileSink::new(need("path")?, FileFormat::Parquet)),
-            "json" => Arc::new(FileSink::new(need("path")?, FileFormat::Json)),
+            "parquet" => Arc::new(FileSink::new(
+                self.df.session().dir(&need("path")?)?,
+                FileFormat::Parquet,
+            )),
+            "json" => Arc::new(FileSink::new(
+                self.df.session().dir(&need("path")?)?,
+                FileFormat::Json,
+            )),
             "kafka" => Arc::new(super::KafkaSink::new(
                 &need("kafka.bootstrap.servers")?,
                 &need("topic")?,

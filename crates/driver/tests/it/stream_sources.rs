@@ -433,6 +433,7 @@ async fn the_kafka_source_subscribes_by_pattern_or_by_assignment() {
 #[tokio::test]
 async fn a_directory_of_files_streams_its_new_files_once() {
     use ember_driver::stream::FileSource;
+    use ember_exec::storage::Dir;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
@@ -451,7 +452,7 @@ async fn a_directory_of_files_streams_its_new_files_once() {
     std::fs::write(input.join("_SUCCESS"), "").unwrap();
     let session = Session::builder().master("local[1]").build().unwrap();
     let start = || {
-        let source = FileSource::json(&input, "device STRING, t DOUBLE")
+        let source = FileSource::json(Dir::Local(input.clone()), "device STRING, t DOUBLE")
             .unwrap()
             .max_files_per_trigger(1);
         session

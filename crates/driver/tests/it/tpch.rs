@@ -5,13 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{Array, Float32Array, Float64Array};
-use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::physical_plan::displayable;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember_driver::{Session, tpch};
+use ember_driver::{Session, answers, tpch};
 use ember_exec::batch_fn::BatchFnRegistry;
 use ember_exec::codec::{EmberCodec, decode_plan, encode_plan};
 
@@ -27,61 +24,6 @@ fn data_dir() -> &'static Path {
     })
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Cell {
-    Float(f64),
-    Text(String),
-}
-
-pub(super) fn rows(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
-    let mut out = Vec::new();
-    for b in batches {
-        let fmts: Vec<ArrayFormatter> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).unwrap())
-            .collect();
-        for r in 0..b.num_rows() {
-            let row = b
-                .columns()
-                .iter()
-                .zip(&fmts)
-                .map(|(c, f)| match c.data_type() {
-                    DataType::Float64 if c.is_valid(r) => {
-                        Cell::Float(c.as_any().downcast_ref::<Float64Array>().unwrap().value(r))
-                    }
-                    DataType::Float32 if c.is_valid(r) => Cell::Float(
-                        c.as_any().downcast_ref::<Float32Array>().unwrap().value(r) as f64,
-                    ),
-                    _ => Cell::Text(f.value(r).to_string()),
-                })
-                .collect();
-            out.push(row);
-        }
-    }
-    out
-}
-
-fn sort_key(row: &[Cell]) -> String {
-    row.iter()
-        .map(|c| match c {
-            Cell::Float(f) => format!("{f:.2}"),
-            Cell::Text(t) => t.clone(),
-        })
-        .collect::<Vec<_>>()
-        .join("|")
-}
-
-fn same_row(a: &[Cell], b: &[Cell]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| match (x, y) {
-            (Cell::Float(x), Cell::Float(y)) => {
-                (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1.0)
-            }
-            _ => x == y,
-        })
-}
-
 /// Compares result sets: in order when the query orders its output, as multisets otherwise.
 pub(super) fn assert_same_rows(
     query: usize,
@@ -90,17 +32,8 @@ pub(super) fn assert_same_rows(
     ember: &[RecordBatch],
     df: &[RecordBatch],
 ) {
-    let (mut e, mut d) = (rows(ember), rows(df));
-    assert_eq!(e.len(), d.len(), "q{query} {label}: row count");
-    if !ordered {
-        e.sort_by_key(|r| sort_key(r));
-        d.sort_by_key(|r| sort_key(r));
-    }
-    for (i, (a, b)) in e.iter().zip(&d).enumerate() {
-        assert!(
-            same_row(a, b),
-            "q{query} {label}: row {i} differs:\n ember:      {a:?}\n datafusion: {b:?}"
-        );
+    if let Some(diff) = answers::difference(ordered, ember, df).unwrap() {
+        panic!("q{query} {label}: ember's answer differs from DataFusion's: {diff}");
     }
 }
 
@@ -120,7 +53,7 @@ async fn check_all_queries(label: &str, master: &str, partitions: usize, config:
     tpch::register_tables(&baseline, dir).await.unwrap();
     for q in tpch::QUERY_NUMBERS {
         let sql = tpch::query(q).unwrap();
-        let ordered = sql.to_lowercase().contains("order by");
+        let ordered = answers::is_ordered(&sql);
         let ember = session.sql(&sql).await.unwrap().collect().await;
         let ember = ember.unwrap_or_else(|e| panic!("q{q} {label}: {e}"));
         let df = baseline.sql(&sql).await.unwrap().collect().await.unwrap();

@@ -101,7 +101,11 @@ impl Runner for Files {
         let commit = serde_json::from_slice::<Commit>(input).map(|c| c.max_event_times.len());
         let log = self.sink.path().join(METADATA_DIR).join("0");
         std::fs::write(&log, input).map_err(|e| e.to_string())?;
-        let sink = committed_files(self.sink.path()).map(|f| f.map_or(0, |f| f.len()));
+        let sink_dir = Dir::Local(self.sink.path().to_path_buf());
+        let sink = self
+            .runtime
+            .block_on(committed_files(&sink_dir))
+            .map(|f| f.map_or(0, |f| f.len()));
         Ok(format!(
             "state: {state}; offsets: {}; commit: {}; sink: {}",
             offsets.map_or_else(|e| e.to_string(), |b| b.to_string()),
