@@ -16,6 +16,10 @@ use datafusion::prelude::SessionConfig;
 /// Shuffle file compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShuffleCompression {
+    /// By where the readers are: none when every executor is on the writer's host
+    /// (compressing would only cost CPU), LZ4 otherwise. The driver resolves it per
+    /// job; a writer that gets it unresolved uses LZ4.
+    Auto,
     None,
     Lz4,
     Zstd,
@@ -85,7 +89,7 @@ impl Default for EmberConfig {
         let mut c = EmberConfig {
             task_max_failures: 0,
             stage_max_attempts: 0,
-            shuffle_compression: ShuffleCompression::Lz4,
+            shuffle_compression: ShuffleCompression::Auto,
             shuffle_memory_budget: 0,
             shuffle_batch_rows: 0,
             executor_timeout_secs: 0,
@@ -126,8 +130,8 @@ impl EmberConfig {
         ),
         (
             "ember.shuffle.compression",
-            "lz4",
-            "Compression of shuffle data: lz4, zstd or none.",
+            "auto",
+            "Compression of map outputs written to disk: auto (none when every executor is on one host, as in a single-machine cluster, and LZ4 otherwise, or when a local session spills), lz4, zstd or none.",
         ),
         (
             "ember.shuffle.memory_budget",
@@ -249,10 +253,11 @@ impl EmberConfig {
             }
             "shuffle.compression" => {
                 self.shuffle_compression = match value.to_ascii_lowercase().as_str() {
+                    "auto" => ShuffleCompression::Auto,
                     "lz4" => ShuffleCompression::Lz4,
                     "zstd" => ShuffleCompression::Zstd,
                     "none" => ShuffleCompression::None,
-                    _ => return Err(bad("lz4, zstd or none")),
+                    _ => return Err(bad("auto, lz4, zstd or none")),
                 }
             }
             "shuffle.memory_budget" => {
@@ -355,6 +360,7 @@ impl EmberConfig {
             "ember.task.max_failures" => self.task_max_failures.to_string(),
             "ember.stage.max_attempts" => self.stage_max_attempts.to_string(),
             "ember.shuffle.compression" => match self.shuffle_compression {
+                ShuffleCompression::Auto => "auto".into(),
                 ShuffleCompression::Lz4 => "lz4".into(),
                 ShuffleCompression::Zstd => "zstd".into(),
                 ShuffleCompression::None => "none".into(),
@@ -514,7 +520,7 @@ mod tests {
     fn defaults_come_from_the_key_table() {
         let c = EmberConfig::default();
         assert_eq!(c.task_max_failures, 4);
-        assert_eq!(c.shuffle_compression, ShuffleCompression::Lz4);
+        assert_eq!(c.shuffle_compression, ShuffleCompression::Auto);
         assert_eq!(c.entries().len(), EmberConfig::KEYS.len());
     }
 

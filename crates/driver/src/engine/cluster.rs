@@ -117,6 +117,13 @@ impl ClusterExecutors {
         }
     }
 
+    /// Whether every executor runs on one host: the reader of a map output is then
+    /// on its writer's host, wherever its task runs.
+    pub(crate) fn on_one_host(&self) -> bool {
+        let state = self.state.lock();
+        one_host(state.executors.values().map(|e| e.address.as_str()))
+    }
+
     /// Checks that every executor offers the user functions and batch functions a
     /// job calls; the error names the first one missing and where.
     pub(crate) fn check_functions(
@@ -397,6 +404,20 @@ impl ClusterExecutors {
     }
 }
 
+/// Whether the executors at `addresses` (`http://host:port`) share one host; an
+/// address without a host shares none.
+fn one_host<'a>(addresses: impl IntoIterator<Item = &'a str>) -> bool {
+    let mut hosts = addresses.into_iter().map(|a| {
+        url::Url::parse(a)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+    });
+    match hosts.next() {
+        None => true,
+        Some(first) => first.is_some() && hosts.all(|h| h == first),
+    }
+}
+
 impl TaskLauncher for Arc<ClusterExecutors> {
     fn launch(&self, task: TaskDefinition) -> Result<(), Box<TaskDefinition>> {
         let id = task.id;
@@ -501,5 +522,18 @@ fn view_of(id: &str, e: &RemoteExecutor) -> ExecutorView {
             ExecutorStatus::Active
         },
         lost_reason: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_host;
+
+    #[test]
+    fn executors_share_a_host_only_when_every_address_names_it() {
+        assert!(one_host([]));
+        assert!(one_host(["http://127.0.0.1:4001", "http://127.0.0.1:4002"]));
+        assert!(!one_host(["http://127.0.0.1:4001", "http://10.0.0.2:4001"]));
+        assert!(!one_host(["not an address", "not an address"]));
     }
 }

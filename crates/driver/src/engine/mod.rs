@@ -371,12 +371,13 @@ impl Engine {
         let schema = plan.schema();
         let graph = StageGraph::plan(job_id, plan)?;
         let (stage, partitions) = (graph.final_stage, graph.stages[&graph.final_stage].tasks);
-        let pairs: Vec<(String, String)> = config
+        let mut pairs: Vec<(String, String)> = config
             .options()
             .entries()
             .into_iter()
             .filter_map(|e| e.value.map(|v| (e.key, v)))
             .collect();
+        self.resolve_shuffle_compression(&mut pairs);
         let (results_tx, results) = mpsc::unbounded_channel();
         let query = JOB_QUERY
             .try_with(|q| q.clone())
@@ -410,6 +411,23 @@ impl Engine {
     }
 
     /// The persisted frames and their kept partitions.
+    /// `ember.shuffle.compression=auto` made concrete for one job: no compression
+    /// when every executor is on one host (its readers then read from the local
+    /// disk, and compressing costs CPU to save no network), LZ4 otherwise, and LZ4
+    /// for a local session, whose map outputs reach the disk only when its memory
+    /// budget is spent.
+    fn resolve_shuffle_compression(&self, pairs: &mut [(String, String)]) {
+        let one_host = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.executors.on_one_host());
+        for (key, value) in pairs.iter_mut() {
+            if key == "ember.shuffle.compression" && value.eq_ignore_ascii_case("auto") {
+                *value = if one_host { "none" } else { "lz4" }.into();
+            }
+        }
+    }
+
     pub(crate) fn caches(&self) -> &Arc<CacheRegistry> {
         &self.caches
     }

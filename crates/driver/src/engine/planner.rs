@@ -19,7 +19,8 @@
 //! Cuts are made bottom-up at every hash `RepartitionExec`, at a
 //! `CoalescePartitionsExec` or `SortPreservingMergeExec` over several partitions, and at
 //! the build (left) side of joins that collect it (`CollectLeft` hash joins, nested-loop
-//! and cross joins) so it is computed once and read by every probe task. Round-robin
+//! and cross joins) so it is computed once and read by every probe task, unless it is
+//! a scan of a small table, which each probe task reads itself. Round-robin
 //! repartitions are dropped: stage boundaries already spread the work.
 //!
 //! Before cutting, joins whose partitions cooperate through shared memory are
@@ -31,10 +32,14 @@ use std::sync::Arc;
 
 use datafusion::common::JoinType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode,
 };
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{
@@ -256,7 +261,7 @@ impl Planner {
                 reader.1,
             ));
         }
-        if collects_left_side(&plan) && !reads_shuffle(&children[0]) {
+        if collects_left_side(&plan) && !reads_shuffle(&children[0]) && !small_scan(&children[0]) {
             let left_parents: Vec<usize> = self.parents_within(&children[0]);
             let other_parents: Vec<usize> = parents
                 .iter()
@@ -366,6 +371,36 @@ fn collects_left_side(plan: &Arc<dyn ExecutionPlan>) -> bool {
         return *j.partition_mode() == PartitionMode::CollectLeft;
     }
     plan.is::<NestedLoopJoinExec>() || plan.is::<CrossJoinExec>()
+}
+
+/// The most bytes of files a join's collected side may scan to be read by each probe
+/// task itself, rather than computed in a stage of its own and broadcast through the
+/// shuffle: for a small table, a stage's scheduling, its map output and every probe
+/// task's fetch of it cost more than reading the file again.
+const SMALL_SCAN_BYTES: u64 = 16 << 20;
+
+/// True when `plan` scans at most [`SMALL_SCAN_BYTES`] of files, with only row-local
+/// operators (filters, projections, gathering its one partition) over the scan.
+fn small_scan(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    fn scanned(plan: &Arc<dyn ExecutionPlan>, bytes: &mut u64) -> bool {
+        if let Some(source) = plan.downcast_ref::<DataSourceExec>() {
+            let Some(files) = source.data_source().downcast_ref::<FileScanConfig>() else {
+                return false;
+            };
+            *bytes += files
+                .file_groups
+                .iter()
+                .flat_map(|group| group.iter())
+                .map(|file| file.object_meta.size)
+                .sum::<u64>();
+            return *bytes <= SMALL_SCAN_BYTES;
+        }
+        let row_local = plan.is::<FilterExec>()
+            || plan.is::<ProjectionExec>()
+            || plan.is::<CoalescePartitionsExec>();
+        row_local && plan.children().into_iter().all(|c| scanned(c, bytes))
+    }
+    scanned(plan, &mut 0)
 }
 
 /// True when `plan` already is a shuffle read (possibly merged into one partition).

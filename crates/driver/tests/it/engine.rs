@@ -90,7 +90,7 @@ async fn group_by_runs_as_several_stages_and_gives_exact_sums() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shuffle_through_disk_gives_the_same_rows_as_memory() {
-    for compression in ["lz4", "zstd", "none"] {
+    for compression in ["auto", "lz4", "zstd", "none"] {
         let s = session(
             "local[2]",
             &[

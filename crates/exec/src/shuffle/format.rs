@@ -22,7 +22,7 @@ use crate::error::{EmberError, Result};
 pub fn ipc_write_options(compression: ShuffleCompression) -> Result<IpcWriteOptions> {
     let codec = match compression {
         ShuffleCompression::None => None,
-        ShuffleCompression::Lz4 => Some(CompressionType::LZ4_FRAME),
+        ShuffleCompression::Lz4 | ShuffleCompression::Auto => Some(CompressionType::LZ4_FRAME),
         ShuffleCompression::Zstd => Some(CompressionType::ZSTD),
     };
     Ok(IpcWriteOptions::default().try_with_compression(codec)?)
