@@ -1,7 +1,7 @@
 //! `ember bench`: benchmarks that print JSON.
 //!
-//! `ember bench tpch` runs each TPC-H query through an ember session and, as the
-//! baseline, through a plain DataFusion `SessionContext` with as many target
+//! `ember bench tpch` (and `ember bench tpcds`, the same over TPC-DS's 99 queries)
+//! runs each query through an ember session and, as the baseline, through a plain DataFusion `SessionContext` with as many target
 //! partitions as ember has executor slots (or through a second ember session,
 //! `--baseline local[2]`), over the same Parquet files in the same process. Each
 //! query runs once to warm up, then `--iterations` times; the report gives min and
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use arrow::record_batch::RecordBatch;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember_driver::{Master, Session, tpch};
+use ember_driver::{Master, Session, tpcds, tpch};
 use serde::Serialize;
 
 use crate::output::one_line;
@@ -22,7 +22,10 @@ use crate::output::one_line;
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
     /// TPC-H queries, ember against DataFusion.
-    Tpch(TpchArgs),
+    Tpch(QueryBenchArgs),
+    /// TPC-DS queries, ember against DataFusion (the data from
+    /// benchmarks/tpcds/generate.py, which needs python3).
+    Tpcds(QueryBenchArgs),
     /// The embedded log: in-process and wire throughput.
     Log(crate::bench_log::LogBenchArgs),
     /// Streaming: the IoT query's throughput and batch durations.
@@ -32,12 +35,12 @@ pub enum BenchCommand {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct TpchArgs {
+pub struct QueryBenchArgs {
     /// Scale factor of the generated data.
     #[arg(long, default_value_t = 1.0)]
     sf: f64,
 
-    /// Queries to run, e.g. 1,3,6 (default: all 22).
+    /// Queries to run, e.g. 1,3,6 (default: all of them: 22 for TPC-H, 99 for TPC-DS).
     #[arg(long, value_delimiter = ',', value_name = "N,..")]
     queries: Vec<usize>,
 
@@ -57,7 +60,7 @@ pub struct TpchArgs {
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     timeout: u64,
 
-    /// Data directory [default: ~/.cache/ember/tpch-sf<SF>, generated if missing].
+    /// Data directory [default: ~/.cache/ember/<tpch|tpcds>-sf<SF>, generated if missing].
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
 
@@ -113,7 +116,12 @@ impl BaselineEngine {
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Tpch(args) => {
-            let report = tpch_bench(args).await?;
+            let report = query_bench(Workload::Tpch, args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        BenchCommand::Tpcds(args) => {
+            let report = query_bench(Workload::Tpcds, args).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -123,26 +131,75 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     }
 }
 
-async fn tpch_bench(args: TpchArgs) -> Result<Report> {
-    anyhow::ensure!(args.iterations > 0, "--iterations must be at least 1");
-    let queries = if args.queries.is_empty() {
-        tpch::QUERY_NUMBERS.to_vec()
-    } else {
-        args.queries.clone()
-    };
-    let sql: Vec<(usize, String)> = queries
-        .iter()
-        .map(|&n| Ok((n, tpch::query(n)?)))
-        .collect::<Result<_>>()?;
+/// The queries and tables a query benchmark runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Tpch,
+    Tpcds,
+}
 
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Tpch => "tpch",
+            Workload::Tpcds => "tpcds",
+        }
+    }
+
+    /// Generates the data into `dir` unless it is there.
+    async fn ensure_data(self, sf: f64, dir: &std::path::Path) -> Result<()> {
+        match self {
+            Workload::Tpch if !tpch::is_generated(sf, dir) => {
+                eprintln!("generating TPC-H SF {sf} into {} ...", dir.display());
+                crate::datagen::generate_tpch(sf, dir.to_path_buf()).await?;
+            }
+            Workload::Tpcds if !tpcds::is_generated(sf, dir) => {
+                eprintln!("generating TPC-DS SF {sf} into {} ...", dir.display());
+                let dir = dir.to_path_buf();
+                tokio::task::spawn_blocking(move || tpcds::generate(sf, &dir)).await??;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn queries(self, dir: &std::path::Path, only: &[usize]) -> Result<Vec<(usize, String)>> {
+        let all: Vec<usize> = match self {
+            Workload::Tpch => tpch::QUERY_NUMBERS.to_vec(),
+            Workload::Tpcds => tpcds::QUERY_NUMBERS.collect(),
+        };
+        let chosen = if only.is_empty() { all } else { only.to_vec() };
+        chosen
+            .into_iter()
+            .map(|n| {
+                Ok((
+                    n,
+                    match self {
+                        Workload::Tpch => tpch::query(n)?,
+                        Workload::Tpcds => tpcds::query(dir, n)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn register(self, ctx: &SessionContext, dir: &std::path::Path) -> Result<()> {
+        match self {
+            Workload::Tpch => tpch::register_tables(ctx, dir).await?,
+            Workload::Tpcds => tpcds::register_tables(ctx, dir).await?,
+        }
+        Ok(())
+    }
+}
+
+async fn query_bench(workload: Workload, args: QueryBenchArgs) -> Result<Report> {
+    anyhow::ensure!(args.iterations > 0, "--iterations must be at least 1");
     let dir = match &args.data {
         Some(dir) => dir.clone(),
-        None => default_data_dir(args.sf)?,
+        None => data_dir(workload.name(), args.sf)?,
     };
-    if !tpch::is_generated(args.sf, &dir) {
-        eprintln!("generating TPC-H SF {} into {} ...", args.sf, dir.display());
-        crate::datagen::generate_tpch(args.sf, dir.clone()).await?;
-    }
+    workload.ensure_data(args.sf, &dir).await?;
+    let sql = workload.queries(&dir, &args.queries)?;
 
     let slots = match Master::parse(&args.master)?.slots() {
         // A cluster's slots are not known here: as many as this machine has cores.
@@ -157,17 +214,17 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
     }
     let session = builder.build()?;
     wait_for_executors(&session, args.executors).await;
-    tpch::register_tables(session.context(), &dir).await?;
+    workload.register(session.context(), &dir).await?;
     let baseline = match &args.baseline {
         Baseline::Datafusion => {
             let ctx =
                 SessionContext::new_with_config(SessionConfig::new().with_target_partitions(slots));
-            tpch::register_tables(&ctx, &dir).await?;
+            workload.register(&ctx, &dir).await?;
             Some(BaselineEngine::Datafusion(ctx))
         }
         Baseline::Ember(master) => {
             let other = Session::builder().master(master).build()?;
-            tpch::register_tables(other.context(), &dir).await?;
+            workload.register(other.context(), &dir).await?;
             Some(BaselineEngine::Ember(other))
         }
         Baseline::None => None,
@@ -210,7 +267,7 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
         results.push(result);
     }
     Ok(Report {
-        benchmark: "tpch",
+        benchmark: workload.name(),
         sf: args.sf,
         master: args.master.clone(),
         baseline: match &args.baseline {
@@ -228,11 +285,12 @@ async fn tpch_bench(args: TpchArgs) -> Result<Report> {
     })
 }
 
-pub(crate) fn default_data_dir(sf: f64) -> Result<PathBuf> {
+/// `~/.cache/ember/<benchmark>-sf<SF>`, where generated data is kept.
+pub(crate) fn data_dir(benchmark: &str, sf: f64) -> Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set; pass --data DIR")?;
     Ok(PathBuf::from(home)
         .join(".cache/ember")
-        .join(format!("tpch-sf{sf}")))
+        .join(format!("{benchmark}-sf{sf}")))
 }
 
 /// What `ember bench tpch` prints.

@@ -66,7 +66,7 @@ struct Report {
 pub async fn run(args: ResultBenchArgs) -> Result<()> {
     let dir = match &args.data {
         Some(dir) => dir.clone(),
-        None => crate::bench::default_data_dir(args.sf)?,
+        None => crate::bench::data_dir("tpch", args.sf)?,
     };
     if !tpch::is_generated(args.sf, &dir) {
         eprintln!("generating TPC-H SF {} into {} ...", args.sf, dir.display());

@@ -15,7 +15,8 @@
 //! - `stream`: micro-batch streaming queries; each committed batch's progress is an
 //!   event too.
 //! - [`tpch`]: TPC-H data generation (Parquet), table registration and the 22 queries,
-//!   for examples, tests and `ember bench`; [`answers`] compares two engines' answers.
+//!   for examples, tests and `ember bench`; [`tpcds`] the same for TPC-DS's generated
+//!   data and 99 queries; [`answers`] compares two engines' answers.
 
 pub mod answers;
 mod dataframe;
@@ -27,6 +28,7 @@ mod planning;
 mod remote;
 mod session;
 pub mod stream;
+pub mod tpcds;
 pub mod tpch;
 mod ui;
 
