@@ -131,7 +131,7 @@ impl EmberConfig {
         (
             "ember.shuffle.compression",
             "auto",
-            "Compression of map outputs written to disk: auto (none when every executor is on one host, as in a single-machine cluster, and LZ4 otherwise, or when a local session spills), lz4, zstd or none.",
+            "Compression of map outputs written to disk: auto (none for map stages when every executor is on one host, as in a single-machine cluster; LZ4 otherwise, for a job's final stage, which the driver reads, and for what a local session spills), lz4, zstd or none.",
         ),
         (
             "ember.shuffle.memory_budget",

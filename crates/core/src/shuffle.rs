@@ -2,6 +2,32 @@
 
 use std::path::PathBuf;
 
+/// The bit of a job id that marks a persisted frame's outputs, written under a job
+/// id of their own so that no job's end removes them.
+const CACHE_JOB: u64 = 1 << 63;
+/// The bit that marks a frame kept on disk only, which no memory store takes.
+const DISK_ONLY: u64 = 1 << 62;
+
+/// The job id persisted frame `cache`'s outputs are written under.
+pub fn cache_job(cache: u64, disk_only: bool) -> u64 {
+    CACHE_JOB | if disk_only { DISK_ONLY } else { 0 } | cache
+}
+
+/// Every job id frame `cache`'s outputs may be under, to remove them all.
+pub fn cache_jobs(cache: u64) -> [u64; 2] {
+    [cache_job(cache, false), cache_job(cache, true)]
+}
+
+/// Whether `job` is a persisted frame's.
+pub fn is_cache_job(job: u64) -> bool {
+    job & CACHE_JOB != 0
+}
+
+/// Whether `job` is a frame's kept on disk only.
+pub fn is_disk_only_cache_job(job: u64) -> bool {
+    is_cache_job(job) && job & DISK_ONLY != 0
+}
+
 /// Identity of one in-memory map output. `token` separates attempts of the same task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MapOutputKey {

@@ -11,7 +11,7 @@ use ember_core::rpc::{AuthChannel, Liveness, MAX_MESSAGE_BYTES, Security};
 use ember_core::{EmberError, PROTOCOL_VERSION, Result};
 use ember_exec::codec::EmberCodec;
 use ember_exec::memory::MemoryLimits;
-use ember_exec::shuffle::ShuffleEnv;
+use ember_exec::shuffle::{MemoryShuffleStore, ShuffleEnv};
 use ember_exec::task::TaskEnv;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -208,20 +208,27 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
     }
     tracing::info!(executor = %executor_id, %address, cores = config.cores, "registered with the driver");
 
+    let limits = MemoryLimits {
+        memory_bytes: Some(config.memory_bytes),
+        spill_dir: Some(config.work_dir.join("spill")),
+    };
+    let runtime = limits.runtime(&*ember_exec::storage::EmberStores::runtime()?)?;
+    // Persisted frames' partitions stay in memory, drawn from the tasks' pool, up to
+    // half of it; the rest of a frame, and every other map output, goes to disk.
+    let cache_budget = limits.pool_bytes().unwrap_or(usize::MAX) / 2;
+    let cache_memory =
+        Arc::new(MemoryShuffleStore::new(cache_budget).with_pool(&runtime.memory_pool));
     let env = TaskEnv {
         executor_id: executor_id.clone(),
         shuffle: Arc::new(
             ShuffleEnv::new(executor_id.clone(), &config.work_dir, None)
+                .with_cache_memory(cache_memory)
                 .with_address(address.clone())
                 .with_security(security.clone()),
         ),
         codec: EmberCodec::new(registry.batch_fns.clone()),
         functions: registry.function_source(),
-        runtime: MemoryLimits {
-            memory_bytes: Some(config.memory_bytes),
-            spill_dir: Some(config.work_dir.join("spill")),
-        }
-        .runtime(&*ember_exec::storage::EmberStores::runtime()?)?,
+        runtime,
         caches: Arc::default(),
     };
     let stop = Arc::new(Notify::new());

@@ -191,7 +191,7 @@ impl ExecutorService for ExecutorServer {
         &self,
         request: Request<FetchPartitionRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let stream = serve_partition(&self.env.shuffle.work_dir, request.get_ref())?;
+        let stream = serve_partition(&self.env.shuffle, request.get_ref())?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

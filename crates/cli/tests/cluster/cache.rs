@@ -1,5 +1,8 @@
-//! A cached frame's partitions stay on the executors that computed them, are read by
-//! later jobs, and those an executor takes with it when it dies are recomputed.
+//! A cached frame's partitions stay on the executors that computed them (in their
+//! memory, or on their disks for `DiskOnly`), are read by later jobs, also from the
+//! other executor, and those an executor takes with it when it dies are recomputed.
+
+use ember_driver::StorageLevel;
 
 use super::*;
 
@@ -33,6 +36,10 @@ fn a_cached_frame_is_reused_and_survives_losing_an_executor() {
             2,
             "kept where computed: {storage:?}"
         );
+        assert!(
+            storage[0].memory_bytes > 0 && storage[0].disk_bytes == 0,
+            "in the executors' memory: {storage:?}"
+        );
         let dag = driver.explain_stages(frame.logical_plan()).await.unwrap();
         assert!(dag.contains("cached: read, not run"), "{dag}");
 
@@ -50,6 +57,52 @@ fn a_cached_frame_is_reused_and_survives_losing_an_executor() {
         assert_eq!(
             storage[0].cached_partitions, storage[0].partitions,
             "{storage:?}"
+        );
+    });
+}
+
+#[test]
+fn each_storage_level_keeps_partitions_where_it_says_and_later_jobs_read_them() {
+    cluster_runtime().block_on(async {
+        let work = tempfile::tempdir().unwrap();
+        let (driver, _executors) = tpch_cluster(&[], 2, &[], work.path()).await;
+        let query = "SELECT o_orderpriority, count(*) AS n FROM f GROUP BY 1 ORDER BY 1";
+        let mut answers = vec![];
+        for (name, level) in [
+            ("memory_only", StorageLevel::MemoryOnly),
+            ("disk_only", StorageLevel::DiskOnly),
+        ] {
+            let frame = driver
+                .sql("SELECT o_orderkey, o_orderpriority FROM orders")
+                .await
+                .unwrap()
+                .persist(level)
+                .unwrap();
+            frame.create_or_replace_temp_view("f").unwrap();
+            answers.push(driver.sql(query).await.unwrap().collect().await.unwrap());
+            let view = driver
+                .storage()
+                .into_iter()
+                .find(|v| v.storage_level == level)
+                .unwrap_or_else(|| panic!("{name}: not listed"));
+            assert_eq!(view.cached_partitions, view.partitions, "{name}: {view:?}");
+            match level {
+                StorageLevel::DiskOnly => {
+                    assert!(view.memory_bytes == 0 && view.disk_bytes > 0, "{view:?}")
+                }
+                _ => assert!(view.memory_bytes > 0 && view.disk_bytes == 0, "{view:?}"),
+            }
+            let dag = driver.explain_stages(frame.logical_plan()).await.unwrap();
+            assert!(dag.contains("cached: read, not run"), "{name}: {dag}");
+            answers.push(driver.sql(query).await.unwrap().collect().await.unwrap());
+            frame.unpersist().unwrap();
+        }
+        let lines: Vec<_> = answers.iter().map(|a| sorted_lines(a)).collect();
+        assert!(lines.iter().all(|l| *l == lines[0]), "{lines:?}");
+        assert!(
+            lines[0].iter().any(|l| l.contains("1-URGENT"))
+                && lines[0].iter().any(|l| l.contains("5-LOW")),
+            "{lines:?}"
         );
     });
 }

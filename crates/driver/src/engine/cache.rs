@@ -4,7 +4,10 @@
 //! A persisted frame's plan carries a [`CacheExec`] above its input. The stage
 //! planner cuts there as at an exchange: the input becomes a *cache stage*, whose map
 //! outputs (one per input partition) are written under a job id of the cache's own
-//! ([`cache_job`]), so that no job's end removes them. When a cache stage's task
+//! (`ember_core::shuffle::cache_job`), so that no job's end removes them. Executors
+//! keep them in a memory store drawn from their pool (up to a share of it), unless
+//! the frame is kept on disk only; what does not fit goes to disk, and a memory-only
+//! frame leaves such partitions out. When a cache stage's task
 //! succeeds, its output is recorded in the [`CacheRegistry`]; a later job's cache
 //! stage starts with those partitions done, and runs only the missing ones (none,
 //! once the frame is whole). An executor lost takes its cached partitions with it:
@@ -47,12 +50,6 @@ impl fmt::Display for StorageLevel {
             StorageLevel::DiskOnly => "disk only",
         })
     }
-}
-
-/// The job id a cache's outputs are written under: the high bit keeps it apart from
-/// every real job's.
-pub(crate) fn cache_job(cache: u64) -> u64 {
-    (1 << 63) | cache
 }
 
 /// Marks where a persisted frame's plan is cut into a cache stage. Never run itself:

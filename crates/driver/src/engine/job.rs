@@ -72,11 +72,29 @@ impl StageState {
     }
 }
 
+/// The settings a job's tasks run with: its map stages', and its final stage's.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskConfigs {
+    pub map: Arc<Vec<(String, String)>>,
+    pub result: Arc<Vec<(String, String)>>,
+}
+
+impl TaskConfigs {
+    /// The settings of a task of `stage`, in a job whose final stage is `final_stage`.
+    pub(crate) fn of(&self, stage: usize, final_stage: usize) -> Arc<Vec<(String, String)>> {
+        if stage == final_stage {
+            self.result.clone()
+        } else {
+            self.map.clone()
+        }
+    }
+}
+
 pub(crate) struct Job {
     pub id: u64,
     pub graph: StageGraph,
     pub stages: BTreeMap<usize, StageState>,
-    pub config: Arc<Vec<(String, String)>>,
+    pub config: TaskConfigs,
     pub ember: EmberConfig,
     pub session_id: String,
     /// What the UI calls the job, and the SQL query it runs for.
@@ -104,7 +122,7 @@ impl Job {
     pub(crate) fn new(
         id: u64,
         graph: StageGraph,
-        config: Arc<Vec<(String, String)>>,
+        config: TaskConfigs,
         ember: EmberConfig,
         session_id: String,
         (description, sql): (String, Option<u64>),

@@ -45,6 +45,7 @@ pub use cache::{CachedFrameView, StorageLevel};
 pub(crate) use cluster::ClusterExecutors;
 use ember_core::proto::driver_service_server::DriverServiceServer;
 use job::Job;
+pub(crate) use job::TaskConfigs;
 use local::LocalExecutors;
 use planner::StageGraph;
 use scheduler::{Event, Scheduler};
@@ -371,13 +372,13 @@ impl Engine {
         let schema = plan.schema();
         let graph = StageGraph::plan(job_id, plan)?;
         let (stage, partitions) = (graph.final_stage, graph.stages[&graph.final_stage].tasks);
-        let mut pairs: Vec<(String, String)> = config
+        let pairs: Vec<(String, String)> = config
             .options()
             .entries()
             .into_iter()
             .filter_map(|e| e.value.map(|v| (e.key, v)))
             .collect();
-        self.resolve_shuffle_compression(&mut pairs);
+        let configs = self.resolve_shuffle_compression(pairs);
         let (results_tx, results) = mpsc::unbounded_channel();
         let query = JOB_QUERY
             .try_with(|q| q.clone())
@@ -385,7 +386,7 @@ impl Engine {
         let job = Job::new(
             job_id,
             graph,
-            Arc::new(pairs),
+            configs,
             EmberConfig::from_session(config),
             session_id.to_string(),
             query,
@@ -411,20 +412,31 @@ impl Engine {
     }
 
     /// The persisted frames and their kept partitions.
-    /// `ember.shuffle.compression=auto` made concrete for one job: no compression
-    /// when every executor is on one host (its readers then read from the local
-    /// disk, and compressing costs CPU to save no network), LZ4 otherwise, and LZ4
-    /// for a local session, whose map outputs reach the disk only when its memory
-    /// budget is spent.
-    fn resolve_shuffle_compression(&self, pairs: &mut [(String, String)]) {
+    /// `ember.shuffle.compression=auto` made concrete for one job's map stages and
+    /// its final stage. Map outputs are not compressed when every executor is on one
+    /// host (their readers then read the local disk, and compressing costs CPU to
+    /// save no network), and LZ4 otherwise; a local session's are LZ4, as they reach
+    /// the disk only when its memory budget is spent. The final stage's outputs are
+    /// read by the driver, which may be elsewhere and through which every row of the
+    /// result passes: LZ4 (uncompressed, a fast read of a large result fills the
+    /// buffers on the way to the client).
+    fn resolve_shuffle_compression(&self, pairs: Vec<(String, String)>) -> TaskConfigs {
         let one_host = self
             .cluster
             .as_ref()
             .is_some_and(|c| c.executors.on_one_host());
-        for (key, value) in pairs.iter_mut() {
-            if key == "ember.shuffle.compression" && value.eq_ignore_ascii_case("auto") {
-                *value = if one_host { "none" } else { "lz4" }.into();
+        let resolved = |auto: &str| {
+            let mut pairs = pairs.clone();
+            for (key, value) in pairs.iter_mut() {
+                if key == "ember.shuffle.compression" && value.eq_ignore_ascii_case("auto") {
+                    *value = auto.into();
+                }
             }
+            Arc::new(pairs)
+        };
+        TaskConfigs {
+            map: resolved(if one_host { "none" } else { "lz4" }),
+            result: resolved("lz4"),
         }
     }
 

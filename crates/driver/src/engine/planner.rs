@@ -46,8 +46,9 @@ use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, replace_children_if_necessary,
 };
 use ember_core::Result;
+use ember_core::shuffle::cache_job;
 
-use super::cache::{CacheExec, cache_job};
+use super::cache::{CacheExec, StorageLevel};
 use ember_exec::shuffle::{
     ShuffleWriterExec, UnresolvedShuffleExec, after_hash_exchange, after_passthrough,
 };
@@ -204,7 +205,8 @@ impl Planner {
             let maps = input.output_partitioning().partition_count();
             let facts = after_passthrough(&input);
             let id = self.stages.len() + 1;
-            let writer = ShuffleWriterExec::try_new(cache_job(cache.id), 0, input, None)?;
+            let job = cache_job(cache.id, cache.level == StorageLevel::DiskOnly);
+            let writer = ShuffleWriterExec::try_new(job, 0, input, None)?;
             self.stages.insert(
                 id,
                 Stage {

@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use ember_core::EmberError;
+use ember_core::shuffle::cache_jobs;
 use ember_exec::codec::{EmberCodec, encode_plan};
 use ember_exec::task::{FailureReason, TaskDefinition, TaskId, TaskOutput, TaskStatus};
 use tokio::sync::mpsc;
@@ -159,7 +160,9 @@ impl Scheduler {
             } => self.result_lost(job, partition, &executor, &message),
             Event::Uncache { cache } => {
                 self.caches.remove(cache);
-                self.launcher.remove_job(super::cache::cache_job(cache));
+                for job in cache_jobs(cache) {
+                    self.launcher.remove_job(job);
+                }
             }
             Event::ResultsRead { job, ended } => {
                 self.finish_job(job);
@@ -311,10 +314,11 @@ impl Scheduler {
                 partition: p,
                 attempt,
             };
+            let config = job.config.of(stage, job.graph.final_stage);
             let task = TaskDefinition {
                 id,
                 plan,
-                config: job.config.clone(),
+                config,
                 session_id: job.session_id.clone(),
             };
             if self.launcher.launch(task).is_err() {
@@ -449,7 +453,9 @@ impl Scheduler {
         // A frame unpersisted while this job computed it: what the job kept goes.
         for cache in graph.stages.values().filter_map(|s| s.cache()) {
             if !self.caches.contains(cache) {
-                self.launcher.remove_job(super::cache::cache_job(cache));
+                for job in cache_jobs(cache) {
+                    self.launcher.remove_job(job);
+                }
             }
         }
         if self.jobs.is_empty() {

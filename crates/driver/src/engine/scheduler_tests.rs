@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::engine::job::{Job, ResultEvent};
+use crate::engine::job::{Job, ResultEvent, TaskConfigs};
 use crate::engine::planner::StageGraph;
 use crate::events::progress::ProgressListener;
 use crate::events::{AppEvent, JobStatus, Listener, ListenerBus};
@@ -126,7 +126,10 @@ async fn harness(slots: usize, settings: &[(&str, &str)]) -> Harness {
     let job = Job::new(
         1,
         graph,
-        Arc::new(vec![]),
+        TaskConfigs {
+            map: Arc::default(),
+            result: Arc::default(),
+        },
         ember,
         "test".into(),
         ("a test job".into(), None),

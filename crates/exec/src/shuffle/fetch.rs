@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -15,18 +15,25 @@ use tonic::Status;
 use super::store::ShuffleEnv;
 use crate::error::Result;
 use crate::proto::{FetchPartitionChunk, FetchPartitionRequest};
+use crate::shuffle::MapOutputKey;
 
 /// Bytes per chunk sent over the wire.
 pub const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks buffered between the network and the decoder, each way.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
-/// Serves `[offset, offset + length)` of a map-output file under `work_dir`. Paths
-/// outside the work dir are refused: the service only ever hands out shuffle data.
+/// Serves one output partition of a map output of this executor's: the byte range
+/// `[offset, offset + length)` of a map-output file under the work dir (paths outside
+/// it are refused: the service only ever hands out shuffle data), or, for a map
+/// output kept in memory, its batches as an Arrow IPC stream.
 pub fn serve_partition(
-    work_dir: &Path,
+    env: &ShuffleEnv,
     req: &FetchPartitionRequest,
 ) -> Result<ReceiverStream<Result<FetchPartitionChunk, Status>>, Status> {
+    if req.memory {
+        return serve_memory_partition(env, req);
+    }
+    let work_dir = &env.work_dir;
     let path = PathBuf::from(&req.path);
     let root = work_dir
         .canonicalize()
@@ -63,6 +70,61 @@ pub fn serve_partition(
                 return; // the reader went away
             }
             left -= CHUNK_BYTES.min(left as usize) as u64;
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+/// Serves a partition of a map output in the memory store, encoded as one Arrow IPC
+/// stream (uncompressed: it was never on disk) in chunks.
+fn serve_memory_partition(
+    env: &ShuffleEnv,
+    req: &FetchPartitionRequest,
+) -> Result<ReceiverStream<Result<FetchPartitionChunk, Status>>, Status> {
+    let key = MapOutputKey {
+        job: req.job_id,
+        stage: req.stage_id as usize,
+        map_partition: req.map_partition as usize,
+        token: req.token,
+    };
+    let gone = || {
+        Status::not_found(format!(
+            "map output {}.{} (token {}) of job {} is not in this executor's memory",
+            key.stage, key.map_partition, key.token, key.job
+        ))
+    };
+    let batches = env
+        .memory
+        .as_ref()
+        .and_then(|m| m.get(&key, req.reduce_partition as usize))
+        .ok_or_else(gone)?;
+    let schema = batches.first().map(|b| b.schema()).ok_or_else(gone)?;
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        let encoded = (|| -> Result<Vec<u8>> {
+            let mut bytes = vec![];
+            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &schema)?;
+            for b in &batches {
+                writer.write(b)?;
+            }
+            writer.finish()?;
+            drop(writer);
+            Ok(bytes)
+        })();
+        match encoded {
+            Ok(bytes) => {
+                for chunk in bytes.chunks(CHUNK_BYTES) {
+                    let chunk = FetchPartitionChunk {
+                        data: chunk.to_vec(),
+                    };
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return; // the reader went away
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+            }
         }
     });
     Ok(ReceiverStream::new(rx))
@@ -156,9 +218,9 @@ mod tests {
         ipc_write_options,
     };
 
-    /// An executor that only serves shuffle files.
+    /// An executor that only serves shuffle data.
     struct FileServer {
-        work_dir: PathBuf,
+        env: ShuffleEnv,
     }
 
     type ChunkStream = Pin<Box<dyn Stream<Item = Result<FetchPartitionChunk, Status>> + Send>>;
@@ -191,18 +253,22 @@ mod tests {
             &self,
             req: Request<FetchPartitionRequest>,
         ) -> Result<Response<ChunkStream>, Status> {
-            let stream = serve_partition(&self.work_dir, req.get_ref())?;
+            let stream = serve_partition(&self.env, req.get_ref())?;
             Ok(Response::new(Box::pin(stream)))
         }
     }
 
     async fn start_server(work_dir: PathBuf) -> String {
+        serve(ShuffleEnv::new("remote", work_dir, None)).await
+    }
+
+    async fn serve(env: ShuffleEnv) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(ExecutorServiceServer::new(FileServer { work_dir }))
+                .add_service(ExecutorServiceServer::new(FileServer { env }))
                 .serve_with_incoming(incoming),
         );
         address
@@ -213,7 +279,7 @@ mod tests {
     }
 
     /// A map output with two partitions: 0..n and n..2n, each in batches of 1000.
-    fn write_map_output(dir: &Path, n: i64) -> (PathBuf, Vec<(u64, u64)>) {
+    fn write_map_output(dir: &std::path::Path, n: i64) -> (PathBuf, Vec<(u64, u64)>) {
         let options = ipc_write_options(ShuffleCompression::Lz4).unwrap();
         let mut parts = Vec::new();
         for p in 0..2 {
@@ -281,6 +347,80 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_map_output_kept_in_memory_is_fetched_by_another_executor() {
+        let remote_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::shuffle::MemoryShuffleStore::new(1 << 30));
+        let key = MapOutputKey {
+            job: ember_core::shuffle::cache_job(3, false),
+            stage: 1,
+            map_partition: 0,
+            token: 7,
+        };
+        let part = |range: std::ops::Range<i64>| {
+            let values: Vec<i64> = range.collect();
+            RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(values))]).unwrap()
+        };
+        // More than one chunk on the wire.
+        let batches = vec![
+            vec![part(0..10)],
+            vec![part(0..100_000), part(100_000..300_000)],
+        ];
+        assert!(store.try_reserve(1));
+        store.insert(key, batches, 1);
+        let address =
+            serve(ShuffleEnv::new("remote", remote_dir.path(), None).with_cache_memory(store))
+                .await;
+
+        let location = PartitionLocation {
+            map_partition: 0,
+            reduce_partition: 1,
+            executor_id: "remote".into(),
+            executor_address: address.clone(),
+            data: ShuffleData::Memory(key),
+            stats: PartitionStats {
+                offset: 0,
+                length: 2_400_000,
+                rows: 300_000,
+            },
+        };
+        let reader = Arc::new(ShuffleReaderExec::new(
+            1,
+            Partitioning::UnknownPartitioning(1),
+            vec![vec![location.clone()]],
+            EquivalenceProperties::new(schema()),
+        ));
+        let local_dir = tempfile::tempdir().unwrap();
+        let env = Arc::new(ShuffleEnv::new("local", local_dir.path(), None));
+        let ctx = Arc::new(
+            TaskContext::default().with_session_config(SessionConfig::new().with_extension(env)),
+        );
+        let batches = collect_partition(reader, 0, ctx.clone()).await;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 300_000);
+
+        // An output the executor no longer has is a fetch failure, as a lost file is.
+        let gone = PartitionLocation {
+            data: ShuffleData::Memory(MapOutputKey { token: 8, ..key }),
+            ..location
+        };
+        let reader = Arc::new(ShuffleReaderExec::new(
+            1,
+            Partitioning::UnknownPartitioning(1),
+            vec![vec![gone]],
+            EquivalenceProperties::new(schema()),
+        ));
+        use futures::TryStreamExt;
+        let err = reader
+            .execute(0, ctx)
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not in this executor's memory"), "{err}");
+    }
+
     async fn collect_partition(
         plan: Arc<dyn ExecutionPlan>,
         partition: usize,
@@ -310,7 +450,8 @@ mod tests {
             length: 1,
             ..Default::default()
         };
-        let status = refusal(serve_partition(dir.path(), &req));
+        let env = ShuffleEnv::new("local", dir.path(), None);
+        let status = refusal(serve_partition(&env, &req));
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
         let missing = FetchPartitionRequest {
             path: dir.path().join("nope.data").display().to_string(),
@@ -318,7 +459,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            refusal(serve_partition(dir.path(), &missing)).code(),
+            refusal(serve_partition(&env, &missing)).code(),
             tonic::Code::NotFound
         );
     }

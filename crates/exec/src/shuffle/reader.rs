@@ -132,11 +132,19 @@ impl FetchesAhead {
     }
 }
 
-/// A map output on this host is read from its file; another host's is fetched.
+/// A map output in this executor's memory, or in a file on this host, is read
+/// directly; any other is fetched from its executor.
 fn is_local(env: &ShuffleEnv, loc: &PartitionLocation) -> bool {
-    loc.executor_address.is_empty()
-        || loc.executor_id == env.executor_id
-        || (!env.address.is_empty() && host_of(&env.address) == host_of(&loc.executor_address))
+    let this_executor = loc.executor_address.is_empty() || loc.executor_id == env.executor_id;
+    match loc.data {
+        // Another process's memory is only reached through it.
+        ShuffleData::Memory(_) => this_executor,
+        ShuffleData::File(_) => {
+            this_executor
+                || (!env.address.is_empty()
+                    && host_of(&env.address) == host_of(&loc.executor_address))
+        }
+    }
 }
 
 /// `host` of `scheme://host:port/...`.
@@ -216,14 +224,25 @@ impl ExecutionPlan for ShuffleReaderExec {
         let mut builder = RecordBatchReceiverStream::builder(self.schema.clone(), 4);
         let tx = builder.tx();
         builder.spawn_blocking(move || {
-            let request = |loc: &PartitionLocation, path: &std::path::Path| FetchPartitionRequest {
-                job_id: 0,
-                stage_id: stage as u32,
-                map_partition: loc.map_partition as u32,
-                reduce_partition: loc.reduce_partition as u32,
-                path: path.display().to_string(),
-                offset: loc.stats.offset,
-                length: loc.stats.length,
+            let request = |loc: &PartitionLocation| match &loc.data {
+                ShuffleData::File(path) => FetchPartitionRequest {
+                    stage_id: stage as u32,
+                    map_partition: loc.map_partition as u32,
+                    reduce_partition: loc.reduce_partition as u32,
+                    path: path.display().to_string(),
+                    offset: loc.stats.offset,
+                    length: loc.stats.length,
+                    ..Default::default()
+                },
+                ShuffleData::Memory(key) => FetchPartitionRequest {
+                    job_id: key.job,
+                    stage_id: key.stage as u32,
+                    map_partition: key.map_partition as u32,
+                    reduce_partition: loc.reduce_partition as u32,
+                    memory: true,
+                    token: key.token,
+                    ..Default::default()
+                },
             };
             // Remote pieces are fetched ahead, concurrently, while their requested
             // bytes stay within the budget (at least one at a time); their chunks wait
@@ -231,9 +250,7 @@ impl ExecutionPlan for ShuffleReaderExec {
             let remote: Vec<usize> = (0..locations.len())
                 .filter(|&i| {
                     let loc = &locations[i];
-                    loc.stats.rows > 0
-                        && matches!(loc.data, ShuffleData::File(_))
-                        && !is_local(&env, loc)
+                    loc.stats.rows > 0 && !is_local(&env, loc)
                 })
                 .collect();
             let mut fetches = FetchesAhead::new(FETCH_BYTES_IN_FLIGHT);
@@ -246,20 +263,16 @@ impl ExecutionPlan for ShuffleReaderExec {
                     |j| locations[j].stats.length,
                     |j| {
                         let loc = &locations[j];
-                        let path = match &loc.data {
-                            ShuffleData::File(path) => path.as_path(),
-                            ShuffleData::Memory(_) => std::path::Path::new(""),
-                        };
                         RemoteRange::open(
                             &runtime,
                             &env,
                             loc.executor_address.clone(),
-                            request(loc, path),
+                            request(loc),
                         )
                     },
                 );
                 let batches: Box<dyn Iterator<Item = DFResult<RecordBatch>>> = match &loc.data {
-                    ShuffleData::Memory(key) => {
+                    ShuffleData::Memory(key) if is_local(&env, loc) => {
                         let batches = env
                             .memory
                             .as_ref()
@@ -278,14 +291,22 @@ impl ExecutionPlan for ShuffleReaderExec {
                             })
                         }))
                     }
-                    ShuffleData::File(_) => {
+                    _ => {
                         let remote = fetches.take(i).ok_or_else(|| {
                             DataFusionError::Internal(format!("fetch {i} was not opened"))
                         })?;
                         let address = &loc.executor_address;
+                        // A file's range is its IPC stream; an output in memory is
+                        // encoded when served, in about its Arrow size plus messages.
+                        let limit = match loc.data {
+                            ShuffleData::File(_) => loc.stats.length,
+                            ShuffleData::Memory(_) => {
+                                loc.stats.length.saturating_mul(2).saturating_add(1 << 20)
+                            }
+                        };
                         let reader = crate::ipc::StreamReader::try_new(
                             BufReader::new(remote),
-                            loc.stats.length,
+                            limit,
                             "a fetched shuffle partition",
                         )
                         .map_err(|e| fetch_failed(stage, loc, format!("{address}: {e}")))?;

@@ -10,7 +10,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReser
 use parking_lot::Mutex;
 
 use crate::rpc::Security;
-use ember_core::shuffle::MapOutputKey;
+use ember_core::shuffle::{MapOutputKey, is_cache_job, is_disk_only_cache_job};
 
 /// Everything a shuffle operator needs from the executor it runs on. Installed as a
 /// `SessionConfig` extension of every task's `TaskContext`.
@@ -21,8 +21,12 @@ pub struct ShuffleEnv {
     pub address: String,
     /// Root of this executor's shuffle files: `<work_dir>/job-<id>/stage-<id>/...`.
     pub work_dir: PathBuf,
-    /// In-memory map outputs (local mode); `None` sends every map output to disk.
+    /// In-memory map outputs; `None` sends every map output to disk.
     pub memory: Option<Arc<MemoryShuffleStore>>,
+    /// What the memory store takes: every map output (local mode), or only the
+    /// outputs of persisted frames (executor processes, whose other outputs go to
+    /// disk for readers on other executors).
+    memory_for_caches_only: bool,
     /// How to call other executors for their shuffle files.
     pub security: Security,
     /// One multiplexed connection per executor fetched from, reused by every fetch
@@ -42,10 +46,27 @@ impl ShuffleEnv {
             address: String::new(),
             work_dir: work_dir.into(),
             memory,
+            memory_for_caches_only: false,
             security: Security::none(),
             channels: Mutex::default(),
             next_token: AtomicU64::new(1),
         }
+    }
+
+    /// Keeps the outputs of persisted frames (not kept on disk only) in `store`, and
+    /// sends every other map output to disk.
+    pub fn with_cache_memory(mut self, store: Arc<MemoryShuffleStore>) -> Self {
+        self.memory = Some(store);
+        self.memory_for_caches_only = true;
+        self
+    }
+
+    /// Where the output of a map task of `job` may be kept in memory, if anywhere.
+    pub fn memory_for(&self, job: u64) -> Option<&Arc<MemoryShuffleStore>> {
+        if is_disk_only_cache_job(job) || (self.memory_for_caches_only && !is_cache_job(job)) {
+            return None;
+        }
+        self.memory.as_ref()
     }
 
     /// Sets the address other executors fetch this one's shuffle files from.

@@ -97,7 +97,8 @@ impl ShuffleWriterExec {
     }
 
     /// Runs map task `map_partition` and stores its output, in memory when the
-    /// executor's budget allows, otherwise as one data file plus index.
+    /// executor keeps such outputs there and its budget allows, otherwise as one data
+    /// file plus index.
     pub async fn write(&self, map_partition: usize, ctx: Arc<TaskContext>) -> Result<MapOutput> {
         let env = ctx
             .session_config()
@@ -212,7 +213,7 @@ impl<'a> PartitionedOutput<'a> {
     fn emit(&mut self, partition: usize, batch: RecordBatch) -> Result<()> {
         if self.spills.is_none() {
             let size = batch.get_array_memory_size();
-            let held = match &self.env.memory {
+            let held = match self.env.memory_for(self.key.job) {
                 Some(store) if store.try_reserve(size) => {
                     self.reserved += size;
                     true
@@ -253,7 +254,7 @@ impl<'a> PartitionedOutput<'a> {
             }
         }
         self.memory = vec![Vec::new(); self.coalescers.len()];
-        if let Some(store) = &self.env.memory {
+        if let Some(store) = self.env.memory_for(self.key.job) {
             store.release(self.reserved);
         }
         self.reserved = 0;
@@ -288,7 +289,8 @@ impl<'a> PartitionedOutput<'a> {
         }
         let executor_id = self.env.executor_id.clone();
         let executor_address = self.env.address.clone();
-        let parts: Vec<PartSource> = match (self.spills.take(), &self.env.memory) {
+        let env = self.env;
+        let parts: Vec<PartSource> = match (self.spills.take(), env.memory_for(self.key.job)) {
             (None, Some(store)) => {
                 let partitions = self
                     .memory
@@ -354,7 +356,7 @@ impl<'a> PartitionedOutput<'a> {
 impl Drop for PartitionedOutput<'_> {
     fn drop(&mut self) {
         if self.reserved > 0
-            && let Some(store) = &self.env.memory
+            && let Some(store) = self.env.memory_for(self.key.job)
         {
             store.release(self.reserved);
         }
