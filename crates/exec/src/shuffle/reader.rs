@@ -8,6 +8,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchReceiverStream;
@@ -76,6 +77,25 @@ impl ShuffleReaderExec {
 /// Bytes of remote map output a reduce task asks for ahead of reading them (Spark's
 /// `spark.reducer.maxSizeInFlight`).
 const FETCH_BYTES_IN_FLIGHT: u64 = 48 << 20;
+
+/// The memory a reduce task's fetches ahead hold, from its executor's pool.
+struct FetchReservation(MemoryReservation);
+
+impl FetchReservation {
+    /// Reserves up to [`FETCH_BYTES_IN_FLIGHT`] (no more than the `wanted` bytes of
+    /// remote pieces), halving what it asks for while the pool refuses; returns the
+    /// bytes granted. With none, pieces are still fetched, one at a time.
+    fn grow_up_to(&mut self, wanted: u64) -> u64 {
+        let mut ask = FETCH_BYTES_IN_FLIGHT.min(wanted) as usize;
+        while ask >= 1 << 20 {
+            if self.0.try_grow(ask).is_ok() {
+                return ask as u64;
+            }
+            ask /= 2;
+        }
+        0
+    }
+}
 
 /// The remote fetches of one reduce task opened ahead of their turn, in order.
 struct FetchesAhead {
@@ -221,6 +241,10 @@ impl ExecutionPlan for ShuffleReaderExec {
             .ok_or_else(|| DataFusionError::Internal("task context has no ShuffleEnv".into()))?;
         let stage = self.stage_id;
         let runtime = tokio::runtime::Handle::current();
+        let mut ahead_memory = FetchReservation(
+            MemoryConsumer::new(format!("ShuffleReader[{stage}.{partition}]"))
+                .register(ctx.memory_pool()),
+        );
         let mut builder = RecordBatchReceiverStream::builder(self.schema.clone(), 4);
         let tx = builder.tx();
         builder.spawn_blocking(move || {
@@ -253,7 +277,9 @@ impl ExecutionPlan for ShuffleReaderExec {
                     loc.stats.rows > 0 && !is_local(&env, loc)
                 })
                 .collect();
-            let mut fetches = FetchesAhead::new(FETCH_BYTES_IN_FLIGHT);
+            // What is fetched ahead waits in memory: it comes out of the task's pool.
+            let ahead: u64 = remote.iter().map(|&i| locations[i].stats.length).sum();
+            let mut fetches = FetchesAhead::new(ahead_memory.grow_up_to(ahead));
             for (i, loc) in locations.iter().enumerate() {
                 if loc.stats.rows == 0 {
                     continue;
@@ -330,7 +356,30 @@ impl ExecutionPlan for ShuffleReaderExec {
 
 #[cfg(test)]
 mod tests {
-    use super::host_of;
+    use std::sync::Arc;
+
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
+
+    use super::{FETCH_BYTES_IN_FLIGHT, FetchReservation, host_of};
+
+    #[test]
+    fn fetches_ahead_take_what_the_pool_grants() {
+        let reserve = |pool_bytes: usize, wanted: u64| {
+            let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(pool_bytes));
+            let mut r = FetchReservation(MemoryConsumer::new("reader").register(&pool));
+            let granted = r.grow_up_to(wanted);
+            assert_eq!(pool.reserved() as u64, granted);
+            granted
+        };
+        assert_eq!(reserve(1 << 30, u64::MAX), FETCH_BYTES_IN_FLIGHT);
+        assert_eq!(
+            reserve(1 << 30, 5 << 20),
+            5 << 20,
+            "no more than is fetched"
+        );
+        assert_eq!(reserve(10 << 20, u64::MAX), 6 << 20, "halved until it fits");
+        assert_eq!(reserve(1 << 19, u64::MAX), 0, "none: one piece at a time");
+    }
 
     #[test]
     fn host_of_an_address_ignores_scheme_and_port() {
