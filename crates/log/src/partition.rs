@@ -379,6 +379,17 @@ impl Partition {
         Ok(None)
     }
 
+    /// The largest record timestamp the partition holds, if it holds any.
+    pub fn max_timestamp(&self) -> Option<i64> {
+        let inner = self.inner.lock();
+        inner
+            .segments
+            .values()
+            .map(|s| s.max_timestamp)
+            .filter(|&t| t >= 0)
+            .max()
+    }
+
     /// The largest id of an idempotent producer whose batches the partition holds.
     pub(crate) fn largest_producer_id(&self) -> Option<i64> {
         self.inner.lock().producers.keys().max().copied()

@@ -65,6 +65,9 @@ struct Group {
     join_waiters: Vec<(String, oneshot::Sender<JoinGroupResponse>)>,
     sync_waiters: Vec<(String, oneshot::Sender<SyncGroupResponse>)>,
     deadline: Option<Instant>,
+    /// The round started in an empty group: it waits out its initial delay for more
+    /// members even when everyone known has joined.
+    initial: bool,
 }
 
 impl Group {
@@ -79,6 +82,15 @@ impl Group {
             join_waiters: vec![],
             sync_waiters: vec![],
             deadline: None,
+            initial: false,
+        }
+    }
+
+    /// An empty group (everyone left or expired) that keeps its generation count.
+    fn emptied(&self) -> Group {
+        Group {
+            generation: self.generation,
+            ..Group::new()
         }
     }
 
@@ -91,11 +103,25 @@ impl Group {
         for (_, tx) in self.sync_waiters.drain(..) {
             let _ = tx.send(SyncGroupResponse::default().with_error_code(REBALANCE_IN_PROGRESS));
         }
+        self.initial = self.state == State::Empty;
         self.state = State::Joining;
         for m in self.members.values_mut() {
             m.joined = false;
         }
         self.deadline = Some(Instant::now() + wait);
+    }
+
+    /// Ends the join round as soon as every remaining member has joined (after a
+    /// join, a leave or an expiry), as Kafka does; a round that began in an empty
+    /// group still waits its initial delay.
+    fn complete_join_if_all_joined(&mut self, group: &str) {
+        if self.state == State::Joining
+            && !self.initial
+            && !self.members.is_empty()
+            && self.members.values().all(|m| m.joined)
+        {
+            self.complete_join(group);
+        }
     }
 
     fn rejoin_wait(&self) -> Duration {
@@ -144,37 +170,48 @@ impl Group {
             protocol = protocol.as_deref().unwrap_or("-"),
             "group rebalanced"
         );
-        let all: Vec<JoinGroupResponseMember> = self
-            .members
-            .iter()
-            .map(|(id, m)| {
-                let metadata = m
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| Some(n) == protocol.as_ref())
-                    .map(|(_, md)| md.clone())
-                    .unwrap_or_default();
-                JoinGroupResponseMember::default()
-                    .with_member_id(StrBytes::from_string(id.clone()))
-                    .with_metadata(metadata)
-            })
-            .collect();
-        for (member, tx) in self.join_waiters.drain(..) {
-            let mut response = JoinGroupResponse::default()
-                .with_generation_id(self.generation)
-                .with_protocol_type(Some(StrBytes::from_string(self.protocol_type.clone())))
-                .with_protocol_name(protocol.clone().map(StrBytes::from_string))
-                .with_leader(StrBytes::from_string(leader.clone()))
-                .with_member_id(StrBytes::from_string(member.clone()));
-            if self.members.contains_key(&member) {
-                if member == leader {
-                    response = response.with_members(all.clone());
-                }
+        for (member, tx) in std::mem::take(&mut self.join_waiters) {
+            let response = if self.members.contains_key(&member) {
+                self.join_response(&member)
             } else {
-                response = response.with_error_code(UNKNOWN_MEMBER_ID);
-            }
+                JoinGroupResponse::default()
+                    .with_generation_id(self.generation)
+                    .with_member_id(StrBytes::from_string(member.clone()))
+                    .with_error_code(UNKNOWN_MEMBER_ID)
+            };
             let _ = tx.send(response);
         }
+    }
+
+    /// What a member of the current generation is told of it: the generation, the
+    /// protocol, the leader, and (to the leader) every member's metadata.
+    fn join_response(&self, member: &str) -> JoinGroupResponse {
+        let leader = self.leader.clone().unwrap_or_default();
+        let mut response = JoinGroupResponse::default()
+            .with_generation_id(self.generation)
+            .with_protocol_type(Some(StrBytes::from_string(self.protocol_type.clone())))
+            .with_protocol_name(self.protocol.clone().map(StrBytes::from_string))
+            .with_leader(StrBytes::from_string(leader.clone()))
+            .with_member_id(StrBytes::from_string(member.to_string()));
+        if member == leader {
+            let all = self
+                .members
+                .iter()
+                .map(|(id, m)| {
+                    let metadata = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| Some(n) == self.protocol.as_ref())
+                        .map(|(_, md)| md.clone())
+                        .unwrap_or_default();
+                    JoinGroupResponseMember::default()
+                        .with_member_id(StrBytes::from_string(id.clone()))
+                        .with_metadata(metadata)
+                })
+                .collect();
+            response = response.with_members(all);
+        }
+        response
     }
 }
 
@@ -223,14 +260,12 @@ impl Coordinator {
                     g.members.remove(id);
                 }
                 if g.members.is_empty() {
-                    *g = Group {
-                        generation: g.generation,
-                        ..Group::new()
-                    };
+                    *g = g.emptied();
                     continue;
                 }
                 let wait = g.rejoin_wait();
                 g.start_rebalance(wait);
+                g.complete_join_if_all_joined(name);
             }
             if let Some(deadline) = g.deadline
                 && now >= deadline
@@ -280,11 +315,21 @@ impl Coordinator {
                     .with_member_id(r.member_id.clone());
             };
             g.protocol_type = protocol_type;
-            let protocols = r
+            let protocols: Vec<(String, Bytes)> = r
                 .protocols
                 .iter()
                 .map(|p| (p.name.to_string(), p.metadata.clone()))
                 .collect();
+            // A member of the current generation that rejoins with the same metadata
+            // (a client that missed its join's answer) gets that generation back; no
+            // new round starts for everyone, as in Kafka.
+            if let Some(m) = g.members.get_mut(&member_id)
+                && matches!(g.state, State::Stable | State::Syncing)
+                && m.protocols == protocols
+            {
+                m.last_seen = Instant::now();
+                return g.join_response(&member_id);
+            }
             let known = g.members.contains_key(&member_id);
             g.members.insert(
                 member_id.clone(),
@@ -311,14 +356,9 @@ impl Coordinator {
             }
             let (tx, rx) = oneshot::channel();
             g.join_waiters.push((member_id, tx));
-            if g.members.values().all(|m| m.joined) && g.state == State::Joining {
-                // Everyone is in: no need to wait out the timer, unless the group was
-                // just created (others may be about to join).
-                let first_round = g.generation == 0;
-                if !first_round {
-                    g.complete_join(&group);
-                }
-            }
+            // Everyone is in: no need to wait out the timer, unless the group was
+            // empty (others may be about to join).
+            g.complete_join_if_all_joined(&group);
             rx
         };
         rx.await
@@ -391,9 +431,11 @@ impl Coordinator {
                     m.last_seen = Instant::now();
                     if r.generation_id != g.generation {
                         ILLEGAL_GENERATION
-                    } else if g.state != State::Stable {
+                    } else if g.state == State::Joining {
                         REBALANCE_IN_PROGRESS
                     } else {
+                        // Stable, or waiting for the leader's assignment
+                        // (CompletingRebalance): nothing to do but sync.
                         0
                     }
                 }
@@ -429,12 +471,11 @@ impl Coordinator {
             );
         }
         if g.members.is_empty() {
-            let generation = g.generation;
-            *g = Group::new();
-            g.generation = generation;
+            *g = g.emptied();
         } else {
             let wait = g.rejoin_wait();
             g.start_rebalance(wait);
+            g.complete_join_if_all_joined(&group);
         }
         // v3+ answers per member; before, one member and one error code.
         if version >= 3 {
@@ -471,3 +512,7 @@ impl Coordinator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;

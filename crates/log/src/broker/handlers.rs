@@ -417,6 +417,13 @@ fn list_offsets(shared: &Shared, r: ListOffsetsRequest) -> ListOffsetsResponse {
                     let (offset, timestamp) = match lp.timestamp {
                         -1 => (p.end_offset(), -1),
                         -2 => (p.start_offset(), -1),
+                        // KIP-734: the record with the largest timestamp (the first of
+                        // them), found through the time index.
+                        -3 => match p.max_timestamp().map(|ts| p.offset_for_timestamp(ts)) {
+                            None | Some(Ok(None)) => (-1, -1),
+                            Some(Ok(Some((o, t)))) => (o, t),
+                            Some(Err(e)) => return response.with_error_code(e.kafka_code()),
+                        },
                         ts => match p.offset_for_timestamp(ts) {
                             Ok(Some((o, t))) => (o, t),
                             Ok(None) => (-1, -1),

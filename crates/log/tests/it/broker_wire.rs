@@ -1,4 +1,4 @@
-//! Regression: a 25-byte Metadata v1 request whose topic array claimed 2^31-1 entries
+//! The broker over TCP. Regression: a 25-byte Metadata v1 request whose topic array claimed 2^31-1 entries
 //! made the broker abort (`memory allocation of 154618822584 bytes failed`) before
 //! any authentication, as did compact arrays and strings, and Produce. A request
 //! whose lengths lie, or a frame whose size is out of bounds, now closes only its own
@@ -247,4 +247,71 @@ async fn stopping_the_broker_closes_its_open_connections() {
         .await
         .expect("the connection closes when the broker stops");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+/// KIP-734: ListOffsets with timestamp -3 answers the first record with the largest
+/// timestamp (kafka-python's `MAX_TIMESTAMP`, confluent-kafka's
+/// `OffsetSpec.max_timestamp()`), whether it is alone in its batch or not, and -1
+/// for an empty partition.
+#[tokio::test]
+async fn list_offsets_with_the_max_timestamp_sentinel_finds_the_newest_record() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    log.create_topic("ts", 2, None).unwrap();
+    let producer =
+        ember_log::Producer::new(log.clone(), ember_log::ProducerConfig::default()).unwrap();
+    // Offsets 0..6 of partition 0: the largest timestamp first appears at offset 3,
+    // inside the second batch.
+    for (batch, stamps) in [vec![500, 300], vec![100, 900, 200, 900]]
+        .iter()
+        .enumerate()
+    {
+        for ts in stamps {
+            let record = ember_log::ProducerRecord::new("ts", format!("b{batch}"))
+                .partition(0)
+                .timestamp(*ts);
+            producer.send(record).unwrap();
+        }
+        producer.flush();
+    }
+    let broker = Broker::start(log, BrokerConfig::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(broker.address).await.unwrap();
+    let mut body = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(2)
+        .with_request_api_version(7)
+        .with_correlation_id(1)
+        .encode(&mut body, 2)
+        .unwrap();
+    let partition = |p: i32| {
+        ListOffsetsPartition::default()
+            .with_partition_index(p)
+            .with_timestamp(-3)
+    };
+    ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("ts")))
+                .with_partitions(vec![partition(0), partition(1)]),
+        ])
+        .encode(&mut body, 7)
+        .unwrap();
+    stream.write_all(&framed(&body)).await.unwrap();
+    let size = stream.read_i32().await.unwrap();
+    let mut response = vec![0u8; size as usize];
+    stream.read_exact(&mut response).await.unwrap();
+    let mut response = Bytes::from(response);
+    ResponseHeader::decode(&mut response, 1).unwrap();
+    let answer = ListOffsetsResponse::decode(&mut response, 7).unwrap();
+    let got: Vec<(i16, i64, i64)> = answer.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.error_code, p.offset, p.timestamp))
+        .collect();
+    assert_eq!(got, vec![(0, 3, 900), (0, -1, -1)]);
 }
