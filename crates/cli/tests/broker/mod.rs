@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
+mod groups;
+
 /// An `ember broker` process, killed when dropped.
 pub(crate) struct BrokerProcess {
     child: Child,
