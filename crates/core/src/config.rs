@@ -25,6 +25,18 @@ pub enum ShuffleCompression {
     Zstd,
 }
 
+/// The client settings of `s3://` locations (`ember.s3.*`): an empty one leaves it to
+/// the `AWS_*` environment variable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// `true`, `false`, or empty.
+    pub allow_http: String,
+}
+
 /// The `ember.*` settings. Build it with [`EmberConfig::default`] and [`set`](ExtensionOptions::set).
 #[derive(Debug, Clone)]
 pub struct EmberConfig {
@@ -65,6 +77,9 @@ pub struct EmberConfig {
     /// Where the driver writes each application's event log, `<dir>/<app-id>.jsonl`
     /// (`ember.eventlog.dir`); empty for none.
     pub eventlog_dir: String,
+    /// The client settings of `s3://` locations (`ember.s3.*`); empty ones come from
+    /// the `AWS_*` environment variables.
+    pub s3: S3Settings,
     /// Memory of local mode's executor (`ember.executor.memory`): its task slots
     /// share a memory pool sized from it; 0 for half this machine's memory.
     pub executor_memory: u64,
@@ -102,6 +117,7 @@ impl Default for EmberConfig {
             rpc_connect_timeout_secs: 0,
             rpc_request_timeout_secs: 0,
             eventlog_dir: String::new(),
+            s3: S3Settings::default(),
             executor_memory: 0,
             test_delay_tasks: String::new(),
             test_fail_tasks: String::new(),
@@ -192,6 +208,31 @@ impl EmberConfig {
             "ember.eventlog.dir",
             "",
             "Directory where a driver writes each application's events as JSON lines, <dir>/<app-id>.jsonl (.inprogress until the session stops); `ember history --dir` serves their UI. Empty: no event log.",
+        ),
+        (
+            "ember.s3.endpoint",
+            "",
+            "The S3 server of s3:// locations, such as http://127.0.0.1:9000 (empty: AWS_ENDPOINT, or Amazon's). Sent with every job, so the driver and the executors use it too.",
+        ),
+        (
+            "ember.s3.region",
+            "",
+            "The region of s3:// locations (empty: AWS_REGION).",
+        ),
+        (
+            "ember.s3.access_key_id",
+            "",
+            "The access key of s3:// locations (empty: AWS_ACCESS_KEY_ID).",
+        ),
+        (
+            "ember.s3.secret_access_key",
+            "",
+            "The secret key of s3:// locations (empty: AWS_SECRET_ACCESS_KEY). Travels with every job to the driver and the executors, as the other settings do: give a cluster TLS when it must not cross a network in the clear.",
+        ),
+        (
+            "ember.s3.allow_http",
+            "",
+            "true to reach an S3 endpoint over plain http:// (empty: AWS_ALLOW_HTTP).",
         ),
         (
             "ember.executor.memory",
@@ -311,6 +352,14 @@ impl EmberConfig {
                     positive_secs(value).ok_or_else(|| bad("a positive number of seconds"))?
             }
             "eventlog.dir" => self.eventlog_dir = value.to_string(),
+            "s3.endpoint" => self.s3.endpoint = value.to_string(),
+            "s3.region" => self.s3.region = value.to_string(),
+            "s3.access_key_id" => self.s3.access_key_id = value.to_string(),
+            "s3.secret_access_key" => self.s3.secret_access_key = value.to_string(),
+            "s3.allow_http" => match value {
+                "" | "true" | "false" => self.s3.allow_http = value.to_string(),
+                _ => return Err(bad("true, false or empty")),
+            },
             "executor.memory" => {
                 self.executor_memory = match value.trim() {
                     "" | "0" => 0,
@@ -379,6 +428,11 @@ impl EmberConfig {
             "ember.rpc.connect_timeout" => self.rpc_connect_timeout_secs.to_string(),
             "ember.rpc.request_timeout" => self.rpc_request_timeout_secs.to_string(),
             "ember.eventlog.dir" => self.eventlog_dir.clone(),
+            "ember.s3.endpoint" => self.s3.endpoint.clone(),
+            "ember.s3.region" => self.s3.region.clone(),
+            "ember.s3.access_key_id" => self.s3.access_key_id.clone(),
+            "ember.s3.secret_access_key" => self.s3.secret_access_key.clone(),
+            "ember.s3.allow_http" => self.s3.allow_http.clone(),
             "ember.executor.memory" => self.executor_memory.to_string(),
             "ember.test.delay_tasks" => self.test_delay_tasks.clone(),
             "ember.test.fail_tasks" => self.test_fail_tasks.clone(),

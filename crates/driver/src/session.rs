@@ -265,10 +265,18 @@ pub(crate) fn new_context(
     batch_fns: &Arc<BatchFnRegistry>,
     cluster_driver: bool,
 ) -> SessionContext {
+    // The session's object stores, also reachable from its config to take its
+    // `ember.s3.*` settings as they change (a client session on a driver shares the
+    // driver's, which its config already names).
+    let stores = config
+        .get_extension::<ember_exec::storage::EmberStores>()
+        .unwrap_or_default();
+    stores.configure_s3(&EmberConfig::from_session(&config).s3);
+    let config = config.with_extension(stores.clone());
     let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features();
-    match ember_exec::storage::EmberStores::runtime() {
+    match ember_exec::storage::EmberStores::runtime_of(stores) {
         Ok(runtime) => state = state.with_runtime_env(runtime),
         Err(e) => tracing::warn!(error = %e, "tables at object store URLs are unavailable"),
     }
@@ -283,6 +291,15 @@ pub(crate) fn new_context(
         ctx.register_udf(f);
     }
     ctx
+}
+
+/// Hands the object stores of `ctx` its `ember.s3.*` settings (a no-op unless they
+/// changed).
+pub(crate) fn sync_store_settings(ctx: &SessionContext) {
+    let config = ctx.copied_config();
+    if let Some(stores) = config.get_extension::<ember_exec::storage::EmberStores>() {
+        stores.configure_s3(&EmberConfig::from_session(&config).s3);
+    }
 }
 
 /// What runs a session's jobs.
@@ -493,6 +510,7 @@ impl Session {
     /// `http(s)://`, `file://`), through this session's object stores: the one
     /// registry its tables, writes, checkpoints and file streams all use.
     pub fn dir(&self, location: &str) -> Result<ember_exec::storage::Dir> {
+        sync_store_settings(&self.inner.ctx);
         let runtime = self.inner.ctx.runtime_env();
         ember_exec::storage::Dir::parse(location, runtime.object_store_registry.as_ref())?
             .absolute()
@@ -546,6 +564,8 @@ impl Session {
         ctx: &SessionContext,
         sql: &str,
     ) -> Result<datafusion::dataframe::DataFrame> {
+        // A `SET ember.s3.*` of an earlier statement applies from here on.
+        sync_store_settings(ctx);
         let state = ctx.state();
         let sql_text = sql.to_string();
         let plan = on_planning_stack(async move {
@@ -558,7 +578,7 @@ impl Session {
         if let Runner::Remote(remote) = &self.inner.runner
             && RemoteDriver::mirrors(&plan)
         {
-            remote.execute_sql(sql).await?;
+            remote.execute_sql(ctx, sql).await?;
         }
         let plan = self.run_table_query(ctx, plan).await?;
         Ok(ctx.execute_logical_plan(plan).await?)

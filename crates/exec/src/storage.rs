@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `/path`, `./path`, `file:///path` | the local file system (a path every executor sees, in a cluster) |
 //! | `http://host:port/path`, `https://..` | a WebDAV server (`rclone serve webdav`, Apache's mod_dav) |
-//! | `s3://bucket/path` | Amazon S3 or a server that speaks its API; configured from the `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`) |
+//! | `s3://bucket/path` | Amazon S3 or a server that speaks its API; configured by the session's `ember.s3.*` settings (`endpoint`, `region`, `access_key_id`, `secret_access_key`, `allow_http`), which every job carries to the executors, and where those are empty by the `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`) |
 //!
 //! Every runtime ember builds resolves these through [`EmberStores`], DataFusion's
 //! object store registry with ad-hoc discovery, so a table at such a URL reads as a
@@ -24,7 +24,9 @@ use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStor
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parking_lot::Mutex;
 
+use crate::config::S3Settings;
 use crate::{EmberError, Result};
 
 /// A directory, local or in an object store.
@@ -55,12 +57,13 @@ impl fmt::Debug for Dir {
 }
 
 /// The client of `url`'s server (scheme, host and port, or bucket): the one in the
-/// runtime's registry, or a new one put there for the directories after it.
+/// runtime's registry (an [`EmberStores`] makes it with its settings), or a new one
+/// put there for the directories after it.
 fn store_for(url: &url::Url, stores: &dyn ObjectStoreRegistry) -> Result<Arc<dyn ObjectStore>> {
     if let Ok(store) = stores.get_store(url) {
         return Ok(store);
     }
-    let store = build_store(url)?;
+    let store = build_store(url, &S3Settings::default())?;
     stores.register_store(url, store.clone());
     Ok(store)
 }
@@ -79,8 +82,8 @@ fn bounded_retries() -> object_store::RetryConfig {
 }
 
 /// A new client for `url`'s server: WebDAV over `http(s)://`, or S3 (`s3://bucket`,
-/// configured from the `AWS_*` environment variables).
-fn build_store(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
+/// configured by `s3`, and by the `AWS_*` environment variables where it is empty).
+fn build_store(url: &url::Url, s3: &S3Settings) -> Result<Arc<dyn ObjectStore>> {
     let bad = |e: object_store::Error| EmberError::Config(format!("the location {url}: {e}"));
     Ok(match url.scheme() {
         "http" | "https" => {
@@ -102,7 +105,7 @@ fn build_store(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
             )
         }
         "s3" | "s3a" => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
+            s3_builder(s3)
                 .with_url(url.as_str())
                 .with_retry(bounded_retries())
                 .with_config(
@@ -122,6 +125,27 @@ fn build_store(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
     })
 }
 
+/// The S3 client builder of the environment (`AWS_*`), with what `s3` sets over it.
+fn s3_builder(s3: &S3Settings) -> object_store::aws::AmazonS3Builder {
+    let mut builder = object_store::aws::AmazonS3Builder::from_env();
+    if !s3.endpoint.is_empty() {
+        builder = builder.with_endpoint(&s3.endpoint);
+    }
+    if !s3.region.is_empty() {
+        builder = builder.with_region(&s3.region);
+    }
+    if !s3.access_key_id.is_empty() {
+        builder = builder.with_access_key_id(&s3.access_key_id);
+    }
+    if !s3.secret_access_key.is_empty() {
+        builder = builder.with_secret_access_key(&s3.secret_access_key);
+    }
+    if !s3.allow_http.is_empty() {
+        builder = builder.with_allow_http(s3.allow_http == "true");
+    }
+    builder
+}
+
 /// The object stores of a session or an executor: DataFusion's registry, which also
 /// makes the client of an `http(s)://` or `s3://` location the first time one is
 /// asked for. Every runtime ember builds has one, so tables, checkpoints and state
@@ -129,19 +153,40 @@ fn build_store(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
 #[derive(Debug, Default)]
 pub struct EmberStores {
     known: DefaultObjectStoreRegistry,
+    /// The `ember.s3.*` settings its S3 clients are made with, and the locations of
+    /// the clients it made (dropped when the settings change).
+    s3: Mutex<(S3Settings, Vec<url::Url>)>,
 }
 
 impl EmberStores {
     /// A DataFusion runtime whose object stores come from a new [`EmberStores`].
+    pub fn runtime() -> Result<Arc<RuntimeEnv>> {
+        Self::runtime_of(Arc::new(EmberStores::default()))
+    }
+
+    /// A DataFusion runtime whose object stores come from `stores`.
     ///
     /// It keeps no listings of directories: DataFusion's cache of them never expires
     /// by default, so a read of a directory an earlier write or another process has
     /// added to since would miss the new files (Spark lists on every read too).
-    pub fn runtime() -> Result<Arc<RuntimeEnv>> {
+    pub fn runtime_of(stores: Arc<EmberStores>) -> Result<Arc<RuntimeEnv>> {
         Ok(RuntimeEnvBuilder::new()
-            .with_object_store_registry(Arc::new(EmberStores::default()))
+            .with_object_store_registry(stores)
             .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
             .build_arc()?)
+    }
+
+    /// Makes later S3 clients with `settings` (a session's or a task's `ember.s3.*`);
+    /// when they differ from the current ones, the clients made with those go.
+    pub fn configure_s3(&self, settings: &S3Settings) {
+        let mut s3 = self.s3.lock();
+        if s3.0 == *settings {
+            return;
+        }
+        s3.0 = settings.clone();
+        for url in s3.1.drain(..) {
+            let _ = self.known.deregister_store(&url);
+        }
     }
 }
 
@@ -162,8 +207,13 @@ impl ObjectStoreRegistry for EmberStores {
         if let Ok(store) = self.known.get_store(url) {
             return Ok(store);
         }
-        let store = build_store(url).map_err(|e| DataFusionError::Configuration(e.to_string()))?;
+        let mut s3 = self.s3.lock();
+        let store =
+            build_store(url, &s3.0).map_err(|e| DataFusionError::Configuration(e.to_string()))?;
         self.known.register_store(url, store.clone());
+        if matches!(url.scheme(), "s3" | "s3a") {
+            s3.1.push(url.clone());
+        }
         Ok(store)
     }
 }

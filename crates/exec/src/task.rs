@@ -70,6 +70,9 @@ pub struct TaskEnv {
 pub struct TaskCaches {
     /// Kafka partition clients of streaming batches' scans.
     pub kafka: KafkaClients,
+    /// An executor process's object stores, which take each job's `ember.s3.*`
+    /// settings (in local mode the session's own stores do).
+    pub object_stores: Option<Arc<crate::storage::EmberStores>>,
     /// State partitions of stateful operators, for the next batch's task here.
     pub state: StateCache,
 }
@@ -123,6 +126,10 @@ async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result
         .with_extension(env.shuffle.clone())
         .with_extension(env.caches.clone());
     let ember = EmberConfig::from_session(&config);
+    // The job's S3 settings, for the clients this task's scans and writes make.
+    if let Some(stores) = &env.caches.object_stores {
+        stores.configure_s3(&ember.s3);
+    }
     if ember.injected_failure(id.stage, id.attempt) {
         return Err(EmberError::Injected {
             stage: id.stage,

@@ -12,7 +12,7 @@ use ember_core::{EmberError, PROTOCOL_VERSION, Result};
 use ember_exec::codec::EmberCodec;
 use ember_exec::memory::MemoryLimits;
 use ember_exec::shuffle::{MemoryShuffleStore, ShuffleEnv};
-use ember_exec::task::TaskEnv;
+use ember_exec::task::{TaskCaches, TaskEnv};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
@@ -212,7 +212,10 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         memory_bytes: Some(config.memory_bytes),
         spill_dir: Some(config.work_dir.join("spill")),
     };
-    let runtime = limits.runtime(&*ember_exec::storage::EmberStores::runtime()?)?;
+    let stores = Arc::new(ember_exec::storage::EmberStores::default());
+    let runtime = limits.runtime(&*ember_exec::storage::EmberStores::runtime_of(
+        stores.clone(),
+    )?)?;
     // Persisted frames' partitions stay in memory, drawn from the tasks' pool, up to
     // half of it; the rest of a frame, and every other map output, goes to disk.
     let cache_budget = limits.pool_bytes().unwrap_or(usize::MAX) / 2;
@@ -229,7 +232,10 @@ pub async fn start(config: ExecutorConfig, registry: Registry) -> Result<Running
         codec: EmberCodec::new(registry.batch_fns.clone()),
         functions: registry.function_source(),
         runtime,
-        caches: Arc::default(),
+        caches: Arc::new(TaskCaches {
+            object_stores: Some(stores),
+            ..TaskCaches::default()
+        }),
     };
     let stop = Arc::new(Notify::new());
     let (ended, ended_rx) = watch::channel(false);

@@ -75,6 +75,17 @@ fn s3_env<'a>(endpoint: &'a str, secret: &'a str) -> [(&'static str, &'a str); 5
     ]
 }
 
+/// A driver and two executors whose S3 settings are `env`, and its `ember://` URL.
+fn s3_cluster(env: &[(&str, &str)], work: &Path) -> ((Processes, Processes), String) {
+    let port = free_port();
+    let driver_log = work.join("driver.log");
+    let driver = start_driver_env(port, &driver_log, &[], env);
+    let url = format!("http://127.0.0.1:{port}");
+    let executors = start_executors_env(&url, work, 2, &[], env);
+    wait_for_log(&driver_log, &["executor registered"], 1, 30);
+    ((driver, executors), format!("ember://127.0.0.1:{port}"))
+}
+
 /// `ember sql` against `master` with `env`, the statements in `args`.
 fn sql(master: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ember"))
@@ -109,13 +120,7 @@ fn a_table_in_s3_is_written_and_read_back_through_a_cluster() {
     let s3 = serve_s3();
     let env = s3_env(&s3.endpoint, SECRET_KEY);
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let driver_log = work.path().join("driver.log");
-    let _driver = start_driver_env(port, &driver_log, &[], &env);
-    let url = format!("http://127.0.0.1:{port}");
-    let _executors = start_executors_env(&url, work.path(), 2, &[], &env);
-    wait_for_log(&driver_log, &["executor registered"], 1, 30);
-    let master = format!("ember://127.0.0.1:{port}");
+    let (_cluster, master) = s3_cluster(&env, work.path());
 
     // The job's last task writes the files into the bucket.
     let written = sql(
@@ -234,13 +239,7 @@ fn a_stream_reads_new_files_from_s3_and_writes_each_batch_into_s3_once() {
     let s3 = serve_s3();
     let env = s3_env(&s3.endpoint, SECRET_KEY);
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let driver_log = work.path().join("driver.log");
-    let _driver = start_driver_env(port, &driver_log, &[], &env);
-    let url = format!("http://127.0.0.1:{port}");
-    let _executors = start_executors_env(&url, work.path(), 2, &[], &env);
-    wait_for_log(&driver_log, &["executor registered"], 1, 30);
-    let master = format!("ember://127.0.0.1:{port}");
+    let (_cluster, master) = s3_cluster(&env, work.path());
 
     // Objects of the bucket, put through the server's own directory (whole files,
     // as an upload puts them).
@@ -286,4 +285,81 @@ fn a_stream_reads_new_files_from_s3_and_writes_each_batch_into_s3_once() {
         .unwrap()
         .count();
     assert_eq!(logged, 2, "one committed batch per run");
+}
+
+/// `ember sql` with no `AWS_*` variables: the S3 settings are ember's options.
+fn sql_with_options(master: &str, options: &[String], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
+    command.args(["sql", "--master", master, "--format", "csv"]);
+    for option in options {
+        command.args(["--config", option]);
+    }
+    for (key, _) in s3_env("", "") {
+        command.env_remove(key);
+    }
+    command
+        .args(args)
+        .env_remove("EMBER_SECRET")
+        .output()
+        .expect("ember sql runs")
+}
+
+#[test]
+fn s3_settings_given_as_options_reach_the_driver_and_the_executors() {
+    let s3 = serve_s3();
+    let work = tempfile::tempdir().unwrap();
+    // Nobody has the AWS_* variables: the client's options are all there is.
+    let (_cluster, master) = s3_cluster(&[], work.path());
+    let options: Vec<String> = [
+        ("endpoint", s3.endpoint.as_str()),
+        ("region", "us-east-1"),
+        ("access_key_id", ACCESS_KEY),
+        ("secret_access_key", SECRET_KEY),
+        ("allow_http", "true"),
+    ]
+    .iter()
+    .map(|(k, v)| format!("ember.s3.{k}={v}"))
+    .collect();
+    let written = sql_with_options(
+        &master,
+        &options,
+        &[
+            "-e",
+            "COPY (SELECT unnest(range(100)) AS x) TO 's3://ember/opts/' STORED AS PARQUET",
+        ],
+    );
+    assert_eq!(stdout(&written).trim(), "count\n100");
+    let read = sql_with_options(
+        &master,
+        &options,
+        &[
+            "--table",
+            "t=s3://ember/opts/",
+            "-e",
+            "SELECT sum(x) AS s FROM t",
+        ],
+    );
+    assert_eq!(stdout(&read).trim(), "s\n4950");
+
+    // In a local session, SET takes effect for the statements after it.
+    let set = |key: &str, value: &str| format!("SET ember.s3.{key} = '{value}'");
+    let statements = [
+        set("endpoint", &s3.endpoint),
+        set("region", "us-east-1"),
+        set("access_key_id", ACCESS_KEY),
+        set("secret_access_key", SECRET_KEY),
+        set("allow_http", "true"),
+        "CREATE EXTERNAL TABLE o STORED AS PARQUET LOCATION 's3://ember/opts/'".into(),
+        "SELECT count(*) AS n FROM o".into(),
+    ];
+    let mut args = vec![];
+    for s in &statements {
+        args.extend(["-e", s.as_str()]);
+    }
+    let local = sql_with_options("local[1]", &[], &args);
+    assert!(
+        stdout(&local).trim().ends_with("n\n100"),
+        "{}",
+        stdout(&local)
+    );
 }

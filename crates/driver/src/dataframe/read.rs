@@ -28,6 +28,7 @@ const PARQUET_OPTIONS: &[&str] = &[];
 impl Session {
     /// Starts reading files: `session.read().option("header", "true").csv(path)`.
     pub fn read(&self) -> DataFrameReader {
+        crate::session::sync_store_settings(self.context());
         DataFrameReader {
             session: self.clone(),
             options: Options::default(),

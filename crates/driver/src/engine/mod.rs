@@ -99,12 +99,21 @@ impl Drop for Engine {
 pub(crate) trait ClientApi: Send + Sync {
     /// Runs SQL in the client's session on the driver (DDL included); its rows are
     /// streamed as they are read.
-    async fn execute_sql(&self, session_id: &str, sql: &str) -> Result<SendableRecordBatchStream>;
-    /// Runs a logical plan encoded with datafusion-proto and ember's logical codec.
+    /// `config` is the client's settings that differ from a new session's: they are
+    /// set in its session on the driver first.
+    async fn execute_sql(
+        &self,
+        session_id: &str,
+        sql: &str,
+        config: &[(String, String)],
+    ) -> Result<SendableRecordBatchStream>;
+    /// Runs a logical plan encoded with datafusion-proto and ember's logical codec,
+    /// with the client's `config` as for SQL.
     async fn execute_plan(
         &self,
         session_id: &str,
         plan: &[u8],
+        config: &[(String, String)],
     ) -> Result<SendableRecordBatchStream>;
 }
 

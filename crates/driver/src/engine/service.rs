@@ -123,7 +123,10 @@ impl DriverService for DriverServer {
         let req = request.into_inner();
         Ok(Response::new(stream_results(
             self.jobs.clone(),
-            async move { api.execute_sql(&req.session_id, &req.sql).await },
+            async move {
+                api.execute_sql(&req.session_id, &req.sql, &pairs(&req.config))
+                    .await
+            },
         )))
     }
 
@@ -137,7 +140,10 @@ impl DriverService for DriverServer {
         let req = request.into_inner();
         Ok(Response::new(stream_results(
             self.jobs.clone(),
-            async move { api.execute_plan(&req.session_id, &req.logical_plan).await },
+            async move {
+                api.execute_plan(&req.session_id, &req.logical_plan, &pairs(&req.config))
+                    .await
+            },
         )))
     }
 
@@ -195,6 +201,14 @@ impl DriverServer {
             .and_then(|api| api.upgrade())
             .ok_or_else(|| Status::unavailable("this driver does not serve client sessions"))
     }
+}
+
+/// A client's settings as key and value pairs.
+fn pairs(config: &[ember_core::proto::KeyValue]) -> Vec<(String, String)> {
+    config
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect()
 }
 
 /// Most bytes of rows sent in one message, so that no message nears the limit.

@@ -67,10 +67,15 @@ impl RemoteDriver {
         }
     }
 
-    pub(crate) async fn execute_sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    pub(crate) async fn execute_sql(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let request = ExecuteSqlRequest {
             session_id: self.session_id.clone(),
             sql: sql.to_string(),
+            config: changed_settings(ctx),
         };
         let stream = self
             .client

@@ -105,8 +105,14 @@ impl DriverClients {
 
 #[tonic::async_trait]
 impl ClientApi for DriverClients {
-    async fn execute_sql(&self, session_id: &str, sql: &str) -> Result<SendableRecordBatchStream> {
+    async fn execute_sql(
+        &self,
+        session_id: &str,
+        sql: &str,
+        config: &[(String, String)],
+    ) -> Result<SendableRecordBatchStream> {
         let (session, ctx) = self.session(session_id)?;
+        apply_settings(&ctx, config)?;
         let df = session.sql_in(&ctx, sql).await?;
         session.execute_stream_in(&ctx, df.logical_plan()).await
     }
@@ -115,8 +121,11 @@ impl ClientApi for DriverClients {
         &self,
         session_id: &str,
         plan: &[u8],
+        config: &[(String, String)],
     ) -> Result<SendableRecordBatchStream> {
         let (session, ctx) = self.session(session_id)?;
+        apply_settings(&ctx, config)?;
+        crate::session::sync_store_settings(&ctx);
         let own = ctx
             .state()
             .scalar_functions()
@@ -133,4 +142,18 @@ impl ClientApi for DriverClients {
         let plan = self.reuse_tables(plan)?;
         session.execute_stream_in(&ctx, &plan).await
     }
+}
+
+/// Sets a client's settings in its session on the driver (what it set with `--config`
+/// or on its builder; its `SET`s arrive as statements).
+fn apply_settings(ctx: &SessionContext, config: &[(String, String)]) -> Result<()> {
+    if config.is_empty() {
+        return Ok(());
+    }
+    let state = ctx.state_ref();
+    let mut state = state.write();
+    for (key, value) in config {
+        state.config_mut().options_mut().set(key, value)?;
+    }
+    Ok(())
 }

@@ -319,17 +319,9 @@ mod tests {
                 rows: 300_000,
             },
         };
-        let reader = Arc::new(ShuffleReaderExec::new(
-            1,
-            Partitioning::UnknownPartitioning(2),
-            vec![vec![location(0)], vec![location(1)]],
-            EquivalenceProperties::new(schema()),
-        ));
+        let reader = reader(1, vec![vec![location(0)], vec![location(1)]]);
         let local_dir = tempfile::tempdir().unwrap();
-        let env = Arc::new(ShuffleEnv::new("local", local_dir.path(), None));
-        let ctx = Arc::new(
-            TaskContext::default().with_session_config(SessionConfig::new().with_extension(env)),
-        );
+        let ctx = local_task(local_dir.path());
         for p in 0..2i64 {
             let batches = collect_partition(reader.clone(), p as usize, ctx.clone()).await;
             let values: Vec<i64> = batches
@@ -384,18 +376,10 @@ mod tests {
                 rows: 300_000,
             },
         };
-        let reader = Arc::new(ShuffleReaderExec::new(
-            1,
-            Partitioning::UnknownPartitioning(1),
-            vec![vec![location.clone()]],
-            EquivalenceProperties::new(schema()),
-        ));
         let local_dir = tempfile::tempdir().unwrap();
-        let env = Arc::new(ShuffleEnv::new("local", local_dir.path(), None));
-        let ctx = Arc::new(
-            TaskContext::default().with_session_config(SessionConfig::new().with_extension(env)),
-        );
-        let batches = collect_partition(reader, 0, ctx.clone()).await;
+        let ctx = local_task(local_dir.path());
+        let batches =
+            collect_partition(reader(1, vec![vec![location.clone()]]), 0, ctx.clone()).await;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 300_000);
 
@@ -404,21 +388,41 @@ mod tests {
             data: ShuffleData::Memory(MapOutputKey { token: 8, ..key }),
             ..location
         };
-        let reader = Arc::new(ShuffleReaderExec::new(
-            1,
-            Partitioning::UnknownPartitioning(1),
-            vec![vec![gone]],
+        let err = read_error(reader(1, vec![vec![gone]]), ctx)
+            .await
+            .to_string();
+        assert!(err.contains("not in this executor's memory"), "{err}");
+    }
+
+    /// A task context on a local executor whose work dir is `dir`.
+    fn local_task(dir: &std::path::Path) -> Arc<TaskContext> {
+        let env = Arc::new(ShuffleEnv::new("local", dir, None));
+        Arc::new(
+            TaskContext::default().with_session_config(SessionConfig::new().with_extension(env)),
+        )
+    }
+
+    /// A reader of stage `stage` whose partitions are `pieces`.
+    fn reader(stage: usize, pieces: Vec<Vec<PartitionLocation>>) -> Arc<ShuffleReaderExec> {
+        Arc::new(ShuffleReaderExec::new(
+            stage,
+            Partitioning::UnknownPartitioning(pieces.len()),
+            pieces,
             EquivalenceProperties::new(schema()),
-        ));
+        ))
+    }
+
+    /// The error reading partition 0 of `plan` ends in.
+    async fn read_error(
+        plan: Arc<dyn ExecutionPlan>,
+        ctx: Arc<TaskContext>,
+    ) -> datafusion::error::DataFusionError {
         use futures::TryStreamExt;
-        let err = reader
-            .execute(0, ctx)
+        plan.execute(0, ctx)
             .unwrap()
             .try_collect::<Vec<_>>()
             .await
             .unwrap_err()
-            .to_string();
-        assert!(err.contains("not in this executor's memory"), "{err}");
     }
 
     async fn collect_partition(
@@ -467,13 +471,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreachable_executor_is_a_fetch_failure_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let env = Arc::new(ShuffleEnv::new("local", dir.path(), None));
-        let ctx = Arc::new(
-            TaskContext::default().with_session_config(SessionConfig::new().with_extension(env)),
-        );
-        let reader = Arc::new(ShuffleReaderExec::new(
+        let ctx = local_task(dir.path());
+        let reader = reader(
             4,
-            Partitioning::UnknownPartitioning(1),
             vec![vec![PartitionLocation {
                 map_partition: 3,
                 reduce_partition: 0,
@@ -486,15 +486,8 @@ mod tests {
                     rows: 5,
                 },
             }]],
-            EquivalenceProperties::new(schema()),
-        ));
-        use futures::TryStreamExt;
-        let err = reader
-            .execute(0, ctx)
-            .unwrap()
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap_err();
+        );
+        let err = read_error(reader, ctx).await;
         let ember = crate::task::find_ember_error(&err).expect("an ember error");
         match ember {
             crate::EmberError::FetchFailed {

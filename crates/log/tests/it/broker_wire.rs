@@ -95,6 +95,15 @@ async fn closes_its_connection(broker: &Broker, what: &str, bytes: &[u8]) {
     }
 }
 
+/// Sends one request (header and body in `body`) and reads its answer's bytes.
+async fn exchange(stream: &mut TcpStream, body: &[u8]) -> Bytes {
+    stream.write_all(&framed(body)).await.unwrap();
+    let size = stream.read_i32().await.unwrap();
+    let mut response = vec![0u8; size as usize];
+    stream.read_exact(&mut response).await.unwrap();
+    Bytes::from(response)
+}
+
 /// A well-formed Metadata v1 request for `topic` on `stream`, and its answer.
 async fn metadata(stream: &mut TcpStream, correlation_id: i32, topic: &str) -> MetadataResponse {
     let mut body = BytesMut::new();
@@ -111,11 +120,7 @@ async fn metadata(stream: &mut TcpStream, correlation_id: i32, topic: &str) -> M
         ))]))
         .encode(&mut body, 1)
         .unwrap();
-    stream.write_all(&framed(&body)).await.unwrap();
-    let size = stream.read_i32().await.unwrap();
-    let mut response = vec![0u8; size as usize];
-    stream.read_exact(&mut response).await.unwrap();
-    let mut response = Bytes::from(response);
+    let mut response = exchange(stream, &body).await;
     let header = ResponseHeader::decode(&mut response, 0).unwrap();
     assert_eq!(header.correlation_id, correlation_id);
     MetadataResponse::decode(&mut response, 1).unwrap()
@@ -301,11 +306,7 @@ async fn list_offsets_with_the_max_timestamp_sentinel_finds_the_newest_record() 
         ])
         .encode(&mut body, 7)
         .unwrap();
-    stream.write_all(&framed(&body)).await.unwrap();
-    let size = stream.read_i32().await.unwrap();
-    let mut response = vec![0u8; size as usize];
-    stream.read_exact(&mut response).await.unwrap();
-    let mut response = Bytes::from(response);
+    let mut response = exchange(&mut stream, &body).await;
     ResponseHeader::decode(&mut response, 1).unwrap();
     let answer = ListOffsetsResponse::decode(&mut response, 7).unwrap();
     let got: Vec<(i16, i64, i64)> = answer.topics[0]
