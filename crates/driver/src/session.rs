@@ -445,6 +445,14 @@ impl Session {
         self.engine().map(Engine::caches)
     }
 
+    /// The remote driver this client session runs its jobs on, if it is one.
+    pub(crate) fn remote(&self) -> Option<&RemoteDriver> {
+        match &self.inner.runner {
+            Runner::Remote(remote) => Some(remote),
+            Runner::Engine(_) => None,
+        }
+    }
+
     pub(crate) fn cached_tables(&self) -> &CachedTables {
         &self.inner.cached_tables
     }

@@ -106,3 +106,55 @@ fn each_storage_level_keeps_partitions_where_it_says_and_later_jobs_read_them() 
         );
     });
 }
+
+/// `ember sql` against a driver: CACHE TABLE runs in the client's session on the
+/// driver, later queries of the client read the cached partitions, UNCACHE TABLE
+/// forgets them (the driver's storage API says so each time).
+#[test]
+fn a_cli_client_caches_a_table_on_the_driver_and_reads_it_back() {
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ui_port = free_port();
+    let driver_log = work.path().join("driver.log");
+    let _driver = start_driver(port, &driver_log, &["--ui-port", &ui_port.to_string()]);
+    let _executors = start_executors(&format!("http://127.0.0.1:{port}"), work.path(), 2);
+    wait_for_log(&driver_log, &["executor registered"], 1, 30);
+    let ui: std::net::SocketAddr = format!("127.0.0.1:{ui_port}").parse().unwrap();
+    let run = |statements: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
+        command.args(["sql", "--master", &format!("ember://127.0.0.1:{port}")]);
+        command.args(["--format", "csv"]).env_remove("EMBER_SECRET");
+        for s in statements {
+            command.args(["-e", s]);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{statements:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // random() computed again would give other sums: equal sums were read from the
+    // cached partitions.
+    let query = "SELECT count(*) AS n, sum(r) AS s FROM t";
+    let out = run(&[
+        "CACHE TABLE t AS SELECT random() AS r FROM (SELECT unnest(range(1000)) AS x)",
+        query,
+        query,
+    ]);
+    let answers: Vec<&str> = out.lines().filter(|l| l.starts_with("1000,")).collect();
+    assert_eq!(answers.len(), 2, "{out}");
+    assert_eq!(
+        answers[0], answers[1],
+        "the second query recomputed t: {out}"
+    );
+    let storage = crate::ui::get_json(ui, "/api/v1/storage");
+    let frames = storage.as_array().unwrap();
+    assert_eq!(frames.len(), 1, "{storage}");
+    assert_eq!(
+        frames[0]["cached_partitions"], frames[0]["partitions"],
+        "{storage}"
+    );
+    // Another client session has no table t of its own; this one uncaches it.
+    let out = run(&["CACHE TABLE u AS SELECT 1 AS y", "UNCACHE TABLE u"]);
+    assert!(out.is_empty(), "{out}");
+    let storage = crate::ui::get_json(ui, "/api/v1/storage");
+    assert_eq!(storage.as_array().unwrap().len(), 1, "{storage}");
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use datafusion::common::{DFSchemaRef, DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
+use datafusion::prelude::SessionContext;
 use ember_core::{EmberError, Result};
 
 use super::DataFrame;
@@ -99,7 +100,7 @@ impl DataFrame {
         }
         let caches = self.session.caches().ok_or_else(|| {
             EmberError::NotSupported(
-                "cache() on a client of a remote driver: cache on the driver's session".into(),
+                "cache() on a client of a remote driver: use SQL's CACHE TABLE, which the driver runs".into(),
             )
         })?;
         let id = self.session.next_cache_id();
@@ -139,7 +140,14 @@ impl DataFrame {
 /// `CACHE [LAZY] TABLE name [[AS] query]` or `UNCACHE TABLE [IF EXISTS] name`, which
 /// DataFusion's parser does not know.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum CacheStatement<'a> {
+pub(crate) struct CacheStatement<'a> {
+    /// The statement's text, for a driver to run it too.
+    pub sql: &'a str,
+    pub kind: CacheKind<'a>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CacheKind<'a> {
     Cache {
         name: &'a str,
         lazy: bool,
@@ -183,7 +191,10 @@ impl<'a> CacheStatement<'a> {
                 query = query[3..].trim();
             }
             let query = (!query.is_empty()).then_some(query);
-            return Some(Ok(CacheStatement::Cache { name, lazy, query }));
+            return Some(Ok(CacheStatement {
+                sql,
+                kind: CacheKind::Cache { name, lazy, query },
+            }));
         }
         if is(first, "UNCACHE") {
             if !is(word(), "TABLE") {
@@ -200,7 +211,10 @@ impl<'a> CacheStatement<'a> {
             if name.is_empty() || !rest.trim().is_empty() {
                 return Some(Err(usage()));
             }
-            return Some(Ok(CacheStatement::Uncache { name, if_exists }));
+            return Some(Ok(CacheStatement {
+                sql,
+                kind: CacheKind::Uncache { name, if_exists },
+            }));
         }
         None
     }
@@ -218,14 +232,60 @@ impl crate::Session {
     /// computes them now unless `LAZY`; `UNCACHE TABLE t` forgets them, t reading its
     /// source again.
     pub(crate) async fn cache_statement(&self, statement: CacheStatement<'_>) -> Result<()> {
-        let ctx = self.context();
-        match statement {
-            CacheStatement::Cache { name, lazy, query } => {
+        match self.remote() {
+            // The driver caches in the client's session there; here `t` stands for
+            // the cached table (its name and schema), which the driver reads.
+            Some(remote) => {
+                let ctx = self.context();
+                remote.execute_sql(ctx, statement.sql).await?;
+                match statement.kind {
+                    CacheKind::Cache { name, query, .. } => {
+                        let schema = match query {
+                            Some(q) => self.sql_in(ctx, q).await?.schema().as_arrow().clone(),
+                            None => ctx.table(name).await?.schema().as_arrow().clone(),
+                        };
+                        let table = crate::remote::CachedOnDriver {
+                            name: name.to_string(),
+                            schema: Arc::new(schema),
+                        };
+                        let previous = ctx.deregister_table(name)?;
+                        ctx.register_table(name, Arc::new(table))?;
+                        let previous = previous.filter(|_| query.is_none());
+                        self.cached_tables()
+                            .lock()
+                            .insert(cached_key(ctx, name), (0, previous));
+                    }
+                    CacheKind::Uncache { name, .. } => {
+                        if let Some((_, previous)) =
+                            self.cached_tables().lock().remove(&cached_key(ctx, name))
+                        {
+                            ctx.deregister_table(name)?;
+                            if let Some(provider) = previous {
+                                ctx.register_table(name, provider)?;
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            None => self.cache_statement_in(self.context(), statement).await,
+        }
+    }
+
+    /// Runs a cache statement in `ctx`: this session's context, or a client's on a
+    /// driver.
+    pub(crate) async fn cache_statement_in(
+        &self,
+        ctx: &SessionContext,
+        statement: CacheStatement<'_>,
+    ) -> Result<()> {
+        match statement.kind {
+            CacheKind::Cache { name, lazy, query } => {
                 let source = match query {
-                    Some(q) => self.sql(q).await?,
-                    None => self.table(name).await?,
+                    Some(q) => self.sql_in(ctx, q).await?,
+                    None => ctx.table(name).await?,
                 };
-                let cached = source.cache()?;
+                let cached = DataFrame::new(self.clone(), source).cache()?;
                 let previous = match query {
                     Some(_) => None,
                     None => ctx.table_provider(name).await.ok(),
@@ -235,14 +295,14 @@ impl crate::Session {
                 let id = cache_id(cached.logical_plan()).expect("a cached plan");
                 self.cached_tables()
                     .lock()
-                    .insert(name.to_string(), (id, previous));
+                    .insert(cached_key(ctx, name), (id, previous));
                 if !lazy {
                     cached.count().await?;
                 }
                 Ok(())
             }
-            CacheStatement::Uncache { name, if_exists } => {
-                let entry = self.cached_tables().lock().remove(name);
+            CacheKind::Uncache { name, if_exists } => {
+                let entry = self.cached_tables().lock().remove(&cached_key(ctx, name));
                 let Some((id, previous)) = entry else {
                     if if_exists {
                         return Ok(());
@@ -258,6 +318,18 @@ impl crate::Session {
             }
         }
     }
+
+    /// Whether table `name` of `ctx` is a cached one (`CACHE TABLE`).
+    pub(crate) fn is_cached_table(&self, ctx: &SessionContext, name: &str) -> bool {
+        self.cached_tables()
+            .lock()
+            .contains_key(&cached_key(ctx, name))
+    }
+}
+
+/// Cached tables are kept by session (a driver holds its clients' too) and name.
+fn cached_key(ctx: &SessionContext, name: &str) -> String {
+    format!("{}/{name}", ctx.session_id())
 }
 
 /// The persisted frame a plan is (its top node), if any.
@@ -270,14 +342,14 @@ fn cache_id(plan: &LogicalPlan) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::CacheStatement;
+    use super::{CacheKind, CacheStatement};
 
     #[test]
     fn cache_statements_parse() {
-        let parse = |s| CacheStatement::parse(s).map(|r| r.unwrap());
+        let parse = |s| CacheStatement::parse(s).map(|r| r.unwrap().kind);
         assert_eq!(
             parse("cache table t"),
-            Some(CacheStatement::Cache {
+            Some(CacheKind::Cache {
                 name: "t",
                 lazy: false,
                 query: None
@@ -285,7 +357,7 @@ mod tests {
         );
         assert_eq!(
             parse("CACHE LAZY TABLE big AS SELECT * FROM t WHERE x > 1;"),
-            Some(CacheStatement::Cache {
+            Some(CacheKind::Cache {
                 name: "big",
                 lazy: true,
                 query: Some("SELECT * FROM t WHERE x > 1")
@@ -293,7 +365,7 @@ mod tests {
         );
         assert_eq!(
             parse("UNCACHE TABLE IF EXISTS t"),
-            Some(CacheStatement::Uncache {
+            Some(CacheKind::Uncache {
                 name: "t",
                 if_exists: true
             })

@@ -28,6 +28,7 @@ const TAG_MAP_BATCHES: u8 = 1;
 const TAG_MEM_TABLE: u8 = 2;
 const TAG_KAFKA_RANGES: u8 = 3;
 const TAG_STATEFUL: u8 = 4;
+const TAG_CACHED_ON_DRIVER: u8 = 5;
 
 /// A user function's calls in a plan: argument types and return type of each.
 type CallTypes = BTreeSet<(Vec<DataType>, DataType)>;
@@ -239,7 +240,7 @@ impl LogicalExtensionCodec for EmberLogicalCodec {
     fn try_decode_table_provider(
         &self,
         buf: &[u8],
-        _table_ref: &TableReference,
+        table_ref: &TableReference,
         schema: SchemaRef,
         _ctx: &TaskContext,
     ) -> DFResult<Arc<dyn TableProvider>> {
@@ -249,6 +250,12 @@ impl LogicalExtensionCodec for EmberLogicalCodec {
                 crate::stream::KafkaRangeTable::decode(rest)
                     .ok_or_else(|| bad("a Kafka source's offset ranges"))?,
             ));
+        }
+        if *tag == TAG_CACHED_ON_DRIVER {
+            return Ok(Arc::new(super::CachedOnDriver {
+                name: table_ref.table().to_string(),
+                schema,
+            }));
         }
         if *tag != TAG_MEM_TABLE {
             return Err(bad(&format!("table tag {tag}")));
@@ -269,6 +276,10 @@ impl LogicalExtensionCodec for EmberLogicalCodec {
         if let Some(kafka) = node.downcast_ref::<crate::stream::KafkaRangeTable>() {
             buf.push(TAG_KAFKA_RANGES);
             buf.extend_from_slice(&kafka.encode());
+            return Ok(());
+        }
+        if node.downcast_ref::<super::CachedOnDriver>().is_some() {
+            buf.push(TAG_CACHED_ON_DRIVER);
             return Ok(());
         }
         let Some(mem) = node.downcast_ref::<MemTable>() else {

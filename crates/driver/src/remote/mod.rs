@@ -11,9 +11,11 @@
 //! client's tables are there for its later SQL. Files must be readable at the same
 //! path by the client, the driver and the executors.
 
+mod cached;
 mod client;
 mod codec;
 mod server;
 
+pub(crate) use cached::CachedOnDriver;
 pub(crate) use client::RemoteDriver;
 pub(crate) use server::DriverClients;

@@ -113,6 +113,13 @@ impl ClientApi for DriverClients {
     ) -> Result<SendableRecordBatchStream> {
         let (session, ctx) = self.session(session_id)?;
         apply_settings(&ctx, config)?;
+        if let Some(statement) = crate::dataframe::CacheStatement::parse(sql) {
+            session.cache_statement_in(&ctx, statement?).await?;
+            let nothing = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+            return Ok(Box::pin(
+                datafusion::physical_plan::EmptyRecordBatchStream::new(nothing),
+            ));
+        }
         let df = session.sql_in(&ctx, sql).await?;
         session.execute_stream_in(&ctx, df.logical_plan()).await
     }
@@ -140,6 +147,7 @@ impl ClientApi for DriverClients {
                 message: e.to_string(),
             })?;
         let plan = self.reuse_tables(plan)?;
+        let plan = cached_tables_of(&session, &ctx, plan).await?;
         session.execute_stream_in(&ctx, &plan).await
     }
 }
@@ -156,4 +164,43 @@ fn apply_settings(ctx: &SessionContext, config: &[(String, String)]) -> Result<(
         state.config_mut().options_mut().set(key, value)?;
     }
     Ok(())
+}
+
+/// The client's plan with its scans of tables it cached (`CACHE TABLE`, run in its
+/// session here) reading the cached frames: the client planned them as views of
+/// their queries.
+async fn cached_tables_of(
+    session: &Session,
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+) -> Result<LogicalPlan> {
+    let mut names = vec![];
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let name = scan.table_name.table().to_string();
+            if session.is_cached_table(ctx, &name) && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })?;
+    if names.is_empty() {
+        return Ok(plan);
+    }
+    let mut providers = HashMap::new();
+    for name in names {
+        let provider = ctx.table_provider(name.as_str()).await?;
+        providers.insert(name, provider);
+    }
+    let plan = plan.transform_up_with_subqueries(|node| match node {
+        LogicalPlan::TableScan(mut scan) => match providers.get(scan.table_name.table()) {
+            Some(provider) => {
+                scan.source = provider_as_source(provider.clone());
+                Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+            }
+            None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
+        },
+        other => Ok(Transformed::no(other)),
+    })?;
+    Ok(plan.data)
 }
