@@ -208,7 +208,11 @@ impl SessionBuilder {
             )?),
             Master::Remote { url } => {
                 let url = url.replacen("http", security.scheme(), 1);
-                Runner::Remote(RemoteDriver::new(&url, &security, &ctx.session_id())?)
+                Runner::Remote(Box::new(RemoteDriver::new(
+                    &url,
+                    &security,
+                    &ctx.session_id(),
+                )?))
             }
         };
         let fixed_partitions = self
@@ -307,7 +311,7 @@ pub(crate) enum Runner {
     /// This process: in-process slots, or a driver with executor processes.
     Engine(Engine),
     /// A driver process, over gRPC.
-    Remote(RemoteDriver),
+    Remote(Box<RemoteDriver>),
 }
 
 /// Local-mode executors resolve functions through the session itself, so a UDF
@@ -448,7 +452,7 @@ impl Session {
     /// The remote driver this client session runs its jobs on, if it is one.
     pub(crate) fn remote(&self) -> Option<&RemoteDriver> {
         match &self.inner.runner {
-            Runner::Remote(remote) => Some(remote),
+            Runner::Remote(remote) => Some(remote.as_ref()),
             Runner::Engine(_) => None,
         }
     }

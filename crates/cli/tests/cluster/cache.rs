@@ -158,3 +158,39 @@ fn a_cli_client_caches_a_table_on_the_driver_and_reads_it_back() {
     let storage = crate::ui::get_json(ui, "/api/v1/storage");
     assert_eq!(storage.as_array().unwrap().len(), 1, "{storage}");
 }
+
+/// A client program's `persist()` on a driver: the driver keeps the frame, the
+/// client's later actions read it, `unpersist()` makes them compute it again.
+#[test]
+fn a_client_programs_persisted_frame_is_kept_on_the_driver() {
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let driver_log = work.path().join("driver.log");
+    let _driver = start_driver(port, &driver_log, &[]);
+    let _executors = start_executors(&format!("http://127.0.0.1:{port}"), work.path(), 2);
+    wait_for_log(&driver_log, &["executor registered"], 1, 30);
+    cluster_runtime().block_on(async {
+        let client = ember_driver::Session::builder()
+            .master(format!("ember://127.0.0.1:{port}"))
+            .build()
+            .unwrap();
+        let frame = client
+            .sql("SELECT random() AS r FROM (SELECT unnest(range(1000)) AS x)")
+            .await
+            .unwrap()
+            .persist(StorageLevel::MemoryOnly)
+            .unwrap();
+        // random() computed again gives other values.
+        let values =
+            |f: ember_driver::DataFrame| async move { sorted_lines(&f.collect().await.unwrap()) };
+        let first = values(frame.clone()).await;
+        assert!(first.len() >= 1000, "a line a row: {}", first.len());
+        assert_eq!(
+            values(frame.clone()).await,
+            first,
+            "read from the driver's cache"
+        );
+        let again = frame.unpersist().unwrap();
+        assert_ne!(values(again).await, first, "computed again after unpersist");
+    });
+}

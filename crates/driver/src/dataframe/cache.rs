@@ -5,7 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::common::{DFSchemaRef, DataFusionError, Result as DFResult};
-use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::{
+    Expr, Extension, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNodeCore,
+};
 use datafusion::prelude::SessionContext;
 use ember_core::{EmberError, Result};
 
@@ -98,10 +101,11 @@ impl DataFrame {
         {
             return Ok(self.clone());
         }
+        if let Some(remote) = self.session.remote() {
+            return self.persist_on_driver(remote, level);
+        }
         let caches = self.session.caches().ok_or_else(|| {
-            EmberError::NotSupported(
-                "cache() on a client of a remote driver: use SQL's CACHE TABLE, which the driver runs".into(),
-            )
+            EmberError::Internal("a session with neither an engine nor a driver".into())
         })?;
         let id = self.session.next_cache_id();
         let name = self
@@ -126,6 +130,12 @@ impl DataFrame {
     /// Forgets this frame's kept partitions (on every executor) and returns the frame
     /// as it was before [`persist`](Self::persist): later actions compute it again.
     pub fn unpersist(&self) -> Result<DataFrame> {
+        if let (Some(remote), LogicalPlan::TableScan(scan)) =
+            (self.session.remote(), self.logical_plan())
+            && let Some(source) = remote.unpersist(scan.table_name.table())
+        {
+            return Ok(self.with_plan(source));
+        }
         let LogicalPlan::Extension(e) = self.logical_plan() else {
             return Ok(self.clone());
         };
@@ -134,6 +144,30 @@ impl DataFrame {
         };
         self.session.uncache(node.id);
         Ok(self.with_plan(node.input.clone()))
+    }
+}
+
+impl DataFrame {
+    /// A client's `persist`: the driver persists the frame as a table of the client's
+    /// session there (with the client's next request), and the frame returned reads
+    /// that table.
+    fn persist_on_driver(
+        &self,
+        remote: &crate::remote::RemoteDriver,
+        level: StorageLevel,
+    ) -> Result<DataFrame> {
+        let ctx = self.session.context();
+        let name = format!("ember_persisted_{}", self.session.next_cache_id());
+        remote.persist(ctx, &name, self.logical_plan(), level)?;
+        let table = crate::remote::CachedOnDriver {
+            name: name.clone(),
+            schema: Arc::new(self.df.schema().as_arrow().clone()),
+        };
+        let plan =
+            LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(table)), None)?.build()?;
+        let mut cached = self.with_plan(plan);
+        cached.description = self.description.clone();
+        Ok(cached)
     }
 }
 
@@ -290,12 +324,7 @@ impl crate::Session {
                     Some(_) => None,
                     None => ctx.table_provider(name).await.ok(),
                 };
-                ctx.deregister_table(name)?;
-                ctx.register_table(name, cached.df.clone().into_view())?;
-                let id = cache_id(cached.logical_plan()).expect("a cached plan");
-                self.cached_tables()
-                    .lock()
-                    .insert(cached_key(ctx, name), (id, previous));
+                self.register_cached_table(ctx, name, &cached, previous)?;
                 if !lazy {
                     cached.count().await?;
                 }
@@ -317,6 +346,24 @@ impl crate::Session {
                 Ok(())
             }
         }
+    }
+
+    /// Registers persisted frame `cached` as table `name` of `ctx` (in place of
+    /// `previous`, which `UNCACHE TABLE` brings back).
+    pub(crate) fn register_cached_table(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        cached: &DataFrame,
+        previous: Option<Arc<dyn datafusion::catalog::TableProvider>>,
+    ) -> Result<()> {
+        ctx.deregister_table(name)?;
+        ctx.register_table(name, cached.df.clone().into_view())?;
+        let id = cache_id(cached.logical_plan()).expect("a cached plan");
+        self.cached_tables()
+            .lock()
+            .insert(cached_key(ctx, name), (id, previous));
+        Ok(())
     }
 
     /// Whether table `name` of `ctx` is a cached one (`CACHE TABLE`).

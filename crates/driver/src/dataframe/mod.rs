@@ -43,7 +43,7 @@ use ember_core::Result;
 
 use crate::session::Session;
 
-pub(crate) use cache::{CacheNode, CacheStatement};
+pub(crate) use cache::{CacheKind, CacheNode, CacheStatement};
 pub use explain::ExplainMode;
 pub use functions::{col, lit};
 pub use group::GroupedData;

@@ -99,22 +99,30 @@ impl Drop for Engine {
 pub(crate) trait ClientApi: Send + Sync {
     /// Runs SQL in the client's session on the driver (DDL included); its rows are
     /// streamed as they are read.
-    /// `config` is the client's settings that differ from a new session's: they are
-    /// set in its session on the driver first.
+    /// `client` is what the client's session has changed since: its settings that
+    /// differ from a new session's, and the frames it persisted or unpersisted; they
+    /// are applied to its session on the driver first.
     async fn execute_sql(
         &self,
         session_id: &str,
         sql: &str,
-        config: &[(String, String)],
+        client: ClientState,
     ) -> Result<SendableRecordBatchStream>;
     /// Runs a logical plan encoded with datafusion-proto and ember's logical codec,
-    /// with the client's `config` as for SQL.
+    /// with the client's state as for SQL.
     async fn execute_plan(
         &self,
         session_id: &str,
         plan: &[u8],
-        config: &[(String, String)],
+        client: ClientState,
     ) -> Result<SendableRecordBatchStream>;
+}
+
+/// What a client's request carries of its session's state.
+#[derive(Debug, Default)]
+pub(crate) struct ClientState {
+    pub config: Vec<(String, String)>,
+    pub caches: Option<ember_core::proto::ClientCaches>,
 }
 
 /// Set by the session after it is built (the engine starts first).

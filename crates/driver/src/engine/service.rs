@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use super::cluster::ClusterExecutors;
 use super::scheduler::Event;
-use super::{ClientApi, ClientSlot, JOB_OBSERVER, JobRecords};
+use super::{ClientApi, ClientSlot, ClientState, JOB_OBSERVER, JobRecords};
 use crate::events::JobStatus as JobState;
 
 /// The driver's gRPC service.
@@ -124,8 +124,11 @@ impl DriverService for DriverServer {
         Ok(Response::new(stream_results(
             self.jobs.clone(),
             async move {
-                api.execute_sql(&req.session_id, &req.sql, &pairs(&req.config))
-                    .await
+                let client = ClientState {
+                    config: pairs(&req.config),
+                    caches: req.caches,
+                };
+                api.execute_sql(&req.session_id, &req.sql, client).await
             },
         )))
     }
@@ -141,7 +144,11 @@ impl DriverService for DriverServer {
         Ok(Response::new(stream_results(
             self.jobs.clone(),
             async move {
-                api.execute_plan(&req.session_id, &req.logical_plan, &pairs(&req.config))
+                let client = ClientState {
+                    config: pairs(&req.config),
+                    caches: req.caches,
+                };
+                api.execute_plan(&req.session_id, &req.logical_plan, client)
                     .await
             },
         )))

@@ -17,7 +17,8 @@ use ember_core::EmberConfig;
 use ember_core::convert::read_ipc_stream;
 use ember_core::proto::driver_service_client::DriverServiceClient;
 use ember_core::proto::{
-    ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest, GetJobRequest, KeyValue,
+    CacheDefinition, ClientCaches, ExecutePlanRequest, ExecuteResponse, ExecuteSqlRequest,
+    GetJobRequest, KeyValue,
 };
 use ember_core::rpc::{AuthChannel, Liveness, Security};
 use ember_core::{EmberError, Result};
@@ -27,6 +28,7 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 
 use super::codec::EmberLogicalCodec;
+use crate::engine::StorageLevel;
 use crate::events::progress::{JobProgress, StageProgress};
 
 pub(crate) struct RemoteDriver {
@@ -39,6 +41,10 @@ pub(crate) struct RemoteDriver {
     shuffle_bytes: Arc<AtomicU64>,
     /// The running stages of this client's jobs, polled from the driver.
     progress: watch::Sender<JobProgress>,
+    /// Frames persisted or unpersisted since the last request, which carries them.
+    caches: parking_lot::Mutex<ClientCaches>,
+    /// The plans of the frames persisted on the driver, by table name.
+    persisted: parking_lot::Mutex<HashMap<String, LogicalPlan>>,
 }
 
 impl RemoteDriver {
@@ -52,7 +58,47 @@ impl RemoteDriver {
             session_id: session_id.to_string(),
             shuffle_bytes: Arc::default(),
             progress: watch::channel(JobProgress::default()).0,
+            caches: parking_lot::Mutex::default(),
+            persisted: parking_lot::Mutex::default(),
         })
+    }
+
+    /// Has the driver persist `plan` at `level` as table `name` of this session,
+    /// with the next request (lazily, as `cache()` is: the first job reading it
+    /// computes it).
+    pub(crate) fn persist(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        plan: &LogicalPlan,
+        level: StorageLevel,
+    ) -> Result<()> {
+        let bytes = encode_plan(ctx, plan)?;
+        self.caches.lock().persist.push(CacheDefinition {
+            name: name.to_string(),
+            logical_plan: bytes,
+            level: match level {
+                StorageLevel::MemoryOnly => 0,
+                StorageLevel::MemoryAndDisk => 1,
+                StorageLevel::DiskOnly => 2,
+            },
+        });
+        self.persisted.lock().insert(name.to_string(), plan.clone());
+        Ok(())
+    }
+
+    /// Has the driver forget persisted table `name`, with the next request; the
+    /// plan it was persisted from, if it was.
+    pub(crate) fn unpersist(&self, name: &str) -> Option<LogicalPlan> {
+        let source = self.persisted.lock().remove(name)?;
+        self.caches.lock().unpersist.push(name.to_string());
+        Some(source)
+    }
+
+    /// What the next request carries of persisted frames.
+    fn take_caches(&self) -> Option<ClientCaches> {
+        let caches = std::mem::take(&mut *self.caches.lock());
+        (!caches.persist.is_empty() || !caches.unpersist.is_empty()).then_some(caches)
     }
 
     /// Statements that change the client's session state, which the driver's copy
@@ -76,6 +122,7 @@ impl RemoteDriver {
             session_id: self.session_id.clone(),
             sql: sql.to_string(),
             config: changed_settings(ctx),
+            caches: self.take_caches(),
         };
         let stream = self
             .client
@@ -107,21 +154,13 @@ impl RemoteDriver {
         }
         // Optimized here: the optimizer turns subqueries into joins, and
         // datafusion-proto cannot encode subquery expressions.
-        let mut state = ctx.state();
-        for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
-            state.config_mut().options_mut().set(k, v)?;
-        }
-        let plan = plan.clone();
-        let bytes = on_planning_stack(async move {
-            let plan = state.optimize(&plan)?;
-            let codec = EmberLogicalCodec::for_plan(&plan);
-            Ok(logical_plan_to_bytes_with_extension_codec(&plan, &codec)?)
-        })
-        .await?;
+        let (planning, plan) = (ctx.clone(), plan.clone());
+        let bytes = on_planning_stack(async move { encode_plan(&planning, &plan) }).await?;
         let request = ExecutePlanRequest {
             session_id: self.session_id.clone(),
-            logical_plan: bytes.to_vec(),
+            logical_plan: bytes,
             config: changed_settings(ctx),
+            caches: self.take_caches(),
         };
         let stream = self
             .client
@@ -260,6 +299,19 @@ impl RemoteResult {
             }
         }
     }
+}
+
+/// `plan` optimized as the driver's planning needs it (subqueries become joins,
+/// which datafusion-proto can encode) and encoded, for a frame persisted on the
+/// driver.
+fn encode_plan(ctx: &SessionContext, plan: &LogicalPlan) -> Result<Vec<u8>> {
+    let mut state = ctx.state();
+    for (k, v) in REQUIRED_DATAFUSION_SETTINGS {
+        state.config_mut().options_mut().set(k, v)?;
+    }
+    let plan = state.optimize(plan)?;
+    let codec = EmberLogicalCodec::for_plan(&plan);
+    Ok(logical_plan_to_bytes_with_extension_codec(&plan, &codec)?.to_vec())
 }
 
 /// The client's settings that differ from a new session's, except those the driver

@@ -17,7 +17,8 @@ use ember_core::{EmberError, Result};
 use parking_lot::Mutex;
 
 use super::codec::EmberLogicalCodec;
-use crate::engine::{ClientApi, is_builtin};
+use crate::dataframe::{CacheKind, CacheStatement};
+use crate::engine::{ClientApi, ClientState, StorageLevel, is_builtin};
 use crate::session::{Session, SessionInner};
 
 /// A client session unused this long is forgotten (its tables and settings with it).
@@ -42,6 +43,69 @@ impl DriverClients {
     }
 
     /// `plan` with each file table replaced by the same table seen before, if any.
+    /// A client's logical plan, decoded in its session here, reading the driver's
+    /// tables and the client's cached ones.
+    async fn decode_plan(
+        &self,
+        session: &Session,
+        ctx: &SessionContext,
+        plan: &[u8],
+    ) -> Result<LogicalPlan> {
+        crate::session::sync_store_settings(ctx);
+        let own = ctx
+            .state()
+            .scalar_functions()
+            .iter()
+            .filter(|(name, _)| !is_builtin(name))
+            .map(|(name, f)| (name.clone(), f.clone()))
+            .collect();
+        let codec = EmberLogicalCodec::decoding(own);
+        let plan = logical_plan_from_bytes_with_extension_codec(plan, &ctx.task_ctx(), &codec)
+            .map_err(|e| EmberError::Decode {
+                what: "a client's logical plan",
+                message: e.to_string(),
+            })?;
+        let plan = self.reuse_tables(plan)?;
+        cached_tables_of(session, ctx, plan).await
+    }
+
+    /// Applies what a client's session changed since its last request: its
+    /// settings, then the frames it unpersisted and persisted (as tables of those
+    /// names, computed by the first job that reads them).
+    async fn apply_client_state(
+        &self,
+        session: &Session,
+        ctx: &SessionContext,
+        client: ClientState,
+    ) -> Result<()> {
+        apply_settings(ctx, &client.config)?;
+        let Some(caches) = client.caches else {
+            return Ok(());
+        };
+        for name in &caches.unpersist {
+            let statement = CacheStatement {
+                sql: "",
+                kind: CacheKind::Uncache {
+                    name,
+                    if_exists: true,
+                },
+            };
+            session.cache_statement_in(ctx, statement).await?;
+        }
+        for frame in caches.persist {
+            let plan = self.decode_plan(session, ctx, &frame.logical_plan).await?;
+            let level = match frame.level {
+                0 => StorageLevel::MemoryOnly,
+                2 => StorageLevel::DiskOnly,
+                _ => StorageLevel::MemoryAndDisk,
+            };
+            let df = datafusion::dataframe::DataFrame::new(ctx.state(), plan);
+            let cached = crate::DataFrame::new(session.clone(), df).persist(level)?;
+            session.register_cached_table(ctx, &frame.name, &cached, None)?;
+        }
+        Ok(())
+    }
+
     fn reuse_tables(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
         let plan = plan.transform_up_with_subqueries(|node| {
             let LogicalPlan::TableScan(mut scan) = node else {
@@ -109,11 +173,11 @@ impl ClientApi for DriverClients {
         &self,
         session_id: &str,
         sql: &str,
-        config: &[(String, String)],
+        client: ClientState,
     ) -> Result<SendableRecordBatchStream> {
         let (session, ctx) = self.session(session_id)?;
-        apply_settings(&ctx, config)?;
-        if let Some(statement) = crate::dataframe::CacheStatement::parse(sql) {
+        self.apply_client_state(&session, &ctx, client).await?;
+        if let Some(statement) = CacheStatement::parse(sql) {
             session.cache_statement_in(&ctx, statement?).await?;
             let nothing = Arc::new(datafusion::arrow::datatypes::Schema::empty());
             return Ok(Box::pin(
@@ -128,26 +192,11 @@ impl ClientApi for DriverClients {
         &self,
         session_id: &str,
         plan: &[u8],
-        config: &[(String, String)],
+        client: ClientState,
     ) -> Result<SendableRecordBatchStream> {
         let (session, ctx) = self.session(session_id)?;
-        apply_settings(&ctx, config)?;
-        crate::session::sync_store_settings(&ctx);
-        let own = ctx
-            .state()
-            .scalar_functions()
-            .iter()
-            .filter(|(name, _)| !is_builtin(name))
-            .map(|(name, f)| (name.clone(), f.clone()))
-            .collect();
-        let codec = EmberLogicalCodec::decoding(own);
-        let plan = logical_plan_from_bytes_with_extension_codec(plan, &ctx.task_ctx(), &codec)
-            .map_err(|e| EmberError::Decode {
-                what: "a client's logical plan",
-                message: e.to_string(),
-            })?;
-        let plan = self.reuse_tables(plan)?;
-        let plan = cached_tables_of(&session, &ctx, plan).await?;
+        self.apply_client_state(&session, &ctx, client).await?;
+        let plan = self.decode_plan(&session, &ctx, plan).await?;
         session.execute_stream_in(&ctx, &plan).await
     }
 }
