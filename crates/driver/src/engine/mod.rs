@@ -125,6 +125,22 @@ pub(crate) struct ClientState {
     pub caches: Option<ember_core::proto::ClientCaches>,
 }
 
+impl ClientState {
+    /// What an `ExecuteSql` or `ExecutePlan` request carries.
+    pub(crate) fn of(
+        config: &[ember_core::proto::KeyValue],
+        caches: Option<ember_core::proto::ClientCaches>,
+    ) -> ClientState {
+        ClientState {
+            config: config
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect(),
+            caches,
+        }
+    }
+}
+
 /// Set by the session after it is built (the engine starts first).
 pub(crate) type ClientSlot = Arc<OnceLock<Weak<dyn ClientApi>>>;
 

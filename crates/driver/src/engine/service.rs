@@ -124,10 +124,7 @@ impl DriverService for DriverServer {
         Ok(Response::new(stream_results(
             self.jobs.clone(),
             async move {
-                let client = ClientState {
-                    config: pairs(&req.config),
-                    caches: req.caches,
-                };
+                let client = ClientState::of(&req.config, req.caches);
                 api.execute_sql(&req.session_id, &req.sql, client).await
             },
         )))
@@ -144,10 +141,7 @@ impl DriverService for DriverServer {
         Ok(Response::new(stream_results(
             self.jobs.clone(),
             async move {
-                let client = ClientState {
-                    config: pairs(&req.config),
-                    caches: req.caches,
-                };
+                let client = ClientState::of(&req.config, req.caches);
                 api.execute_plan(&req.session_id, &req.logical_plan, client)
                     .await
             },
@@ -208,14 +202,6 @@ impl DriverServer {
             .and_then(|api| api.upgrade())
             .ok_or_else(|| Status::unavailable("this driver does not serve client sessions"))
     }
-}
-
-/// A client's settings as key and value pairs.
-fn pairs(config: &[ember_core::proto::KeyValue]) -> Vec<(String, String)> {
-    config
-        .iter()
-        .map(|kv| (kv.key.clone(), kv.value.clone()))
-        .collect()
 }
 
 /// Most bytes of rows sent in one message, so that no message nears the limit.

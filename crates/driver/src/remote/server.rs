@@ -96,8 +96,14 @@ impl DriverClients {
             let plan = self.decode_plan(session, ctx, &frame.logical_plan).await?;
             let level = match frame.level {
                 0 => StorageLevel::MemoryOnly,
+                1 => StorageLevel::MemoryAndDisk,
                 2 => StorageLevel::DiskOnly,
-                _ => StorageLevel::MemoryAndDisk,
+                other => {
+                    return Err(EmberError::Decode {
+                        what: "a client's persisted frame",
+                        message: format!("{}: storage level {other} (0 to 2)", frame.name),
+                    });
+                }
             };
             let df = datafusion::dataframe::DataFrame::new(ctx.state(), plan);
             let cached = crate::DataFrame::new(session.clone(), df).persist(level)?;
