@@ -57,6 +57,8 @@ pub struct EmberConfig {
     pub cluster_executor_wait_secs: u64,
     /// Deepest nesting of expressions a SQL statement may have (`ember.sql.max_expression_depth`).
     pub sql_max_expression_depth: usize,
+    /// Whether joins' build stages filter the scans of their probe sides (`ember.runtime_filter.enabled`).
+    pub runtime_filter_enabled: bool,
     /// Partitions of a keyed stateful streaming operator's state
     /// (`ember.streaming.state.partitions`); fixed per checkpoint.
     pub streaming_state_partitions: usize,
@@ -110,6 +112,7 @@ impl Default for EmberConfig {
             executor_timeout_secs: 0,
             cluster_executor_wait_secs: 0,
             sql_max_expression_depth: 0,
+            runtime_filter_enabled: false,
             streaming_state_partitions: 0,
             streaming_state_snapshot_interval: 0,
             rpc_keepalive_interval_secs: 0,
@@ -173,6 +176,11 @@ impl EmberConfig {
             "ember.sql.max_expression_depth",
             "2000",
             "Deepest nesting of expressions in a SQL statement (1+1+...+1 nests one level per +); deeper statements are refused with an error.",
+        ),
+        (
+            "ember.runtime_filter.enabled",
+            "true",
+            "Cross-stage runtime filters: a scan on the probe side of a join waits for the stage that computes the join's build side and skips the rows (and Parquet row groups) whose key no build row has.",
         ),
         (
             "ember.streaming.state.partitions",
@@ -321,6 +329,9 @@ impl EmberConfig {
                     return Err(bad("a positive integer"));
                 }
             }
+            "runtime_filter.enabled" => {
+                self.runtime_filter_enabled = value.parse().map_err(|_| bad("true or false"))?
+            }
             "streaming.state.partitions" => {
                 self.streaming_state_partitions =
                     value.parse().map_err(|_| bad("a positive integer"))?;
@@ -419,6 +430,7 @@ impl EmberConfig {
             "ember.executor.timeout" => self.executor_timeout_secs.to_string(),
             "ember.cluster.executor_wait" => self.cluster_executor_wait_secs.to_string(),
             "ember.sql.max_expression_depth" => self.sql_max_expression_depth.to_string(),
+            "ember.runtime_filter.enabled" => self.runtime_filter_enabled.to_string(),
             "ember.streaming.state.partitions" => self.streaming_state_partitions.to_string(),
             "ember.streaming.state.snapshot_interval" => {
                 self.streaming_state_snapshot_interval.to_string()

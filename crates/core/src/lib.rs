@@ -25,6 +25,7 @@ pub mod error;
 pub mod event_time;
 pub mod ipc;
 pub mod json;
+pub mod keys;
 pub mod metrics;
 pub mod proto;
 pub mod rpc;

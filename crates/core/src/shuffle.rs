@@ -65,6 +65,8 @@ pub struct MapOutput {
     pub data: ShuffleData,
     /// One entry per output partition of the exchange.
     pub partitions: Vec<PartitionStats>,
+    /// Summaries of the columns the stage's writer was asked to summarize.
+    pub keys: Vec<crate::keys::KeySummary>,
 }
 
 impl MapOutput {

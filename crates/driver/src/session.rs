@@ -656,13 +656,19 @@ impl Session {
     /// stage last), before their shuffle reads are resolved.
     pub async fn stage_plans(&self, plan: &LogicalPlan) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
         let physical = self.create_physical_plan(plan).await?;
-        crate::engine::stage_plans(physical)
+        crate::engine::stage_plans(physical, self.runtime_filters())
+    }
+
+    /// Whether jobs get cross-stage runtime filters (`ember.runtime_filter.enabled`).
+    fn runtime_filters(&self) -> bool {
+        EmberConfig::from_session(&self.context().copied_config()).runtime_filter_enabled
     }
 
     /// The stage DAG ember would run for a logical plan, as text.
     pub async fn explain_stages(&self, plan: &LogicalPlan) -> Result<String> {
         let physical = self.create_physical_plan(plan).await?;
-        crate::engine::explain(physical, self.caches().map(|c| c.as_ref()))
+        let caches = self.caches().map(|c| c.as_ref());
+        crate::engine::explain(physical, caches, self.runtime_filters())
     }
 
     /// A new client session on this driver: same configuration and engine, its own

@@ -385,12 +385,18 @@ impl PhysicalExtensionCodec for EmberCodec {
                 let exprs = self.decode_exprs(&p, ctx, &input.schema())?;
                 let partitioning = (!exprs.is_empty())
                     .then(|| Partitioning::Hash(exprs, p.num_partitions as usize));
-                Ok(Arc::new(ShuffleWriterExec::try_new(
-                    w.job_id,
-                    w.stage_id as usize,
-                    input,
-                    partitioning,
-                )?))
+                let width = input.schema().fields().len();
+                let summarize: Vec<usize> = w.summarize.iter().map(|c| *c as usize).collect();
+                if let Some(c) = summarize.iter().find(|c| **c >= width) {
+                    return Err(decode_err(
+                        "ember plan node",
+                        format!("shuffle writer summarizes column {c} of {width}"),
+                    ));
+                }
+                Ok(Arc::new(
+                    ShuffleWriterExec::try_new(w.job_id, w.stage_id as usize, input, partitioning)?
+                        .summarizing(summarize),
+                ))
             }
             Some(Node::UnresolvedShuffle(u)) => {
                 let schema = decode_schema(&u.schema)?;
@@ -537,6 +543,7 @@ impl PhysicalExtensionCodec for EmberCodec {
                 job_id: w.job_id(),
                 stage_id: w.stage_id() as u32,
                 partitioning: Some(self.encode_partitioning(w.shuffle_partitioning())?),
+                summarize: w.summarized().iter().map(|c| *c as u32).collect(),
             })
         } else if let Some(u) = node.downcast_ref::<UnresolvedShuffleExec>() {
             Node::UnresolvedShuffle(proto::UnresolvedShuffleNode {

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use super::ipc::batches_from_ipc;
 use crate::error::{EmberError, Result};
+use crate::keys::KeySummary;
 use crate::proto;
 use crate::shuffle::{MapOutput, MapOutputKey, PartitionStats, ShuffleData};
 use crate::task::{
@@ -72,6 +73,15 @@ fn map_output(m: proto::MapOutput) -> Result<MapOutput> {
                 offset: p.offset,
                 length: p.length,
                 rows: p.rows,
+            })
+            .collect(),
+        keys: m
+            .keys
+            .into_iter()
+            .map(|k| KeySummary {
+                column: k.column as usize,
+                complete: k.complete,
+                values: k.values,
             })
             .collect(),
     })

@@ -62,6 +62,11 @@ fn map_outputs_results_and_failures_survive_the_wire() {
             token: 9,
         }),
     ] {
+        let mut values = crate::keys::KeyValues::try_new(&DataType::Int64).unwrap();
+        values
+            .update(&(Arc::new(Int64Array::from(vec![7, 9])) as _))
+            .unwrap();
+        let summary = values.summary(1).unwrap();
         let map = MapOutput {
             executor_id: "exec-1".into(),
             executor_address: "http://127.0.0.1:7078".into(),
@@ -74,6 +79,7 @@ fn map_outputs_results_and_failures_survive_the_wire() {
                 },
                 PartitionStats::default(),
             ],
+            keys: vec![summary.clone()],
         };
         let status = TaskStatus {
             id: id(),

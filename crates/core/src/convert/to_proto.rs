@@ -58,6 +58,15 @@ fn map_output(m: &MapOutput) -> proto::MapOutput {
                 rows: p.rows,
             })
             .collect(),
+        keys: m
+            .keys
+            .iter()
+            .map(|k| proto::KeySummary {
+                column: k.column as u32,
+                complete: k.complete,
+                values: k.values.clone(),
+            })
+            .collect(),
     }
 }
 

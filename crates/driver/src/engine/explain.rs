@@ -8,6 +8,7 @@ use ember_exec::shuffle::UnresolvedShuffleExec;
 
 use super::cache::CacheRegistry;
 use super::planner::StageGraph;
+use super::runtime_filter;
 
 /// One block per stage, children first: id, task count, parents, output exchange, and
 /// the stage plan's operators. A cache stage whose partitions are all kept (in
@@ -20,6 +21,12 @@ pub(crate) fn stage_dag(graph: &StageGraph, caches: Option<&CacheRegistry>) -> S
         } else {
             let ids: Vec<String> = stage.parents.iter().map(|p| p.to_string()).collect();
             format!(", reads stages [{}]", ids.join(", "))
+        };
+        let waits = if stage.waits.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = stage.waits.iter().map(|p| p.to_string()).collect();
+            format!(", waits for stages [{}]", ids.join(", "))
         };
         let tasks = if stage.tasks == 1 { "task" } else { "tasks" };
         let kept = match (stage.cache(), caches) {
@@ -36,9 +43,12 @@ pub(crate) fn stage_dag(graph: &StageGraph, caches: Option<&CacheRegistry>) -> S
         };
         let _ = writeln!(
             out,
-            "Stage {}: {} {tasks}{parents} -> {}{kept}",
+            "Stage {}: {} {tasks}{parents}{waits} -> {}{kept}",
             stage.id, stage.tasks, stage.output
         );
+        for line in runtime_filter::describe(graph, stage.id) {
+            let _ = writeln!(out, "  {line}");
+        }
         operators(&stage.plan, 1, &mut out);
     }
     out

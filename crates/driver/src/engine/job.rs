@@ -166,6 +166,7 @@ impl Job {
             .filter(|s| {
                 s.parents
                     .iter()
+                    .chain(&s.waits)
                     .all(|p| self.stages[p].status == StageStatus::Done)
             })
             .filter(|s| needed(s.id))
@@ -210,7 +211,9 @@ impl Job {
             );
             Ok(Transformed::yes(Arc::new(reader) as Arc<dyn ExecutionPlan>))
         })?;
-        let mut resolved = resolved.data;
+        let outputs = |source: usize| self.stages[&source].outputs.clone();
+        let mut resolved =
+            super::runtime_filter::apply(resolved.data, stage, &self.graph.filters, &outputs)?;
         if self.stages[&stage].sort_merge {
             resolved = super::fallback::sort_merge_joins(resolved)?;
         }

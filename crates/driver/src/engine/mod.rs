@@ -22,6 +22,7 @@ mod job;
 mod local;
 mod planner;
 mod results;
+mod runtime_filter;
 mod scheduler;
 mod service;
 
@@ -403,7 +404,8 @@ impl Engine {
         }
         let job_id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let schema = plan.schema();
-        let graph = StageGraph::plan(job_id, plan)?;
+        let runtime_filters = EmberConfig::from_session(config).runtime_filter_enabled;
+        let graph = StageGraph::plan(job_id, plan, runtime_filters)?;
         let (stage, partitions) = (graph.final_stage, graph.stages[&graph.final_stage].tasks);
         let pairs: Vec<(String, String)> = config
             .options()
@@ -543,12 +545,17 @@ fn app_started(bus: &ListenerBus, name: &str, master: &str) {
 pub(crate) fn explain(
     plan: Arc<dyn ExecutionPlan>,
     caches: Option<&CacheRegistry>,
+    runtime_filters: bool,
 ) -> Result<String> {
-    Ok(explain::stage_dag(&StageGraph::plan(0, plan)?, caches))
+    let graph = StageGraph::plan(0, plan, runtime_filters)?;
+    Ok(explain::stage_dag(&graph, caches))
 }
 
 /// The stage plans of a physical plan, children first.
-pub(crate) fn stage_plans(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
-    let graph = StageGraph::plan(0, plan)?;
+pub(crate) fn stage_plans(
+    plan: Arc<dyn ExecutionPlan>,
+    runtime_filters: bool,
+) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
+    let graph = StageGraph::plan(0, plan, runtime_filters)?;
     Ok(graph.stages.into_values().map(|s| s.plan).collect())
 }

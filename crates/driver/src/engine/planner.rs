@@ -49,6 +49,7 @@ use ember_core::Result;
 use ember_core::shuffle::cache_job;
 
 use super::cache::{CacheExec, StorageLevel};
+use super::runtime_filter::{self, RuntimeFilter};
 use ember_exec::shuffle::{
     ShuffleWriterExec, UnresolvedShuffleExec, after_hash_exchange, after_passthrough,
 };
@@ -98,6 +99,8 @@ pub(crate) struct Stage {
     pub plan: Arc<dyn ExecutionPlan>,
     /// Stages whose output this stage reads.
     pub parents: Vec<usize>,
+    /// Stages it waits for without reading them: the build sides of its runtime filters.
+    pub waits: Vec<usize>,
     /// One task per partition.
     pub tasks: usize,
     pub output: Exchange,
@@ -118,14 +121,22 @@ impl Stage {
 pub(crate) struct StageGraph {
     pub stages: BTreeMap<usize, Stage>,
     pub final_stage: usize,
+    /// Filters of scans by the keys of joins' build stages.
+    pub filters: Vec<RuntimeFilter>,
 }
 
 impl StageGraph {
-    /// Cuts `plan` into stages for job `job`.
-    pub(crate) fn plan(job: u64, plan: Arc<dyn ExecutionPlan>) -> Result<StageGraph> {
+    /// Cuts `plan` into stages for job `job`, with cross-stage runtime filters when
+    /// `runtime_filters` (see [`runtime_filter`](super::runtime_filter)).
+    pub(crate) fn plan(
+        job: u64,
+        plan: Arc<dyn ExecutionPlan>,
+        runtime_filters: bool,
+    ) -> Result<StageGraph> {
         let mut planner = Planner {
             job,
             stages: BTreeMap::new(),
+            runtime_filters,
         };
         let plan = isolate_join_partitions(plan)?;
         let (root, parents) = planner.cut(plan)?;
@@ -137,20 +148,44 @@ impl StageGraph {
                 id,
                 plan: root,
                 parents,
+                waits: Vec::new(),
                 tasks,
                 output: Exchange::Result,
             },
         );
-        Ok(StageGraph {
+        let mut graph = StageGraph {
             stages: planner.stages,
             final_stage: id,
-        })
+            filters: Vec::new(),
+        };
+        if runtime_filters {
+            runtime_filter::plan(&mut graph)?;
+        }
+        Ok(graph)
+    }
+
+    /// True when stage `stage` needs stage `other` done first, directly or not.
+    pub(crate) fn depends_on(&self, stage: usize, other: usize) -> bool {
+        let mut todo = vec![stage];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(s) = todo.pop() {
+            if s == other {
+                return true;
+            }
+            if seen.insert(s)
+                && let Some(st) = self.stages.get(&s)
+            {
+                todo.extend(st.parents.iter().chain(&st.waits));
+            }
+        }
+        false
     }
 }
 
 struct Planner {
     job: u64,
     stages: BTreeMap<usize, Stage>,
+    runtime_filters: bool,
 }
 
 impl Planner {
@@ -213,6 +248,7 @@ impl Planner {
                     id,
                     plan: Arc::new(writer),
                     parents,
+                    waits: Vec::new(),
                     tasks: maps,
                     output: Exchange::Cache { id: cache.id },
                 },
@@ -263,7 +299,14 @@ impl Planner {
                 reader.1,
             ));
         }
-        if collects_left_side(&plan) && !reads_shuffle(&children[0]) && !small_scan(&children[0]) {
+        // A small build side is read by each probe task, unless its keys can filter a
+        // scan of an earlier stage.
+        let read_by_each = |build| {
+            small_scan(build)
+                && !(self.runtime_filters && runtime_filter::probe_leaves_stage(&plan))
+        };
+        if collects_left_side(&plan) && !reads_shuffle(&children[0]) && !read_by_each(&children[0])
+        {
             let left_parents: Vec<usize> = self.parents_within(&children[0]);
             let other_parents: Vec<usize> = parents
                 .iter()
@@ -343,6 +386,7 @@ impl Planner {
                 id,
                 plan: Arc::new(writer),
                 parents,
+                waits: Vec::new(),
                 tasks,
                 output,
             },

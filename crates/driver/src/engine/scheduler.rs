@@ -191,7 +191,11 @@ impl Scheduler {
             .map(|s| StagePlan {
                 id: s.id,
                 name: stage_name(&s.plan),
-                plan: displayable(s.plan.as_ref()).indent(true).to_string(),
+                plan: super::runtime_filter::describe(&job.graph, s.id)
+                    .into_iter()
+                    .map(|line| line + "\n")
+                    .chain([displayable(s.plan.as_ref()).indent(true).to_string()])
+                    .collect(),
                 parents: s.parents.clone(),
                 tasks: s.tasks,
                 exchange: (s.id != job.graph.final_stage).then(|| s.output.to_string()),

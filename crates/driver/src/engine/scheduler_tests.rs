@@ -104,7 +104,7 @@ async fn harness(slots: usize, settings: &[(&str, &str)]) -> Harness {
         .create_physical_plan()
         .await
         .unwrap();
-    let graph = StageGraph::plan(1, plan).unwrap();
+    let graph = StageGraph::plan(1, plan, true).unwrap();
     let final_stage = graph.final_stage;
     let map_stage = graph.stages[&final_stage].parents[0];
     assert_eq!(graph.stages[&map_stage].tasks, 2);
@@ -176,6 +176,7 @@ impl Harness {
             executor_address: String::new(),
             data: ShuffleData::File(format!("/shuffle/{executor}/{}", id.partition).into()),
             partitions: vec![],
+            keys: vec![],
         });
         self.report(id, executor, Ok(output));
     }

@@ -4,6 +4,7 @@ mod engine;
 mod history;
 mod memory;
 mod object_store;
+mod runtime_filter;
 mod stream;
 mod stream_aggregates;
 mod stream_data_loss;

@@ -25,6 +25,7 @@ use super::format::{PartSource, SpillWriter, assemble_data_file, ipc_write_optio
 use super::store::ShuffleEnv;
 use crate::config::EmberConfig;
 use crate::error::{EmberError, Result};
+use ember_core::keys::KeyValues;
 use ember_core::shuffle::{MapOutput, MapOutputKey, PartitionStats, ShuffleData};
 
 /// Runs its input for one partition and splits the rows into the exchange's output
@@ -36,6 +37,8 @@ pub struct ShuffleWriterExec {
     stage_id: usize,
     input: Arc<dyn ExecutionPlan>,
     partitioning: Option<Partitioning>,
+    /// Input columns whose values each task summarizes in its map output.
+    summarize: Vec<usize>,
     properties: Arc<PlanProperties>,
 }
 
@@ -64,8 +67,20 @@ impl ShuffleWriterExec {
             stage_id,
             input,
             partitioning,
+            summarize: Vec::new(),
             properties,
         })
+    }
+
+    /// The same writer, reporting a [`KeySummary`](ember_core::keys::KeySummary) of
+    /// each of the input's columns `columns` with every map output.
+    pub fn summarizing(mut self, columns: Vec<usize>) -> Self {
+        self.summarize = columns;
+        self
+    }
+
+    pub fn summarized(&self) -> &[usize] {
+        &self.summarize
     }
 
     pub fn job_id(&self) -> u64 {
@@ -129,9 +144,17 @@ impl ShuffleWriterExec {
                 .with_can_spill(true)
                 .register(ctx.memory_pool());
         let mut out = PartitionedOutput::new(&env, key, schema.clone(), n, &config, reservation)?;
+        let mut keys = self
+            .summarize
+            .iter()
+            .map(|c| KeyValues::try_new(schema.field(*c).data_type()))
+            .collect::<ember_core::Result<Vec<_>>>()?;
         let mut stream = self.input.execute(map_partition, ctx)?;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
+            for (values, c) in keys.iter_mut().zip(&self.summarize) {
+                values.update(batch.column(*c))?;
+            }
             match partitioner.as_mut() {
                 Some(p) => {
                     for part in p.partition_iter(batch)? {
@@ -144,7 +167,13 @@ impl ShuffleWriterExec {
             // Yield now and then so that a killed task stops at the next batch.
             tokio::task::consume_budget().await;
         }
-        out.finish()
+        let mut output = out.finish()?;
+        output.keys = keys
+            .iter()
+            .zip(&self.summarize)
+            .map(|(values, c)| values.summary(*c))
+            .collect::<ember_core::Result<_>>()?;
+        Ok(output)
     }
 }
 
@@ -312,6 +341,7 @@ impl<'a> PartitionedOutput<'a> {
                     executor_address,
                     data: ShuffleData::Memory(self.key),
                     partitions,
+                    keys: Vec::new(),
                 });
             }
             (None, None) => std::mem::take(&mut self.memory)
@@ -348,6 +378,7 @@ impl<'a> PartitionedOutput<'a> {
             executor_address,
             data: ShuffleData::File(path),
             partitions,
+            keys: Vec::new(),
         })
     }
 }
@@ -365,22 +396,28 @@ impl Drop for PartitionedOutput<'_> {
 
 impl DisplayAs for ShuffleWriterExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ShuffleWriterExec: stage={}, partitioning=",
+            self.stage_id
+        )?;
         match &self.partitioning {
             Some(Partitioning::Hash(exprs, n)) => {
                 let exprs: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
-                write!(
-                    f,
-                    "ShuffleWriterExec: stage={}, partitioning=Hash([{}], {n})",
-                    self.stage_id,
-                    exprs.join(", ")
-                )
+                write!(f, "Hash([{}], {n})", exprs.join(", "))?;
             }
-            _ => write!(
-                f,
-                "ShuffleWriterExec: stage={}, partitioning=None",
-                self.stage_id
-            ),
+            _ => f.write_str("None")?,
         }
+        if !self.summarize.is_empty() {
+            let schema = self.input.schema();
+            let names: Vec<String> = self
+                .summarize
+                .iter()
+                .map(|c| format!("{}@{c}", schema.field(*c).name()))
+                .collect();
+            write!(f, ", summarize=[{}]", names.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -417,12 +454,15 @@ impl ExecutionPlan for ShuffleWriterExec {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let [input] = <[_; 1]>::try_from(children)
             .map_err(|_| DataFusionError::Internal("ShuffleWriterExec takes one child".into()))?;
-        Ok(Arc::new(ShuffleWriterExec::try_new(
-            self.job_id,
-            self.stage_id,
-            input,
-            self.partitioning.clone(),
-        )?))
+        Ok(Arc::new(
+            ShuffleWriterExec::try_new(
+                self.job_id,
+                self.stage_id,
+                input,
+                self.partitioning.clone(),
+            )?
+            .summarizing(self.summarize.clone()),
+        ))
     }
 
     fn execute(

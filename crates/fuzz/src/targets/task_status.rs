@@ -107,6 +107,7 @@ fn seeds() -> Result<Vec<Vec<u8>>> {
             },
             PartitionStats::default(),
         ],
+        keys: vec![],
     };
     let statuses = vec![
         TaskStatus {

@@ -1,0 +1,439 @@
+//! Cross-stage runtime filters: a join's build side, computed by a stage that has
+//! finished, prunes the scan of its probe side in a stage that has not started.
+//!
+//! ```text
+//!   Stage 4 (build)                 Stage 7 (probe scan)            Stage 9 (join)
+//!   ShuffleWriterExec               ShuffleWriterExec               HashJoinExec on k = d
+//!     summarize=[d]   ──summary──▶    FilterExec d ∈ keys of 4  ──▶   build: stage 4
+//!       ... d ...                       DataSourceExec (pruned)       probe: ... stage 7
+//! ```
+//!
+//! After the stages are cut, [`plan`] looks at every hash join whose probe side may
+//! drop rows that match no build row (not a right, full or right-anti/mark join, nulls
+//! never equal, not null-aware). It follows each equi-key column down both sides:
+//! the build key to the stage whose output it is, the probe key through operators that
+//! keep the column's value and whose output rows all carry it (projections, filters,
+//! inner and outer joins, group-by columns, shuffles into earlier stages) to the scans
+//! that read it. Every probe row whose key is outside the build stage's values would be
+//! dropped by the join anyway, so the scan may drop it first. The build stage's writer
+//! summarizes the column ([`KeyValues`]); the probe scan's stage waits for it.
+//!
+//! When the scan's stage starts, [`apply`] turns the merged summary into a predicate
+//! (`k IN (...)` when the build side has at most a few thousand distinct keys, else
+//! `k BETWEEN min AND max`; `false` when it has none) in a `FilterExec` over the scan,
+//! pushed into the Parquet source's row-group and page pruning.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::common::JoinType;
+use datafusion::common::NullEquality;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, in_list, lit};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::union::UnionExec;
+use ember_core::keys::KeyValues;
+use ember_core::shuffle::MapOutput;
+use ember_core::{EmberError, Result};
+use ember_exec::shuffle::{ShuffleWriterExec, UnresolvedShuffleExec};
+
+use super::planner::StageGraph;
+
+/// One filter: stage `source`'s values of its output column `source_column` prune
+/// column `column` of a scan in stage `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RuntimeFilter {
+    pub source: usize,
+    pub source_column: usize,
+    pub target: usize,
+    /// The scan, by the address of its node in the target stage's plan.
+    scan: usize,
+    /// Column index in the scan's output, and its name.
+    pub column: usize,
+    pub name: String,
+    /// The build key's name, for `explain`.
+    pub source_name: String,
+}
+
+/// One line per runtime filter of stage `stage`, as `explain` and the UI show them.
+pub(crate) fn describe(graph: &StageGraph, stage: usize) -> Vec<String> {
+    graph
+        .filters
+        .iter()
+        .filter(|f| f.target == stage)
+        .map(|f| {
+            format!(
+                "runtime filter: {} in keys {} of stage {}",
+                f.name, f.source_name, f.source
+            )
+        })
+        .collect()
+}
+
+/// Where a column's values come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// Output column `column` of stage `stage`.
+    Stage { stage: usize, column: usize },
+    /// Output column `column`, named `name`, of the scan node at address `scan` in
+    /// stage `stage`.
+    Scan {
+        stage: usize,
+        scan: usize,
+        column: usize,
+        name: String,
+    },
+}
+
+fn address(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    Arc::as_ptr(plan) as *const () as usize
+}
+
+/// Adds the runtime filters of `graph`'s joins: the filters, the build stages' writers
+/// summarizing their keys, and each probe stage's wait for its build stages.
+pub(crate) fn plan(graph: &mut StageGraph) -> Result<()> {
+    let mut filters = Vec::new();
+    for stage in graph.stages.values() {
+        joins_of(graph, stage.id, &stage.plan, &mut filters);
+    }
+    let mut summarize: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for f in filters {
+        if f.target != f.source
+            && !graph.depends_on(f.source, f.target)
+            && !graph.filters.contains(&f)
+        {
+            let target = graph.stages.get_mut(&f.target).expect("stage exists");
+            if !target.parents.contains(&f.source) && !target.waits.contains(&f.source) {
+                target.waits.push(f.source);
+            }
+            let columns = summarize.entry(f.source).or_default();
+            if !columns.contains(&f.source_column) {
+                columns.push(f.source_column);
+            }
+            graph.filters.push(f);
+        }
+    }
+    for (id, columns) in summarize {
+        let stage = graph.stages.get_mut(&id).expect("stage exists");
+        let Some(writer) = stage.plan.downcast_ref::<ShuffleWriterExec>() else {
+            continue;
+        };
+        let writer = ShuffleWriterExec::try_new(
+            writer.job_id(),
+            writer.stage_id(),
+            writer.input().clone(),
+            writer.shuffle_partitioning().cloned(),
+        )?
+        .summarizing(columns);
+        stage.plan = Arc::new(writer);
+    }
+    Ok(())
+}
+
+/// True when a join's probe side in `plan`'s stage reaches a scan in another stage:
+/// a build side that is a small scan is then worth a stage of its own, to filter it.
+pub(crate) fn probe_leaves_stage(join: &Arc<dyn ExecutionPlan>) -> bool {
+    let Some(j) = join.downcast_ref::<HashJoinExec>() else {
+        return false;
+    };
+    if !filters_probe_side(j) {
+        return false;
+    }
+    j.on().iter().any(|(_, r)| {
+        let Some(r) = r.downcast_ref::<Column>() else {
+            return false;
+        };
+        let mut origins = Vec::new();
+        origins_of(j.right(), r.index(), 0, &mut origins);
+        origins.iter().any(|o| matches!(o, Origin::Stage { .. }))
+    })
+}
+
+/// True when dropping probe rows that match no build row leaves the join's answer as
+/// it is.
+fn filters_probe_side(j: &HashJoinExec) -> bool {
+    !matches!(
+        j.join_type(),
+        JoinType::Right | JoinType::Full | JoinType::RightAnti | JoinType::RightMark
+    ) && j.null_equality() == NullEquality::NullEqualsNothing
+        && !j.null_aware
+}
+
+fn joins_of(
+    graph: &StageGraph,
+    stage: usize,
+    plan: &Arc<dyn ExecutionPlan>,
+    out: &mut Vec<RuntimeFilter>,
+) {
+    if let Some(j) = plan.downcast_ref::<HashJoinExec>()
+        && filters_probe_side(j)
+    {
+        for (l, r) in j.on() {
+            let (Some(l), Some(r)) = (l.downcast_ref::<Column>(), r.downcast_ref::<Column>())
+            else {
+                continue;
+            };
+            let mut build = Vec::new();
+            origins_of(j.left(), l.index(), stage, &mut build);
+            let [
+                Origin::Stage {
+                    stage: source,
+                    column: source_column,
+                },
+            ] = build[..]
+            else {
+                continue;
+            };
+            let mut probe = Vec::new();
+            follow(graph, j.right(), r.index(), stage, &mut probe);
+            for origin in probe {
+                let Origin::Scan {
+                    stage: target,
+                    scan,
+                    column,
+                    name,
+                } = origin
+                else {
+                    continue;
+                };
+                out.push(RuntimeFilter {
+                    source,
+                    source_column,
+                    target,
+                    scan,
+                    column,
+                    name,
+                    source_name: l.name().to_string(),
+                });
+            }
+        }
+    }
+    for c in plan.children() {
+        joins_of(graph, stage, c, out);
+    }
+}
+
+/// The scans column `column` of `plan` (in stage `stage`) comes from, following it
+/// through shuffles into the stages that wrote them.
+fn follow(
+    graph: &StageGraph,
+    plan: &Arc<dyn ExecutionPlan>,
+    column: usize,
+    stage: usize,
+    out: &mut Vec<Origin>,
+) {
+    let mut origins = Vec::new();
+    origins_of(plan, column, stage, &mut origins);
+    for origin in origins {
+        match origin {
+            Origin::Scan { .. } => out.push(origin),
+            Origin::Stage { stage, column } => {
+                let Some(writer) = graph
+                    .stages
+                    .get(&stage)
+                    .and_then(|s| s.plan.downcast_ref::<ShuffleWriterExec>())
+                else {
+                    continue;
+                };
+                follow(graph, writer.input(), column, stage, out);
+            }
+        }
+    }
+}
+
+/// Where column `column` of `plan`'s output comes from, unchanged, through operators
+/// after which every row still carries the value it had there.
+fn origins_of(plan: &Arc<dyn ExecutionPlan>, column: usize, stage: usize, out: &mut Vec<Origin>) {
+    let pass = |child: &Arc<dyn ExecutionPlan>, c: usize, out: &mut Vec<Origin>| {
+        origins_of(child, c, stage, out)
+    };
+    if let Some(u) = plan.downcast_ref::<UnresolvedShuffleExec>() {
+        out.push(Origin::Stage {
+            stage: u.stage_id(),
+            column,
+        });
+    } else if plan.is::<DataSourceExec>() {
+        if let Some(field) = plan.schema().fields().get(column) {
+            out.push(Origin::Scan {
+                stage,
+                scan: address(plan),
+                column,
+                name: field.name().clone(),
+            });
+        }
+    } else if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        if let Some(c) = p
+            .expr()
+            .get(column)
+            .and_then(|e| e.expr.downcast_ref::<Column>())
+        {
+            pass(p.input(), c.index(), out);
+        }
+    } else if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        let c = match f.projection() {
+            Some(p) => p.get(column).copied(),
+            None => Some(column),
+        };
+        if let Some(c) = c {
+            pass(f.input(), c, out);
+        }
+    } else if let Some(s) = plan.downcast_ref::<SortExec>() {
+        if s.fetch().is_none() {
+            pass(s.input(), column, out);
+        }
+    } else if plan.is::<CoalescePartitionsExec>() && plan.fetch().is_none()
+        || plan.is::<RepartitionExec>()
+        || plan.name() == "CoalesceBatchesExec"
+    {
+        pass(plan.children()[0], column, out);
+    } else if plan.is::<UnionExec>() {
+        for child in plan.children() {
+            pass(child, column, out);
+        }
+    } else if let Some(a) = plan.downcast_ref::<AggregateExec>() {
+        let groups = a.group_expr();
+        if groups.is_single()
+            && let Some(c) = groups
+                .expr()
+                .get(column)
+                .and_then(|(e, _)| e.downcast_ref::<Column>())
+        {
+            pass(a.input(), c.index(), out);
+        }
+    } else if let Some(j) = plan.downcast_ref::<HashJoinExec>() {
+        let c = match &j.projection {
+            Some(p) => p.get(column).copied(),
+            None => Some(column),
+        };
+        let left = j.left().schema().fields().len();
+        match (c, j.join_type()) {
+            (
+                Some(c),
+                JoinType::Inner
+                | JoinType::Left
+                | JoinType::Right
+                | JoinType::Full
+                | JoinType::LeftSemi
+                | JoinType::LeftAnti
+                | JoinType::LeftMark,
+            ) if c < left => pass(j.left(), c, out),
+            (Some(c), JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full) => {
+                pass(j.right(), c - left, out)
+            }
+            (Some(c), JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark)
+                if c < j.right().schema().fields().len() =>
+            {
+                pass(j.right(), c, out)
+            }
+            _ => {}
+        }
+    } else if let Some(j) = plan.downcast_ref::<CrossJoinExec>() {
+        let left = j.left().schema().fields().len();
+        if column < left {
+            pass(j.left(), column, out);
+        } else {
+            pass(j.right(), column - left, out);
+        }
+    }
+}
+
+/// The plan of stage `stage` with its scans filtered by the runtime filters that
+/// target it, whose build stages' outputs are `outputs` (a filter whose summaries are
+/// missing, as for outputs kept from an earlier job, is left out).
+pub(crate) fn apply(
+    plan: Arc<dyn ExecutionPlan>,
+    stage: usize,
+    filters: &[RuntimeFilter],
+    outputs: &dyn Fn(usize) -> Vec<Option<MapOutput>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut by_scan: HashMap<usize, Vec<&RuntimeFilter>> = HashMap::new();
+    for f in filters.iter().filter(|f| f.target == stage) {
+        by_scan.entry(f.scan).or_default().push(f);
+    }
+    if by_scan.is_empty() {
+        return Ok(plan);
+    }
+    let rewritten = plan.transform_up(|node| {
+        let Some(filters) = by_scan.get(&address(&node)) else {
+            return Ok(Transformed::no(node));
+        };
+        let mut predicates = Vec::new();
+        for f in filters {
+            if let Some(p) = predicate(&node, f, &outputs(f.source))? {
+                predicates.push(p);
+            }
+        }
+        let Some(predicate) = predicates
+            .into_iter()
+            .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)))
+        else {
+            return Ok(Transformed::no(node));
+        };
+        let filtered = Arc::new(FilterExec::try_new(predicate, node)?);
+        // Into the scan too: Parquet skips the row groups and pages it rules out.
+        let pushed = FilterPushdown::new().optimize(filtered, &ConfigOptions::default())?;
+        Ok(Transformed::yes(pushed))
+    })?;
+    Ok(rewritten.data)
+}
+
+/// The predicate of filter `f` on `scan`'s output, from its build stage's outputs.
+fn predicate(
+    scan: &Arc<dyn ExecutionPlan>,
+    f: &RuntimeFilter,
+    outputs: &[Option<MapOutput>],
+) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+    let schema = scan.schema();
+    let Some(field) = schema.fields().get(f.column) else {
+        return Ok(None);
+    };
+    let mut values = KeyValues::try_new(field.data_type())?;
+    for (m, output) in outputs.iter().enumerate() {
+        let Some(summary) = output
+            .as_ref()
+            .and_then(|o| o.keys.iter().find(|k| k.column == f.source_column))
+        else {
+            return Ok(None);
+        };
+        let what = format!("stage {} map output {m}", f.source);
+        if let Err(e) = values.merge(summary, &what) {
+            // Another type than the probe column's (or a damaged summary): no filter.
+            tracing::warn!(error = %e, "runtime filter left out");
+            return Ok(None);
+        }
+    }
+    let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(field.name(), f.column));
+    let Some((min, max)) = values.bounds()? else {
+        // No build row has a key: no probe row can match.
+        return Ok(Some(lit(false)));
+    };
+    let compare =
+        |op, v| -> Arc<dyn PhysicalExpr> { Arc::new(BinaryExpr::new(column.clone(), op, lit(v))) };
+    let mut predicate: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+        compare(Operator::GtEq, min),
+        Operator::And,
+        compare(Operator::LtEq, max),
+    ));
+    if let Some(distinct) = values.distinct()
+        && distinct.len() > 2
+    {
+        let list = distinct.into_iter().map(lit).collect();
+        let listed = in_list(column.clone(), list, &false, &schema)
+            .map_err(|e| EmberError::Internal(format!("runtime filter on {}: {e}", f.name)))?;
+        predicate = Arc::new(BinaryExpr::new(predicate, Operator::And, listed));
+    }
+    Ok(Some(predicate))
+}
