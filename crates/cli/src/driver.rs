@@ -12,6 +12,11 @@ pub struct DriverArgs {
     #[arg(long, default_value = "127.0.0.1:7077")]
     bind: String,
 
+    /// Also serve Arrow Flight SQL at this address (e.g. 127.0.0.1:32010), for ADBC,
+    /// JDBC and BI tools; with a secret, clients authenticate with it.
+    #[arg(long = "flight-sql", value_name = "HOST:PORT")]
+    flight_sql: Option<String>,
+
     #[command(flatten)]
     security: SecurityArgs,
 
@@ -41,12 +46,23 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     for (key, value) in &args.config {
         builder = builder.config(key, value);
     }
+    if let Some(bind) = &args.flight_sql {
+        builder = builder.flight_sql(bind);
+    }
     let session = builder.build().context("starting the driver")?;
     let address = session.driver_address().unwrap_or_default().to_string();
     eprintln!(
         "driver listening at {address}{secured}; executors: ember executor --driver {address}; clients: --master ember://{}",
         address.split("://").nth(1).unwrap_or_default()
     );
+    if let Some(flight) = session.flight_sql_address() {
+        let scheme = if secured.contains("TLS") {
+            "grpc+tls"
+        } else {
+            "grpc"
+        };
+        eprintln!("Flight SQL at {scheme}://{flight}");
+    }
     if let Some(ui) = session.ui_address() {
         eprintln!("web UI at http://{ui}/ (REST API under /api/v1, metrics at /metrics)");
     }

@@ -524,7 +524,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Compares without an early exit, so timing does not reveal a prefix of the secret.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -23,6 +23,7 @@ mod dataframe;
 mod engine;
 pub mod events;
 mod execute;
+mod flight_sql;
 mod map_batches;
 mod planning;
 mod remote;

@@ -102,6 +102,7 @@ pub struct SessionBuilder {
     config: Vec<(String, String)>,
     security: Option<Security>,
     ui: Option<String>,
+    flight_sql: Option<String>,
 }
 
 impl Default for SessionBuilder {
@@ -112,6 +113,7 @@ impl Default for SessionBuilder {
             config: vec![],
             security: None,
             ui: None,
+            flight_sql: None,
         }
     }
 }
@@ -145,6 +147,15 @@ impl SessionBuilder {
     /// a cluster secret the UI asks for it.
     pub fn ui(mut self, bind: impl Into<String>) -> Self {
         self.ui = Some(bind.into());
+        self
+    }
+
+    /// Serves Arrow Flight SQL at `bind` (`127.0.0.1:32010`): statements, prepared
+    /// statements, the catalog, cancellation; each authenticated client gets a
+    /// session of its own. Local and driver sessions only; with a cluster secret a
+    /// client needs it.
+    pub fn flight_sql(mut self, bind: impl Into<String>) -> Self {
+        self.flight_sql = Some(bind.into());
         self
     }
 
@@ -203,7 +214,7 @@ impl SessionBuilder {
                 bind,
                 &ember,
                 batch_fns.clone(),
-                security,
+                security.clone(),
                 app,
             )?),
             Master::Remote { url } => {
@@ -251,12 +262,22 @@ impl SessionBuilder {
             clients: std::sync::OnceLock::new(),
             next_cache: std::sync::atomic::AtomicU64::new(1),
             cached_tables: CachedTables::default(),
+            flight_sql: std::sync::OnceLock::new(),
         });
         if let Runner::Engine(engine) = &inner.runner {
             let clients: Arc<dyn ClientApi> = Arc::new(DriverClients::new(&inner));
             // The engine's service holds it weakly; the session keeps it alive.
             engine.serve_clients(Arc::downgrade(&clients));
             let _ = inner.clients.set(clients);
+            if let Some(bind) = &self.flight_sql {
+                let server = crate::flight_sql::serve(&inner, bind, &security)?;
+                let _ = inner.flight_sql.set(server);
+            }
+        } else if self.flight_sql.is_some() {
+            return Err(EmberError::Config(
+                "Flight SQL is served by a local or driver session, not by a client of a driver"
+                    .into(),
+            ));
         }
         Ok(Session { inner })
     }
@@ -362,6 +383,8 @@ pub(crate) struct SessionInner {
     next_cache: std::sync::atomic::AtomicU64,
     /// Tables `CACHE TABLE` cached: their frame, and the table they replaced.
     cached_tables: CachedTables,
+    /// The Flight SQL server, while the session lives.
+    flight_sql: std::sync::OnceLock<crate::flight_sql::FlightSqlServer>,
 }
 
 /// Tables `CACHE TABLE` cached, by name: the cached frame's id, and the table provider
@@ -435,6 +458,10 @@ impl Session {
     }
 
     /// Where executors register, when this session is a cluster's driver.
+    pub fn flight_sql_address(&self) -> Option<std::net::SocketAddr> {
+        self.inner.flight_sql.get().map(|s| s.address)
+    }
+
     pub fn driver_address(&self) -> Option<&str> {
         self.engine().and_then(Engine::driver_address)
     }

@@ -10,6 +10,7 @@ use super::free_port;
 use ember_core::rpc::Security;
 
 mod cache;
+mod flight_sql;
 mod functions;
 mod liveness;
 mod object_store;

@@ -145,7 +145,7 @@ impl DriverClients {
     }
 
     /// The driver's session and the client's context in it (made on first use).
-    fn session(&self, session_id: &str) -> Result<(Session, SessionContext)> {
+    pub(crate) fn session(&self, session_id: &str) -> Result<(Session, SessionContext)> {
         if session_id.is_empty() {
             return Err(EmberError::Config(
                 "a client call needs a session id".into(),
