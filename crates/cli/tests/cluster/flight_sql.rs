@@ -138,7 +138,7 @@ fn adbc_queries_a_cluster_over_flight_sql() {
 
         // A prepared statement with a parameter, run twice with different values.
         assert_eq!(summary["prepared"], 5, "{summary}");
-        assert_eq!(summary["prepared_again"], 5, "{summary}");
+        assert_eq!(summary["prepared_again"], 15, "{summary}");
         // The wrong secret was refused, and the refusal logged.
         let refused = summary["wrong_secret"].as_str().unwrap();
         assert!(refused.contains("secret"), "{summary}");
@@ -173,4 +173,69 @@ fn adbc_queries_a_cluster_over_flight_sql() {
         let sql_page = ui_get(&ui_bind, "/api/v1/sql", secret);
         assert!(sql_page.contains("n_regionkey"), "{sql_page}");
     });
+}
+
+/// Runs `code` with the client's Python and `args`; its stdout, or its stderr as error.
+fn run_client(python: &Path, code: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(python)
+        .args(["-c", code])
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+const TLS_CLIENT: &str = r#"
+import sys
+import adbc_driver_flightsql.dbapi as flight_sql
+uri, secret, ca = sys.argv[1:4]
+options = {"username": "ember", "password": secret}
+if ca:
+    options["adbc.flight.sql.client_option.tls_root_certs"] = open(ca).read()
+with flight_sql.connect(uri, db_kwargs=options, autocommit=True) as conn, conn.cursor() as cur:
+    cur.execute("SELECT count(*) FROM (VALUES (1), (2), (3)) AS t(x)")
+    print(cur.fetchall()[0][0])
+"#;
+
+#[test]
+fn a_tls_driver_serves_flight_sql_over_tls_only() {
+    let python = client_python();
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = super::tls::self_signed_cert(work.path());
+    let secret = "tls flight secret";
+    let secret_file = work.path().join("secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let tls = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--secret-file",
+        secret_file.to_str().unwrap(),
+    ];
+    let (port, flight) = (free_port(), free_port());
+    let log = work.path().join("driver.log");
+    let flight_bind = format!("127.0.0.1:{flight}");
+    let mut args = tls.to_vec();
+    args.extend(["--flight-sql", &flight_bind, "--no-ui"]);
+    let _driver = start_driver(port, &log, &args);
+    wait_for_log(&log, &["Flight SQL at grpc+tls://"], 0, 30);
+    let _executors =
+        start_executors_with(&format!("https://127.0.0.1:{port}"), work.path(), 1, &tls);
+
+    let ca = cert.to_str().unwrap();
+    let tls_uri = format!("grpc+tls://{flight_bind}");
+    let answer = run_client(&python, TLS_CLIENT, &[&tls_uri, secret, ca]);
+    assert_eq!(answer, Ok("3".to_string()));
+    // A plain connection gets nowhere.
+    let plain = run_client(
+        &python,
+        TLS_CLIENT,
+        &[&format!("grpc://{flight_bind}"), secret, ""],
+    );
+    assert!(plain.is_err(), "{plain:?}");
 }

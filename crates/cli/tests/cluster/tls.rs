@@ -3,7 +3,7 @@
 use super::*;
 
 /// A self-signed certificate for 127.0.0.1 and localhost, made by `openssl`.
-fn self_signed_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+pub(super) fn self_signed_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = Command::new("openssl")
         .args([
