@@ -147,6 +147,10 @@ fn adbc_queries_a_cluster_over_flight_sql() {
         let bad = summary["bad_statement"].as_str().unwrap();
         assert!(bad.contains("no_such_table"), "{summary}");
         assert_eq!(summary["after_error"], 42, "{summary}");
+        // A cancelled query stops: the next one gets the slots.
+        let cancelled = summary["cancelled"].as_str().unwrap();
+        assert!(cancelled.to_lowercase().contains("cancel"), "{summary}");
+        assert_eq!(summary["after_cancel"], 5, "{summary}");
         // The catalog lists the tables the client created, with their columns.
         let tables = summary["tables"].as_array().unwrap();
         let lineitem = tables

@@ -11,6 +11,8 @@ import glob
 import json
 import os
 import sys
+import threading
+import time
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import pyarrow as pa
@@ -63,6 +65,39 @@ with connect(secret) as conn:
             summary["bad_statement"] = str(e)
         cur.execute("SELECT 40 + 2 AS answer")
         summary["after_error"] = cur.fetchall()[0][0]
+
+    # A query that would run for hours, cancelled: its tasks stop, and the next query
+    # gets the executors' slots.
+    with conn.cursor() as slow:
+        outcome = {}
+
+        def run_slow():
+            try:
+                slow.execute(
+                    "SELECT count(*) FROM lineitem a JOIN lineitem b "
+                    "ON a.l_suppkey = b.l_suppkey"
+                )
+                slow.fetchall()
+                outcome["slow"] = "finished"
+            except Exception as e:  # noqa: BLE001
+                outcome["slow"] = str(e)
+
+        thread = threading.Thread(target=run_slow)
+        thread.start()
+        time.sleep(3)
+        slow.adbc_cancel()
+        thread.join(timeout=60)
+        summary["cancelled"] = outcome.get("slow", "still running")
+
+    def after_cancel():
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM region")
+            outcome["after_cancel"] = cur.fetchall()[0][0]
+
+    thread = threading.Thread(target=after_cancel)
+    thread.start()
+    thread.join(timeout=60)
+    summary["after_cancel"] = outcome.get("after_cancel", "stuck")
 
     objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
     tables = []
