@@ -19,6 +19,43 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A Python with `packages` (pinned, from the Python package index): a virtualenv
+/// `~/.cache/ember/<name>`, made with `python3 -m venv` and pip when `imports` fail in
+/// it. `.ci/run` installs python3 and its venv module.
+fn python_venv(name: &str, packages: &[&str], imports: &str) -> std::path::PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap();
+    let venv = home.join(".cache/ember").join(name);
+    let python = venv.join("bin/python3");
+    let ready = Command::new(&python)
+        .args(["-c", imports])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs (.ci/run installs python3 and python3-venv)");
+        assert!(made.success(), "python3 -m venv {}", venv.display());
+        let installed = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages)
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install {packages:?}");
+    }
+    python
+}
+
 fn ember(args: &[&str]) -> Output {
     run_ember(args, None)
 }

@@ -597,3 +597,50 @@ fn an_unreachable_broker_is_an_error_not_a_hang() {
         started.elapsed()
     );
 }
+
+/// kafka-python, a pure-Python client: ListOffsets with the max-timestamp sentinel
+/// finds the record with the largest timestamp, and two members of a group polled in
+/// turn from one thread keep one generation (a member rejoining with unchanged
+/// metadata gets the current one back) and commit without a rebalance error.
+#[test]
+fn kafka_python_lists_max_timestamp_offsets_and_keeps_a_stable_group() {
+    let python = crate::python_venv(
+        "kafka-python-venv-3.0.12",
+        &["kafka-python==3.0.12"],
+        "import kafka",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(
+        &dir.path().join("data"),
+        free_port(),
+        &["--default-partitions", "4"],
+    );
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/broker/kafka_python_client.py"
+        ))
+        .arg(bootstrap(&broker))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kafka-python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["max_timestamp"], summary["expected"], "{summary}");
+    assert_eq!(
+        summary["commit_failures"],
+        serde_json::json!([]),
+        "{summary}"
+    );
+    let generations = summary["generations"].as_array().unwrap();
+    assert_eq!(generations.len(), 1, "{summary}");
+    assert_ne!(generations[0], "None", "{summary}");
+    assert_eq!(
+        summary["partitions"],
+        serde_json::json!([2, 2]),
+        "{summary}"
+    );
+}

@@ -6,46 +6,17 @@ use std::path::PathBuf;
 use super::*;
 use ember_driver::{answers, tpch};
 
-/// The pinned client: ADBC's Flight SQL driver and pyarrow.
-const CLIENT_PACKAGES: [&str; 3] = [
-    "adbc-driver-flightsql==1.13.0",
-    "adbc-driver-manager==1.13.0",
-    "pyarrow==26.0.1",
-];
-
-/// A Python with the client installed: a virtualenv under `~/.cache/ember`, made (with
-/// `python3 -m venv` and pip) when it is missing.
+/// A Python with the pinned client, ADBC's Flight SQL driver with pyarrow.
 fn client_python() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap();
-    let venv = home.join(".cache/ember/flight-sql-venv-1.13.0");
-    let python = venv.join("bin/python3");
-    let ready = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import adbc_driver_flightsql.dbapi, pyarrow"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready(&python) {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs (.ci/run installs python3 and python3-venv)");
-        assert!(made.success(), "python3 -m venv {}", venv.display());
-        let installed = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(CLIENT_PACKAGES)
-            .status()
-            .unwrap();
-        assert!(installed.success(), "pip install {CLIENT_PACKAGES:?}");
-    }
-    python
+    crate::python_venv(
+        "flight-sql-venv-1.13.0",
+        &[
+            "adbc-driver-flightsql==1.13.0",
+            "adbc-driver-manager==1.13.0",
+            "pyarrow==26.0.1",
+        ],
+        "import adbc_driver_flightsql.dbapi, pyarrow",
+    )
 }
 
 /// `GET path` of the UI at `addr` with the secret (HTTP basic auth), its body.
