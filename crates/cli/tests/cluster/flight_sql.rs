@@ -167,8 +167,11 @@ fn run_client(python: &Path, code: &str, args: &[&str]) -> Result<String, String
 const TLS_CLIENT: &str = r#"
 import sys
 import adbc_driver_flightsql.dbapi as flight_sql
-uri, secret, ca = sys.argv[1:4]
-options = {"username": "ember", "password": secret}
+uri, secret, ca, auth = sys.argv[1:5]
+if auth == "bearer":
+    options = {"adbc.flight.sql.authorization_header": "Bearer " + secret}
+else:
+    options = {"username": "ember", "password": secret}
 if ca:
     options["adbc.flight.sql.client_option.tls_root_certs"] = open(ca).read()
 with flight_sql.connect(uri, db_kwargs=options, autocommit=True) as conn, conn.cursor() as cur:
@@ -204,13 +207,18 @@ fn a_tls_driver_serves_flight_sql_over_tls_only() {
 
     let ca = cert.to_str().unwrap();
     let tls_uri = format!("grpc+tls://{flight_bind}");
-    let answer = run_client(&python, TLS_CLIENT, &[&tls_uri, secret, ca]);
+    let answer = run_client(&python, TLS_CLIENT, &[&tls_uri, secret, ca, "basic"]);
     assert_eq!(answer, Ok("3".to_string()));
-    // A plain connection gets nowhere.
-    let plain = run_client(
-        &python,
-        TLS_CLIENT,
-        &[&format!("grpc://{flight_bind}"), secret, ""],
+    // The secret itself as a bearer token will do too; another token will not.
+    let answer = run_client(&python, TLS_CLIENT, &[&tls_uri, secret, ca, "bearer"]);
+    assert_eq!(answer, Ok("3".to_string()));
+    let wrong = run_client(&python, TLS_CLIENT, &[&tls_uri, "guess", ca, "bearer"]);
+    assert!(
+        wrong.as_ref().is_err_and(|e| e.contains("secret")),
+        "{wrong:?}"
     );
+    // A plain connection gets nowhere.
+    let plain_uri = format!("grpc://{flight_bind}");
+    let plain = run_client(&python, TLS_CLIENT, &[&plain_uri, secret, "", "basic"]);
     assert!(plain.is_err(), "{plain:?}");
 }
