@@ -3,7 +3,9 @@
 //! (a runtime filter).
 //!
 //! A summary holds every distinct non-null value while there are at most
-//! [`MAX_DISTINCT_VALUES`], and only the smallest and largest past that. Merging the
+//! [`MAX_DISTINCT_VALUES`]; past that, the 64-bit hashes ([`hash_keys`]) of every
+//! distinct value while there are at most [`MAX_HASHED_VALUES`], from which the driver
+//! makes a [`BloomFilter`]; and always the smallest and largest value. Merging the
 //! summaries of every map task of a stage gives the same kind of summary of the stage.
 
 use std::collections::HashSet;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
 use datafusion::scalar::ScalarValue;
@@ -19,8 +22,12 @@ use datafusion::scalar::ScalarValue;
 use crate::convert::{ipc_stream, read_ipc_stream};
 use crate::error::{EmberError, Result};
 
-/// The most distinct values a summary lists before it keeps only the bounds.
+/// The most distinct values a summary lists before it keeps their hashes.
 pub const MAX_DISTINCT_VALUES: usize = 4096;
+
+/// The most distinct hashes a summary keeps before it keeps only the bounds: a bloom
+/// filter of this many keys takes 1.25 MiB.
+pub const MAX_HASHED_VALUES: usize = 1 << 20;
 
 /// The values one map task saw in column `column` of its output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +40,11 @@ pub struct KeySummary {
     /// An Arrow IPC stream of one single-column batch; empty when no non-null value
     /// was seen.
     pub values: Vec<u8>,
+    /// The [`hash_keys`] of every distinct non-null value, as little-endian u64s, when
+    /// `values` is not complete and there are at most [`MAX_HASHED_VALUES`]; else empty
+    /// (and `hashed` false).
+    pub hashes: Vec<u8>,
+    pub hashed: bool,
 }
 
 /// The values of one column, gathered batch by batch or merged from summaries.
@@ -41,6 +53,8 @@ pub struct KeyValues {
     data_type: DataType,
     /// `None` once more than [`MAX_DISTINCT_VALUES`] were seen.
     distinct: Option<HashSet<ScalarValue>>,
+    /// `None` once more than [`MAX_HASHED_VALUES`] were seen.
+    hashes: Option<HashSet<u64>>,
     min: MinAccumulator,
     max: MaxAccumulator,
 }
@@ -50,6 +64,7 @@ impl KeyValues {
         Ok(KeyValues {
             data_type: data_type.clone(),
             distinct: Some(HashSet::new()),
+            hashes: Some(HashSet::new()),
             min: MinAccumulator::try_new(data_type)?,
             max: MaxAccumulator::try_new(data_type)?,
         })
@@ -66,6 +81,12 @@ impl KeyValues {
         }
         self.min.update_batch(std::slice::from_ref(array))?;
         self.max.update_batch(std::slice::from_ref(array))?;
+        if let Some(hashes) = &mut self.hashes {
+            hashes.extend(hash_keys(array)?.into_iter().flatten());
+            if hashes.len() > MAX_HASHED_VALUES {
+                self.hashes = None;
+            }
+        }
         if let Some(set) = &mut self.distinct {
             for i in 0..array.len() {
                 if array.is_valid(i) {
@@ -103,7 +124,32 @@ impl KeyValues {
             }
             _ => None,
         };
+        // A complete list's hashes came with its values; otherwise the task's own.
+        if !summary.complete {
+            match (&mut self.hashes, summary.hashed) {
+                (Some(hashes), true) => {
+                    hashes.extend(
+                        summary
+                            .hashes
+                            .chunks_exact(8)
+                            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                    );
+                    if hashes.len() > MAX_HASHED_VALUES {
+                        self.hashes = None;
+                    }
+                }
+                _ => self.hashes = None,
+            }
+        }
         Ok(())
+    }
+
+    /// A bloom filter of every distinct value's hash, when there are at most
+    /// [`MAX_HASHED_VALUES`].
+    pub fn bloom_filter(&self) -> Option<BloomFilter> {
+        self.hashes
+            .as_ref()
+            .map(|h| BloomFilter::of(h.iter().copied(), h.len()))
     }
 
     /// Every distinct non-null value, sorted, when there are at most
@@ -133,11 +179,19 @@ impl KeyValues {
                 None => (true, vec![]),
             },
         };
+        let hashes = match (&self.hashes, complete) {
+            (Some(h), false) => Some(h.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            _ => None,
+        };
+        let hashed = hashes.is_some();
+        let hashes = hashes.unwrap_or_default();
         if values.is_empty() {
             return Ok(KeySummary {
                 column,
                 complete,
                 values: Vec::new(),
+                hashes,
+                hashed,
             });
         }
         let array = ScalarValue::iter_to_array(values)?;
@@ -151,7 +205,98 @@ impl KeyValues {
             column,
             complete,
             values: ipc_stream(&schema, &[batch])?,
+            hashes,
+            hashed,
         })
+    }
+}
+
+/// A 64-bit hash of each value of `array` (`None` for nulls), the same in every
+/// process: FNV-1a over the value's row encoding, then a murmur3 finalizer.
+pub fn hash_keys(array: &ArrayRef) -> Result<Vec<Option<u64>>> {
+    let converter = RowConverter::new(vec![SortField::new(array.data_type().clone())])?;
+    let rows = converter.convert_columns(std::slice::from_ref(array))?;
+    Ok((0..array.len())
+        .map(|i| {
+            array.is_valid(i).then(|| {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in rows.row(i).as_ref() {
+                    h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+                }
+                h ^= h >> 33;
+                h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+                h ^= h >> 33;
+                h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+                h ^ (h >> 33)
+            })
+        })
+        .collect())
+}
+
+/// A bloom filter of key hashes: about ten bits a key and three probes, about 2 %
+/// false positives and no false negatives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BloomFilter {
+    bits: Vec<u64>,
+}
+
+impl BloomFilter {
+    const PROBES: u64 = 3;
+
+    /// The filter of `hashes`, `n` of them.
+    pub fn of(hashes: impl Iterator<Item = u64>, n: usize) -> Self {
+        let words = (n * 10).div_ceil(64).next_power_of_two().max(1);
+        let mut filter = BloomFilter {
+            bits: vec![0; words],
+        };
+        for h in hashes {
+            for bit in filter.probes(h) {
+                filter.bits[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+        filter
+    }
+
+    fn probes(&self, h: u64) -> [usize; Self::PROBES as usize] {
+        let mask = (self.bits.len() * 64 - 1) as u64;
+        let (h1, h2) = (h & 0xffff_ffff, (h >> 32) | 1);
+        std::array::from_fn(|i| (h1.wrapping_add((i as u64).wrapping_mul(h2)) & mask) as usize)
+    }
+
+    /// False when no key had hash `h`; true when one may have.
+    pub fn may_contain(&self, h: u64) -> bool {
+        self.probes(h)
+            .iter()
+            .all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.bits.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// The filter [`to_bytes`](Self::to_bytes) wrote: a power-of-two count of words.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let words = bytes.len() / 8;
+        if !bytes.len().is_multiple_of(8) || !words.is_power_of_two() {
+            return Err(EmberError::Decode {
+                what: "bloom filter",
+                message: format!(
+                    "{} bytes is not a power-of-two count of 8-byte words",
+                    bytes.len()
+                ),
+            });
+        }
+        Ok(BloomFilter {
+            bits: bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        })
+    }
+
+    /// Bytes it takes in a plan.
+    pub fn len_bytes(&self) -> usize {
+        self.bits.len() * 8
     }
 }
 
@@ -189,6 +334,33 @@ mod tests {
                 ScalarValue::Int64(Some(MAX_DISTINCT_VALUES as i64 + 9))
             ))
         );
+    }
+
+    #[test]
+    fn past_the_listed_values_a_bloom_filter_holds_every_key() {
+        let many: Vec<Option<i64>> = (0..20_000).map(|i| Some(i * 3)).collect();
+        let mut a = KeyValues::try_new(&DataType::Int64).unwrap();
+        a.update(&ints(&many[..10_000])).unwrap();
+        let mut b = KeyValues::try_new(&DataType::Int64).unwrap();
+        b.update(&ints(&many[10_000..])).unwrap();
+        let mut merged = KeyValues::try_new(&DataType::Int64).unwrap();
+        for s in [a.summary(0).unwrap(), b.summary(0).unwrap()] {
+            assert!(!s.complete && s.hashed);
+            merged.merge(&s, "task").unwrap();
+        }
+        let bloom = merged.bloom_filter().unwrap();
+        let present = hash_keys(&ints(&many)).unwrap();
+        assert!(present.iter().all(|h| bloom.may_contain(h.unwrap())));
+        let absent: Vec<Option<i64>> = (0..20_000).map(|i| Some(i * 3 + 1)).collect();
+        let false_positives = hash_keys(&ints(&absent))
+            .unwrap()
+            .iter()
+            .filter(|h| bloom.may_contain(h.unwrap()))
+            .count();
+        assert!(false_positives < 1_000, "{false_positives} of 20000");
+        let back = BloomFilter::from_bytes(&bloom.to_bytes()).unwrap();
+        assert_eq!(back, bloom);
+        assert!(BloomFilter::from_bytes(&[0; 24]).is_err());
     }
 
     #[test]

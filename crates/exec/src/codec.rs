@@ -27,11 +27,13 @@ use prost::Message;
 pub use ember_core::codec::{decode_plan, encode_plan};
 
 use crate::batch_fn::{BatchFnRegistry, MapBatchesExec};
+use crate::key_filter::KeyFilterExpr;
 use crate::proto::{self, extension_node::Node};
 use crate::shuffle::{
     MapOutputKey, PartitionLocation, PartitionStats, ShuffleData, ShuffleReaderExec,
     ShuffleWriterExec, UnresolvedShuffleExec,
 };
+use ember_core::keys::BloomFilter;
 
 /// Encodes and decodes ember's extension nodes. Holds the batch-function registry so a
 /// decoded `MapBatchesExec` gets the executor's own function.
@@ -362,7 +364,46 @@ fn location_from_proto(l: &proto::ShuffleLocation) -> DFResult<PartitionLocation
     })
 }
 
+/// The tag of a [`KeyFilterExpr`] among the extension expressions.
+const KEY_FILTER_TAG: &[u8] = b"ember.key_filter.1:";
+
 impl PhysicalExtensionCodec for EmberCodec {
+    fn try_encode_expr(
+        &self,
+        node: &Arc<dyn PhysicalExpr>,
+        buf: &mut Vec<u8>,
+        _ctx: &datafusion::physical_expr_common::physical_expr::proto_encode::PhysicalExprEncodeCtx<
+            '_,
+        >,
+    ) -> DFResult<()> {
+        let Some(filter) = node.downcast_ref::<KeyFilterExpr>() else {
+            return Err(DataFusionError::Internal(format!(
+                "ember codec: no encoding of expression {node}"
+            )));
+        };
+        buf.extend_from_slice(KEY_FILTER_TAG);
+        buf.extend_from_slice(&filter.filter().to_bytes());
+        Ok(())
+    }
+
+    fn try_decode_expr(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn PhysicalExpr>],
+        _ctx: &datafusion::physical_expr_common::physical_expr::proto_decode::PhysicalExprDecodeCtx<
+            '_,
+        >,
+    ) -> DFResult<Arc<dyn PhysicalExpr>> {
+        let (Some(bits), [key]) = (buf.strip_prefix(KEY_FILTER_TAG), inputs) else {
+            return Err(decode_err(
+                "extension expression",
+                format!("not a key filter of one input ({} inputs)", inputs.len()),
+            ));
+        };
+        let filter = BloomFilter::from_bytes(bits).map_err(|e| decode_err("key filter", e))?;
+        Ok(Arc::new(KeyFilterExpr::new(key.clone(), filter)))
+    }
+
     fn try_decode(
         &self,
         buf: &[u8],

@@ -25,6 +25,7 @@ pub mod batch_fn;
 pub mod cancel;
 pub mod codec;
 pub mod kafka_scan;
+pub mod key_filter;
 pub mod memory;
 pub mod shuffle;
 pub mod stateful;

@@ -82,6 +82,8 @@ fn map_output(m: proto::MapOutput) -> Result<MapOutput> {
                 column: k.column as usize,
                 complete: k.complete,
                 values: k.values,
+                hashes: k.hashes,
+                hashed: k.hashed,
             })
             .collect(),
     })

@@ -65,6 +65,8 @@ fn map_output(m: &MapOutput) -> proto::MapOutput {
                 column: k.column as u32,
                 complete: k.complete,
                 values: k.values.clone(),
+                hashes: k.hashes.clone(),
+                hashed: k.hashed,
             })
             .collect(),
     }

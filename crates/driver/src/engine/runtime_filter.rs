@@ -19,9 +19,10 @@
 //! summarizes the column ([`KeyValues`]); the probe scan's stage waits for it.
 //!
 //! When the scan's stage starts, [`apply`] turns the merged summary into a predicate
-//! (`k IN (...)` when the build side has at most a few thousand distinct keys, else
-//! `k BETWEEN min AND max`; `false` when it has none) in a `FilterExec` over the scan,
-//! pushed into the Parquet source's row-group and page pruning.
+//! in a `FilterExec` over the scan, pushed into the Parquet source's row-group and page
+//! pruning: `k BETWEEN min AND max`, and `k IN (...)` when the build side has at most a
+//! few thousand distinct keys, else a bloom filter of them ([`KeyFilterExpr`]) up to a
+//! million; `false` when it has none.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -48,6 +49,7 @@ use datafusion::physical_plan::union::UnionExec;
 use ember_core::keys::KeyValues;
 use ember_core::shuffle::MapOutput;
 use ember_core::{EmberError, Result};
+use ember_exec::key_filter::KeyFilterExpr;
 use ember_exec::shuffle::{ShuffleWriterExec, UnresolvedShuffleExec};
 
 use super::planner::StageGraph;
@@ -427,13 +429,20 @@ fn predicate(
         Operator::And,
         compare(Operator::LtEq, max),
     ));
-    if let Some(distinct) = values.distinct()
-        && distinct.len() > 2
-    {
-        let list = distinct.into_iter().map(lit).collect();
-        let listed = in_list(column.clone(), list, &false, &schema)
-            .map_err(|e| EmberError::Internal(format!("runtime filter on {}: {e}", f.name)))?;
-        predicate = Arc::new(BinaryExpr::new(predicate, Operator::And, listed));
+    let members: Option<Arc<dyn PhysicalExpr>> = match values.distinct() {
+        Some(distinct) if distinct.len() > 2 => {
+            let list = distinct.into_iter().map(lit).collect();
+            let listed = in_list(column.clone(), list, &false, &schema)
+                .map_err(|e| EmberError::Internal(format!("runtime filter on {}: {e}", f.name)))?;
+            Some(listed)
+        }
+        Some(_) => None,
+        None => values
+            .bloom_filter()
+            .map(|b| Arc::new(KeyFilterExpr::new(column.clone(), b)) as Arc<dyn PhysicalExpr>),
+    };
+    if let Some(members) = members {
+        predicate = Arc::new(BinaryExpr::new(predicate, Operator::And, members));
     }
     Ok(Some(predicate))
 }

@@ -34,13 +34,20 @@ async fn write_tables(dir: &Path) {
          TO '{}/dim/' STORED AS PARQUET",
         dir.display()
     );
-    for sql in [fact, dim] {
+    // More keys than a runtime filter lists: a bloom filter of them.
+    let big = format!(
+        "COPY (SELECT CAST(value * 3 AS INT) AS k_int, value AS b
+              FROM generate_series(0, 20000))
+         TO '{}/big/' STORED AS PARQUET",
+        dir.display()
+    );
+    for sql in [fact, dim, big] {
         ctx.sql(&sql).await.unwrap().collect().await.unwrap();
     }
 }
 
 async fn register(ctx: &SessionContext, dir: &Path) {
-    for t in ["fact", "dim"] {
+    for t in ["fact", "dim", "big"] {
         let sql = format!(
             "CREATE EXTERNAL TABLE {t} STORED AS PARQUET LOCATION '{}/{t}/'",
             dir.display()
@@ -67,6 +74,10 @@ const QUERIES: &[&str] = &[
     "SELECT a.k_int, a.s FROM (SELECT k_int, sum(v) AS s FROM fact GROUP BY k_int) a JOIN dim d ON a.k_int = d.k_int WHERE d.flag ORDER BY a.k_int",
     "SELECT count(*) FROM (SELECT k_int FROM fact UNION ALL SELECT k_int FROM fact WHERE v = 1) u JOIN dim d ON u.k_int = d.k_int WHERE d.flag",
     "SELECT d.k_int, count(*) FROM fact f JOIN dim d ON f.k_int = d.k_int WHERE d.flag GROUP BY d.k_int ORDER BY 2 DESC, 1 LIMIT 5",
+    "SELECT count(*), sum(f.v) FROM fact f JOIN big b ON f.k_int = b.k_int",
+    "SELECT count(*), count(b.b) FROM fact f LEFT JOIN big b ON f.k_int = b.k_int",
+    "SELECT count(*) FROM fact WHERE k_int IN (SELECT k_int FROM big WHERE b % 2 = 1)",
+    "SELECT count(*) FROM fact WHERE k_int NOT IN (SELECT k_int FROM big)",
 ];
 
 /// Joins as `Partitioned` (both sides shuffled): the build side is a stage of its own.
@@ -118,35 +129,37 @@ async fn runtime_filters_never_change_an_answer() {
 async fn a_selective_build_side_cuts_what_the_probe_side_shuffles() {
     let dir = tempfile::tempdir().unwrap();
     write_tables(dir.path()).await;
-    let sql = QUERIES[0];
-    let mut shuffled = Vec::new();
-    for filters in [true, false] {
-        // Map outputs in files: their bytes follow their rows.
-        let ember = Session::builder()
-            .master("local[2]")
-            .config("datafusion.execution.target_partitions", "2")
-            .config("ember.runtime_filter.enabled", filters.to_string())
-            .config("ember.shuffle.memory_budget", "0")
-            .config(PARTITIONED.0, PARTITIONED.1)
-            .config(PARTITIONED_ROWS.0, PARTITIONED_ROWS.1)
-            .build()
-            .unwrap();
-        register(ember.context(), dir.path()).await;
-        let df = ember.sql(sql).await.unwrap();
-        let stages = ember.explain_stages(df.logical_plan()).await.unwrap();
-        assert_eq!(
-            stages.contains("runtime filter: k_int in keys k_int of stage"),
-            filters,
-            "{stages}"
+    // A listed build side (a tenth of dim's keys), and a bloom filter's (a third of
+    // fact's keys are multiples of 3).
+    for (sql, most) in [(QUERIES[0], 0.25), (QUERIES[17], 0.8)] {
+        let mut shuffled = Vec::new();
+        for filters in [true, false] {
+            // Map outputs in files: their bytes follow their rows.
+            let ember = Session::builder()
+                .master("local[2]")
+                .config("datafusion.execution.target_partitions", "2")
+                .config("ember.runtime_filter.enabled", filters.to_string())
+                .config("ember.shuffle.memory_budget", "0")
+                .config(PARTITIONED.0, PARTITIONED.1)
+                .config(PARTITIONED_ROWS.0, PARTITIONED_ROWS.1)
+                .build()
+                .unwrap();
+            register(ember.context(), dir.path()).await;
+            let df = ember.sql(sql).await.unwrap();
+            let stages = ember.explain_stages(df.logical_plan()).await.unwrap();
+            assert_eq!(
+                stages.contains("runtime filter: k_int in keys k_int of stage"),
+                filters,
+                "{stages}"
+            );
+            df.collect().await.unwrap();
+            shuffled.push(ember.shuffle_bytes() as f64);
+        }
+        assert!(
+            shuffled[0] < shuffled[1] * most,
+            "{sql}: shuffled with filters {} bytes, without {}",
+            shuffled[0],
+            shuffled[1]
         );
-        df.collect().await.unwrap();
-        shuffled.push(ember.shuffle_bytes());
     }
-    // A tenth of dim's keys pass: the fact stage shuffles about a tenth of its rows.
-    assert!(
-        shuffled[0] * 4 < shuffled[1],
-        "shuffled with filters {} bytes, without {}",
-        shuffled[0],
-        shuffled[1]
-    );
 }
