@@ -81,21 +81,37 @@ impl KeyValues {
         }
         self.min.update_batch(std::slice::from_ref(array))?;
         self.max.update_batch(std::slice::from_ref(array))?;
+        let Some(set) = &mut self.distinct else {
+            return self.add_hashes(array);
+        };
+        for i in 0..array.len() {
+            if array.is_valid(i) {
+                set.insert(ScalarValue::try_from_array(array, i)?);
+                if set.len() > MAX_DISTINCT_VALUES {
+                    self.stop_listing()?;
+                    return self.add_hashes(array);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Past [`MAX_DISTINCT_VALUES`]: the listed values go on as hashes only (hashing
+    /// starts here, so that a column of few keys is never hashed).
+    fn stop_listing(&mut self) -> Result<()> {
+        if let Some(set) = self.distinct.take()
+            && !set.is_empty()
+        {
+            self.add_hashes(&ScalarValue::iter_to_array(set)?)?;
+        }
+        Ok(())
+    }
+
+    fn add_hashes(&mut self, array: &ArrayRef) -> Result<()> {
         if let Some(hashes) = &mut self.hashes {
             hashes.extend(hash_keys(array)?.into_iter().flatten());
             if hashes.len() > MAX_HASHED_VALUES {
                 self.hashes = None;
-            }
-        }
-        if let Some(set) = &mut self.distinct {
-            for i in 0..array.len() {
-                if array.is_valid(i) {
-                    set.insert(ScalarValue::try_from_array(array, i)?);
-                    if set.len() > MAX_DISTINCT_VALUES {
-                        self.distinct = None;
-                        break;
-                    }
-                }
             }
         }
         Ok(())
@@ -108,38 +124,32 @@ impl KeyValues {
         }
         let (_, batches) = read_ipc_stream(&summary.values, "key summary")
             .map_err(|e| EmberError::Internal(format!("{what}: {e}")))?;
-        // Gather this summary's values in a set of their own, then join the two lists
-        // when both are whole.
-        let before = self.distinct.replace(HashSet::new());
-        for batch in &batches {
-            if let Some(column) = batch.columns().first() {
+        let columns = batches.iter().filter_map(|b| b.columns().first());
+        if summary.complete {
+            for column in columns {
                 self.update(column)?;
             }
+            return Ok(());
         }
-        let now = self.distinct.take();
-        self.distinct = match (before, now) {
-            (Some(mut before), Some(now)) if summary.complete => {
-                before.extend(now);
-                (before.len() <= MAX_DISTINCT_VALUES).then_some(before)
-            }
-            _ => None,
-        };
-        // A complete list's hashes came with its values; otherwise the task's own.
-        if !summary.complete {
-            match (&mut self.hashes, summary.hashed) {
-                (Some(hashes), true) => {
-                    hashes.extend(
-                        summary
-                            .hashes
-                            .chunks_exact(8)
-                            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-                    );
-                    if hashes.len() > MAX_HASHED_VALUES {
-                        self.hashes = None;
-                    }
+        // The task's bounds, and its hashes when it kept them.
+        for column in columns {
+            self.min.update_batch(std::slice::from_ref(column))?;
+            self.max.update_batch(std::slice::from_ref(column))?;
+        }
+        self.stop_listing()?;
+        match (&mut self.hashes, summary.hashed) {
+            (Some(hashes), true) => {
+                hashes.extend(
+                    summary
+                        .hashes
+                        .chunks_exact(8)
+                        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                );
+                if hashes.len() > MAX_HASHED_VALUES {
+                    self.hashes = None;
                 }
-                _ => self.hashes = None,
             }
+            _ => self.hashes = None,
         }
         Ok(())
     }
@@ -212,24 +222,33 @@ impl KeyValues {
 }
 
 /// A 64-bit hash of each value of `array` (`None` for nulls), the same in every
-/// process: FNV-1a over the value's row encoding, then a murmur3 finalizer.
+/// process: FNV-1a over the value's bytes (fixed-width types) or its Arrow row
+/// encoding, then a murmur3 finalizer.
 pub fn hash_keys(array: &ArrayRef) -> Result<Vec<Option<u64>>> {
+    fn hash(bytes: &[u8]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+    let valid = |i: usize| array.is_valid(i);
+    // Fixed-width values hash their own bytes; the rest their row encoding.
+    if let Some(width) = array.data_type().primitive_width() {
+        let data = array.to_data();
+        let values = &data.buffers()[0].as_slice()[data.offset() * width..];
+        return Ok((0..array.len())
+            .map(|i| valid(i).then(|| hash(&values[i * width..(i + 1) * width])))
+            .collect());
+    }
     let converter = RowConverter::new(vec![SortField::new(array.data_type().clone())])?;
     let rows = converter.convert_columns(std::slice::from_ref(array))?;
     Ok((0..array.len())
-        .map(|i| {
-            array.is_valid(i).then(|| {
-                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-                for b in rows.row(i).as_ref() {
-                    h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-                }
-                h ^= h >> 33;
-                h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-                h ^= h >> 33;
-                h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-                h ^ (h >> 33)
-            })
-        })
+        .map(|i| valid(i).then(|| hash(rows.row(i).as_ref())))
         .collect())
 }
 

@@ -24,13 +24,13 @@
 //! few thousand distinct keys, else a bloom filter of them ([`KeyFilterExpr`]) up to a
 //! million; `false` when it has none.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
 use datafusion::common::NullEquality;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
@@ -68,6 +68,10 @@ pub(crate) struct RuntimeFilter {
     pub name: String,
     /// The build key's name, for `explain`.
     pub source_name: String,
+    /// The stage of the join: a scan there is probed by the join itself right after,
+    /// so a bloom filter would only repeat its work (bounds and a list may still prune
+    /// Parquet row groups).
+    join_stage: usize,
 }
 
 /// One line per runtime filter of stage `stage`, as `explain` and the UI show them.
@@ -111,6 +115,38 @@ pub(crate) fn plan(graph: &mut StageGraph) -> Result<()> {
     for stage in graph.stages.values() {
         joins_of(graph, stage.id, &stage.plan, &mut filters);
     }
+    // Only a build stage that drops rows can hold fewer keys than its probe side: a
+    // whole table's keys filter nothing, and waiting for them costs the probe scan its
+    // head start. A stage drops rows when it filters them, when it joins a stage that
+    // dropped rows, or when runtime filters apply to it (found in turn).
+    let mut reducing: HashSet<usize> = graph
+        .stages
+        .values()
+        .filter(|s| has::<FilterExec>(&s.plan))
+        .map(|s| s.id)
+        .collect();
+    loop {
+        let by_filters = filters
+            .iter()
+            .filter(|f| reducing.contains(&f.source))
+            .map(|f| f.target);
+        let by_joins = graph
+            .stages
+            .values()
+            .filter(|s| {
+                has::<HashJoinExec>(&s.plan) && s.parents.iter().any(|p| reducing.contains(p))
+            })
+            .map(|s| s.id);
+        let more: Vec<usize> = by_filters
+            .chain(by_joins)
+            .filter(|s| !reducing.contains(s))
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        reducing.extend(more);
+    }
+    filters.retain(|f| reducing.contains(&f.source));
     let mut summarize: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for f in filters {
         if f.target != f.source
@@ -162,6 +198,15 @@ pub(crate) fn probe_leaves_stage(join: &Arc<dyn ExecutionPlan>) -> bool {
         origins_of(j.right(), r.index(), 0, &mut origins);
         origins.iter().any(|o| matches!(o, Origin::Stage { .. }))
     })
+}
+
+/// True when `plan` (a stage's, up to its shuffle reads) has a `T`.
+fn has<T: ExecutionPlan + 'static>(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.is::<T>()
+        || plan
+            .children()
+            .into_iter()
+            .any(|c| !c.is::<UnresolvedShuffleExec>() && has::<T>(c))
 }
 
 /// True when dropping probe rows that match no build row leaves the join's answer as
@@ -219,6 +264,7 @@ fn joins_of(
                     column,
                     name,
                     source_name: l.name().to_string(),
+                    join_stage: stage,
                 });
             }
         }
@@ -368,7 +414,28 @@ pub(crate) fn apply(
     if by_scan.is_empty() {
         return Ok(plan);
     }
+    // Scans right under a filter of their own (that keeps every column): the runtime
+    // filter goes above it, so that its cheaper predicate drops rows first.
+    let mut under_filter = HashSet::new();
+    plan.apply(|node| {
+        if let Some(f) = node.downcast_ref::<FilterExec>()
+            && f.projection().is_none()
+            && by_scan.contains_key(&address(f.input()))
+        {
+            under_filter.insert(address(f.input()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    // Pruned scans (by their new address) whose rows their parent filter filters.
+    let mut pending: HashMap<usize, Arc<dyn PhysicalExpr>> = HashMap::new();
     let rewritten = plan.transform_up(|node| {
+        if let Some(f) = node.downcast_ref::<FilterExec>()
+            && let Some(predicate) = pending.remove(&address(f.input()))
+        {
+            return Ok(Transformed::yes(Arc::new(FilterExec::try_new(
+                predicate, node,
+            )?)));
+        }
         let Some(filters) = by_scan.get(&address(&node)) else {
             return Ok(Transformed::no(node));
         };
@@ -384,10 +451,19 @@ pub(crate) fn apply(
         else {
             return Ok(Transformed::no(node));
         };
-        let filtered = Arc::new(FilterExec::try_new(predicate, node)?);
+        let below = !under_filter.contains(&address(&node));
+        let filtered = Arc::new(FilterExec::try_new(predicate.clone(), node)?);
         // Into the scan too: Parquet skips the row groups and pages it rules out.
         let pushed = FilterPushdown::new().optimize(filtered, &ConfigOptions::default())?;
-        Ok(Transformed::yes(pushed))
+        if below {
+            return Ok(Transformed::yes(pushed));
+        }
+        let scan = match pushed.downcast_ref::<FilterExec>() {
+            Some(f) => f.input().clone(),
+            None => pushed,
+        };
+        pending.insert(address(&scan), predicate);
+        Ok(Transformed::yes(scan))
     })?;
     Ok(rewritten.data)
 }
@@ -402,6 +478,10 @@ fn predicate(
     let Some(field) = schema.fields().get(f.column) else {
         return Ok(None);
     };
+    if field.data_type().is_floating() {
+        // -0.0 and 0.0, and NaNs: equality that bytes and bounds do not follow.
+        return Ok(None);
+    }
     let mut values = KeyValues::try_new(field.data_type())?;
     for (m, output) in outputs.iter().enumerate() {
         let Some(summary) = output
@@ -437,6 +517,7 @@ fn predicate(
             Some(listed)
         }
         Some(_) => None,
+        None if f.target == f.join_stage => None,
         None => values
             .bloom_filter()
             .map(|b| Arc::new(KeyFilterExpr::new(column.clone(), b)) as Arc<dyn PhysicalExpr>),

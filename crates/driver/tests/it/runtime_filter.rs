@@ -74,7 +74,7 @@ const QUERIES: &[&str] = &[
     "SELECT a.k_int, a.s FROM (SELECT k_int, sum(v) AS s FROM fact GROUP BY k_int) a JOIN dim d ON a.k_int = d.k_int WHERE d.flag ORDER BY a.k_int",
     "SELECT count(*) FROM (SELECT k_int FROM fact UNION ALL SELECT k_int FROM fact WHERE v = 1) u JOIN dim d ON u.k_int = d.k_int WHERE d.flag",
     "SELECT d.k_int, count(*) FROM fact f JOIN dim d ON f.k_int = d.k_int WHERE d.flag GROUP BY d.k_int ORDER BY 2 DESC, 1 LIMIT 5",
-    "SELECT count(*), sum(f.v) FROM fact f JOIN big b ON f.k_int = b.k_int",
+    "SELECT count(*), sum(f.v) FROM fact f JOIN big b ON f.k_int = b.k_int WHERE b.b < 15000",
     "SELECT count(*), count(b.b) FROM fact f LEFT JOIN big b ON f.k_int = b.k_int",
     "SELECT count(*) FROM fact WHERE k_int IN (SELECT k_int FROM big WHERE b % 2 = 1)",
     "SELECT count(*) FROM fact WHERE k_int NOT IN (SELECT k_int FROM big)",
