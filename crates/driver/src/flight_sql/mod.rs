@@ -32,10 +32,10 @@ use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
-    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, CommandGetCatalogs,
-    CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes,
+    CommandGetTables, CommandPreparedStatementQuery, CommandStatementQuery,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightDescriptor,
@@ -168,6 +168,18 @@ impl FlightSql {
         let id = self.client(request.metadata(), request.remote_addr())?;
         let (session, ctx) = self.clients.session(&id).map_err(status)?;
         Ok((id, session, ctx))
+    }
+
+    /// The flight of a catalog command (its ticket is the command), for a caller
+    /// allowed in.
+    fn command_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: &Schema,
+        command: Any,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.client(request.metadata(), request.remote_addr())?;
+        flight_info(schema, command.encode_to_vec(), request.into_inner())
     }
 
     fn new_handle(&self) -> Vec<u8> {
@@ -497,13 +509,8 @@ impl FlightSqlService for FlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.client(request.metadata(), request.remote_addr())?;
         let schema = query.into_builder().schema();
-        flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.command_info(request, &schema, query.as_any())
     }
 
     async fn do_get_catalogs(
@@ -520,13 +527,8 @@ impl FlightSqlService for FlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.client(request.metadata(), request.remote_addr())?;
         let schema = query.clone().into_builder().schema();
-        flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.command_info(request, &schema, query.as_any())
     }
 
     async fn do_get_schemas(
@@ -543,13 +545,8 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.client(request.metadata(), request.remote_addr())?;
         let schema = query.clone().into_builder().schema();
-        flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.command_info(request, &schema, query.as_any())
     }
 
     async fn do_get_tables(
@@ -566,13 +563,8 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.client(request.metadata(), request.remote_addr())?;
         let schema = query.into_builder().schema();
-        flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.command_info(request, &schema, query.as_any())
     }
 
     async fn do_get_table_types(
@@ -589,13 +581,8 @@ impl FlightSqlService for FlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.client(request.metadata(), request.remote_addr())?;
         let schema = query.clone().into_builder(&catalog::SQL_INFO).schema();
-        flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.command_info(request, &schema, query.as_any())
     }
 
     async fn do_get_sql_info(
