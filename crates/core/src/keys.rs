@@ -131,8 +131,15 @@ impl KeyValues {
             }
             return Ok(());
         }
-        // The task's bounds, and its hashes when it kept them.
+        // The task's bounds, and its hashes when it kept them (of values of this type).
         for column in columns {
+            if column.data_type() != &self.data_type {
+                return Err(EmberError::Internal(format!(
+                    "{what}: key summary of {} merged into one of {}",
+                    column.data_type(),
+                    self.data_type
+                )));
+            }
             self.min.update_batch(std::slice::from_ref(column))?;
             self.max.update_batch(std::slice::from_ref(column))?;
         }
@@ -367,6 +374,9 @@ mod tests {
             assert!(!s.complete && s.hashed);
             merged.merge(&s, "task").unwrap();
         }
+        // Keys of another type are an error, not a filter that drops every row.
+        let mut other = KeyValues::try_new(&DataType::Int32).unwrap();
+        assert!(other.merge(&a.summary(0).unwrap(), "task").is_err());
         let bloom = merged.bloom_filter().unwrap();
         let present = hash_keys(&ints(&many)).unwrap();
         assert!(present.iter().all(|h| bloom.may_contain(h.unwrap())));
