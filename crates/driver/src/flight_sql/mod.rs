@@ -46,7 +46,7 @@ use datafusion::logical_expr::LogicalPlan;
 use ember_core::rpc::{Audit, Security, constant_time_eq};
 use ember_core::{EmberError, Result};
 use futures::stream::AbortHandle;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use prost::Message;
 use tonic::metadata::MetadataValue;
@@ -93,7 +93,7 @@ pub(crate) fn serve(
         audit: Audit::new("Flight SQL"),
         tokens: Mutex::default(),
         statements: Mutex::default(),
-        running: Mutex::default(),
+        running: Arc::default(),
         next: AtomicU64::new(1),
     };
     let server = security
@@ -118,6 +118,22 @@ struct Statement {
     /// A prepared statement's bound parameters: the first row of what it was given.
     params: Option<RecordBatch>,
     prepared: bool,
+    planned: std::time::Instant,
+}
+
+/// A statement planned but never run is forgotten after this long.
+const UNRUN_STATEMENT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A statement's entry among the running ones, removed when its stream is dropped.
+struct Running {
+    handle: Vec<u8>,
+    all: Arc<Mutex<HashMap<Vec<u8>, AbortHandle>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.all.lock().remove(&self.handle);
+    }
 }
 
 struct FlightSql {
@@ -128,7 +144,7 @@ struct FlightSql {
     tokens: Mutex<HashMap<String, String>>,
     statements: Mutex<HashMap<Vec<u8>, Statement>>,
     /// Statements whose results are streaming, to cancel them.
-    running: Mutex<HashMap<Vec<u8>, AbortHandle>>,
+    running: Arc<Mutex<HashMap<Vec<u8>, AbortHandle>>>,
     next: AtomicU64,
 }
 
@@ -213,7 +229,9 @@ impl FlightSql {
             None => Arc::new(Schema::empty()),
         };
         let handle = self.new_handle();
-        self.statements.lock().insert(
+        let mut statements = self.statements.lock();
+        statements.retain(|_, s| s.prepared || s.planned.elapsed() < UNRUN_STATEMENT);
+        statements.insert(
             handle.clone(),
             Statement {
                 session: id,
@@ -221,6 +239,7 @@ impl FlightSql {
                 plan: plan.clone(),
                 params: None,
                 prepared,
+                planned: std::time::Instant::now(),
             },
         );
         Ok((handle, schema, plan))
@@ -267,8 +286,15 @@ impl FlightSql {
             .map_err(status)?;
         let (stream, abort) = futures::stream::abortable(stream);
         self.running.lock().insert(handle.to_vec(), abort);
-        let batches =
-            stream.map_err(|e| FlightError::Tonic(Box::new(Status::internal(e.to_string()))));
+        // Forgotten when the stream ends or the client drops it.
+        let running = Running {
+            handle: handle.to_vec(),
+            all: self.running.clone(),
+        };
+        let batches = stream.map(move |b| {
+            let _running = &running;
+            b.map_err(|e| FlightError::Tonic(Box::new(Status::internal(e.to_string()))))
+        });
         Ok(flight_stream(schema, batches))
     }
 
