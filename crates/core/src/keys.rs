@@ -143,6 +143,12 @@ impl KeyValues {
             self.min.update_batch(std::slice::from_ref(column))?;
             self.max.update_batch(std::slice::from_ref(column))?;
         }
+        if !summary.hashes.len().is_multiple_of(8) {
+            return Err(EmberError::Internal(format!(
+                "{what}: key summary hashes of {} bytes, not whole 8-byte values",
+                summary.hashes.len()
+            )));
+        }
         self.stop_listing()?;
         match (&mut self.hashes, summary.hashed) {
             (Some(hashes), true) => {

@@ -523,6 +523,19 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A listener bound to `bind` (`HOST:PORT`, port 0 for any) for a tokio server, and
+/// the address it got. Must be called inside a tokio runtime.
+pub fn bind_listener(bind: &str) -> Result<(std::net::SocketAddr, tokio::net::TcpListener)> {
+    let listener = std::net::TcpListener::bind(bind).map_err(|e| EmberError::io(bind, e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| EmberError::io(bind, e))?;
+    let address = listener.local_addr().map_err(|e| EmberError::io(bind, e))?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|e| EmberError::io(bind, e))?;
+    Ok((address, listener))
+}
+
 /// Compares without an early exit, so timing does not reveal a prefix of the secret.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

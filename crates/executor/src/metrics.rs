@@ -10,9 +10,9 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use ember_core::Result;
 use ember_core::metrics::{Exposition, Histogram, resident_bytes};
 use ember_core::rpc::{Audit, http_secret_check};
-use ember_core::{EmberError, Result};
 use ember_exec::task::{TaskOutput, TaskStatus};
 
 use crate::service::RunningTasks;
@@ -127,13 +127,7 @@ pub(crate) fn serve(
     memory_bytes: u64,
     secret: Option<String>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = std::net::TcpListener::bind(bind).map_err(|e| EmberError::io(bind, e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| EmberError::io(bind, e))?;
-    let address = listener.local_addr().map_err(|e| EmberError::io(bind, e))?;
-    let listener =
-        tokio::net::TcpListener::from_std(listener).map_err(|e| EmberError::io(bind, e))?;
+    let (address, listener) = ember_core::rpc::bind_listener(&bind.to_string())?;
     let view = Arc::new(View {
         metrics,
         running,

@@ -248,13 +248,7 @@ impl Engine {
             EmberError::Config("an ember Session must be built inside a tokio runtime".into())
         })?;
         let _entered = handle.enter();
-        let listener = std::net::TcpListener::bind(bind).map_err(|e| EmberError::io(bind, e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| EmberError::io(bind, e))?;
-        let local = listener.local_addr().map_err(|e| EmberError::io(bind, e))?;
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(|e| EmberError::io(bind, e))?;
+        let (local, listener) = ember_core::rpc::bind_listener(bind)?;
         let (events, rx) = mpsc::unbounded_channel();
         let progress = Arc::new(ProgressListener::default());
         bus.add(progress.clone());

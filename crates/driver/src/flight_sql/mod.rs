@@ -79,14 +79,7 @@ pub(crate) fn serve(
     bind: &str,
     security: &Security,
 ) -> Result<FlightSqlServer> {
-    let listener = std::net::TcpListener::bind(bind)
-        .map_err(|e| EmberError::io(format!("Flight SQL at {bind}"), e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| EmberError::io(bind, e))?;
-    let address = listener.local_addr().map_err(|e| EmberError::io(bind, e))?;
-    let listener =
-        tokio::net::TcpListener::from_std(listener).map_err(|e| EmberError::io(bind, e))?;
+    let (address, listener) = ember_core::rpc::bind_listener(bind)?;
     let service = FlightSql {
         clients: DriverClients::new(inner),
         secret: security.secret().map(Arc::from),
