@@ -195,6 +195,7 @@ the line; Ctrl-D exits.
 
   SELECT ... / CREATE EXTERNAL TABLE ... / EXPLAIN ... / SET ...   run SQL
   \\stages QUERY;   the stage DAG ember runs for QUERY
+  \\analyze QUERY;  runs QUERY, then shows its stage DAG as planned and as run
   \\d               list tables
   \\d NAME          describe table NAME
   \\q               quit
@@ -268,6 +269,28 @@ impl Runner {
                     .await?;
                 let stages = self.session.explain_stages(&plan).await?;
                 println!("{}", stages.trim_end());
+            }
+            "analyze" => {
+                anyhow::ensure!(
+                    !arg.is_empty(),
+                    "\\analyze needs a query: \\analyze SELECT ...;"
+                );
+                let plan = self
+                    .session
+                    .context()
+                    .state()
+                    .create_logical_plan(arg)
+                    .await?;
+                let stages = self.session.explain_stages(&plan).await?;
+                let adapted = self.session.run_for_adaptive_plans(&plan).await?;
+                println!("== Stage DAG ==\n{}", stages.trim_end());
+                println!("== Stage DAG (as run) ==");
+                if adapted.is_empty() {
+                    println!("every stage ran as planned");
+                }
+                for stage in adapted {
+                    print!("{stage}");
+                }
             }
             _ => anyhow::bail!("unknown command \\{name}; \\? lists the commands"),
         }

@@ -37,6 +37,22 @@ pub struct S3Settings {
     pub allow_http: String,
 }
 
+/// Adaptive execution's settings (`ember.adaptive.*`), as Spark's AQE.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveSettings {
+    /// Whether stages are planned again from real shuffle sizes when they start.
+    pub enabled: bool,
+    /// The bytes a coalesced or split reduce task aims at.
+    pub advisory_partition_bytes: u64,
+    /// A partitioned join whose build side's shuffle output is at most this becomes a
+    /// broadcast join.
+    pub broadcast_bytes: u64,
+    /// A join's reduce partition is skewed past this many times the median...
+    pub skew_factor: f64,
+    /// ...and past this many bytes.
+    pub skew_bytes: u64,
+}
+
 /// The `ember.*` settings. Build it with [`EmberConfig::default`] and [`set`](ExtensionOptions::set).
 #[derive(Debug, Clone)]
 pub struct EmberConfig {
@@ -59,6 +75,9 @@ pub struct EmberConfig {
     pub sql_max_expression_depth: usize,
     /// Whether joins' build stages filter the scans of their probe sides (`ember.runtime_filter.enabled`).
     pub runtime_filter_enabled: bool,
+    /// Adaptive execution: what a stage's start decides from the map outputs it reads
+    /// (`ember.adaptive.*`).
+    pub adaptive: AdaptiveSettings,
     /// Partitions of a keyed stateful streaming operator's state
     /// (`ember.streaming.state.partitions`); fixed per checkpoint.
     pub streaming_state_partitions: usize,
@@ -112,6 +131,13 @@ impl Default for EmberConfig {
             executor_timeout_secs: 0,
             cluster_executor_wait_secs: 0,
             sql_max_expression_depth: 0,
+            adaptive: AdaptiveSettings {
+                enabled: true,
+                advisory_partition_bytes: 0,
+                broadcast_bytes: 0,
+                skew_factor: 0.0,
+                skew_bytes: 0,
+            },
             runtime_filter_enabled: false,
             streaming_state_partitions: 0,
             streaming_state_snapshot_interval: 0,
@@ -181,6 +207,31 @@ impl EmberConfig {
             "ember.runtime_filter.enabled",
             "true",
             "Cross-stage runtime filters: a scan on the probe side of a join waits for the stage that computes the join's build side and skips the rows (and Parquet row groups) whose key no build row has.",
+        ),
+        (
+            "ember.adaptive.enabled",
+            "true",
+            "Adaptive execution: when a stage starts, its tasks are planned again from the sizes of the shuffle outputs it reads. Small reduce partitions are coalesced, a partitioned join whose build side turned out small becomes a broadcast join, and a join's skewed partitions are split.",
+        ),
+        (
+            "ember.adaptive.advisory_partition_bytes",
+            "67108864",
+            "Shuffle bytes a reduce task of an adaptive stage aims at, when coalescing small partitions and splitting skewed ones.",
+        ),
+        (
+            "ember.adaptive.broadcast_bytes",
+            "10485760",
+            "A partitioned join whose build side's shuffle output is at most this many bytes becomes a broadcast join when its stage starts (0 never).",
+        ),
+        (
+            "ember.adaptive.skew_factor",
+            "5",
+            "A join's reduce partition is skewed when it is this many times the median partition of its side and over ember.adaptive.skew_bytes; its side's map outputs are then split between several tasks.",
+        ),
+        (
+            "ember.adaptive.skew_bytes",
+            "268435456",
+            "The fewest bytes a skewed join partition has.",
         ),
         (
             "ember.streaming.state.partitions",
@@ -332,6 +383,28 @@ impl EmberConfig {
             "runtime_filter.enabled" => {
                 self.runtime_filter_enabled = value.parse().map_err(|_| bad("true or false"))?
             }
+            "adaptive.enabled" => {
+                self.adaptive.enabled = value.parse().map_err(|_| bad("true or false"))?
+            }
+            "adaptive.advisory_partition_bytes" => {
+                self.adaptive.advisory_partition_bytes = parse_size(value)
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| bad("a byte count"))?
+            }
+            "adaptive.broadcast_bytes" => {
+                self.adaptive.broadcast_bytes =
+                    parse_size(value).ok_or_else(|| bad("a byte count"))?
+            }
+            "adaptive.skew_factor" => {
+                self.adaptive.skew_factor = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite() && *f >= 1.0)
+                    .ok_or_else(|| bad("a number of at least 1"))?
+            }
+            "adaptive.skew_bytes" => {
+                self.adaptive.skew_bytes = parse_size(value).ok_or_else(|| bad("a byte count"))?
+            }
             "streaming.state.partitions" => {
                 self.streaming_state_partitions =
                     value.parse().map_err(|_| bad("a positive integer"))?;
@@ -431,6 +504,13 @@ impl EmberConfig {
             "ember.cluster.executor_wait" => self.cluster_executor_wait_secs.to_string(),
             "ember.sql.max_expression_depth" => self.sql_max_expression_depth.to_string(),
             "ember.runtime_filter.enabled" => self.runtime_filter_enabled.to_string(),
+            "ember.adaptive.enabled" => self.adaptive.enabled.to_string(),
+            "ember.adaptive.advisory_partition_bytes" => {
+                self.adaptive.advisory_partition_bytes.to_string()
+            }
+            "ember.adaptive.broadcast_bytes" => self.adaptive.broadcast_bytes.to_string(),
+            "ember.adaptive.skew_factor" => self.adaptive.skew_factor.to_string(),
+            "ember.adaptive.skew_bytes" => self.adaptive.skew_bytes.to_string(),
             "ember.streaming.state.partitions" => self.streaming_state_partitions.to_string(),
             "ember.streaming.state.snapshot_interval" => {
                 self.streaming_state_snapshot_interval.to_string()

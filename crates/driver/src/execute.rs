@@ -53,6 +53,26 @@ impl Session {
             .await
     }
 
+    /// Runs a logical plan, dropping its rows, and returns what adaptive execution
+    /// decided for its jobs' stages: each stage it planned again, with its plan as
+    /// it ran. Only a session that runs its own jobs knows.
+    pub async fn run_for_adaptive_plans(&self, plan: &LogicalPlan) -> Result<Vec<String>> {
+        let Some(engine) = self.engine() else {
+            return Err(ember_core::EmberError::Config(
+                "a client of a driver cannot explain a query as it ran; the driver's UI shows it"
+                    .into(),
+            ));
+        };
+        let (tx, mut jobs) = tokio::sync::mpsc::unbounded_channel();
+        let rows = crate::engine::JOB_OBSERVER.scope(tx, self.collect_plan(plan));
+        rows.await?;
+        let mut out = Vec::new();
+        while let Ok(job) = jobs.try_recv() {
+            out.extend(engine.adapted_stages(job));
+        }
+        Ok(out)
+    }
+
     /// [`collect_plan`](Self::collect_plan), named `description` in the UI.
     pub(crate) async fn collect_described(
         &self,

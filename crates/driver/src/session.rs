@@ -529,7 +529,7 @@ impl Session {
         }
     }
 
-    fn engine(&self) -> Option<&Engine> {
+    pub(crate) fn engine(&self) -> Option<&Engine> {
         match &self.inner.runner {
             Runner::Engine(e) => Some(e),
             Runner::Remote(_) => None,

@@ -13,12 +13,16 @@ pub enum ExplainMode {
     Simple,
     /// Also the logical plan as written, and the optimized plan with schemas.
     Extended,
+    /// Runs the frame (its rows are dropped), then adds `== Stage DAG (as run) ==`:
+    /// each stage adaptive execution planned again when it started, with what it
+    /// decided and its plan as it ran.
+    Analyze,
 }
 
 impl DataFrame {
     /// The plans as text, in sections `== Logical Plan ==`, `== Physical Plan ==` and
     /// `== Stage DAG ==` (and, when extended, `== Parsed Logical Plan ==` first).
-    /// Plans only; runs nothing.
+    /// Plans only and runs nothing, but with [`ExplainMode::Analyze`].
     pub async fn explain(&self, mode: ExplainMode) -> Result<String> {
         // Printing deep expressions recurses as deep as planning them.
         let frame = self.clone();
@@ -38,8 +42,8 @@ impl DataFrame {
             ));
         }
         let logical = match mode {
-            ExplainMode::Simple => optimized.display_indent().to_string(),
             ExplainMode::Extended => optimized.display_indent_schema().to_string(),
+            _ => optimized.display_indent().to_string(),
         };
         out.push_str(&format!("== Logical Plan ==\n{logical}\n\n"));
         out.push_str(&format!(
@@ -47,6 +51,16 @@ impl DataFrame {
             displayable(physical.as_ref()).indent(true)
         ));
         out.push_str(&format!("== Stage DAG ==\n{stages}"));
+        if mode == ExplainMode::Analyze {
+            let adapted = self.session.run_for_adaptive_plans(plan).await?;
+            out.push_str("\n== Stage DAG (as run) ==\n");
+            if adapted.is_empty() {
+                out.push_str("every stage ran as planned\n");
+            }
+            for stage in adapted {
+                out.push_str(&stage);
+            }
+        }
         Ok(out)
     }
 

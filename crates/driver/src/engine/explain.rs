@@ -4,7 +4,8 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use datafusion::physical_plan::ExecutionPlan;
-use ember_exec::shuffle::UnresolvedShuffleExec;
+use datafusion::physical_plan::joins::HashJoinExec;
+use ember_exec::shuffle::{ShuffleReaderExec, UnresolvedShuffleExec};
 
 use super::cache::CacheRegistry;
 use super::planner::StageGraph;
@@ -63,4 +64,27 @@ fn operators(plan: &Arc<dyn ExecutionPlan>, depth: usize, out: &mut String) {
     for c in plan.children() {
         operators(c, depth + 1, out);
     }
+}
+
+/// A resolved stage plan's operators, as it runs: what each shuffle read reads and
+/// how each hash join gets its build side.
+pub(crate) fn resolved_plan(plan: &Arc<dyn ExecutionPlan>) -> String {
+    fn walk(plan: &Arc<dyn ExecutionPlan>, depth: usize, out: &mut String) {
+        let _ = write!(out, "{}{}", "  ".repeat(depth), plan.name());
+        if let Some(r) = plan.downcast_ref::<ShuffleReaderExec>() {
+            let n = r.partition_locations().len();
+            let s = if n == 1 { "" } else { "s" };
+            let _ = write!(out, "(stage {}, {n} partition{s})", r.stage_id());
+        }
+        if let Some(j) = plan.downcast_ref::<HashJoinExec>() {
+            let _ = write!(out, "({:?})", j.partition_mode());
+        }
+        out.push('\n');
+        for c in plan.children() {
+            walk(c, depth + 1, out);
+        }
+    }
+    let mut out = String::new();
+    walk(plan, 0, &mut out);
+    out
 }

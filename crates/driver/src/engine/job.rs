@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use ember_core::{EmberConfig, EmberError, Result};
 use ember_exec::shuffle::{
     MapOutput, PartitionLocation, ShuffleReaderExec, ShuffleWriterExec, UnresolvedShuffleExec,
 };
 use tokio::sync::mpsc;
 
+use super::adaptive::{Adapted, Slice};
 use super::planner::StageGraph;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +107,12 @@ pub(crate) struct Job {
     /// Final-stage partitions the reader has fetched whole: not recomputed when their
     /// executor is lost.
     pub fetched: Vec<bool>,
+    /// Task slots in all, when the job was submitted: what adaptive execution spreads
+    /// a stage's work over.
+    pub slots: usize,
+    /// What adaptive execution decided for each stage that has started (`None`: it
+    /// runs as planned). Later attempts of the stage keep it.
+    pub adapted: BTreeMap<usize, Option<Adapted>>,
 }
 
 /// What the scheduler tells a job's result reader.
@@ -114,6 +121,9 @@ pub(crate) enum ResultEvent {
     /// Final-stage partition `partition` is stored at `output` (again, after a
     /// re-run: the newest location wins).
     Ready { partition: usize, output: MapOutput },
+    /// The final stage runs as this many tasks, not as planned (adaptive execution);
+    /// sent before any of its partitions is ready.
+    Partitions(usize),
     /// The job failed or was cancelled; nothing more comes.
     Failed(EmberError),
 }
@@ -145,7 +155,55 @@ impl Job {
             sql,
             results,
             fetched: vec![false; partitions],
+            slots: 1,
+            adapted: BTreeMap::new(),
         }
+    }
+
+    /// The job, spreading adaptive stages' work over `slots` task slots.
+    pub(crate) fn with_slots(mut self, slots: usize) -> Job {
+        self.slots = slots.max(1);
+        self
+    }
+
+    /// Plans stage `stage`'s tasks again from its parents' map outputs, the first
+    /// time it starts (see [`adaptive`](super::adaptive)); returns what was decided
+    /// when its tasks changed.
+    pub(crate) fn adapt(&mut self, stage: usize) -> Option<Vec<String>> {
+        if self.adapted.contains_key(&stage) {
+            return None;
+        }
+        let outputs = |p: usize| -> Vec<MapOutput> {
+            self.stages[&p].outputs.iter().flatten().cloned().collect()
+        };
+        let complete = self.graph.stages[&stage]
+            .parents
+            .iter()
+            .all(|p| self.stages[p].outputs.iter().all(Option::is_some));
+        let decided = complete
+            .then(|| {
+                super::adaptive::decide(
+                    &self.graph.stages[&stage],
+                    &outputs,
+                    &self.ember.adaptive,
+                    self.slots,
+                )
+            })
+            .flatten();
+        let notes = decided.as_ref().map(|a| a.notes.clone());
+        if let Some(a) = &decided {
+            let tasks = a.tasks.len();
+            self.stages.insert(stage, StageState::new(tasks));
+            if let Some(s) = self.graph.stages.get_mut(&stage) {
+                s.tasks = tasks;
+            }
+            if stage == self.graph.final_stage {
+                self.fetched = vec![false; tasks];
+                let _ = self.results.send(ResultEvent::Partitions(tasks));
+            }
+        }
+        self.adapted.insert(stage, decided);
+        notes
     }
 
     /// Stages whose parents are all done, that have not started, and whose output
@@ -198,22 +256,26 @@ impl Job {
                     })
                 })
                 .collect::<Result<_>>()?;
-            let partitions = locations(
+            let (partitioning, partitions) = read_plan(
+                u,
                 &outputs,
-                u.is_hash(),
-                u.exchange_partitioning().partition_count(),
+                self.adapted.get(&stage).and_then(Option::as_ref),
             );
             let reader = ShuffleReaderExec::new(
                 u.stage_id(),
-                u.exchange_partitioning().clone(),
+                partitioning,
                 partitions,
                 u.properties().equivalence_properties().clone(),
             );
             Ok(Transformed::yes(Arc::new(reader) as Arc<dyn ExecutionPlan>))
         })?;
+        let resolved = match self.adapted.get(&stage).and_then(|a| a.as_ref()?.broadcast) {
+            Some(build) => super::adaptive::broadcast_join(resolved.data, build)?,
+            None => resolved.data,
+        };
         let outputs = |source: usize| self.stages[&source].outputs.clone();
         let mut resolved =
-            super::runtime_filter::apply(resolved.data, stage, &self.graph.filters, &outputs)?;
+            super::runtime_filter::apply(resolved, stage, &self.graph.filters, &outputs)?;
         if self.stages[&stage].sort_merge {
             resolved = super::fallback::sort_merge_joins(resolved)?;
         }
@@ -222,6 +284,61 @@ impl Job {
             return Ok(Arc::new(writer));
         }
         Ok(resolved)
+    }
+}
+
+/// How a stage reads the map outputs `outputs` of the shuffle `u`: its partitioning
+/// and each reader partition's pieces, as planned or as adaptive execution decided.
+fn read_plan(
+    u: &UnresolvedShuffleExec,
+    outputs: &[&MapOutput],
+    adapted: Option<&Adapted>,
+) -> (Partitioning, Vec<Vec<PartitionLocation>>) {
+    let parent = u.stage_id();
+    let pieces = |slices: &[Slice]| -> Vec<PartitionLocation> {
+        slices
+            .iter()
+            .flat_map(|s| {
+                s.reduce.clone().flat_map(move |r| {
+                    s.maps
+                        .clone()
+                        .filter_map(move |m| outputs.get(m).map(|o| location(m, o, r)))
+                })
+            })
+            .collect()
+    };
+    if let Some(a) = adapted {
+        if a.broadcast == Some(parent) {
+            let whole = Slice {
+                reduce: 0..u.exchange_partitioning().partition_count(),
+                maps: 0..outputs.len(),
+            };
+            return (Partitioning::UnknownPartitioning(1), vec![pieces(&[whole])]);
+        }
+        if a.tasks.first().is_some_and(|t| t.contains_key(&parent)) {
+            let partitions: Vec<_> = a.tasks.iter().map(|t| pieces(&t[&parent])).collect();
+            let n = partitions.len();
+            let partitioning = match u.exchange_partitioning() {
+                Partitioning::Hash(keys, _) if a.broadcast.is_none() => {
+                    Partitioning::Hash(keys.clone(), n)
+                }
+                _ => Partitioning::UnknownPartitioning(n),
+            };
+            return (partitioning, partitions);
+        }
+    }
+    if u.is_hash() {
+        let n = u.exchange_partitioning().partition_count();
+        (
+            u.exchange_partitioning().clone(),
+            locations(outputs, true, n),
+        )
+    } else {
+        // One reader partition per map task, however many tasks the parent ran as.
+        (
+            Partitioning::UnknownPartitioning(outputs.len()),
+            locations(outputs, false, outputs.len()),
+        )
     }
 }
 

@@ -11,6 +11,8 @@
 //! Executor slots have one owner: the launcher
 //! (`local.rs` in-process, `cluster.rs` for executor processes).
 
+mod adaptive;
+pub(crate) use adaptive::count;
 mod cache;
 mod cluster;
 mod explain;
@@ -63,6 +65,8 @@ pub(crate) struct Engine {
     event_loop: tokio::task::JoinHandle<()>,
     /// Local mode: the in-process executors' shuffle directory.
     _work_dir: Option<tempfile::TempDir>,
+    /// Local mode: its task slots (a cluster counts its executors' cores).
+    local_slots: usize,
     /// Cluster mode: the registered executors and the driver's gRPC service.
     cluster: Option<ClusterParts>,
     jobs: Arc<JobRecords>,
@@ -226,6 +230,7 @@ impl Engine {
             next_job: AtomicU64::new(1),
             event_loop,
             _work_dir: Some(work_dir),
+            local_slots: slots,
             cluster: None,
             jobs,
             bus,
@@ -326,6 +331,7 @@ impl Engine {
             next_job: AtomicU64::new(1),
             event_loop,
             _work_dir: None,
+            local_slots: 0,
             jobs,
             bus,
             next_sql: AtomicU64::new(1),
@@ -347,6 +353,11 @@ impl Engine {
     /// Executor slots: fixed in local mode, those registered so far in a cluster.
     pub(crate) fn cluster_slots(&self) -> Option<usize> {
         self.cluster.as_ref().map(|c| c.executors.total_cores())
+    }
+
+    /// Job `job`'s stages that adaptive execution planned again, as they ran.
+    pub(crate) fn adapted_stages(&self, job: u64) -> Vec<String> {
+        self.jobs.get(job).map(|r| r.adapted).unwrap_or_default()
     }
 
     /// Bytes written to the shuffle by every job of this engine so far.
@@ -420,7 +431,8 @@ impl Engine {
             session_id.to_string(),
             query,
             results_tx,
-        );
+        )
+        .with_slots(self.cluster_slots().unwrap_or(self.local_slots));
         // Recorded first: the scheduler may end the job before `send` returns.
         self.jobs.set(job_id, JobStatus::Running, String::new());
         self.events

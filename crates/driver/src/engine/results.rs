@@ -74,11 +74,14 @@ impl ResultReader {
                 .with_session_config(SessionConfig::new().with_extension(self.shuffle.clone())),
         );
         let mut ready: BTreeMap<usize, MapOutput> = BTreeMap::new();
-        for partition in 0..self.partitions {
+        let mut partition = 0;
+        while partition < self.partitions {
             // Rows of this partition already handed on, and times it was lost.
             let (mut sent, mut losses) = (0usize, 0usize);
             loop {
-                let output = self.wait_for(partition, &mut ready).await?;
+                let Some(output) = self.wait_for(partition, &mut ready).await? else {
+                    break;
+                };
                 match self
                     .read_partition(partition, &output, &ctx, &mut sent, tx)
                     .await
@@ -110,6 +113,7 @@ impl ResultReader {
                 });
                 break;
             }
+            partition += 1;
         }
         let (ended, ack) = tokio::sync::oneshot::channel();
         let _ = self.events.send(Event::ResultsRead {
@@ -121,17 +125,21 @@ impl ResultReader {
     }
 
     /// Waits until final-stage partition `partition` is stored (keeping the
-    /// announcements of the others).
+    /// announcements of the others); `None` when the final stage runs as fewer tasks.
     async fn wait_for(
         &mut self,
         partition: usize,
         ready: &mut BTreeMap<usize, MapOutput>,
-    ) -> DFResult<MapOutput> {
+    ) -> DFResult<Option<MapOutput>> {
         loop {
+            if partition >= self.partitions {
+                return Ok(None);
+            }
             if let Some(output) = ready.get(&partition) {
-                return Ok(output.clone());
+                return Ok(Some(output.clone()));
             }
             match self.results.recv().await {
+                Some(ResultEvent::Partitions(n)) => self.partitions = n,
                 Some(ResultEvent::Ready { partition, output }) => {
                     ready.insert(partition, output);
                 }

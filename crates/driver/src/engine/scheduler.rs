@@ -252,10 +252,22 @@ impl Scheduler {
                 return;
             }
             for stage in ready {
-                let encoded = job
-                    .resolve(stage)
-                    .and_then(|plan| encode_plan(plan, &self.codec));
-                let bytes = match encoded {
+                let planned = job.graph.stages[&stage].tasks;
+                let adapted = job.adapt(stage);
+                let resolved = job.resolve(stage);
+                if let (Some(notes), Ok(plan)) = (adapted, &resolved) {
+                    let tasks = job.graph.stages[&stage].tasks;
+                    tracing::info!(job = job_id, stage, tasks, ?notes, "stage adapted");
+                    self.bus.post(AppEvent::StageAdapted {
+                        job: job_id,
+                        stage,
+                        tasks,
+                        planned,
+                        notes,
+                        plan: super::explain::resolved_plan(plan),
+                    });
+                }
+                let bytes = match resolved.and_then(|plan| encode_plan(plan, &self.codec)) {
                     Ok(b) => b,
                     Err(e) => return self.fail_job(job_id, e),
                 };

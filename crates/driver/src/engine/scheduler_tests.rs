@@ -79,6 +79,8 @@ struct Harness {
     results: mpsc::UnboundedReceiver<ResultEvent>,
     /// Final-stage partitions announced so far, and where.
     ready: Vec<(usize, String)>,
+    /// Final-stage partitions the result reader waits for.
+    partitions: usize,
     map_stage: usize,
     final_stage: usize,
 }
@@ -110,6 +112,8 @@ async fn harness(slots: usize, settings: &[(&str, &str)]) -> Harness {
     assert_eq!(graph.stages[&map_stage].tasks, 2);
     assert_eq!(graph.stages[&final_stage].tasks, 2);
     let mut ember = EmberConfig::default();
+    // Stages run as planned unless a test turns adaptive execution on.
+    ember.set_key("ember.adaptive.enabled", "false").unwrap();
     for (k, v) in settings {
         ember.set_key(k, v).unwrap();
     }
@@ -143,6 +147,7 @@ async fn harness(slots: usize, settings: &[(&str, &str)]) -> Harness {
         progress,
         results,
         ready: vec![],
+        partitions: 2,
         map_stage,
         final_stage,
     }
@@ -231,12 +236,13 @@ impl Harness {
                     self.ready.push((partition, output.executor_id))
                 }
                 ResultEvent::Failed(e) => return Some(Err(e)),
+                ResultEvent::Partitions(n) => self.partitions = n,
             }
         }
         let mut stored: Vec<usize> = self.ready.iter().map(|(p, _)| *p).collect();
         stored.sort();
         stored.dedup();
-        (stored.len() == 2).then_some(Ok(()))
+        (stored.len() == self.partitions).then_some(Ok(()))
     }
 
     /// The job's end, if the bus has heard of it.
@@ -388,6 +394,45 @@ async fn a_fetch_failure_reruns_only_the_lost_map_output_then_resubmits_the_read
     h.succeed(again[0], "e3");
     h.succeed(again[1], "e3");
     assert!(matches!(h.outcome(), Some(Ok(_))));
+}
+
+#[tokio::test]
+async fn an_adapted_stage_keeps_its_tasks_when_it_runs_again_after_a_fetch_failure() {
+    let mut h = harness(4, &[("ember.adaptive.enabled", "true")]).await;
+    let maps = h.launched();
+    h.succeed(maps[0], "e1");
+    h.succeed(maps[1], "e2");
+    // Two empty reduce partitions: one task reads both.
+    let reduces = h.launched();
+    assert_eq!(parts(&reduces), [(h.final_stage, 0, 0, 0)]);
+    assert!(h.outcome().is_none());
+    assert_eq!(h.partitions, 1, "the result reader is told");
+    h.fail(
+        reduces[0],
+        "e2",
+        FailureReason::FetchFailed {
+            executor: "e1".into(),
+            map_stage: h.map_stage,
+            map_partition: 0,
+        },
+        true,
+    );
+    let rerun = h.launched();
+    assert_eq!(parts(&rerun), [(h.map_stage, 0, 0, 0)]);
+    h.succeed(rerun[0], "e3");
+    // The second attempt reads the same pieces: still one task.
+    let again = h.launched();
+    assert_eq!(parts(&again), [(h.final_stage, 1, 0, 0)]);
+    h.succeed(again[0], "e3");
+    assert!(matches!(h.outcome(), Some(Ok(_))));
+    let adapted = h
+        .events
+        .0
+        .lock()
+        .iter()
+        .filter(|e| matches!(e, AppEvent::StageAdapted { .. }))
+        .count();
+    assert_eq!(adapted, 1, "decided once");
 }
 
 #[tokio::test]

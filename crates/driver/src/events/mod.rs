@@ -233,6 +233,18 @@ pub enum AppEvent {
         running: usize,
         time_ms: i64,
     },
+    /// Adaptive execution planned a stage's tasks again when it first started, from
+    /// the sizes of the shuffle outputs it reads: it runs as `tasks` tasks, with
+    /// `plan` (its operators as they run), for the reasons in `notes`.
+    StageAdapted {
+        job: u64,
+        stage: usize,
+        tasks: usize,
+        /// The tasks it was planned with.
+        planned: usize,
+        notes: Vec<String>,
+        plan: String,
+    },
     /// A stage goes back to waiting: map output it reads, or some of its own, was
     /// lost and is being recomputed from lineage.
     StageWaiting {

@@ -15,6 +15,8 @@ pub(crate) struct JobRecord {
     pub error: String,
     /// Bytes its map tasks wrote to the shuffle.
     pub shuffle_bytes: u64,
+    /// Its stages that adaptive execution planned again, as they ran.
+    pub adapted: Vec<String>,
 }
 
 /// The most recent jobs' states, and the bytes shuffled by every job so far.
@@ -29,13 +31,16 @@ impl JobRecords {
 
     pub(crate) fn set(&self, job: u64, state: JobStatus, error: String) {
         let mut jobs = self.jobs.lock();
-        let shuffle_bytes = jobs.get(&job).map_or(0, |r| r.shuffle_bytes);
+        let (shuffle_bytes, adapted) = jobs
+            .remove(&job)
+            .map_or((0, Vec::new()), |r| (r.shuffle_bytes, r.adapted));
         jobs.insert(
             job,
             JobRecord {
                 state,
                 error,
                 shuffle_bytes,
+                adapted,
             },
         );
         while jobs.len() > Self::KEPT {
@@ -91,6 +96,28 @@ impl Listener for JobRecords {
                 metrics: Some(m),
                 ..
             } => self.add_shuffle_bytes(task.job, m.bytes_out),
+            AppEvent::StageAdapted {
+                job,
+                stage,
+                tasks,
+                planned,
+                notes,
+                plan,
+            } => {
+                if let Some(r) = self.jobs.lock().get_mut(job) {
+                    let mut text = format!(
+                        "Stage {stage}: {} (planned {planned})\n",
+                        crate::engine::count(*tasks, "task")
+                    );
+                    for note in notes {
+                        text.push_str(&format!("  {note}\n"));
+                    }
+                    for line in plan.lines() {
+                        text.push_str(&format!("  {line}\n"));
+                    }
+                    r.adapted.push(text);
+                }
+            }
             _ => {}
         }
     }

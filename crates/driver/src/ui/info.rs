@@ -75,6 +75,10 @@ pub struct StageInfo {
     pub submitted_ms: Option<i64>,
     pub completed_ms: Option<i64>,
     pub duration_ms: Option<i64>,
+    /// Partitions it was planned with, before adaptive execution changed them.
+    pub planned_partitions: usize,
+    /// What adaptive execution decided for it when it started (empty: as planned).
+    pub adaptive: Vec<String>,
     /// Shared, so that listing stages copies no plans and no tasks.
     #[serde(skip)]
     pub plan: Arc<str>,
@@ -92,6 +96,9 @@ pub struct SqlInfo {
     pub jobs: Vec<u64>,
     pub logical_plan: String,
     pub physical_plan: String,
+    /// Its jobs' stages that adaptive execution planned again, as they ran: a
+    /// heading (`job J stage S: N tasks, planned M`), the decisions, the stage plan.
+    pub adaptive: Vec<String>,
 }
 
 /// A streaming query as the UI and `/metrics` read it.

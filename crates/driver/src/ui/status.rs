@@ -119,6 +119,7 @@ impl AppStatus {
                         jobs: vec![],
                         logical_plan: logical_plan.clone(),
                         physical_plan: physical_plan.clone(),
+                        adaptive: vec![],
                     },
                 );
                 while inner.sql.len() > KEPT {
@@ -162,6 +163,14 @@ impl AppStatus {
                     s.completed_ms = None;
                 }
             }
+            AppEvent::StageAdapted {
+                job,
+                stage,
+                tasks,
+                notes,
+                plan,
+                ..
+            } => stage_adapted(&mut inner, (*job, *stage), *tasks, notes, plan),
             AppEvent::StageWaiting { job, stage, .. } => {
                 if let Some(s) = inner.stages.get_mut(&(*job, *stage)) {
                     s.status = StageStatus::Waiting;
@@ -495,6 +504,39 @@ impl AppStatus {
     }
 }
 
+/// A stage's tasks planned again when it started: its partitions, its decisions, and
+/// its plan as planned and as run; its SQL query lists the same.
+fn stage_adapted(
+    inner: &mut Inner,
+    (job, stage): (u64, usize),
+    tasks: usize,
+    notes: &[String],
+    plan: &str,
+) {
+    let Some(s) = inner.stages.get_mut(&(job, stage)) else {
+        return;
+    };
+    let planned = s.partitions;
+    s.partitions = tasks;
+    s.tasks_total = tasks;
+    s.adaptive = notes.to_vec();
+    let decisions: String = notes.iter().map(|n| format!("  {n}\n")).collect();
+    s.plan = format!(
+        "{}\nAs run (adaptive execution), {tasks} tasks:\n{decisions}{plan}",
+        s.plan
+    )
+    .into();
+    let sql = inner.jobs.get_mut(&job).and_then(|j| {
+        j.num_tasks = (j.num_tasks + tasks).saturating_sub(planned);
+        inner.sql.values_mut().find(|q| q.jobs.contains(&job))
+    });
+    if let Some(q) = sql {
+        q.adaptive.push(format!(
+            "job {job} stage {stage}: {tasks} tasks, planned {planned}\n{decisions}{plan}"
+        ));
+    }
+}
+
 fn job_submitted(
     inner: &mut Inner,
     job: u64,
@@ -529,6 +571,8 @@ fn job_submitted(
                 submitted_ms: None,
                 completed_ms: None,
                 duration_ms: None,
+                planned_partitions: s.tasks,
+                adaptive: Vec::new(),
                 plan: s.plan.as_str().into(),
                 tasks: Arc::default(),
             },

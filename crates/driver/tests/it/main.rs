@@ -1,4 +1,5 @@
 //! ember-driver integration tests: one binary, one module per area.
+mod adaptive;
 mod dataframe;
 mod engine;
 mod history;

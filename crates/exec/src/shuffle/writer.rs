@@ -327,10 +327,7 @@ impl<'a> PartitionedOutput<'a> {
                     .zip(&self.rows)
                     .map(|(batches, rows)| PartitionStats {
                         offset: 0,
-                        length: batches
-                            .iter()
-                            .map(|b| b.get_array_memory_size() as u64)
-                            .sum(),
+                        length: batches.iter().map(data_bytes).sum(),
                         rows: *rows,
                     })
                     .collect();
@@ -474,6 +471,39 @@ impl ExecutionPlan for ShuffleWriterExec {
             "ShuffleWriterExec is run by ember's task runner (ShuffleWriterExec::write), not executed as a stream".into(),
         ))
     }
+}
+
+/// The bytes of `batch`'s rows, not of the buffers' spare capacity (a coalesced
+/// batch's buffers are sized for a full batch): what a reader of it takes in.
+fn data_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| column_bytes(&c.to_data()).unwrap_or(c.get_array_memory_size()) as u64)
+        .sum()
+}
+
+/// A column's bytes of values; `None` where Arrow cannot tell (a view column nested
+/// in another, whose strings lie in buffers Arrow does not count).
+fn column_bytes(data: &arrow::array::ArrayData) -> Option<usize> {
+    use arrow::datatypes::DataType;
+    let is_view = |d: &arrow::array::ArrayData| {
+        matches!(d.data_type(), DataType::Utf8View | DataType::BinaryView)
+    };
+    if is_view(data) {
+        let strings: usize = data.buffers().iter().skip(1).map(|b| b.len()).sum();
+        let nulls = data.nulls().map_or(0, |n| n.buffer().len());
+        return Some(data.len() * 16 + nulls + strings);
+    }
+    fn nested_view(d: &arrow::array::ArrayData) -> bool {
+        d.child_data().iter().any(|c| {
+            matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView) || nested_view(c)
+        })
+    }
+    if nested_view(data) {
+        return None;
+    }
+    data.get_slice_memory_size().ok()
 }
 
 #[cfg(test)]

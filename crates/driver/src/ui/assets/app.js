@@ -257,6 +257,7 @@
       `<text class="t-status" x="${R}" y="19" text-anchor="end">${esc(st)}</text>` +
       `<text class="t-name" x="10" y="37">${esc(trunc(s.name, 27))}</text>` +
       `<text class="t-meta" x="10" y="54">${esc(fmtNum(s.partitions))} partitions</text>` +
+      (arr(s.adaptive).length ? `<text class="t-adapt" x="${R}" y="37" text-anchor="end">adaptive<title>${esc(arr(s.adaptive).join('\n'))}</title></text>` : '') +
       `<text class="t-meta" x="${R}" y="54" text-anchor="end">${done}/${total} tasks</text>` +
       (s.exchange ? `<text class="t-exch" x="10" y="71">⇄ ${esc(trunc(s.exchange, 16))}</text>` : '') +
       (side ? `<text class="t-side" x="${R}" y="71" text-anchor="end">${esc(side)}</text>` : '') +
@@ -292,7 +293,8 @@
       kv([
         ['Name', `<span class="wrap">${esc(s.name)}</span>`],
         ['Attempt', esc(s.attempt)],
-        ['Partitions', fmtNum(s.partitions)],
+        ['Partitions', fmtNum(s.partitions) + (arr(s.adaptive).length ? ` (planned ${fmtNum(s.planned_partitions)})` : '')],
+        ...(arr(s.adaptive).length ? [['Adaptive execution', `<span class="wrap">${arr(s.adaptive).map(esc).join('<br>')}</span>`]] : []),
         ['Tasks', bar(s.tasks_done, s.tasks_running, s.tasks_failed, s.partitions)],
         ['Rows in (from the shuffle)', fmtNum(s.rows_in)],
         ['Rows out', fmtNum(s.rows_out)],
@@ -346,7 +348,8 @@
     const rows = qs.map((q) => '<tr>' + td(esc(q.id)) +
       td(details('sql-' + q.id, `<span title="${esc(q.description)}">${esc(trunc(q.description, 100))}</span>`,
         '<div class="plans"><h3>Query</h3>' + pre(q.description) + '<h3>Logical plan</h3>' + pre(q.logical_plan) +
-        '<h3>Physical plan</h3>' + pre(q.physical_plan) + '</div>'), 'desc') +
+        '<h3>Physical plan</h3>' + pre(q.physical_plan) +
+        (arr(q.adaptive).length ? '<h3>As run (adaptive execution)</h3>' + pre(arr(q.adaptive).join('\n')) : '') + '</div>'), 'desc') +
       td(badge(q.status)) + td(timeHtml(q.submitted_ms)) + tdn(fmtDur(liveDur(q))) +
       td(arr(q.jobs).map((j) => link('jobs/' + seg(j), j)).join(', ') || DASH) + '</tr>');
     return title('SQL', statusCounts(qs)) +
