@@ -305,6 +305,24 @@ fn gen_tpch_writes_eight_tables_that_sql_can_query() {
         stages.contains("Stage 1") && stages.contains("Stage 2"),
         "{stages}"
     );
+    // Run, its small reduce partitions are read by one task.
+    let out = sql(&[
+        "--tpch",
+        data_arg,
+        "-e",
+        "\\analyze SELECT l_returnflag, count(*) FROM lineitem GROUP BY 1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let analyzed = stdout(&out);
+    let (planned, as_run) = analyzed
+        .split_once("== Stage DAG (as run) ==")
+        .unwrap_or_else(|| panic!("{analyzed}"));
+    assert!(planned.contains("Stage 2"), "{analyzed}");
+    assert!(as_run.contains("coalesced:"), "{analyzed}");
+    assert!(
+        as_run.contains("ShuffleReaderExec(stage 1, 1 partition)"),
+        "{analyzed}"
+    );
 
     let out = ember(&[
         "bench",

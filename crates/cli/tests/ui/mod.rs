@@ -141,9 +141,28 @@ fn the_rest_api_and_metrics_follow_a_tpch_query() {
         assert_eq!(job["status"], "succeeded");
         assert_eq!(job["description"].as_str().unwrap(), sql);
         assert_eq!(job["stages"].as_array().unwrap().len(), stages, "{job}");
-        assert_eq!(job["num_tasks"].as_u64().unwrap() as usize, tasks);
-        assert_eq!(job["completed_tasks"].as_u64().unwrap() as usize, tasks);
         let dag_stages = job["dag"].as_array().unwrap();
+        // The planner's task counts, and those adaptive execution ran instead.
+        let count = |key: &str| -> usize {
+            dag_stages
+                .iter()
+                .map(|s| s[key].as_u64().unwrap() as usize)
+                .sum()
+        };
+        assert_eq!(count("planned_partitions"), tasks, "{job}");
+        let adapted: Vec<_> = dag_stages
+            .iter()
+            .filter(|s| !s["adaptive"].as_array().unwrap().is_empty())
+            .collect();
+        assert!(!adapted.is_empty(), "tiny stages are coalesced: {job}");
+        let ran = count("partitions");
+        assert!(ran < tasks, "{job}");
+        assert_eq!(job["num_tasks"].as_u64().unwrap() as usize, ran);
+        assert_eq!(job["completed_tasks"].as_u64().unwrap() as usize, ran);
+        let tasks = ran;
+        let as_run = sql_page[0]["adaptive"].as_array().unwrap();
+        assert_eq!(as_run.len(), adapted.len(), "{sql_page}");
+        assert!(as_run[0].as_str().unwrap().contains("ShuffleReaderExec"));
         assert!(dag_stages.iter().all(|s| s["status"] == "done"));
         assert!(
             dag_stages

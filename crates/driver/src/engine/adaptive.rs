@@ -369,9 +369,11 @@ fn find_join(plan: &Arc<dyn ExecutionPlan>) -> Option<Join> {
                     .filter(|u| u.is_hash())
                     .map(|u| u.stage_id())
             };
-            return Some(Join {
-                build: read(j.left())?,
-                probe: read(j.right())?,
+            let (build, probe) = (read(j.left())?, read(j.right())?);
+            // A stage's output joined with itself: its two reads cannot differ.
+            return (build != probe).then(|| Join {
+                build,
+                probe,
                 join_type: *j.join_type(),
                 null_aware: j.null_aware,
             });
