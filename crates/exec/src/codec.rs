@@ -27,7 +27,7 @@ use prost::Message;
 pub use ember_core::codec::{decode_plan, encode_plan};
 
 use crate::batch_fn::{BatchFnRegistry, MapBatchesExec};
-use crate::key_filter::KeyFilterExpr;
+use crate::key_filter::{KeyFilterExpr, KeySetExpr};
 use crate::proto::{self, extension_node::Node};
 use crate::shuffle::{
     MapOutputKey, PartitionLocation, PartitionStats, ShuffleData, ShuffleReaderExec,
@@ -366,6 +366,8 @@ fn location_from_proto(l: &proto::ShuffleLocation) -> DFResult<PartitionLocation
 
 /// The tag of a [`KeyFilterExpr`] among the extension expressions.
 const KEY_FILTER_TAG: &[u8] = b"ember.key_filter.1:";
+/// The tag of a [`KeySetExpr`]; its keys follow as an Arrow IPC stream of one column.
+const KEY_SET_TAG: &[u8] = b"ember.key_set.1:";
 
 impl PhysicalExtensionCodec for EmberCodec {
     fn try_encode_expr(
@@ -376,14 +378,27 @@ impl PhysicalExtensionCodec for EmberCodec {
             '_,
         >,
     ) -> DFResult<()> {
-        let Some(filter) = node.downcast_ref::<KeyFilterExpr>() else {
-            return Err(DataFusionError::Internal(format!(
-                "ember codec: no encoding of expression {node}"
-            )));
-        };
-        buf.extend_from_slice(KEY_FILTER_TAG);
-        buf.extend_from_slice(&filter.filter().to_bytes());
-        Ok(())
+        if let Some(filter) = node.downcast_ref::<KeyFilterExpr>() {
+            buf.extend_from_slice(KEY_FILTER_TAG);
+            buf.extend_from_slice(&filter.filter().to_bytes());
+            return Ok(());
+        }
+        if let Some(set) = node.downcast_ref::<KeySetExpr>() {
+            let values = set.values();
+            let schema = Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
+                "key",
+                values.data_type().clone(),
+                true,
+            )]));
+            let batch =
+                arrow::record_batch::RecordBatch::try_new(schema.clone(), vec![values.clone()])?;
+            buf.extend_from_slice(KEY_SET_TAG);
+            buf.extend_from_slice(&ember_core::convert::ipc_stream(&schema, &[batch])?);
+            return Ok(());
+        }
+        Err(DataFusionError::Internal(format!(
+            "ember codec: no encoding of expression {node}"
+        )))
     }
 
     fn try_decode_expr(
@@ -394,14 +409,37 @@ impl PhysicalExtensionCodec for EmberCodec {
             '_,
         >,
     ) -> DFResult<Arc<dyn PhysicalExpr>> {
-        let (Some(bits), [key]) = (buf.strip_prefix(KEY_FILTER_TAG), inputs) else {
+        let [key] = inputs else {
             return Err(decode_err(
                 "extension expression",
-                format!("not a key filter of one input ({} inputs)", inputs.len()),
+                format!("a key filter has one input, not {}", inputs.len()),
             ));
         };
-        let filter = BloomFilter::from_bytes(bits).map_err(|e| decode_err("key filter", e))?;
-        Ok(Arc::new(KeyFilterExpr::new(key.clone(), filter)))
+        if let Some(bits) = buf.strip_prefix(KEY_FILTER_TAG) {
+            let filter = BloomFilter::from_bytes(bits).map_err(|e| decode_err("key filter", e))?;
+            return Ok(Arc::new(KeyFilterExpr::new(key.clone(), filter)));
+        }
+        if let Some(ipc) = buf.strip_prefix(KEY_SET_TAG) {
+            let (_, batches) = ember_core::convert::read_ipc_stream(ipc, "key set")
+                .map_err(|e| decode_err("key set", e))?;
+            let [batch] = batches.as_slice() else {
+                return Err(decode_err(
+                    "key set",
+                    format!("{} batches, not one", batches.len()),
+                ));
+            };
+            if batch.num_columns() != 1 {
+                return Err(decode_err(
+                    "key set",
+                    format!("{} columns, not one", batch.num_columns()),
+                ));
+            }
+            return Ok(Arc::new(KeySetExpr::new(
+                key.clone(),
+                batch.column(0).clone(),
+            )));
+        }
+        Err(decode_err("extension expression", "not a key filter"))
     }
 
     fn try_decode(

@@ -122,6 +122,7 @@ pub async fn run_task(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) 
 
 async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result<TaskOutput> {
     let id = def.id;
+    let setup = Instant::now();
     let config = session_config_from_pairs(&def.config)?
         .with_extension(env.shuffle.clone())
         .with_extension(env.caches.clone());
@@ -159,6 +160,12 @@ async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result
         env.runtime.clone(),
     ));
     let plan = make_cancellable(decode_plan(&def.plan, &ctx, &env.codec)?, cancel)?;
+    // A task's fixed cost before its first row: its settings, context and plan.
+    tracing::debug!(
+        setup_us = setup.elapsed().as_micros() as u64,
+        plan_bytes = def.plan.len(),
+        "task plan decoded"
+    );
     if let Some(writer) = plan.downcast_ref::<ShuffleWriterExec>() {
         return Ok(TaskOutput::Map(writer.write(id.partition, ctx).await?));
     }

@@ -49,7 +49,7 @@ use datafusion::physical_plan::union::UnionExec;
 use ember_core::keys::KeyValues;
 use ember_core::shuffle::MapOutput;
 use ember_core::{EmberError, Result};
-use ember_exec::key_filter::KeyFilterExpr;
+use ember_exec::key_filter::{KeyFilterExpr, KeySetExpr};
 use ember_exec::shuffle::{ShuffleWriterExec, UnresolvedShuffleExec};
 
 use super::planner::StageGraph;
@@ -468,6 +468,10 @@ pub(crate) fn apply(
     Ok(rewritten.data)
 }
 
+/// The longest key list a Parquet scan prunes row groups with (DataFusion's pruning
+/// rewrites `IN` lists up to 20 values); a longer one is a [`KeySetExpr`].
+const PRUNABLE_LIST: usize = 20;
+
 /// The predicate of filter `f` on `scan`'s output, from its build stage's outputs.
 fn predicate(
     scan: &Arc<dyn ExecutionPlan>,
@@ -510,11 +514,16 @@ fn predicate(
         compare(Operator::LtEq, max),
     ));
     let members: Option<Arc<dyn PhysicalExpr>> = match values.distinct() {
-        Some(distinct) if distinct.len() > 2 => {
+        // A short list Parquet pruning can use, as `IN` literals.
+        Some(distinct) if distinct.len() > 2 && distinct.len() <= PRUNABLE_LIST => {
             let list = distinct.into_iter().map(lit).collect();
             let listed = in_list(column.clone(), list, &false, &schema)
                 .map_err(|e| EmberError::Internal(format!("runtime filter on {}: {e}", f.name)))?;
             Some(listed)
+        }
+        Some(distinct) if distinct.len() > PRUNABLE_LIST => {
+            let values = datafusion::common::ScalarValue::iter_to_array(distinct)?;
+            Some(Arc::new(KeySetExpr::new(column.clone(), values)) as Arc<dyn PhysicalExpr>)
         }
         Some(_) => None,
         None if f.target == f.join_stage => None,

@@ -253,8 +253,10 @@ impl Scheduler {
             }
             for stage in ready {
                 let planned = job.graph.stages[&stage].tasks;
+                let started = std::time::Instant::now();
                 let adapted = job.adapt(stage);
                 let resolved = job.resolve(stage);
+                let resolve_us = started.elapsed().as_micros() as u64;
                 if let (Some(notes), Ok(plan)) = (adapted, &resolved) {
                     let tasks = job.graph.stages[&stage].tasks;
                     tracing::info!(job = job_id, stage, tasks, ?notes, "stage adapted");
@@ -267,10 +269,13 @@ impl Scheduler {
                         plan: super::explain::resolved_plan(plan),
                     });
                 }
+                let started = std::time::Instant::now();
                 let bytes = match resolved.and_then(|plan| encode_plan(plan, &self.codec)) {
                     Ok(b) => b,
                     Err(e) => return self.fail_job(job_id, e),
                 };
+                let encode_us = started.elapsed().as_micros() as u64;
+                let plan_bytes = bytes.len();
                 let state = job.stages.get_mut(&stage).expect("stage exists");
                 state.plan_bytes = Some(bytes);
                 state.status = StageStatus::Running;
@@ -287,6 +292,9 @@ impl Scheduler {
                     stage,
                     attempt = state.attempt,
                     tasks = state.tasks.len(),
+                    resolve_us,
+                    encode_us,
+                    plan_bytes,
                     "stage started"
                 );
                 for (p, t) in state.tasks.iter().enumerate() {
