@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::logical_expr::LogicalPlan;
 use ember_driver::{Session, tpch};
 
 use crate::output::{Format, ResultWriter, one_line, summary, write_result};
@@ -257,30 +258,12 @@ impl Runner {
             "d" if arg.is_empty() => self.list_tables()?,
             "d" => self.query(&format!("DESCRIBE {arg}")).await?,
             "stages" => {
-                anyhow::ensure!(
-                    !arg.is_empty(),
-                    "\\stages needs a query: \\stages SELECT ...;"
-                );
-                let plan = self
-                    .session
-                    .context()
-                    .state()
-                    .create_logical_plan(arg)
-                    .await?;
+                let plan = self.plan_of(name, arg).await?;
                 let stages = self.session.explain_stages(&plan).await?;
                 println!("{}", stages.trim_end());
             }
             "analyze" => {
-                anyhow::ensure!(
-                    !arg.is_empty(),
-                    "\\analyze needs a query: \\analyze SELECT ...;"
-                );
-                let plan = self
-                    .session
-                    .context()
-                    .state()
-                    .create_logical_plan(arg)
-                    .await?;
+                let plan = self.plan_of(name, arg).await?;
                 let stages = self.session.explain_stages(&plan).await?;
                 let adapted = self.session.run_for_adaptive_plans(&plan).await?;
                 println!("== Stage DAG ==\n{}", stages.trim_end());
@@ -295,6 +278,16 @@ impl Runner {
             _ => anyhow::bail!("unknown command \\{name}; \\? lists the commands"),
         }
         Ok(Outcome::Continue)
+    }
+
+    /// The logical plan of the query after shell command `\\command`.
+    async fn plan_of(&self, command: &str, query: &str) -> Result<LogicalPlan> {
+        anyhow::ensure!(
+            !query.is_empty(),
+            "\\{command} needs a query: \\{command} SELECT ...;"
+        );
+        let state = self.session.context().state();
+        Ok(state.create_logical_plan(query).await?)
     }
 
     /// `\d`: the tables of every schema, from the catalog (no job runs).
