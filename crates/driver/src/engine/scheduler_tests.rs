@@ -407,6 +407,11 @@ async fn an_adapted_stage_keeps_its_tasks_when_it_runs_again_after_a_fetch_failu
     assert_eq!(parts(&reduces), [(h.final_stage, 0, 0, 0)]);
     assert!(h.outcome().is_none());
     assert_eq!(h.partitions, 1, "the result reader is told");
+    assert_eq!(
+        h.progress(),
+        [(h.final_stage, 1, 1, 0)],
+        "the progress bar counts the tasks it runs"
+    );
     h.fail(
         reduces[0],
         "e2",

@@ -77,6 +77,13 @@ impl Listener for ProgressListener {
                 }
                 return;
             }
+            AppEvent::StageAdapted {
+                job, stage, tasks, ..
+            } => {
+                // Posted before the stage starts: its bar counts the tasks it runs.
+                counts.totals.insert((*job, *stage), *tasks);
+                return;
+            }
             AppEvent::JobEnded { job, .. } => {
                 counts.totals.retain(|(j, _), _| j != job);
                 counts.running.retain(|(j, _), _| j != job);
