@@ -114,9 +114,9 @@ impl Join {
 
 /// Plans stage `stage`'s tasks from its parents' map outputs (`outputs`), with
 /// `slots` task slots in all; `None` when it runs as planned.
-pub(crate) fn decide(
+pub(crate) fn decide<'a>(
     stage: &Stage,
-    outputs: &dyn Fn(usize) -> Vec<MapOutput>,
+    outputs: &dyn Fn(usize) -> Vec<&'a MapOutput>,
     settings: &AdaptiveSettings,
     slots: usize,
 ) -> Option<Adapted> {
@@ -130,11 +130,13 @@ pub(crate) fn decide(
     reads.sort_unstable();
     reads.dedup();
     let n = stage.tasks;
-    let outputs: BTreeMap<usize, Vec<MapOutput>> = reads.iter().map(|&p| (p, outputs(p))).collect();
+    let outputs: BTreeMap<usize, Vec<&MapOutput>> =
+        reads.iter().map(|&p| (p, outputs(p))).collect();
     let sizes: BTreeMap<usize, Vec<u64>> = outputs
         .iter()
         .map(|(&p, outs)| (p, (0..n).map(|r| partition_bytes(outs, r)).collect()))
         .collect();
+    let medians: BTreeMap<usize, u64> = sizes.iter().map(|(&p, s)| (p, median(s))).collect();
     let join = find_join(&stage.plan).filter(|_| reads.len() == 2);
 
     if let Some(j) = &join
@@ -177,7 +179,8 @@ pub(crate) fn decide(
         .max(MIN_PARTITION_BYTES);
     let skewed = |side: usize, r: usize| {
         let s = &sizes[&side];
-        let threshold = (median(s) as f64 * settings.skew_factor).max(settings.skew_bytes as f64);
+        let threshold =
+            (medians[&side] as f64 * settings.skew_factor).max(settings.skew_bytes as f64);
         s[r] as f64 > threshold
     };
     let mut tasks: Vec<BTreeMap<usize, Vec<Slice>>> = Vec::new();
@@ -218,7 +221,7 @@ pub(crate) fn decide(
                 let outs = &outputs[&side];
                 if split {
                     // Spark's aim: the advisory size, or a typical partition if more.
-                    let aim = settings.advisory_partition_bytes.max(median(&sizes[&side]));
+                    let aim = settings.advisory_partition_bytes.max(medians[&side]);
                     split_maps(outs, r, aim)
                 } else {
                     let whole = 0..outs.len();
@@ -241,8 +244,8 @@ pub(crate) fn decide(
                 "skewed partition {r}: build side {}, probe side {} (medians {} and {}), split into {}",
                 bytes(sizes[&j.build][r]),
                 bytes(sizes[&j.probe][r]),
-                bytes(median(&sizes[&j.build])),
-                bytes(median(&sizes[&j.probe])),
+                bytes(medians[&j.build]),
+                bytes(medians[&j.probe]),
                 count(builds.len() * probes.len(), "task"),
             ));
             continue;
@@ -285,7 +288,7 @@ pub(crate) fn decide(
 }
 
 /// Bytes of reduce partition `r` in all of `outputs`.
-fn partition_bytes(outputs: &[MapOutput], r: usize) -> u64 {
+fn partition_bytes(outputs: &[&MapOutput], r: usize) -> u64 {
     outputs
         .iter()
         .map(|o| o.partitions.get(r).map_or(0, |p| p.length))
@@ -300,7 +303,7 @@ fn median(sizes: &[u64]) -> u64 {
 
 /// Map outputs `0..outputs.len()` cut into runs whose partition `r` holds at most
 /// `aim` bytes (a bigger single output is a run of its own).
-fn split_maps(outputs: &[MapOutput], r: usize, aim: u64) -> Vec<Range<usize>> {
+fn split_maps(outputs: &[&MapOutput], r: usize, aim: u64) -> Vec<Range<usize>> {
     let mut runs: Vec<Range<usize>> = Vec::new();
     let mut run_bytes = 0;
     for (m, o) in outputs.iter().enumerate() {

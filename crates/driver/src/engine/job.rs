@@ -173,9 +173,8 @@ impl Job {
         if self.adapted.contains_key(&stage) {
             return None;
         }
-        let outputs = |p: usize| -> Vec<MapOutput> {
-            self.stages[&p].outputs.iter().flatten().cloned().collect()
-        };
+        let outputs =
+            |p: usize| -> Vec<&MapOutput> { self.stages[&p].outputs.iter().flatten().collect() };
         let complete = self.graph.stages[&stage]
             .parents
             .iter()
