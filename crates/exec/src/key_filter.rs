@@ -7,14 +7,15 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{ArrayRef, BooleanArray};
+use arrow::array::{Array, ArrayRef, BooleanArray};
+use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::error::Result as DFResult;
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::InListExpr;
-use ember_core::keys::{BloomFilter, hash_keys};
+use ember_core::keys::{BloomFilter, hash_each};
 
 #[derive(Debug, Clone)]
 pub struct KeyFilterExpr {
@@ -72,12 +73,17 @@ impl PhysicalExpr for KeyFilterExpr {
 
     fn evaluate(&self, batch: &RecordBatch) -> DFResult<ColumnarValue> {
         let keys = self.key.evaluate(batch)?.into_array(batch.num_rows())?;
-        let hashes = hash_keys(&keys).map_err(datafusion::error::DataFusionError::from)?;
-        let kept: BooleanArray = hashes
-            .into_iter()
-            .map(|h| Some(h.is_some_and(|h| self.filter.may_contain(h))))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(kept)))
+        let hashes = hash_each(&keys).map_err(datafusion::error::DataFusionError::from)?;
+        let found =
+            BooleanBuffer::collect_bool(hashes.len(), |i| self.filter.may_contain(hashes[i]));
+        // A null key matches no build row.
+        let kept = match keys.logical_nulls() {
+            Some(nulls) => &found & nulls.inner(),
+            None => found,
+        };
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
+            kept, None,
+        ))))
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
@@ -215,5 +221,63 @@ mod tests {
         let kept: Vec<Option<bool>> = kept.iter().collect();
         assert_eq!(kept, [Some(false), Some(true), None, Some(true)]);
         assert_eq!(set.to_string(), "k@1 IN (3 KEYS)");
+    }
+
+    #[test]
+    fn a_bloom_filter_keeps_its_keys_of_a_sliced_batch_and_never_a_null() {
+        use arrow::array::StringArray;
+        use ember_core::keys::KeyValues;
+
+        // Build sides of two types: fixed-width keys hash their bytes, strings their
+        // row encoding; either way past the listed values a bloom filter holds them.
+        let ints: ArrayRef = Arc::new(Int64Array::from_iter_values((0..10_000).map(|i| i * 7)));
+        let strings: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (0..10_000).map(|i| format!("key-{}", i * 7)),
+        ));
+        for build in [ints, strings] {
+            let mut values = KeyValues::try_new(build.data_type()).unwrap();
+            values.update(&build).unwrap();
+            let bloom = values
+                .bloom_filter()
+                .expect("hashed past the listed values");
+            let filter = KeyFilterExpr::new(Arc::new(Column::new("k", 0)), bloom);
+            // The probe: a null, then every build key and as many absent ones, read
+            // through a slice (an offset into the buffers).
+            let probe = arrow::compute::concat(&[
+                &arrow::array::new_null_array(build.data_type(), 1),
+                &build,
+                &arrow::compute::cast(
+                    &Int64Array::from_iter_values((0..10_000).map(|i| i * 7 + 3)),
+                    build.data_type(),
+                )
+                .unwrap(),
+            ])
+            .unwrap()
+            .slice(0, 20_001);
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                "k",
+                build.data_type().clone(),
+                true,
+            )]));
+            let batch = RecordBatch::try_new(schema, vec![probe]).unwrap();
+            let kept = filter.evaluate(&batch).unwrap().into_array(20_001).unwrap();
+            let kept = kept.as_any().downcast_ref::<BooleanArray>().unwrap();
+            assert_eq!(kept.null_count(), 0);
+            assert!(!kept.value(0), "a null key is never kept");
+            assert!(
+                (1..=10_000).all(|i| kept.value(i)),
+                "no build key is dropped"
+            );
+            let false_positives = (10_001..20_001).filter(|i| kept.value(*i)).count();
+            assert!(
+                false_positives < 500,
+                "{false_positives} of 10000 absent keys kept"
+            );
+            // The same rows at an offset: the answers move with them.
+            let sliced = batch.slice(5, 100);
+            let kept = filter.evaluate(&sliced).unwrap().into_array(100).unwrap();
+            let kept = kept.as_any().downcast_ref::<BooleanArray>().unwrap();
+            assert!((0..100).all(|i| kept.value(i)));
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, WindowUDF};
+use datafusion::prelude::SessionConfig;
 use futures::TryStreamExt;
 use tracing::Instrument;
 
@@ -75,6 +76,38 @@ pub struct TaskCaches {
     pub object_stores: Option<Arc<crate::storage::EmberStores>>,
     /// State partitions of stateful operators, for the next batch's task here.
     pub state: StateCache,
+    /// The settings of recent jobs, parsed.
+    pub configs: ConfigCache,
+}
+
+/// Task settings already parsed, by their text. Every task of a job carries the same
+/// couple of hundred pairs, and parsing them again was most of a short task's setup.
+#[derive(Debug, Default)]
+pub struct ConfigCache(parking_lot::Mutex<Vec<(Arc<Vec<(String, String)>>, SessionConfig)>>);
+
+impl ConfigCache {
+    /// Jobs (or their final stages, whose settings differ) whose settings are kept.
+    const KEPT: usize = 8;
+
+    /// The session config of `pairs`, parsed once while they are recent.
+    pub fn get(&self, pairs: &Arc<Vec<(String, String)>>) -> Result<SessionConfig> {
+        let mut kept = self.0.lock();
+        if let Some(i) = kept
+            .iter()
+            .position(|(p, _)| Arc::ptr_eq(p, pairs) || **p == **pairs)
+        {
+            let entry = kept.remove(i);
+            let config = entry.1.clone();
+            kept.insert(0, entry);
+            return Ok(config);
+        }
+        drop(kept);
+        let config = session_config_from_pairs(pairs)?;
+        let mut kept = self.0.lock();
+        kept.insert(0, (pairs.clone(), config.clone()));
+        kept.truncate(Self::KEPT);
+        Ok(config)
+    }
 }
 
 impl TaskCaches {
@@ -123,7 +156,10 @@ pub async fn run_task(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) 
 async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result<TaskOutput> {
     let id = def.id;
     let setup = Instant::now();
-    let config = session_config_from_pairs(&def.config)?
+    let config = env
+        .caches
+        .configs
+        .get(&def.config)?
         .with_extension(env.shuffle.clone())
         .with_extension(env.caches.clone());
     let ember = EmberConfig::from_session(&config);
@@ -159,10 +195,12 @@ async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result
         functions.window,
         env.runtime.clone(),
     ));
+    let context_us = setup.elapsed().as_micros() as u64;
     let plan = make_cancellable(decode_plan(&def.plan, &ctx, &env.codec)?, cancel)?;
     // A task's fixed cost before its first row: its settings, context and plan.
     tracing::debug!(
         setup_us = setup.elapsed().as_micros() as u64,
+        context_us,
         plan_bytes = def.plan.len(),
         "task plan decoded"
     );

@@ -439,29 +439,38 @@ pub(crate) fn apply(
         let Some(filters) = by_scan.get(&address(&node)) else {
             return Ok(Transformed::no(node));
         };
-        let mut predicates = Vec::new();
+        let (mut prunable, mut whole) = (Vec::new(), Vec::new());
         for f in filters {
             if let Some(p) = predicate(&node, f, &outputs(f.source))? {
-                predicates.push(p);
+                prunable.push(p.prunable.clone());
+                whole.push(p.whole());
             }
         }
-        let Some(predicate) = predicates
-            .into_iter()
-            .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)))
-        else {
+        let and = |predicates: Vec<Arc<dyn PhysicalExpr>>| {
+            predicates
+                .into_iter()
+                .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)) as _)
+        };
+        let (Some(predicate), Some(prunable)) = (and(whole), and(prunable)) else {
             return Ok(Transformed::no(node));
         };
         let below = !under_filter.contains(&address(&node));
-        let filtered = Arc::new(FilterExec::try_new(predicate.clone(), node)?);
-        // Into the scan too: Parquet skips the row groups and pages it rules out.
-        let pushed = FilterPushdown::new().optimize(filtered, &ConfigOptions::default())?;
-        if below {
-            return Ok(Transformed::yes(pushed));
-        }
+        // Into the scan, what Parquet can skip row groups and pages by: the bounds and
+        // short key lists. A long list or a bloom filter would only be carried along,
+        // in every task's plan.
+        let pushed = FilterPushdown::new().optimize(
+            Arc::new(FilterExec::try_new(prunable, node)?),
+            &ConfigOptions::default(),
+        )?;
         let scan = match pushed.downcast_ref::<FilterExec>() {
             Some(f) => f.input().clone(),
             None => pushed,
         };
+        if below {
+            return Ok(Transformed::yes(Arc::new(FilterExec::try_new(
+                predicate, scan,
+            )?)));
+        }
         pending.insert(address(&scan), predicate);
         Ok(Transformed::yes(scan))
     })?;
@@ -472,12 +481,29 @@ pub(crate) fn apply(
 /// rewrites `IN` lists up to 20 values); a longer one is a [`KeySetExpr`].
 const PRUNABLE_LIST: usize = 20;
 
+/// A runtime filter's predicate on a scan's output.
+struct Predicate {
+    /// What Parquet pruning can use: the bounds, and a short key list.
+    prunable: Arc<dyn PhysicalExpr>,
+    /// A long key list or a bloom filter, for the rows themselves.
+    members: Option<Arc<dyn PhysicalExpr>>,
+}
+
+impl Predicate {
+    fn whole(self) -> Arc<dyn PhysicalExpr> {
+        match self.members {
+            Some(members) => Arc::new(BinaryExpr::new(self.prunable, Operator::And, members)),
+            None => self.prunable,
+        }
+    }
+}
+
 /// The predicate of filter `f` on `scan`'s output, from its build stage's outputs.
 fn predicate(
     scan: &Arc<dyn ExecutionPlan>,
     f: &RuntimeFilter,
     outputs: &[Option<MapOutput>],
-) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+) -> Result<Option<Predicate>> {
     let schema = scan.schema();
     let Some(field) = schema.fields().get(f.column) else {
         return Ok(None);
@@ -504,11 +530,14 @@ fn predicate(
     let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(field.name(), f.column));
     let Some((min, max)) = values.bounds()? else {
         // No build row has a key: no probe row can match.
-        return Ok(Some(lit(false)));
+        return Ok(Some(Predicate {
+            prunable: lit(false),
+            members: None,
+        }));
     };
     let compare =
         |op, v| -> Arc<dyn PhysicalExpr> { Arc::new(BinaryExpr::new(column.clone(), op, lit(v))) };
-    let mut predicate: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+    let mut prunable: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
         compare(Operator::GtEq, min),
         Operator::And,
         compare(Operator::LtEq, max),
@@ -519,7 +548,8 @@ fn predicate(
             let list = distinct.into_iter().map(lit).collect();
             let listed = in_list(column.clone(), list, &false, &schema)
                 .map_err(|e| EmberError::Internal(format!("runtime filter on {}: {e}", f.name)))?;
-            Some(listed)
+            prunable = Arc::new(BinaryExpr::new(prunable, Operator::And, listed));
+            None
         }
         Some(distinct) if distinct.len() > PRUNABLE_LIST => {
             let values = datafusion::common::ScalarValue::iter_to_array(distinct)?;
@@ -531,8 +561,5 @@ fn predicate(
             .bloom_filter()
             .map(|b| Arc::new(KeyFilterExpr::new(column.clone(), b)) as Arc<dyn PhysicalExpr>),
     };
-    if let Some(members) = members {
-        predicate = Arc::new(BinaryExpr::new(predicate, Operator::And, members));
-    }
-    Ok(Some(predicate))
+    Ok(Some(Predicate { prunable, members }))
 }
