@@ -19,10 +19,11 @@
 //! summarizes the column ([`KeyValues`]); the probe scan's stage waits for it.
 //!
 //! When the scan's stage starts, [`apply`] turns the merged summary into a predicate
-//! in a `FilterExec` over the scan, pushed into the Parquet source's row-group and page
-//! pruning: `k BETWEEN min AND max`, and `k IN (...)` when the build side has at most a
-//! few thousand distinct keys, else a bloom filter of them ([`KeyFilterExpr`]) up to a
-//! million; `false` when it has none.
+//! in a `FilterExec` over the scan: `k BETWEEN min AND max`, and `k IN (...)` when the
+//! build side has at most a few thousand distinct keys ([`KeySetExpr`] past 20), else a
+//! bloom filter of them ([`KeyFilterExpr`]) up to a million; `false` when it has none.
+//! The bounds and lists of up to 20 keys also go into the Parquet source's row-group
+//! and page pruning, which can use nothing longer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
