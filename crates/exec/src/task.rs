@@ -83,14 +83,17 @@ pub struct TaskCaches {
 /// Task settings already parsed, by their text. Every task of a job carries the same
 /// couple of hundred pairs, and parsing them again was most of a short task's setup.
 #[derive(Debug, Default)]
-pub struct ConfigCache(parking_lot::Mutex<Vec<(Arc<Vec<(String, String)>>, SessionConfig)>>);
+pub struct ConfigCache(parking_lot::Mutex<Vec<(Settings, SessionConfig)>>);
+
+/// A task's settings as its definition carries them.
+type Settings = Arc<Vec<(String, String)>>;
 
 impl ConfigCache {
     /// Jobs (or their final stages, whose settings differ) whose settings are kept.
     const KEPT: usize = 8;
 
     /// The session config of `pairs`, parsed once while they are recent.
-    pub fn get(&self, pairs: &Arc<Vec<(String, String)>>) -> Result<SessionConfig> {
+    pub fn get(&self, pairs: &Settings) -> Result<SessionConfig> {
         let mut kept = self.0.lock();
         if let Some(i) = kept
             .iter()
