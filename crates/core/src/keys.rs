@@ -3,7 +3,7 @@
 //! (a runtime filter).
 //!
 //! A summary holds every distinct non-null value while there are at most
-//! [`MAX_DISTINCT_VALUES`]; past that, the 64-bit hashes ([`hash_keys`]) of every
+//! [`MAX_DISTINCT_VALUES`]; past that, the 64-bit hashes ([`hash_each`]) of every
 //! distinct value while there are at most [`MAX_HASHED_VALUES`], from which the driver
 //! makes a [`BloomFilter`]; and always the smallest and largest value. Merging the
 //! summaries of every map task of a stage gives the same kind of summary of the stage.
@@ -41,7 +41,7 @@ pub struct KeySummary {
     /// An Arrow IPC stream of one single-column batch; empty when no non-null value
     /// was seen.
     pub values: Vec<u8>,
-    /// The [`hash_keys`] of every distinct non-null value, as little-endian u64s, when
+    /// The [`hash_each`] of every distinct non-null value, as little-endian u64s, when
     /// `values` is not complete and there are at most [`MAX_HASHED_VALUES`]; else empty
     /// (and `hashed` false).
     pub hashes: Vec<u8>,
@@ -237,17 +237,6 @@ impl KeyValues {
             hashed,
         })
     }
-}
-
-/// A 64-bit hash of each value of `array` (`None` for nulls), the same in every
-/// process. See [`hash_each`].
-pub fn hash_keys(array: &ArrayRef) -> Result<Vec<Option<u64>>> {
-    let hashes = hash_each(array)?;
-    Ok(hashes
-        .into_iter()
-        .enumerate()
-        .map(|(i, h)| array.is_valid(i).then_some(h))
-        .collect())
 }
 
 /// A 64-bit hash of every slot of `array`, nulls too (whatever their slots hold), the
@@ -454,13 +443,13 @@ mod tests {
         let mut other = KeyValues::try_new(&DataType::Int32).unwrap();
         assert!(other.merge(&a.summary(0).unwrap(), "task").is_err());
         let bloom = merged.bloom_filter().unwrap();
-        let present = hash_keys(&ints(&many)).unwrap();
-        assert!(present.iter().all(|h| bloom.may_contain(h.unwrap())));
+        let present = hash_each(&ints(&many)).unwrap();
+        assert!(present.iter().all(|h| bloom.may_contain(*h)));
         let absent: Vec<Option<i64>> = (0..20_000).map(|i| Some(i * 3 + 1)).collect();
-        let false_positives = hash_keys(&ints(&absent))
+        let false_positives = hash_each(&ints(&absent))
             .unwrap()
             .iter()
-            .filter(|h| bloom.may_contain(h.unwrap()))
+            .filter(|h| bloom.may_contain(**h))
             .count();
         assert!(false_positives < 1_000, "{false_positives} of 20000");
         let back = BloomFilter::from_bytes(&bloom.to_bytes()).unwrap();

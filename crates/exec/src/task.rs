@@ -256,3 +256,36 @@ fn failure_of(e: &EmberError) -> TaskFailure {
         retryable,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn cached_settings_are_the_ones_each_task_carries() {
+        let cache = ConfigCache::default();
+        let two = settings(&[("datafusion.execution.batch_size", "2048")]);
+        let three = settings(&[("datafusion.execution.batch_size", "3072")]);
+        assert_eq!(cache.get(&two).unwrap().batch_size(), 2048);
+        assert_eq!(cache.get(&three).unwrap().batch_size(), 3072);
+        // Equal settings in another allocation (as a cluster's tasks each decode
+        // theirs) find the same entry; a changed value is not taken for it.
+        let again = settings(&[("datafusion.execution.batch_size", "2048")]);
+        assert_eq!(cache.get(&again).unwrap().batch_size(), 2048);
+        assert_eq!(cache.0.lock().len(), 2);
+        // A bad value is an error naming its key, and is not kept.
+        let bad = settings(&[("ember.task.max_failures", "many")]);
+        let e = cache.get(&bad).unwrap_err().to_string();
+        assert!(e.contains("ember.task.max_failures"), "{e}");
+        assert_eq!(cache.0.lock().len(), 2);
+    }
+}
