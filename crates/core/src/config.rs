@@ -75,6 +75,9 @@ pub struct EmberConfig {
     pub cluster_executor_wait_secs: u64,
     /// Deepest nesting of expressions a SQL statement may have (`ember.sql.max_expression_depth`).
     pub sql_max_expression_depth: usize,
+    /// Whether uncorrelated scalar subqueries run first and enter their query as
+    /// literals (`ember.sql.scalar_subqueries_first`).
+    pub sql_scalar_subqueries_first: bool,
     /// Whether joins' build stages filter the scans of their probe sides (`ember.runtime_filter.enabled`).
     pub runtime_filter_enabled: bool,
     /// Adaptive execution: what a stage's start decides from the map outputs it reads
@@ -133,6 +136,7 @@ impl Default for EmberConfig {
             executor_timeout_secs: 0,
             cluster_executor_wait_secs: 0,
             sql_max_expression_depth: 0,
+            sql_scalar_subqueries_first: false,
             adaptive: AdaptiveSettings {
                 enabled: true,
                 advisory_partition_bytes: 0,
@@ -226,6 +230,10 @@ impl EmberConfig {
                 if self.sql_max_expression_depth == 0 {
                     return Err(bad("a positive integer"));
                 }
+            }
+            "sql.scalar_subqueries_first" => {
+                self.sql_scalar_subqueries_first =
+                    value.parse().map_err(|_| bad("true or false"))?
             }
             "runtime_filter.enabled" => {
                 self.runtime_filter_enabled = value.parse().map_err(|_| bad("true or false"))?
@@ -350,6 +358,7 @@ impl EmberConfig {
             "ember.executor.timeout" => self.executor_timeout_secs.to_string(),
             "ember.cluster.executor_wait" => self.cluster_executor_wait_secs.to_string(),
             "ember.sql.max_expression_depth" => self.sql_max_expression_depth.to_string(),
+            "ember.sql.scalar_subqueries_first" => self.sql_scalar_subqueries_first.to_string(),
             "ember.runtime_filter.enabled" => self.runtime_filter_enabled.to_string(),
             "ember.adaptive.enabled" => self.adaptive.enabled.to_string(),
             "ember.adaptive.advisory_partition_bytes" => {

@@ -13,14 +13,15 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::RecordBatchStream;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::stream::EmptyRecordBatchStream;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, displayable};
 use datafusion::prelude::SessionContext;
 use ember_core::Result;
+use ember_core::config::EmberConfig;
 use futures::Stream;
 
-use crate::planning::on_planning_stack;
+use crate::planning::{on_planning_stack, scalar_subquery};
 use crate::session::{Runner, Session};
 
 impl Session {
@@ -109,12 +110,14 @@ impl Session {
         }
         match &self.inner.runner {
             Runner::Engine(engine) => {
-                let (physical, logical_text, physical_text) =
-                    self.plan_for_run_in(ctx, plan).await?;
-                // The SQL page: this query's plans, and the jobs it runs.
                 let description = crate::engine::JOB_QUERY
                     .try_with(|(d, _)| d.clone())
                     .unwrap_or_else(|_| describe(plan));
+                let substituted = self.run_scalar_subqueries(ctx, plan, &description).await?;
+                let plan = substituted.as_ref().unwrap_or(plan);
+                let (physical, logical_text, physical_text) =
+                    self.plan_for_run_in(ctx, plan).await?;
+                // The SQL page: this query's plans, and the jobs it runs.
                 let sql = engine.sql_started(description.clone(), logical_text, physical_text);
                 let started = crate::engine::JOB_QUERY
                     .scope(
@@ -138,6 +141,47 @@ impl Session {
             }
             Runner::Remote(remote) => remote.execute_stream(ctx, plan).await,
         }
+    }
+
+    /// `plan` with its uncorrelated scalar subqueries run first, each as a job of its
+    /// own named after `description`, and in it as their values; `None` when it has none
+    /// or `ember.sql.scalar_subqueries_first` is off.
+    async fn run_scalar_subqueries(
+        &self,
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+        description: &str,
+    ) -> Result<Option<LogicalPlan>> {
+        if !EmberConfig::from_session(&ctx.copied_config()).sql_scalar_subqueries_first {
+            return Ok(None);
+        }
+        // Walking deep expressions recurses: on the planning stack.
+        let walked = plan.clone();
+        let subqueries =
+            on_planning_stack(async move { scalar_subquery::uncorrelated(&walked) }).await?;
+        if subqueries.is_empty() {
+            return Ok(None);
+        }
+        let mut values = Vec::with_capacity(subqueries.len());
+        for (i, sq) in subqueries.into_iter().enumerate() {
+            // Two rows tell one from too many.
+            let first_rows = LogicalPlanBuilder::from(sq.subquery.as_ref().clone())
+                .limit(0, Some(2))?
+                .build()?;
+            let name = format!("scalar subquery {} of {description}", i + 1);
+            let rows = crate::engine::JOB_QUERY
+                .scope(
+                    (name, None),
+                    Box::pin(self.collect_plan_in(ctx, &first_rows)),
+                )
+                .await?;
+            let value = scalar_subquery::value_of(&sq, &rows)?;
+            values.push((sq, value));
+        }
+        let plan = plan.clone();
+        let substituted =
+            on_planning_stack(async move { scalar_subquery::substitute(plan, &values) }).await?;
+        Ok(Some(substituted))
     }
 
     /// Optimizes and plans `plan` for a run, with both plans as text for the SQL page,

@@ -44,6 +44,11 @@ pub(super) const KEYS: &[(&str, &str, &str)] = &[
         "Deepest nesting of expressions in a SQL statement (1+1+...+1 nests one level per +); deeper statements are refused with an error.",
     ),
     (
+        "ember.sql.scalar_subqueries_first",
+        "true",
+        "Uncorrelated scalar subqueries, such as x > (SELECT avg(y) FROM t), run first as jobs of their own and enter the query as literals, as in Spark: a filter on one then reaches the scans, Parquet pruning and the runtime filters. One that returns more than one row is an error. false leaves them to DataFusion, which joins them into the query.",
+    ),
+    (
         "ember.runtime_filter.enabled",
         "true",
         "Cross-stage runtime filters: a scan on the probe side of a join waits for the stage that computes the join's build side and skips the rows (and Parquet row groups) whose key no build row has.",

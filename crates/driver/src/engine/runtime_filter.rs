@@ -119,7 +119,8 @@ pub(crate) fn plan(graph: &mut StageGraph) -> Result<()> {
     // Only a build stage that drops rows can hold fewer keys than its probe side: a
     // whole table's keys filter nothing, and waiting for them costs the probe scan its
     // head start. A stage drops rows when it filters them, when it joins a stage that
-    // dropped rows, or when runtime filters apply to it (found in turn).
+    // dropped rows, when all it reads is such stages (an aggregate of filtered rows),
+    // or when runtime filters apply to it (found in turn).
     let mut reducing: HashSet<usize> = graph
         .stages
         .values()
@@ -135,7 +136,9 @@ pub(crate) fn plan(graph: &mut StageGraph) -> Result<()> {
             .stages
             .values()
             .filter(|s| {
-                has::<HashJoinExec>(&s.plan) && s.parents.iter().any(|p| reducing.contains(p))
+                let reads_reduced = |p: &usize| reducing.contains(p);
+                (has::<HashJoinExec>(&s.plan) && s.parents.iter().any(reads_reduced))
+                    || (!s.parents.is_empty() && s.parents.iter().all(reads_reduced))
             })
             .map(|s| s.id);
         let more: Vec<usize> = by_filters

@@ -13,6 +13,7 @@
 //!   thread whose stack is sized for the deepest expression that check lets through.
 
 mod parse_budget;
+pub(crate) mod scalar_subquery;
 
 use std::future::Future;
 use std::ops::ControlFlow;

@@ -6,6 +6,7 @@ mod history;
 mod memory;
 mod object_store;
 mod runtime_filter;
+mod scalar_subquery;
 mod stream;
 mod stream_aggregates;
 mod stream_data_loss;

@@ -10,7 +10,7 @@ use ember_driver::{Session, answers};
 /// `fact` (20 000 rows) and `dim` (1 000 rows) as Parquet under `dir`, with null keys
 /// on both sides and keys of four types; `dim.flag` holds for a tenth of its rows (and
 /// for its null keys).
-async fn write_tables(dir: &Path) {
+pub(crate) async fn write_tables(dir: &Path) {
     let ctx = SessionContext::new();
     let fact = format!(
         "COPY (SELECT value AS id,
@@ -46,7 +46,7 @@ async fn write_tables(dir: &Path) {
     }
 }
 
-async fn register(ctx: &SessionContext, dir: &Path) {
+pub(crate) async fn register(ctx: &SessionContext, dir: &Path) {
     for t in ["fact", "dim", "big"] {
         let sql = format!(
             "CREATE EXTERNAL TABLE {t} STORED AS PARQUET LOCATION '{}/{t}/'",
