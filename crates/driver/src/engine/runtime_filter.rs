@@ -23,7 +23,10 @@
 //! build side has at most a few thousand distinct keys ([`KeySetExpr`] past 20), else a
 //! bloom filter of them ([`KeyFilterExpr`]) up to a million; `false` when it has none.
 //! The bounds and lists of up to 20 keys also go into the Parquet source's row-group
-//! and page pruning, which can use nothing longer.
+//! and page pruning, which can use nothing longer. A scan in the join's own stage,
+//! whose rows the join probes right after, keeps only the bounds as a row filter (cheap
+//! to compare, and often most of what a date range drops); the rest would repeat the
+//! join's work.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -70,8 +73,8 @@ pub(crate) struct RuntimeFilter {
     /// The build key's name, for `explain`.
     pub source_name: String,
     /// The stage of the join: a scan there is probed by the join itself right after,
-    /// so a bloom filter would only repeat its work (bounds and a list may still prune
-    /// Parquet row groups).
+    /// so only the bounds are checked on its rows (the bounds and a short list still
+    /// prune Parquet row groups).
     join_stage: usize,
 }
 
@@ -443,11 +446,17 @@ pub(crate) fn apply(
         let Some(filters) = by_scan.get(&address(&node)) else {
             return Ok(Transformed::no(node));
         };
-        let (mut prunable, mut whole) = (Vec::new(), Vec::new());
+        let (mut prunable, mut rows) = (Vec::new(), Vec::new());
         for f in filters {
             if let Some(p) = predicate(&node, f, &outputs(f.source))? {
-                prunable.push(p.prunable.clone());
-                whole.push(p.whole());
+                prunable.push(p.prunable());
+                // The join right above probes every row with these keys anyway: only
+                // the bounds, cheap to compare, are worth checking before it.
+                rows.push(if f.target == f.join_stage {
+                    p.bounds
+                } else {
+                    p.whole()
+                });
             }
         }
         let and = |predicates: Vec<Arc<dyn PhysicalExpr>>| {
@@ -455,7 +464,7 @@ pub(crate) fn apply(
                 .into_iter()
                 .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)) as _)
         };
-        let (Some(predicate), Some(prunable)) = (and(whole), and(prunable)) else {
+        let (Some(predicate), Some(prunable)) = (and(rows), and(prunable)) else {
             return Ok(Transformed::no(node));
         };
         let below = !under_filter.contains(&address(&node));
@@ -487,17 +496,29 @@ const PRUNABLE_LIST: usize = 20;
 
 /// A runtime filter's predicate on a scan's output.
 struct Predicate {
-    /// What Parquet pruning can use: the bounds, and a short key list.
-    prunable: Arc<dyn PhysicalExpr>,
+    /// The keys' bounds (`false` when there are none).
+    bounds: Arc<dyn PhysicalExpr>,
+    /// A short key list, which Parquet pruning can use too.
+    list: Option<Arc<dyn PhysicalExpr>>,
     /// A long key list or a bloom filter, for the rows themselves.
     members: Option<Arc<dyn PhysicalExpr>>,
 }
 
 impl Predicate {
+    /// What Parquet pruning can use: the bounds and a short list.
+    fn prunable(&self) -> Arc<dyn PhysicalExpr> {
+        let and = |a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)) as Arc<dyn PhysicalExpr>;
+        match &self.list {
+            Some(list) => and(self.bounds.clone(), list.clone()),
+            None => self.bounds.clone(),
+        }
+    }
+
     fn whole(self) -> Arc<dyn PhysicalExpr> {
+        let prunable = self.prunable();
         match self.members {
-            Some(members) => Arc::new(BinaryExpr::new(self.prunable, Operator::And, members)),
-            None => self.prunable,
+            Some(members) => Arc::new(BinaryExpr::new(prunable, Operator::And, members)),
+            None => prunable,
         }
     }
 }
@@ -535,35 +556,95 @@ fn predicate(
     let Some((min, max)) = values.bounds()? else {
         // No build row has a key: no probe row can match.
         return Ok(Some(Predicate {
-            prunable: lit(false),
+            bounds: lit(false),
+            list: None,
             members: None,
         }));
     };
     let compare =
         |op, v| -> Arc<dyn PhysicalExpr> { Arc::new(BinaryExpr::new(column.clone(), op, lit(v))) };
-    let mut prunable: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+    let bounds: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
         compare(Operator::GtEq, min),
         Operator::And,
         compare(Operator::LtEq, max),
     ));
+    let mut list = None;
     let members: Option<Arc<dyn PhysicalExpr>> = match values.distinct() {
         // A short list Parquet pruning can use, as `IN` literals.
         Some(distinct) if distinct.len() > 2 && distinct.len() <= PRUNABLE_LIST => {
-            let list = distinct.into_iter().map(lit).collect();
-            let listed = in_list(column.clone(), list, &false, &schema)
-                .map_err(|e| EmberError::Internal(format!("runtime filter on {}: {e}", f.name)))?;
-            prunable = Arc::new(BinaryExpr::new(prunable, Operator::And, listed));
+            let keys = distinct.into_iter().map(lit).collect();
+            list =
+                Some(in_list(column.clone(), keys, &false, &schema).map_err(|e| {
+                    EmberError::Internal(format!("runtime filter on {}: {e}", f.name))
+                })?);
             None
         }
+        // The join right above probes the rows with the keys itself.
+        _ if f.target == f.join_stage => None,
         Some(distinct) if distinct.len() > PRUNABLE_LIST => {
             let values = datafusion::common::ScalarValue::iter_to_array(distinct)?;
             Some(Arc::new(KeySetExpr::new(column.clone(), values)) as Arc<dyn PhysicalExpr>)
         }
         Some(_) => None,
-        None if f.target == f.join_stage => None,
         None => values
             .bloom_filter()
             .map(|b| Arc::new(KeyFilterExpr::new(column.clone(), b)) as Arc<dyn PhysicalExpr>),
     };
-    Ok(Some(Predicate { prunable, members }))
+    Ok(Some(Predicate {
+        bounds,
+        list,
+        members,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{ArrayRef, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::physical_plan::displayable;
+    use ember_core::shuffle::ShuffleData;
+
+    use super::*;
+
+    /// The row filter `apply` puts over a scan of `k` when a build stage held 100
+    /// keys, with the join in stage `join_stage` (the scan is in stage 2).
+    fn applied(join_stage: usize) -> String {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let scan = MemorySourceConfig::try_new_exec(&[vec![]], schema, None).unwrap()
+            as Arc<dyn ExecutionPlan>;
+        let filter = RuntimeFilter {
+            source: 1,
+            source_column: 0,
+            target: 2,
+            scan: address(&scan),
+            column: 0,
+            name: "k".into(),
+            source_name: "b".into(),
+            join_stage,
+        };
+        let mut keys = KeyValues::try_new(&DataType::Int64).unwrap();
+        let build: ArrayRef = Arc::new(Int64Array::from_iter_values((0..100).map(|k| k * 7)));
+        keys.update(&build).unwrap();
+        let output = MapOutput {
+            executor_id: "local".into(),
+            executor_address: String::new(),
+            data: ShuffleData::File("/nonexistent".into()),
+            partitions: vec![],
+            keys: vec![keys.summary(0).unwrap()],
+        };
+        let outputs = |_| vec![Some(output.clone())];
+        let plan = apply(scan, 2, &[filter], &outputs).unwrap();
+        displayable(plan.as_ref()).indent(true).to_string()
+    }
+
+    #[test]
+    fn a_scan_the_join_probes_right_after_keeps_only_the_bounds_as_a_row_filter() {
+        let own = applied(2);
+        assert!(own.contains("k@0 >= 0 AND k@0 <= 693"), "{own}");
+        assert!(!own.contains("KEYS"), "{own}");
+        let elsewhere = applied(3);
+        assert!(elsewhere.contains("k@0 >= 0 AND k@0 <= 693"), "{elsewhere}");
+        assert!(elsewhere.contains("IN (100 KEYS)"), "{elsewhere}");
+    }
 }
