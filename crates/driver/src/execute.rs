@@ -162,22 +162,26 @@ impl Session {
         if subqueries.is_empty() {
             return Ok(None);
         }
-        let mut values = Vec::with_capacity(subqueries.len());
-        for (i, sq) in subqueries.into_iter().enumerate() {
-            // Two rows tell one from too many.
-            let first_rows = LogicalPlanBuilder::from(sq.subquery.as_ref().clone())
-                .limit(0, Some(2))?
-                .build()?;
-            let name = format!("scalar subquery {} of {description}", i + 1);
-            let rows = crate::engine::JOB_QUERY
-                .scope(
-                    (name, None),
-                    Box::pin(self.collect_plan_in(ctx, &first_rows)),
-                )
-                .await?;
-            let value = scalar_subquery::value_of(&sq, &rows)?;
-            values.push((sq, value));
-        }
+        // All at once, as Spark runs them: their tasks share the slots.
+        let runs = subqueries
+            .into_iter()
+            .enumerate()
+            .map(|(i, sq)| async move {
+                // Two rows tell one from too many.
+                let first_rows = LogicalPlanBuilder::from(sq.subquery.as_ref().clone())
+                    .limit(0, Some(2))?
+                    .build()?;
+                let name = format!("scalar subquery {} of {description}", i + 1);
+                let rows = crate::engine::JOB_QUERY
+                    .scope(
+                        (name, None),
+                        Box::pin(self.collect_plan_in(ctx, &first_rows)),
+                    )
+                    .await?;
+                let value = scalar_subquery::value_of(&sq, &rows)?;
+                Ok::<_, ember_core::EmberError>((sq, value))
+            });
+        let values = futures::future::try_join_all(runs).await?;
         let plan = plan.clone();
         let substituted =
             on_planning_stack(async move { scalar_subquery::substitute(plan, &values) }).await?;
