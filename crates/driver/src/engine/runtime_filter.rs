@@ -24,9 +24,8 @@
 //! bloom filter of them ([`KeyFilterExpr`]) up to a million; `false` when it has none.
 //! The bounds and lists of up to 20 keys also go into the Parquet source's row-group
 //! and page pruning, which can use nothing longer. A scan in the join's own stage,
-//! whose rows the join probes right after, keeps only the bounds as a row filter (cheap
-//! to compare, and often most of what a date range drops); the rest would repeat the
-//! join's work.
+//! whose rows the join probes right after, gets only the pruning: a row filter there
+//! would repeat the join's work and copy the rows it keeps.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -73,8 +72,7 @@ pub(crate) struct RuntimeFilter {
     /// The build key's name, for `explain`.
     pub source_name: String,
     /// The stage of the join: a scan there is probed by the join itself right after,
-    /// so only the bounds are checked on its rows (the bounds and a short list still
-    /// prune Parquet row groups).
+    /// so the filter only prunes its Parquet row groups and pages.
     join_stage: usize,
 }
 
@@ -450,13 +448,11 @@ pub(crate) fn apply(
         for f in filters {
             if let Some(p) = predicate(&node, f, &outputs(f.source))? {
                 prunable.push(p.prunable());
-                // The join right above probes every row with these keys anyway: only
-                // the bounds, cheap to compare, are worth checking before it.
-                rows.push(if f.target == f.join_stage {
-                    p.bounds
-                } else {
-                    p.whole()
-                });
+                // The join right above probes every row with these keys anyway: checking
+                // them first would repeat its work, and copy the rows it keeps.
+                if f.target != f.join_stage {
+                    rows.push(p.whole());
+                }
             }
         }
         let and = |predicates: Vec<Arc<dyn PhysicalExpr>>| {
@@ -464,7 +460,7 @@ pub(crate) fn apply(
                 .into_iter()
                 .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)) as _)
         };
-        let (Some(predicate), Some(prunable)) = (and(rows), and(prunable)) else {
+        let Some(prunable) = and(prunable) else {
             return Ok(Transformed::no(node));
         };
         let below = !under_filter.contains(&address(&node));
@@ -478,6 +474,9 @@ pub(crate) fn apply(
         let scan = match pushed.downcast_ref::<FilterExec>() {
             Some(f) => f.input().clone(),
             None => pushed,
+        };
+        let Some(predicate) = and(rows) else {
+            return Ok(Transformed::yes(scan));
         };
         if below {
             return Ok(Transformed::yes(Arc::new(FilterExec::try_new(
@@ -639,10 +638,9 @@ mod tests {
     }
 
     #[test]
-    fn a_scan_the_join_probes_right_after_keeps_only_the_bounds_as_a_row_filter() {
+    fn a_scan_the_join_probes_right_after_gets_no_row_filter() {
         let own = applied(2);
-        assert!(own.contains("k@0 >= 0 AND k@0 <= 693"), "{own}");
-        assert!(!own.contains("KEYS"), "{own}");
+        assert!(!own.contains("FilterExec"), "{own}");
         let elsewhere = applied(3);
         assert!(elsewhere.contains("k@0 >= 0 AND k@0 <= 693"), "{elsewhere}");
         assert!(elsewhere.contains("IN (100 KEYS)"), "{elsewhere}");
