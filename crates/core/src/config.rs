@@ -80,6 +80,9 @@ pub struct EmberConfig {
     pub sql_scalar_subqueries_first: bool,
     /// Whether joins' build stages filter the scans of their probe sides (`ember.runtime_filter.enabled`).
     pub runtime_filter_enabled: bool,
+    /// Fewest rows a probe scan needs for a runtime filter that makes its stage wait
+    /// (`ember.runtime_filter.min_probe_rows`).
+    pub runtime_filter_min_probe_rows: u64,
     /// Adaptive execution: what a stage's start decides from the map outputs it reads
     /// (`ember.adaptive.*`).
     pub adaptive: AdaptiveSettings,
@@ -145,6 +148,7 @@ impl Default for EmberConfig {
                 skew_bytes: 0,
             },
             runtime_filter_enabled: false,
+            runtime_filter_min_probe_rows: 0,
             streaming_state_partitions: 0,
             streaming_state_snapshot_interval: 0,
             rpc_keepalive_interval_secs: 0,
@@ -237,6 +241,10 @@ impl EmberConfig {
             }
             "runtime_filter.enabled" => {
                 self.runtime_filter_enabled = value.parse().map_err(|_| bad("true or false"))?
+            }
+            "runtime_filter.min_probe_rows" => {
+                self.runtime_filter_min_probe_rows =
+                    value.parse().map_err(|_| bad("a row count"))?
             }
             "adaptive.enabled" => {
                 self.adaptive.enabled = value.parse().map_err(|_| bad("true or false"))?
@@ -360,6 +368,7 @@ impl EmberConfig {
             "ember.sql.max_expression_depth" => self.sql_max_expression_depth.to_string(),
             "ember.sql.scalar_subqueries_first" => self.sql_scalar_subqueries_first.to_string(),
             "ember.runtime_filter.enabled" => self.runtime_filter_enabled.to_string(),
+            "ember.runtime_filter.min_probe_rows" => self.runtime_filter_min_probe_rows.to_string(),
             "ember.adaptive.enabled" => self.adaptive.enabled.to_string(),
             "ember.adaptive.advisory_partition_bytes" => {
                 self.adaptive.advisory_partition_bytes.to_string()

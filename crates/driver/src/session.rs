@@ -686,9 +686,11 @@ impl Session {
         crate::engine::stage_plans(physical, self.runtime_filters())
     }
 
-    /// Whether jobs get cross-stage runtime filters (`ember.runtime_filter.enabled`).
-    fn runtime_filters(&self) -> bool {
-        EmberConfig::from_session(&self.context().copied_config()).runtime_filter_enabled
+    /// The cross-stage runtime filters jobs get (`ember.runtime_filter.*`).
+    fn runtime_filters(&self) -> Option<crate::engine::RuntimeFilters> {
+        crate::engine::RuntimeFilters::of(&EmberConfig::from_session(
+            &self.context().copied_config(),
+        ))
     }
 
     /// The stage DAG ember would run for a logical plan, as text.

@@ -54,6 +54,11 @@ pub(super) const KEYS: &[(&str, &str, &str)] = &[
         "Cross-stage runtime filters: a scan on the probe side of a join waits for the stage that computes the join's build side and skips the rows (and Parquet row groups) whose key no build row has.",
     ),
     (
+        "ember.runtime_filter.min_probe_rows",
+        "1000000",
+        "Fewest rows (from the table's statistics) a probe side's scan must have for a runtime filter that makes its stage wait for the build side: on a smaller scan the wait costs more than the filter saves. A scan in the join's own stage, which waits anyway, is always pruned. 0 filters every scan.",
+    ),
+    (
         "ember.adaptive.enabled",
         "true",
         "Adaptive execution: when a stage starts, its tasks are planned again from the sizes of the shuffle outputs it reads. Small reduce partitions are coalesced, a partitioned join whose build side turned out small becomes a broadcast join, and a join's skewed partitions are split.",

@@ -25,6 +25,7 @@ mod local;
 mod planner;
 mod results;
 mod runtime_filter;
+pub(crate) use runtime_filter::RuntimeFilters;
 mod scheduler;
 mod service;
 
@@ -409,7 +410,7 @@ impl Engine {
         }
         let job_id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let schema = plan.schema();
-        let runtime_filters = EmberConfig::from_session(config).runtime_filter_enabled;
+        let runtime_filters = RuntimeFilters::of(&EmberConfig::from_session(config));
         let graph = StageGraph::plan(job_id, plan, runtime_filters)?;
         let (stage, partitions) = (graph.final_stage, graph.stages[&graph.final_stage].tasks);
         let pairs: Vec<(String, String)> = config
@@ -551,7 +552,7 @@ fn app_started(bus: &ListenerBus, name: &str, master: &str) {
 pub(crate) fn explain(
     plan: Arc<dyn ExecutionPlan>,
     caches: Option<&CacheRegistry>,
-    runtime_filters: bool,
+    runtime_filters: Option<RuntimeFilters>,
 ) -> Result<String> {
     let graph = StageGraph::plan(0, plan, runtime_filters)?;
     Ok(explain::stage_dag(&graph, caches))
@@ -560,7 +561,7 @@ pub(crate) fn explain(
 /// The stage plans of a physical plan, children first.
 pub(crate) fn stage_plans(
     plan: Arc<dyn ExecutionPlan>,
-    runtime_filters: bool,
+    runtime_filters: Option<RuntimeFilters>,
 ) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
     let graph = StageGraph::plan(0, plan, runtime_filters)?;
     Ok(graph.stages.into_values().map(|s| s.plan).collect())

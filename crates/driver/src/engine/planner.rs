@@ -49,7 +49,7 @@ use ember_core::Result;
 use ember_core::shuffle::cache_job;
 
 use super::cache::{CacheExec, StorageLevel};
-use super::runtime_filter::{self, RuntimeFilter};
+use super::runtime_filter::{self, RuntimeFilter, RuntimeFilters};
 use ember_exec::shuffle::{
     ShuffleWriterExec, UnresolvedShuffleExec, after_hash_exchange, after_passthrough,
 };
@@ -127,16 +127,16 @@ pub(crate) struct StageGraph {
 
 impl StageGraph {
     /// Cuts `plan` into stages for job `job`, with cross-stage runtime filters when
-    /// `runtime_filters` (see [`runtime_filter`](super::runtime_filter)).
+    /// `runtime_filters` are on (see [`runtime_filter`](super::runtime_filter)).
     pub(crate) fn plan(
         job: u64,
         plan: Arc<dyn ExecutionPlan>,
-        runtime_filters: bool,
+        runtime_filters: Option<RuntimeFilters>,
     ) -> Result<StageGraph> {
         let mut planner = Planner {
             job,
             stages: BTreeMap::new(),
-            runtime_filters,
+            runtime_filters: runtime_filters.is_some(),
         };
         let plan = isolate_join_partitions(plan)?;
         let (root, parents) = planner.cut(plan)?;
@@ -158,8 +158,8 @@ impl StageGraph {
             final_stage: id,
             filters: Vec::new(),
         };
-        if runtime_filters {
-            runtime_filter::plan(&mut graph)?;
+        if let Some(settings) = runtime_filters {
+            runtime_filter::plan(&mut graph, settings)?;
         }
         Ok(graph)
     }

@@ -16,7 +16,9 @@
 //! inner and outer joins, group-by columns, shuffles into earlier stages) to the scans
 //! that read it. Every probe row whose key is outside the build stage's values would be
 //! dropped by the join anyway, so the scan may drop it first. The build stage's writer
-//! summarizes the column ([`KeyValues`]); the probe scan's stage waits for it.
+//! summarizes the column ([`KeyValues`]); the probe scan's stage waits for it (only
+//! for a scan of at least `ember.runtime_filter.min_probe_rows` rows, unless the stage
+//! reads the build stage anyway).
 //!
 //! When the scan's stage starts, [`apply`] turns the merged summary into a predicate
 //! in a `FilterExec` over the scan: `k BETWEEN min AND max`, and `k IN (...)` when the
@@ -40,7 +42,6 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, in_list, lit};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::filter::FilterExec;
@@ -49,6 +50,8 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
+use ember_core::config::EmberConfig;
 use ember_core::keys::KeyValues;
 use ember_core::shuffle::MapOutput;
 use ember_core::{EmberError, Result};
@@ -110,13 +113,37 @@ fn address(plan: &Arc<dyn ExecutionPlan>) -> usize {
     Arc::as_ptr(plan) as *const () as usize
 }
 
+/// What runtime filters a job gets, when it gets them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RuntimeFilters {
+    /// `ember.runtime_filter.min_probe_rows`.
+    pub min_probe_rows: u64,
+}
+
+impl RuntimeFilters {
+    /// The session's settings; `None` when runtime filters are off.
+    pub(crate) fn of(config: &EmberConfig) -> Option<RuntimeFilters> {
+        config.runtime_filter_enabled.then_some(RuntimeFilters {
+            min_probe_rows: config.runtime_filter_min_probe_rows,
+        })
+    }
+}
+
 /// Adds the runtime filters of `graph`'s joins: the filters, the build stages' writers
 /// summarizing their keys, and each probe stage's wait for its build stages.
-pub(crate) fn plan(graph: &mut StageGraph) -> Result<()> {
+pub(crate) fn plan(graph: &mut StageGraph, settings: RuntimeFilters) -> Result<()> {
     let mut filters = Vec::new();
     for stage in graph.stages.values() {
         joins_of(graph, stage.id, &stage.plan, &mut filters);
     }
+    // A scan whose stage would wait for the build side only to skip a few rows: the
+    // wait, on the job's critical path, costs more. A stage that reads the build side
+    // waits for it anyway.
+    filters.retain(|f| {
+        let target = &graph.stages[&f.target];
+        target.parents.contains(&f.source)
+            || scan_rows(&target.plan, f.scan).is_none_or(|rows| rows >= settings.min_probe_rows)
+    });
     // Only a build stage that drops rows can hold fewer keys than its probe side: a
     // whole table's keys filter nothing, and waiting for them costs the probe scan its
     // head start. A stage drops rows when it filters them, when it joins a stage that
@@ -203,6 +230,22 @@ pub(crate) fn probe_leaves_stage(join: &Arc<dyn ExecutionPlan>) -> bool {
         origins_of(j.right(), r.index(), 0, &mut origins);
         origins.iter().any(|o| matches!(o, Origin::Stage { .. }))
     })
+}
+
+/// The rows of the scan at address `scan` in `plan`, when its statistics know them.
+fn scan_rows(plan: &Arc<dyn ExecutionPlan>, scan: usize) -> Option<u64> {
+    let mut rows = None;
+    let _ = plan.apply(|node| {
+        if address(node) != scan {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        rows = StatisticsContext::new()
+            .compute(node.as_ref(), &StatisticsArgs::new())
+            .ok()
+            .and_then(|s| s.num_rows.get_value().map(|&r| r as u64));
+        Ok(TreeNodeRecursion::Stop)
+    });
+    rows
 }
 
 /// True when `plan` (a stage's, up to its shuffle reads) has a `T`.

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::engine::RuntimeFilters;
 use crate::engine::job::{Job, ResultEvent, TaskConfigs};
 use crate::engine::planner::StageGraph;
 use crate::events::progress::ProgressListener;
@@ -106,7 +107,7 @@ async fn harness(slots: usize, settings: &[(&str, &str)]) -> Harness {
         .create_physical_plan()
         .await
         .unwrap();
-    let graph = StageGraph::plan(1, plan, true).unwrap();
+    let graph = StageGraph::plan(1, plan, Some(RuntimeFilters::default())).unwrap();
     let final_stage = graph.final_stage;
     let map_stage = graph.stages[&final_stage].parents[0];
     assert_eq!(graph.stages[&map_stage].tasks, 2);

@@ -95,7 +95,9 @@ fn session(filters: bool, partitioned: bool) -> Session {
     let mut b = Session::builder()
         .master("local[2]")
         .config("datafusion.execution.target_partitions", "2")
-        .config("ember.runtime_filter.enabled", filters.to_string());
+        .config("ember.runtime_filter.enabled", filters.to_string())
+        // These tables are small: filter every scan.
+        .config("ember.runtime_filter.min_probe_rows", "0");
     if partitioned {
         b = b
             .config(PARTITIONED.0, PARTITIONED.1)
@@ -140,6 +142,7 @@ async fn a_selective_build_side_cuts_what_the_probe_side_shuffles() {
                 .config("datafusion.execution.target_partitions", "2")
                 .config("ember.runtime_filter.enabled", filters.to_string())
                 .config("ember.shuffle.memory_budget", "0")
+                .config("ember.runtime_filter.min_probe_rows", "0")
                 .config(PARTITIONED.0, PARTITIONED.1)
                 .config(PARTITIONED_ROWS.0, PARTITIONED_ROWS.1)
                 .build()
@@ -160,6 +163,37 @@ async fn a_selective_build_side_cuts_what_the_probe_side_shuffles() {
             "{sql}: shuffled with filters {} bytes, without {}",
             shuffled[0],
             shuffled[1]
+        );
+    }
+}
+
+/// A probe scan under `ember.runtime_filter.min_probe_rows` rows does not wait for its
+/// build side (fact has 20 000 rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_probe_scan_does_not_wait_for_a_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tables(dir.path()).await;
+    for (min_rows, waits) in [("20001", false), ("20000", true)] {
+        let ember = Session::builder()
+            .master("local[2]")
+            .config("datafusion.execution.target_partitions", "2")
+            .config("ember.runtime_filter.min_probe_rows", min_rows)
+            .config(PARTITIONED.0, PARTITIONED.1)
+            .config(PARTITIONED_ROWS.0, PARTITIONED_ROWS.1)
+            .build()
+            .unwrap();
+        register(ember.context(), dir.path()).await;
+        let df = ember.sql(QUERIES[0]).await.unwrap();
+        let stages = ember.explain_stages(df.logical_plan()).await.unwrap();
+        assert_eq!(
+            stages.contains("waits for stages"),
+            waits,
+            "{min_rows}: {stages}"
+        );
+        assert_eq!(
+            stages.contains("runtime filter: k_int in keys k_int of stage"),
+            waits,
+            "{min_rows}: {stages}"
         );
     }
 }

@@ -34,7 +34,9 @@ fn session(first: bool, partitioned: bool) -> Session {
         .master("local[2]")
         .config("datafusion.execution.target_partitions", "2")
         .config("ember.sql.scalar_subqueries_first", first.to_string())
-        .config("ember.shuffle.memory_budget", "0");
+        .config("ember.shuffle.memory_budget", "0")
+        // These tables are small: filter every scan.
+        .config("ember.runtime_filter.min_probe_rows", "0");
     if partitioned {
         b = b
             .config(

@@ -87,7 +87,12 @@ fn golden_dir() -> PathBuf {
 /// `EMBER_BLESS=1` rewrites them after an intended planner change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_stage_dags_match_golden_files() {
-    let session = Session::builder().master("local[4]").build().unwrap();
+    // Every probe scan filtered, as at scale factors where the scans are big.
+    let session = Session::builder()
+        .master("local[4]")
+        .config("ember.runtime_filter.min_probe_rows", "0")
+        .build()
+        .unwrap();
     tpch::register_tables(session.context(), data_dir())
         .await
         .unwrap();
