@@ -55,8 +55,8 @@ pub(super) const KEYS: &[(&str, &str, &str)] = &[
     ),
     (
         "ember.runtime_filter.min_probe_rows",
-        "1000000",
-        "Fewest rows (from the table's statistics) a probe side's scan must have for a runtime filter that makes its stage wait for the build side: on a smaller scan the wait costs more than the filter saves. A scan in the join's own stage, which waits anyway, is always pruned. 0 filters every scan.",
+        "10000",
+        "Fewest rows (from the table's statistics) a probe side's scan must have for a runtime filter that makes its stage wait for the build side: on a smaller scan the wait costs more than the filter saves, unless that stage, filtered, filters a bigger scan in turn. A scan in the join's own stage, which waits anyway, is always pruned. 0 filters every scan.",
     ),
     (
         "ember.adaptive.enabled",

@@ -17,8 +17,8 @@
 //! that read it. Every probe row whose key is outside the build stage's values would be
 //! dropped by the join anyway, so the scan may drop it first. The build stage's writer
 //! summarizes the column ([`KeyValues`]); the probe scan's stage waits for it (only
-//! for a scan of at least `ember.runtime_filter.min_probe_rows` rows, unless the stage
-//! reads the build stage anyway).
+//! for a scan of at least `ember.runtime_filter.min_probe_rows` rows or one whose
+//! stage filters such a scan in turn, unless the stage reads the build stage anyway).
 //!
 //! When the scan's stage starts, [`apply`] turns the merged summary into a predicate
 //! in a `FilterExec` over the scan: `k BETWEEN min AND max`, and `k IN (...)` when the
@@ -136,19 +136,12 @@ pub(crate) fn plan(graph: &mut StageGraph, settings: RuntimeFilters) -> Result<(
     for stage in graph.stages.values() {
         joins_of(graph, stage.id, &stage.plan, &mut filters);
     }
-    // A scan whose stage would wait for the build side only to skip a few rows: the
-    // wait, on the job's critical path, costs more. A stage that reads the build side
-    // waits for it anyway.
-    filters.retain(|f| {
-        let target = &graph.stages[&f.target];
-        target.parents.contains(&f.source)
-            || scan_rows(&target.plan, f.scan).is_none_or(|rows| rows >= settings.min_probe_rows)
-    });
     // Only a build stage that drops rows can hold fewer keys than its probe side: a
     // whole table's keys filter nothing, and waiting for them costs the probe scan its
     // head start. A stage drops rows when it filters them, when it joins a stage that
-    // dropped rows, when all it reads is such stages (an aggregate of filtered rows),
-    // or when runtime filters apply to it (found in turn).
+    // dropped rows, or when runtime filters apply to it (found in turn). An aggregate of
+    // filtered rows does not count: grouped by another column, it may well hold every
+    // key (TPC-DS q1's stores with returns in a year), and its wait is long.
     let mut reducing: HashSet<usize> = graph
         .stages
         .values()
@@ -164,9 +157,7 @@ pub(crate) fn plan(graph: &mut StageGraph, settings: RuntimeFilters) -> Result<(
             .stages
             .values()
             .filter(|s| {
-                let reads_reduced = |p: &usize| reducing.contains(p);
-                (has::<HashJoinExec>(&s.plan) && s.parents.iter().any(reads_reduced))
-                    || (!s.parents.is_empty() && s.parents.iter().all(reads_reduced))
+                has::<HashJoinExec>(&s.plan) && s.parents.iter().any(|p| reducing.contains(p))
             })
             .map(|s| s.id);
         let more: Vec<usize> = by_filters
@@ -179,6 +170,7 @@ pub(crate) fn plan(graph: &mut StageGraph, settings: RuntimeFilters) -> Result<(
         reducing.extend(more);
     }
     filters.retain(|f| reducing.contains(&f.source));
+    keep_worthwhile_waits(graph, &mut filters, settings);
     let mut summarize: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for f in filters {
         if f.target != f.source
@@ -230,6 +222,47 @@ pub(crate) fn probe_leaves_stage(join: &Arc<dyn ExecutionPlan>) -> bool {
         origins_of(j.right(), r.index(), 0, &mut origins);
         origins.iter().any(|o| matches!(o, Origin::Stage { .. }))
     })
+}
+
+/// Drops the filters that would make a small scan's stage wait for its build side.
+/// The wait is on the job's critical path, and skipping a few rows saves less, unless
+/// the stage, filtered, filters a big scan in turn (as store_returns, filtered by
+/// date, filters store_sales by ticket). A stage that reads the build side waits for
+/// it anyway: its scan is always pruned.
+fn keep_worthwhile_waits(
+    graph: &StageGraph,
+    filters: &mut Vec<RuntimeFilter>,
+    settings: RuntimeFilters,
+) {
+    let waits = |f: &RuntimeFilter| !graph.stages[&f.target].parents.contains(&f.source);
+    let mut keep: Vec<bool> = filters
+        .iter()
+        .map(|f| {
+            !waits(f)
+                || scan_rows(&graph.stages[&f.target].plan, f.scan)
+                    .is_none_or(|rows| rows >= settings.min_probe_rows)
+        })
+        .collect();
+    loop {
+        let filtering: HashSet<usize> = filters
+            .iter()
+            .zip(&keep)
+            .filter(|(f, kept)| **kept && waits(f))
+            .map(|(f, _)| f.source)
+            .collect();
+        let mut more = false;
+        for (f, kept) in filters.iter().zip(keep.iter_mut()) {
+            if !*kept && filtering.contains(&f.target) {
+                *kept = true;
+                more = true;
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    let mut keep = keep.into_iter();
+    filters.retain(|_| keep.next().unwrap_or(true));
 }
 
 /// The rows of the scan at address `scan` in `plan`, when its statistics know them.
