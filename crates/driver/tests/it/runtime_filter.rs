@@ -197,3 +197,38 @@ async fn a_small_probe_scan_does_not_wait_for_a_filter() {
         );
     }
 }
+
+/// A small probe scan keeps its wait when its stage, filtered, filters a scan over
+/// `ember.runtime_filter.min_probe_rows` in turn: dim filters fact (20 000 rows), whose
+/// keys filter big (20 001 rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_probe_scan_waits_when_it_filters_a_big_one_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tables(dir.path()).await;
+    let sql = "SELECT count(*) FROM big b JOIN
+                 (SELECT f.k_int FROM fact f JOIN dim d ON f.k_int = d.k_int WHERE d.flag) x
+               ON b.k_int = x.k_int";
+    let mut dags = Vec::new();
+    for min_rows in ["20001", "20002"] {
+        let ember = Session::builder()
+            .master("local[2]")
+            .config("datafusion.execution.target_partitions", "2")
+            .config("ember.runtime_filter.min_probe_rows", min_rows)
+            .config(PARTITIONED.0, PARTITIONED.1)
+            .config(PARTITIONED_ROWS.0, PARTITIONED_ROWS.1)
+            .build()
+            .unwrap();
+        register(ember.context(), dir.path()).await;
+        let df = ember.sql(sql).await.unwrap();
+        dags.push(ember.explain_stages(df.logical_plan()).await.unwrap());
+    }
+    // fact waits for dim, and big for fact; with big under the threshold, neither.
+    assert_eq!(
+        dags[0].matches("waits for stages").count(),
+        2,
+        "{}",
+        dags[0]
+    );
+    assert_eq!(dags[0].matches("runtime filter:").count(), 2, "{}", dags[0]);
+    assert!(!dags[1].contains("runtime filter:"), "{}", dags[1]);
+}
