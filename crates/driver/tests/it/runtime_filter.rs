@@ -106,6 +106,47 @@ fn session(filters: bool, partitioned: bool) -> Session {
     b.build().unwrap()
 }
 
+/// Runs each of `queries` in `ember` and `baseline` and fails at the first answer or
+/// column name that differs.
+pub(crate) async fn assert_same_answers(
+    ember: &Session,
+    baseline: &SessionContext,
+    queries: &[&str],
+    label: &str,
+) {
+    let names = |b: &[arrow::record_batch::RecordBatch]| {
+        b.first().map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        })
+    };
+    for sql in queries {
+        let expected = baseline.sql(sql).await.unwrap().collect().await.unwrap();
+        let got = ember.sql(sql).await.unwrap().collect().await.unwrap();
+        if let Some(diff) = answers::difference(answers::is_ordered(sql), &got, &expected).unwrap()
+        {
+            panic!("{sql} ({label}): {diff}");
+        }
+        assert_eq!(names(&got), names(&expected), "{sql} ({label})");
+    }
+}
+
+/// A session whose joins are all partitioned, filtering probe scans of at least
+/// `min_rows` rows.
+fn partitioned_session(min_rows: &str) -> Session {
+    Session::builder()
+        .master("local[2]")
+        .config("datafusion.execution.target_partitions", "2")
+        .config("ember.runtime_filter.min_probe_rows", min_rows)
+        .config(PARTITIONED.0, PARTITIONED.1)
+        .config(PARTITIONED_ROWS.0, PARTITIONED_ROWS.1)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_filters_never_change_an_answer() {
     let dir = tempfile::tempdir().unwrap();
@@ -115,15 +156,8 @@ async fn runtime_filters_never_change_an_answer() {
     for partitioned in [true, false] {
         let ember = session(true, partitioned);
         register(ember.context(), dir.path()).await;
-        for sql in QUERIES {
-            let expected = baseline.sql(sql).await.unwrap().collect().await.unwrap();
-            let got = ember.sql(sql).await.unwrap().collect().await.unwrap();
-            if let Some(diff) =
-                answers::difference(answers::is_ordered(sql), &got, &expected).unwrap()
-            {
-                panic!("{sql} (partitioned joins: {partitioned}): {diff}");
-            }
-        }
+        let label = format!("partitioned joins: {partitioned}");
+        assert_same_answers(&ember, &baseline, QUERIES, &label).await;
     }
 }
 
@@ -174,14 +208,7 @@ async fn a_small_probe_scan_does_not_wait_for_a_filter() {
     let dir = tempfile::tempdir().unwrap();
     write_tables(dir.path()).await;
     for (min_rows, waits) in [("20001", false), ("20000", true)] {
-        let ember = Session::builder()
-            .master("local[2]")
-            .config("datafusion.execution.target_partitions", "2")
-            .config("ember.runtime_filter.min_probe_rows", min_rows)
-            .config(PARTITIONED.0, PARTITIONED.1)
-            .config(PARTITIONED_ROWS.0, PARTITIONED_ROWS.1)
-            .build()
-            .unwrap();
+        let ember = partitioned_session(min_rows);
         register(ember.context(), dir.path()).await;
         let df = ember.sql(QUERIES[0]).await.unwrap();
         let stages = ember.explain_stages(df.logical_plan()).await.unwrap();
@@ -210,14 +237,7 @@ async fn a_small_probe_scan_waits_when_it_filters_a_big_one_in_turn() {
                ON b.k_int = x.k_int";
     let mut dags = Vec::new();
     for min_rows in ["20001", "20002"] {
-        let ember = Session::builder()
-            .master("local[2]")
-            .config("datafusion.execution.target_partitions", "2")
-            .config("ember.runtime_filter.min_probe_rows", min_rows)
-            .config(PARTITIONED.0, PARTITIONED.1)
-            .config(PARTITIONED_ROWS.0, PARTITIONED_ROWS.1)
-            .build()
-            .unwrap();
+        let ember = partitioned_session(min_rows);
         register(ember.context(), dir.path()).await;
         let df = ember.sql(sql).await.unwrap();
         dags.push(ember.explain_stages(df.logical_plan()).await.unwrap());

@@ -3,9 +3,9 @@
 //! more than one row is an error, and the value reaches the scans.
 
 use datafusion::prelude::SessionContext;
-use ember_driver::{Session, answers};
+use ember_driver::Session;
 
-use super::runtime_filter::{register, write_tables};
+use super::runtime_filter::{assert_same_answers, register, write_tables};
 
 const QUERIES: &[&str] = &[
     // As TPC-DS writes its joins: DataFusion joins the subquery above the join.
@@ -60,25 +60,8 @@ async fn scalar_subqueries_run_first_keep_every_answer_and_name() {
     for first in [true, false] {
         let ember = session(first, false);
         register(ember.context(), dir.path()).await;
-        for sql in QUERIES {
-            let expected = baseline.sql(sql).await.unwrap().collect().await.unwrap();
-            let got = ember.sql(sql).await.unwrap().collect().await.unwrap();
-            if let Some(diff) =
-                answers::difference(answers::is_ordered(sql), &got, &expected).unwrap()
-            {
-                panic!("{sql} (scalar subqueries first: {first}): {diff}");
-            }
-            let names = |b: &[arrow::record_batch::RecordBatch]| {
-                b.first().map(|b| {
-                    b.schema()
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().clone())
-                        .collect::<Vec<_>>()
-                })
-            };
-            assert_eq!(names(&got), names(&expected), "{sql} (first: {first})");
-        }
+        let label = format!("scalar subqueries first: {first}");
+        assert_same_answers(&ember, &baseline, QUERIES, &label).await;
     }
 }
 
