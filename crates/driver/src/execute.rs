@@ -211,8 +211,8 @@ impl Session {
     }
 }
 
-/// A plan's name in the UI when no SQL text names it: its top operator.
-fn describe(plan: &LogicalPlan) -> String {
+/// A plan's name in the UI when no SQL text names it, or in an error: its top operator.
+pub(crate) fn describe(plan: &LogicalPlan) -> String {
     plan.display_indent()
         .to_string()
         .lines()

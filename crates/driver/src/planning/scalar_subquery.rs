@@ -85,7 +85,7 @@ pub(crate) fn value_of(sq: &Subquery, batches: &[RecordBatch]) -> Result<ScalarV
         return Err(DataFusionError::Execution(format!(
             "a scalar subquery returned more than one row; one used as an expression must \
              return at most one: {}",
-            first_line(&sq.subquery)
+            crate::execute::describe(&sq.subquery)
         ))
         .into());
     }
@@ -95,12 +95,6 @@ pub(crate) fn value_of(sq: &Subquery, batches: &[RecordBatch]) -> Result<ScalarV
     } else {
         Ok(value.cast_to(&data_type)?)
     }
-}
-
-/// The subquery's top operator, to name it in an error.
-fn first_line(plan: &LogicalPlan) -> String {
-    let text = plan.display_indent().to_string();
-    text.lines().next().unwrap_or_default().trim().to_string()
 }
 
 /// `plan` with each subquery of `values` replaced by its value. Names stay as they
@@ -166,7 +160,10 @@ mod tests {
         )
         .await;
         let found = uncorrelated(&p).unwrap();
-        let texts: Vec<String> = found.iter().map(|s| first_line(&s.subquery)).collect();
+        let texts: Vec<String> = found
+            .iter()
+            .map(|s| crate::execute::describe(&s.subquery))
+            .collect();
         // The first and the last are one subquery; the nested max(a) runs with it; the
         // correlated max(b) is left; min(b), inside an IN subquery, is found.
         assert_eq!(found.len(), 2, "{texts:?}");
