@@ -1,8 +1,8 @@
 //! Splitting shell input into statements.
 //!
 //! SQL statements end with `;` outside quotes and comments, so they can span lines.
-//! Shell commands start with `\` and end at the end of their line, except `\stages`,
-//! whose argument is a query and so ends with `;` like one.
+//! Shell commands start with `\` and end at the end of their line, except those
+//! whose argument is a query (`\stages`, `\analyze`): they end with `;` like one.
 
 /// Accumulates input and hands out complete statements.
 #[derive(Debug, Default)]
@@ -107,10 +107,16 @@ fn push_statement(statements: &mut Vec<String>, text: &str) {
     }
 }
 
+/// Shell commands whose argument is a query, which ends with `;` and may span lines.
+const QUERY_COMMANDS: [&str; 2] = ["stages", "analyze"];
+
 /// A shell command that ends at the end of its line (`\q`, `\d`, `\?`).
 fn is_line_command(text: &str) -> bool {
-    let text = text.trim_start();
-    text.starts_with('\\') && !text.starts_with("\\stages")
+    let Some(command) = text.trim_start().strip_prefix('\\') else {
+        return false;
+    };
+    let name = command.split(char::is_whitespace).next().unwrap_or("");
+    !QUERY_COMMANDS.contains(&name)
 }
 
 /// Whether `text` holds nothing but whitespace and comments.
@@ -159,11 +165,20 @@ mod tests {
     }
 
     #[test]
-    fn shell_commands_end_at_the_line_but_stages_ends_at_the_semicolon() {
+    fn shell_commands_end_at_the_line_but_query_commands_end_at_the_semicolon() {
         let mut buf = StatementBuffer::default();
         assert_eq!(buf.push_line("\\d"), vec!["\\d"]);
         assert!(buf.push_line("\\stages select *").is_empty());
         assert_eq!(buf.push_line("from t;"), vec!["\\stages select *\nfrom t"]);
+        assert_eq!(
+            split_script("\\analyze select a,\n b from t\n order by a;\n\\d"),
+            vec!["\\analyze select a,\n b from t\n order by a", "\\d"]
+        );
+        // A name that only starts like one is a line command.
+        assert_eq!(
+            split_script("\\stagesx\nselect 1"),
+            vec!["\\stagesx", "select 1"]
+        );
     }
 
     #[test]
