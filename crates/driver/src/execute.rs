@@ -197,14 +197,27 @@ impl Session {
     ) -> Result<(Arc<dyn ExecutionPlan>, String, String)> {
         let state = self.planning_state(ctx)?;
         let plan = plan.clone();
+        let started = std::time::Instant::now();
         on_planning_stack(async move {
+            let thread_us = started.elapsed().as_micros() as u64;
             let optimized = state.optimize(&plan)?;
+            let optimize_us = started.elapsed().as_micros() as u64 - thread_us;
             let physical = state
                 .query_planner()
                 .create_physical_plan(&optimized, &state)
                 .await?;
+            let physical_us = started.elapsed().as_micros() as u64 - thread_us - optimize_us;
             let logical_text = optimized.display_indent().to_string();
             let physical_text = displayable(physical.as_ref()).indent(true).to_string();
+            // The driver's fixed cost of a query before its job.
+            tracing::debug!(
+                thread_us,
+                optimize_us,
+                physical_us,
+                text_us =
+                    started.elapsed().as_micros() as u64 - thread_us - optimize_us - physical_us,
+                "query planned"
+            );
             Ok((physical, logical_text, physical_text))
         })
         .await

@@ -411,7 +411,10 @@ impl Engine {
         let job_id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let schema = plan.schema();
         let runtime_filters = RuntimeFilters::of(&EmberConfig::from_session(config));
+        let started = std::time::Instant::now();
         let graph = StageGraph::plan(job_id, plan, runtime_filters)?;
+        let graph_us = started.elapsed().as_micros() as u64;
+        tracing::debug!(job = job_id, graph_us, "stages planned");
         let (stage, partitions) = (graph.final_stage, graph.stages[&graph.final_stage].tasks);
         let pairs: Vec<(String, String)> = config
             .options()
