@@ -71,7 +71,7 @@ def parse(driver, executors):
         for line in open(log, errors="replace"):
             t = ms(line)
             m = SPAN.search(line)
-            if t is None or not m or "task plan decoded" not in line:
+            if t is None or not m or "task plan ready" not in line:
                 continue
             j, s, p = map(int, m.groups())
             setup = int(dict(FIELDS.findall(line)).get("setup_us", 0)) / 1000.0

@@ -39,6 +39,10 @@ impl fmt::Display for TaskId {
 pub struct TaskDefinition {
     pub id: TaskId,
     pub plan: bytes::Bytes,
+    /// For a slot in the driver's own process: the stage plan that `plan` encodes.
+    /// The task runs a copy of it with fresh operator state instead of decoding
+    /// `plan`. Never sent to another process.
+    pub in_process: Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
     pub config: Arc<Vec<(String, String)>>,
     pub session_id: String,
 }

@@ -11,6 +11,8 @@ use std::time::Instant;
 use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, WindowUDF};
+use datafusion::physical_plan::display::DisplayableExecutionPlan;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::prelude::SessionConfig;
 use futures::TryStreamExt;
 use tracing::Instrument;
@@ -199,25 +201,48 @@ async fn run(def: &TaskDefinition, env: &TaskEnv, cancel: &CancelFlag) -> Result
         env.runtime.clone(),
     ));
     let context_us = setup.elapsed().as_micros() as u64;
-    let plan = make_cancellable(decode_plan(&def.plan, &ctx, &env.codec)?, cancel)?;
+    let plan = match &def.in_process {
+        Some(plan) => {
+            // What a cluster's executor would do with the bytes still works (checked
+            // where tests run: debug builds).
+            if cfg!(debug_assertions) {
+                decode_plan(&def.plan, &ctx, &env.codec)?;
+            }
+            // Operators keep state for the run (a join's build side, a scan's files):
+            // each task runs its own copy, as each would decode its own.
+            reset_plan_states(plan.clone())?
+        }
+        None => decode_plan(&def.plan, &ctx, &env.codec)?,
+    };
+    let plan = make_cancellable(plan, cancel)?;
     // A task's fixed cost before its first row: its settings, context and plan.
     tracing::debug!(
         setup_us = setup.elapsed().as_micros() as u64,
         context_us,
         plan_bytes = def.plan.len(),
-        "task plan decoded"
+        decoded = def.in_process.is_none(),
+        "task plan ready"
     );
-    if let Some(writer) = plan.downcast_ref::<ShuffleWriterExec>() {
-        return Ok(TaskOutput::Map(writer.write(id.partition, ctx).await?));
+    let output = if let Some(writer) = plan.downcast_ref::<ShuffleWriterExec>() {
+        TaskOutput::Map(writer.write(id.partition, ctx).await?)
+    } else {
+        let mut stream = plan.execute(id.partition, ctx)?;
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.try_next().await? {
+            batches.push(batch);
+            // Yield now and then so that a killed task stops at the next batch.
+            tokio::task::consume_budget().await;
+        }
+        TaskOutput::Result(batches)
+    };
+    if tracing::enabled!(tracing::Level::TRACE) {
+        // Each operator's rows and time in this task, as `EXPLAIN ANALYZE` shows them.
+        // (In local mode a file scan's figures are its stage's so far: the tasks'
+        // copies of the plan share the scan's source, where DataFusion keeps them.)
+        let operators = DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true);
+        tracing::trace!("task operators\n{operators}");
     }
-    let mut stream = plan.execute(id.partition, ctx)?;
-    let mut batches = Vec::new();
-    while let Some(batch) = stream.try_next().await? {
-        batches.push(batch);
-        // Yield now and then so that a killed task stops at the next batch.
-        tokio::task::consume_budget().await;
-    }
-    Ok(TaskOutput::Result(batches))
+    Ok(output)
 }
 
 fn failure_of(e: &EmberError) -> TaskFailure {
@@ -268,6 +293,106 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[derive(Debug)]
+    struct NoFunctions;
+
+    impl FunctionSource for NoFunctions {
+        fn functions(&self) -> FunctionSet {
+            FunctionSet::default()
+        }
+    }
+
+    /// Rows of `partition` of a task run on `plan` itself, as a local slot runs it.
+    async fn run_in_process(
+        plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        partition: usize,
+        env: &TaskEnv,
+    ) -> usize {
+        let def = TaskDefinition {
+            id: TaskId {
+                job: 1,
+                stage: 1,
+                stage_attempt: 0,
+                partition,
+                attempt: 0,
+            },
+            plan: crate::codec::encode_plan(plan.clone(), &env.codec).unwrap(),
+            in_process: Some(plan.clone()),
+            config: Arc::default(),
+            session_id: "test".into(),
+        };
+        let cancel = CancelFlag::default();
+        let run = run_task(&def, env, &cancel);
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+            .await
+            .expect("the task ends");
+        match status.result {
+            Ok((TaskOutput::Result(batches), _)) => batches.iter().map(|b| b.num_rows()).sum(),
+            other => panic!("task {partition}: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tasks_given_one_plan_each_run_a_fresh_copy_of_it() {
+        use arrow::array::{ArrayRef, Int32Array};
+        use datafusion::common::NullEquality;
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::logical_expr::JoinType;
+        use datafusion::physical_expr::expressions::col;
+        use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+
+        let dir = tempfile::tempdir().unwrap();
+        let env = TaskEnv {
+            executor_id: "test".into(),
+            shuffle: Arc::new(ShuffleEnv::new("test", dir.path(), None)),
+            codec: EmberCodec::default(),
+            functions: Arc::new(NoFunctions),
+            runtime: Arc::new(RuntimeEnv::default()),
+            caches: Arc::default(),
+        };
+        let table = |name: &str, n: i32| {
+            let values: ArrayRef = Arc::new(Int32Array::from_iter_values(0..n));
+            let batch = arrow::record_batch::RecordBatch::try_from_iter([(name, values)]).unwrap();
+            let schema = batch.schema();
+            MemorySourceConfig::try_new_exec(&[vec![batch.clone()], vec![batch]], schema, None)
+                .unwrap() as Arc<dyn datafusion::physical_plan::ExecutionPlan>
+        };
+        let (build, probe) = (table("k", 10), table("v", 100));
+        let build: Arc<dyn datafusion::physical_plan::ExecutionPlan> = Arc::new(
+            datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(build),
+        );
+        let on = vec![(
+            col("k", &build.schema()).unwrap(),
+            col("v", &probe.schema()).unwrap(),
+        )];
+        // A join keeps its build side and its figures for the run of the node.
+        let plan: Arc<dyn datafusion::physical_plan::ExecutionPlan> = Arc::new(
+            HashJoinExec::try_new(
+                build,
+                probe,
+                on,
+                None,
+                &JoinType::Inner,
+                None,
+                PartitionMode::CollectLeft,
+                NullEquality::NullEqualsNothing,
+                false,
+            )
+            .unwrap(),
+        );
+        // Each task of the stage joins its probe rows with the whole build side (both
+        // build partitions: each key twice).
+        for partition in [0, 1, 0] {
+            assert_eq!(run_in_process(&plan, partition, &env).await, 20);
+        }
+        // The tasks ran copies: the plan itself has not run.
+        let output_rows = plan.metrics().and_then(|m| m.output_rows());
+        assert!(
+            output_rows.unwrap_or(0) == 0,
+            "the stage plan ran: {output_rows:?}"
+        );
     }
 
     #[test]

@@ -153,6 +153,7 @@ async fn launch(h: &mut Harness, id: TaskId, plan: Arc<dyn ExecutionPlan>) -> Em
     let def = TaskDefinition {
         id,
         plan: encode_plan(plan, &EmberCodec::default()).unwrap(),
+        in_process: None,
         config: config_pairs(),
         session_id: "test".into(),
     };
@@ -339,6 +340,7 @@ async fn a_malformed_launch_request_is_refused_and_the_executor_keeps_serving() 
     let garbage = TaskDefinition {
         id: task(1, 0),
         plan: bytes::Bytes::from_static(b"\x08\x96\x01 definitely not a plan"),
+        in_process: None,
         config: config_pairs(),
         session_id: "test".into(),
     };

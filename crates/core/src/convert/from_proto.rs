@@ -40,6 +40,7 @@ pub fn task_definition_from_proto(def: proto::TaskDefinition) -> Result<TaskDefi
     Ok(TaskDefinition {
         id: task_id(def.id.as_ref(), what)?,
         plan: def.plan.into(),
+        in_process: None,
         config: Arc::new(
             def.config
                 .into_iter()

@@ -34,6 +34,7 @@ fn task_definitions_survive_the_wire() {
     let def = TaskDefinition {
         id: id(),
         plan: bytes::Bytes::from_static(b"plan bytes"),
+        in_process: None,
         config: Arc::new(vec![("ember.task.max_failures".into(), "2".into())]),
         session_id: "s-1".into(),
     };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use ember_core::{EmberConfig, EmberError, Result};
+use ember_exec::codec::{EmberCodec, encode_plan};
 use ember_exec::shuffle::{
     MapOutput, PartitionLocation, ShuffleReaderExec, ShuffleWriterExec, UnresolvedShuffleExec,
 };
@@ -29,6 +30,22 @@ pub(crate) enum TaskState {
     Done,
 }
 
+/// A stage attempt's resolved plan and its encoding. An executor decodes the bytes;
+/// a slot in the driver's process runs a copy of the plan with fresh operator state.
+/// Both exist in local mode too, so a plan that cannot travel fails there first.
+#[derive(Debug, Clone)]
+pub(crate) struct ResolvedStage {
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub bytes: bytes::Bytes,
+}
+
+impl ResolvedStage {
+    pub(crate) fn encode(plan: Arc<dyn ExecutionPlan>, codec: &EmberCodec) -> Result<Self> {
+        let bytes = encode_plan(plan.clone(), codec)?;
+        Ok(ResolvedStage { plan, bytes })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct StageState {
     pub status: StageStatus,
@@ -39,8 +56,8 @@ pub(crate) struct StageState {
     pub failures: Vec<usize>,
     /// Map outputs by map partition (map stages).
     pub outputs: Vec<Option<MapOutput>>,
-    /// The resolved, encoded plan of the current attempt.
-    pub plan_bytes: Option<bytes::Bytes>,
+    /// The resolved plan of the current attempt, and its encoding.
+    pub plan: Option<ResolvedStage>,
     /// Its hash joins ran out of memory: it runs with sort-merge joins instead.
     pub sort_merge: bool,
 }
@@ -53,7 +70,7 @@ impl StageState {
             tasks: vec![TaskState::Pending; tasks],
             failures: vec![0; tasks],
             outputs: vec![None; tasks],
-            plan_bytes: None,
+            plan: None,
             sort_merge: false,
         }
     }

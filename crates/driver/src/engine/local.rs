@@ -1,5 +1,6 @@
 //! Local mode's executors: N in-process slots running tasks on the session's runtime,
-//! through the same task definitions (encoded plans) as a cluster. It owns the slots:
+//! through the same task definitions as a cluster, but each with the stage plan
+//! itself, which it runs a fresh copy of rather than decode it. It owns the slots:
 //! a task is placed while fewer than N run.
 
 use std::collections::HashMap;
@@ -53,6 +54,10 @@ fn failed(id: TaskId, executor_id: String, reason: FailureReason, message: Strin
 }
 
 impl TaskLauncher for LocalExecutors {
+    fn in_process(&self) -> bool {
+        true
+    }
+
     fn launch(&self, task: TaskDefinition) -> Result<(), Box<TaskDefinition>> {
         let id = task.id;
         // Held until the task is in `running`: two launches cannot both take the

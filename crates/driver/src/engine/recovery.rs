@@ -4,10 +4,9 @@
 //! reading them wait, as new attempts, until they are back.
 
 use ember_core::EmberError;
-use ember_exec::codec::encode_plan;
 use ember_exec::task::{FailureReason, TaskFailure, TaskId, TaskStatus};
 
-use super::super::job::{StageStatus, TaskState};
+use super::super::job::{ResolvedStage, StageStatus, TaskState};
 use super::Scheduler;
 use crate::events::{AppEvent, now_ms};
 
@@ -77,13 +76,13 @@ impl Scheduler {
         });
         let encoded = job
             .resolve(id.stage)
-            .and_then(|plan| encode_plan(plan, &self.codec));
-        let bytes = match encoded {
-            Ok(b) => b,
+            .and_then(|plan| ResolvedStage::encode(plan, &self.codec));
+        let stage_plan = match encoded {
+            Ok(p) => p,
             Err(e) => return self.fail_job(id.job, e),
         };
         let state = job.stages.get_mut(&id.stage).expect("stage exists");
-        state.plan_bytes = Some(bytes);
+        state.plan = Some(stage_plan);
         self.bus.post(AppEvent::StageSubmitted {
             job: id.job,
             stage: id.stage,
@@ -216,7 +215,7 @@ impl Scheduler {
                 StageStatus::Running if parent_missing => {
                     state.attempt += 1;
                     state.status = StageStatus::Waiting;
-                    state.plan_bytes = None;
+                    state.plan = None;
                     for t in &mut state.tasks {
                         if matches!(t, TaskState::Running { .. }) {
                             *t = TaskState::Pending;

@@ -35,12 +35,12 @@ use std::sync::Arc;
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use ember_core::EmberError;
 use ember_core::shuffle::cache_jobs;
-use ember_exec::codec::{EmberCodec, encode_plan};
+use ember_exec::codec::EmberCodec;
 use ember_exec::task::{FailureReason, TaskDefinition, TaskId, TaskOutput, TaskStatus};
 use tokio::sync::mpsc;
 
 use super::cache::CacheRegistry;
-use super::job::{Job, ResultEvent, StageStatus, TaskState};
+use super::job::{Job, ResolvedStage, ResultEvent, StageStatus, TaskState};
 use super::planner::StageGraph;
 use crate::events::{AppEvent, JobStatus, ListenerBus, StagePlan, now_ms};
 
@@ -95,6 +95,11 @@ pub(crate) trait TaskLauncher: Send + Sync + 'static {
     /// `Event::TaskFinished`. With no free slot the task comes back, unlaunched (and
     /// the launcher posts an event when a slot frees).
     fn launch(&self, task: TaskDefinition) -> Result<(), Box<TaskDefinition>>;
+    /// Whether its tasks run in this process, and so can take the stage plan itself
+    /// ([`TaskDefinition::in_process`]) rather than decode it.
+    fn in_process(&self) -> bool {
+        false
+    }
     /// Kills the running tasks `matching` picks (they still report, as `Killed`).
     fn cancel_tasks(&self, matching: &dyn Fn(&TaskId) -> bool);
     /// Frees the job's shuffle data.
@@ -270,14 +275,15 @@ impl Scheduler {
                     });
                 }
                 let started = std::time::Instant::now();
-                let bytes = match resolved.and_then(|plan| encode_plan(plan, &self.codec)) {
-                    Ok(b) => b,
+                let encoded = resolved.and_then(|plan| ResolvedStage::encode(plan, &self.codec));
+                let stage_plan = match encoded {
+                    Ok(p) => p,
                     Err(e) => return self.fail_job(job_id, e),
                 };
                 let encode_us = started.elapsed().as_micros() as u64;
-                let plan_bytes = bytes.len();
+                let plan_bytes = stage_plan.bytes.len();
                 let state = job.stages.get_mut(&stage).expect("stage exists");
-                state.plan_bytes = Some(bytes);
+                state.plan = Some(stage_plan);
                 state.status = StageStatus::Running;
                 self.bus.post(AppEvent::StageSubmitted {
                     job: job_id,
@@ -327,7 +333,7 @@ impl Scheduler {
             if state.status != StageStatus::Running || state.tasks[p] != TaskState::Pending {
                 continue;
             }
-            let Some(plan) = state.plan_bytes.clone() else {
+            let Some(plan) = &state.plan else {
                 continue;
             };
             let attempt = state.failures[p];
@@ -341,7 +347,8 @@ impl Scheduler {
             let config = job.config.of(stage, job.graph.final_stage);
             let task = TaskDefinition {
                 id,
-                plan,
+                plan: plan.bytes.clone(),
+                in_process: self.launcher.in_process().then(|| plan.plan.clone()),
                 config,
                 session_id: job.session_id.clone(),
             };

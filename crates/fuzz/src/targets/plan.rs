@@ -176,6 +176,7 @@ fn task_seeds() -> Result<Vec<Vec<u8>>> {
                 attempt: 0,
             },
             plan: plan.into(),
+            in_process: None,
             config: Arc::new(config),
             session_id: "fuzz".into(),
         };
