@@ -197,16 +197,23 @@ impl Session {
     ) -> Result<(Arc<dyn ExecutionPlan>, String, String)> {
         let state = self.planning_state(ctx)?;
         let plan = plan.clone();
-        let started = std::time::Instant::now();
+        let mut last = std::time::Instant::now();
+        // Microseconds since the last lap (the first: since the thread was asked for).
+        let mut lap = move || {
+            let now = std::time::Instant::now();
+            let us = now.duration_since(last).as_micros() as u64;
+            last = now;
+            us
+        };
         on_planning_stack(async move {
-            let thread_us = started.elapsed().as_micros() as u64;
+            let thread_us = lap();
             let optimized = state.optimize(&plan)?;
-            let optimize_us = started.elapsed().as_micros() as u64 - thread_us;
+            let optimize_us = lap();
             let physical = state
                 .query_planner()
                 .create_physical_plan(&optimized, &state)
                 .await?;
-            let physical_us = started.elapsed().as_micros() as u64 - thread_us - optimize_us;
+            let physical_us = lap();
             let logical_text = optimized.display_indent().to_string();
             let physical_text = displayable(physical.as_ref()).indent(true).to_string();
             // The driver's fixed cost of a query before its job.
@@ -214,8 +221,7 @@ impl Session {
                 thread_us,
                 optimize_us,
                 physical_us,
-                text_us =
-                    started.elapsed().as_micros() as u64 - thread_us - optimize_us - physical_us,
+                text_us = lap(),
                 "query planned"
             );
             Ok((physical, logical_text, physical_text))
