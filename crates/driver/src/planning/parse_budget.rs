@@ -27,8 +27,12 @@ use datafusion::sql::sqlparser::dialect::{Dialect, Precedence};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 
-/// Prefix expressions a statement may attempt per byte of its text.
-pub(crate) const STEPS_PER_BYTE: u64 = 64;
+/// Prefix expressions a statement may attempt per byte of its text. The TPC-H and
+/// TPC-DS queries attempt under 0.1 per byte, and the densest lists of short
+/// expressions (`-1,-1,…`) 0.67. A statement that backtracks spends its whole budget,
+/// at a few µs per attempt in a debug build, so this also bounds the time it takes to
+/// refuse the largest statement (64 KiB: about 1.5 s in a debug build).
+pub(crate) const STEPS_PER_BYTE: u64 = 8;
 /// And a floor, for short statements.
 pub(crate) const MIN_STEPS: u64 = 100_000;
 
@@ -57,6 +61,11 @@ impl ParseBudget {
 
     pub(crate) fn budget(&self) -> u64 {
         self.budget
+    }
+
+    #[cfg(test)]
+    pub(crate) fn steps(&self) -> u64 {
+        self.steps.get()
     }
 
     fn step(&self) -> Option<ParserError> {
@@ -729,5 +738,61 @@ impl Dialect for ParseBudget {
 
     fn supports_map_literal_with_angle_brackets(&self) -> bool {
         self.inner.supports_map_literal_with_angle_brackets()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::parser::DFParserBuilder;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+    /// Parses `sql` within a budget, returning whether it parsed and the attempts.
+    fn attempts(sql: &str) -> (bool, u64) {
+        let budget = ParseBudget::new(Box::new(GenericDialect {}), sql);
+        let parsed = DFParserBuilder::new(sql)
+            .with_dialect(&budget)
+            .build()
+            .and_then(|mut p| p.parse_statements());
+        (parsed.is_ok(), budget.steps())
+    }
+
+    #[test]
+    fn ordinary_statements_use_a_small_part_of_the_budget() {
+        let mut statements: Vec<String> =
+            (1..=22).map(|n| crate::tpch::query(n).unwrap()).collect();
+        statements.push(format!(
+            "SELECT {} AS x",
+            vec!["NOT (a = 1)"; 1000].join(" AND ")
+        ));
+        statements.push(format!("SELECT {}1{}", "NOT (".repeat(20), ")".repeat(20)));
+        statements.push(format!("SELECT {}", vec!["-1"; 20_000].join(",")));
+        statements.push(format!("SELECT {}", vec!["-(-(-1))"; 5_000].join(",")));
+        for sql in statements {
+            let (parsed, steps) = attempts(&sql);
+            assert!(parsed, "{sql}");
+            // A tenth of the budget per byte, so the margin shows before it is gone.
+            assert!(
+                steps * 10 <= sql.len() as u64 * STEPS_PER_BYTE,
+                "{steps} attempts for {} bytes: {sql}",
+                sql.len()
+            );
+        }
+    }
+
+    /// Found by the fuzzer (target sql): 58 KB of nested `NOT (` around a syntax error
+    /// took 14 s to refuse in a debug build when the budget was 64 attempts per byte.
+    #[test]
+    fn the_largest_backtracking_statement_is_refused_within_its_budget() {
+        let sql = format!("SELECT {}1 +", "NOT (".repeat(64 * 1024 / 5));
+        let (parsed, steps) = attempts(&sql);
+        assert!(!parsed);
+        // Past the budget every attempt fails at once, so the parser stops a few
+        // attempts later (each level of nesting gives up its retry).
+        let budget = sql.len() as u64 * STEPS_PER_BYTE;
+        assert!(
+            (budget..budget + 100).contains(&steps),
+            "{steps} attempts for a budget of {budget}"
+        );
     }
 }
