@@ -8,14 +8,15 @@
 //! makes a [`BloomFilter`]; and always the smallest and largest value. Merging the
 //! summaries of every map task of a stage gives the same kind of summary of the stage.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef};
+use arrow::array::{Array, ArrayData, ArrayRef, make_array};
+use arrow::buffer::{Buffer, MutableBuffer};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use arrow::row::{RowConverter, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
 use datafusion::scalar::ScalarValue;
@@ -52,8 +53,10 @@ pub struct KeySummary {
 #[derive(Debug)]
 pub struct KeyValues {
     data_type: DataType,
+    /// For a type without a fixed width: its values as bytes ([`ValueBytes`]) and back.
+    rows: Option<RowConverter>,
     /// `None` once more than [`MAX_DISTINCT_VALUES`] were seen.
-    distinct: Option<HashSet<ScalarValue>>,
+    distinct: Option<Listed>,
     /// `None` once more than [`MAX_HASHED_VALUES`] were seen.
     hashes: Option<HashSet64>,
     min: MinAccumulator,
@@ -62,9 +65,14 @@ pub struct KeyValues {
 
 impl KeyValues {
     pub fn try_new(data_type: &DataType) -> Result<Self> {
+        let rows = match data_type.primitive_width() {
+            Some(_) => None,
+            None => Some(RowConverter::new(vec![SortField::new(data_type.clone())])?),
+        };
         Ok(KeyValues {
             data_type: data_type.clone(),
-            distinct: Some(HashSet::new()),
+            rows,
+            distinct: Some(Listed::default()),
             hashes: Some(HashSet64::default()),
             min: MinAccumulator::try_new(data_type)?,
             max: MaxAccumulator::try_new(data_type)?,
@@ -82,44 +90,48 @@ impl KeyValues {
         }
         self.min.update_batch(std::slice::from_ref(array))?;
         self.max.update_batch(std::slice::from_ref(array))?;
-        let Some(set) = &mut self.distinct else {
-            return self.add_hashes(array);
-        };
-        for i in 0..array.len() {
-            if array.is_valid(i) {
-                set.insert(ScalarValue::try_from_array(array, i)?);
-                if set.len() > MAX_DISTINCT_VALUES {
-                    self.stop_listing()?;
-                    return self.add_hashes(array);
+        if self.distinct.is_none() && self.hashes.is_none() {
+            return Ok(());
+        }
+        let bytes = ValueBytes::of(array, self.rows.as_ref())?;
+        let hashes = bytes.hashes();
+        let nulls = array.logical_nulls();
+        let valid = |i: &usize| nulls.as_ref().is_none_or(|n| n.is_valid(*i));
+        if let Some(listed) = &mut self.distinct {
+            let mut full = false;
+            for i in (0..array.len()).filter(valid) {
+                listed.insert(hashes[i], bytes.get(i));
+                if listed.len > MAX_DISTINCT_VALUES {
+                    full = true;
+                    break;
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Past [`MAX_DISTINCT_VALUES`]: the listed values go on as hashes only (hashing
-    /// starts here, so that a column of few keys is never hashed).
-    fn stop_listing(&mut self) -> Result<()> {
-        if let Some(set) = self.distinct.take()
-            && !set.is_empty()
-        {
-            self.add_hashes(&ScalarValue::iter_to_array(set)?)?;
-        }
-        Ok(())
-    }
-
-    fn add_hashes(&mut self, array: &ArrayRef) -> Result<()> {
-        if let Some(hashes) = &mut self.hashes {
-            let each = hash_each(array)?;
-            match array.logical_nulls() {
-                None => hashes.extend(each),
-                Some(nulls) => hashes.extend(nulls.valid_indices().map(|i| each[i])),
+            if !full {
+                return Ok(());
             }
-            if hashes.len() > MAX_HASHED_VALUES {
+            self.stop_listing();
+        }
+        if let Some(set) = &mut self.hashes {
+            set.extend((0..array.len()).filter(valid).map(|i| hashes[i]));
+            if set.len() > MAX_HASHED_VALUES {
                 self.hashes = None;
             }
         }
         Ok(())
+    }
+
+    /// Past [`MAX_DISTINCT_VALUES`]: the listed values go on as their hashes only
+    /// (hashes are kept from here on, so a column of few keys never builds a set of
+    /// them).
+    fn stop_listing(&mut self) {
+        if let Some(listed) = self.distinct.take()
+            && let Some(set) = &mut self.hashes
+        {
+            set.extend(listed.by_hash.into_keys());
+            if set.len() > MAX_HASHED_VALUES {
+                self.hashes = None;
+            }
+        }
     }
 
     /// Adds what another task's summary holds; `what` names it in errors.
@@ -154,7 +166,7 @@ impl KeyValues {
                 summary.hashes.len()
             )));
         }
-        self.stop_listing()?;
+        self.stop_listing();
         match (&mut self.hashes, summary.hashed) {
             (Some(hashes), true) => {
                 hashes.extend(
@@ -180,12 +192,48 @@ impl KeyValues {
             .map(|h| BloomFilter::of(h.iter().copied(), h.len()))
     }
 
+    /// How many distinct non-null values there are, when at most
+    /// [`MAX_DISTINCT_VALUES`].
+    pub fn distinct_count(&self) -> Option<usize> {
+        self.distinct.as_ref().map(|l| l.len)
+    }
+
     /// Every distinct non-null value, sorted, when there are at most
     /// [`MAX_DISTINCT_VALUES`].
-    pub fn distinct(&self) -> Option<Vec<ScalarValue>> {
-        let mut values: Vec<ScalarValue> = self.distinct.as_ref()?.iter().cloned().collect();
-        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        Some(values)
+    pub fn distinct(&self) -> Result<Option<ArrayRef>> {
+        let Some(listed) = &self.distinct else {
+            return Ok(None);
+        };
+        let values = self.listed_array(listed)?;
+        Ok(Some(arrow::compute::sort(&values, None)?))
+    }
+
+    /// The listed values as one array, in no particular order.
+    fn listed_array(&self, listed: &Listed) -> Result<ArrayRef> {
+        let values = listed.by_hash.values().flatten();
+        let Some(converter) = &self.rows else {
+            // Fixed-width values: their bytes are the array's values buffer.
+            let mut buffer =
+                MutableBuffer::new(listed.len * self.data_type.primitive_width().unwrap_or(0));
+            for v in values {
+                buffer.extend_from_slice(v);
+            }
+            let data = ArrayData::builder(self.data_type.clone())
+                .len(listed.len)
+                .add_buffer(buffer.into())
+                .build()?;
+            return Ok(make_array(data));
+        };
+        let parser = converter.parser();
+        let mut columns = converter.convert_rows(values.map(|v| parser.parse(v)))?;
+        let column = columns.pop().ok_or_else(|| {
+            EmberError::Internal("a row converter of one column gave none".into())
+        })?;
+        // Dictionaries come back as their values.
+        Ok(match column.data_type() == &self.data_type {
+            true => column,
+            false => arrow::compute::cast(&column, &self.data_type)?,
+        })
     }
 
     /// The smallest and the largest non-null value; `None` when there was none.
@@ -200,11 +248,12 @@ impl KeyValues {
 
     /// The summary of column `column` to report.
     pub fn summary(&self, column: usize) -> Result<KeySummary> {
-        let (complete, values) = match self.distinct() {
-            Some(values) => (true, values),
+        let (complete, values) = match &self.distinct {
+            Some(listed) if listed.len == 0 => (true, None),
+            Some(listed) => (true, Some(self.listed_array(listed)?)),
             None => match self.bounds()? {
-                Some((min, max)) => (false, vec![min, max]),
-                None => (true, vec![]),
+                Some((min, max)) => (false, Some(ScalarValue::iter_to_array([min, max])?)),
+                None => (true, None),
             },
         };
         let hashes = match (&self.hashes, complete) {
@@ -213,7 +262,7 @@ impl KeyValues {
         };
         let hashed = hashes.is_some();
         let hashes = hashes.unwrap_or_default();
-        if values.is_empty() {
+        let Some(array) = values else {
             return Ok(KeySummary {
                 column,
                 complete,
@@ -221,8 +270,7 @@ impl KeyValues {
                 hashes,
                 hashed,
             });
-        }
-        let array = ScalarValue::iter_to_array(values)?;
+        };
         let schema = Arc::new(Schema::new(vec![Field::new(
             "key",
             self.data_type.clone(),
@@ -239,29 +287,85 @@ impl KeyValues {
     }
 }
 
+/// Distinct values, by their bytes ([`ValueBytes`]) under their hash: a map task's
+/// key column of millions of rows and a few distinct values costs a hash and a lookup
+/// a row, and an allocation per distinct value.
+#[derive(Debug, Default)]
+struct Listed {
+    /// Values of the same hash are told apart by their bytes.
+    by_hash: HashMap<u64, Vec<Box<[u8]>>, BuildHasherDefault<Identity>>,
+    len: usize,
+}
+
+impl Listed {
+    fn insert(&mut self, hash: u64, bytes: &[u8]) {
+        let same = self.by_hash.entry(hash).or_default();
+        if !same.iter().any(|b| **b == *bytes) {
+            same.push(bytes.into());
+            self.len += 1;
+        }
+    }
+}
+
+/// The bytes of each slot of an array, alike exactly when the values are equal: a
+/// fixed-width value's own little-endian bytes, others' Arrow row encoding. (Floating
+/// point keys, whose equality is not their bytes', are not summarized for filters.)
+enum ValueBytes {
+    Fixed { values: Buffer, width: usize },
+    Rows(Rows),
+}
+
+impl ValueBytes {
+    /// `rows` encodes values without a fixed width; `None` makes one for this array.
+    fn of(array: &ArrayRef, rows: Option<&RowConverter>) -> Result<Self> {
+        if let Some(width) = array.data_type().primitive_width() {
+            let data = array.to_data();
+            let values =
+                data.buffers()[0].slice_with_length(data.offset() * width, array.len() * width);
+            return Ok(ValueBytes::Fixed { values, width });
+        }
+        let made;
+        let converter = match rows {
+            Some(c) => c,
+            None => {
+                made = RowConverter::new(vec![SortField::new(array.data_type().clone())])?;
+                &made
+            }
+        };
+        Ok(ValueBytes::Rows(
+            converter.convert_columns(std::slice::from_ref(array))?,
+        ))
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> &[u8] {
+        match self {
+            ValueBytes::Fixed { values, width } => &values[i * width..(i + 1) * width],
+            ValueBytes::Rows(rows) => rows.row(i).data(),
+        }
+    }
+
+    /// [`hash_bytes`] of every slot; widths 1 to 16 have loops of their own.
+    fn hashes(&self) -> Vec<u64> {
+        match self {
+            ValueBytes::Fixed { values, width } => match width {
+                1 => hash_width::<1>(values),
+                2 => hash_width::<2>(values),
+                4 => hash_width::<4>(values),
+                8 => hash_width::<8>(values),
+                16 => hash_width::<16>(values),
+                _ => values.chunks_exact(*width).map(hash_bytes).collect(),
+            },
+            ValueBytes::Rows(rows) => rows.iter().map(|r| hash_bytes(r.data())).collect(),
+        }
+    }
+}
+
 /// A 64-bit hash of every slot of `array`, nulls too (whatever their slots hold), the
 /// same in every process: fixed-width values hash their own little-endian bytes, the
-/// rest their Arrow row encoding ([`hash_bytes`]).
-/// A probe over millions of rows runs this, so widths 1 to 16 have loops of their own.
+/// rest their Arrow row encoding ([`ValueBytes`]).
 pub fn hash_each(array: &ArrayRef) -> Result<Vec<u64>> {
-    if let Some(width) = array.data_type().primitive_width() {
-        let data = array.to_data();
-        let start = data.offset() * width;
-        let values = &data.buffers()[0].as_slice()[start..start + array.len() * width];
-        return Ok(match width {
-            1 => hash_width::<1>(values),
-            2 => hash_width::<2>(values),
-            4 => hash_width::<4>(values),
-            8 => hash_width::<8>(values),
-            16 => hash_width::<16>(values),
-            _ => values.chunks_exact(width).map(hash_bytes).collect(),
-        });
-    }
-    let converter = RowConverter::new(vec![SortField::new(array.data_type().clone())])?;
-    let rows = converter.convert_columns(std::slice::from_ref(array))?;
-    Ok((0..array.len())
-        .map(|i| hash_bytes(rows.row(i).as_ref()))
-        .collect())
+    Ok(ValueBytes::of(array, None)?.hashes())
 }
 
 fn hash_width<const W: usize>(values: &[u8]) -> Vec<u64> {
@@ -400,6 +504,15 @@ mod tests {
         Arc::new(Int64Array::from(values.to_vec()))
     }
 
+    fn distinct(values: &KeyValues) -> Option<Vec<ScalarValue>> {
+        let array = values.distinct().unwrap()?;
+        Some(
+            (0..array.len())
+                .map(|i| ScalarValue::try_from_array(&array, i).unwrap())
+                .collect(),
+        )
+    }
+
     #[test]
     fn few_values_are_listed_and_many_keep_their_bounds() {
         let mut a = KeyValues::try_new(&DataType::Int64).unwrap();
@@ -407,7 +520,7 @@ mod tests {
         let mut merged = KeyValues::try_new(&DataType::Int64).unwrap();
         merged.merge(&a.summary(0).unwrap(), "task 0").unwrap();
         assert_eq!(
-            merged.distinct().unwrap(),
+            distinct(&merged).unwrap(),
             vec![ScalarValue::Int64(Some(1)), ScalarValue::Int64(Some(3))]
         );
 
@@ -417,7 +530,7 @@ mod tests {
         let summary = b.summary(0).unwrap();
         assert!(!summary.complete);
         merged.merge(&summary, "task 1").unwrap();
-        assert!(merged.distinct().is_none());
+        assert!(distinct(&merged).is_none());
         assert_eq!(
             merged.bounds().unwrap(),
             Some((
@@ -465,7 +578,65 @@ mod tests {
         assert!(s.complete && s.values.is_empty());
         let mut merged = KeyValues::try_new(&DataType::Int64).unwrap();
         merged.merge(&s, "task 0").unwrap();
-        assert_eq!(merged.distinct().unwrap(), vec![]);
+        assert_eq!(distinct(&merged).unwrap(), vec![]);
         assert_eq!(merged.bounds().unwrap(), None);
+    }
+
+    /// Every kind of column a join key can be: fixed-width values (sliced, so not at
+    /// the start of their buffer), strings and dictionaries (by their row encoding),
+    /// decimals, with nulls and repeats across batches and tasks.
+    #[test]
+    fn distinct_values_of_every_kind_of_column_survive_summaries() {
+        use arrow::array::{Decimal128Array, DictionaryArray, StringArray};
+        use arrow::datatypes::Int32Type;
+
+        let strings: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("b"),
+            None,
+            Some("a"),
+            Some("b"),
+            Some(""),
+        ]));
+        let dictionary: ArrayRef = Arc::new(
+            vec![Some("x"), Some("y"), None, Some("x")]
+                .into_iter()
+                .collect::<DictionaryArray<Int32Type>>(),
+        );
+        let decimals: ArrayRef = Arc::new(
+            Decimal128Array::from(vec![Some(150), Some(-3), None, Some(150)])
+                .with_precision_and_scale(7, 2)
+                .unwrap(),
+        );
+        let sliced = ints(&[Some(9), Some(5), None, Some(7), Some(5)]).slice(1, 4);
+        for (array, want) in [
+            (strings, vec!["", "a", "b"]),
+            (dictionary, vec!["x", "y"]),
+            (decimals, vec!["-0.03", "1.50"]),
+            (sliced, vec!["5", "7"]),
+        ] {
+            let mut task = KeyValues::try_new(array.data_type()).unwrap();
+            task.update(&array.slice(0, 2)).unwrap();
+            task.update(&array.slice(2, array.len() - 2)).unwrap();
+            let mut merged = KeyValues::try_new(array.data_type()).unwrap();
+            for _ in 0..2 {
+                merged.merge(&task.summary(0).unwrap(), "task").unwrap();
+            }
+            let got = merged.distinct().unwrap().unwrap();
+            assert_eq!(got.data_type(), array.data_type());
+            let got: Vec<String> = (0..got.len())
+                .map(|i| ScalarValue::try_from_array(&got, i).unwrap().to_string())
+                .collect();
+            assert_eq!(got, want, "{}", array.data_type());
+        }
+    }
+
+    /// Two values with one hash are two values (a hash is not an identity).
+    #[test]
+    fn listed_values_of_one_hash_are_told_apart_by_their_bytes() {
+        let mut listed = Listed::default();
+        listed.insert(7, b"a");
+        listed.insert(7, b"b");
+        listed.insert(7, b"a");
+        assert_eq!(listed.len, 2);
     }
 }

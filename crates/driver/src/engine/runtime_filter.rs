@@ -32,8 +32,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use arrow::array::ArrayRef;
 use datafusion::common::JoinType;
 use datafusion::common::NullEquality;
+use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::source::DataSourceExec;
@@ -644,10 +646,13 @@ fn predicate(
         compare(Operator::LtEq, max),
     ));
     let mut list = None;
-    let members: Option<Arc<dyn PhysicalExpr>> = match values.distinct() {
+    let members: Option<Arc<dyn PhysicalExpr>> = match values.distinct_count() {
         // A short list Parquet pruning can use, as `IN` literals.
-        Some(distinct) if distinct.len() > 2 && distinct.len() <= PRUNABLE_LIST => {
-            let keys = distinct.into_iter().map(lit).collect();
+        Some(n) if n > 2 && n <= PRUNABLE_LIST => {
+            let distinct = listed(&values)?;
+            let keys = (0..distinct.len())
+                .map(|i| ScalarValue::try_from_array(&distinct, i).map(lit))
+                .collect::<std::result::Result<_, _>>()?;
             list =
                 Some(in_list(column.clone(), keys, &false, &schema).map_err(|e| {
                     EmberError::Internal(format!("runtime filter on {}: {e}", f.name))
@@ -656,9 +661,9 @@ fn predicate(
         }
         // The join right above probes the rows with the keys itself.
         _ if f.target == f.join_stage => None,
-        Some(distinct) if distinct.len() > PRUNABLE_LIST => {
-            let values = datafusion::common::ScalarValue::iter_to_array(distinct)?;
-            Some(Arc::new(KeySetExpr::new(column.clone(), values)) as Arc<dyn PhysicalExpr>)
+        Some(n) if n > PRUNABLE_LIST => {
+            Some(Arc::new(KeySetExpr::new(column.clone(), listed(&values)?))
+                as Arc<dyn PhysicalExpr>)
         }
         Some(_) => None,
         None => values
@@ -670,6 +675,13 @@ fn predicate(
         list,
         members,
     }))
+}
+
+/// The distinct keys of `values`, which has listed them.
+fn listed(values: &KeyValues) -> Result<ArrayRef> {
+    values
+        .distinct()?
+        .ok_or_else(|| EmberError::Internal("runtime filter keys were not listed".into()))
 }
 
 #[cfg(test)]
