@@ -79,6 +79,13 @@ impl KeyValues {
         })
     }
 
+    /// The same, keeping no hashes: for a summary whose bloom filter will not be used,
+    /// only its bounds and list.
+    pub fn without_hashes(mut self) -> Self {
+        self.hashes = None;
+        self
+    }
+
     /// Adds the values of `array`.
     pub fn update(&mut self, array: &ArrayRef) -> Result<()> {
         if array.data_type() != &self.data_type {

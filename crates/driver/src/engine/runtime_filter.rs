@@ -615,6 +615,11 @@ fn predicate(
         return Ok(None);
     }
     let mut values = KeyValues::try_new(field.data_type())?;
+    if f.target == f.join_stage {
+        // Only pruning: the bounds and a short list; merging the build side's hashes
+        // for a bloom filter would be wasted.
+        values = values.without_hashes();
+    }
     for (m, output) in outputs.iter().enumerate() {
         let Some(summary) = output
             .as_ref()
