@@ -4,8 +4,9 @@
 //! runs each query through an ember session and, as the baseline, through a plain DataFusion `SessionContext` with as many target
 //! partitions as ember has executor slots (or through a second ember session,
 //! `--baseline local[2]`), over the same Parquet files in the same process. Each
-//! query runs once to warm up, then `--iterations` times; the report gives min and
-//! median wall time, and the bytes ember's jobs wrote to the shuffle per run.
+//! query runs once to warm up, then `--iterations` times, the engines taking turns
+//! run by run; the report gives min and median wall time, and the bytes ember's jobs
+//! wrote to the shuffle per run.
 //! Progress goes to stderr, the report to stdout.
 
 use std::path::PathBuf;
@@ -237,16 +238,26 @@ async fn query_bench(workload: Workload, args: QueryBenchArgs) -> Result<Report>
     let mut results = Vec::new();
     for (n, sql) in &sql {
         let shuffled_before = session.shuffle_bytes();
-        let (ember, ember_answer) = measure(limits, || async {
-            Ok(session.sql(sql).await?.collect().await?)
-        })
-        .await;
+        // The engines take turns, run by run, so that the machine's slow spells fall
+        // on both alike.
+        let mut ember = Runs::default();
+        let mut other = baseline.as_ref().map(|_| Runs::default());
+        for _ in 0..=limits.iterations {
+            ember
+                .run(limits, || async {
+                    Ok(session.sql(sql).await?.collect().await?)
+                })
+                .await;
+            if let (Some(runs), Some(engine)) = (&mut other, &baseline) {
+                runs.run(limits, || engine.collect(sql)).await;
+            }
+        }
         // The warm-up run and the timed ones each shuffle the same data.
         let shuffle_bytes =
             (session.shuffle_bytes() - shuffled_before) / (limits.iterations as u64 + 1);
-        let (other, difference) = match &baseline {
-            Some(engine) => {
-                let (other, answer) = measure(limits, || engine.collect(sql)).await;
+        let (ember, ember_answer) = ember.measured();
+        let (other, difference) = match other.map(Runs::measured) {
+            Some((other, answer)) => {
                 let difference = match (&ember_answer, &answer) {
                     (Some(e), Some(b)) => ember_driver::answers::difference(
                         ember_driver::answers::is_ordered(sql),
@@ -457,56 +468,53 @@ struct Limits {
     timeout: Duration,
 }
 
-/// Runs `run` once to warm up, then `iterations` timed times; with the timings, the
-/// warm-up's answer.
-async fn measure<F, Fut>(limits: Limits, run: F) -> (Measured, Option<Vec<RecordBatch>>)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<Vec<RecordBatch>>>,
-{
-    match try_measure(limits, run).await {
-        Ok((timing, answer)) => (Measured::Timing(timing), Some(answer)),
-        Err(e) => (
-            Measured::Failed {
-                error: one_line(&e),
-            },
-            None,
-        ),
-    }
+/// One engine's runs of one query: the first warms up and gives the answer, the rest
+/// are timed; after a failure, no more.
+#[derive(Default)]
+struct Runs {
+    answer: Option<Vec<RecordBatch>>,
+    times: Vec<Duration>,
+    error: Option<String>,
 }
 
-async fn try_measure<F, Fut>(limits: Limits, run: F) -> Result<(Timing, Vec<RecordBatch>)>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<Vec<RecordBatch>>>,
-{
-    let run_once = || async {
-        // Dropping a timed-out query cancels its job.
-        tokio::time::timeout(limits.timeout, run())
-            .await
-            .map_err(|_| anyhow::anyhow!("timed out after {}s", limits.timeout.as_secs()))?
-    };
-    let answer = run_once().await?;
-    let rows = answer.iter().map(|b| b.num_rows()).sum();
-    let mut times = Vec::with_capacity(limits.iterations);
-    for _ in 0..limits.iterations {
+impl Runs {
+    async fn run<F, Fut>(&mut self, limits: Limits, run: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<RecordBatch>>>,
+    {
+        if self.error.is_some() {
+            return;
+        }
         let start = Instant::now();
-        run_once().await?;
-        times.push(start.elapsed());
+        // Dropping a timed-out query cancels its job.
+        match tokio::time::timeout(limits.timeout, run()).await {
+            Ok(Ok(answer)) if self.answer.is_none() => self.answer = Some(answer),
+            Ok(Ok(_)) => self.times.push(start.elapsed()),
+            Ok(Err(e)) => self.error = Some(one_line(&e)),
+            Err(_) => self.error = Some(format!("timed out after {}s", limits.timeout.as_secs())),
+        }
     }
-    let timing = Timing {
-        min_s: round(
-            times
-                .iter()
-                .min()
-                .copied()
-                .unwrap_or_default()
-                .as_secs_f64(),
-        ),
-        median_s: round(median(&mut times).as_secs_f64()),
-        rows,
-    };
-    Ok((timing, answer))
+
+    /// The timings and the answer, or why there are none.
+    fn measured(mut self) -> (Measured, Option<Vec<RecordBatch>>) {
+        if let Some(error) = self.error {
+            return (Measured::Failed { error }, None);
+        }
+        let timing = Timing {
+            min_s: round(
+                self.times
+                    .iter()
+                    .min()
+                    .copied()
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            ),
+            median_s: round(median(&mut self.times).as_secs_f64()),
+            rows: self.answer.iter().flatten().map(|b| b.num_rows()).sum(),
+        };
+        (Measured::Timing(timing), self.answer)
+    }
 }
 
 fn median(times: &mut [Duration]) -> Duration {
@@ -538,6 +546,35 @@ mod tests {
             median(&mut [ms(4), ms(1), ms(2), ms(3)]),
             Duration::from_micros(2500)
         );
+    }
+
+    #[tokio::test]
+    async fn the_first_run_warms_up_and_a_failure_ends_the_runs() {
+        let limits = Limits {
+            iterations: 2,
+            timeout: Duration::from_secs(60),
+        };
+        let mut runs = Runs::default();
+        for _ in 0..=limits.iterations {
+            runs.run(limits, || async { Ok(vec![]) }).await;
+        }
+        assert_eq!(runs.times.len(), 2);
+        assert!(matches!(runs.measured(), (Measured::Timing(_), Some(_))));
+
+        let mut failing = Runs::default();
+        failing.run(limits, || async { Ok(vec![]) }).await;
+        failing
+            .run(limits, || async { Err(anyhow::anyhow!("lost")) })
+            .await;
+        failing
+            .run(limits, || async { panic!("no run after a failure") })
+            .await;
+        let (measured, answer) = failing.measured();
+        assert!(
+            matches!(&measured, Measured::Failed { error } if error == "lost"),
+            "{measured:?}"
+        );
+        assert!(answer.is_none());
     }
 
     #[test]
