@@ -524,7 +524,17 @@ pub(crate) fn apply(
         };
         let (mut prunable, mut rows) = (Vec::new(), Vec::new());
         for f in filters {
-            if let Some(p) = predicate(&node, f, &outputs(f.source))? {
+            let started = std::time::Instant::now();
+            let p = predicate(&node, f, &outputs(f.source))?;
+            tracing::debug!(
+                stage,
+                filter = %f.name,
+                source = f.source,
+                applied = p.is_some(),
+                predicate_us = started.elapsed().as_micros() as u64,
+                "runtime filter resolved"
+            );
+            if let Some(p) = p {
                 prunable.push(p.prunable());
                 // The join right above probes every row with these keys anyway: checking
                 // them first would repeat its work, and copy the rows it keeps.
@@ -545,10 +555,16 @@ pub(crate) fn apply(
         // Into the scan, what Parquet can skip row groups and pages by: the bounds and
         // short key lists. A long list or a bloom filter would only be carried along,
         // in every task's plan.
+        let started = std::time::Instant::now();
         let pushed = FilterPushdown::new().optimize(
             Arc::new(FilterExec::try_new(prunable, node)?),
             &ConfigOptions::default(),
         )?;
+        tracing::debug!(
+            stage,
+            pushdown_us = started.elapsed().as_micros() as u64,
+            "runtime filters pushed into a scan"
+        );
         let scan = match pushed.downcast_ref::<FilterExec>() {
             Some(f) => f.input().clone(),
             None => pushed,
