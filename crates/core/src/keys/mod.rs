@@ -8,21 +8,28 @@
 //! makes a [`BloomFilter`]; and always the smallest and largest value. Merging the
 //! summaries of every map task of a stage gives the same kind of summary of the stage.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayData, ArrayRef, make_array};
-use arrow::buffer::{Buffer, MutableBuffer};
+use arrow::buffer::MutableBuffer;
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use arrow::row::{RowConverter, Rows, SortField};
+use arrow::row::{RowConverter, SortField};
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
 use datafusion::scalar::ScalarValue;
 
 use crate::convert::{ipc_stream, read_ipc_stream};
 use crate::error::{EmberError, Result};
+
+mod bloom;
+mod hash;
+
+pub use bloom::BloomFilter;
+pub use hash::hash_each;
+use hash::{HashSet64, Identity, ValueBytes};
 
 /// The most distinct values a summary lists before it keeps their hashes.
 pub const MAX_DISTINCT_VALUES: usize = 4096;
@@ -311,194 +318,6 @@ impl Listed {
             same.push(bytes.into());
             self.len += 1;
         }
-    }
-}
-
-/// The bytes of each slot of an array, alike exactly when the values are equal: a
-/// fixed-width value's own little-endian bytes, others' Arrow row encoding. (Floating
-/// point keys, whose equality is not their bytes', are not summarized for filters.)
-enum ValueBytes {
-    Fixed { values: Buffer, width: usize },
-    Rows(Rows),
-}
-
-impl ValueBytes {
-    /// `rows` encodes values without a fixed width; `None` makes one for this array.
-    fn of(array: &ArrayRef, rows: Option<&RowConverter>) -> Result<Self> {
-        if let Some(width) = array.data_type().primitive_width() {
-            let data = array.to_data();
-            let values =
-                data.buffers()[0].slice_with_length(data.offset() * width, array.len() * width);
-            return Ok(ValueBytes::Fixed { values, width });
-        }
-        let made;
-        let converter = match rows {
-            Some(c) => c,
-            None => {
-                made = RowConverter::new(vec![SortField::new(array.data_type().clone())])?;
-                &made
-            }
-        };
-        Ok(ValueBytes::Rows(
-            converter.convert_columns(std::slice::from_ref(array))?,
-        ))
-    }
-
-    #[inline(always)]
-    fn get(&self, i: usize) -> &[u8] {
-        match self {
-            ValueBytes::Fixed { values, width } => &values[i * width..(i + 1) * width],
-            ValueBytes::Rows(rows) => rows.row(i).data(),
-        }
-    }
-
-    /// [`hash_bytes`] of every slot; widths 1 to 16 have loops of their own.
-    fn hashes(&self) -> Vec<u64> {
-        match self {
-            ValueBytes::Fixed { values, width } => match width {
-                1 => hash_width::<1>(values),
-                2 => hash_width::<2>(values),
-                4 => hash_width::<4>(values),
-                8 => hash_width::<8>(values),
-                16 => hash_width::<16>(values),
-                _ => values.chunks_exact(*width).map(hash_bytes).collect(),
-            },
-            ValueBytes::Rows(rows) => rows.iter().map(|r| hash_bytes(r.data())).collect(),
-        }
-    }
-}
-
-/// A 64-bit hash of every slot of `array`, nulls too (whatever their slots hold), the
-/// same in every process: fixed-width values hash their own little-endian bytes, the
-/// rest their Arrow row encoding ([`ValueBytes`]).
-pub fn hash_each(array: &ArrayRef) -> Result<Vec<u64>> {
-    Ok(ValueBytes::of(array, None)?.hashes())
-}
-
-fn hash_width<const W: usize>(values: &[u8]) -> Vec<u64> {
-    values
-        .chunks_exact(W)
-        .map(|c| hash_bytes(<&[u8; W]>::try_from(c).expect("W bytes").as_slice()))
-        .collect()
-}
-
-/// The length, then the bytes eight at a time (the last word zero-filled), each
-/// through a murmur3 finalizer: for a fixed-width value of up to eight bytes, one
-/// finalizer. Two values hash alike only by chance (a bloom filter's false positive).
-#[inline(always)]
-fn hash_bytes(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (bytes.len() as u64).wrapping_mul(0x0100_0000_01b3);
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        h = mix(h ^ u64::from_le_bytes(word.try_into().expect("8 bytes")));
-    }
-    let rest = words.remainder();
-    if !rest.is_empty() {
-        let mut word = 0u64;
-        for (i, b) in rest.iter().enumerate() {
-            word |= u64::from(*b) << (8 * i);
-        }
-        h = mix(h ^ word);
-    }
-    h
-}
-
-/// murmur3's 64-bit finalizer: every input bit flips about half the output bits.
-#[inline(always)]
-fn mix(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
-/// A set of [`hash_each`] values: they are mixed already, so the set hashes them no
-/// further (std's SipHash took most of the time of merging a large build side's keys).
-type HashSet64 = HashSet<u64, BuildHasherDefault<Identity>>;
-
-#[derive(Default)]
-struct Identity(u64);
-
-impl Hasher for Identity {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// A bloom filter of key hashes: about ten bits a key, and three probes that fall in
-/// one 64-bit word (one memory read a probe row), about 2 % false positives and no
-/// false negatives.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct BloomFilter {
-    bits: Vec<u64>,
-}
-
-impl BloomFilter {
-    /// The filter of `hashes`, `n` of them.
-    pub fn of(hashes: impl Iterator<Item = u64>, n: usize) -> Self {
-        let words = (n * 10).div_ceil(64).next_power_of_two().max(1);
-        let mut filter = BloomFilter {
-            bits: vec![0; words],
-        };
-        for h in hashes {
-            let (word, mask) = filter.probes(h);
-            filter.bits[word] |= mask;
-        }
-        filter
-    }
-
-    /// The word hash `h` falls in (its high half), and the three bits set in it for
-    /// `h` (from its low bits).
-    #[inline(always)]
-    fn probes(&self, h: u64) -> (usize, u64) {
-        let word = (h >> 32) as usize & (self.bits.len() - 1);
-        let mask = (1 << (h & 63)) | (1 << ((h >> 6) & 63)) | (1 << ((h >> 12) & 63));
-        (word, mask)
-    }
-
-    /// False when no key had hash `h`; true when one may have.
-    #[inline(always)]
-    pub fn may_contain(&self, h: u64) -> bool {
-        let (word, mask) = self.probes(h);
-        self.bits[word] & mask == mask
-    }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        self.bits.iter().flat_map(|w| w.to_le_bytes()).collect()
-    }
-
-    /// The filter [`to_bytes`](Self::to_bytes) wrote: a power-of-two count of words.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let words = bytes.len() / 8;
-        if !bytes.len().is_multiple_of(8) || !words.is_power_of_two() {
-            return Err(EmberError::Decode {
-                what: "bloom filter",
-                message: format!(
-                    "{} bytes is not a power-of-two count of 8-byte words",
-                    bytes.len()
-                ),
-            });
-        }
-        Ok(BloomFilter {
-            bits: bytes
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        })
-    }
-
-    /// Bytes it takes in a plan.
-    pub fn len_bytes(&self) -> usize {
-        self.bits.len() * 8
     }
 }
 
