@@ -74,13 +74,16 @@ impl KeyValues {
     pub fn try_new(data_type: &DataType) -> Result<Self> {
         let rows = match data_type.primitive_width() {
             Some(_) => None,
-            None => Some(RowConverter::new(vec![SortField::new(data_type.clone())])?),
+            None => RowConverter::new(vec![SortField::new(data_type.clone())]).ok(),
         };
+        // A type the row format cannot encode has no bytes to list or hash by: its
+        // summary keeps only the bounds.
+        let keyed = data_type.primitive_width().is_some() || rows.is_some();
         Ok(KeyValues {
             data_type: data_type.clone(),
             rows,
-            distinct: Some(Listed::default()),
-            hashes: Some(HashSet64::default()),
+            distinct: keyed.then(Listed::default),
+            hashes: keyed.then(HashSet64::default),
             min: MinAccumulator::try_new(data_type)?,
             max: MaxAccumulator::try_new(data_type)?,
         })
