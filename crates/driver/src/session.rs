@@ -607,16 +607,19 @@ impl Session {
         sync_store_settings(ctx);
         let state = ctx.state();
         let sql_text = sql.to_string();
-        let started = std::time::Instant::now();
         let plan = on_planning_stack(async move {
+            let started = std::time::Instant::now();
             let max_depth = EmberConfig::from_session(state.config()).sql_max_expression_depth;
             let statement = parse_statement(&state, &sql_text)?;
             check_expression_depth(&statement, max_depth)?;
-            Ok(state.statement_to_plan(statement).await?)
+            let parse_us = started.elapsed().as_micros() as u64;
+            let parsed = std::time::Instant::now();
+            let plan = state.statement_to_plan(statement).await?;
+            let logical_us = parsed.elapsed().as_micros() as u64;
+            tracing::debug!(parse_us, logical_us, "statement planned");
+            Ok(plan)
         })
         .await?;
-        let parse_us = started.elapsed().as_micros() as u64;
-        tracing::debug!(parse_us, "statement planned");
         if let Runner::Remote(remote) = &self.inner.runner
             && RemoteDriver::mirrors(&plan)
         {

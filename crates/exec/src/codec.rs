@@ -4,8 +4,9 @@
 //! Every stage plan goes through [`encode_plan`] before it runs, in local mode as in a
 //! cluster, so a plan that cannot travel fails in the first test rather than on the
 //! first cluster. A local task runs a fresh copy of the plan itself rather than
-//! decoding it, except in debug builds, where it also decodes the bytes to check them. ember's own nodes are `ExtensionNode` messages of
-//! `proto/ember.proto`; everything else is DataFusion's own encoding.
+//! decoding it, except in debug builds, where it also decodes the bytes to check them.
+//! ember's own nodes are `ExtensionNode` messages of `proto/ember.proto`; everything
+//! else is DataFusion's own encoding.
 
 use std::sync::Arc;
 
